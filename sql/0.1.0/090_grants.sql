@@ -1,0 +1,171 @@
+-- dftui 0.1.0: df.grant_usage / df.revoke_usage, and the final "nothing for PUBLIC" sweep.
+--
+-- This is the last file of the version, so every df function exists when the sweep at the end
+-- runs. The grant functions compute the function list from pg_proc at call time instead of
+-- naming signatures, so they stay correct as functions are added by later files or versions:
+--   * every function in schema df is granted, EXCEPT
+--   * admin helpers (df.grant_usage, df.revoke_usage, df.metrics): only WITH with_grant,
+--   * outbound HTTP builders (df.http, df.http_multipart): only WITH include_http,
+--   * internal helpers: names starting with "_" and trigger functions are never granted.
+-- Views in df (df.node_runs, df.node_attempt_history, df.loop_history, df.instance_runtime,
+-- df.engines, ...) get SELECT; they filter rows to the querying role themselves.
+
+CREATE FUNCTION df.grant_usage(role text, include_http boolean DEFAULT false,
+                               with_grant boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_role text;
+    v_opt  text := CASE WHEN coalesce(with_grant, false) THEN ' WITH GRANT OPTION' ELSE '' END;
+    r      record;
+BEGIN
+    -- Accept the raw name ('labUser', 'role with space') or a quoted identifier
+    -- ('"labUser"', '"role""with""quote"'). Inlined (no helper) because a delegated admin has
+    -- no access to df_internal.
+    IF role IS NULL OR role = '' THEN
+        RAISE EXCEPTION 'role name must not be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT pr.rolname INTO v_role FROM pg_catalog.pg_roles pr WHERE pr.rolname = role;
+    IF v_role IS NULL AND length(role) >= 2 AND left(role, 1) = '"' AND right(role, 1) = '"' THEN
+        SELECT pr.rolname INTO v_role FROM pg_catalog.pg_roles pr
+         WHERE pr.rolname = replace(substr(role, 2, length(role) - 2), '""', '"');
+    END IF;
+    IF v_role IS NULL THEN
+        RAISE EXCEPTION 'role "%" does not exist', role USING ERRCODE = 'undefined_object';
+    END IF;
+    EXECUTE format('GRANT USAGE ON SCHEMA df TO %I', v_role) || v_opt;
+
+    EXECUTE format('GRANT SELECT ON df.instances TO %I', v_role) || v_opt;
+    EXECUTE format('GRANT UPDATE (status, updated_at) ON df.instances TO %I', v_role) || v_opt;
+    EXECUTE format('GRANT INSERT (id, label, root_node, submitted_by, database) ON df.instances TO %I',
+                   v_role) || v_opt;
+    EXECUTE format('GRANT SELECT ON df.nodes TO %I', v_role) || v_opt;
+    EXECUTE format('GRANT INSERT (id, instance_id, node_type, query, result_name, left_node, '
+                   'right_node, submitted_by, database) ON df.nodes TO %I', v_role) || v_opt;
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON df.vars TO %I', v_role) || v_opt;
+
+    -- Monitoring views: they filter to the querying role's instances themselves.
+    FOR r IN
+        SELECT c.oid::pg_catalog.regclass AS rel
+          FROM pg_catalog.pg_class c
+         WHERE c.relnamespace = 'df'::pg_catalog.regnamespace
+           AND c.relkind IN ('v', 'm')
+           AND c.relname NOT LIKE '\_%'
+         ORDER BY c.oid
+    LOOP
+        EXECUTE format('GRANT SELECT ON %s TO %I', r.rel, v_role) || v_opt;
+    END LOOP;
+
+    FOR r IN
+        SELECT p.oid::pg_catalog.regprocedure AS signature,
+               CASE
+                   WHEN p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype
+                     OR p.prorettype = 'pg_catalog.event_trigger'::pg_catalog.regtype
+                     OR p.proname LIKE '\_%' THEN 'internal'
+                   WHEN p.proname IN ('grant_usage', 'revoke_usage', 'metrics') THEN 'admin'
+                   WHEN p.proname IN ('http', 'http_multipart') THEN 'http'
+                   ELSE 'user'
+               END AS kind
+          FROM pg_catalog.pg_proc p
+         WHERE p.pronamespace = 'df'::pg_catalog.regnamespace
+         ORDER BY p.oid
+    LOOP
+        IF r.kind = 'user'
+           OR (r.kind = 'http' AND coalesce(include_http, false))
+           OR (r.kind = 'admin' AND coalesce(with_grant, false)) THEN
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', r.signature, v_role) || v_opt;
+        END IF;
+    END LOOP;
+
+    RAISE NOTICE 'pg_durable: granted df usage privileges to "%"', v_role;
+END;
+$fn$;
+
+CREATE FUNCTION df.revoke_usage(role text)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_role text;
+    r      record;
+BEGIN
+    -- Accept the raw name ('labUser', 'role with space') or a quoted identifier
+    -- ('"labUser"', '"role""with""quote"'). Inlined (no helper) because a delegated admin has
+    -- no access to df_internal.
+    IF role IS NULL OR role = '' THEN
+        RAISE EXCEPTION 'role name must not be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT pr.rolname INTO v_role FROM pg_catalog.pg_roles pr WHERE pr.rolname = role;
+    IF v_role IS NULL AND length(role) >= 2 AND left(role, 1) = '"' AND right(role, 1) = '"' THEN
+        SELECT pr.rolname INTO v_role FROM pg_catalog.pg_roles pr
+         WHERE pr.rolname = replace(substr(role, 2, length(role) - 2), '""', '"');
+    END IF;
+    IF v_role IS NULL THEN
+        RAISE EXCEPTION 'role "%" does not exist', role USING ERRCODE = 'undefined_object';
+    END IF;
+    -- Refuse to cut off the caller's own access (directly or through membership); superusers
+    -- are exempt because they keep access regardless.
+    IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
+       AND pg_catalog.pg_has_role(current_user, v_role, 'MEMBER') THEN
+        RAISE EXCEPTION 'cannot revoke df privileges from "%" because the current role ("%") is a member of it; use a different administrator',
+            v_role, current_user USING ERRCODE = 'insufficient_privilege';
+    END IF;
+
+    -- Per-function so a delegated admin lacking some privilege (e.g. df.http) still revokes the
+    -- rest. CASCADE also removes what the role re-granted WITH GRANT OPTION.
+    FOR r IN
+        SELECT p.oid::pg_catalog.regprocedure AS signature,
+               CASE
+                   WHEN p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype
+                     OR p.prorettype = 'pg_catalog.event_trigger'::pg_catalog.regtype
+                     OR p.proname LIKE '\_%' THEN 'internal'
+                   WHEN p.proname IN ('grant_usage', 'revoke_usage', 'metrics') THEN 'admin'
+                   WHEN p.proname IN ('http', 'http_multipart') THEN 'http'
+                   ELSE 'user'
+               END AS kind
+          FROM pg_catalog.pg_proc p
+         WHERE p.pronamespace = 'df'::pg_catalog.regnamespace
+         ORDER BY p.oid
+    LOOP
+        BEGIN
+            EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM %I CASCADE', r.signature, v_role);
+        EXCEPTION WHEN insufficient_privilege THEN
+            NULL;
+        END;
+    END LOOP;
+    FOR r IN
+        SELECT c.oid::pg_catalog.regclass AS rel
+          FROM pg_catalog.pg_class c
+         WHERE c.relnamespace = 'df'::pg_catalog.regnamespace
+           AND c.relkind IN ('v', 'm')
+         ORDER BY c.oid
+    LOOP
+        EXECUTE format('REVOKE SELECT ON %s FROM %I CASCADE', r.rel, v_role);
+    END LOOP;
+
+    EXECUTE format('REVOKE SELECT, INSERT, UPDATE, DELETE ON df.vars FROM %I CASCADE', v_role);
+    EXECUTE format('REVOKE INSERT (id, instance_id, node_type, query, result_name, left_node, '
+                   'right_node, submitted_by, database) ON df.nodes FROM %I CASCADE', v_role);
+    EXECUTE format('REVOKE SELECT ON df.nodes FROM %I CASCADE', v_role);
+    EXECUTE format('REVOKE INSERT (id, label, root_node, submitted_by, database) ON df.instances '
+                   'FROM %I CASCADE', v_role);
+    EXECUTE format('REVOKE UPDATE (status, updated_at) ON df.instances FROM %I CASCADE', v_role);
+    EXECUTE format('REVOKE SELECT ON df.instances FROM %I CASCADE', v_role);
+    EXECUTE format('REVOKE USAGE ON SCHEMA df FROM %I CASCADE', v_role);
+
+    RAISE NOTICE 'pg_durable: revoked df usage privileges from "%"', v_role;
+END;
+$fn$;
+
+COMMENT ON FUNCTION df.grant_usage(text, boolean, boolean) IS
+    'Grant a role the df privileges it needs (include_http adds df.http*, with_grant makes it a delegated admin)';
+COMMENT ON FUNCTION df.revoke_usage(text) IS 'Revoke everything df.grant_usage grants';
+
+-- Nothing is granted to PUBLIC: functions are EXECUTE-able by PUBLIC by default in PostgreSQL.
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA df FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA df FROM PUBLIC;
