@@ -1,0 +1,858 @@
+-- dftui 0.1.0: the workflow state machine.
+--
+-- All orchestration (what runs next when a node finishes) happens here, in the same transaction
+-- as the step that triggered it. The engine only claims tasks, runs leaf nodes (SQL, HTTP, timers,
+-- signals) and calls df_internal.complete_task / fail_task; so a step's effects, its checkpoint
+-- and the scheduling of its successors commit atomically.
+--
+-- Every function pins search_path; engine-facing functions are owned by the installer and never
+-- granted to users.
+
+-- ---------------------------------------------------------------------------------------------
+-- Small helpers
+-- ---------------------------------------------------------------------------------------------
+
+-- Is the current role allowed to bypass the ownership rules (superuser or df schema owner)?
+CREATE FUNCTION df_internal.is_privileged() RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+                    WHERE r.rolname = current_user AND r.rolsuper)
+        OR pg_catalog.pg_has_role(current_user,
+              (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'df'), 'MEMBER')
+$$;
+
+-- IF truthiness (sql-api.md §6). Row sets are judged by the first column of the first row; the
+-- engine records column order in status_details.columns because jsonb does not keep key order.
+CREATE FUNCTION df_internal.truthy(p_result jsonb, p_details jsonb DEFAULT NULL) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v jsonb;
+    first_row jsonb;
+    col text;
+BEGIN
+    IF p_result IS NULL OR jsonb_typeof(p_result) = 'null' THEN
+        RETURN false;
+    END IF;
+    IF jsonb_typeof(p_result) = 'object' AND p_result ? 'rows' AND p_result ? 'row_count' THEN
+        first_row := p_result -> 'rows' -> 0;
+        IF first_row IS NULL OR jsonb_typeof(first_row) <> 'object' THEN
+            RETURN false;
+        END IF;
+        col := p_details -> 'columns' ->> 0;
+        IF col IS NULL THEN
+            SELECT k INTO col FROM jsonb_object_keys(first_row) AS k LIMIT 1;
+        END IF;
+        v := first_row -> col;
+    ELSE
+        v := p_result;
+    END IF;
+    IF v IS NULL THEN
+        RETURN false;
+    END IF;
+    RETURN CASE jsonb_typeof(v)
+        WHEN 'null' THEN false
+        WHEN 'boolean' THEN v::text::boolean
+        WHEN 'number' THEN v::text::numeric <> 0
+        WHEN 'string' THEN lower(v #>> '{}') NOT IN ('', 'false', 'f', 'no', '0')
+        WHEN 'array' THEN jsonb_array_length(v) > 0
+        WHEN 'object' THEN v <> '{}'::jsonb
+        ELSE false
+    END;
+END $$;
+
+-- The ids of a node and all its descendants (through node_meta parent links).
+CREATE FUNCTION df_internal.subtree(p_instance varchar, p_node varchar)
+RETURNS TABLE (node_id varchar)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE sub AS (
+        SELECT p_node::varchar AS node_id
+        UNION ALL
+        SELECT m.node_id FROM df_internal.node_meta m
+          JOIN sub ON m.instance_id = p_instance AND m.parent_id = sub.node_id
+    )
+    SELECT node_id FROM sub
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Triggers on df.instances: the unforgeable bridge from user calls to engine state
+-- ---------------------------------------------------------------------------------------------
+
+CREATE FUNCTION df_internal.on_instance_insert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    meta jsonb := COALESCE(NULLIF(current_setting('df.start_meta', true), '')::jsonb, '{}');
+BEGIN
+    PERFORM set_config('df.start_meta', '', true);
+    INSERT INTO df_internal.instance_state
+        (instance_id, submitted_by, database, vars, start_meta, retry_policy)
+    VALUES (NEW.id, NEW.submitted_by, NEW.database,
+            COALESCE((SELECT jsonb_object_agg(v.name, v.value) FROM df.vars v
+                       WHERE v.owner = NEW.submitted_by), '{}'),
+            meta, meta -> 'instance_retry_policy');
+    INSERT INTO df_internal.tasks (instance_id, node_id, gen, kind)
+    VALUES (NEW.id, NEW.root_node, 0, 'start');
+    PERFORM pg_notify('df_work', NEW.id);
+    RETURN NULL;
+END $$;
+
+-- Ordinary roles may only move a non-terminal instance to 'cancelled'. Terminal states are never
+-- overwritten by anyone, except by df.retry (which sets df.retrying for its own update).
+CREATE FUNCTION df_internal.guard_instance_update() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.status IS DISTINCT FROM OLD.status THEN
+        IF OLD.status IN ('completed', 'failed', 'cancelled')
+           AND COALESCE(current_setting('df.retrying', true), '') <> NEW.id THEN
+            NEW.status := OLD.status;          -- never overwritten
+            NEW.completed_at := OLD.completed_at;
+        ELSIF NEW.status <> 'cancelled' AND NOT df_internal.is_privileged() THEN
+            RAISE EXCEPTION 'only df.cancel may change an instance''s status'
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+    END IF;
+    IF NEW.submitted_by IS DISTINCT FROM OLD.submitted_by AND NOT df_internal.is_privileged() THEN
+        RAISE EXCEPTION 'submitted_by cannot be changed' USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    NEW.updated_at := now();
+    RETURN NEW;
+END $$;
+
+CREATE FUNCTION df_internal.on_instance_update() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    req jsonb;
+    reason text;
+BEGIN
+    IF NEW.status = 'cancelled' AND OLD.status <> 'cancelled' THEN
+        reason := NULLIF(current_setting('df.cancel_reason', true), '');
+        PERFORM set_config('df.cancel_reason', '', true);
+        UPDATE df_internal.instance_state
+           SET cancel_reason = COALESCE(reason, 'Cancelled by user'), finished_at = now(),
+               error = COALESCE(reason, 'Cancelled by user')
+         WHERE instance_id = NEW.id;
+        -- Queued work goes now; tasks locked by a running step are dropped by its worker, which
+        -- the df_cancel notification tells to cancel the statement on the server.
+        DELETE FROM df_internal.tasks t
+         WHERE t.ctid IN (SELECT t2.ctid FROM df_internal.tasks t2
+                           WHERE t2.instance_id = NEW.id FOR UPDATE SKIP LOCKED);
+        PERFORM pg_notify('df_cancel', NEW.id);
+    END IF;
+
+    req := NULLIF(current_setting('df.request', true), '')::jsonb;
+    IF req IS NOT NULL AND req ->> 'instance_id' = NEW.id THEN
+        PERFORM set_config('df.request', '', true);
+        IF req ->> 'op' = 'signal' THEN
+            PERFORM df_internal.enqueue_signal(NEW.id, req ->> 'name',
+                                               COALESCE(req -> 'data', '{}'), NEW.submitted_by);
+        ELSIF req ->> 'op' = 'retry' THEN
+            PERFORM df_internal.retry_instance(NEW.id, req ->> 'from_node',
+                                               COALESCE(req ->> 'requested_by', NEW.submitted_by::text));
+        END IF;
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER instances_after_insert AFTER INSERT ON df.instances
+    FOR EACH ROW EXECUTE FUNCTION df_internal.on_instance_insert();
+CREATE TRIGGER instances_before_update BEFORE UPDATE ON df.instances
+    FOR EACH ROW EXECUTE FUNCTION df_internal.guard_instance_update();
+CREATE TRIGGER instances_after_update AFTER UPDATE ON df.instances
+    FOR EACH ROW EXECUTE FUNCTION df_internal.on_instance_update();
+
+-- Queue a signal and wake the instance's waiting SIGNAL tasks.
+CREATE FUNCTION df_internal.enqueue_signal(p_instance varchar, p_name text, p_data jsonb,
+                                           p_sent_by regrole)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO df_internal.signals (instance_id, name, data, sent_by)
+    VALUES (p_instance, p_name, p_data, p_sent_by);
+    UPDATE df_internal.tasks t SET run_at = now()
+      FROM df.nodes n
+     WHERE t.instance_id = p_instance AND t.phase = 'waiting'
+       AND n.instance_id = t.instance_id AND n.id = t.node_id AND n.node_type = 'SIGNAL'
+       AND (n.query::jsonb ->> 'name') = p_name;
+    PERFORM pg_notify('df_work', p_instance);
+END $$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Graph bookkeeping
+-- ---------------------------------------------------------------------------------------------
+
+-- Derive parent links for every node from df.nodes (called once, when an engine starts the
+-- instance). Node configs are frozen at df.start: users cannot UPDATE df.nodes.
+CREATE FUNCTION df_internal.build_node_meta(p_instance varchar)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    root varchar;
+    policies jsonb;
+BEGIN
+    SELECT i.root_node INTO root FROM df.instances i WHERE i.id = p_instance;
+    SELECT s.start_meta -> 'node_retry_policies' INTO policies
+      FROM df_internal.instance_state s WHERE s.instance_id = p_instance;
+    INSERT INTO df_internal.node_meta (instance_id, node_id, parent_id, slot, retry_policy)
+    WITH RECURSIVE tree AS (
+        SELECT root::varchar AS node_id, NULL::varchar AS parent_id, 'root'::text AS slot, 0 AS depth
+        UNION ALL
+        SELECT c.child, n.id, c.slot, tree.depth + 1
+          FROM tree
+          JOIN df.nodes n ON n.instance_id = p_instance AND n.id = tree.node_id
+          CROSS JOIN LATERAL (
+              SELECT n.left_node AS child, CASE WHEN n.node_type = 'LOOP' THEN 'body' ELSE 'left' END AS slot
+               WHERE n.left_node IS NOT NULL
+              UNION ALL
+              SELECT n.right_node, 'right' WHERE n.right_node IS NOT NULL
+              UNION ALL
+              SELECT (n.query::jsonb ->> 'condition_node')::varchar,
+                     CASE WHEN n.node_type = 'LOOP' THEN 'loop_condition' ELSE 'condition' END
+               WHERE n.node_type IN ('IF', 'LOOP') AND n.query IS NOT NULL
+                 AND n.query::jsonb ? 'condition_node'
+              UNION ALL
+              SELECT e.value::varchar, 'extra'
+                FROM jsonb_array_elements_text(
+                       CASE WHEN n.node_type = 'JOIN' AND n.query IS NOT NULL
+                            THEN n.query::jsonb -> 'extra_nodes' END) AS e(value)
+          ) c
+         WHERE tree.depth < 300
+    )
+    SELECT p_instance, tree.node_id, tree.parent_id, tree.slot, policies -> tree.node_id
+      FROM tree
+    ON CONFLICT (instance_id, node_id) DO NOTHING;
+END $$;
+
+-- Children of a composite node in branch order (JOIN: left, right, extras).
+CREATE FUNCTION df_internal.branches(p_instance varchar, p_node varchar)
+RETURNS varchar[] LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY[n.left_node, n.right_node]
+           || COALESCE((SELECT array_agg(e.value::varchar ORDER BY e.ordinality)
+                          FROM jsonb_array_elements_text(
+                                 CASE WHEN n.query IS NOT NULL AND n.query::jsonb ? 'extra_nodes'
+                                      THEN n.query::jsonb -> 'extra_nodes' END)
+                               WITH ORDINALITY AS e(value, ordinality)), '{}')
+      FROM df.nodes n WHERE n.instance_id = p_instance AND n.id = p_node
+$$;
+
+-- Fence and drop everything under a node that is still in flight: queued tasks are deleted
+-- (locked ones are left to their worker, which will find its generation stale), running leaves
+-- are announced on df_abandon so engines cancel their statements. A losing LOOP is marked failed.
+CREATE FUNCTION df_internal.abandon(p_instance varchar, p_node varchar, p_why text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    running varchar[];
+BEGIN
+    WITH sub AS (SELECT s.node_id FROM df_internal.subtree(p_instance, p_node) s),
+    bumped AS (
+        UPDATE df_internal.node_meta m SET gen = m.gen + 1
+          FROM sub WHERE m.instance_id = p_instance AND m.node_id = sub.node_id
+        RETURNING m.node_id
+    )
+    SELECT array_agg(n.id) INTO running
+      FROM df.nodes n JOIN bumped b ON n.instance_id = p_instance AND n.id = b.node_id
+     WHERE n.status = 'running' AND n.node_type NOT IN ('THEN', 'IF', 'JOIN', 'RACE', 'LOOP');
+    DELETE FROM df_internal.tasks t
+     WHERE t.ctid IN (SELECT t2.ctid FROM df_internal.tasks t2
+                       WHERE t2.instance_id = p_instance
+                         AND t2.node_id IN (SELECT s.node_id FROM df_internal.subtree(p_instance, p_node) s)
+                         FOR UPDATE SKIP LOCKED);
+    UPDATE df.nodes n SET status = 'failed', result = to_jsonb(p_why), error = p_why, updated_at = now()
+     WHERE n.instance_id = p_instance AND n.node_type = 'LOOP' AND n.status = 'running'
+       AND n.id IN (SELECT s.node_id FROM df_internal.subtree(p_instance, p_node) s);
+    IF running IS NOT NULL THEN
+        PERFORM pg_notify('df_abandon', json_build_object('instance_id', p_instance,
+                                                          'nodes', running)::text);
+    END IF;
+END $$;
+
+-- Reset a subtree to pending for the next loop iteration or a retry, archiving nothing.
+CREATE FUNCTION df_internal.reset_subtree(p_instance varchar, p_node varchar, p_keep_completed boolean)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM df_internal.abandon(p_instance, p_node, 'superseded');
+    UPDATE df.nodes n SET status = 'pending', result = NULL, error = NULL, status_details = NULL,
+                          updated_at = now()
+     WHERE n.instance_id = p_instance
+       AND n.id IN (SELECT s.node_id FROM df_internal.subtree(p_instance, p_node) s)
+       AND NOT (p_keep_completed AND n.status = 'completed');
+    UPDATE df_internal.node_meta m SET started_at = NULL, finished_at = NULL, attempts = 0,
+                                       iteration = 0
+     WHERE m.instance_id = p_instance
+       AND m.node_id IN (SELECT s.node_id FROM df_internal.subtree(p_instance, p_node) s)
+       AND NOT (p_keep_completed AND EXISTS (SELECT 1 FROM df.nodes n WHERE n.instance_id = p_instance
+                                              AND n.id = m.node_id AND n.status = 'completed'));
+END $$;
+
+-- Finish the whole instance (root node decided).
+CREATE FUNCTION df_internal.finish_instance(p_instance varchar, p_status text, p_result jsonb,
+                                            p_error text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE df.instances i
+       SET status = p_status,
+           completed_at = CASE WHEN p_status = 'completed' THEN now() END
+     WHERE i.id = p_instance AND i.status IN ('pending', 'running');
+    UPDATE df_internal.instance_state s
+       SET finished_at = now(), output = p_result, error = p_error
+     WHERE s.instance_id = p_instance;
+    DELETE FROM df_internal.tasks t
+     WHERE t.ctid IN (SELECT t2.ctid FROM df_internal.tasks t2
+                       WHERE t2.instance_id = p_instance FOR UPDATE SKIP LOCKED);
+    PERFORM pg_notify('df_done', p_instance);
+END $$;
+
+-- The interpreter. Processes a work list of events until nothing is left:
+--   {"op":"activate","node":id}                      start a node
+--   {"op":"done","node":id,"status":s,"result":r,"error":e}   a node finished
+--   {"op":"break","node":id}                         a BREAK node runs
+-- Runs under the instance lock taken by the caller.
+CREATE FUNCTION df_internal.drive(p_instance varchar, p_events jsonb)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    work jsonb := p_events;
+    ev jsonb;
+    nid varchar;
+    n df.nodes%ROWTYPE;
+    m df_internal.node_meta%ROWTYPE;
+    p df.nodes%ROWTYPE;
+    pm df_internal.node_meta%ROWTYPE;
+    cfg jsonb;
+    st text;
+    res jsonb;
+    err text;
+    kids varchar[];
+    k varchar;
+    all_done boolean;
+    arr jsonb;
+    anc varchar;
+    anc_row df.nodes%ROWTYPE;
+    prev varchar;
+    delay interval;
+    steps integer := 0;
+BEGIN
+    WHILE jsonb_array_length(work) > 0 LOOP
+        steps := steps + 1;
+        IF steps > 200000 THEN
+            RAISE EXCEPTION 'workflow interpreter did not converge';
+        END IF;
+        ev := work -> 0;
+        work := work - 0;
+        nid := ev ->> 'node';
+        SELECT * INTO n FROM df.nodes x WHERE x.instance_id = p_instance AND x.id = nid;
+        SELECT * INTO m FROM df_internal.node_meta x WHERE x.instance_id = p_instance AND x.node_id = nid;
+        IF n.id IS NULL OR m.node_id IS NULL THEN
+            RAISE EXCEPTION 'node % of instance % does not exist', nid, p_instance;
+        END IF;
+
+        IF ev ->> 'op' = 'activate' THEN
+            IF n.status = 'completed' THEN       -- resuming after df.retry: keep the result
+                work := work || jsonb_build_array(jsonb_build_object(
+                    'op', 'done', 'node', nid, 'status', 'completed', 'result', n.result, 'kept', true));
+                CONTINUE;
+            END IF;
+            UPDATE df.nodes x SET status = 'running', result = NULL, error = NULL, updated_at = now()
+             WHERE x.instance_id = p_instance AND x.id = nid;
+            UPDATE df_internal.node_meta x SET started_at = now(), finished_at = NULL, gen = x.gen + 1,
+                   iteration = CASE WHEN n.node_type = 'LOOP' THEN 1 ELSE x.iteration END
+             WHERE x.instance_id = p_instance AND x.node_id = nid
+            RETURNING * INTO m;
+            cfg := CASE WHEN n.node_type IN ('IF', 'JOIN', 'LOOP', 'SIGNAL', 'HTTP', 'HTTP_MULTIPART')
+                             AND n.query IS NOT NULL THEN n.query::jsonb END;
+            CASE n.node_type
+            WHEN 'THEN' THEN
+                work := work || jsonb_build_array(jsonb_build_object('op', 'activate', 'node', n.left_node));
+            WHEN 'IF' THEN
+                IF cfg ? 'condition_node' THEN
+                    work := work || jsonb_build_array(jsonb_build_object('op', 'activate', 'node', cfg ->> 'condition_node'));
+                ELSE
+                    SELECT nr.result INTO res FROM df_internal.named_results nr
+                     WHERE nr.instance_id = p_instance AND nr.name = cfg ->> 'if_rows';
+                    work := work || jsonb_build_array(jsonb_build_object('op', 'activate', 'node',
+                        CASE WHEN res IS NOT NULL AND jsonb_typeof(res) <> 'null'
+                                  AND COALESCE((res ->> 'row_count')::bigint,
+                                               CASE WHEN jsonb_typeof(res) = 'array' THEN jsonb_array_length(res) ELSE 1 END) > 0
+                             THEN n.left_node ELSE n.right_node END));
+                END IF;
+            WHEN 'JOIN', 'RACE' THEN
+                FOREACH k IN ARRAY df_internal.branches(p_instance, nid) LOOP
+                    work := work || jsonb_build_array(jsonb_build_object('op', 'activate', 'node', k));
+                END LOOP;
+            WHEN 'LOOP' THEN
+                IF m.slot = 'root' THEN
+                    DELETE FROM df_internal.named_results nr WHERE nr.instance_id = p_instance;
+                END IF;
+                work := work || jsonb_build_array(jsonb_build_object('op', 'activate', 'node', n.left_node));
+            WHEN 'BREAK' THEN
+                work := work || jsonb_build_array(jsonb_build_object('op', 'break', 'node', nid));
+            WHEN 'SLEEP' THEN
+                INSERT INTO df_internal.tasks AS t (instance_id, node_id, gen, kind, run_at, phase)
+                VALUES (p_instance, nid, m.gen, 'run', now() + make_interval(secs => n.query::bigint), 'waiting')
+                ON CONFLICT (instance_id, node_id) DO UPDATE
+                   SET gen = EXCLUDED.gen, kind = 'run', run_at = EXCLUDED.run_at, phase = 'waiting', deadline = NULL;
+            ELSE   -- SQL, HTTP, HTTP_MULTIPART, SIGNAL, WAIT_SCHEDULE: the engine runs them
+                INSERT INTO df_internal.tasks AS t (instance_id, node_id, gen, kind, run_at, phase)
+                VALUES (p_instance, nid, m.gen, 'run', now(), 'start')
+                ON CONFLICT (instance_id, node_id) DO UPDATE
+                   SET gen = EXCLUDED.gen, kind = 'run', run_at = now(), phase = 'start', deadline = NULL;
+            END CASE;
+
+        ELSIF ev ->> 'op' = 'break' THEN
+            -- Find the nearest enclosing LOOP reached through its body.
+            anc := m.parent_id;
+            prev := nid;
+            LOOP
+                EXIT WHEN anc IS NULL;
+                SELECT * INTO anc_row FROM df.nodes x WHERE x.instance_id = p_instance AND x.id = anc;
+                EXIT WHEN anc_row.node_type = 'LOOP'
+                          AND (SELECT x.slot FROM df_internal.node_meta x
+                                WHERE x.instance_id = p_instance AND x.node_id = prev) = 'body';
+                prev := anc;
+                SELECT x.parent_id INTO anc FROM df_internal.node_meta x
+                 WHERE x.instance_id = p_instance AND x.node_id = anc;
+            END LOOP;
+            IF anc IS NULL THEN
+                work := work || jsonb_build_array(jsonb_build_object('op', 'done', 'node', nid,
+                    'status', 'failed', 'error', 'BREAK outside of a loop: df.break() must be inside df.loop()'));
+                CONTINUE;
+            END IF;
+            res := COALESCE(n.query::jsonb, 'null'::jsonb);
+            UPDATE df.nodes x SET status = 'completed', result = res, updated_at = now()
+             WHERE x.instance_id = p_instance AND x.id = nid;
+            UPDATE df_internal.node_meta x SET finished_at = now()
+             WHERE x.instance_id = p_instance AND x.node_id = nid;
+            -- Every still-running node between the BREAK and the loop ends with it.
+            UPDATE df.nodes x SET status = 'completed', updated_at = now()
+             WHERE x.instance_id = p_instance AND x.status = 'running' AND x.id <> anc
+               AND x.id IN (SELECT s.node_id FROM df_internal.subtree(p_instance, anc) s)
+               AND x.node_type IN ('THEN', 'IF', 'JOIN', 'RACE', 'LOOP');
+            PERFORM df_internal.abandon(p_instance, anc_row.left_node, 'loop exited by BREAK');
+            work := work || jsonb_build_array(jsonb_build_object('op', 'done', 'node', anc,
+                'status', 'completed', 'result', res, 'from_break', true));
+
+        ELSIF ev ->> 'op' = 'done' THEN
+            st := ev ->> 'status';
+            res := ev -> 'result';
+            err := ev ->> 'error';
+            IF NOT COALESCE((ev ->> 'kept')::boolean, false) THEN
+                IF st = 'failed' THEN
+                    res := to_jsonb(COALESCE(err, 'failed'));
+                END IF;
+                UPDATE df.nodes x SET status = st, result = res, error = CASE WHEN st = 'failed' THEN err END,
+                       updated_at = now()
+                 WHERE x.instance_id = p_instance AND x.id = nid;
+                UPDATE df_internal.node_meta x SET finished_at = now()
+                 WHERE x.instance_id = p_instance AND x.node_id = nid;
+            END IF;
+            IF st = 'completed' AND n.result_name IS NOT NULL THEN
+                INSERT INTO df_internal.named_results AS nr (instance_id, name, node_id, result)
+                VALUES (p_instance, n.result_name, nid, res)
+                ON CONFLICT (instance_id, name) DO UPDATE
+                   SET node_id = EXCLUDED.node_id, result = EXCLUDED.result, updated_at = now();
+            END IF;
+
+            IF m.parent_id IS NULL THEN
+                PERFORM df_internal.finish_instance(p_instance, st,
+                    CASE WHEN st = 'completed' THEN res END, CASE WHEN st = 'failed' THEN err END);
+                CONTINUE;
+            END IF;
+
+            SELECT * INTO p FROM df.nodes x WHERE x.instance_id = p_instance AND x.id = m.parent_id;
+            SELECT * INTO pm FROM df_internal.node_meta x WHERE x.instance_id = p_instance AND x.node_id = m.parent_id;
+            IF p.status <> 'running' THEN
+                CONTINUE;   -- parent already decided (race loser, break, failure elsewhere)
+            END IF;
+
+            CASE p.node_type
+            WHEN 'THEN' THEN
+                IF m.slot = 'left' AND st = 'completed' THEN
+                    work := work || jsonb_build_array(jsonb_build_object('op', 'activate', 'node', p.right_node));
+                ELSE
+                    work := work || jsonb_build_array(jsonb_build_object('op', 'done', 'node', p.id,
+                        'status', st, 'result', res, 'error', err));
+                END IF;
+            WHEN 'IF' THEN
+                IF m.slot = 'condition' THEN
+                    IF st = 'failed' THEN
+                        work := work || jsonb_build_array(jsonb_build_object('op', 'done', 'node', p.id,
+                            'status', 'failed', 'error', err));
+                    ELSE
+                        work := work || jsonb_build_array(jsonb_build_object('op', 'activate', 'node',
+                            CASE WHEN df_internal.truthy(res, n.status_details) THEN p.left_node ELSE p.right_node END));
+                    END IF;
+                ELSE
+                    work := work || jsonb_build_array(jsonb_build_object('op', 'done', 'node', p.id,
+                        'status', st, 'result', res, 'error', err));
+                END IF;
+            WHEN 'JOIN' THEN
+                IF st = 'failed' THEN
+                    FOREACH k IN ARRAY df_internal.branches(p_instance, p.id) LOOP
+                        IF k <> nid THEN
+                            PERFORM df_internal.abandon(p_instance, k, 'join failed');
+                        END IF;
+                    END LOOP;
+                    work := work || jsonb_build_array(jsonb_build_object('op', 'done', 'node', p.id,
+                        'status', 'failed', 'error', err));
+                ELSE
+                    kids := df_internal.branches(p_instance, p.id);
+                    SELECT bool_and(x.status = 'completed'),
+                           jsonb_agg(x.result ORDER BY array_position(kids, x.id))
+                      INTO all_done, arr
+                      FROM df.nodes x WHERE x.instance_id = p_instance AND x.id = ANY (kids);
+                    IF all_done THEN
+                        work := work || jsonb_build_array(jsonb_build_object('op', 'done', 'node', p.id,
+                            'status', 'completed', 'result', arr));
+                    END IF;
+                END IF;
+            WHEN 'RACE' THEN
+                FOREACH k IN ARRAY df_internal.branches(p_instance, p.id) LOOP
+                    IF k <> nid THEN
+                        PERFORM df_internal.abandon(p_instance, k, 'lost the race');
+                    END IF;
+                END LOOP;
+                work := work || jsonb_build_array(jsonb_build_object('op', 'done', 'node', p.id,
+                    'status', st, 'result', res, 'error', err));
+            WHEN 'LOOP' THEN
+                cfg := CASE WHEN p.query IS NOT NULL THEN p.query::jsonb END;
+                IF st = 'failed' THEN
+                    work := work || jsonb_build_array(jsonb_build_object('op', 'done', 'node', p.id,
+                        'status', 'failed', 'error', err));
+                ELSIF m.slot = 'body' AND cfg ? 'condition_node' THEN
+                    UPDATE df_internal.node_meta x SET ran_sql = NULL
+                     WHERE x.instance_id = p_instance AND x.node_id = p.id;
+                    work := work || jsonb_build_array(jsonb_build_object('op', 'activate', 'node', cfg ->> 'condition_node'));
+                ELSIF m.slot = 'loop_condition' AND NOT df_internal.truthy(res, n.status_details) THEN
+                    SELECT x.result INTO res FROM df.nodes x WHERE x.instance_id = p_instance AND x.id = p.left_node;
+                    work := work || jsonb_build_array(jsonb_build_object('op', 'done', 'node', p.id,
+                        'status', 'completed', 'result', res));
+                ELSIF pm.iteration >= 100000 THEN
+                    work := work || jsonb_build_array(jsonb_build_object('op', 'done', 'node', p.id,
+                        'status', 'failed', 'error', 'LOOP exceeded the maximum of 100,000 iterations'));
+                ELSE
+                    -- Next iteration: archive this one, then schedule it at least 1 s after the
+                    -- previous iteration began (a zero-sleep loop must not spin).
+                    INSERT INTO df_internal.loop_iterations (instance_id, loop_node_id, iteration, started_at, nodes)
+                    SELECT p_instance, p.id, pm.iteration, pm.started_at,
+                           COALESCE(jsonb_agg(jsonb_build_object('node_id', x.id, 'status', x.status,
+                                   'result', x.result, 'error', x.error) ORDER BY x.id), '[]')
+                      FROM df.nodes x
+                     WHERE x.instance_id = p_instance
+                       AND x.id IN (SELECT s.node_id FROM df_internal.subtree(p_instance, p.id) s WHERE s.node_id <> p.id)
+                    ON CONFLICT DO NOTHING;
+                    delay := GREATEST(interval '0', pm.started_at + interval '1 second' - clock_timestamp());
+                    UPDATE df_internal.node_meta x SET gen = x.gen + 1
+                     WHERE x.instance_id = p_instance AND x.node_id = p.id
+                    RETURNING * INTO pm;
+                    INSERT INTO df_internal.tasks AS t (instance_id, node_id, gen, kind, run_at, phase)
+                    VALUES (p_instance, p.id, pm.gen, 'iterate', now() + delay, 'waiting')
+                    ON CONFLICT (instance_id, node_id) DO UPDATE
+                       SET gen = EXCLUDED.gen, kind = 'iterate', run_at = EXCLUDED.run_at, phase = 'waiting';
+                END IF;
+            ELSE
+                RAISE EXCEPTION 'node % (%) cannot have children', p.id, p.node_type;
+            END CASE;
+        END IF;
+    END LOOP;
+END $$;
+
+-- Start the next LOOP iteration (the engine claims the 'iterate' task when it is due).
+CREATE FUNCTION df_internal.loop_iterate(p_instance varchar, p_loop varchar)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n df.nodes%ROWTYPE;
+    m df_internal.node_meta%ROWTYPE;
+BEGIN
+    SELECT * INTO n FROM df.nodes x WHERE x.instance_id = p_instance AND x.id = p_loop;
+    SELECT * INTO m FROM df_internal.node_meta x WHERE x.instance_id = p_instance AND x.node_id = p_loop;
+    PERFORM df_internal.reset_subtree(p_instance, n.left_node, false);
+    IF n.query IS NOT NULL AND n.query::jsonb ? 'condition_node' THEN
+        PERFORM df_internal.reset_subtree(p_instance, n.query::jsonb ->> 'condition_node', false);
+    END IF;
+    IF m.slot = 'root' THEN
+        DELETE FROM df_internal.named_results nr WHERE nr.instance_id = p_instance;
+    END IF;
+    UPDATE df_internal.node_meta x SET iteration = x.iteration + 1, started_at = now()
+     WHERE x.instance_id = p_instance AND x.node_id = p_loop;
+    PERFORM df_internal.drive(p_instance, jsonb_build_array(
+        jsonb_build_object('op', 'activate', 'node', n.left_node)));
+END $$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Engine API: claim, complete, fail. Called by `dftui engine` inside the step's transaction.
+-- ---------------------------------------------------------------------------------------------
+
+-- Claim one due task (row-locked until the caller's transaction ends). Stale tasks (generation
+-- fenced, instance terminal) are deleted on the way. Returns no row when nothing is due.
+CREATE FUNCTION df_internal.claim_task(p_engine text)
+RETURNS TABLE (instance_id varchar, node_id varchar, gen integer, kind text, phase text,
+               deadline timestamptz, node_type text, query text, result_name text,
+               submitted_by regrole, role_oid oid, database text, vars jsonb,
+               named_results jsonb, label text, attempts integer, retry_policy jsonb)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t df_internal.tasks%ROWTYPE;
+    inst_status text;
+    cur_gen integer;
+BEGIN
+    LOOP
+        SELECT * INTO t FROM df_internal.tasks x
+         WHERE x.run_at <= now()
+         ORDER BY x.run_at
+         LIMIT 1
+         FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+        SELECT i.status INTO inst_status FROM df.instances i WHERE i.id = t.instance_id;
+        IF t.kind = 'start' THEN
+            IF inst_status = 'pending' THEN
+                EXIT;
+            END IF;
+            DELETE FROM df_internal.tasks x WHERE x.instance_id = t.instance_id AND x.node_id = t.node_id;
+            CONTINUE;
+        END IF;
+        SELECT m.gen INTO cur_gen FROM df_internal.node_meta m
+         WHERE m.instance_id = t.instance_id AND m.node_id = t.node_id;
+        IF inst_status = 'running' AND cur_gen = t.gen THEN
+            EXIT;
+        END IF;
+        DELETE FROM df_internal.tasks x WHERE x.instance_id = t.instance_id AND x.node_id = t.node_id;
+    END LOOP;
+
+    RETURN QUERY
+    SELECT t.instance_id, t.node_id, t.gen, t.kind, t.phase, t.deadline,
+           n.node_type, n.query, n.result_name,
+           s.submitted_by, s.submitted_by::oid, s.database, s.vars,
+           COALESCE((SELECT jsonb_object_agg(nr.name, nr.result) FROM df_internal.named_results nr
+                      WHERE nr.instance_id = t.instance_id), '{}'),
+           i.label, COALESCE(m.attempts, 0), COALESCE(m.retry_policy, s.retry_policy)
+      FROM df_internal.instance_state s
+      JOIN df.instances i ON i.id = s.instance_id
+      LEFT JOIN df.nodes n ON n.instance_id = t.instance_id AND n.id = t.node_id
+      LEFT JOIN df_internal.node_meta m ON m.instance_id = t.instance_id AND m.node_id = t.node_id
+     WHERE s.instance_id = t.instance_id;
+END $$;
+
+-- Take the per-instance lock that serialises orchestration for one instance.
+CREATE FUNCTION df_internal.lock_instance(p_instance varchar) RETURNS text
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT i.status FROM df.instances i WHERE i.id = p_instance FOR NO KEY UPDATE
+$$;
+
+-- Begin an instance: build parent links, mark it running, activate the root.
+CREATE FUNCTION df_internal.start_instance(p_instance varchar) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    root varchar;
+BEGIN
+    IF df_internal.lock_instance(p_instance) IS DISTINCT FROM 'pending' THEN
+        DELETE FROM df_internal.tasks t WHERE t.instance_id = p_instance AND t.kind = 'start';
+        RETURN;
+    END IF;
+    DELETE FROM df_internal.tasks t WHERE t.instance_id = p_instance AND t.kind = 'start';
+    PERFORM df_internal.build_node_meta(p_instance);
+    UPDATE df.instances i SET status = 'running' WHERE i.id = p_instance;
+    UPDATE df_internal.instance_state s SET started_at = COALESCE(s.started_at, now())
+     WHERE s.instance_id = p_instance;
+    SELECT i.root_node INTO root FROM df.instances i WHERE i.id = p_instance;
+    PERFORM df_internal.drive(p_instance, jsonb_build_array(jsonb_build_object('op', 'activate', 'node', root)));
+END $$;
+
+-- Is this (instance, node, generation) still the live one? Used to fence every write.
+CREATE FUNCTION df_internal.task_is_live(p_instance varchar, p_node varchar, p_gen integer)
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM df_internal.node_meta m JOIN df.instances i ON i.id = m.instance_id
+         WHERE m.instance_id = p_instance AND m.node_id = p_node AND m.gen = p_gen
+           AND i.status = 'running')
+$$;
+
+-- Checkpoint a finished leaf: record the attempt, write the result, run the interpreter.
+-- Returns false (and changes nothing but dropping the task) when the write is stale.
+CREATE FUNCTION df_internal.complete_task(p_instance varchar, p_node varchar, p_gen integer,
+                                          p_result jsonb, p_details jsonb, p_ran_sql text,
+                                          p_engine text, p_started_at timestamptz)
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m df_internal.node_meta%ROWTYPE;
+BEGIN
+    PERFORM df_internal.lock_instance(p_instance);
+    DELETE FROM df_internal.tasks t WHERE t.instance_id = p_instance AND t.node_id = p_node;
+    IF NOT df_internal.task_is_live(p_instance, p_node, p_gen) THEN
+        RETURN false;
+    END IF;
+    UPDATE df_internal.node_meta x SET attempts = x.attempts + 1, ran_sql = p_ran_sql
+     WHERE x.instance_id = p_instance AND x.node_id = p_node
+    RETURNING * INTO m;
+    INSERT INTO df_internal.node_attempts (instance_id, node_id, iteration, attempt, status,
+                                           started_at, ran_sql, engine_id)
+    VALUES (p_instance, p_node,
+            COALESCE((SELECT lm.iteration FROM df_internal.node_meta lm
+                       WHERE lm.instance_id = p_instance AND lm.node_id =
+                             (SELECT pm.parent_id FROM df_internal.node_meta pm
+                               WHERE pm.instance_id = p_instance AND pm.node_id = p_node)), 0),
+            m.attempts, 'completed', p_started_at, p_ran_sql, p_engine);
+    IF p_details IS NOT NULL THEN
+        UPDATE df.nodes x SET status_details = p_details
+         WHERE x.instance_id = p_instance AND x.id = p_node;
+    END IF;
+    PERFORM df_internal.drive(p_instance, jsonb_build_array(jsonb_build_object(
+        'op', 'done', 'node', p_node, 'status', 'completed', 'result', p_result)));
+    RETURN true;
+END $$;
+
+-- Record a failed attempt. When p_retry_delay is given the node is retried after that delay
+-- (durable timer); otherwise the node fails and the interpreter propagates the failure.
+CREATE FUNCTION df_internal.fail_task(p_instance varchar, p_node varchar, p_gen integer,
+                                      p_error text, p_ran_sql text, p_engine text,
+                                      p_started_at timestamptz, p_retry_delay interval DEFAULT NULL)
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m df_internal.node_meta%ROWTYPE;
+BEGIN
+    PERFORM df_internal.lock_instance(p_instance);
+    IF NOT df_internal.task_is_live(p_instance, p_node, p_gen) THEN
+        DELETE FROM df_internal.tasks t WHERE t.instance_id = p_instance AND t.node_id = p_node;
+        RETURN false;
+    END IF;
+    UPDATE df_internal.node_meta x SET attempts = x.attempts + 1, ran_sql = COALESCE(p_ran_sql, x.ran_sql)
+     WHERE x.instance_id = p_instance AND x.node_id = p_node
+    RETURNING * INTO m;
+    INSERT INTO df_internal.node_attempts (instance_id, node_id, attempt, status, started_at,
+                                           error, ran_sql, engine_id)
+    VALUES (p_instance, p_node, m.attempts,
+            CASE WHEN p_retry_delay IS NULL THEN 'failed' ELSE 'retrying' END,
+            p_started_at, p_error, p_ran_sql, p_engine);
+    IF p_retry_delay IS NOT NULL THEN
+        UPDATE df_internal.tasks t SET run_at = now() + p_retry_delay, phase = 'start', deadline = NULL
+         WHERE t.instance_id = p_instance AND t.node_id = p_node;
+        UPDATE df.nodes x SET status_details = jsonb_build_object(
+                   'retrying', true, 'attempt', m.attempts, 'last_error', p_error,
+                   'next_attempt_at', now() + p_retry_delay), updated_at = now()
+         WHERE x.instance_id = p_instance AND x.id = p_node;
+        PERFORM pg_notify('df_work', p_instance);
+        RETURN true;
+    END IF;
+    DELETE FROM df_internal.tasks t WHERE t.instance_id = p_instance AND t.node_id = p_node;
+    PERFORM df_internal.drive(p_instance, jsonb_build_array(jsonb_build_object(
+        'op', 'done', 'node', p_node, 'status', 'failed', 'error', p_error)));
+    RETURN true;
+END $$;
+
+-- Park a task until a time (cron waits, signal timeouts) or indefinitely (signal without one).
+CREATE FUNCTION df_internal.park_task(p_instance varchar, p_node varchar, p_gen integer,
+                                      p_until timestamptz, p_deadline timestamptz)
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT df_internal.task_is_live(p_instance, p_node, p_gen) THEN
+        DELETE FROM df_internal.tasks t WHERE t.instance_id = p_instance AND t.node_id = p_node;
+        RETURN false;
+    END IF;
+    UPDATE df_internal.tasks t SET run_at = p_until, phase = 'waiting', deadline = p_deadline
+     WHERE t.instance_id = p_instance AND t.node_id = p_node;
+    UPDATE df.nodes x SET status_details = jsonb_strip_nulls(jsonb_build_object(
+               'waiting_until', CASE WHEN p_until < 'infinity' THEN p_until END,
+               'deadline', p_deadline))
+     WHERE x.instance_id = p_instance AND x.id = p_node;
+    RETURN true;
+END $$;
+
+-- Consume the oldest queued signal of a SIGNAL node's name, if any (returns its result envelope).
+CREATE FUNCTION df_internal.take_signal(p_instance varchar, p_node varchar, p_name text)
+RETURNS jsonb LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    sig df_internal.signals%ROWTYPE;
+BEGIN
+    SELECT * INTO sig FROM df_internal.signals s
+     WHERE s.instance_id = p_instance AND s.name = p_name AND s.consumed_at IS NULL
+     ORDER BY s.id LIMIT 1 FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    UPDATE df_internal.signals s SET consumed_at = now(), consumed_by = p_node WHERE s.id = sig.id;
+    RETURN jsonb_build_object('signal_name', p_name, 'timed_out', false, 'data', sig.data);
+END $$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Retry: resume a failed or cancelled instance, keeping every completed result.
+-- ---------------------------------------------------------------------------------------------
+CREATE FUNCTION df_internal.retry_instance(p_instance varchar, p_from_node varchar, p_requested_by text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    i df.instances%ROWTYPE;
+BEGIN
+    SELECT * INTO i FROM df.instances x WHERE x.id = p_instance FOR UPDATE;
+    IF i.status = 'completed' THEN
+        RAISE EXCEPTION 'instance % is completed; only failed or cancelled instances can be retried', p_instance
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF i.status IN ('pending', 'running') THEN
+        RETURN;   -- already running again (a second df.retry is a no-op)
+    END IF;
+    IF p_from_node IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM df.nodes n WHERE n.instance_id = p_instance AND n.id = p_from_node) THEN
+        RAISE EXCEPTION 'node % does not belong to instance %', p_from_node, p_instance
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO df_internal.retries (instance_id, requested_by, from_node, previous_status)
+    VALUES (p_instance, p_requested_by::regrole, p_from_node, i.status);
+    UPDATE df_internal.instance_state s
+       SET execution = s.execution + 1, finished_at = NULL, output = NULL, error = NULL,
+           cancel_reason = NULL
+     WHERE s.instance_id = p_instance;
+    IF NOT EXISTS (SELECT 1 FROM df_internal.node_meta m WHERE m.instance_id = p_instance) THEN
+        PERFORM df_internal.build_node_meta(p_instance);
+    END IF;
+    -- Everything not completed goes back to pending; from_node also re-runs that node and every
+    -- node after it: its subtree, and (walking up) the later siblings are pending anyway.
+    PERFORM df_internal.reset_subtree(p_instance, i.root_node, true);
+    IF p_from_node IS NOT NULL THEN
+        PERFORM df_internal.reset_subtree(p_instance, p_from_node, false);
+        -- Ancestors of from_node and everything that ran after it must run again.
+        UPDATE df.nodes n SET status = 'pending', result = NULL, error = NULL, updated_at = now()
+         WHERE n.instance_id = p_instance AND n.id IN (
+             WITH RECURSIVE up AS (
+                 SELECT m.parent_id AS id FROM df_internal.node_meta m
+                  WHERE m.instance_id = p_instance AND m.node_id = p_from_node
+                 UNION ALL
+                 SELECT m.parent_id FROM df_internal.node_meta m JOIN up ON m.instance_id = p_instance AND m.node_id = up.id
+                  WHERE m.parent_id IS NOT NULL)
+             SELECT id FROM up WHERE id IS NOT NULL);
+        UPDATE df.nodes n SET status = 'pending', result = NULL, error = NULL, updated_at = now()
+         WHERE n.instance_id = p_instance AND n.status = 'completed'
+           AND n.updated_at >= (SELECT x.updated_at FROM df.nodes x
+                                 WHERE x.instance_id = p_instance AND x.id = p_from_node)
+           AND n.node_type NOT IN ('THEN', 'IF', 'JOIN', 'RACE', 'LOOP');
+    END IF;
+    PERFORM set_config('df.retrying', p_instance, true);
+    UPDATE df.instances x SET status = 'running', completed_at = NULL WHERE x.id = p_instance;
+    PERFORM set_config('df.retrying', '', true);
+    PERFORM df_internal.drive(p_instance, jsonb_build_array(jsonb_build_object(
+        'op', 'activate', 'node', i.root_node)));
+    PERFORM pg_notify('df_work', p_instance);
+END $$;
+
+-- df.retry(id [, from_node]): SECURITY INVOKER; ownership is proven by the RLS-checked UPDATE,
+-- the privileged part runs in the df.instances trigger.
+CREATE FUNCTION df.retry(instance_id text, from_node text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    st text;
+BEGIN
+    IF current_setting('df.in_workflow', true) = 'true' THEN
+        RAISE EXCEPTION 'df.retry() cannot be called inside a workflow';
+    END IF;
+    SELECT i.status INTO st FROM df.instances i WHERE i.id = instance_id;
+    IF st IS NULL THEN
+        RAISE EXCEPTION 'Instance not found or access denied: %', instance_id
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    IF st = 'completed' THEN
+        RAISE EXCEPTION 'Instance % is completed; only failed or cancelled instances can be retried', instance_id
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF st IN ('pending', 'running') THEN
+        RETURN st;    -- idempotent: nothing to do
+    END IF;
+    PERFORM set_config('df.request', json_build_object('op', 'retry', 'instance_id', instance_id,
+        'from_node', from_node, 'requested_by', quote_ident(current_user))::text, true);
+    UPDATE df.instances i SET updated_at = now() WHERE i.id = instance_id;
+    PERFORM set_config('df.request', '', true);
+    RETURN 'running';
+END $$;
