@@ -1,0 +1,920 @@
+"""The data-access layer of the TUI and the scripting CLI: the only UI-side module that talks to
+PostgreSQL.
+
+Why one module: screens must stay presentation-only (testable, never blocking the UI thread on
+psycopg), and the same typed operations serve `dftui ls/show/cancel/...`. Everything here is
+synchronous psycopg 3; the TUI calls it from Textual thread workers.
+
+Backends: dftui's own `df` schema ("dftui") and Microsoft's pg_durable extension ("pg_durable").
+Both expose the same `df.instances` / `df.nodes` tables and user-facing functions, so listing reads
+the tables directly (RLS applies: a role sees exactly its own rows) and actions call the df.*
+functions. Features one backend lacks (df.retry, the df.node_runs views, df.engines, ...) are
+detected once at connect time and reported in `Capabilities` with a human-readable reason.
+
+Errors: every database failure becomes `ClientError(message)` carrying the server's message (never
+a traceback); a dead connection becomes `ConnectionLost`, after which `reconnect()` may be tried.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.rows import dict_row
+
+APPLICATION_NAME = "dftui"
+STATUSES = ("running", "failed", "pending", "completed", "cancelled")
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+# Status counts are exact up to this many rows per status; beyond it they are planner estimates.
+COUNT_CAP = 1000
+_ID_RE = re.compile(r"^[0-9a-f]{8}$")
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NOT_SINGLE = "the workflow expression must be a single expression, not statements"
+_SECRET_RE = re.compile(r"token|secret|password|passwd|key", re.IGNORECASE)
+
+
+class ClientError(Exception):
+    """A database or validation error, carrying a one-line message fit to show to the user."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConnectionLost(ClientError):
+    """The connection to the server is gone; `Client.reconnect()` may bring it back."""
+
+
+class PasswordRequired(ClientError):
+    """The server asked for a password and none was available (no PGPASSWORD, no ~/.pgpass)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Typed results
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the connected backend and role can do. `reasons` explains every disabled feature."""
+
+    can_retry: bool = False
+    has_node_runs: bool = False
+    has_attempt_history: bool = False
+    has_loop_history: bool = False
+    has_instance_runtime: bool = False
+    has_engines: bool = False
+    has_metrics: bool = False
+    has_explain: bool = False
+    can_see_others: bool = False
+    reasons: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """Who we are connected as, where, and to which backend."""
+
+    role: str
+    database: str
+    server_version: str
+    backend: str  # "dftui", "pg_durable" or "none"
+    backend_version: str | None
+    is_superuser: bool
+    capabilities: Capabilities
+
+    @property
+    def title(self) -> str:
+        return f"{self.role}@{self.database}"
+
+
+@dataclass(frozen=True)
+class InstanceSummary:
+    """One row of the instance list."""
+
+    id: str
+    label: str | None
+    status: str
+    submitted_by: str
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+    current_step: str | None = None
+
+    @property
+    def finished_at(self) -> datetime | None:
+        """When the instance reached a terminal state (updated_at is the best we have)."""
+        if self.completed_at is not None:
+            return self.completed_at
+        return self.updated_at if self.status in TERMINAL_STATUSES else None
+
+
+@dataclass(frozen=True)
+class InstancePage:
+    """A keyset page. `next_cursor` is None on the last page."""
+
+    rows: list[InstanceSummary]
+    next_cursor: tuple[datetime, str] | None
+
+
+@dataclass(frozen=True)
+class StatusCounts:
+    """Per-status counts; a status in `estimated` holds a planner estimate (more than COUNT_CAP)."""
+
+    counts: dict[str, int]
+    estimated: frozenset[str] = frozenset()
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def label(self, status: str | None) -> str:
+        """Display text: `12`, or `~1.2M` for estimates."""
+        if status is None:
+            value, approx = self.total, bool(self.estimated)
+        else:
+            value, approx = self.counts.get(status, 0), status in self.estimated
+        return ("~" if approx else "") + _human_count(value)
+
+
+@dataclass(frozen=True)
+class InstanceDetail:
+    """Everything the detail header shows about one instance."""
+
+    id: str
+    label: str | None
+    status: str
+    submitted_by: str
+    database: str | None
+    root_node: str
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+    output: str | None
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    cancel_reason: str | None = None
+    execution: int | None = None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One execution attempt of a node (df.node_attempt_history)."""
+
+    node_id: str
+    attempt: int
+    status: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    ran_sql: str | None
+    iteration: int | None = None
+
+
+@dataclass
+class NodeInfo:
+    """One node of an instance graph, with engine run data when the backend exposes it."""
+
+    id: str
+    node_type: str
+    query: str | None
+    result_name: str | None
+    left_node: str | None
+    right_node: str | None
+    status: str
+    result: Any
+    status_details: Any
+    inferred_status: str
+    inferred_from: str | None
+    updated_at: datetime | None
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int | None = None
+    ran_sql: str | None = None
+    iteration: int | None = None
+    attempt_history: list[Attempt] = field(default_factory=list)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The JSON config of IF/JOIN/LOOP/SIGNAL/HTTP nodes ({} when absent or not JSON)."""
+        if not self.query or self.node_type == "SQL":
+            return {}
+        try:
+            value = json.loads(self.query)
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """Outcome of an action on one instance (bulk actions return one per id)."""
+
+    id: str
+    ok: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class Var:
+    name: str
+    value: str | None
+
+    @property
+    def looks_secret(self) -> bool:
+        """Names like *token*, *secret*, *password*, *key* are masked in the TUI until revealed."""
+        return bool(_SECRET_RE.search(self.name))
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """A row of df.engines, kept generic because the view's columns are backend-specific."""
+
+    data: dict[str, Any]
+
+
+def _human_count(value: int) -> str:
+    if value < 10_000:
+        return str(value)
+    if value < 1_000_000:
+        return f"{value / 1000:.0f}k"
+    return f"{value / 1_000_000:.1f}M"
+
+
+def mask_secret(value: str | None) -> str:
+    """What a secret-looking variable shows until revealed."""
+    if not value:
+        return ""
+    return "•" * min(len(value), 8)
+
+
+# ------------------------------------------------------------------------------------------------
+# The client
+# ------------------------------------------------------------------------------------------------
+
+
+def _message(exc: BaseException) -> str:
+    """The server's primary message (plus detail/hint when present), one line each."""
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    text = primary or str(exc).strip() or exc.__class__.__name__
+    text = text.splitlines()[0] if primary is None else text
+    if diag is not None and getattr(diag, "message_detail", None):
+        text += f" ({diag.message_detail})"
+    return text
+
+
+def _needs_password(exc: psycopg.OperationalError) -> bool:
+    text = str(exc)
+    return "no password supplied" in text or "fe_sendauth" in text
+
+
+class Client:
+    """A connection to one database as one role, with typed df.* operations.
+
+    Thread-safe: every operation holds a lock, so Textual workers may call it concurrently (they
+    simply queue). The connection is autocommit; multi-statement operations open their own
+    transaction.
+    """
+
+    def __init__(self, conninfo: str = "", *, password: str | None = None, connect_timeout: int = 10):
+        self.conninfo = conninfo
+        self._password = password
+        self._connect_timeout = connect_timeout
+        self._conn: psycopg.Connection | None = None
+        self._lock = threading.RLock()
+        self.info: ConnectionInfo | None = None
+
+    # -- connection management ----------------------------------------------------------------
+
+    def connect(self) -> ConnectionInfo:
+        """Open the connection (libpq rules: conninfo/URI, PG* env, pgpass, service files).
+
+        Raises PasswordRequired when the server wants a password we do not have, ClientError for
+        every other failure.
+        """
+        kwargs: dict[str, Any] = {"autocommit": True, "application_name": APPLICATION_NAME}
+        if self._password is not None:
+            kwargs["password"] = self._password
+        params = psycopg.conninfo.conninfo_to_dict(self.conninfo) if self.conninfo else {}
+        if "connect_timeout" not in params:
+            kwargs["connect_timeout"] = self._connect_timeout
+        with self._lock:
+            self._close_quietly()
+            try:
+                self._conn = psycopg.connect(self.conninfo, **kwargs)
+            except psycopg.OperationalError as exc:
+                if _needs_password(exc) and self._password is None:
+                    raise PasswordRequired("the server requires a password") from None
+                raise ClientError(_message(exc)) from None
+            except psycopg.Error as exc:
+                raise ClientError(_message(exc)) from None
+            self.info = self._detect()
+            return self.info
+
+    def set_password(self, password: str) -> None:
+        """Use this password for this and later (re)connections; kept only in memory."""
+        self._password = password
+
+    def reconnect(self) -> ConnectionInfo:
+        """Try once to re-open a lost connection. Raises ConnectionLost when it still fails."""
+        try:
+            return self.connect()
+        except PasswordRequired:
+            raise
+        except ClientError as exc:
+            raise ConnectionLost(exc.message) from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_quietly()
+
+    def _close_quietly(self) -> None:
+        if self._conn is not None:
+            with suppress(Exception):  # closing a broken connection may fail; nothing to do
+                self._conn.close()
+            self._conn = None
+
+    @property
+    def connected(self) -> bool:
+        conn = self._conn
+        return conn is not None and not conn.closed and not conn.broken
+
+    def backend_pid(self) -> int | None:
+        """The server process id of our session (tests use it to simulate connection loss)."""
+        conn = self._conn
+        return conn.info.backend_pid if conn is not None and not conn.closed else None
+
+    def __enter__(self) -> Client:
+        if self._conn is None:
+            self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _cursor(self) -> Iterator[psycopg.Cursor]:
+        """A dict-row cursor; psycopg errors become ClientError / ConnectionLost."""
+        with self._lock:
+            conn = self._conn
+            if conn is None or conn.closed or conn.broken:
+                raise ConnectionLost("not connected to the server")
+            try:
+                with conn.cursor(row_factory=dict_row) as cur:
+                    yield cur
+            except psycopg.Error as exc:
+                if conn.closed or conn.broken or isinstance(
+                    exc, pg_errors.AdminShutdown | pg_errors.ConnectionFailure
+                ):
+                    raise ConnectionLost(f"connection lost: {_message(exc)}") from None
+                raise ClientError(_message(exc)) from None
+
+    def _rows(self, query: str, params: Iterable[Any] | dict[str, Any] | None = None) -> list[dict]:
+        with self._cursor() as cur:
+            cur.execute(query, params)
+            return cur.fetchall() if cur.description else []
+
+    def _one(self, query: str, params: Iterable[Any] | dict[str, Any] | None = None) -> dict | None:
+        rows = self._rows(query, params)
+        return rows[0] if rows else None
+
+    # -- feature detection ---------------------------------------------------------------------
+
+    def _detect(self) -> ConnectionInfo:
+        row = self._one(
+            """
+            SELECT current_user AS role, current_database() AS database,
+                   current_setting('server_version') AS server_version,
+                   r.rolsuper AS is_superuser, r.rolbypassrls AS bypassrls,
+                   EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                            WHERE n.nspname = 'df_internal' AND c.relname = 'schema_version')
+                       AS dftui_schema,
+                   (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_durable')
+                       AS pg_durable_version,
+                   EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'df') AS has_df,
+                   (SELECT c.relowner = r.oid FROM pg_catalog.pg_class c
+                      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = 'df' AND c.relname = 'instances') AS owns_instances
+              FROM pg_catalog.pg_roles r WHERE r.rolname = current_user
+            """
+        )
+        assert row is not None
+        if row["dftui_schema"]:
+            backend = "dftui"
+        elif row["pg_durable_version"] is not None:
+            backend = "pg_durable"
+        else:
+            backend = "none"
+        backend_version = row["pg_durable_version"]
+        if backend == "dftui" and self._function_usable("df", "version"):
+            try:
+                backend_version = self._one("SELECT df.version()::text AS v")["v"]  # type: ignore[index]
+            except ClientError:
+                backend_version = None
+        caps = self._capabilities(
+            backend,
+            can_see_others=bool(row["is_superuser"] or row["bypassrls"] or row["owns_instances"]),
+        )
+        return ConnectionInfo(
+            role=row["role"],
+            database=row["database"],
+            server_version=row["server_version"].split(" ")[0],
+            backend=backend,
+            backend_version=backend_version,
+            is_superuser=bool(row["is_superuser"]),
+            capabilities=caps,
+        )
+
+    def _function_usable(self, schema: str, name: str) -> bool:
+        row = self._one(
+            """
+            SELECT bool_or(pg_catalog.has_function_privilege(p.oid, 'EXECUTE')
+                           AND pg_catalog.has_schema_privilege(n.oid, 'USAGE')) AS ok
+              FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+             WHERE n.nspname = %s AND p.proname = %s
+            """,
+            (schema, name),
+        )
+        return bool(row and row["ok"])
+
+    def _relation_usable(self, schema: str, name: str) -> bool:
+        row = self._one(
+            """
+            SELECT pg_catalog.has_table_privilege(c.oid, 'SELECT')
+                   AND pg_catalog.has_schema_privilege(n.oid, 'USAGE') AS ok
+              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = %s AND c.relname = %s
+            """,
+            (schema, name),
+        )
+        return bool(row and row["ok"])
+
+    def _capabilities(self, backend: str, *, can_see_others: bool) -> Capabilities:
+        reasons: dict[str, str] = {}
+
+        def feature(key: str, ok: bool, why: str) -> bool:
+            if not ok:
+                reasons[key] = why
+            return ok
+
+        if backend == "none":
+            why = "the df schema is not installed in this database (run `dftui install`)"
+            return Capabilities(reasons={k: why for k in ("retry", "node_runs", "engines", "metrics")})
+        can_retry = feature(
+            "retry",
+            self._function_usable("df", "retry"),
+            "df.retry is not available on this backend"
+            if backend == "pg_durable"
+            else "this role may not execute df.retry",
+        )
+        has_node_runs = feature(
+            "node_runs", self._relation_usable("df", "node_runs"),
+            "per-node timing and attempts need dftui's df.node_runs view",
+        )
+        has_attempts = self._relation_usable("df", "node_attempt_history")
+        has_loops = self._relation_usable("df", "loop_history")
+        has_runtime = self._relation_usable("df", "instance_runtime")
+        has_engines = feature(
+            "engines", self._relation_usable("df", "engines"),
+            "df.engines is not visible to this role or backend",
+        )
+        has_metrics = feature(
+            "metrics", self._function_usable("df", "metrics"),
+            "df.metrics is granted only to delegated admins",
+        )
+        has_explain = feature(
+            "explain", self._function_usable("df", "explain"), "df.explain is not available"
+        )
+        return Capabilities(
+            can_retry=can_retry,
+            has_node_runs=has_node_runs,
+            has_attempt_history=has_attempts,
+            has_loop_history=has_loops,
+            has_instance_runtime=has_runtime,
+            has_engines=has_engines,
+            has_metrics=has_metrics,
+            has_explain=has_explain,
+            can_see_others=can_see_others,
+            reasons=reasons,
+        )
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.info.capabilities if self.info else Capabilities()
+
+    # -- listing -------------------------------------------------------------------------------
+
+    def list_instances(
+        self,
+        *,
+        status: str | None = None,
+        label: str | None = None,
+        text: str | None = None,
+        after: tuple[datetime, str] | None = None,
+        limit: int = 100,
+    ) -> InstancePage:
+        """One keyset page, newest first (`created_at DESC, id ASC`, like df.list_instances).
+
+        Reads df.instances directly (RLS applies) because the UI needs submitted_by and free-text
+        filters that df.list_instances lacks. The redundant `created_at <= cursor` bound lets the
+        planner start the index scan at the cursor, so page 10,000 is as cheap as page 1.
+        """
+        if status is not None and status not in STATUSES:
+            raise ClientError(f"unknown status {status!r} (expected one of {', '.join(STATUSES)})")
+        if limit < 1 or limit > 10_000:
+            raise ClientError("limit must be between 1 and 10000")
+        where = ["TRUE"]
+        params: dict[str, Any] = {"limit": limit + 1}
+        if status:
+            where.append("i.status = %(status)s")
+            params["status"] = status
+        if label:
+            where.append("i.label = %(label)s")
+            params["label"] = label
+        if text:
+            where.append(
+                "(i.id LIKE %(prefix)s OR i.label ILIKE %(pattern)s"
+                " OR i.submitted_by::text ILIKE %(pattern)s)"
+            )
+            escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            params["prefix"] = escaped.lower() + "%"
+            params["pattern"] = "%" + escaped + "%"
+        if after is not None:
+            where.append(
+                "i.created_at <= %(cts)s AND (i.created_at < %(cts)s OR i.id > %(cid)s)"
+            )
+            params["cts"], params["cid"] = after
+        rows = self._rows(
+            f"""
+            SELECT i.id, i.label, i.status, i.submitted_by::text AS submitted_by, i.created_at,
+                   i.updated_at, i.completed_at,
+                   CASE WHEN i.status IN ('running', 'pending', 'failed') THEN (
+                       SELECT n.node_type || CASE WHEN n.result_name IS NOT NULL
+                                                  THEN ' ' || n.result_name ELSE '' END
+                              || ': ' || pg_catalog.left(pg_catalog.regexp_replace(
+                                      coalesce(n.query, ''), '\\s+', ' ', 'g'), 60)
+                         FROM df.nodes n
+                        WHERE n.instance_id = i.id
+                          AND n.status = CASE i.status WHEN 'failed' THEN 'failed'
+                                                       ELSE 'running' END
+                          AND n.node_type NOT IN ('THEN', 'IF', 'JOIN', 'RACE', 'LOOP')
+                        ORDER BY n.updated_at DESC LIMIT 1)
+                   END AS current_step
+              FROM df.instances i
+             WHERE {" AND ".join(where)}
+             ORDER BY i.created_at DESC, i.id
+             LIMIT %(limit)s
+            """,
+            params,
+        )
+        page = [InstanceSummary(**r) for r in rows[:limit]]
+        next_cursor = (page[-1].created_at, page[-1].id) if len(rows) > limit else None
+        return InstancePage(page, next_cursor)
+
+    def refresh_instances(self, ids: list[str]) -> dict[str, InstanceSummary]:
+        """Current state of the given (already listed) instances, for cheap live refresh."""
+        if not ids:
+            return {}
+        rows = self._rows(
+            """
+            SELECT i.id, i.label, i.status, i.submitted_by::text AS submitted_by, i.created_at,
+                   i.updated_at, i.completed_at, NULL::text AS current_step
+              FROM df.instances i WHERE i.id = ANY(%s)
+            """,
+            (ids,),
+        )
+        return {r["id"]: InstanceSummary(**r) for r in rows}
+
+    def status_counts(self, *, label: str | None = None, cap: int = COUNT_CAP) -> StatusCounts:
+        """Per-status counts without scanning the whole table.
+
+        Each status is counted exactly up to `cap` rows through the (status, created_at, id)
+        index; a status above the cap gets the planner's row estimate instead (RLS-aware, since
+        the policy is part of the plan). Cost stays bounded with millions of instances.
+        """
+        label_sql = " AND i.label = %(label)s" if label else ""
+        rows = self._rows(
+            f"""
+            SELECT s.status,
+                   (SELECT count(*) FROM (SELECT 1 FROM df.instances i
+                                           WHERE i.status = s.status{label_sql}
+                                           LIMIT %(cap)s + 1) x) AS n
+              FROM unnest(%(statuses)s::text[]) AS s(status)
+            """,
+            {"statuses": list(STATUSES), "cap": cap, "label": label},
+        )
+        counts = {r["status"]: int(r["n"]) for r in rows}
+        estimated: set[str] = set()
+        for status, n in counts.items():
+            if n > cap:
+                counts[status] = max(self._estimate(status, label), cap + 1)
+                estimated.add(status)
+        return StatusCounts(counts, frozenset(estimated))
+
+    def _estimate(self, status: str, label: str | None) -> int:
+        query = "EXPLAIN (FORMAT JSON) SELECT 1 FROM df.instances i WHERE i.status = %(status)s"
+        if label:
+            query += " AND i.label = %(label)s"
+        with self._cursor() as cur:
+            cur.execute(query, {"status": status, "label": label})
+            plan = cur.fetchone()
+        assert plan is not None
+        value = next(iter(plan.values()))
+        if isinstance(value, str):
+            value = json.loads(value)
+        return int(value[0]["Plan"]["Plan Rows"])
+
+    def labels(self, limit: int = 200) -> list[str]:
+        """Distinct labels (for the label filter), via the label index, bounded."""
+        rows = self._rows(
+            """
+            WITH RECURSIVE l AS (
+                (SELECT label FROM df.instances WHERE label IS NOT NULL ORDER BY label LIMIT 1)
+                UNION ALL
+                SELECT (SELECT i.label FROM df.instances i
+                         WHERE i.label IS NOT NULL AND i.label > l.label
+                         ORDER BY i.label LIMIT 1)
+                  FROM l WHERE l.label IS NOT NULL)
+            SELECT label FROM l WHERE label IS NOT NULL LIMIT %s
+            """,
+            (limit,),
+        )
+        return [r["label"] for r in rows]
+
+    # -- one instance --------------------------------------------------------------------------
+
+    def instance(self, instance_id: str) -> InstanceDetail:
+        """The instance row plus df.instance_info's output (and runtime data when exposed)."""
+        instance_id = _check_id(instance_id)
+        row = self._one(
+            """
+            SELECT i.id, i.label, i.status, i.submitted_by::text AS submitted_by, i.database,
+                   i.root_node, i.created_at, i.updated_at, i.completed_at
+              FROM df.instances i WHERE i.id = %s
+            """,
+            (instance_id,),
+        )
+        if row is None:
+            raise ClientError("Instance not found or access denied")
+        info = self._one("SELECT output::text AS output FROM df.instance_info(%s)", (instance_id,))
+        row["output"] = info["output"] if info else None
+        if self.capabilities.has_instance_runtime:
+            runtime = self._json_row(
+                "SELECT to_jsonb(r) AS j FROM df.instance_runtime r WHERE r.instance_id = %s",
+                (instance_id,),
+            )
+            if runtime:
+                row["started_at"] = _ts(runtime.get("started_at"))
+                row["finished_at"] = _ts(runtime.get("finished_at"))
+                row["error"] = runtime.get("error")
+                row["cancel_reason"] = runtime.get("cancel_reason")
+                row["execution"] = runtime.get("execution")
+        if row["status"] == "failed" and not row.get("error"):
+            row["error"] = row["output"]
+        return InstanceDetail(**row)
+
+    def _json_row(self, query: str, params: tuple) -> dict[str, Any] | None:
+        row = self._one(query, params)
+        return row["j"] if row else None
+
+    def nodes(self, instance_id: str) -> list[NodeInfo]:
+        """df.instance_nodes (with inferred status), plus timing/attempts from df.node_runs and
+        df.node_attempt_history when the backend has them."""
+        instance_id = _check_id(instance_id)
+        rows = self._rows(
+            """
+            SELECT f.node_id AS id, f.node_type, f.query, f.result_name, f.left_node,
+                   f.right_node, f.status, f.result, f.status_details,
+                   f.inferred_status, f.inferred_status_from_ancestor_id AS inferred_from,
+                   f.updated_at, n.error
+              FROM df.instance_nodes(%s) f
+              LEFT JOIN df.nodes n ON n.instance_id = %s AND n.id = f.node_id
+            """,
+            (instance_id, instance_id),
+        )
+        nodes = {r["id"]: NodeInfo(**r) for r in rows}
+        caps = self.capabilities
+        if caps.has_node_runs and nodes:
+            for run in self._rows(
+                "SELECT to_jsonb(r) AS j FROM df.node_runs r WHERE r.instance_id = %s",
+                (instance_id,),
+            ):
+                data = run["j"]
+                node = nodes.get(data.get("node_id") or data.get("id"))
+                if node is None:
+                    continue
+                node.started_at = _ts(data.get("started_at"))
+                node.finished_at = _ts(data.get("finished_at"))
+                node.attempts = data.get("attempts")
+                node.ran_sql = data.get("ran_sql")
+                node.iteration = data.get("iteration")
+                if not node.error and data.get("error"):
+                    node.error = data.get("error")
+        if caps.has_attempt_history and nodes:
+            for hist in self._rows(
+                "SELECT to_jsonb(h) AS j FROM df.node_attempt_history h WHERE h.instance_id = %s",
+                (instance_id,),
+            ):
+                data = hist["j"]
+                node = nodes.get(data.get("node_id"))
+                if node is None:
+                    continue
+                node.attempt_history.append(
+                    Attempt(
+                        node_id=node.id,
+                        attempt=int(data.get("attempt") or 0),
+                        status=str(data.get("status") or ""),
+                        started_at=_ts(data.get("started_at")),
+                        finished_at=_ts(data.get("finished_at")),
+                        error=data.get("error"),
+                        ran_sql=data.get("ran_sql"),
+                        iteration=data.get("iteration"),
+                    )
+                )
+            for node in nodes.values():
+                node.attempt_history.sort(key=lambda a: (a.iteration or 0, a.attempt))
+        return list(nodes.values())
+
+    def explain(self, source: str) -> str:
+        """df.explain of an instance id, a node envelope, DSL source text or plain SQL."""
+        if not source.strip():
+            raise ClientError("nothing to explain")
+        row = self._one("SELECT df.explain(%s) AS e", (source,))
+        return row["e"] if row else ""
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def evaluate(self, expression: str) -> str:
+        """Evaluate DSL source (e.g. `'SELECT 1' ~> 'SELECT 2' |=> 'x'`) to its node envelope.
+
+        The expression is the caller's own SQL, so evaluating it grants nothing new; still it must
+        be exactly one scalar expression: it runs with a bound parameter (the extended protocol
+        refuses multiple statements), inside a READ ONLY transaction that is rolled back (builders
+        are pure; nothing may write), and must yield one row with one column.
+        """
+        text = expression.strip()
+        if not text:
+            raise ClientError("the workflow expression is empty")
+        if text.endswith(";"):
+            text = text.rstrip(";").rstrip()
+        with self._lock:
+            conn = self._conn
+            if conn is None or conn.closed or conn.broken:
+                raise ConnectionLost("not connected to the server")
+            try:
+                with conn.transaction(force_rollback=True), conn.cursor() as cur:
+                    cur.execute("SET TRANSACTION READ ONLY")
+                    try:
+                        cur.execute(f"SELECT (\n{text}\n)::text, %s::int", (1,))
+                    except pg_errors.SyntaxError as exc:
+                        msg = _message(exc)
+                        if "multiple commands" in msg:
+                            raise ClientError(_NOT_SINGLE) from None
+                        raise ClientError(f"invalid workflow expression: {msg}") from None
+                    if cur.description is None or len(cur.description) != 2:
+                        raise ClientError(_NOT_SINGLE)
+                    rows = cur.fetchall()
+            except ClientError:
+                raise
+            except psycopg.Error as exc:
+                if conn.closed or conn.broken:
+                    raise ConnectionLost(f"connection lost: {_message(exc)}") from None
+                raise ClientError(_message(exc)) from None
+        if len(rows) != 1 or rows[0][0] is None:
+            raise ClientError("the workflow expression must evaluate to one non-null value")
+        return rows[0][0]
+
+    def start(self, expression: str, label: str | None = None) -> str:
+        """Evaluate DSL source safely (see `evaluate`) and start it; returns the instance id."""
+        if label is not None and (label == "" or re.search(r"[\x00-\x1f\x7f]", label)):
+            raise ClientError("invalid label: it must be non-empty and have no control characters")
+        envelope = self.evaluate(expression)
+        row = self._one("SELECT df.start(%s, %s) AS id", (envelope, label))
+        assert row is not None
+        return row["id"]
+
+    def cancel(self, ids: Iterable[str], reason: str | None = None) -> list[ActionResult]:
+        """df.cancel each id; one result per id (a failure does not stop the others)."""
+        reason = (reason or "").strip() or "Cancelled by user"
+
+        def one(instance_id: str) -> str:
+            row = self._one("SELECT df.cancel(%s, %s)::text AS r", (instance_id, reason))
+            return (row or {}).get("r") or "cancelled"
+
+        return self._each(ids, one)
+
+    def retry(self, ids: Iterable[str]) -> list[ActionResult]:
+        """df.retry each id (dftui only; refused with the reason on backends without it)."""
+        if not self.capabilities.can_retry:
+            raise ClientError(self.capabilities.reasons.get("retry", "retry is not available"))
+
+        def one(instance_id: str) -> str:
+            row = self._one("SELECT df.retry(%s)::text AS r", (instance_id,))
+            return (row or {}).get("r") or "retried"
+
+        return self._each(ids, one)
+
+    def signal(self, instance_id: str, name: str, data: str | Any = "{}") -> str:
+        """df.signal after validating the name and the JSON payload client-side."""
+        instance_id = _check_id(instance_id)
+        name = name.strip()
+        if not name:
+            raise ClientError("signal name must not be empty")
+        if isinstance(data, str):
+            payload = data.strip() or "{}"
+            try:
+                json.loads(payload)
+            except ValueError as exc:
+                raise ClientError(f"signal payload is not valid JSON: {exc}") from None
+        else:
+            payload = json.dumps(data)
+        row = self._one("SELECT df.signal(%s, %s, %s)::text AS r", (instance_id, name, payload))
+        return (row or {}).get("r") or "OK"
+
+    def _each(self, ids: Iterable[str], fn: Callable[[str], str]) -> list[ActionResult]:
+        results = []
+        for raw in ids:
+            try:
+                instance_id = _check_id(raw)
+                results.append(ActionResult(instance_id, True, fn(instance_id)))
+            except ConnectionLost:
+                raise
+            except ClientError as exc:
+                results.append(ActionResult(raw, False, exc.message))
+        return results
+
+    # -- variables -----------------------------------------------------------------------------
+
+    def vars(self) -> list[Var]:
+        """The current role's df.vars."""
+        return [Var(r["name"], r["value"]) for r in self._rows(
+            "SELECT name, value FROM df.vars ORDER BY name"
+        )]
+
+    def set_var(self, name: str, value: str) -> None:
+        if not _NAME_RE.match(name or ""):
+            raise ClientError(f"variable name {name!r} is not a valid identifier")
+        self._rows("SELECT df.setvar(%s, %s)", (name, value))
+
+    def unset_var(self, name: str) -> None:
+        self._rows("SELECT df.unsetvar(%s)", (name,))
+
+    # -- engines & health ----------------------------------------------------------------------
+
+    def engines(self) -> list[EngineInfo]:
+        if not self.capabilities.has_engines:
+            raise ClientError(self.capabilities.reasons.get("engines", "engines are not visible"))
+        return [EngineInfo(r["j"]) for r in self._rows("SELECT to_jsonb(e) AS j FROM df.engines e")]
+
+    def metrics(self) -> dict[str, Any]:
+        if not self.capabilities.has_metrics:
+            raise ClientError(self.capabilities.reasons.get("metrics", "metrics are not available"))
+        row = self._one("SELECT * FROM df.metrics()")
+        return dict(row or {})
+
+
+def _check_id(instance_id: str) -> str:
+    value = (instance_id or "").strip().lower()
+    if not _ID_RE.match(value):
+        raise ClientError(f"invalid instance id {instance_id!r} (expected 8 hex digits)")
+    return value
+
+
+def _ts(value: Any) -> datetime | None:
+    """Timestamps come back as ISO text when read through to_jsonb()."""
+    if value is None or isinstance(value, datetime):
+        return value
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+
+
+def connect(conninfo: str = "", *, password_prompt: Callable[[], str] | None = None) -> Client:
+    """Open a Client; when the server asks for a password, ask `password_prompt` once.
+
+    Used by the CLI and the TUI launcher (with getpass, before Textual takes the terminal).
+    """
+    client = Client(conninfo)
+    try:
+        client.connect()
+    except PasswordRequired:
+        if password_prompt is None:
+            raise
+        client.set_password(password_prompt())
+        client.connect()
+    return client

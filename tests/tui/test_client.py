@@ -1,0 +1,99 @@
+"""dftui.client against a real PostgreSQL: detection, listing, RLS, errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from dftui.client import Client, ClientError, ConnectionLost
+
+from .conftest import Seed, seed_instances
+
+
+def _client(db, role):
+    client = Client(db.dsn(role))
+    client.connect()
+    return client
+
+
+def test_connection_info_and_backend(db):
+    with _client(db, "dftui_alice") as client:
+        info = client.info
+        assert info.role == "dftui_alice"
+        assert info.database == db.name
+        assert info.backend == "dftui"
+        assert not info.is_superuser
+        assert not info.capabilities.can_see_others
+
+
+def test_list_pages_and_rls(db):
+    seeds = [Seed(f"{i:08x}", "completed", label="batch", minutes_ago=i) for i in range(1, 26)]
+    seeds += [Seed("000000bb", "failed", role="dftui_bob")]
+    seed_instances(db, seeds)
+    with _client(db, "dftui_alice") as client:
+        seen = []
+        cursor = None
+        while True:
+            page = client.list_instances(after=cursor, limit=10)
+            seen += [r.id for r in page.rows]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert seen == [f"{i:08x}" for i in range(1, 26)]
+        counts = client.status_counts()
+        assert counts.counts["completed"] == 25 and counts.counts["failed"] == 0
+        assert client.list_instances(text="0000001").rows[0].id == "00000010"
+    with _client(db, "dftui_bob") as client:
+        assert [r.id for r in client.list_instances().rows] == ["000000bb"]
+        assert client.list_instances().rows[0].current_step.startswith("SQL: SELECT 1")
+        with pytest.raises(ClientError, match="not found or access denied"):
+            client.instance("00000001")
+
+
+def test_status_count_estimates_above_cap(db):
+    seed_instances(db, [Seed(f"{i:08x}", "completed", minutes_ago=i) for i in range(1, 8)])
+    with _client(db, "dftui_alice") as client:
+        counts = client.status_counts(cap=5)
+        assert "completed" in counts.estimated
+        assert counts.counts["completed"] >= 6
+        assert counts.label("completed").startswith("~")
+
+
+def test_evaluate_rejects_statements_and_errors(db):
+    with db.connect() as conn:
+        conn.execute("CREATE TABLE public.t (x int)")
+        conn.execute("GRANT ALL ON public.t TO dftui_alice")
+        conn.execute(
+            "CREATE FUNCTION public.w() RETURNS text LANGUAGE sql"
+            " AS 'INSERT INTO public.t VALUES (1) RETURNING ''x'''"
+        )
+    with _client(db, "dftui_alice") as client:
+        assert client.evaluate("'SELECT ' || '1'") == "SELECT 1"
+        with pytest.raises(ClientError, match="single expression"):
+            client.evaluate("'a'); DROP TABLE df.vars; SELECT ('b'")
+        with pytest.raises(ClientError, match="single expression"):
+            client.evaluate("'a')::text, ('b'")
+        with pytest.raises(ClientError, match="invalid workflow expression"):
+            client.evaluate("'a' ~~~ ")
+        with pytest.raises(ClientError, match="read-only transaction"):
+            client.evaluate("public.w()")
+    assert db.scalar("SELECT count(*) FROM public.t") == 0
+
+
+def test_bad_ids_and_payloads(db):
+    with _client(db, "dftui_alice") as client:
+        with pytest.raises(ClientError, match="invalid instance id"):
+            client.instance("nope")
+        with pytest.raises(ClientError, match="not valid JSON"):
+            client.signal("00000001", "go", "{bad")
+        with pytest.raises(ClientError, match="must not be empty"):
+            client.signal("00000001", " ", "{}")
+
+
+def test_connection_loss_and_reconnect(db):
+    with _client(db, "dftui_alice") as client:
+        pid = client.backend_pid()
+        db.scalar("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(ConnectionLost):
+            client.list_instances()
+        client.reconnect()
+        assert client.list_instances().rows == []
