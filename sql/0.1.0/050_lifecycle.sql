@@ -1,0 +1,378 @@
+-- dftui 0.1.0: lifecycle functions (sql-api.md §3): cancel, signal, status, result, await,
+-- variables, version.
+--
+-- cancel and signal follow the "Requests that need privileged work" protocol of
+-- docs/architecture.md: they run as the caller (SECURITY INVOKER), prove ownership with an
+-- RLS-checked UPDATE of df.instances and leave the privileged part to the df.instances triggers
+-- (040_machine.sql). An invisible instance behaves exactly like a missing one.
+--
+-- Signals and the caller's transaction
+-- ------------------------------------
+-- Like pg_durable's, a signal takes effect independently of the caller's transaction, so a DO
+-- block can signal an instance and then df.await_instance it. dftui does this with a loopback
+-- session through dblink: df.signal hands the request to df.signal_loopback (SECURITY DEFINER),
+-- which opens a short-lived connection to the same database as the installing superuser,
+-- `SET ROLE`s to the caller and runs df.signal there (RLS check, trigger, COMMIT). The claimed
+-- role is only honoured when the caller's login role (session_user) may SET ROLE to it, which
+-- is exactly what that session could do anyway, so the helper grants nothing new.
+--
+-- Fallback (in the caller's transaction) whenever the loopback is unavailable or refused: dblink
+-- not installed, the server does not accept a password-less local connection from the
+-- installing role (pg_hba), the caller acts through a SECURITY DEFINER function its login role
+-- cannot SET ROLE to, the instance is not visible to other sessions yet (started in the same,
+-- uncommitted transaction), the caller's transaction holds the instance row lock, we are inside
+-- a workflow step (`df.in_workflow`: the signal must commit atomically with the step), or the
+-- caller turned it off with `SET pg_durable.signal_loopback = off`. In the fallback the signal is
+-- queued when the caller commits (and vanishes on rollback); a DO block that signals and then
+-- awaits the same instance cannot see the effect before it ends.
+
+-- dblink for the loopback, when the server has it. Another file may have created it already;
+-- an existing installation in another schema is found at call time.
+DO $dblink$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'dblink')
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = 'dblink') THEN
+        BEGIN
+            CREATE EXTENSION dblink SCHEMA df_internal;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE NOTICE 'dftui: dblink could not be installed (%); signals will take effect when the caller commits', SQLERRM;
+        END;
+    END IF;
+END
+$dblink$;
+
+-- df.cancel ----------------------------------------------------------------------------------
+
+CREATE FUNCTION df.cancel(instance_id text, reason text DEFAULT 'Cancelled by user')
+RETURNS text
+LANGUAGE plpgsql
+SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+#variable_conflict use_variable
+DECLARE
+    v_status text;
+BEGIN
+    -- The reason is read by the AFTER UPDATE trigger, which also clears it.
+    PERFORM pg_catalog.set_config('df.cancel_reason',
+                                  coalesce(nullif(reason, ''), 'Cancelled by user'), true);
+    UPDATE df.instances i SET status = 'cancelled', updated_at = pg_catalog.now()
+     WHERE i.id = instance_id AND i.status IN ('pending', 'running');
+    IF FOUND THEN
+        PERFORM pg_catalog.set_config('df.cancel_reason', '', true);
+        RETURN 'OK';
+    END IF;
+    PERFORM pg_catalog.set_config('df.cancel_reason', '', true);
+    -- Nothing updated: either invisible/unknown, or already terminal (terminal states are never
+    -- overwritten). The same RLS policy governs this SELECT as the UPDATE above.
+    SELECT i.status INTO v_status FROM df.instances i WHERE i.id = instance_id;
+    IF v_status IS NULL THEN
+        RAISE EXCEPTION 'Instance not found or access denied: %', instance_id
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    RETURN 'already ' || v_status;
+END;
+$fn$;
+COMMENT ON FUNCTION df.cancel(text, text) IS
+    'Cancel an instance you own: OK, or ''already <status>'' when it had finished';
+
+-- df.signal ----------------------------------------------------------------------------------
+
+-- Run df.signal in a committed loopback session as p_role. Returns true when the signal was
+-- committed there, false when the caller must fall back to its own transaction. Never raises
+-- for loopback trouble; see the header for why this is safe to expose.
+CREATE FUNCTION df.signal_loopback(p_role text, instance_id text, signal_name text, signal_data text)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+#variable_conflict use_variable
+DECLARE
+    v_schema  text;
+    v_host    text;
+    v_conn    text;
+    v_sql     text;
+    v_result  text;
+    v_can_set boolean;
+BEGIN
+    IF p_role IS NULL OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = p_role) THEN
+        RETURN false;
+    END IF;
+    -- Only act as a role the login role could become itself.
+    IF pg_catalog.current_setting('server_version_num')::int >= 160000 THEN
+        v_can_set := pg_catalog.pg_has_role(session_user, p_role, 'SET');
+    ELSE
+        v_can_set := pg_catalog.pg_has_role(session_user, p_role, 'MEMBER');
+    END IF;
+    IF NOT v_can_set THEN
+        RETURN false;
+    END IF;
+    SELECT n.nspname INTO v_schema
+      FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+     WHERE e.extname = 'dblink';
+    IF v_schema IS NULL THEN
+        RETURN false;
+    END IF;
+
+    v_host := pg_catalog.btrim(pg_catalog.split_part(
+        pg_catalog.current_setting('unix_socket_directories'), ',', 1));
+    IF v_host = '' THEN
+        v_host := 'localhost';
+    END IF;
+    v_conn := pg_catalog.format('host=%s port=%s dbname=%s user=%s application_name=%s connect_timeout=5',
+        df_internal.conninfo_quote(v_host),
+        df_internal.conninfo_quote(pg_catalog.current_setting('port')),
+        df_internal.conninfo_quote(pg_catalog.current_database()),
+        df_internal.conninfo_quote(current_user::text),
+        df_internal.conninfo_quote('dftui signal loopback'));
+    -- One implicit transaction: the SETs are local to this short-lived session.
+    v_sql := pg_catalog.format(
+        'SET search_path = pg_catalog, pg_temp; SET lock_timeout = ''2s''; '
+        'SET statement_timeout = ''30s''; SET pg_durable.signal_loopback = off; '
+        'SET ROLE %I; SELECT df.signal(%L, %L, %L)',
+        p_role, instance_id, signal_name, signal_data);
+    BEGIN
+        EXECUTE pg_catalog.format('SELECT t.r FROM %I.dblink($1, $2) AS t(r text)', v_schema)
+           INTO v_result USING v_conn, v_sql;
+    EXCEPTION WHEN OTHERS THEN
+        -- Not reachable, not visible there yet, row locked by the caller, ...: the caller's own
+        -- transaction decides (and reports the authoritative error, if any).
+        RETURN false;
+    END;
+    RETURN v_result = 'OK';
+END;
+$fn$;
+COMMENT ON FUNCTION df.signal_loopback(text, text, text, text) IS
+    'Internal to df.signal: deliver a signal in a committed loopback session as a role the login role may SET ROLE to';
+
+-- Quote a libpq conninfo value.
+CREATE FUNCTION df_internal.conninfo_quote(p_value text) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT '''' || pg_catalog.replace(pg_catalog.replace(p_value, '\', '\\'), '''', '\''') || ''''
+$fn$;
+
+CREATE FUNCTION df.signal(instance_id text, signal_name text, signal_data text DEFAULT '{}')
+RETURNS text
+LANGUAGE plpgsql
+SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+#variable_conflict use_variable
+DECLARE
+    v_data jsonb;
+BEGIN
+    IF signal_name IS NULL OR signal_name = '' THEN
+        RAISE EXCEPTION 'df.signal: signal name must not be empty'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Kept as JSON when it parses, else stored as a JSON string.
+    IF signal_data IS NULL THEN
+        v_data := 'null'::jsonb;
+    ELSE
+        BEGIN
+            v_data := signal_data::jsonb;
+        EXCEPTION WHEN invalid_text_representation THEN
+            v_data := pg_catalog.to_jsonb(signal_data);
+        END;
+    END IF;
+    -- Ownership pre-check (same RLS policy as the UPDATE below): unknown ids never reach the
+    -- loopback.
+    IF NOT EXISTS (SELECT 1 FROM df.instances i WHERE i.id = instance_id) THEN
+        RAISE EXCEPTION 'Instance not found or access denied: %', instance_id
+            USING ERRCODE = 'no_data_found';
+    END IF;
+
+    IF pg_catalog.current_setting('df.in_workflow', true) IS DISTINCT FROM 'true'
+       AND pg_catalog.lower(coalesce(pg_catalog.current_setting('pg_durable.signal_loopback', true), ''))
+           NOT IN ('off', 'false', '0', 'no')
+       AND df.signal_loopback(current_user::text, instance_id, signal_name, signal_data) THEN
+        RETURN 'OK';
+    END IF;
+
+    -- In the caller's transaction: the AFTER UPDATE trigger queues the signal.
+    PERFORM pg_catalog.set_config('df.request', pg_catalog.json_build_object(
+        'op', 'signal', 'instance_id', instance_id, 'name', signal_name, 'data', v_data)::text, true);
+    UPDATE df.instances i SET updated_at = pg_catalog.now() WHERE i.id = instance_id;
+    IF NOT FOUND THEN
+        PERFORM pg_catalog.set_config('df.request', '', true);
+        RAISE EXCEPTION 'Instance not found or access denied: %', instance_id
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    PERFORM pg_catalog.set_config('df.request', '', true);
+    RETURN 'OK';
+END;
+$fn$;
+COMMENT ON FUNCTION df.signal(text, text, text) IS
+    'Queue a named signal for an instance you own; takes effect independently of your transaction when a loopback session is available';
+
+-- df.status / df.result ------------------------------------------------------------------------
+
+CREATE FUNCTION df.status(instance_id text)
+RETURNS text
+LANGUAGE sql STABLE
+SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT i.status FROM df.instances i WHERE i.id = $1
+$fn$;
+COMMENT ON FUNCTION df.status(text) IS 'Status of an instance you can see, else NULL';
+
+CREATE FUNCTION df.result(instance_id text)
+RETURNS text
+LANGUAGE sql STABLE
+SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT n.result::text
+      FROM df.instances i
+      JOIN df.nodes n ON n.instance_id = i.id AND n.id = i.root_node
+     WHERE i.id = $1 AND n.status = 'completed'
+$fn$;
+COMMENT ON FUNCTION df.result(text) IS 'Root node result (JSON text) once the root completed, else NULL';
+
+-- df.await_instance ----------------------------------------------------------------------------
+
+-- Polls with a fresh snapshot per check (READ COMMITTED), so it also works inside a DO block.
+-- Under REPEATABLE READ / SERIALIZABLE the snapshot never changes: the wait then times out
+-- unless the instance is already terminal.
+CREATE FUNCTION df.await_instance(instance_id text, timeout_seconds integer DEFAULT 30)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+#variable_conflict use_variable
+DECLARE
+    v_status   text;
+    v_deadline timestamptz;
+    v_pause    double precision := 0.01;
+BEGIN
+    IF pg_catalog.current_setting('df.in_workflow', true) = 'true' THEN
+        RAISE EXCEPTION 'df.await_instance() cannot be called inside a workflow'
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    IF timeout_seconds IS NULL OR timeout_seconds < 0 THEN
+        RAISE EXCEPTION 'df.await_instance: timeout_seconds must be a number >= 0, got %',
+            coalesce(timeout_seconds::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_deadline := pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => timeout_seconds);
+    LOOP
+        SELECT i.status INTO v_status FROM df.instances i WHERE i.id = instance_id;
+        IF v_status IS NULL THEN
+            RAISE EXCEPTION 'Instance not found: %', instance_id USING ERRCODE = 'no_data_found';
+        END IF;
+        IF v_status IN ('completed', 'failed', 'cancelled') THEN
+            RETURN v_status;
+        END IF;
+        IF pg_catalog.clock_timestamp() >= v_deadline THEN
+            RAISE EXCEPTION 'Timeout after % seconds waiting for instance % (status: %)',
+                timeout_seconds, instance_id, v_status USING ERRCODE = 'query_canceled';
+        END IF;
+        PERFORM pg_catalog.pg_sleep(LEAST(v_pause,
+            GREATEST(0.001, extract(epoch FROM v_deadline - pg_catalog.clock_timestamp())::double precision)));
+        v_pause := LEAST(v_pause * 2, 0.25);
+    END LOOP;
+END;
+$fn$;
+COMMENT ON FUNCTION df.await_instance(text, integer) IS
+    'Wait until an instance is completed, failed or cancelled and return that status';
+
+CREATE FUNCTION df.wait_for_completion(instance_id text, timeout_seconds integer DEFAULT 30)
+RETURNS text
+LANGUAGE sql
+SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT df.await_instance($1, $2)
+$fn$;
+COMMENT ON FUNCTION df.wait_for_completion(text, integer) IS 'Deprecated alias of df.await_instance';
+
+-- Variables (scoped to current_user; superusers bypass RLS, so every query filters explicitly) --
+
+CREATE FUNCTION df.setvar(name text, value text)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+#variable_conflict use_variable
+BEGIN
+    IF pg_catalog.current_setting('df.in_workflow', true) = 'true' THEN
+        RAISE EXCEPTION 'df.setvar() cannot be called inside a workflow'
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    IF name IS NULL OR name = '' THEN
+        RAISE EXCEPTION 'df.setvar: variable name must not be empty'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO df.vars AS v (name, value, owner)
+    VALUES (name, value, pg_catalog.quote_ident(current_user)::regrole)
+    ON CONFLICT ON CONSTRAINT vars_pkey DO UPDATE SET value = EXCLUDED.value;
+    RETURN 'OK';
+END;
+$fn$;
+COMMENT ON FUNCTION df.setvar(text, text) IS 'Set a variable of the current role (snapshotted by df.start)';
+
+CREATE FUNCTION df.getvar(name text)
+RETURNS text
+LANGUAGE sql STABLE
+SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT v.value FROM df.vars v
+     WHERE v.owner = pg_catalog.quote_ident(current_user)::regrole AND v.name = $1
+$fn$;
+COMMENT ON FUNCTION df.getvar(text) IS 'Value of a variable of the current role, else NULL';
+
+CREATE FUNCTION df.unsetvar(name text)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+#variable_conflict use_variable
+BEGIN
+    IF pg_catalog.current_setting('df.in_workflow', true) = 'true' THEN
+        RAISE EXCEPTION 'df.unsetvar() cannot be called inside a workflow'
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    DELETE FROM df.vars v
+     WHERE v.owner = pg_catalog.quote_ident(current_user)::regrole AND v.name = name;
+    RETURN 'OK';
+END;
+$fn$;
+COMMENT ON FUNCTION df.unsetvar(text) IS 'Remove a variable of the current role';
+
+CREATE FUNCTION df.clearvars()
+RETURNS text
+LANGUAGE plpgsql
+SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF pg_catalog.current_setting('df.in_workflow', true) = 'true' THEN
+        RAISE EXCEPTION 'df.clearvars() cannot be called inside a workflow'
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    DELETE FROM df.vars v WHERE v.owner = pg_catalog.quote_ident(current_user)::regrole;
+    RETURN 'OK';
+END;
+$fn$;
+COMMENT ON FUNCTION df.clearvars() IS 'Remove every variable of the current role';
+
+-- df.version -----------------------------------------------------------------------------------
+
+-- SECURITY DEFINER only to read the installer's version table (users cannot).
+CREATE FUNCTION df.version()
+RETURNS text
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT coalesce(
+        (SELECT s.version FROM df_internal.schema_version s
+          ORDER BY pg_catalog.string_to_array(s.version, '.')::int[] DESC LIMIT 1),
+        '0.1.0')
+$fn$;
+COMMENT ON FUNCTION df.version() IS 'Installed dftui schema version';

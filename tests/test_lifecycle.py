@@ -1,0 +1,342 @@
+"""Lifecycle functions: cancel, signal, status, result, await, variables, version.
+
+Instances are created by inserting df.instances + df.nodes rows directly (what df.start does),
+so these tests need no engine; "the engine" is simulated by superuser updates where needed.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+
+import psycopg
+import pytest
+
+NOT_FOUND = "Instance not found or access denied"
+
+
+def make_instance(db, owner: str, status: str = "running", label: str | None = None) -> str:
+    """Insert a one-node SQL instance owned by `owner` (as superuser) and return its id."""
+    iid, nid = secrets.token_hex(4), secrets.token_hex(4)
+    with db.connect(autocommit=False) as conn:
+        conn.execute(
+            "INSERT INTO df.nodes (id, instance_id, node_type, query, submitted_by)"
+            " VALUES (%s, %s, 'SQL', 'SELECT 1', quote_ident(%s)::regrole)",
+            (nid, iid, owner),
+        )
+        conn.execute(
+            "INSERT INTO df.instances (id, label, root_node, status, submitted_by,"
+            " completed_at) VALUES (%s, %s, %s, %s, quote_ident(%s)::regrole,"
+            " CASE WHEN %s = 'completed' THEN now() END)",
+            (iid, label, nid, status, owner, status),
+        )
+        conn.commit()
+    return iid
+
+
+def signals(db, iid: str) -> list[tuple[str, object]]:
+    with db.connect() as conn:
+        return conn.execute(
+            "SELECT name, data FROM df_internal.signals WHERE instance_id = %s ORDER BY id", (iid,)
+        ).fetchall()
+
+
+def error_of(db, role: str | None, query: str, params: tuple = ()) -> str:
+    """Run `query` as `role`, expecting an error; return its primary message."""
+    with db.connect(role) as conn, pytest.raises(psycopg.Error) as exc:
+        conn.execute(query, params)
+    return exc.value.diag.message_primary or str(exc.value)
+
+
+# --- cancel ---------------------------------------------------------------------------------
+
+
+def test_cancel_own_instance_with_reason(db) -> None:
+    iid = make_instance(db, "dftui_alice")
+    assert db.scalar("SELECT df.cancel(%s, 'operator said so')", (iid,), role="dftui_alice") == "OK"
+    assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (iid,)) == "cancelled"
+    assert db.scalar(
+        "SELECT cancel_reason FROM df_internal.instance_state WHERE instance_id = %s", (iid,)
+    ) == "operator said so"
+    # The reason does not leak into later updates of the same transaction.
+    assert db.scalar("SELECT current_setting('df.cancel_reason', true)") in (None, "")
+
+
+def test_cancel_default_reason_and_quoted_role(db) -> None:
+    iid = make_instance(db, "Quoted Role", status="pending")
+    assert db.scalar("SELECT df.cancel(%s)", (iid,), role="Quoted Role") == "OK"
+    assert db.scalar(
+        "SELECT cancel_reason FROM df_internal.instance_state WHERE instance_id = %s", (iid,)
+    ) == "Cancelled by user"
+
+
+def test_cancel_terminal_instance_changes_nothing(db) -> None:
+    iid = make_instance(db, "dftui_alice", status="completed")
+    assert db.scalar("SELECT df.cancel(%s)", (iid,), role="dftui_alice") == "already completed"
+    assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (iid,)) == "completed"
+
+
+def test_cancel_other_roles_instance_looks_missing(db) -> None:
+    bobs = make_instance(db, "dftui_bob")
+    missing = "0badf00d"
+    err_other = error_of(db, "dftui_alice", "SELECT df.cancel(%s)", (bobs,))
+    err_missing = error_of(db, "dftui_alice", "SELECT df.cancel(%s)", (missing,))
+    assert err_other == f"{NOT_FOUND}: {bobs}"
+    assert err_missing == f"{NOT_FOUND}: {missing}"
+    assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (bobs,)) == "running"
+    # The superuser sees (and may cancel) everything.
+    assert db.scalar("SELECT df.cancel(%s)", (bobs,)) == "OK"
+
+
+def test_ungranted_role_cannot_call_lifecycle_functions(db) -> None:
+    iid = make_instance(db, "dftui_alice")
+    for query in ["SELECT df.cancel(%s)", "SELECT df.signal(%s, 'x')", "SELECT df.status(%s)"]:
+        with db.connect("dftui_carol") as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(query, (iid,))
+    assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (iid,)) == "running"
+
+
+# --- signal ---------------------------------------------------------------------------------
+
+
+def test_signal_queues_json_and_text_payloads(db) -> None:
+    iid = make_instance(db, "dftui_alice")
+    with db.connect("dftui_alice") as conn:
+        assert conn.execute("SELECT df.signal(%s, 'approve', '{\"ok\": true}')", (iid,)).fetchone()[0] == "OK"
+        conn.execute("SELECT df.signal(%s, 'note', 'plain words')", (iid,))
+        conn.execute("SELECT df.signal(%s, 'empty')", (iid,))
+    assert signals(db, iid) == [("approve", {"ok": True}), ("note", "plain words"), ("empty", {})]
+
+
+def test_signal_other_roles_instance_looks_missing(db) -> None:
+    bobs = make_instance(db, "dftui_bob")
+    assert error_of(db, "dftui_alice", "SELECT df.signal(%s, 'go')", (bobs,)) == f"{NOT_FOUND}: {bobs}"
+    assert error_of(db, "dftui_alice", "SELECT df.signal('ffffffff', 'go')") == f"{NOT_FOUND}: ffffffff"
+    assert signals(db, bobs) == []
+
+
+def test_signal_bad_name_raises(db) -> None:
+    iid = make_instance(db, "dftui_alice")
+    assert "must not be empty" in error_of(db, "dftui_alice", "SELECT df.signal(%s, '')", (iid,))
+    assert "must not be empty" in error_of(db, "dftui_alice", "SELECT df.signal(%s, NULL)", (iid,))
+    assert signals(db, iid) == []
+
+
+def _loopback_available(db) -> bool:
+    return bool(db.scalar("SELECT count(*) FROM pg_extension WHERE extname = 'dblink'"))
+
+
+def test_signal_takes_effect_independently_of_callers_transaction(db) -> None:
+    if not _loopback_available(db):
+        pytest.skip("dblink is not available on this server")
+    iid = make_instance(db, "dftui_alice")
+    with db.connect("dftui_alice", autocommit=False) as conn:
+        conn.execute("SELECT df.signal(%s, 'early', '1')", (iid,))
+        # Visible to everyone before the caller commits...
+        assert signals(db, iid) == [("early", 1)]
+        conn.rollback()
+    # ...and it survives the caller's rollback.
+    assert signals(db, iid) == [("early", 1)]
+
+
+def test_signal_fallback_is_transactional(db) -> None:
+    iid = make_instance(db, "dftui_alice")
+    with db.connect("dftui_alice", autocommit=False) as conn:
+        conn.execute("SET pg_durable.signal_loopback = off")
+        conn.execute("SELECT df.signal(%s, 'late')", (iid,))
+        assert signals(db, iid) == []
+        conn.rollback()
+    assert signals(db, iid) == []
+    with db.connect("dftui_alice", autocommit=False) as conn:
+        conn.execute("SET pg_durable.signal_loopback = off")
+        conn.execute("SELECT df.signal(%s, 'late')", (iid,))
+        conn.commit()
+    assert signals(db, iid) == [("late", {})]
+
+
+def test_signal_to_instance_started_in_same_transaction(db) -> None:
+    """The loopback cannot see an uncommitted instance; the signal rides the caller's commit."""
+    iid, nid = secrets.token_hex(4), secrets.token_hex(4)
+    with db.connect("dftui_alice", autocommit=False) as conn:
+        conn.execute(
+            "INSERT INTO df.nodes (id, instance_id, node_type, query, submitted_by)"
+            " VALUES (%s, %s, 'SQL', 'SELECT 1', 'dftui_alice'::regrole)", (nid, iid))
+        conn.execute(
+            "INSERT INTO df.instances (id, root_node, submitted_by)"
+            " VALUES (%s, %s, 'dftui_alice'::regrole)", (iid, nid))
+        assert conn.execute("SELECT df.signal(%s, 'go')", (iid,)).fetchone()[0] == "OK"
+        conn.commit()
+    assert signals(db, iid) == [("go", {})]
+
+
+def test_signal_loopback_refuses_roles_the_session_cannot_become(db) -> None:
+    """df.signal_loopback is callable by grantees; it must not act as another role."""
+    bobs = make_instance(db, "dftui_bob")
+    with db.connect("dftui_alice") as conn:
+        done = conn.execute(
+            "SELECT df.signal_loopback('dftui_bob', %s, 'forged', '{}')", (bobs,)
+        ).fetchone()[0]
+        assert done is False
+        assert conn.execute(
+            "SELECT df.signal_loopback('no_such_role', %s, 'forged', '{}')", (bobs,)
+        ).fetchone()[0] is False
+    assert signals(db, bobs) == []
+
+
+def test_do_block_can_signal_then_await(db) -> None:
+    """A DO block signals, a separate "engine" session reacts and finishes the instance, and the
+    same DO block's await sees it: only possible when the signal does not hold the row lock."""
+    if not _loopback_available(db):
+        pytest.skip("dblink is not available on this server")
+    iid = make_instance(db, "dftui_alice")
+    errors: list[BaseException] = []
+
+    def engine() -> None:
+        try:
+            with db.connect() as conn:
+                conn.execute("SET lock_timeout = '20s'")
+                for _ in range(400):
+                    if conn.execute("SELECT count(*) FROM df_internal.signals WHERE instance_id = %s",
+                                    (iid,)).fetchone()[0]:
+                        break
+                    conn.execute("SELECT pg_sleep(0.05)")
+                conn.execute("UPDATE df.instances SET status = 'completed', completed_at = now()"
+                             " WHERE id = %s", (iid,))
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    worker = threading.Thread(target=engine)
+    worker.start()
+    with db.connect("dftui_alice") as conn:
+        conn.execute(
+            "DO $$ BEGIN PERFORM df.signal(%s, 'go'); "
+            "IF df.await_instance(%s, 30) <> 'completed' THEN RAISE EXCEPTION 'not completed'; END IF; END $$"
+            .replace("%s", "'" + iid + "'")
+        )
+    worker.join()
+    assert errors == []
+    assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (iid,)) == "completed"
+
+
+def test_signal_inside_workflow_uses_callers_transaction(db) -> None:
+    iid = make_instance(db, "dftui_alice")
+    with db.connect("dftui_alice", autocommit=False) as conn:
+        conn.execute("SELECT set_config('df.in_workflow', 'true', true)")
+        conn.execute("SELECT df.signal(%s, 'step')", (iid,))
+        assert signals(db, iid) == []
+        conn.rollback()
+    assert signals(db, iid) == []
+
+
+# --- status / result / await ----------------------------------------------------------------
+
+
+def test_status_and_result(db) -> None:
+    iid = make_instance(db, "dftui_alice")
+    assert db.scalar("SELECT df.status(%s)", (iid,), role="dftui_alice") == "running"
+    assert db.scalar("SELECT df.status(%s)", (iid,), role="dftui_bob") is None
+    assert db.scalar("SELECT df.status('00000000')", role="dftui_alice") is None
+    assert db.scalar("SELECT df.result(%s)", (iid,), role="dftui_alice") is None
+    with db.connect() as conn:
+        conn.execute(
+            "UPDATE df.nodes n SET status = 'completed', result = '{\"rows\":[{\"x\":1}],\"row_count\":1}'"
+            " FROM df.instances i WHERE i.id = %s AND n.instance_id = i.id AND n.id = i.root_node",
+            (iid,),
+        )
+    result = db.scalar("SELECT df.result(%s)", (iid,), role="dftui_alice")
+    assert result is not None and '"row_count": 1' in result
+    assert db.scalar("SELECT df.result(%s)", (iid,), role="dftui_bob") is None
+
+
+def test_await_returns_terminal_status(db) -> None:
+    done = make_instance(db, "dftui_alice", status="failed")
+    assert db.scalar("SELECT df.await_instance(%s)", (done,), role="dftui_alice") == "failed"
+    assert db.scalar("SELECT df.wait_for_completion(%s, 1)", (done,), role="dftui_alice") == "failed"
+
+
+def test_await_errors(db) -> None:
+    running = make_instance(db, "dftui_alice")
+    bobs = make_instance(db, "dftui_bob", status="completed")
+    assert error_of(db, "dftui_alice", "SELECT df.await_instance('12345678', 1)") == (
+        "Instance not found: 12345678"
+    )
+    assert error_of(db, "dftui_alice", "SELECT df.await_instance(%s, 1)", (bobs,)) == (
+        f"Instance not found: {bobs}"
+    )
+    msg = error_of(db, "dftui_alice", "SELECT df.await_instance(%s, 0)", (running,))
+    assert msg.startswith("Timeout after 0 seconds") and running in msg and "running" in msg
+    assert "timeout_seconds" in error_of(db, "dftui_alice", "SELECT df.await_instance(%s, -1)", (running,))
+    with db.connect("dftui_alice", autocommit=False) as conn:
+        conn.execute("SELECT set_config('df.in_workflow', 'true', true)")
+        with pytest.raises(psycopg.Error, match="cannot be called inside a workflow"):
+            conn.execute("SELECT df.await_instance(%s, 1)", (running,))
+
+
+def test_await_sees_completion_from_another_session(db) -> None:
+    iid = make_instance(db, "dftui_alice")
+
+    def finish() -> None:
+        with db.connect() as conn:
+            conn.execute("SELECT pg_sleep(0.3)")
+            conn.execute("UPDATE df.instances SET status = 'failed' WHERE id = %s", (iid,))
+
+    worker = threading.Thread(target=finish)
+    worker.start()
+    try:
+        assert db.scalar("SELECT df.await_instance(%s, 30)", (iid,), role="dftui_alice") == "failed"
+    finally:
+        worker.join()
+
+
+# --- variables --------------------------------------------------------------------------------
+
+
+def test_vars_are_scoped_to_current_user(db) -> None:
+    with db.connect("dftui_alice") as conn:
+        assert conn.execute("SELECT df.setvar('api', 'a1')").fetchone()[0] == "OK"
+        conn.execute("SELECT df.setvar('api', 'a2')")  # upsert
+        conn.execute("SELECT df.setvar('other', 'x')")
+    with db.connect("dftui_bob") as conn:
+        conn.execute("SELECT df.setvar('api', 'b1')")
+        assert conn.execute("SELECT df.getvar('api')").fetchone()[0] == "b1"
+    assert db.scalar("SELECT df.getvar('api')", role="dftui_alice") == "a2"
+    # The superuser bypasses RLS but still only sees its own variables.
+    assert db.scalar("SELECT df.getvar('api')") is None
+    assert db.scalar("SELECT df.unsetvar('api')", role="dftui_alice") == "OK"
+    assert db.scalar("SELECT df.getvar('api')", role="dftui_alice") is None
+    assert db.scalar("SELECT df.getvar('other')", role="dftui_alice") == "x"
+    assert db.scalar("SELECT df.clearvars()", role="dftui_alice") == "OK"
+    assert db.scalar("SELECT count(*) FROM df.vars WHERE owner = 'dftui_alice'::regrole") == 0
+    assert db.scalar("SELECT df.getvar('api')", role="dftui_bob") == "b1"
+
+
+def test_vars_with_quoted_role(db) -> None:
+    with db.connect("Quoted Role") as conn:
+        conn.execute("SELECT df.setvar('k', 'v')")
+        assert conn.execute("SELECT df.getvar('k')").fetchone()[0] == "v"
+    assert db.scalar("SELECT owner::text FROM df.vars WHERE name = 'k'") == '"Quoted Role"'
+
+
+def test_var_writers_refused_inside_workflow(db) -> None:
+    with db.connect("dftui_alice") as conn:
+        conn.execute("SELECT df.setvar('keep', '1')")
+    for call in ["df.setvar('k', 'v')", "df.unsetvar('keep')", "df.clearvars()"]:
+        with db.connect("dftui_alice", autocommit=False) as conn:
+            conn.execute("SELECT set_config('df.in_workflow', 'true', true)")
+            with pytest.raises(psycopg.Error, match="cannot be called inside a workflow"):
+                conn.execute(f"SELECT {call}")
+            conn.rollback()
+    with db.connect("dftui_alice", autocommit=False) as conn:
+        conn.execute("SELECT set_config('df.in_workflow', 'true', true)")
+        assert conn.execute("SELECT df.getvar('keep')").fetchone()[0] == "1"
+        conn.rollback()
+
+
+def test_setvar_rejects_empty_name(db) -> None:
+    assert "must not be empty" in error_of(db, "dftui_alice", "SELECT df.setvar('', 'v')")
+    assert "must not be empty" in error_of(db, "dftui_alice", "SELECT df.setvar(NULL, 'v')")
+    assert db.scalar("SELECT count(*) FROM df.vars") == 0
+
+
+def test_version(db) -> None:
+    assert db.scalar("SELECT df.version()", role="dftui_alice") == "0.1.0"
