@@ -80,24 +80,6 @@ def connect(
         return psycopg.connect(conninfo, autocommit=autocommit, password=password)
 
 
-def password_for(conninfo: str) -> str | None:
-    """Find out whether connecting needs an interactive password; prompt for it if so.
-
-    Used before opening the TUI so that a password prompt happens on the plain terminal, not
-    inside the full-screen app. Returns the password typed, or None when none was needed.
-    """
-    check_conninfo(conninfo)
-    try:
-        psycopg.connect(conninfo, autocommit=True).close()
-        return None
-    except psycopg.OperationalError as exc:
-        if not _needs_password(exc) or not sys.stdin.isatty():
-            raise
-    password = getpass.getpass("Password: ")
-    psycopg.connect(conninfo, autocommit=True, password=password).close()
-    return password
-
-
 def is_superuser(conn: psycopg.Connection) -> bool:
     row = conn.execute(
         "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user"

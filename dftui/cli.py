@@ -14,9 +14,13 @@ start the zero-setup demo and script df.* from the shell. Conventions every comm
 
 from __future__ import annotations
 
+import dataclasses
+import getpass
 import json
 import sys
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, NoReturn
 
@@ -159,10 +163,7 @@ def tui(
 ) -> int:
     """Open the terminal UI (the default when no subcommand is given)."""
     target = _resolve_dsn(ctx, dsn, conninfo)
-    password = admin.password_for(target)
-    if password is not None:
-        target = psycopg.conninfo.make_conninfo(target, password=password)
-    from dftui.app import run_app
+    from dftui.app import run_app  # prompts for a password itself, before Textual starts
 
     return int(run_app(target, read_only) or 0)
 
@@ -257,6 +258,11 @@ class HttpPolicy(StrEnum):
     allow_all = "allow-all"
 
 
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
 @app.command()
 def engine(
     ctx: typer.Context,
@@ -264,23 +270,36 @@ def engine(
     concurrency: Annotated[
         int | None,
         typer.Option(
-            "--concurrency", min=1, envvar="DFTUI_ENGINE_CONCURRENCY", show_envvar=True,
-            help="Steps run at once (and database connections used for them).",
+            "--concurrency", min=1,
+            help="Steps run at once (= step connections). Env: DFTUI_ENGINE_CONCURRENCY [8].",
         ),
     ] = None,
     http_policy: Annotated[
         HttpPolicy | None,
         typer.Option(
-            "--http-policy", envvar="DFTUI_HTTP_POLICY", show_envvar=True,
-            help="Outbound HTTP for df.http steps (default: disabled).",
+            "--http-policy",
+            help="Outbound HTTP for df.http steps. Env: DFTUI_ENGINE_HTTP_POLICY [disabled].",
         ),
     ] = None,
     http_allow: Annotated[
         list[str] | None,
         typer.Option(
-            "--http-allow", envvar="DFTUI_HTTP_ALLOW", show_envvar=True, metavar="SUFFIX",
-            help="Domain suffix HTTP steps may reach (repeat; implies --http-policy allowlist).",
+            "--http-allow", metavar="SUFFIX",
+            help="Domain suffix HTTP steps may reach; repeat for more (implies allowlist). "
+            "Env: DFTUI_ENGINE_HTTP_ALLOW (comma-separated).",
         ),
+    ] = None,
+    retention_days: Annotated[
+        float | None,
+        typer.Option(
+            "--retention-days", min=0,
+            help="Delete finished instances older than this. Env: DFTUI_ENGINE_RETENTION_DAYS "
+            "[keep forever].",
+        ),
+    ] = None,
+    log_format: Annotated[
+        LogFormat | None,
+        typer.Option("--log-format", help="Log lines as text or JSON. Env: DFTUI_ENGINE_LOG_FORMAT."),
     ] = None,
     once: Annotated[
         bool, typer.Option("--once", help="Run until no work is ready, then exit.")
@@ -290,27 +309,362 @@ def engine(
     conninfo = _resolve_dsn(ctx, dsn)
     if http_policy is None and http_allow:
         http_policy = HttpPolicy.allowlist
-    if http_policy is HttpPolicy.allowlist and not http_allow:
-        fail("--http-policy allowlist needs at least one --http-allow SUFFIX", 2)
     if http_allow and http_policy is not HttpPolicy.allowlist:
         fail("--http-allow only makes sense with --http-policy allowlist", 2)
     try:
-        from engine.config import EngineConfig
+        from engine.config import EngineConfig  # noqa: I001
         from engine.runner import main as run_engine
     except ImportError as exc:
         fail(f"the engine is not available in this installation ({exc})")
-    settings: dict[str, Any] = {"dsn": conninfo, "once": once}
-    if concurrency is not None:
-        settings["concurrency"] = concurrency
-    if http_policy is not None:
-        settings["http_policy"] = http_policy.value
-    if http_allow:
-        settings["http_allow"] = list(http_allow)
+    overrides: dict[str, Any] = {
+        "dsn": conninfo,
+        "once": once or None,
+        "concurrency": concurrency,
+        "http_policy": http_policy.value if http_policy else None,
+        "http_allow": list(http_allow) if http_allow else None,
+        "retention_days": retention_days,
+        "log_format": log_format.value if log_format else None,
+    }
     try:
-        config = EngineConfig(**settings)
+        config = EngineConfig.from_env(**overrides)
     except (TypeError, ValueError) as exc:
         fail(f"invalid engine settings: {exc}", 2)
+    if config.http_policy == HttpPolicy.allowlist and not config.http_allow:
+        fail("--http-policy allowlist needs at least one --http-allow SUFFIX", 2)
     return int(run_engine(config) or 0)
+
+
+# --- scripting (through dftui.client, the same layer the TUI uses) ---------------------------
+
+
+def _client(conninfo: str) -> Any:
+    """A connected `dftui.client.Client`, prompting (hidden) for a password when needed."""
+    from dftui import client as client_module
+
+    prompt = (lambda: getpass.getpass("Password: ")) if sys.stdin.isatty() else None
+    return client_module.connect(conninfo, password_prompt=prompt)
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _duration(start: datetime | None, end: datetime | None) -> str:
+    if start is None:
+        return "-"
+    seconds = ((end or datetime.now(UTC)) - start).total_seconds()
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, sec = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+STATUS_SYMBOLS = {
+    "completed": "✓", "failed": "✗", "running": "⏳", "pending": "○", "cancelled": "⊘",
+}
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+@app.command()
+def start(
+    ctx: typer.Context,
+    expression: Annotated[
+        str,
+        typer.Argument(
+            metavar="EXPR",
+            help="A DSL expression, e.g. \"'SELECT 1' ~> 'SELECT 2'\" or \"df.sleep(5)\".",
+        ),
+    ],
+    dsn: DsnOption = None,
+    label: Annotated[str | None, typer.Option("--label", help="Label for the instance.")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait until the instance finishes; exit 1 unless it completed.")
+    ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", min=0, help="With --wait: give up after this many seconds."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> int:
+    """Start a workflow (df.start) and print its instance id."""
+    with _client(_resolve_dsn(ctx, dsn)) as client:
+        instance_id = client.start(expression, label)
+        if not wait:
+            if as_json:
+                _print_json({"id": instance_id, "label": label})
+            else:
+                typer.echo(instance_id)
+            return 0
+        detail = _wait_for(client, instance_id, timeout)
+    if as_json:
+        _print_json(_jsonable(detail))
+    else:
+        typer.echo(f"{instance_id} {STATUS_SYMBOLS.get(detail.status, '')} {detail.status}")
+        text = detail.error if detail.status == "failed" and detail.error else detail.output
+        if text:
+            typer.echo(text)
+    return 0 if detail.status == "completed" else 1
+
+
+def _wait_for(client: Any, instance_id: str, timeout: float | None) -> Any:
+    """Poll until the instance is terminal (the CLI may run outside a transaction, so no
+    df.await_instance: it would hold one statement open for the whole wait)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        detail = client.instance(instance_id)
+        if detail.status in TERMINAL:
+            return detail
+        if deadline is not None and time.monotonic() >= deadline:
+            fail(f"timed out after {timeout:g}s waiting for {instance_id} (still {detail.status})")
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+@app.command("ls")
+def list_instances(
+    ctx: typer.Context,
+    dsn: DsnOption = None,
+    status: Annotated[
+        str | None,
+        typer.Option("--status", help="pending, running, completed, failed or cancelled."),
+    ] = None,
+    label: Annotated[str | None, typer.Option("--label", help="Only this label.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10000, help="At most N rows.")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """List instances visible to the connected role, newest first."""
+    with _client(_resolve_dsn(ctx, dsn)) as client:
+        page = client.list_instances(status=status, label=label, limit=limit)
+    rows = page.rows
+    if as_json:
+        _print_json([_jsonable(r) for r in rows])
+        return
+    if not rows:
+        typer.echo("no instances", err=True)
+        return
+    typer.echo(
+        f"{'ID':<8}  {'STATUS':<11}  {'LABEL':<28}  {'CREATED':<19}  {'DURATION':>8}  SUBMITTED_BY"
+    )
+    for r in rows:
+        symbol = STATUS_SYMBOLS.get(r.status, " ")
+        label_text = (r.label or "")[:28]
+        typer.echo(
+            f"{r.id:<8}  {symbol} {r.status:<9}  {label_text:<28}  {_when(r.created_at):<19}  "
+            f"{_duration(r.created_at, r.finished_at):>8}  {r.submitted_by}"
+        )
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    instance_id: Annotated[str, typer.Argument(metavar="ID", help="Instance id (8 hex digits).")],
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one instance: its status and the node tree with per-node status."""
+    with _client(_resolve_dsn(ctx, dsn)) as client:
+        detail = client.instance(instance_id)
+        nodes = client.nodes(detail.id)
+        tree = client.explain(detail.id) if client.capabilities.has_explain else ""
+    if as_json:
+        _print_json({"instance": _jsonable(detail), "nodes": [_jsonable(n) for n in nodes]})
+        return
+    symbol = STATUS_SYMBOLS.get(detail.status, "")
+    typer.echo(f"instance {detail.id}  {symbol} {detail.status}")
+    if detail.label:
+        typer.echo(f"label:        {detail.label}")
+    typer.echo(f"submitted_by: {detail.submitted_by}")
+    typer.echo(f"created:      {_when(detail.created_at)}")
+    finished = detail.finished_at or detail.completed_at
+    if detail.status in TERMINAL:
+        typer.echo(f"finished:     {_when(finished or detail.updated_at)}")
+    typer.echo(
+        f"duration:     {_duration(detail.started_at or detail.created_at, finished if detail.status in TERMINAL else None)}"
+    )
+    if detail.status == "failed" and detail.error:
+        typer.echo(f"error:        {detail.error}")
+    elif detail.output:
+        typer.echo(f"output:       {detail.output}")
+    if detail.cancel_reason:
+        typer.echo(f"cancelled:    {detail.cancel_reason}")
+    if tree:
+        typer.echo("")
+        typer.echo(tree.rstrip("\n"))
+
+
+def _actions(results: list[Any], verb: str, as_json: bool) -> int:
+    if as_json:
+        _print_json([_jsonable(r) for r in results])
+    failed = 0
+    for r in results:
+        if r.ok:
+            if not as_json:
+                typer.echo(f"{r.id}: {verb}")
+        else:
+            failed += 1
+            _report(f"{r.id}: {r.message}")
+    return 1 if failed else 0
+
+
+IdsArgument = Annotated[
+    list[str], typer.Argument(metavar="ID...", help="One or more instance ids.")
+]
+
+
+@app.command()
+def cancel(
+    ctx: typer.Context,
+    ids: IdsArgument,
+    dsn: DsnOption = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why (recorded with the instance).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> int:
+    """Cancel instances (df.cancel); running steps are stopped."""
+    with _client(_resolve_dsn(ctx, dsn)) as client:
+        results = client.cancel(ids, reason)
+    return _actions(results, "cancelled", as_json)
+
+
+@app.command()
+def retry(
+    ctx: typer.Context,
+    ids: IdsArgument,
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> int:
+    """Retry failed or cancelled instances (df.retry): completed steps are kept."""
+    with _client(_resolve_dsn(ctx, dsn)) as client:
+        results = client.retry(ids)
+    return _actions(results, "retried", as_json)
+
+
+@app.command()
+def signal(
+    ctx: typer.Context,
+    instance_id: Annotated[str, typer.Argument(metavar="ID", help="Instance id.")],
+    name: Annotated[str, typer.Argument(help="Signal name the workflow waits for.")],
+    data: Annotated[
+        str, typer.Argument(help="JSON payload (default {}).", show_default=False)
+    ] = "{}",
+    dsn: DsnOption = None,
+) -> None:
+    """Send a signal to an instance (df.signal); it is queued until a wait consumes it."""
+    with _client(_resolve_dsn(ctx, dsn)) as client:
+        answer = client.signal(instance_id, name, data)
+    typer.echo(answer)
+
+
+@app.command()
+def explain(
+    ctx: typer.Context,
+    source: Annotated[
+        str,
+        typer.Argument(metavar="EXPR|ID", help="A DSL expression, a node envelope or an instance id."),
+    ],
+    dsn: DsnOption = None,
+) -> None:
+    """Print the graph of a DSL expression or an instance as a tree (df.explain)."""
+    with _client(_resolve_dsn(ctx, dsn)) as client:
+        text = client.explain(source)
+    if text.startswith("Invalid durable function graph"):
+        fail(admin.one_line(Exception(text)))
+    typer.echo(text.rstrip("\n"))
+
+
+vars_app = typer.Typer(
+    help="Show or change the connected role's variables ({name} in step text).",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(vars_app, name="vars")
+
+
+@vars_app.callback(invoke_without_command=True)
+def vars_list(
+    ctx: typer.Context,
+    dsn: DsnOption = None,
+    reveal: Annotated[
+        bool, typer.Option("--reveal", help="Show values of secret-looking variables.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """List the variables (secret-looking values masked unless --reveal)."""
+    ctx.obj = {"dsn": dsn, "dsn_from_command_line": _from_command_line(ctx, "dsn")}
+    if ctx.invoked_subcommand is not None:
+        return
+    from dftui.client import mask_secret
+
+    with _client(_resolve_dsn(ctx, dsn)) as client:
+        variables = client.vars()
+    shown = [
+        (v.name, v.value if reveal or not v.looks_secret else mask_secret(v.value))
+        for v in variables
+    ]
+    if as_json:
+        _print_json([{"name": n, "value": value} for n, value in shown])
+        return
+    for n, value in shown:
+        typer.echo(f"{n}={value if value is not None else ''}")
+
+
+def _vars_dsn(ctx: typer.Context, dsn: str | None) -> str:
+    """--dsn may be given before (`vars --dsn X set`) or after the subcommand."""
+    parent = ctx.obj or {}
+    if dsn is None and parent.get("dsn") is not None:
+        dsn = parent["dsn"]
+        if parent.get("dsn_from_command_line") and admin.conninfo_has_password(dsn):
+            fail("refusing a password on the command line; use ~/.pgpass or PGPASSWORD", 2)
+    return _resolve_dsn(ctx, dsn)
+
+
+@vars_app.command("set")
+def vars_set(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Variable name (an identifier).")],
+    value: Annotated[
+        str | None,
+        typer.Argument(help="Value; omit it to read from stdin (keeps secrets out of `ps`)."),
+    ] = None,
+    dsn: DsnOption = None,
+) -> None:
+    """Set a variable (df.setvar)."""
+    if value is None:
+        if sys.stdin.isatty():
+            value = getpass.getpass(f"{name}: ")
+        else:
+            value = sys.stdin.read().rstrip("\n")
+    with _client(_vars_dsn(ctx, dsn)) as client:
+        client.set_var(name, value)
+    typer.echo(f"set {name}")
+
+
+@vars_app.command("unset")
+def vars_unset(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Variable name.")],
+    dsn: DsnOption = None,
+) -> None:
+    """Remove a variable (df.unsetvar)."""
+    with _client(_vars_dsn(ctx, dsn)) as client:
+        client.unset_var(name)
+    typer.echo(f"unset {name}")
 
 
 # --- demo -----------------------------------------------------------------------------------
@@ -327,9 +681,12 @@ def demo(
     ] = False,
 ) -> int:
     """Zero-setup demo: embedded PostgreSQL 18, engine, seeded workflows, then the TUI."""
-    from dftui.demo import run_demo
+    from dftui.demo import DemoError, run_demo
 
-    return run_demo(fresh=fresh, tui=not no_tui)
+    try:
+        return run_demo(fresh=fresh, tui=not no_tui)
+    except DemoError as exc:
+        fail(str(exc))
 
 
 # --- entry point ----------------------------------------------------------------------------
