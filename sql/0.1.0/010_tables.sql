@@ -208,6 +208,7 @@ CREATE TABLE df_internal.named_results (
     name         text        NOT NULL,
     node_id      varchar(8)  NOT NULL,
     result       jsonb,
+    columns      jsonb,      -- column order of a row-set result (jsonb objects lose it)
     updated_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (instance_id, name)
 );

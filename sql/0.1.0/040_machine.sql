@@ -441,10 +441,11 @@ BEGIN
                  WHERE x.instance_id = p_instance AND x.node_id = nid;
             END IF;
             IF st = 'completed' AND n.result_name IS NOT NULL THEN
-                INSERT INTO df_internal.named_results AS nr (instance_id, name, node_id, result)
-                VALUES (p_instance, n.result_name, nid, res)
+                INSERT INTO df_internal.named_results AS nr (instance_id, name, node_id, result, columns)
+                VALUES (p_instance, n.result_name, nid, res, n.status_details -> 'columns')
                 ON CONFLICT (instance_id, name) DO UPDATE
-                   SET node_id = EXCLUDED.node_id, result = EXCLUDED.result, updated_at = now();
+                   SET node_id = EXCLUDED.node_id, result = EXCLUDED.result,
+                       columns = EXCLUDED.columns, updated_at = now();
             END IF;
 
             IF m.parent_id IS NULL THEN
@@ -619,7 +620,9 @@ BEGIN
     SELECT t.instance_id, t.node_id, t.gen, t.kind, t.phase, t.deadline,
            n.node_type, n.query, n.result_name,
            s.submitted_by, s.submitted_by::oid, s.database, s.vars,
-           COALESCE((SELECT jsonb_object_agg(nr.name, nr.result) FROM df_internal.named_results nr
+           COALESCE((SELECT jsonb_object_agg(nr.name, jsonb_build_object('result', nr.result,
+                                                                           'columns', nr.columns))
+                       FROM df_internal.named_results nr
                       WHERE nr.instance_id = t.instance_id), '{}'),
            i.label, COALESCE(m.attempts, 0), COALESCE(m.retry_policy, s.retry_policy)
       FROM df_internal.instance_state s

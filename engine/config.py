@@ -1,0 +1,58 @@
+"""Engine settings: CLI flags, environment variables (DFTUI_ENGINE_*) and defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+HTTP_POLICIES = ("disabled", "allowlist", "allow-all")
+
+
+@dataclass
+class EngineConfig:
+    """Everything that shapes one engine process.
+
+    `concurrency` is the connection budget for steps: at most that many steps (and therefore
+    step connections) run at once. Two more connections are used for LISTEN and housekeeping.
+    """
+
+    dsn: str = ""
+    concurrency: int = 8
+    http_policy: str = "disabled"
+    http_allow: list[str] = field(default_factory=list)
+    http_allow_private: bool = False  # allow loopback/private targets (tests, on-prem services)
+    http_max_request_bytes: int = 1 << 20
+    http_max_response_bytes: int = 5 << 20
+    poll_interval: float = 5.0  # safety-net poll; wake-ups normally come from NOTIFY
+    heartbeat_interval: float = 2.0
+    engine_dead_after: float = 15.0
+    shutdown_grace: float = 10.0
+    retention_days: float | None = None  # delete terminal instances older than this (None = keep)
+    stuck_after: float = 600.0  # a step running longer than this is reported as stuck
+    install: bool = True  # install/upgrade the df schema on start
+    once: bool = False  # exit when no work is left (tests, cron-style runs)
+    log_format: str = "text"  # text | json
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if self.http_policy not in HTTP_POLICIES:
+            raise ValueError(f"http policy must be one of {', '.join(HTTP_POLICIES)}")
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> EngineConfig:
+        """Defaults, then DFTUI_ENGINE_* environment variables, then explicit overrides."""
+        env = os.environ
+        values: dict[str, object] = {}
+        if "DFTUI_ENGINE_CONCURRENCY" in env:
+            values["concurrency"] = int(env["DFTUI_ENGINE_CONCURRENCY"])
+        if "DFTUI_ENGINE_HTTP_POLICY" in env:
+            values["http_policy"] = env["DFTUI_ENGINE_HTTP_POLICY"]
+        if "DFTUI_ENGINE_HTTP_ALLOW" in env:
+            values["http_allow"] = [s for s in env["DFTUI_ENGINE_HTTP_ALLOW"].split(",") if s]
+        if "DFTUI_ENGINE_RETENTION_DAYS" in env:
+            values["retention_days"] = float(env["DFTUI_ENGINE_RETENTION_DAYS"])
+        if "DFTUI_ENGINE_LOG_FORMAT" in env:
+            values["log_format"] = env["DFTUI_ENGINE_LOG_FORMAT"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,111 @@
+"""Row → JSON typing of SQL step results (sql-api.md §6), done inside PostgreSQL.
+
+The engine describes the step's statement first (column names and type OIDs), then reads the
+trampoline's rows through a column definition list and encodes them in the same statement, so
+rows never travel to Python: `{"rows": [{col: value}], "row_count": n}`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import psycopg
+
+BYTEA = 17
+FLOATS = {700, 701}
+NUMERIC = 1700
+
+
+class UnsupportedType(ValueError):
+    """A result column whose type the result envelope cannot carry (bytea, as pg_durable)."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type_oid: int
+    typmod: int
+
+
+@dataclass(frozen=True)
+class TypeInfo:
+    sql_name: str  # format_type(oid, NULL): schema-qualified unless in pg_catalog
+    base_oid: int  # domains resolved to their base type
+
+
+class TypeCache:
+    """oid → type name/base type, shared by all workers of one engine."""
+
+    def __init__(self) -> None:
+        self._types: dict[int, TypeInfo] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, conn: psycopg.Connection, oids: set[int]) -> dict[int, TypeInfo]:
+        missing = [o for o in oids if o not in self._types]
+        if missing:
+            rows = conn.execute(
+                """
+                WITH RECURSIVE base AS (
+                    SELECT t.oid AS oid, t.oid AS cur, t.typtype, t.typbasetype
+                      FROM pg_catalog.pg_type t WHERE t.oid = ANY(%s)
+                    UNION ALL
+                    SELECT base.oid, t.oid, t.typtype, t.typbasetype
+                      FROM base JOIN pg_catalog.pg_type t ON t.oid = base.typbasetype
+                     WHERE base.typtype = 'd'
+                )
+                SELECT b.oid, pg_catalog.format_type(b.oid, NULL), b.cur
+                  FROM base b WHERE b.typtype <> 'd'
+                """,
+                (missing,),
+            ).fetchall()
+            with self._lock:
+                for oid, name, base in rows:
+                    self._types[oid] = TypeInfo(name, base)
+        return {o: self._types[o] for o in oids if o in self._types}
+
+
+def _encode(expr: str, base_oid: int) -> str:
+    if base_oid in FLOATS:
+        return (f"CASE WHEN {expr} IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8) "
+                f"THEN 'null'::jsonb ELSE pg_catalog.to_jsonb({expr}) END")
+    if base_oid == NUMERIC:
+        return f"pg_catalog.to_jsonb({expr}::text)"
+    return f"pg_catalog.to_jsonb({expr})"
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def encoding_query(columns: list[Column], types: dict[int, TypeInfo], call: str) -> str:
+    """SELECT producing one jsonb result envelope from `call` (a set-returning trampoline call
+    with the placeholder for the step text)."""
+    if not columns:
+        raise ValueError("encoding_query needs at least one column")
+    coldefs = []
+    pairs = []
+    for i, col in enumerate(columns, start=1):
+        info = types[col.type_oid]
+        if info.base_oid == BYTEA:
+            raise UnsupportedType(
+                f"Unsupported column type: bytea (column \"{col.name}\"); encode it, e.g. "
+                "encode(col, 'base64')"
+            )
+        type_sql = info.sql_name
+        if col.typmod >= 0 and col.type_oid in (1042, 1043, 1700, 1083, 1114, 1184, 1266):
+            # keep precision modifiers where they change the type's identity for RETURN QUERY
+            type_sql = info.sql_name
+        coldefs.append(f"c{i} {type_sql}")
+        pairs.append((col.name, _encode(f"t.c{i}", info.base_oid)))
+    # jsonb_build_object takes at most 100 arguments: build in chunks and concatenate.
+    chunks = []
+    for start in range(0, len(pairs), 40):
+        args = ", ".join(f"{_literal(name)}, {expr}" for name, expr in pairs[start:start + 40])
+        chunks.append(f"pg_catalog.jsonb_build_object({args})")
+    row = " || ".join(chunks)
+    return (
+        "SELECT pg_catalog.jsonb_build_object('rows', "
+        f"COALESCE(pg_catalog.jsonb_agg({row}), '[]'::jsonb), 'row_count', pg_catalog.count(*)) "
+        f"FROM {call} AS t({', '.join(coldefs)})"
+    )

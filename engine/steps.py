@@ -1,0 +1,334 @@
+"""Leaf node handlers: what one claimed task does inside its transaction.
+
+Every handler runs on a worker connection that is inside `BEGIN … SAVEPOINT step` with the task
+row locked. It ends by calling df_internal.complete_task / park_task (the checkpoint, in the same
+transaction) or by raising StepFailure, after which the worker rolls back to the savepoint and
+records the failure. Orchestration (what runs next) happens in SQL (sql/0.1.0/040_machine.sql).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from croniter import croniter
+from psycopg import sql
+
+from engine import http as http_steps
+from engine.config import EngineConfig
+from engine.identity import Trampolines, exec_function, step_function
+from engine.results import Column, TypeCache, UnsupportedType, encoding_query
+from engine.substitute import (
+    SubstitutionError,
+    parse_named,
+    substitute_results,
+    substitute_vars,
+)
+
+
+@dataclass
+class Task:
+    """One claimed row of df_internal.tasks with everything needed to run it."""
+
+    instance_id: str
+    node_id: str
+    gen: int
+    kind: str
+    phase: str
+    deadline: datetime | None
+    node_type: str | None
+    query: str | None
+    result_name: str | None
+    submitted_by: str
+    role_oid: int
+    database: str | None
+    vars: dict[str, Any]
+    named_results: dict[str, Any]
+    label: str | None
+    attempts: int
+    retry_policy: dict[str, Any] | None
+
+
+class StepFailure(Exception):
+    """The step failed. `kind` feeds the retry classification; `ran_sql` is kept for history."""
+
+    def __init__(self, message: str, *, kind: str = "error", sqlstate: str | None = None,
+                 ran_sql: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.sqlstate = sqlstate
+        self.ran_sql = ran_sql
+
+
+class EngineStatementError(Exception):
+    """The engine's own checkpoint statement failed: roll back everything, retry the task."""
+
+
+# -- retry policy -----------------------------------------------------------------------------
+
+DEFAULT_RETRYABLE = {
+    "serialization_failure", "deadlock", "lock_timeout", "connection",
+    "http_5xx", "http_timeout", "http_connection",
+}
+_SQLSTATE_KINDS = {
+    "40001": "serialization_failure",
+    "40P01": "deadlock",
+    "55P03": "lock_timeout",
+    "57P01": "connection",
+    "57P02": "connection",
+    "57P03": "connection",
+}
+
+
+def failure_kind(sqlstate: str | None) -> str:
+    if sqlstate is None:
+        return "error"
+    if sqlstate.startswith("08"):
+        return "connection"
+    return _SQLSTATE_KINDS.get(sqlstate, "error")
+
+
+def retry_delay(policy: dict[str, Any] | None, attempt: int, failure: StepFailure) -> float | None:
+    """Seconds until the next attempt, or None when the node should fail now.
+
+    `attempt` is the number of the attempt that just failed (1-based). Exponential backoff with
+    full jitter in [50 %, 100 %] of the step, capped at max_backoff_seconds.
+    """
+    if not policy:
+        return None
+    max_attempts = int(policy.get("max_attempts") or 1)
+    if attempt >= max_attempts:
+        return None
+    retry_on = policy.get("retry_on")
+    allowed = set(retry_on) if retry_on else DEFAULT_RETRYABLE
+    if not ({"any", "all", "*"} & allowed or failure.kind in allowed
+            or (failure.sqlstate and failure.sqlstate in allowed)):
+        return None
+    base = float(policy.get("backoff_seconds") if policy.get("backoff_seconds") is not None else 1.0)
+    cap = float(policy.get("max_backoff_seconds") or 60.0)
+    step = min(cap, base * (2 ** (attempt - 1)))
+    return step * random.uniform(0.5, 1.0)
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+def _user_search_path(path: str, role: str) -> str:
+    """Replace "$user" with the submitter's quoted name (the engine is not the submitter)."""
+    quoted = '"' + role.strip('"').replace('"', '""') + '"' if not role.startswith('"') else role
+    return re.sub(r'"\$user"|\$user', lambda _m: quoted, path)
+
+
+class StepRunner:
+    """Runs leaf nodes for one worker connection."""
+
+    def __init__(self, config: EngineConfig, engine_id: str, trampolines: Trampolines,
+                 types: TypeCache) -> None:
+        self.config = config
+        self.engine_id = engine_id
+        self.trampolines = trampolines
+        self.types = types
+
+    # Checkpoints ------------------------------------------------------------------------------
+    def complete(self, conn: psycopg.Connection, task: Task, result: Any,
+                 details: dict[str, Any] | None, ran_sql: str | None, started: datetime) -> None:
+        try:
+            conn.execute(
+                "SELECT df_internal.complete_task(%s, %s, %s, %s::jsonb, %s::jsonb, %s, %s, %s)",
+                (task.instance_id, task.node_id, task.gen, json.dumps(result),
+                 json.dumps(details) if details is not None else None, ran_sql, self.engine_id, started),
+            )
+        except psycopg.Error as exc:
+            raise EngineStatementError(str(exc)) from exc
+
+    def park(self, conn: psycopg.Connection, task: Task, until: datetime | str,
+             deadline: datetime | None) -> None:
+        try:
+            conn.execute("SELECT df_internal.park_task(%s, %s, %s, %s, %s)",
+                         (task.instance_id, task.node_id, task.gen, until, deadline))
+        except psycopg.Error as exc:
+            raise EngineStatementError(str(exc)) from exc
+
+    # Dispatch -----------------------------------------------------------------------------------
+    def run(self, conn: psycopg.Connection, task: Task, started: datetime) -> None:
+        handler = {
+            "SQL": self.run_sql,
+            "SLEEP": self.run_sleep,
+            "WAIT_SCHEDULE": self.run_schedule,
+            "SIGNAL": self.run_signal,
+            "HTTP": self.run_http,
+            "HTTP_MULTIPART": self.run_http,
+        }.get(task.node_type or "")
+        if handler is None:
+            raise StepFailure(f"node type {task.node_type} cannot be run by the engine")
+        handler(conn, task, started)
+
+    def run_sleep(self, conn: psycopg.Connection, task: Task, started: datetime) -> None:
+        self.complete(conn, task, None, None, None, started)
+
+    def run_schedule(self, conn: psycopg.Connection, task: Task, started: datetime) -> None:
+        cron = (task.query or "").strip()
+        if task.phase == "waiting":
+            self.complete(conn, task, {"scheduled_for": task.deadline.isoformat() if task.deadline else None,
+                                       "cron": cron}, None, None, started)
+            return
+        now = datetime.now(UTC)
+        try:
+            fire = croniter(cron, now).get_next(datetime)
+        except (ValueError, KeyError) as exc:
+            raise StepFailure(f"invalid cron expression {cron!r}: {exc}") from exc
+        self.park(conn, task, fire, fire)
+
+    def run_signal(self, conn: psycopg.Connection, task: Task, started: datetime) -> None:
+        cfg = json.loads(task.query or "{}")
+        name = cfg.get("name")
+        try:
+            row = conn.execute("SELECT df_internal.take_signal(%s, %s, %s)",
+                               (task.instance_id, task.node_id, name)).fetchone()
+        except psycopg.Error as exc:
+            raise EngineStatementError(str(exc)) from exc
+        if row and row[0] is not None:
+            self.complete(conn, task, row[0], None, None, started)
+            return
+        timeout = cfg.get("timeout_seconds")
+        now = datetime.now(UTC)
+        if task.phase == "waiting" and task.deadline is not None and now >= task.deadline:
+            self.complete(conn, task, {"signal_name": name, "timed_out": True, "data": None},
+                          None, None, started)
+            return
+        if task.phase == "start" and timeout is not None:
+            deadline = now + timedelta(seconds=float(timeout))
+            self.park(conn, task, deadline, deadline)
+        else:
+            self.park(conn, task, task.deadline or "infinity", task.deadline)
+
+    def check_identity(self, conn: psycopg.Connection, task: Task) -> str:
+        """The submitter must still exist, log in, and not be a superuser (unless enabled)."""
+        row = conn.execute(
+            "SELECT r.rolname, r.rolcanlogin, r.rolsuper, "
+            "COALESCE(pg_catalog.current_setting('pg_durable.enable_superuser_instances', true), '') "
+            "FROM pg_catalog.pg_roles r WHERE r.oid = %s",
+            (task.role_oid,),
+        ).fetchone()
+        if row is None:
+            raise StepFailure(f"the submitting role (oid {task.role_oid}) no longer exists", kind="identity")
+        rolname, can_login, is_super, enable_super = row
+        if not can_login:
+            raise StepFailure(f"role \"{rolname}\" can no longer LOGIN; the step was not run", kind="identity")
+        if is_super and enable_super.lower() not in ("on", "true", "1", "yes"):
+            raise StepFailure(
+                f"role \"{rolname}\" is a superuser; superuser instances are disabled "
+                "(pg_durable.enable_superuser_instances)", kind="identity")
+        return rolname
+
+    def run_sql(self, conn: psycopg.Connection, task: Task, started: datetime) -> None:
+        role = self.check_identity(conn, task)
+        named = parse_named(task.named_results)
+        text = substitute_vars(task.query or "", task.vars, task.instance_id, task.label)
+        try:
+            text = substitute_results(text, named)
+        except SubstitutionError as exc:
+            raise StepFailure(str(exc), ran_sql=text) from exc
+        path = self.trampolines.search_path(task.role_oid)
+        if path is None:
+            raise EngineStatementError("trampoline missing")  # ensured before BEGIN by the worker
+        user_path = _user_search_path(path, sql.Identifier(role).as_string(conn))
+        conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.SQL(user_path)))
+        conn.execute("SET LOCAL df.in_workflow = 'true'")
+        columns = self._describe(conn, text)
+        conn.execute("SET LOCAL search_path TO pg_catalog, pg_temp")
+        details: dict[str, Any] = {"columns": [c.name for c in columns]} if columns else {}
+        try:
+            if columns:
+                types = self.types.lookup(conn, {c.type_oid for c in columns})
+                try:
+                    query = encoding_query(columns, types, f"{step_function(task.role_oid)}(%s)")
+                except UnsupportedType as exc:
+                    raise StepFailure(str(exc), ran_sql=text) from exc
+                row = conn.execute(query, (text,)).fetchone()
+                result = row[0] if row else {"rows": [], "row_count": 0}
+            else:
+                conn.execute(f"SELECT {exec_function(task.role_oid)}(%s)", (text,))
+                result = {"rows": [], "row_count": 0}
+        except psycopg.Error as exc:
+            raise StepFailure(_message(exc), kind=failure_kind(exc.sqlstate),
+                              sqlstate=exc.sqlstate, ran_sql=text) from exc
+        self.complete(conn, task, result, details or None, text, started)
+
+    def _describe(self, conn: psycopg.Connection, text: str) -> list[Column]:
+        pgconn = conn.pgconn
+        res = pgconn.prepare(b"", text.encode())
+        if res.status != psycopg.pq.ExecStatus.COMMAND_OK:
+            raise StepFailure(_pq_message(res), sqlstate=_pq_state(res),
+                              kind=failure_kind(_pq_state(res)), ran_sql=text)
+        res = pgconn.describe_prepared(b"")
+        if res.status != psycopg.pq.ExecStatus.COMMAND_OK:
+            raise StepFailure(_pq_message(res), sqlstate=_pq_state(res), ran_sql=text)
+        if res.nparams:
+            raise StepFailure("a step cannot contain parameter placeholders ($1, $2, …)", ran_sql=text)
+        enc = conn.info.encoding
+        return [
+            Column((res.fname(i) or b"?column?").decode(enc), res.ftype(i), res.fmod(i))
+            for i in range(res.nfields)
+        ]
+
+    def run_http(self, conn: psycopg.Connection, task: Task, started: datetime) -> None:
+        role = self.check_identity(conn, task)
+        fn = ("df.http(text,text,text,jsonb,integer)" if task.node_type == "HTTP"
+              else "df.http_multipart(text,text,jsonb,jsonb,integer)")
+        allowed = conn.execute(
+            "SELECT pg_catalog.has_function_privilege(%s::oid, "
+            "pg_catalog.to_regprocedure(%s), 'EXECUTE')", (task.role_oid, fn)
+        ).fetchone()
+        if not allowed or not allowed[0]:
+            raise StepFailure(f"role \"{role}\" does not have EXECUTE privilege on {fn}", kind="identity")
+        cfg = json.loads(task.query or "{}")
+        named = parse_named(task.named_results)
+
+        def sub(value: str | None) -> str | None:
+            if value is None:
+                return None
+            value = substitute_vars(value, task.vars, task.instance_id, task.label)
+            return substitute_results(value, named, raw=True)
+
+        try:
+            url = sub(cfg.get("url")) or ""
+            body = cfg.get("body")
+            body = sub(body if isinstance(body, str) or body is None else json.dumps(body))
+            headers = {str(k): sub(str(v)) or "" for k, v in (cfg.get("headers") or {}).items()}
+        except SubstitutionError as exc:
+            raise StepFailure(str(exc)) from exc
+        req = http_steps.HttpRequest(
+            url=url, method=(cfg.get("method") or "POST").upper(), body=body, headers=headers,
+            timeout=float(cfg.get("timeout_seconds") or 30), parts=cfg.get("parts"),
+        )
+        key = f"dftui-{task.instance_id}-{task.node_id}-{task.gen}"
+        try:
+            result = http_steps.perform(req, self.config, key)
+        except http_steps.HttpPolicyError as exc:
+            raise StepFailure(str(exc), kind="http_policy", ran_sql=f"{req.method} {url}") from exc
+        except http_steps.HttpTransientError as exc:
+            raise StepFailure(str(exc), kind=exc.kind, ran_sql=f"{req.method} {url}") from exc
+        self.complete(conn, task, result, None, f"{req.method} {url}", started)
+
+
+def _message(exc: psycopg.Error) -> str:
+    diag = exc.diag
+    msg = diag.message_primary or str(exc).strip().splitlines()[0]
+    if diag.message_detail:
+        msg += f" ({diag.message_detail})"
+    return msg
+
+
+def _pq_message(res: psycopg.pq.abc.PGresult) -> str:
+    raw = res.error_field(psycopg.pq.DiagnosticField.MESSAGE_PRIMARY) or res.error_message
+    return raw.decode(errors="replace").strip()
+
+
+def _pq_state(res: psycopg.pq.abc.PGresult) -> str | None:
+    raw = res.error_field(psycopg.pq.DiagnosticField.SQLSTATE)
+    return raw.decode() if raw else None
