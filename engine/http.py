@@ -142,9 +142,9 @@ def perform(req: HttpRequest, config: EngineConfig, idempotency_key: str) -> dic
     started = time.monotonic()
     transport = _PinnedTransport(addresses[0])
     try:
-        with httpx.Client(transport=transport, follow_redirects=False, timeout=req.timeout) as client:
-            with client.stream(req.method, req.url, headers=headers, content=body_bytes,
-                               files=files, data=data) as response:
+        with httpx.Client(transport=transport, follow_redirects=False, timeout=req.timeout) as client, \
+                client.stream(req.method, req.url, headers=headers, content=body_bytes,
+                              files=files, data=data) as response:
                 chunks = []
                 size = 0
                 for chunk in response.iter_bytes():

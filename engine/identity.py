@@ -86,7 +86,11 @@ class Trampolines:
 
     def __init__(self) -> None:
         self._ready: dict[int, str] = {}
+        self._gone: set[int] = set()
         self._lock = threading.Lock()
+
+    def needs_setup(self, role_oid: int) -> bool:
+        return role_oid not in self._ready and role_oid not in self._gone
 
     def search_path(self, role_oid: int) -> str | None:
         return self._ready.get(role_oid)
@@ -103,12 +107,17 @@ class Trampolines:
             cached = self._ready.get(role_oid)
             if cached is not None:
                 return cached
-            path = self._create(conn, role_oid)
+            try:
+                path = self._create(conn, role_oid)
+            except RoleGone:
+                self._gone.add(role_oid)
+                return ""
             self._ready[role_oid] = path
             return path
 
     def forget(self, role_oid: int) -> None:
         self._ready.pop(role_oid, None)
+        self._gone.discard(role_oid)
 
     def _create(self, conn: psycopg.Connection, role_oid: int) -> str:
         with conn.transaction():

@@ -29,7 +29,7 @@ import psycopg
 
 from engine import __version__, schema
 from engine.config import EngineConfig
-from engine.identity import RoleGone, Trampolines
+from engine.identity import Trampolines
 from engine.results import TypeCache
 from engine.steps import EngineStatementError, StepFailure, StepRunner, Task, retry_delay
 
@@ -334,13 +334,11 @@ class _Worker:
                 conn.execute("SELECT df_internal.loop_iterate(%s, %s)", (task.instance_id, task.node_id))
                 conn.execute("COMMIT")
                 return True
-            if task.node_type == "SQL" and self.engine.trampolines.search_path(task.role_oid) is None:
-                # Create the submitter's trampolines outside the step's transaction.
+            if task.node_type == "SQL" and self.engine.trampolines.needs_setup(task.role_oid):
+                # Create the submitter's trampolines outside the step's transaction; a dropped
+                # role is remembered so the step itself fails with a clear message.
                 conn.execute("ROLLBACK")
-                try:
-                    self.engine.trampolines.ensure(conn, task.role_oid)
-                except RoleGone:
-                    pass  # the step itself reports the missing role
+                self.engine.trampolines.ensure(conn, task.role_oid)
                 return True
             self._run_leaf(conn, task)
             return True
