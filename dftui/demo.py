@@ -135,11 +135,10 @@ def _engine_logging(home: Path, to_stderr: bool) -> logging.Handler:
     else:
         handler = logging.FileHandler(home / "engine.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("engine", "dftui.demo"):
-        logger = logging.getLogger(name)
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    logger = logging.getLogger("dftui")  # the engine logs as dftui.engine
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
     return handler
 
 
@@ -227,6 +226,5 @@ def run_demo(fresh: bool = False, tui: bool = True) -> int:
             return 0
         finally:
             _stop(engine, server, _say)
-            for name in ("engine", "dftui.demo"):
-                logging.getLogger(name).removeHandler(handler)
+            logging.getLogger("dftui").removeHandler(handler)
             handler.close()

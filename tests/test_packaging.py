@@ -1,0 +1,96 @@
+"""`pip install .` must give a working install: the SQL files travel inside the wheel and are
+found from the installed package, and the console script runs.
+
+The wheel is built once (hatchling, like `pip install .` does) and installed with pip into a
+target directory; checks then run in a subprocess whose import path holds only that directory and
+the test environment's dependencies — never the source checkout.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from engine import schema
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    cmd = [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "-q", "-w", str(out)]
+    if importlib.util.find_spec("hatchling") is not None:
+        cmd.append("--no-build-isolation")  # offline: use the hatchling we already have
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    wheels = list(out.glob("dftui-*.whl"))
+    assert len(wheels) == 1, wheels
+    return wheels[0]
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.mktemp("site")
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
+         "--target", str(target), str(wheel)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return target
+
+
+def _run_installed(target: Path, code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run Python with the installed copy first on the path, from a directory outside the repo."""
+    env = dict(os.environ, PYTHONPATH=str(target), PYTHONSAFEPATH="1")
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True, text=True, cwd=target.parent, env=env, timeout=120,
+    )
+
+
+def test_wheel_contains_every_sql_file(wheel: Path):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {
+        f"engine/sql/{p.relative_to(REPO / 'sql').as_posix()}"
+        for p in (REPO / "sql").rglob("*.sql")
+    }
+    assert expected, "no SQL files in the checkout?"
+    assert expected <= names, sorted(expected - names)
+    assert "dftui/cli.py" in names and "engine/schema.py" in names
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "dftui = dftui.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_installed_package_finds_its_sql(installed: Path):
+    result = _run_installed(
+        installed,
+        "import engine, engine.schema as s; print(engine.__file__); print(s.sql_root()); "
+        "print(s.latest_version()); print(len(s.version_sql(s.latest_version())))",
+    )
+    assert result.returncode == 0, result.stderr
+    module_file, sql_root, version, size = result.stdout.split("\n")[:4]
+    assert Path(module_file).is_relative_to(installed), "imported the checkout, not the wheel"
+    assert Path(sql_root) == installed / "engine" / "sql"
+    assert version == schema.latest_version()
+    assert int(size) == len(schema.version_sql(version))
+
+
+def test_installed_cli_installs_the_schema(installed: Path, empty_db):
+    result = _run_installed(
+        installed,
+        "import sys; from dftui.cli import main; sys.exit(main(sys.argv[1:]))",
+        "install", "--dsn", empty_db.dsn(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"installed df schema {schema.latest_version()}" in result.stdout
+    assert empty_db.scalar("SELECT max(version) FROM df_internal.schema_version") == (
+        schema.latest_version()
+    )
