@@ -1,0 +1,714 @@
+-- dftui 0.1.0: the workflow DSL — node envelopes, node builders and the DSL operators.
+--
+-- A workflow value is text holding a JSON node envelope with a fixed key order
+--   node_type, query, result_name, left_node, right_node, condition_node, extra_nodes, retry_policy
+-- children nested inline and empty fields omitted, so the same expression always serialises to
+-- byte-identical text. Envelopes are built by string concatenation (not json_build_object or
+-- jsonb) precisely to control that byte format; children are embedded verbatim, so composing is
+-- linear in the size of the parts.
+--
+-- Every function here is SECURITY INVOKER and only builds text: nothing is written anywhere.
+-- Helpers that other df functions call (df.ensure_durofut, df.if_then_op, ...) live in df without
+-- a leading underscore on purpose: df.grant_usage grants EXECUTE on every such df function, and a
+-- SECURITY INVOKER builder can only call helpers its caller may execute. pg_durable exposes the
+-- same helper names.
+
+-- ---------------------------------------------------------------------------------------------
+-- Auto-wrap: the canonical envelope for any DSL value.
+-- ---------------------------------------------------------------------------------------------
+-- * a JSON object whose node_type is a known node type is a node: it is re-emitted in canonical
+--   key order (children verbatim) after a shallow shape check; a malformed one raises;
+-- * the partial marker produced by `?>` raises (it is only meaningful as the left side of `!>`);
+-- * anything else (plain SQL, other JSON, unknown node types) becomes a SQL node. df.start is
+--   the strict entry point that rejects unknown node types.
+-- Optional overrides replace result_name / retry_policy (used by df.as and df.retry_policy).
+CREATE FUNCTION df.ensure_durofut(val text, result_name text DEFAULT NULL,
+                                  retry_policy text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    j       json;
+    v_type  text;
+    v_query text;
+    v_name  text;
+    v_left  json;
+    v_right json;
+    v_cond  json;
+    v_extra json;
+    v_rp    json;
+    v_out   text;
+    k       text;
+BEGIN
+    IF val IS NULL THEN
+        RAISE EXCEPTION 'a workflow step must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+
+    IF ltrim(val, E' \t\r\n') LIKE '{%' THEN
+        BEGIN
+            j := val::json;
+        EXCEPTION
+            WHEN invalid_text_representation THEN
+                j := NULL;  -- not JSON: plain SQL that happens to start with a brace
+            WHEN statement_too_complex THEN
+                RAISE EXCEPTION 'workflow graph exceeds the maximum nesting depth of 256'
+                    USING ERRCODE = 'program_limit_exceeded';
+        END;
+    END IF;
+
+    IF j IS NOT NULL AND json_typeof(j) = 'object' THEN
+        IF j->'node_type' IS NULL THEN
+            IF j->'_partial_if' IS NOT NULL THEN
+                RAISE EXCEPTION 'incomplete conditional: "cond ?> then" must be followed by "!> else"'
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+        ELSIF json_typeof(j->'node_type') <> 'string' THEN
+            RAISE EXCEPTION 'Invalid Durofut JSON: node_type must be a string'
+                USING ERRCODE = 'invalid_parameter_value';
+        ELSE
+            v_type := j->>'node_type';
+            IF v_type IN ('SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE', 'SLEEP',
+                          'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL') THEN
+                -- Shallow shape check; df.start validates the whole graph.
+                FOREACH k IN ARRAY ARRAY['query', 'result_name'] LOOP
+                    IF j->k IS NOT NULL AND json_typeof(j->k) NOT IN ('string', 'null') THEN
+                        RAISE EXCEPTION 'Invalid Durofut JSON: % must be a string', k
+                            USING ERRCODE = 'invalid_parameter_value';
+                    END IF;
+                END LOOP;
+                FOREACH k IN ARRAY ARRAY['left_node', 'right_node'] LOOP
+                    IF j->k IS NOT NULL AND json_typeof(j->k) NOT IN ('object', 'null') THEN
+                        RAISE EXCEPTION 'Invalid Durofut JSON: Durofut children must be JSON objects (% is %)',
+                            k, json_typeof(j->k) USING ERRCODE = 'invalid_parameter_value';
+                    END IF;
+                END LOOP;
+                IF j->'condition_node' IS NOT NULL
+                   AND json_typeof(j->'condition_node') NOT IN ('object', 'null') THEN
+                    RAISE EXCEPTION 'Invalid Durofut JSON: condition_node must be a Durofut JSON object'
+                        USING ERRCODE = 'invalid_parameter_value';
+                END IF;
+                IF j->'extra_nodes' IS NOT NULL AND json_typeof(j->'extra_nodes') <> 'null' THEN
+                    IF json_typeof(j->'extra_nodes') <> 'array'
+                       OR EXISTS (SELECT 1 FROM json_array_elements(j->'extra_nodes') e
+                                   WHERE json_typeof(e) <> 'object') THEN
+                        RAISE EXCEPTION 'Invalid Durofut JSON: extra_nodes entries must be Durofut JSON objects'
+                            USING ERRCODE = 'invalid_parameter_value';
+                    END IF;
+                    IF json_array_length(j->'extra_nodes') > 0 THEN
+                        v_extra := j->'extra_nodes';
+                    END IF;
+                END IF;
+                IF j->'retry_policy' IS NOT NULL
+                   AND json_typeof(j->'retry_policy') NOT IN ('object', 'null') THEN
+                    RAISE EXCEPTION 'Invalid Durofut JSON: retry_policy must be a JSON object'
+                        USING ERRCODE = 'invalid_parameter_value';
+                END IF;
+                v_query := j->>'query';
+                v_name := j->>'result_name';
+                IF json_typeof(j->'left_node') = 'object' THEN v_left := j->'left_node'; END IF;
+                IF json_typeof(j->'right_node') = 'object' THEN v_right := j->'right_node'; END IF;
+                IF json_typeof(j->'condition_node') = 'object' THEN
+                    v_cond := j->'condition_node';
+                END IF;
+                IF json_typeof(j->'retry_policy') = 'object' THEN v_rp := j->'retry_policy'; END IF;
+            END IF;
+        END IF;
+    END IF;
+
+    IF v_type IS NULL OR v_type NOT IN ('SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE',
+                                        'SLEEP', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART',
+                                        'SIGNAL') THEN
+        v_type := 'SQL';
+        v_query := val;
+        v_name := NULL;
+        v_left := NULL; v_right := NULL; v_cond := NULL; v_extra := NULL; v_rp := NULL;
+    END IF;
+
+    IF result_name IS NOT NULL THEN
+        v_name := result_name;
+    END IF;
+    IF retry_policy IS NOT NULL THEN
+        v_rp := retry_policy::json;
+    END IF;
+
+    v_out := '{"node_type":' || to_json(v_type)::text;
+    IF v_query IS NOT NULL THEN
+        v_out := v_out || ',"query":' || to_json(v_query)::text;
+    END IF;
+    IF v_name IS NOT NULL THEN
+        v_out := v_out || ',"result_name":' || to_json(v_name)::text;
+    END IF;
+    IF v_left IS NOT NULL THEN
+        v_out := v_out || ',"left_node":' || v_left::text;
+    END IF;
+    IF v_right IS NOT NULL THEN
+        v_out := v_out || ',"right_node":' || v_right::text;
+    END IF;
+    IF v_cond IS NOT NULL THEN
+        v_out := v_out || ',"condition_node":' || v_cond::text;
+    END IF;
+    IF v_extra IS NOT NULL THEN
+        v_out := v_out || ',"extra_nodes":' || v_extra::text;
+    END IF;
+    IF v_rp IS NOT NULL THEN
+        v_out := v_out || ',"retry_policy":' || v_rp::text;
+    END IF;
+    RETURN v_out || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.ensure_durofut(text, text, text) IS
+    'Canonical node envelope for a DSL value: envelopes pass through, anything else becomes a SQL node';
+
+-- ---------------------------------------------------------------------------------------------
+-- Node builders
+-- ---------------------------------------------------------------------------------------------
+
+CREATE FUNCTION df.sql(query text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF query IS NULL THEN
+        RAISE EXCEPTION 'df.sql(): query must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    RETURN '{"node_type":"SQL","query":' || to_json(query)::text || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.sql(text) IS 'SQL node: one statement run as the submitting role';
+
+CREATE FUNCTION df.seq(a text, b text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RETURN '{"node_type":"THEN","left_node":' || df.ensure_durofut(a)
+        || ',"right_node":' || df.ensure_durofut(b) || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.seq(text, text) IS 'THEN node (operator ~>): run a, then b; result is b''s';
+
+CREATE FUNCTION df.as(fut text, name text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF name IS NULL OR name !~ '^[A-Za-z_][A-Za-z0-9_]*$' THEN
+        RAISE EXCEPTION '"%" is not a valid identifier: result names must match ^[A-Za-z_][A-Za-z0-9_]*$',
+            coalesce(name, 'NULL') USING ERRCODE = 'invalid_name';
+    END IF;
+    RETURN df.ensure_durofut(fut, name);
+END;
+$fn$;
+COMMENT ON FUNCTION df.as(text, text) IS 'Name a node''s result (operator |=>) so later steps can use $name';
+
+CREATE FUNCTION df.join(a text, b text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RETURN '{"node_type":"JOIN","left_node":' || df.ensure_durofut(a)
+        || ',"right_node":' || df.ensure_durofut(b) || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.join(text, text) IS 'JOIN node (operator &): both branches in parallel; result is the JSON array of branch results';
+
+CREATE FUNCTION df.join3(a text, b text, c text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RETURN '{"node_type":"JOIN","left_node":' || df.ensure_durofut(a)
+        || ',"right_node":' || df.ensure_durofut(b)
+        || ',"extra_nodes":[' || df.ensure_durofut(c) || ']}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.join3(text, text, text) IS 'JOIN node with three parallel branches';
+
+CREATE FUNCTION df.race(a text, b text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RETURN '{"node_type":"RACE","left_node":' || df.ensure_durofut(a)
+        || ',"right_node":' || df.ensure_durofut(b) || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.race(text, text) IS 'RACE node (operator |): the first branch to finish decides';
+
+CREATE FUNCTION df.if(condition text, then_branch text, else_branch text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    -- Wrapped in source order so an error points at the first bad operand.
+    v_cond text := df.ensure_durofut(condition);
+    v_then text := df.ensure_durofut(then_branch);
+    v_else text := df.ensure_durofut(else_branch);
+BEGIN
+    RETURN '{"node_type":"IF","left_node":' || v_then || ',"right_node":' || v_else
+        || ',"condition_node":' || v_cond || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.if(text, text, text) IS 'IF node (operators ?> !>): runs the condition node, then one arm';
+
+CREATE FUNCTION df.if_rows(result_name text, then_branch text, else_branch text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF result_name IS NULL OR result_name !~ '^[A-Za-z_][A-Za-z0-9_]*$' THEN
+        RAISE EXCEPTION '"%" is not a valid identifier: result names must match ^[A-Za-z_][A-Za-z0-9_]*$',
+            coalesce(result_name, 'NULL') USING ERRCODE = 'invalid_name';
+    END IF;
+    RETURN '{"node_type":"IF","query":' || to_json('{"if_rows":' || to_json(result_name)::text || '}')::text
+        || ',"left_node":' || df.ensure_durofut(then_branch)
+        || ',"right_node":' || df.ensure_durofut(else_branch) || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.if_rows(text, text, text) IS
+    'IF node that is true when the named result has rows (no query runs)';
+
+CREATE FUNCTION df.loop(body text, condition text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_body text := df.ensure_durofut(body);
+BEGIN
+    IF condition IS NULL THEN
+        RETURN '{"node_type":"LOOP","left_node":' || v_body || '}';
+    END IF;
+    RETURN '{"node_type":"LOOP","left_node":' || v_body
+        || ',"condition_node":' || df.ensure_durofut(condition) || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.loop(text, text) IS
+    'LOOP node (prefix operator @>): repeat body; with a condition, do-while (body first)';
+
+CREATE FUNCTION df.break(value text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_json text;
+BEGIN
+    IF value IS NULL THEN
+        v_json := 'null';
+    ELSE
+        BEGIN
+            PERFORM value::json;
+            v_json := value;
+        EXCEPTION WHEN invalid_text_representation THEN
+            v_json := to_json(value)::text;
+        END;
+    END IF;
+    RETURN '{"node_type":"BREAK","query":' || to_json(v_json)::text || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.break(text) IS
+    'BREAK node: leave the nearest loop; the value (JSON if it parses, else a JSON string) is the loop''s result';
+
+CREATE FUNCTION df.sleep(seconds bigint)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF seconds IS NULL THEN
+        RAISE EXCEPTION 'df.sleep(): seconds must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF seconds < 0 THEN
+        RAISE EXCEPTION 'sleep duration must be >= 0 seconds (got %)', seconds
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN '{"node_type":"SLEEP","query":"' || seconds::text || '"}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.sleep(bigint) IS 'SLEEP node: a durable timer of the given seconds (>= 0)';
+
+-- Standard 5-field cron (minute hour day-of-month month day-of-week, UTC; 0 or 7 = Sunday;
+-- names JAN-DEC / SUN-SAT; lists, ranges and steps). Validated here so a bad schedule is
+-- rejected when the graph is built, not when the timer is due.
+CREATE FUNCTION df.wait_for_schedule(cron text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    fields   text[];
+    labels   text[] := ARRAY['minute', 'hour', 'day-of-month', 'month', 'day-of-week'];
+    lo       int[] := ARRAY[0, 0, 1, 1, 0];
+    hi       int[] := ARRAY[59, 23, 31, 12, 7];
+    months   text[] := ARRAY['JAN', 'FEB', 'MAR', 'APR', 'MAY', 'JUN', 'JUL', 'AUG', 'SEP',
+                             'OCT', 'NOV', 'DEC'];
+    days     text[] := ARRAY['SUN', 'MON', 'TUE', 'WED', 'THU', 'FRI', 'SAT'];
+    i        int;
+    item     text;
+    m        text[];
+    a        int;
+    b        int;
+    tok      text;
+    vals     int[];
+    j        int;
+    v_norm   text;
+BEGIN
+    IF cron IS NULL OR btrim(cron) = '' THEN
+        RAISE EXCEPTION 'invalid cron expression: it must not be empty'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_norm := regexp_replace(btrim(cron, E' \t\r\n'), '\s+', ' ', 'g');
+    fields := string_to_array(v_norm, ' ');
+    IF array_length(fields, 1) <> 5 THEN
+        RAISE EXCEPTION 'invalid cron expression "%": expected 5 fields (minute hour day-of-month month day-of-week), got %',
+            cron, array_length(fields, 1) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR i IN 1..5 LOOP
+        FOREACH item IN ARRAY string_to_array(fields[i], ',') LOOP
+            m := regexp_match(upper(item), '^(\*|[0-9A-Z]+(?:-[0-9A-Z]+)?)(?:/([0-9]+))?$');
+            IF m IS NULL THEN
+                RAISE EXCEPTION 'invalid cron expression "%": bad % field "%"', cron, labels[i], fields[i]
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            IF m[2] IS NOT NULL AND (length(m[2]) > 4 OR m[2]::int < 1 OR m[2]::int > hi[i]) THEN
+                RAISE EXCEPTION 'invalid cron expression "%": step "/%" in the % field must be between 1 and %',
+                    cron, m[2], labels[i], hi[i] USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            IF m[1] <> '*' THEN
+                vals := ARRAY[]::int[];
+                FOREACH tok IN ARRAY string_to_array(m[1], '-') LOOP
+                    IF tok ~ '^[0-9]{1,4}$' THEN
+                        j := tok::int;
+                    ELSIF i = 4 AND array_position(months, tok) IS NOT NULL THEN
+                        j := array_position(months, tok);
+                    ELSIF i = 5 AND array_position(days, tok) IS NOT NULL THEN
+                        j := array_position(days, tok) - 1;
+                    ELSE
+                        RAISE EXCEPTION 'invalid cron expression "%": "%" is not a valid % value',
+                            cron, tok, labels[i] USING ERRCODE = 'invalid_parameter_value';
+                    END IF;
+                    IF j < lo[i] OR j > hi[i] THEN
+                        RAISE EXCEPTION 'invalid cron expression "%": % value % is out of range %-%',
+                            cron, labels[i], j, lo[i], hi[i] USING ERRCODE = 'invalid_parameter_value';
+                    END IF;
+                    vals := vals || j;
+                END LOOP;
+                a := vals[1];
+                b := coalesce(vals[2], vals[1]);
+                IF a > b THEN
+                    RAISE EXCEPTION 'invalid cron expression "%": range %-% in the % field is reversed',
+                        cron, a, b, labels[i] USING ERRCODE = 'invalid_parameter_value';
+                END IF;
+            END IF;
+        END LOOP;
+    END LOOP;
+    RETURN '{"node_type":"WAIT_SCHEDULE","query":' || to_json(v_norm)::text || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.wait_for_schedule(text) IS
+    'WAIT_SCHEDULE node: wait until the next UTC match of a standard 5-field cron expression';
+
+CREATE FUNCTION df.wait_for_signal(name text, timeout_seconds integer DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF name IS NULL OR btrim(name) = '' THEN
+        RAISE EXCEPTION 'signal name must not be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF timeout_seconds IS NOT NULL AND timeout_seconds <= 0 THEN
+        RAISE EXCEPTION 'signal timeout_seconds must be positive (got %)', timeout_seconds
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN '{"node_type":"SIGNAL","query":'
+        || to_json('{"name":' || to_json(name)::text || ',"timeout_seconds":'
+                   || coalesce(timeout_seconds::text, 'null') || '}')::text || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.wait_for_signal(text, integer) IS
+    'SIGNAL node: consume the oldest queued signal of that name; result {"signal_name","timed_out","data"}';
+
+-- URL checks shared by df.http and df.http_multipart. The authoritative egress policy is the
+-- engine's configuration; these settings only let an operator mirror it so a bad URL is caught
+-- when the graph is built:
+--   pg_durable.http_security: disabled | restricted | unrestricted (unset: only the scheme check)
+--   pg_durable.http_allowed_domains: comma-separated domain suffixes (restricted mode)
+-- URLs with {var} or $name placeholders are checked by the engine after substitution.
+CREATE FUNCTION df.http(url text, method text DEFAULT 'POST', body text DEFAULT NULL,
+                        headers jsonb DEFAULT NULL, timeout_seconds integer DEFAULT 30)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_security text := lower(coalesce(current_setting('pg_durable.http_security', true), ''));
+    v_domains  text := coalesce(current_setting('pg_durable.http_allowed_domains', true), '');
+    v_method   text := upper(btrim(coalesce(method, '')));
+    v_scheme   text;
+    v_host     text;
+    v_ok       boolean;
+    d          text;
+BEGIN
+    IF v_security = 'disabled' THEN
+        RAISE EXCEPTION 'df.http() is disabled: outbound HTTP requests are turned off (pg_durable.http_security = disabled)'
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    IF url IS NULL OR btrim(url) = '' THEN
+        RAISE EXCEPTION 'df.http(): url must not be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_method NOT IN ('GET', 'POST', 'PUT', 'DELETE', 'PATCH') THEN
+        RAISE EXCEPTION 'invalid HTTP method "%": must be GET, POST, PUT, DELETE or PATCH', method
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF timeout_seconds IS NULL OR timeout_seconds <= 0 THEN
+        RAISE EXCEPTION 'df.http(): timeout_seconds must be positive (got %)',
+            coalesce(timeout_seconds::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF headers IS NOT NULL AND jsonb_typeof(headers) NOT IN ('object', 'null') THEN
+        RAISE EXCEPTION 'df.http(): headers must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF strpos(url, '{') = 0 AND strpos(url, '$') = 0 THEN
+        v_scheme := lower((regexp_match(btrim(url), '^([A-Za-z][A-Za-z0-9+.-]*):'))[1]);
+        IF v_scheme IS NULL OR v_scheme NOT IN ('http', 'https')
+           OR btrim(url) !~* '^https?://[^/?#]' THEN
+            RAISE EXCEPTION 'Blocked: unsupported URL scheme "%" in "%": only http and https URLs are allowed',
+                coalesce(v_scheme, ''), url USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF v_security = 'restricted' THEN
+            -- authority without userinfo and port
+            v_host := (regexp_match(btrim(url), '^[A-Za-z]+://(?:[^/?#@]*@)?(\[[^\]]*\]|[^/?#:]*)'))[1];
+            v_host := lower(rtrim(coalesce(v_host, ''), '.'));
+            IF v_host LIKE '[%' OR v_host ~ '^[0-9]+(\.[0-9]+){0,3}$'
+               OR v_host ~ '^0x[0-9a-f]+$' THEN
+                RAISE EXCEPTION 'Blocked: bare IP address "%" in URL "%": use a host name (pg_durable.http_security = restricted)',
+                    v_host, url USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            IF btrim(v_domains) <> '' THEN
+                v_ok := false;
+                FOREACH d IN ARRAY string_to_array(v_domains, ',') LOOP
+                    d := lower(btrim(btrim(d), '.'));
+                    IF d <> '' AND (v_host = d OR right(v_host, length(d) + 1) = '.' || d) THEN
+                        v_ok := true;
+                    END IF;
+                END LOOP;
+                IF NOT v_ok THEN
+                    RAISE EXCEPTION 'Blocked: host "%" is not in the allowed domains (pg_durable.http_allowed_domains)',
+                        v_host USING ERRCODE = 'invalid_parameter_value';
+                END IF;
+            END IF;
+        END IF;
+    END IF;
+    RETURN '{"node_type":"HTTP","query":'
+        || to_json('{"url":' || to_json(url)::text
+                   || ',"method":' || to_json(v_method)::text
+                   || ',"body":' || coalesce(to_json(body)::text, 'null')
+                   || ',"headers":' || coalesce(headers::text, 'null')
+                   || ',"timeout_seconds":' || timeout_seconds::text || '}')::text || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.http(text, text, text, jsonb, integer) IS
+    'HTTP node: one outbound request (GET/POST/PUT/DELETE/PATCH), subject to the engine''s egress policy';
+
+CREATE FUNCTION df.http_multipart(url text, method text DEFAULT 'POST', parts jsonb DEFAULT NULL,
+                                  headers jsonb DEFAULT NULL, timeout_seconds integer DEFAULT 30)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_method text := upper(btrim(coalesce(method, '')));
+    p        jsonb;
+    n        int := 0;
+    v_data   text;
+    k        text;
+BEGIN
+    IF lower(coalesce(current_setting('pg_durable.http_security', true), '')) = 'disabled' THEN
+        RAISE EXCEPTION 'df.http_multipart() is disabled (df.http() is disabled): outbound HTTP requests are turned off (pg_durable.http_security = disabled)'
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    IF v_method NOT IN ('POST', 'PUT', 'PATCH') THEN
+        RAISE EXCEPTION 'invalid HTTP method for multipart "%": must be POST, PUT or PATCH', method
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- URL, timeout and header checks are df.http's.
+    PERFORM df.http(url, v_method, NULL, headers, timeout_seconds);
+    IF parts IS NULL OR jsonb_typeof(parts) = 'null' THEN
+        RAISE EXCEPTION 'df.http_multipart(): parts is required and must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF jsonb_typeof(parts) <> 'array' THEN
+        RAISE EXCEPTION 'df.http_multipart(): parts must be a JSON array of part objects'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF jsonb_array_length(parts) = 0 THEN
+        RAISE EXCEPTION 'df.http_multipart(): parts must contain at least one part'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR p IN SELECT e FROM jsonb_array_elements(parts) e LOOP
+        n := n + 1;
+        IF jsonb_typeof(p) <> 'object' THEN
+            RAISE EXCEPTION 'df.http_multipart(): part % must be a JSON object', n
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF jsonb_typeof(p->'name') IS DISTINCT FROM 'string' OR p->>'name' = '' THEN
+            RAISE EXCEPTION 'df.http_multipart(): part % needs a non-empty "name"', n
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF jsonb_typeof(p->'data_b64') IS DISTINCT FROM 'string' THEN
+            RAISE EXCEPTION 'df.http_multipart(): part "%" needs "data_b64" (base64 text)', p->>'name'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        FOREACH k IN ARRAY ARRAY['filename', 'content_type'] LOOP
+            IF p ? k AND jsonb_typeof(p->k) NOT IN ('string', 'null') THEN
+                RAISE EXCEPTION 'df.http_multipart(): "%" of part "%" must be a string', k, p->>'name'
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+        END LOOP;
+        v_data := p->>'data_b64';
+        IF strpos(v_data, '$') > 0 OR strpos(v_data, '{') > 0 THEN
+            IF v_data !~ '^\s*(\$[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?\??|\{[A-Za-z_][A-Za-z0-9_]*\})\s*$' THEN
+                RAISE EXCEPTION 'df.http_multipart(): data_b64 of part "%" must be base64 or a single whole-value reference such as "$resp.body" (mixing a reference with other text cannot yield valid base64)',
+                    p->>'name' USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+        ELSE
+            BEGIN
+                PERFORM decode(regexp_replace(v_data, '\s', '', 'g'), 'base64');
+            EXCEPTION WHEN OTHERS THEN
+                RAISE EXCEPTION 'df.http_multipart(): data_b64 of part "%" is not valid base64', p->>'name'
+                    USING ERRCODE = 'invalid_parameter_value';
+            END;
+        END IF;
+    END LOOP;
+    RETURN '{"node_type":"HTTP_MULTIPART","query":'
+        || to_json('{"url":' || to_json(url)::text
+                   || ',"method":' || to_json(v_method)::text
+                   || ',"parts":' || parts::text
+                   || ',"headers":' || coalesce(headers::text, 'null')
+                   || ',"timeout_seconds":' || timeout_seconds::text || '}')::text || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.http_multipart(text, text, jsonb, jsonb, integer) IS
+    'HTTP_MULTIPART node: a multipart/form-data request; parts: [{"name","data_b64","filename"?,"content_type"?}]';
+
+-- Retry policy for one node (and, through df.start's retry_policy argument, for a whole
+-- instance). Stored in the envelope under "retry_policy"; df.start hands it to the engine.
+CREATE FUNCTION df.retry_policy(fut text, max_attempts integer,
+                                backoff_seconds double precision DEFAULT 1,
+                                max_backoff_seconds double precision DEFAULT 60,
+                                retry_on text[] DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF max_attempts IS NULL OR max_attempts < 1 THEN
+        RAISE EXCEPTION 'retry policy: max_attempts must be at least 1 (got %)',
+            coalesce(max_attempts::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF backoff_seconds IS NULL OR backoff_seconds < 0 OR backoff_seconds = 'Infinity'::float8
+       OR backoff_seconds = 'NaN'::float8 THEN
+        RAISE EXCEPTION 'retry policy: backoff_seconds must be a finite number >= 0 (got %)',
+            coalesce(backoff_seconds::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF max_backoff_seconds IS NULL OR max_backoff_seconds < backoff_seconds
+       OR max_backoff_seconds = 'Infinity'::float8 OR max_backoff_seconds = 'NaN'::float8 THEN
+        RAISE EXCEPTION 'retry policy: max_backoff_seconds must be a finite number >= backoff_seconds (got %)',
+            coalesce(max_backoff_seconds::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF retry_on IS NOT NULL AND EXISTS (SELECT 1 FROM unnest(retry_on) r
+                                         WHERE r IS NULL OR btrim(r) = '') THEN
+        RAISE EXCEPTION 'retry policy: retry_on entries must be non-empty strings'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN df.ensure_durofut(fut, NULL,
+        '{"max_attempts":' || max_attempts::text
+        || ',"backoff_seconds":' || to_json(backoff_seconds)::text
+        || ',"max_backoff_seconds":' || to_json(max_backoff_seconds)::text
+        || ',"retry_on":' || coalesce(to_json(retry_on)::text, 'null') || '}');
+END;
+$fn$;
+COMMENT ON FUNCTION df.retry_policy(text, integer, double precision, double precision, text[]) IS
+    'Attach a retry policy to a node: attempts, exponential backoff (seconds, capped) and retryable error classes';
+
+-- ---------------------------------------------------------------------------------------------
+-- Operator helpers and operators. Operators live in pg_catalog so they resolve for untyped
+-- literals under any search_path ('a' & 'b' picks text & text because unknown literals prefer
+-- the string category). PostgreSQL gives all of them one precedence, left-associative.
+-- ---------------------------------------------------------------------------------------------
+
+-- cond ?> then: a partial marker that only !> accepts.
+CREATE FUNCTION df.if_then_op(condition text, then_branch text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RETURN '{"_partial_if":true,"condition":' || df.ensure_durofut(condition)
+        || ',"then_branch":' || df.ensure_durofut(then_branch) || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.if_then_op(text, text) IS 'Operator ?>: the first half of cond ?> then !> else';
+
+CREATE FUNCTION df.if_else_op(partial_if text, else_branch text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    j json;
+BEGIN
+    IF partial_if IS NOT NULL AND ltrim(partial_if) LIKE '{"_partial_if":%' THEN
+        BEGIN
+            j := partial_if::json;
+        EXCEPTION WHEN invalid_text_representation THEN
+            j := NULL;
+        END;
+    END IF;
+    IF j IS NULL OR json_typeof(j) <> 'object' OR j->'_partial_if' IS NULL
+       OR json_typeof(j->'condition') IS DISTINCT FROM 'object'
+       OR json_typeof(j->'then_branch') IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'Invalid if-then-else: left side of !> must be a ?> expression'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN df.if((j->'condition')::text, (j->'then_branch')::text, else_branch);
+END;
+$fn$;
+COMMENT ON FUNCTION df.if_else_op(text, text) IS 'Operator !>: completes cond ?> then !> else';
+
+CREATE FUNCTION df.loop_prefix_op(body text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RETURN df.loop(body);
+END;
+$fn$;
+COMMENT ON FUNCTION df.loop_prefix_op(text) IS 'Prefix operator @>: an infinite loop';
+
+CREATE OPERATOR pg_catalog.~> (FUNCTION = df.seq, LEFTARG = text, RIGHTARG = text);
+CREATE OPERATOR pg_catalog.|=> (FUNCTION = df.as, LEFTARG = text, RIGHTARG = text);
+CREATE OPERATOR pg_catalog.& (FUNCTION = df.join, LEFTARG = text, RIGHTARG = text);
+CREATE OPERATOR pg_catalog.| (FUNCTION = df.race, LEFTARG = text, RIGHTARG = text);
+CREATE OPERATOR pg_catalog.?> (FUNCTION = df.if_then_op, LEFTARG = text, RIGHTARG = text);
+CREATE OPERATOR pg_catalog.!> (FUNCTION = df.if_else_op, LEFTARG = text, RIGHTARG = text);
+CREATE OPERATOR pg_catalog.@> (FUNCTION = df.loop_prefix_op, RIGHTARG = text);
+COMMENT ON OPERATOR pg_catalog.~> (text, text) IS 'df workflow: a then b';
+COMMENT ON OPERATOR pg_catalog.|=> (text, text) IS 'df workflow: name a result';
+COMMENT ON OPERATOR pg_catalog.& (text, text) IS 'df workflow: run both in parallel';
+COMMENT ON OPERATOR pg_catalog.| (text, text) IS 'df workflow: race, first to finish wins';
+COMMENT ON OPERATOR pg_catalog.?> (text, text) IS 'df workflow: cond ?> then (needs !> else)';
+COMMENT ON OPERATOR pg_catalog.!> (text, text) IS 'df workflow: ... !> else';
+COMMENT ON OPERATOR pg_catalog.@> (NONE, text) IS 'df workflow: loop forever';
