@@ -77,6 +77,8 @@ class Capabilities:
     has_engines: bool = False
     has_metrics: bool = False
     has_explain: bool = False
+    has_instance_info: bool = False
+    has_instance_nodes: bool = False
     can_see_others: bool = False
     reasons: dict[str, str] = field(default_factory=dict)
 
@@ -500,6 +502,8 @@ class Client:
             "explain", self._function_usable("df", "explain"), "df.explain is not available"
         )
         return Capabilities(
+            has_instance_info=self._function_usable("df", "instance_info"),
+            has_instance_nodes=self._function_usable("df", "instance_nodes"),
             can_retry=can_retry,
             has_node_runs=has_node_runs,
             has_attempt_history=has_attempts,
@@ -524,6 +528,7 @@ class Client:
         status: str | None = None,
         label: str | None = None,
         text: str | None = None,
+        since: datetime | None = None,
         after: tuple[datetime, str] | None = None,
         limit: int = 100,
     ) -> InstancePage:
@@ -553,6 +558,9 @@ class Client:
             escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             params["prefix"] = escaped.lower() + "%"
             params["pattern"] = "%" + escaped + "%"
+        if since is not None:
+            where.append("i.created_at >= %(since)s")
+            params["since"] = since
         if after is not None:
             where.append(
                 "i.created_at <= %(cts)s AND (i.created_at < %(cts)s OR i.id > %(cid)s)"
@@ -670,7 +678,15 @@ class Client:
         )
         if row is None:
             raise ClientError("Instance not found or access denied")
-        info = self._one("SELECT output::text AS output FROM df.instance_info(%s)", (instance_id,))
+        if self.capabilities.has_instance_info:
+            info = self._one(
+                "SELECT output::text AS output FROM df.instance_info(%s)", (instance_id,)
+            )
+        else:  # older backends: the root node's result is the output
+            info = self._one(
+                "SELECT result::text AS output FROM df.nodes WHERE instance_id = %s AND id = %s",
+                (instance_id, row["root_node"]),
+            )
         row["output"] = info["output"] if info else None
         if self.capabilities.has_instance_runtime:
             runtime = self._json_row(
@@ -695,6 +711,17 @@ class Client:
         """df.instance_nodes (with inferred status), plus timing/attempts from df.node_runs and
         df.node_attempt_history when the backend has them."""
         instance_id = _check_id(instance_id)
+        if not self.capabilities.has_instance_nodes:
+            rows = self._rows(
+                """
+                SELECT n.id, n.node_type, n.query, n.result_name, n.left_node, n.right_node,
+                       n.status, n.result, n.status_details, n.status AS inferred_status,
+                       NULL::text AS inferred_from, n.updated_at, n.error
+                  FROM df.nodes n WHERE n.instance_id = %s ORDER BY n.created_at, n.id
+                """,
+                (instance_id,),
+            )
+            return self._with_runs(instance_id, {r["id"]: NodeInfo(**r) for r in rows})
         rows = self._rows(
             """
             SELECT f.node_id AS id, f.node_type, f.query, f.result_name, f.left_node,
@@ -706,7 +733,9 @@ class Client:
             """,
             (instance_id, instance_id),
         )
-        nodes = {r["id"]: NodeInfo(**r) for r in rows}
+        return self._with_runs(instance_id, {r["id"]: NodeInfo(**r) for r in rows})
+
+    def _with_runs(self, instance_id: str, nodes: dict[str, NodeInfo]) -> list[NodeInfo]:
         caps = self.capabilities
         if caps.has_node_runs and nodes:
             for run in self._rows(

@@ -52,3 +52,34 @@ def seed_instances(db, seeds: list[Seed]) -> None:
                 (s.id, s.id, s.query, "running" if s.status == "running" else node_status,
                  result, error, s.role, created, updated),
             )
+
+
+async def wait_for(pilot, predicate, timeout: float = 15.0, what: str = "condition") -> None:
+    """Let the app run until `predicate()` holds (workers finish, messages are processed).
+
+    Not a timing assertion: the timeout only bounds a hang; the check is on state."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        await pilot.pause()
+        if predicate():
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def make_app(db, role: str | None, **kwargs):
+    """A DftuiApp connected as `role`, with a frozen clock, UTC times and no auto-refresh
+    unless asked for."""
+    from dftui.app import DftuiApp
+    from dftui.client import Client
+
+    client = Client(db.dsn(role))
+    client.connect()
+    kwargs.setdefault("refresh_interval", None)
+    kwargs.setdefault("clock", lambda: BASE_TIME)
+    kwargs.setdefault("tz", UTC)
+    return DftuiApp(client, **kwargs)

@@ -1,0 +1,347 @@
+"""The dftui Textual application: connection state, database workers, header, palette, theme.
+
+Structure (Harlequin-style): `dftui.client.Client` is the adapter (the only code that talks to
+PostgreSQL); screens ask `DftuiApp.run_db` to run a client call in a thread worker and get the
+result back on the UI thread. Database errors become notifications with the server's message; a
+lost connection shows a banner in every header and reconnects with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import getpass
+import sys
+import time
+from collections.abc import Callable, Iterable
+from contextlib import suppress
+from datetime import UTC, datetime, tzinfo
+from typing import Any, TypeVar
+
+from rich.text import Text
+from textual import work
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.dom import DOMNode
+from textual.screen import Screen
+from textual.widgets import Static
+from textual.worker import Worker, get_current_worker
+
+from dftui.client import (
+    Client,
+    ClientError,
+    ConnectionInfo,
+    ConnectionLost,
+    PasswordRequired,
+    connect,
+)
+
+T = TypeVar("T")
+
+RECONNECT_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+DARK_THEME = "textual-dark"
+LIGHT_THEME = "textual-light"
+
+
+class AppHeader(Static):
+    """Who we are connected as (role@database, server version, backend), disabled features and
+    the connection-lost banner. Every screen composes one; the app refreshes them all."""
+
+    DEFAULT_CSS = """
+    AppHeader { dock: top; height: auto; background: $panel; color: $foreground; padding: 0 1; }
+    """
+
+    def on_mount(self) -> None:
+        self.refresh_state()
+
+    def refresh_state(self) -> None:
+        app = self.app
+        if not isinstance(app, DftuiApp):
+            return
+        self.update(app.header_text(self.size.width or app.size.width))
+        self.set_class(app.disconnected is not None, "-disconnected")
+
+    def on_resize(self) -> None:
+        self.refresh_state()
+
+
+class DftuiApp(App[int]):
+    """The TUI. `client` must already be connected (see `run_app`)."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "dftui"
+    ENABLE_COMMAND_PALETTE = True
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("question_mark", "help", "Help"),
+        Binding("colon", "command_palette", "Commands", show=False),
+        Binding("ctrl+t", "toggle_theme", "Light/dark", show=False),
+    ]
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        read_only: bool = False,
+        clock: Callable[[], datetime] | None = None,
+        tz: tzinfo | None = None,
+        refresh_interval: float | None = 2.0,
+        reconnect_delays: Iterable[float] = RECONNECT_DELAYS,
+        theme: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.client = client
+        self.read_only = read_only
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.tz = tz
+        self.refresh_interval = refresh_interval
+        self.reconnect_delays = tuple(reconnect_delays)
+        self.disconnected: str | None = None  # the loss message while reconnecting
+        self.reconnect_attempt = 0
+        if theme:
+            self.theme = theme
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        from dftui.screens.instances import InstancesScreen
+
+        self.push_screen(InstancesScreen())
+
+    @property
+    def info(self) -> ConnectionInfo | None:
+        return self.client.info
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    # -- header --------------------------------------------------------------------------------
+
+    def header_text(self, width: int) -> Text:
+        info = self.info
+        text = Text()
+        text.append("dftui ", style="bold")
+        if info is None:
+            text.append("not connected", style="red")
+            return text
+        text.append(f" {info.role}@{info.database} ", style="bold reverse")
+        text.append(f"  PostgreSQL {info.server_version}")
+        backend = info.backend + (f" {info.backend_version}" if info.backend_version else "")
+        text.append(f"  backend {backend}")
+        if info.is_superuser:
+            text.append("  superuser", style="bold yellow")
+        if self.read_only:
+            text.append("  READ-ONLY", style="bold reverse yellow")
+        reasons = info.capabilities.reasons
+        if "retry" in reasons:
+            text.append("\n" if width < 120 else "  ")
+            text.append(f"retry disabled: {reasons['retry']}", style="dim")
+        if self.disconnected is not None:
+            text.append("\n")
+            wait = ""
+            if self.reconnect_attempt:
+                wait = f" (attempt {self.reconnect_attempt})"
+            text.append(
+                f"⚠ Connection lost: {self.disconnected} — reconnecting{wait}…",
+                style="bold white on red",
+            )
+        return text
+
+    def refresh_headers(self) -> None:
+        for screen in self.screen_stack:
+            for header in screen.query(AppHeader):
+                header.refresh_state()
+
+    # -- database workers ----------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self.disconnected is None
+
+    def run_db(
+        self,
+        owner: DOMNode,
+        call: Callable[[Client], T],
+        on_done: Callable[[T], Any],
+        *,
+        group: str,
+        on_error: Callable[[ClientError], Any] | None = None,
+        exclusive: bool = True,
+    ) -> Worker[None]:
+        """Run `call(client)` in a thread worker owned by `owner`; deliver the result with
+        `on_done` on the UI thread. Results of cancelled (superseded) workers are dropped.
+
+        Errors: ConnectionLost starts the reconnect loop; other ClientErrors go to `on_error`, or
+        become an error notification with the server's message.
+        """
+
+        def job() -> None:
+            worker = get_current_worker()
+            try:
+                result = call(self.client)
+            except ConnectionLost as exc:
+                self._from_thread(self.connection_lost, exc.message)
+                return
+            except ClientError as exc:
+                if not worker.is_cancelled:
+                    self._from_thread(on_error or self.notify_error, exc)
+                return
+            if not worker.is_cancelled:
+                self._from_thread(on_done, result)
+
+        return owner.run_worker(job, thread=True, exclusive=exclusive, group=group,
+                                exit_on_error=False)
+
+    def _from_thread(self, callback: Callable[..., Any], *args: Any) -> None:
+        with suppress(RuntimeError):  # the app is shutting down; nobody to tell
+            self.call_from_thread(callback, *args)
+
+    def notify_error(self, exc: ClientError | str) -> None:
+        message = exc.message if isinstance(exc, ClientError) else exc
+        self.notify(message, title="Database error", severity="error", timeout=8)
+
+    # -- connection loss -----------------------------------------------------------------------
+
+    def connection_lost(self, message: str) -> None:
+        """Show the banner and start reconnecting (once, however many workers noticed)."""
+        if self.disconnected is not None:
+            return
+        self.disconnected = message.removeprefix("connection lost: ")
+        self.reconnect_attempt = 0
+        self.refresh_headers()
+        self._reconnect()
+
+    @work(thread=True, exclusive=True, group="reconnect", exit_on_error=False)
+    def _reconnect(self) -> None:
+        worker = get_current_worker()
+        attempt = 0
+        while not worker.is_cancelled:
+            delay = self.reconnect_delays[min(attempt, len(self.reconnect_delays) - 1)]
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline:
+                if worker.is_cancelled:
+                    return
+                time.sleep(0.05)
+            attempt += 1
+            self._from_thread(self._set_attempt, attempt)
+            try:
+                self.client.reconnect()
+            except PasswordRequired:
+                self._from_thread(self._set_attempt, attempt, "the server now requires a password")
+                continue
+            except ClientError as exc:
+                self._from_thread(self._set_attempt, attempt, exc.message)
+                continue
+            self._from_thread(self.connection_restored)
+            return
+
+    def _set_attempt(self, attempt: int, message: str | None = None) -> None:
+        self.reconnect_attempt = attempt
+        if message and self.disconnected is not None:
+            self.disconnected = message
+        self.refresh_headers()
+
+    def connection_restored(self) -> None:
+        self.disconnected = None
+        self.reconnect_attempt = 0
+        self.refresh_headers()
+        self.notify("Reconnected to the server", title="Connection")
+        for screen in self.screen_stack:
+            refresh = getattr(screen, "reload", None)
+            if callable(refresh):
+                refresh()
+
+    # -- permissions ---------------------------------------------------------------------------
+
+    def write_state(self, capability: str | None = None) -> bool | None:
+        """check_action result for a write action: None (shown disabled) in read-only mode or
+        when the backend lacks the capability, else True."""
+        if self.read_only:
+            return None
+        if capability == "retry" and not self.client.capabilities.can_retry:
+            return None
+        return True
+
+    def explain_disabled(self, capability: str | None = None) -> str | None:
+        """Why a write action is disabled (for notifications and help)."""
+        if self.read_only:
+            return "read-only mode (--read-only)"
+        if capability == "retry" and not self.client.capabilities.can_retry:
+            return self.client.capabilities.reasons.get("retry", "retry is not available")
+        return None
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def action_help(self) -> None:
+        from dftui.screens.help import HelpScreen
+
+        if isinstance(self.screen, HelpScreen):
+            return
+        self.push_screen(HelpScreen(self.screen))
+
+    def action_toggle_theme(self) -> None:
+        self.theme = LIGHT_THEME if self.current_theme.dark else DARK_THEME
+
+    def watch_theme(self, theme: str) -> None:
+        for screen in self.screen_stack:
+            hook = getattr(screen, "theme_changed", None)
+            if callable(hook):
+                hook()
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """The palette offers every enabled binding of the current screen, plus the system
+        commands (theme, quit, keys, screenshot)."""
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Toggle light/dark theme", "ctrl+t", self.action_toggle_theme)
+        seen: set[str] = set()
+        for active in screen.active_bindings.values():
+            binding = active.binding
+            if not active.enabled or not binding.description or binding.action in seen:
+                continue
+            if binding.action in ("quit", "command_palette"):
+                continue
+            seen.add(binding.action)
+            yield SystemCommand(
+                binding.description,
+                f"key: {self.get_key_display(binding)}",
+                _action_runner(active.node, binding.action),
+            )
+        extra = getattr(screen, "palette_commands", None)
+        if callable(extra):
+            yield from extra()
+
+
+def _action_runner(node: DOMNode, action: str) -> Callable[[], Any]:
+    async def run() -> None:
+        await node.run_action(action)
+
+    return run
+
+
+def _prompt_password() -> str:
+    if not sys.stdin.isatty():
+        raise ClientError("the server requires a password (set PGPASSWORD or use ~/.pgpass)")
+    return getpass.getpass("Password: ")
+
+
+def run_app(conninfo: str, read_only: bool = False) -> int:
+    """Connect (asking for a hidden password when the server wants one, before Textual takes the
+    terminal), run the TUI, and return the process exit code."""
+    try:
+        client = connect(conninfo, password_prompt=_prompt_password)
+    except ClientError as exc:
+        print(f"dftui: {exc.message}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, EOFError):
+        print("dftui: cancelled", file=sys.stderr)
+        return 1
+    try:
+        if client.info is not None and client.info.backend == "none":
+            print(
+                "dftui: the df schema is not installed in this database (run `dftui install`)",
+                file=sys.stderr,
+            )
+            return 1
+        app = DftuiApp(client, read_only=read_only)
+        result = app.run()
+        return int(result or app.return_code or 0)
+    finally:
+        client.close()

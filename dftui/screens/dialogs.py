@@ -1,0 +1,302 @@
+"""Screen 3: the action dialogs (modal). Each one confirms a write action and says what it
+touches: cancel (with a reason), retry (showing what will re-run), signal (name + JSON payload,
+validated before sending) and start a new run (DSL editor with a live df.explain preview).
+
+Dialogs return what the user confirmed through `dismiss`; the calling screen runs the action,
+except Signal and Start, which report the server's answer inline so a mistake can be corrected
+without retyping.
+"""
+
+from __future__ import annotations
+
+import json
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Static, TextArea
+
+from dftui.app import DftuiApp
+from dftui.client import Client, ClientError, NodeInfo
+from dftui.widgets.format import STATUS_STYLES, status_symbol
+from dftui.widgets.graph import display_status, node_summary
+
+MAX_LISTED = 8
+
+
+def _ids_text(ids: list[str]) -> str:
+    shown = ", ".join(ids[:MAX_LISTED])
+    return shown + (f" and {len(ids) - MAX_LISTED} more" if len(ids) > MAX_LISTED else "")
+
+
+def _count(ids: list[str]) -> str:
+    return f"{len(ids)} instance{'s' if len(ids) != 1 else ''}"
+
+
+class _Dialog(ModalScreen):
+    """Common behaviour: esc closes without doing anything."""
+
+    BINDINGS = [Binding("escape", "close", "Close")]
+
+    @property
+    def dapp(self) -> DftuiApp:
+        assert isinstance(self.app, DftuiApp)
+        return self.app
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    @on(Button.Pressed, "#back")
+    def _back(self) -> None:
+        self.dismiss(None)
+
+
+class CancelDialog(_Dialog):
+    """Confirm cancelling one or more instances; returns the reason (None = abort)."""
+
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__()
+        self.ids = ids
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(f"Cancel {_count(self.ids)}?", classes="dialog-title")
+            yield Static(_ids_text(self.ids), classes="dialog-ids")
+            yield Static("Running steps are stopped; this cannot be undone (retry re-runs them).",
+                         classes="dialog-note")
+            yield Input(placeholder="reason (default: Cancelled by user)", id="reason")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button(f"Cancel {_count(self.ids)}", variant="error", id="confirm")
+                yield Button("Back", id="back")
+
+    def on_mount(self) -> None:
+        self.query_one("#reason", Input).focus()
+
+    @on(Input.Submitted, "#reason")
+    @on(Button.Pressed, "#confirm")
+    def _confirm(self) -> None:
+        self.dismiss(self.query_one("#reason", Input).value.strip() or "Cancelled by user")
+
+
+def rerun_preview(nodes: list[NodeInfo], instance_status: str) -> list[tuple[str, str]]:
+    """(status, text) of the leaf steps a retry will run again: everything not completed."""
+    out = []
+    for node in nodes:
+        if node.node_type in ("THEN", "IF", "JOIN", "RACE", "LOOP"):
+            continue
+        status = display_status(node, instance_status)
+        if status in ("completed",):
+            continue
+        out.append((status, node_summary(node, 50)))
+    return out
+
+
+class RetryDialog(_Dialog):
+    """Confirm retrying; shows the steps that will run again. Returns True to proceed."""
+
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__()
+        self.ids = ids
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(f"Retry {_count(self.ids)}?", classes="dialog-title")
+            yield Static(_ids_text(self.ids), classes="dialog-ids")
+            with VerticalScroll(classes="dialog-preview"):
+                yield Static(Text("Loading what will re-run…", style="dim"), id="preview")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button(f"Retry {_count(self.ids)}", variant="warning", id="confirm")
+                yield Button("Back", id="back")
+
+    def on_mount(self) -> None:
+        self.query_one("#confirm", Button).focus()
+        ids = self.ids[:MAX_LISTED]
+
+        def call(client: Client) -> list[tuple[str, str, list[tuple[str, str]]]]:
+            result = []
+            for instance_id in ids:
+                try:
+                    detail = client.instance(instance_id)
+                    preview = rerun_preview(client.nodes(instance_id), detail.status)
+                    result.append((instance_id, detail.status, preview))
+                except ClientError as exc:
+                    if exc.__class__ is not ClientError:
+                        raise
+                    result.append((instance_id, "?", [("failed", exc.message)]))
+            return result
+
+        self.dapp.run_db(self, call, self._show_preview, group="preview")
+
+    def _show_preview(self, data: list[tuple[str, str, list[tuple[str, str]]]]) -> None:
+        text = Text()
+        for instance_id, status, steps in data:
+            text.append(f"{instance_id} ", style="bold")
+            text.append(f"{status_symbol(status)} {status}\n", style=STATUS_STYLES.get(status, ""))
+            if status == "completed":
+                text.append("  completed instances cannot be retried\n", style="dim")
+                continue
+            if not steps:
+                text.append("  nothing left to run\n", style="dim")
+            for step_status, summary in steps[:12]:
+                text.append(f"  {status_symbol(step_status)} ", style=STATUS_STYLES.get(step_status, ""))
+                text.append(f"{summary}\n")
+            if len(steps) > 12:
+                text.append(f"  … and {len(steps) - 12} more steps\n", style="dim")
+        if len(self.ids) > MAX_LISTED:
+            text.append(f"(preview shows the first {MAX_LISTED})", style="dim")
+        text.append("Completed steps keep their results; these run again.", style="dim")
+        self.query_one("#preview", Static).update(text)
+
+    @on(Button.Pressed, "#confirm")
+    def _confirm(self) -> None:
+        self.dismiss(True)
+
+
+class SignalDialog(_Dialog):
+    """Send a signal: name + JSON payload, validated before sending; the result is shown inline
+    on failure and the dialog closes with "OK" on success."""
+
+    BINDINGS = [Binding("ctrl+s", "send", "Send")]
+
+    def __init__(self, instance_id: str) -> None:
+        super().__init__()
+        self.instance_id = instance_id
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(f"Signal instance {self.instance_id}", classes="dialog-title")
+            yield Input(placeholder="signal name, e.g. approve", id="name")
+            yield Static("payload (JSON):", classes="dialog-note")
+            yield TextArea("{}", id="payload", language="json", soft_wrap=True, tab_behavior="indent")
+            yield Static(id="error", classes="dialog-error")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Send (ctrl+s)", variant="primary", id="confirm")
+                yield Button("Back", id="back")
+
+    def on_mount(self) -> None:
+        self.query_one("#name", Input).focus()
+
+    def _error(self, message: str) -> None:
+        self.query_one("#error", Static).update(Text(message, style=STATUS_STYLES["failed"]))
+
+    def validate(self) -> tuple[str, str] | None:
+        name = self.query_one("#name", Input).value.strip()
+        payload = self.query_one("#payload", TextArea).text.strip() or "{}"
+        if not name:
+            self._error("the signal name must not be empty")
+            return None
+        try:
+            json.loads(payload)
+        except ValueError as exc:
+            self._error(f"payload is not valid JSON: {exc}")
+            return None
+        self._error("")
+        return name, payload
+
+    @on(TextArea.Changed, "#payload")
+    def _payload_changed(self) -> None:
+        payload = self.query_one("#payload", TextArea).text.strip() or "{}"
+        try:
+            json.loads(payload)
+            self._error("")
+        except ValueError as exc:
+            self._error(f"payload is not valid JSON: {exc}")
+
+    @on(Input.Submitted, "#name")
+    @on(Button.Pressed, "#confirm")
+    def action_send(self) -> None:
+        values = self.validate()
+        if values is None:
+            return
+        if self.dapp.read_only:
+            self._error("read-only mode: signals are disabled")
+            return
+        name, payload = values
+        instance_id = self.instance_id
+
+        def done(answer: str) -> None:
+            self.app.notify(f"Signal {name!r} sent to {instance_id}: {answer}", title="Signal")
+            self.dismiss(answer)
+
+        self.dapp.run_db(self, lambda c: c.signal(instance_id, name, payload), done,
+                         group="send", on_error=lambda exc: self._error(exc.message))
+
+
+class StartDialog(_Dialog):
+    """Start a new run: a DSL editor with a live df.explain preview; returns the new id."""
+
+    BINDINGS = [Binding("ctrl+s", "start", "Start")]
+    EXAMPLE = "'SELECT 1 AS one' |=> 'first'\n  ~> 'SELECT $first + 1 AS two'"
+
+    def __init__(self, source: str | None = None, label: str | None = None) -> None:
+        super().__init__()
+        self.source = source
+        self.label = label
+
+    def compose(self) -> ComposeResult:
+        title = "Start again like this one" if self.source else "Start a new run"
+        with Vertical(classes="dialog dialog-wide"):
+            yield Label(title, classes="dialog-title")
+            yield Static("workflow (DSL expression, e.g. 'SELECT 1' ~> df.sleep(5)):",
+                         classes="dialog-note")
+            yield TextArea(self.source or self.EXAMPLE, id="source", language="sql",
+                           soft_wrap=True, tab_behavior="indent")
+            yield Input(self.label or "", placeholder="label (optional)", id="label")
+            with VerticalScroll(classes="dialog-preview"):
+                yield Static(id="preview")
+            yield Static(id="error", classes="dialog-error")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Start (ctrl+s)", variant="primary", id="confirm")
+                yield Button("Back", id="back")
+
+    def on_mount(self) -> None:
+        self.query_one("#source", TextArea).focus()
+        self._preview()
+
+    @on(TextArea.Changed, "#source")
+    def _changed(self) -> None:
+        # Debounce: explain once typing pauses.
+        if getattr(self, "_timer", None) is not None:
+            self._timer.stop()
+        self._timer = self.set_timer(0.4, self._preview)
+
+    def _preview(self) -> None:
+        source = self.query_one("#source", TextArea).text
+        if not source.strip():
+            self.query_one("#preview", Static).update("")
+            return
+        if not self.dapp.client.capabilities.has_explain:
+            return
+
+        def call(client: Client) -> str:
+            return client.explain(client.evaluate(source))
+
+        def shown(text: str) -> None:
+            self.query_one("#preview", Static).update(Text(text))
+            self.query_one("#error", Static).update("")
+
+        def failed(exc: ClientError) -> None:
+            self.query_one("#preview", Static).update("")
+            self.query_one("#error", Static).update(Text(exc.message, style=STATUS_STYLES["failed"]))
+
+        self.dapp.run_db(self, call, shown, group="explain", on_error=failed)
+
+    @on(Button.Pressed, "#confirm")
+    def action_start(self) -> None:
+        if self.dapp.read_only:
+            return
+        source = self.query_one("#source", TextArea).text
+        label = self.query_one("#label", Input).value.strip() or None
+
+        def done(instance_id: str) -> None:
+            self.app.notify(f"Started {instance_id}", title="New run")
+            self.dismiss(instance_id)
+
+        def failed(exc: ClientError) -> None:
+            self.query_one("#error", Static).update(Text(exc.message, style=STATUS_STYLES["failed"]))
+
+        self.dapp.run_db(self, lambda c: c.start(source, label), done, group="start",
+                         on_error=failed)

@@ -1,0 +1,77 @@
+"""Screen 6: help — every key binding of the screen underneath, generated from its bindings
+(so it can never drift from what the keys really do), with disabled ones marked and explained."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Label, Static
+
+from dftui.app import DftuiApp
+
+
+
+def binding_rows(screen: Screen) -> list[tuple[str, str, bool]]:
+    """(keys, description, enabled) for every described binding active on `screen`."""
+    app = screen.app
+    grouped: dict[tuple[str, str], list[str]] = {}
+    enabled_by: dict[tuple[str, str], bool] = {}
+    for key, active in screen.active_bindings.items():
+        binding = active.binding
+        if not binding.description:
+            continue
+        ident = (binding.action, binding.description)
+        display = app.get_key_display(Binding(key, binding.action, binding.description,
+                                              key_display=binding.key_display))
+        grouped.setdefault(ident, [])
+        if display not in grouped[ident]:
+            grouped[ident].append(display)
+        enabled_by[ident] = enabled_by.get(ident, False) or active.enabled
+    return [(" / ".join(keys), desc, enabled_by[(action, desc)])
+            for (action, desc), keys in grouped.items()]
+
+
+class HelpScreen(ModalScreen):
+    """Key bindings of `target` (the screen that was on top when `?` was pressed)."""
+
+    BINDINGS = [
+        Binding("escape", "dismiss", "Close"),
+        Binding("question_mark", "dismiss", "Close", show=False),
+        Binding("q", "dismiss", "Close", show=False),
+    ]
+
+    def __init__(self, target: Screen) -> None:
+        super().__init__()
+        self.target = target
+
+    def compose(self) -> ComposeResult:
+        title = getattr(self.target, "HELP_TITLE", None) or self.target.__class__.__name__.removesuffix("Screen")
+        with Vertical(classes="dialog dialog-wide", id="help"):
+            yield Label(f"Keys — {title}", classes="dialog-title")
+            with VerticalScroll():
+                yield Static(self._table(), id="help-table")
+            yield Static(Text("Also: arrows/mouse to move · ctrl+p or : command palette · "
+                              "ctrl+t light/dark · esc back", style="dim"))
+
+    def _table(self) -> Table:
+        app = self.app
+        reason = app.explain_disabled() if isinstance(app, DftuiApp) else None
+        retry_reason = app.explain_disabled("retry") if isinstance(app, DftuiApp) else None
+        table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+        table.add_column("key", style="bold cyan", no_wrap=True)
+        table.add_column("action")
+        for keys, desc, enabled in binding_rows(self.target):
+            if enabled:
+                table.add_row(keys, desc)
+            else:
+                why = retry_reason if desc.lower().startswith("retry") else reason
+                table.add_row(Text(keys, style="dim"),
+                              Text(f"{desc} (disabled{': ' + why if why else ''})", style="dim"))
+        return table
+
+    async def action_dismiss(self, result: object = None) -> None:
+        self.dismiss(result)

@@ -1,0 +1,575 @@
+"""Screen 1, the home screen: the table of instances.
+
+Scales to millions of rows: rows are fetched in keyset pages (the next page is requested as the
+cursor nears the end), status counts are capped index counts or planner estimates, and the live
+refresh re-reads only the window already loaded. The cursor stays on the same instance id across
+refreshes.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, Static
+
+from dftui.app import AppHeader, DftuiApp
+from dftui.client import (
+    STATUSES,
+    ActionResult,
+    Client,
+    InstancePage,
+    InstanceSummary,
+    StatusCounts,
+)
+from dftui.widgets.format import (
+    STATUS_STYLES,
+    duration_between,
+    format_time,
+    shorten,
+    status_symbol,
+    status_text,
+)
+
+PAGE_SIZE = 100
+LOAD_AHEAD = 20  # fetch the next page when the cursor is this close to the last loaded row
+REFRESH_WINDOW = 1000  # the live refresh re-reads at most this many rows from the top
+STATUS_TABS: list[tuple[str | None, str]] = [
+    (None, "All"),
+    ("running", "Running"),
+    ("failed", "Failed"),
+    ("pending", "Pending"),
+    ("completed", "Completed"),
+    ("cancelled", "Cancelled"),
+]
+_SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What the list shows. Parsed from the `/` box: `status:failed label:etl since:2h words`."""
+
+    status: str | None = None
+    label: str | None = None
+    text: str | None = None
+    since: timedelta | None = None
+
+    def describe(self) -> str:
+        parts = []
+        if self.status:
+            parts.append(f"status:{self.status}")
+        if self.label:
+            parts.append(f"label:{shlex.quote(self.label)}")
+        if self.since:
+            parts.append(f"since:{int(self.since.total_seconds())}s")
+        if self.text:
+            parts.append(shlex.quote(self.text))
+        return " ".join(parts)
+
+
+def parse_filter(text: str, current: Filters) -> Filters:
+    """Parse the filter box. Raises ValueError with a user-facing message on bad input."""
+    try:
+        tokens = shlex.split(text)
+    except ValueError as exc:
+        raise ValueError(f"filter: {exc}") from None
+    status, label, since, words = None, None, None, []
+    for token in tokens:
+        key, sep, value = token.partition(":")
+        if sep and key == "status":
+            if value not in STATUSES:
+                raise ValueError(f"unknown status {value!r}; use one of {', '.join(STATUSES)}")
+            status = value
+        elif sep and key == "label":
+            label = value or None
+        elif sep and key == "since":
+            unit = value[-1:] if value[-1:] in _SINCE_UNITS else "s"
+            number = value[:-1] if value[-1:] in _SINCE_UNITS else value
+            if not number.isdigit():
+                raise ValueError(f"since:{value} — use a number with s, m, h, d or w (e.g. since:2h)")
+            since = timedelta(seconds=int(number) * _SINCE_UNITS[unit])
+        else:
+            words.append(token)
+    return Filters(status=status if status else current.status if not tokens else None,
+                   label=label, text=" ".join(words) or None, since=since)
+
+
+class InstancesScreen(Screen):
+    """All instances the role can see, newest first."""
+
+    BINDINGS = [
+        Binding("enter", "open", "Open"),
+        Binding("slash", "filter", "Filter"),
+        Binding("space", "toggle_select", "Select"),
+        Binding("c", "cancel", "Cancel"),
+        Binding("r", "retry", "Retry"),
+        Binding("s", "signal", "Signal"),
+        Binding("n", "new_run", "New run"),
+        Binding("y", "copy", "Copy id"),
+        Binding("R", "refresh", "Refresh"),
+        Binding("j", "cursor_down", "Down", show=False),
+        Binding("k", "cursor_up", "Up", show=False),
+        Binding("g", "cursor_top", "Top", show=False),
+        Binding("G", "cursor_bottom", "Bottom", show=False),
+        Binding("escape", "clear", "Clear filter/selection", show=False),
+        Binding("1", "status('all')", "All", show=False),
+        Binding("2", "status('running')", "Running", show=False),
+        Binding("3", "status('failed')", "Failed", show=False),
+        Binding("4", "status('pending')", "Pending", show=False),
+        Binding("5", "status('completed')", "Completed", show=False),
+        Binding("6", "status('cancelled')", "Cancelled", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.filters = Filters()
+        self.rows: list[InstanceSummary] = []
+        self.next_cursor: tuple[datetime, str] | None = None
+        self.selected: set[str] = set()
+        self.counts: StatusCounts | None = None
+        self.loading_more = False
+        self.loaded_once = False
+        self._generation = 0  # bumps on every filter change; stale pages are dropped
+        self._columns: list[str] = []
+        self._wide = False
+        self._refresh_timer = None
+
+    @property
+    def dapp(self) -> DftuiApp:
+        assert isinstance(self.app, DftuiApp)
+        return self.app
+
+    # -- layout --------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield AppHeader()
+        yield Static(id="summary")
+        yield Input(placeholder="filter: words  status:failed  label:etl  since:2h  (enter applies, esc clears)",
+                    id="filter")
+        table: DataTable = DataTable(id="instances", cursor_type="row", zebra_stripes=True)
+        yield table
+        yield Static(id="statusline")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#filter", Input).display = False
+        self._setup_columns()
+        self.query_one(DataTable).focus()
+        self.reload()
+        self._schedule_refresh()
+
+    def on_resize(self) -> None:
+        wide = self.size.width >= 120
+        if wide != self._wide:
+            self._setup_columns()
+            self._render_rows(keep_id=self.current_id)
+        self._render_summary()
+
+    def _setup_columns(self) -> None:
+        width = self.size.width or self.app.size.width
+        self._wide = width >= 120
+        see_others = bool(self.dapp.info and self.dapp.info.capabilities.can_see_others)
+        table = self.query_one(DataTable)
+        table.clear(columns=True)
+        # Fixed columns, then the current step takes what is left (cell padding is 2 per column).
+        cols: list[tuple[str, str, int]] = [
+            ("sel", " ", 1),
+            ("id", "id", 8),
+            ("status", "status", 11),
+            ("label", "label", 20 if self._wide else 14),
+            ("started", "started", 19 if self._wide else 8),
+            ("duration", "took", 7),
+        ]
+        if see_others:
+            cols.append(("by", "submitted by", 14 if self._wide else 10))
+        used = sum(w + 2 for _, _, w in cols) + 2
+        step_width = max(width - used - 2, 10)
+        cols.insert(4, ("step", "current step", step_width))
+        self._columns = [key for key, _, _ in cols]
+        for key, label, w in cols:
+            table.add_column(label, width=w, key=key)
+
+    # -- data ----------------------------------------------------------------------------------
+
+    @property
+    def current_id(self) -> str | None:
+        table = self.query_one(DataTable)
+        if not self.rows or table.cursor_row < 0 or table.cursor_row >= len(self.rows):
+            return None
+        return self.rows[table.cursor_row].id
+
+    def _list_args(self) -> dict:
+        f = self.filters
+        since = self.dapp.now() - f.since if f.since else None
+        return {"status": f.status, "label": f.label, "text": f.text, "since": since}
+
+    def reload(self) -> None:
+        """Re-read from the top (filter change, R, reconnect); keeps the cursor's instance."""
+        self._generation += 1
+        generation = self._generation
+        args = self._list_args()
+        label = self.filters.label
+        limit = min(max(len(self.rows), PAGE_SIZE), REFRESH_WINDOW)
+
+        def call(client: Client) -> tuple[InstancePage, StatusCounts]:
+            return client.list_instances(limit=limit, **args), client.status_counts(label=label)
+
+        self.dapp.run_db(self, call, lambda res: self._apply_reload(res, generation, False),
+                         group="list")
+
+    def live_refresh(self) -> None:
+        """The periodic refresh: the loaded window from the top, older loaded rows kept."""
+        generation = self._generation
+        args = self._list_args()
+        label = self.filters.label
+        limit = min(max(len(self.rows), PAGE_SIZE), REFRESH_WINDOW)
+
+        def call(client: Client) -> tuple[InstancePage, StatusCounts]:
+            return client.list_instances(limit=limit, **args), client.status_counts(label=label)
+
+        self.dapp.run_db(self, call, lambda res: self._apply_reload(res, generation, True),
+                         group="list")
+
+    def _apply_reload(self, result: tuple[InstancePage, StatusCounts], generation: int,
+                      merge: bool) -> None:
+        if generation != self._generation:
+            return
+        page, counts = result
+        keep = self.current_id
+        rows = list(page.rows)
+        next_cursor = page.next_cursor
+        if merge and page.next_cursor is not None and len(self.rows) > len(page.rows):
+            # Keep the already-loaded rows older than the refreshed window (and their cursor).
+            last = (page.rows[-1].created_at, page.rows[-1].id) if page.rows else None
+            if last is not None:
+                older = [r for r in self.rows if _is_after(r, last)]
+                rows += older
+                next_cursor = self.next_cursor if older else page.next_cursor
+        visible = {r.id for r in rows}
+        self.selected &= visible
+        self.counts = counts
+        self.next_cursor = next_cursor
+        changed = [r.id for r in rows] != [r.id for r in self.rows]
+        old = {r.id: r for r in self.rows}
+        self.rows = rows
+        self.loaded_once = True
+        if changed:
+            self._render_rows(keep_id=keep)
+        else:
+            self._update_changed(old)
+        self._render_summary()
+        self._maybe_load_more()
+
+    def _maybe_load_more(self) -> None:
+        table = self.query_one(DataTable)
+        if self.loading_more or self.next_cursor is None:
+            return
+        if table.cursor_row < len(self.rows) - LOAD_AHEAD:
+            return
+        self.loading_more = True
+        generation = self._generation
+        args = self._list_args()
+        after = self.next_cursor
+
+        def call(client: Client) -> InstancePage:
+            return client.list_instances(limit=PAGE_SIZE, after=after, **args)
+
+        def done(page: InstancePage) -> None:
+            self.loading_more = False
+            if generation != self._generation or after != self.next_cursor:
+                return
+            known = {r.id for r in self.rows}
+            new = [r for r in page.rows if r.id not in known]
+            self.rows += new
+            self.next_cursor = page.next_cursor
+            for r in new:
+                table.add_row(*self._cells(r), key=r.id)
+            self._render_status_line()
+            self._maybe_load_more()
+
+        def failed(exc) -> None:
+            self.loading_more = False
+            self.dapp.notify_error(exc)
+
+        self.dapp.run_db(self, call, done, group="more", on_error=failed)
+
+    # -- rendering -----------------------------------------------------------------------------
+
+    def _cells(self, row: InstanceSummary) -> list:
+        app = self.dapp
+        now = app.now()
+        values = {
+            "sel": Text("●", style="bold cyan") if row.id in self.selected else " ",
+            "id": row.id,
+            "status": status_text(row.status),
+            "label": shorten(row.label, 40) if row.label else Text("—", style="dim"),
+            "step": Text(shorten(row.current_step, 200) if row.current_step else "",
+                         style=STATUS_STYLES["failed"] if row.status == "failed" else ""),
+            "started": format_time(row.created_at, app.tz, now, short=not self._wide),
+            "duration": duration_between(
+                row.created_at, row.finished_at, now) if row.status != "pending" else "",
+            "by": row.submitted_by,
+        }
+        return [values[c] for c in self._columns]
+
+    def _render_rows(self, keep_id: str | None) -> None:
+        table = self.query_one(DataTable)
+        offset = table.cursor_row - round(table.scroll_y)
+        table.clear()
+        for row in self.rows:
+            table.add_row(*self._cells(row), key=row.id)
+        if keep_id is not None and any(r.id == keep_id for r in self.rows):
+            index = table.get_row_index(keep_id)
+            table.move_cursor(row=index, animate=False, scroll=False)
+            table.scroll_to(y=max(index - offset, 0), animate=False, immediate=True)
+        self._render_status_line()
+
+    def _update_changed(self, old: dict[str, InstanceSummary]) -> None:
+        table = self.query_one(DataTable)
+        for row in self.rows:
+            before = old.get(row.id)
+            if before == row and row.status not in ("running",):
+                continue
+            for key, value in zip(self._columns, self._cells(row), strict=True):
+                table.update_cell(row.id, key, value)
+        self._render_status_line()
+
+    def _render_summary(self) -> None:
+        counts = self.counts
+        text = Text()
+        narrow = (self.size.width or 80) < 100
+        for status, title in STATUS_TABS:
+            active = status == self.filters.status
+            number = counts.label(status) if counts else "…"
+            symbol = "" if status is None else status_symbol(status) + " "
+            name = title if not narrow or status is None else ""
+            chunk = f" {symbol}{name}{' ' if name else ''}{number} "
+            style = "bold reverse" if active else STATUS_STYLES.get(status or "", "")
+            text.append(chunk, style=style)
+            text.append("·", style="dim")
+        text.rstrip()
+        self.query_one("#summary", Static).update(text[:-1] if text.plain.endswith("·") else text)
+
+    def _render_status_line(self) -> None:
+        parts = []
+        shown = len(self.rows)
+        more = "+" if self.next_cursor else ""
+        parts.append(f"{shown}{more} shown")
+        if self.selected:
+            parts.append(f"{len(self.selected)} selected (space toggles, esc clears)")
+        described = self.filters.describe()
+        if described:
+            parts.append(f"filter: {described}")
+        if self.loaded_once and not self.rows:
+            parts.append("no instances match" if described else "no instances yet — press n to start one")
+        self.query_one("#statusline", Static).update(Text("  ·  ".join(parts), style="dim"))
+
+    def theme_changed(self) -> None:
+        self._render_rows(keep_id=self.current_id) if self.is_mounted else None
+
+    # -- live refresh --------------------------------------------------------------------------
+
+    def _schedule_refresh(self) -> None:
+        interval = self.dapp.refresh_interval
+        if interval:
+            self._refresh_timer = self.set_timer(interval, self._tick)
+
+    def _tick(self) -> None:
+        # Paused while another screen (a modal, the detail screen) is on top or while offline.
+        if self.app.screen is self and self.dapp.connected:
+            self.live_refresh()
+        self._schedule_refresh()
+
+    # -- events --------------------------------------------------------------------------------
+
+    @on(DataTable.RowSelected, "#instances")
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open()
+
+    @on(DataTable.RowHighlighted, "#instances")
+    def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._maybe_load_more()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_submitted(self, event: Input.Submitted) -> None:
+        try:
+            self.filters = parse_filter(event.value, self.filters)
+        except ValueError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        event.input.display = bool(event.value)
+        self.query_one(DataTable).focus()
+        self._filters_changed()
+
+    def _filters_changed(self) -> None:
+        self.rows = []
+        self.next_cursor = None
+        self.selected.clear()
+        self.query_one(DataTable).clear()
+        self._render_summary()
+        self._render_status_line()
+        self.reload()
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("cancel", "signal", "new_run"):
+            return self.dapp.write_state()
+        if action == "retry":
+            return self.dapp.write_state("retry")
+        return True
+
+    def action_cursor_down(self) -> None:
+        self.query_one(DataTable).action_cursor_down()
+
+    def action_cursor_up(self) -> None:
+        self.query_one(DataTable).action_cursor_up()
+
+    def action_cursor_top(self) -> None:
+        self.query_one(DataTable).move_cursor(row=0)
+
+    def action_cursor_bottom(self) -> None:
+        table = self.query_one(DataTable)
+        table.move_cursor(row=max(len(self.rows) - 1, 0))
+
+    def action_open(self) -> None:
+        instance_id = self.current_id
+        if instance_id is None:
+            return
+        from dftui.screens.instance import InstanceScreen
+
+        self.app.push_screen(InstanceScreen(instance_id))
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.value = self.filters.describe()
+        box.focus()
+
+    def action_clear(self) -> None:
+        box = self.query_one("#filter", Input)
+        if box.has_focus:
+            box.value = ""
+            box.display = bool(self.filters.describe())
+            self.query_one(DataTable).focus()
+            return
+        if self.selected:
+            self.selected.clear()
+            self._render_rows(keep_id=self.current_id)
+            return
+        if self.filters != Filters():
+            self.filters = Filters()
+            box.value = ""
+            box.display = False
+            self._filters_changed()
+
+    def action_status(self, status: str) -> None:
+        self.filters = replace(self.filters, status=None if status == "all" else status)
+        self._filters_changed()
+
+    def action_toggle_select(self) -> None:
+        instance_id = self.current_id
+        if instance_id is None:
+            return
+        if instance_id in self.selected:
+            self.selected.discard(instance_id)
+        else:
+            self.selected.add(instance_id)
+        table = self.query_one(DataTable)
+        table.update_cell(instance_id, "sel",
+                          Text("●", style="bold cyan") if instance_id in self.selected else " ")
+        if table.cursor_row < len(self.rows) - 1:
+            table.action_cursor_down()
+        self._render_status_line()
+
+    def _targets(self) -> list[str]:
+        if self.selected:
+            return [r.id for r in self.rows if r.id in self.selected]
+        return [self.current_id] if self.current_id else []
+
+    def action_copy(self) -> None:
+        instance_id = self.current_id
+        if instance_id:
+            self.app.copy_to_clipboard(instance_id)
+            self.notify(f"Copied {instance_id}")
+
+    def action_refresh(self) -> None:
+        self.reload()
+
+    def action_cancel(self) -> None:
+        ids = self._targets()
+        if not ids:
+            return
+        from dftui.screens.dialogs import CancelDialog
+
+        def confirmed(reason: str | None) -> None:
+            if reason is not None:
+                self._bulk("Cancel", lambda c: c.cancel(ids, reason))
+
+        self.app.push_screen(CancelDialog(ids), confirmed)
+
+    def action_retry(self) -> None:
+        ids = self._targets()
+        if not ids:
+            return
+        from dftui.screens.dialogs import RetryDialog
+
+        def confirmed(ok: bool | None) -> None:
+            if ok:
+                self._bulk("Retry", lambda c: c.retry(ids))
+
+        self.app.push_screen(RetryDialog(ids), confirmed)
+
+    def action_signal(self) -> None:
+        instance_id = self.current_id
+        if instance_id is None:
+            return
+        from dftui.screens.dialogs import SignalDialog
+
+        self.app.push_screen(SignalDialog(instance_id), lambda _: self.reload())
+
+    def action_new_run(self) -> None:
+        from dftui.screens.dialogs import StartDialog
+
+        self.app.push_screen(StartDialog(), self._started)
+
+    def _started(self, instance_id: str | None) -> None:
+        if instance_id:
+            self.reload()
+
+    def _bulk(self, verb: str, call) -> None:
+        def done(results: list[ActionResult]) -> None:
+            ok = [r for r in results if r.ok]
+            bad = [r for r in results if not r.ok]
+            if ok:
+                self.notify(f"{verb}: {len(ok)} instance{'s' if len(ok) != 1 else ''} done",
+                            title=verb)
+            for r in bad:
+                self.notify(f"{r.id}: {r.message}", title=f"{verb} failed", severity="error",
+                            timeout=8)
+            self.selected.clear()
+            self.reload()
+
+        self.dapp.run_db(self, call, done, group="action", exclusive=False)
+
+    def palette_commands(self):
+        from textual.app import SystemCommand
+
+        for status, title in STATUS_TABS:
+            yield SystemCommand(f"Show {title.lower()} instances", "status filter",
+                                _bind(self.action_status, status or "all"))
+
+
+def _bind(fn, *args):
+    return lambda: fn(*args)
+
+
+def _is_after(row: InstanceSummary, cursor: tuple[datetime, str]) -> bool:
+    """True when `row` comes after the keyset cursor in `created_at DESC, id ASC` order."""
+    return row.created_at < cursor[0] or (row.created_at == cursor[0] and row.id > cursor[1])

@@ -1,0 +1,1 @@
+"""Reusable widgets and presentation helpers of the dftui TUI (no database access here)."""

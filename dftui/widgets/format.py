@@ -1,0 +1,105 @@
+"""Presentation helpers shared by screens: status symbols and colours, times and durations.
+
+Colour is never the only signal (symbols carry the meaning), so NO_COLOR terminals lose nothing.
+Times are formatted against an injectable clock and time zone so snapshots are deterministic.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, tzinfo
+
+from rich.text import Text
+
+STATUS_SYMBOLS: dict[str, str] = {
+    "completed": "✓",
+    "failed": "✗",
+    "running": "⏳",
+    "pending": "○",
+    "cancelled": "⊘",
+    "skipped": "⊘",
+}
+STATUS_STYLES: dict[str, str] = {
+    "completed": "green",
+    "failed": "bold red",
+    "running": "yellow",
+    "pending": "dim",
+    "cancelled": "magenta",
+    "skipped": "dim",
+}
+
+
+def status_symbol(status: str) -> str:
+    return STATUS_SYMBOLS.get(status, "?")
+
+
+def status_text(status: str, *, word: bool = True) -> Text:
+    """`✓ completed` in the status colour (just the symbol when word=False)."""
+    label = f"{status_symbol(status)} {status}" if word else status_symbol(status)
+    return Text(label, style=STATUS_STYLES.get(status, ""))
+
+
+def format_duration(seconds: float | None) -> str:
+    """Compact duration: `850ms`, `42s`, `3m05s`, `2h07m`, `3d04h`."""
+    if seconds is None:
+        return ""
+    if seconds < 0:
+        seconds = 0
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
+    minutes, sec = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def duration_between(start: datetime | None, end: datetime | None, now: datetime) -> str:
+    """Duration from start to end, or to `now` while still running."""
+    if start is None:
+        return ""
+    return format_duration(((end or now) - start).total_seconds())
+
+
+def format_time(value: datetime | None, tz: tzinfo | None, now: datetime, *, short: bool = False) -> str:
+    """`2025-01-15 12:00:00`; with short=True `12:00:00` today and `01-15 12:00` otherwise."""
+    if value is None:
+        return ""
+    local = value.astimezone(tz)
+    if not short:
+        return local.strftime("%Y-%m-%d %H:%M:%S")
+    if now.astimezone(tz).date() == local.date():
+        return local.strftime("%H:%M:%S")
+    return local.strftime("%m-%d %H:%M")
+
+
+def age(value: datetime | None, now: datetime) -> str:
+    """`5s ago`-style age for heartbeats."""
+    if value is None:
+        return ""
+    return format_duration(max((now - value).total_seconds(), 0.0)) + " ago"
+
+
+def shorten(text: str | None, width: int) -> str:
+    """One line, at most `width` cells, with an ellipsis when cut."""
+    if not text:
+        return ""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: max(width - 1, 0)] + "…"
+
+
+__all__ = [
+    "STATUS_STYLES",
+    "STATUS_SYMBOLS",
+    "age",
+    "duration_between",
+    "format_duration",
+    "format_time",
+    "shorten",
+    "status_symbol",
+    "status_text",
+]

@@ -1,0 +1,150 @@
+"""The side panel of the instance screen: everything about the selected node.
+
+Built as one Rich renderable (SQL with syntax highlighting, the substituted SQL that ran, the
+result as a table or pretty JSON, error, timing, attempts, status_details) so a refresh is a single
+widget update.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, tzinfo
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.json import JSON
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from dftui.client import NodeInfo
+
+from .format import STATUS_STYLES, duration_between, format_time, status_text
+from .graph import display_status, node_summary
+
+MAX_RESULT_ROWS = 50
+
+
+def _heading(text: str) -> Text:
+    return Text(f"\n{text}", style="bold underline")
+
+
+def _sql(code: str, dark: bool) -> Syntax:
+    return Syntax(
+        code,
+        "sql",
+        theme="monokai" if dark else "friendly",
+        word_wrap=True,
+        background_color="default",
+    )
+
+
+def result_renderable(result: Any) -> RenderableType:
+    """Row sets as a table (first MAX_RESULT_ROWS rows), anything else as pretty JSON."""
+    if isinstance(result, dict) and isinstance(result.get("rows"), list):
+        rows = result["rows"]
+        count = result.get("row_count", len(rows))
+        if not rows:
+            return Text(f"{count} rows", style="dim")
+        columns: list[str] = []
+        for row in rows[:MAX_RESULT_ROWS]:
+            for key in row if isinstance(row, dict) else []:
+                if key not in columns:
+                    columns.append(key)
+        table = Table(show_edge=False, pad_edge=False, header_style="bold")
+        for col in columns:
+            table.add_column(col, overflow="fold")
+        for row in rows[:MAX_RESULT_ROWS]:
+            table.add_row(*[_cell(row.get(c)) for c in columns])
+        more = f" (showing {MAX_RESULT_ROWS})" if len(rows) > MAX_RESULT_ROWS else ""
+        return Group(table, Text(f"{count} row{'s' if count != 1 else ''}{more}", style="dim"))
+    return JSON.from_data(result, indent=2)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def node_details(
+    node: NodeInfo, instance_status: str, *, now: datetime, tz: tzinfo | None, dark: bool = True
+) -> RenderableType:
+    """The full description of one node."""
+    status = display_status(node, instance_status)
+    parts: list[RenderableType] = []
+    title = Text()
+    title.append(f"{node.node_type} ", style="bold")
+    title.append(node.id, style="dim")
+    if node.result_name:
+        title.append(f"  |=> {node.result_name}", style="cyan")
+    parts.append(title)
+    line = Text("status: ")
+    line.append_text(status_text(status))
+    if node.inferred_status and node.inferred_status != node.status:
+        line.append(f" (stored {node.status}", style="dim")
+        if node.inferred_from:
+            line.append(f", decided by {node.inferred_from}", style="dim")
+        line.append(")", style="dim")
+    parts.append(line)
+    timing = []
+    if node.started_at:
+        timing.append(f"started {format_time(node.started_at, tz, now)}")
+    if node.finished_at:
+        timing.append(f"finished {format_time(node.finished_at, tz, now)}")
+    if node.started_at:
+        timing.append(f"took {duration_between(node.started_at, node.finished_at, now)}")
+    elif node.updated_at:
+        timing.append(f"updated {format_time(node.updated_at, tz, now)}")
+    if node.attempts:
+        timing.append(f"attempts {node.attempts}")
+    if node.iteration:
+        timing.append(f"iteration {node.iteration}")
+    if timing:
+        parts.append(Text(" · ".join(timing), style="dim"))
+
+    if node.node_type == "SQL":
+        parts += [_heading("Query"), _sql(node.query or "", dark)]
+    elif node.query is not None:
+        parts += [_heading(node_summary(node, 200))]
+        if node.config:
+            parts.append(JSON.from_data(node.config, indent=2))
+    if node.ran_sql and node.ran_sql != node.query:
+        parts += [_heading("SQL that ran (after substitution)"), _sql(node.ran_sql, dark)]
+    if node.error:
+        parts += [_heading("Error"), Text(node.error, style=STATUS_STYLES["failed"])]
+    if node.result is not None:
+        parts += [_heading("Result"), result_renderable(node.result)]
+    if node.status_details:
+        parts += [_heading("Status details"), JSON.from_data(node.status_details, indent=2)]
+    if node.attempt_history:
+        table = Table(show_edge=False, pad_edge=False, header_style="bold")
+        for col in ("#", "status", "started", "took", "error"):
+            table.add_column(col, overflow="fold")
+        for a in node.attempt_history:
+            number = f"{a.iteration}.{a.attempt}" if a.iteration else str(a.attempt)
+            table.add_row(
+                number,
+                status_text(a.status) if a.status in STATUS_STYLES else Text(a.status),
+                format_time(a.started_at, tz, now, short=True),
+                duration_between(a.started_at, a.finished_at, now),
+                a.error or "",
+            )
+        parts += [_heading("Attempts"), table]
+    return Group(*parts)
+
+
+class NodePanel(Static):
+    """Scrollable details of the selected node (the container scrolls; this renders)."""
+
+    def show_node(
+        self, node: NodeInfo | None, instance_status: str, *, now: datetime, tz: tzinfo | None
+    ) -> None:
+        if node is None:
+            self.update(Text("Select a node to see its query, result and attempts.", style="dim"))
+            return
+        dark = self.app.current_theme.dark
+        self.update(node_details(node, instance_status, now=now, tz=tz, dark=dark))
