@@ -1,0 +1,375 @@
+"""The `dftui` command line against a real server: every command, --json, exit codes, and
+one-line errors (never a traceback) for bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from dftui.cli import main
+
+ALICE = "dftui_alice"
+BOB = "dftui_bob"
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(err: str, *fragments: str) -> None:
+    assert err.startswith("dftui: "), err
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+@pytest.fixture
+def running_engine(db) -> Iterator[object]:
+    from engine.config import EngineConfig
+    from engine.runner import Engine
+
+    eng = Engine(EngineConfig(dsn=db.dsn(), concurrency=2))
+    eng.start()
+    try:
+        yield eng
+    finally:
+        eng.stop(grace=1)
+
+
+def wait_status(db, instance_id: str, wanted: set[str], timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = db.scalar("SELECT status FROM df.instances WHERE id = %s", (instance_id,))
+        if status in wanted or time.monotonic() > deadline:
+            return status
+        time.sleep(0.05)
+
+
+def start(capsys, db, expression: str, role: str = ALICE, *extra: str) -> str:
+    code, out, err = run(capsys, "start", expression, "--dsn", db.dsn(role), *extra)
+    assert (code, err) == (0, ""), err
+    instance_id = out.strip()
+    assert len(instance_id) == 8
+    return instance_id
+
+
+# --- usage ----------------------------------------------------------------------------------
+
+
+def test_help_and_version(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for command in ("install", "engine", "start", "ls", "show", "cancel", "retry", "signal",
+                    "explain", "vars", "demo", "grant", "revoke"):
+        assert command in out
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.startswith("dftui ")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--no-such-flag"],
+        ["ls", "--limit", "zero"],
+        ["show"],
+        ["engine", "--concurrency", "0"],
+        ["engine", "--http-policy", "sometimes"],
+        ["uninstall"],
+        ["ls", "--dsn", "host='unterminated"],
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(capsys, args):
+    code, out, err = run(capsys, *args)
+    assert code == 2 and out == ""
+    assert_one_line_error(err)
+
+
+def test_password_on_the_command_line_is_refused(capsys, db):
+    code, out, err = run(capsys, "ls", "--dsn", db.dsn(ALICE) + " password=secret")
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "password")
+    assert "secret" not in err
+
+
+def test_unreachable_server_is_one_line(capsys):
+    code, out, err = run(capsys, "ls", "--dsn", "host=127.0.0.1 port=1 connect_timeout=3")
+    assert code == 1 and out == ""
+    assert_one_line_error(err)
+
+
+def test_subprocess_entry_point_has_no_traceback(db):
+    result = subprocess.run(
+        [sys.executable, "-m", "dftui", "show", "0000abcd", "--dsn", db.dsn(ALICE)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert_one_line_error(result.stderr, "Instance not found or access denied")
+
+
+# --- grants ---------------------------------------------------------------------------------
+
+
+def test_grant_and_revoke(capsys, db):
+    def has_usage() -> bool:
+        return db.scalar("SELECT has_schema_privilege('dftui_carol', 'df', 'USAGE')")
+
+    assert not has_usage()
+    code, out, err = run(capsys, "grant", "dftui_carol", "--http", "--dsn", db.dsn())
+    assert (code, err) == (0, "")
+    assert "granted df usage to dftui_carol" in out
+    assert has_usage()
+    assert db.scalar(
+        "SELECT has_function_privilege('dftui_carol', "
+        "'df.http(text,text,text,jsonb,integer)', 'EXECUTE')"
+    )
+    code, out, err = run(capsys, "revoke", "dftui_carol", "--dsn", db.dsn())
+    assert (code, err) == (0, "")
+    assert not has_usage()
+
+
+def test_grant_unknown_role_is_one_line(capsys, db):
+    code, out, err = run(capsys, "grant", "no_such_role_x", "--dsn", db.dsn())
+    assert code == 1 and out == ""
+    assert_one_line_error(err, "no_such_role_x", "does not exist")
+
+
+def test_grant_as_ordinary_role_fails_cleanly(capsys, db):
+    code, out, err = run(capsys, "grant", "dftui_carol", "--dsn", db.dsn(ALICE))
+    assert code == 1 and out == ""
+    assert_one_line_error(err)
+    assert not db.scalar("SELECT has_schema_privilege('dftui_carol', 'df', 'USAGE')")
+
+
+# --- start / ls / show / explain ------------------------------------------------------------
+
+
+def test_start_ls_show_json(capsys, db):
+    instance_id = start(capsys, db, "'SELECT 1 AS one' ~> 'SELECT 2 AS two'", ALICE,
+                        "--label", "cli-test")
+    assert db.scalar("SELECT submitted_by::text FROM df.instances WHERE id = %s",
+                     (instance_id,)) == ALICE
+
+    code, out, err = run(capsys, "ls", "--json", "--dsn", db.dsn(ALICE))
+    assert (code, err) == (0, "")
+    rows = json.loads(out)
+    assert [r["id"] for r in rows] == [instance_id]
+    assert rows[0]["label"] == "cli-test" and rows[0]["submitted_by"] == ALICE
+
+    code, out, _ = run(capsys, "ls", "--label", "other", "--json", "--dsn", db.dsn(ALICE))
+    assert code == 0 and json.loads(out) == []
+    code, out, _ = run(capsys, "ls", "--status", "completed", "--json", "--dsn", db.dsn(ALICE))
+    assert code == 0 and json.loads(out) == []
+
+    code, out, err = run(capsys, "ls", "--dsn", db.dsn(ALICE))
+    assert code == 0 and instance_id in out and "cli-test" in out
+
+    code, out, err = run(capsys, "show", instance_id, "--json", "--dsn", db.dsn(ALICE))
+    assert (code, err) == (0, "")
+    data = json.loads(out)
+    assert data["instance"]["id"] == instance_id
+    assert {n["node_type"] for n in data["nodes"]} == {"THEN", "SQL"}
+
+    code, out, err = run(capsys, "show", instance_id, "--dsn", db.dsn(ALICE))
+    assert (code, err) == (0, "")
+    assert instance_id in out and "SELECT 1 AS one" in out and "cli-test" in out
+
+
+def test_start_json(capsys, db):
+    code, out, err = run(capsys, "start", "'SELECT 1'", "--label", "j", "--json",
+                         "--dsn", db.dsn(ALICE))
+    assert (code, err) == (0, "")
+    data = json.loads(out)
+    assert data["label"] == "j"
+    assert db.scalar("SELECT label FROM df.instances WHERE id = %s", (data["id"],)) == "j"
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "'SELECT 1' ~> ",                       # syntax error
+        "df.as('SELECT 1', 'not an identifier')",  # builder validation
+        "'{\"node_type\": \"NOPE\", \"query\": \"x\"}'",  # unknown node type
+        "'SELECT 1'; DROP TABLE df.instances",  # not a single expression
+    ],
+)
+def test_start_bad_input_is_one_line_and_changes_nothing(capsys, db, expression):
+    code, out, err = run(capsys, "start", expression, "--dsn", db.dsn(ALICE))
+    assert code == 1 and out == ""
+    assert_one_line_error(err)
+    assert db.scalar("SELECT count(*) FROM df.instances") == 0
+    assert db.scalar("SELECT to_regclass('df.instances') IS NOT NULL")
+
+
+def test_start_bad_label(capsys, db):
+    code, out, err = run(capsys, "start", "'SELECT 1'", "--label", "bad\nlabel",
+                         "--dsn", db.dsn(ALICE))
+    assert code == 1
+    assert_one_line_error(err, "label")
+    assert db.scalar("SELECT count(*) FROM df.instances") == 0
+
+
+def test_explain_expression_and_instance(capsys, db):
+    code, out, err = run(capsys, "explain", "'SELECT 1' ~> df.sleep(30)", "--dsn", db.dsn(ALICE))
+    assert (code, err) == (0, "")
+    assert "SQL: SELECT 1" in out and "SLEEP 30s" in out
+    instance_id = start(capsys, db, "'SELECT 7'")
+    code, out, err = run(capsys, "explain", instance_id, "--dsn", db.dsn(ALICE))
+    assert (code, err) == (0, "")
+    assert instance_id in out and "SELECT 7" in out
+
+
+def test_explain_invalid_graph_is_an_error(capsys, db):
+    code, out, err = run(
+        capsys, "explain", '{"node_type": "NOPE", "query": "x"}', "--dsn", db.dsn(ALICE)
+    )
+    assert code == 1 and out == ""
+    assert_one_line_error(err, "Unknown node_type 'NOPE'")
+
+
+@pytest.mark.parametrize("command", ["show", "cancel", "retry"])
+def test_unknown_and_foreign_ids(capsys, db, command):
+    foreign = start(capsys, db, "df.sleep(3600)", BOB)
+    for bad, fragment in (("0000abcd", "Instance not found or access denied"),
+                          (foreign, "Instance not found or access denied"),
+                          ("xyz", "invalid instance id")):
+        code, out, err = run(capsys, command, bad, "--dsn", db.dsn(ALICE))
+        assert code == 1, (command, bad)
+        assert_one_line_error(err, fragment)
+    assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (foreign,)) == "pending"
+
+
+# --- cancel / signal / retry ----------------------------------------------------------------
+
+
+def test_cancel_some_ok_some_not(capsys, db):
+    first = start(capsys, db, "df.sleep(3600)")
+    second = start(capsys, db, "df.sleep(3600)")
+    code, out, err = run(capsys, "cancel", first, "0000abcd", second, "--reason", "not needed",
+                         "--dsn", db.dsn(ALICE))
+    assert code == 1
+    assert f"{first}: cancelled" in out and f"{second}: cancelled" in out
+    assert_one_line_error(err, "0000abcd", "Instance not found or access denied")
+    statuses = {
+        r[0] for r in db.connect().execute(
+            "SELECT status FROM df.instances WHERE id IN (%s, %s)", (first, second)
+        )
+    }
+    assert statuses == {"cancelled"}
+
+
+def test_cancel_json(capsys, db):
+    instance_id = start(capsys, db, "df.sleep(3600)")
+    code, out, err = run(capsys, "cancel", instance_id, "--json", "--dsn", db.dsn(ALICE))
+    assert (code, err) == (0, "")
+    results = json.loads(out)
+    assert [(r["id"], r["ok"]) for r in results] == [(instance_id, True)]
+
+
+def test_signal_validates_payload(capsys, db):
+    instance_id = start(capsys, db, "df.wait_for_signal('go')")
+    code, out, err = run(capsys, "signal", instance_id, "go", "{not json", "--dsn", db.dsn(ALICE))
+    assert code == 1 and out == ""
+    assert_one_line_error(err, "JSON")
+    code, out, err = run(capsys, "signal", instance_id, "go", '{"ok": true}', "--dsn", db.dsn(ALICE))
+    assert (code, err) == (0, "")
+    assert out.strip() == "OK"
+
+
+def test_start_wait_signal_and_retry_with_engine(capsys, db, running_engine):
+    code, out, err = run(capsys, "start", "'SELECT 40 + 2 AS answer'", "--wait",
+                         "--dsn", db.dsn(ALICE))
+    assert (code, err) == (0, ""), err
+    assert "completed" in out and "42" in out
+
+    # A step that fails until its data is fixed, then a retry that keeps the completed step.
+    with db.connect() as conn:
+        conn.execute("CREATE TABLE public.cli_fix (v text)")
+        conn.execute("INSERT INTO public.cli_fix VALUES ('oops')")
+        conn.execute("GRANT SELECT, UPDATE ON public.cli_fix TO dftui_alice")
+    code, out, err = run(
+        capsys, "start", "('SELECT 1 AS first' |=> 'first') ~> 'SELECT v::int FROM public.cli_fix'",
+        "--wait", "--dsn", db.dsn(ALICE),
+    )
+    assert code == 1 and "failed" in out and "invalid input syntax" in out
+    instance_id = out.split()[0]
+    with db.connect() as conn:
+        conn.execute("UPDATE public.cli_fix SET v = '5'")
+    code, out, err = run(capsys, "retry", instance_id, "--dsn", db.dsn(ALICE))
+    assert (code, err) == (0, "")
+    assert f"{instance_id}: retried" in out
+    assert wait_status(db, instance_id, {"completed", "failed"}) == "completed"
+
+    # Signals: the CLI sends one to a waiting instance.
+    waiting = start(capsys, db, "df.wait_for_signal('approval') |=> 'd'")
+    code, out, err = run(capsys, "signal", waiting, "approval", '{"approved": true}',
+                         "--dsn", db.dsn(ALICE))
+    assert code == 0
+    assert wait_status(db, waiting, {"completed", "failed"}) == "completed"
+    code, out, err = run(capsys, "show", waiting, "--json", "--dsn", db.dsn(ALICE))
+    assert code == 0 and "approved" in out
+
+
+def test_start_wait_timeout(capsys, db):
+    code, out, err = run(capsys, "start", "df.sleep(3600)", "--wait", "--timeout", "0.2",
+                         "--dsn", db.dsn(ALICE))
+    assert code == 1 and out == ""
+    assert_one_line_error(err, "timed out")
+
+
+# --- vars -----------------------------------------------------------------------------------
+
+
+def test_vars_set_list_mask_unset(capsys, db, monkeypatch):
+    dsn = db.dsn(ALICE)
+    assert run(capsys, "vars", "set", "region", "eu-west", "--dsn", dsn)[0] == 0
+    monkeypatch.setattr(sys, "stdin", io.StringIO("s3cr3t-value\n"))
+    assert run(capsys, "vars", "set", "api_token", "--dsn", dsn)[0] == 0
+    assert db.scalar("SELECT value FROM df.vars WHERE name = 'api_token'") == "s3cr3t-value"
+
+    code, out, err = run(capsys, "vars", "--dsn", dsn)
+    assert (code, err) == (0, "")
+    assert "region=eu-west" in out and "api_token=" in out and "s3cr3t" not in out
+    code, out, _ = run(capsys, "vars", "--reveal", "--json", "--dsn", dsn)
+    assert json.loads(out) == [{"name": "api_token", "value": "s3cr3t-value"},
+                               {"name": "region", "value": "eu-west"}]
+    # Another role does not see them.
+    code, out, _ = run(capsys, "vars", "--json", "--dsn", db.dsn(BOB))
+    assert code == 0 and json.loads(out) == []
+
+    assert run(capsys, "vars", "unset", "region", "--dsn", dsn)[0] == 0
+    assert db.scalar("SELECT count(*) FROM df.vars WHERE name = 'region'") == 0
+
+    code, out, err = run(capsys, "vars", "set", "not valid", "x", "--dsn", dsn)
+    assert code == 1
+    assert_one_line_error(err, "not a valid identifier")
+
+
+# --- engine ---------------------------------------------------------------------------------
+
+
+def test_engine_once_runs_pending_work_and_exits(capsys, db):
+    instance_id = start(capsys, db, "'SELECT 1' ~> 'SELECT 2'")
+    result = subprocess.run(
+        [sys.executable, "-m", "dftui", "engine", "--once", "--concurrency", "1",
+         "--dsn", db.dsn()],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (instance_id,)) == "completed"
+
+
+def test_engine_settings_are_validated(capsys, db):
+    code, out, err = run(capsys, "engine", "--http-policy", "allowlist", "--dsn", db.dsn())
+    assert code == 2
+    assert_one_line_error(err, "--http-allow")
