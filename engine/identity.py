@@ -148,7 +148,8 @@ class Trampolines:
                 conn.execute(
                     sql.SQL(
                         "CREATE FUNCTION {fn}(q text) RETURNS {returns} LANGUAGE plpgsql "
-                        "SECURITY DEFINER SET search_path TO {path} AS {body}"
+                        "SECURITY DEFINER SET search_path TO {path} SET df.in_workflow = 'true' "
+                        "AS {body}"
                     ).format(fn=fn, returns=returns, path=sql.SQL(path), body=sql.Literal(body))
                 )
                 conn.execute(sql.SQL("REVOKE ALL ON FUNCTION {}(text) FROM PUBLIC").format(fn))

@@ -107,5 +107,5 @@ def encoding_query(columns: list[Column], types: dict[int, TypeInfo], call: str)
     return (
         "SELECT pg_catalog.jsonb_build_object('rows', "
         f"COALESCE(pg_catalog.jsonb_agg({row}), '[]'::jsonb), 'row_count', pg_catalog.count(*)) "
-        f"FROM {call} AS t({', '.join(coldefs)})"
+        f"AS env FROM {call} AS t({', '.join(coldefs)})"
     )

@@ -309,11 +309,14 @@ class _Worker:
 
     def step_once(self, conn: psycopg.Connection) -> bool:
         """Claim and run one task. Returns False when nothing was due."""
-        if self._needs_discard:
-            conn.execute("DISCARD ALL")
-            self._needs_discard = False
-        conn.execute("BEGIN")
-        row = conn.execute("SELECT * FROM df_internal.claim_task(%s)", (self.engine.id,)).fetchone()
+        with conn.pipeline():
+            if self._needs_discard:
+                conn.execute("DISCARD ALL")
+            conn.execute("BEGIN")
+            cur = conn.execute("SELECT * FROM df_internal.claim_task(%s)", (self.engine.id,))
+            conn.execute("SAVEPOINT step")
+        self._needs_discard = False
+        row = cur.fetchone()
         if row is None:
             conn.execute("ROLLBACK")
             return False
@@ -322,14 +325,12 @@ class _Worker:
             deadline=row[5], node_type=row[6], query=row[7], result_name=row[8],
             submitted_by=str(row[9]), role_oid=int(row[10]), database=row[11], vars=row[12] or {},
             named_results=row[13] or {}, label=row[14], attempts=row[15], retry_policy=row[16],
+            role_name=row[17], role_can_login=bool(row[18]), role_is_super=bool(row[19]),
+            superuser_allowed=bool(row[20]),
         )
         self.busy = True
         self.current = (task.instance_id, task.node_id)
         try:
-            if task.kind == "start":
-                conn.execute("SELECT df_internal.start_instance(%s)", (task.instance_id,))
-                conn.execute("COMMIT")
-                return True
             if task.kind == "iterate":
                 conn.execute("SELECT df_internal.loop_iterate(%s, %s)", (task.instance_id, task.node_id))
                 conn.execute("COMMIT")
@@ -348,8 +349,8 @@ class _Worker:
 
     def _run_leaf(self, conn: psycopg.Connection, task: Task) -> None:
         started = datetime.now(UTC)
-        conn.execute("SAVEPOINT step")
         self._needs_discard = task.node_type == "SQL"
+        self.runner.committed = False
         try:
             self.runner.run(conn, task, started)
         except StepFailure as failure:
@@ -357,7 +358,8 @@ class _Worker:
             self._record_failure(conn, task, failure, started)
             return
         except EngineStatementError as exc:
-            conn.execute("ROLLBACK")
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("ROLLBACK")
             log.warning("checkpoint of %s/%s failed (%s); will retry", task.instance_id, task.node_id, exc)
             time.sleep(0.05)
             return
@@ -369,7 +371,8 @@ class _Worker:
                 conn.execute("ROLLBACK")
             log.info("step %s/%s interrupted: %s", task.instance_id, task.node_id, exc)
             return
-        conn.execute("COMMIT")
+        if not self.runner.committed:
+            conn.execute("COMMIT")
         self.engine.count_step()
 
     def _record_failure(self, conn: psycopg.Connection, task: Task, failure: StepFailure,

@@ -52,6 +52,10 @@ class Task:
     label: str | None
     attempts: int
     retry_policy: dict[str, Any] | None
+    role_name: str | None = None
+    role_can_login: bool = False
+    role_is_super: bool = False
+    superuser_allowed: bool = False
 
 
 class StepFailure(Exception):
@@ -132,6 +136,8 @@ class StepRunner:
         self.engine_id = engine_id
         self.trampolines = trampolines
         self.types = types
+        self.describe_cache = DescribeCache()
+        self.committed = False  # set when a handler committed its own transaction
 
     # Checkpoints ------------------------------------------------------------------------------
     def complete(self, conn: psycopg.Connection, task: Task, result: Any,
@@ -206,27 +212,27 @@ class StepRunner:
         else:
             self.park(conn, task, task.deadline or "infinity", task.deadline)
 
-    def check_identity(self, conn: psycopg.Connection, task: Task) -> str:
+    def check_identity(self, task: Task) -> str:
         """The submitter must still exist, log in, and not be a superuser (unless enabled)."""
-        row = conn.execute(
-            "SELECT r.rolname, r.rolcanlogin, r.rolsuper, "
-            "COALESCE(pg_catalog.current_setting('pg_durable.enable_superuser_instances', true), '') "
-            "FROM pg_catalog.pg_roles r WHERE r.oid = %s",
-            (task.role_oid,),
-        ).fetchone()
-        if row is None:
-            raise StepFailure(f"the submitting role (oid {task.role_oid}) no longer exists", kind="identity")
-        rolname, can_login, is_super, enable_super = row
-        if not can_login:
-            raise StepFailure(f"role \"{rolname}\" can no longer LOGIN; the step was not run", kind="identity")
-        if is_super and enable_super.lower() not in ("on", "true", "1", "yes"):
+        if task.role_name is None:
+            raise StepFailure(f"the submitting role (oid {task.role_oid}) no longer exists; "
+                              "the step was not run", kind="identity")
+        if not task.role_can_login:
+            raise StepFailure(f"role \"{task.role_name}\" can no longer LOGIN; the step was not run",
+                              kind="identity")
+        if task.role_is_super and not task.superuser_allowed:
             raise StepFailure(
-                f"role \"{rolname}\" is a superuser; superuser instances are disabled "
+                f"role \"{task.role_name}\" is a superuser; superuser instances are disabled "
                 "(pg_durable.enable_superuser_instances)", kind="identity")
-        return rolname
+        return task.role_name
 
     def run_sql(self, conn: psycopg.Connection, task: Task, started: datetime) -> None:
-        role = self.check_identity(conn, task)
+        """Run the step through the submitter's trampoline and checkpoint it in one statement.
+
+        The statement is parsed and planned before any user code runs, so nothing the step does
+        (search_path, temporary objects) can change what the engine's part of it refers to.
+        """
+        role = self.check_identity(task)
         named = parse_named(task.named_results)
         text = substitute_vars(task.query or "", task.vars, task.instance_id, task.label)
         try:
@@ -236,28 +242,45 @@ class StepRunner:
         path = self.trampolines.search_path(task.role_oid)
         if path is None:
             raise EngineStatementError("trampoline missing")  # ensured before BEGIN by the worker
-        user_path = _user_search_path(path, sql.Identifier(role).as_string(conn))
-        conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.SQL(user_path)))
-        conn.execute("SET LOCAL df.in_workflow = 'true'")
-        columns = self._describe(conn, text)
-        conn.execute("SET LOCAL search_path TO pg_catalog, pg_temp")
-        details: dict[str, Any] = {"columns": [c.name for c in columns]} if columns else {}
+        key = (task.role_oid, path, text)
+        columns = self.describe_cache.get(key)
+        cached = columns is not None
+        if columns is None:
+            user_path = _user_search_path(path, sql.Identifier(role).as_string(conn))
+            conn.execute("SELECT pg_catalog.set_config('search_path', %s, true)", (user_path,))
+            columns = self._describe(conn, text)
+            conn.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)")
+            self.describe_cache.put(key, columns)
+        details = {"columns": [c.name for c in columns]} if columns else None
+        checkpoint = ("SELECT df_internal.complete_task(%s, %s, %s, r.env, %s::jsonb, %s, %s, %s) "
+                      "FROM ({}) r")
+        params: list[Any] = [task.instance_id, task.node_id, task.gen,
+                             json.dumps(details) if details else None, text, self.engine_id, started]
+        if columns:
+            types = self.types.lookup(conn, {c.type_oid for c in columns})
+            try:
+                inner = encoding_query(columns, types, f"{step_function(task.role_oid)}(%s)")
+            except UnsupportedType as exc:
+                raise StepFailure(str(exc), ran_sql=text) from exc
+            query = checkpoint.replace("{}", inner)
+        else:
+            query = checkpoint.replace("{}", (
+                "SELECT pg_catalog.jsonb_build_object('rows', '[]'::jsonb, 'row_count', 0) AS env, "
+                f"{exec_function(task.role_oid)}(%s) AS affected"))
+        params.append(text)
         try:
-            if columns:
-                types = self.types.lookup(conn, {c.type_oid for c in columns})
-                try:
-                    query = encoding_query(columns, types, f"{step_function(task.role_oid)}(%s)")
-                except UnsupportedType as exc:
-                    raise StepFailure(str(exc), ran_sql=text) from exc
-                row = conn.execute(query, (text,)).fetchone()
-                result = row[0] if row else {"rows": [], "row_count": 0}
-            else:
-                conn.execute(f"SELECT {exec_function(task.role_oid)}(%s)", (text,))
-                result = {"rows": [], "row_count": 0}
+            with conn.pipeline():
+                conn.execute(query, params)
+                conn.execute("COMMIT")
         except psycopg.Error as exc:
+            if not _raised_in_step(exc):
+                raise EngineStatementError(str(exc)) from exc
+            if cached and exc.sqlstate == "42804":
+                self.describe_cache.drop(key)   # the statement's result shape changed
+                raise EngineStatementError("result shape changed; re-describing") from exc
             raise StepFailure(_message(exc), kind=failure_kind(exc.sqlstate),
                               sqlstate=exc.sqlstate, ran_sql=text) from exc
-        self.complete(conn, task, result, details or None, text, started)
+        self.committed = True
 
     def _describe(self, conn: psycopg.Connection, text: str) -> list[Column]:
         pgconn = conn.pgconn
@@ -277,7 +300,7 @@ class StepRunner:
         ]
 
     def run_http(self, conn: psycopg.Connection, task: Task, started: datetime) -> None:
-        role = self.check_identity(conn, task)
+        role = self.check_identity(task)
         fn = ("df.http(text,text,text,jsonb,integer)" if task.node_type == "HTTP"
               else "df.http_multipart(text,text,jsonb,jsonb,integer)")
         allowed = conn.execute(
@@ -314,6 +337,31 @@ class StepRunner:
         except http_steps.HttpTransientError as exc:
             raise StepFailure(str(exc), kind=exc.kind, ran_sql=f"{req.method} {url}") from exc
         self.complete(conn, task, result, None, f"{req.method} {url}", started)
+
+
+def _raised_in_step(exc: psycopg.Error) -> bool:
+    """Did the error come from the user's statement (inside the trampoline)?"""
+    context = exc.diag.context or ""
+    return "df_exec." in context
+
+
+class DescribeCache:
+    """(role, search_path, statement) → result columns. Bounded; one per worker."""
+
+    def __init__(self, size: int = 512) -> None:
+        self._items: dict[tuple[int, str, str], list[Column]] = {}
+        self._size = size
+
+    def get(self, key: tuple[int, str, str]) -> list[Column] | None:
+        return self._items.get(key)
+
+    def put(self, key: tuple[int, str, str], columns: list[Column]) -> None:
+        if len(self._items) >= self._size:
+            self._items.pop(next(iter(self._items)))
+        self._items[key] = columns
+
+    def drop(self, key: tuple[int, str, str]) -> None:
+        self._items.pop(key, None)
 
 
 def _message(exc: psycopg.Error) -> str:

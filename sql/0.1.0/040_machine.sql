@@ -579,33 +579,56 @@ END $$;
 -- ---------------------------------------------------------------------------------------------
 
 -- Claim one due task (row-locked until the caller's transaction ends). Stale tasks (generation
--- fenced, instance terminal) are deleted on the way. Returns no row when nothing is due.
+-- fenced, instance terminal) are deleted on the way. A due 'start' task is processed inline: the
+-- instance is started and its first runnable leaf is claimed in the same transaction, so a
+-- one-step workflow needs a single transaction. Returns no row when nothing is due.
 CREATE FUNCTION df_internal.claim_task(p_engine text)
 RETURNS TABLE (instance_id varchar, node_id varchar, gen integer, kind text, phase text,
                deadline timestamptz, node_type text, query text, result_name text,
                submitted_by regrole, role_oid oid, database text, vars jsonb,
-               named_results jsonb, label text, attempts integer, retry_policy jsonb)
+               named_results jsonb, label text, attempts integer, retry_policy jsonb,
+               role_name name, role_can_login boolean, role_is_super boolean,
+               superuser_allowed boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
 DECLARE
     t df_internal.tasks%ROWTYPE;
     inst_status text;
     cur_gen integer;
+    started varchar;
+    tries integer := 0;
 BEGIN
     LOOP
-        SELECT * INTO t FROM df_internal.tasks x
-         WHERE x.run_at <= now()
-         ORDER BY x.run_at
-         LIMIT 1
-         FOR UPDATE SKIP LOCKED;
-        IF NOT FOUND THEN
+        tries := tries + 1;
+        IF tries > 1000 THEN
             RETURN;
+        END IF;
+        t := NULL;
+        IF started IS NOT NULL THEN
+            -- Prefer the first leaf of the instance we just started (visible only to us).
+            SELECT * INTO t FROM df_internal.tasks x
+             WHERE x.instance_id = started AND x.run_at <= now()
+             ORDER BY x.run_at LIMIT 1 FOR UPDATE SKIP LOCKED;
+            started := NULL;
+        END IF;
+        IF t.instance_id IS NULL THEN
+            SELECT * INTO t FROM df_internal.tasks x
+             WHERE x.run_at <= now()
+             ORDER BY x.run_at
+             LIMIT 1
+             FOR UPDATE SKIP LOCKED;
+            IF NOT FOUND THEN
+                RETURN;
+            END IF;
         END IF;
         SELECT i.status INTO inst_status FROM df.instances i WHERE i.id = t.instance_id;
         IF t.kind = 'start' THEN
             IF inst_status = 'pending' THEN
-                EXIT;
+                PERFORM df_internal.start_instance(t.instance_id);
+                started := t.instance_id;
+            ELSE
+                DELETE FROM df_internal.tasks x WHERE x.instance_id = t.instance_id AND x.node_id = t.node_id;
             END IF;
-            DELETE FROM df_internal.tasks x WHERE x.instance_id = t.instance_id AND x.node_id = t.node_id;
             CONTINUE;
         END IF;
         SELECT m.gen INTO cur_gen FROM df_internal.node_meta m
@@ -624,11 +647,15 @@ BEGIN
                                                                            'columns', nr.columns))
                        FROM df_internal.named_results nr
                       WHERE nr.instance_id = t.instance_id), '{}'),
-           i.label, COALESCE(m.attempts, 0), COALESCE(m.retry_policy, s.retry_policy)
+           i.label, COALESCE(m.attempts, 0), COALESCE(m.retry_policy, s.retry_policy),
+           r.rolname, r.rolcanlogin, r.rolsuper,
+           COALESCE(current_setting('pg_durable.enable_superuser_instances', true), '')
+               IN ('on', 'true', '1', 'yes')
       FROM df_internal.instance_state s
       JOIN df.instances i ON i.id = s.instance_id
       LEFT JOIN df.nodes n ON n.instance_id = t.instance_id AND n.id = t.node_id
       LEFT JOIN df_internal.node_meta m ON m.instance_id = t.instance_id AND m.node_id = t.node_id
+      LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.submitted_by::oid
      WHERE s.instance_id = t.instance_id;
 END $$;
 

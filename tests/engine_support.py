@@ -1,0 +1,69 @@
+"""Helpers shared by the engine tests: an in-process engine and polling helpers.
+
+Polling loops here wait for a *state*, with generous deadlines; they never assert on speed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from engine.config import EngineConfig
+from engine.runner import Engine
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+@contextmanager
+def running_engine(dsn: str, **overrides: Any) -> Iterator[Engine]:
+    config = EngineConfig(dsn=dsn, concurrency=overrides.pop("concurrency", 4), poll_interval=1.0,
+                          shutdown_grace=2.0, **overrides)
+    engine = Engine(config)
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05,
+             what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def start(db: Any, role: str | None, expr: str, *params: Any) -> str:
+    """Run `SELECT df.start(<expr>)` as `role` and return the instance id."""
+    with db.connect(role) as conn:
+        return conn.execute(f"SELECT df.start({expr})", params or None).fetchone()[0]
+
+
+def wait_terminal(db: Any, instance_id: str, timeout: float = 60.0) -> str:
+    def status() -> str | None:
+        value = db.scalar("SELECT status FROM df.instances WHERE id = %s", (instance_id,))
+        return value if value in TERMINAL else None
+
+    return wait_for(status, timeout, what=f"instance {instance_id} to finish")
+
+
+def node_rows(db: Any, instance_id: str) -> list[dict[str, Any]]:
+    with db.connect() as conn:
+        cur = conn.execute(
+            "SELECT id, node_type, query, result_name, status, result, error "
+            "FROM df.nodes WHERE instance_id = %s ORDER BY created_at, id", (instance_id,))
+        cols = [c.name for c in cur.description]
+        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+
+def root_result(db: Any, instance_id: str) -> Any:
+    return db.scalar(
+        "SELECT n.result FROM df.instances i JOIN df.nodes n "
+        "ON n.instance_id = i.id AND n.id = i.root_node WHERE i.id = %s", (instance_id,))
