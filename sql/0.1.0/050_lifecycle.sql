@@ -146,11 +146,16 @@ $fn$;
 COMMENT ON FUNCTION df.signal_loopback(text, text, text, text) IS
     'Internal to df.signal: deliver a signal in a committed loopback session as a role the login role may SET ROLE to';
 
--- Quote a libpq conninfo value.
-CREATE FUNCTION df_internal.conninfo_quote(p_value text) RETURNS text
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $fn$
-    SELECT '''' || pg_catalog.replace(pg_catalog.replace(p_value, '\', '\\'), '''', '\''') || ''''
+-- libpq conninfo value quoting. 030_start.sql defines the identical helper for
+-- df.start(transaction_mode => 'new'); OR REPLACE keeps either file installable on its own.
+CREATE OR REPLACE FUNCTION df_internal.conninfo_quote(val text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT '''' || replace(replace(val, '\', '\\'), '''', '\''') || ''''
 $fn$;
+REVOKE ALL ON FUNCTION df_internal.conninfo_quote(text) FROM PUBLIC;
 
 CREATE FUNCTION df.signal(instance_id text, signal_name text, signal_data text DEFAULT '{}')
 RETURNS text
