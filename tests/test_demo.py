@@ -1,0 +1,181 @@
+"""`dftui demo --no-tui`: the zero-setup path, run as a user would (a subprocess), end to end.
+
+It must start its own PostgreSQL under the user's data dir, seed the workflows, run them with
+the in-process engine, survive the story the README tells (approve by signal, fix the data and
+retry), stop cleanly on SIGINT and, when started again, reuse everything without seeding twice.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from dftui.cli import main
+from dftui.demo_workflows import FIX_PAYMENTS, WORKFLOWS
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("engine.runner") is None,
+    reason="dftui demo runs an in-process engine, and engine.runner is not built yet",
+)
+
+HANG_GUARD = 180  # seconds; only to turn a hang into a failure, never a speed assertion
+
+
+class Demo:
+    """A `dftui demo --no-tui` subprocess whose output lines are collected as they arrive."""
+
+    def __init__(self, data_home: Path, *args: str) -> None:
+        env = dict(os.environ, XDG_DATA_HOME=str(data_home), PYTHONUNBUFFERED="1")
+        env.pop("DFTUI_DSN", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dftui", "demo", "--no-tui", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        for stream, sink in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr)):
+            threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
+
+    def _pump(self, stream, sink: list[str]) -> None:
+        for line in stream:
+            sink.append(line)
+            self.lines.put(line)
+
+    def wait_for_dsns(self) -> dict[str, str]:
+        deadline = time.monotonic() + HANG_GUARD
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None and self.lines.empty():
+                break
+            try:
+                self.lines.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if any(line.startswith("Press Ctrl+C") for line in self.stdout):
+                break
+        dsns = {}
+        for line in self.stdout:
+            match = re.match(r"DSN (\w+): (.+)$", line.strip())
+            if match:
+                dsns[match.group(1)] = match.group(2)
+        assert "demo_alice" in dsns, "".join(self.stdout + self.stderr)
+        return dsns
+
+    def interrupt(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(HANG_GUARD)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def wait_until(predicate, what: str):
+    deadline = time.monotonic() + HANG_GUARD
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"gave up waiting for {what}")
+
+
+def statuses(dsn: str) -> dict[str, str]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return dict(conn.execute("SELECT label, status FROM df.instances").fetchall())
+
+
+def ids(dsn: str) -> dict[str, str]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return dict(conn.execute("SELECT label, id FROM df.instances").fetchall())
+
+
+def test_demo_runs_seeds_stops_and_reuses(tmp_path, capsys):
+    data_home = tmp_path / "data"
+    demo = Demo(data_home, "--fresh")
+    try:
+        dsns = demo.wait_for_dsns()
+        alice, superuser = dsns["demo_alice"], dsns["superuser"]
+        labels = {wf.label for wf in WORKFLOWS}
+        assert set(statuses(superuser)) == labels
+
+        # Quick workflows complete, the bad-data one fails, the approval waits, one was cancelled.
+        wait_until(
+            lambda: statuses(superuser)["etl-signups"] == "completed"
+            and statuses(superuser)["sales-rollup"] == "completed"
+            and statuses(superuser)["import-payments"] == "failed",
+            "the quick workflows to finish",
+        )
+        now = statuses(superuser)
+        assert now["archive-old-documents"] == "cancelled"
+        assert now["expense-approval-1042"] in ("pending", "running")
+        with psycopg.connect(superuser, autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM app.customers").fetchone()[0] == 240
+
+        # Row-level security: alice sees only her own instances.
+        with psycopg.connect(alice, autocommit=True) as conn:
+            seen = {r[0] for r in conn.execute("SELECT submitted_by::text FROM df.instances")}
+        assert seen == {"demo_alice"}
+
+        # The README's story: approve by signal; fix the data and retry.
+        instance = ids(superuser)
+        assert main(["signal", instance["expense-approval-1042"], "approval",
+                     '{"approved": true}', "--dsn", alice]) == 0
+        quoted = FIX_PAYMENTS.replace("'", "''")
+        assert main(["start", f"'{quoted}'", "--wait", "--dsn", alice]) == 0
+        assert main(["retry", instance["import-payments"], "--dsn", alice]) == 0
+        capsys.readouterr()
+        wait_until(
+            lambda: statuses(superuser)["expense-approval-1042"] == "completed"
+            and statuses(superuser)["import-payments"] == "completed",
+            "approval and retried import to complete",
+        )
+        with psycopg.connect(superuser, autocommit=True) as conn:
+            assert conn.execute("SELECT status FROM app.expense_reports").fetchone()[0] == "approved"
+            assert conn.execute("SELECT count(*) FROM app.payments").fetchone()[0] == 20
+
+        assert demo.interrupt() == 0, "".join(demo.stderr)
+    finally:
+        demo.kill()
+    assert "Traceback" not in "".join(demo.stderr)
+    datadir = data_home / "dftui" / "demo-pg"
+    assert (datadir / "PG_VERSION").exists()
+    assert not (datadir / "postmaster.pid").exists(), "PostgreSQL was left running"
+
+    # Second run: same data directory, nothing seeded twice.
+    again = Demo(data_home)
+    try:
+        dsns = again.wait_for_dsns()
+        assert "reusing the demo data" in "".join(again.stderr)
+        with psycopg.connect(dsns["superuser"], autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM df.instances").fetchone()[0] == len(
+                WORKFLOWS
+            ) + 1  # the seeded workflows plus the fix started above
+        assert again.interrupt() == 0, "".join(again.stderr)
+    finally:
+        again.kill()
+    assert not (datadir / "postmaster.pid").exists()
+
+
+def test_dsl_guide_shows_every_demo_workflow():
+    """docs/dsl.md's examples are the demo's workflows (so the guide's examples really run)."""
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "dsl.md").read_text()
+    flat = " ".join(guide.split())
+    for wf in WORKFLOWS:
+        assert " ".join(wf.expression.split()) in flat, wf.label
