@@ -482,6 +482,8 @@ def show(
         detail = client.instance(instance_id)
         nodes = client.nodes(detail.id)
         tree = client.explain(detail.id) if client.capabilities.has_explain else ""
+    if not tree:
+        tree = render_tree(nodes, detail.root_node)
     if as_json:
         _print_json({"instance": _jsonable(detail), "nodes": [_jsonable(n) for n in nodes]})
         return
@@ -506,6 +508,78 @@ def show(
     if tree:
         typer.echo("")
         typer.echo(tree.rstrip("\n"))
+
+
+NODE_SYMBOLS = {**STATUS_SYMBOLS, "skipped": "·"}
+
+
+def render_tree(nodes: list[Any], root: str) -> str:
+    """A df.explain-like tree from df.instance_nodes rows, for backends without df.explain.
+
+    THEN chains are flattened into one list; IF, JOIN/RACE and LOOP label their parts.
+    """
+    by_id = {n.id: n for n in nodes}
+    lines: list[str] = []
+
+    def chain(node_id: str) -> list[str]:
+        node = by_id.get(node_id)
+        if node is None or node.node_type != "THEN":
+            return [node_id]
+        return chain(node.left_node) + chain(node.right_node)
+
+    def leaf_text(node: Any) -> str:
+        query = " ".join((node.query or "").split())
+        if node.node_type == "SQL":
+            text = f"SQL: {query[:60]}{'…' if len(query) > 60 else ''}"
+        elif node.node_type == "SLEEP":
+            text = f"SLEEP {query}s"
+        elif node.node_type == "WAIT_SCHEDULE":
+            text = f"WAIT_SCHEDULE {query}"
+        elif node.node_type == "SIGNAL":
+            text = f"SIGNAL {node.config.get('name', '')}"
+        elif node.node_type in ("HTTP", "HTTP_MULTIPART"):
+            text = f"{node.node_type} {node.config.get('method', '')} {node.config.get('url', '')}"
+        elif node.node_type == "BREAK":
+            text = f"BREAK {query}"
+        else:
+            text = node.node_type
+        return text + (f"  |=> {node.result_name}" if node.result_name else "")
+
+    def emit(node_id: str | None, depth: int, prefix: str = "") -> None:
+        node = by_id.get(node_id or "")
+        pad = "  " * depth
+        if node is None:
+            lines.append(f"{pad}{prefix}? missing node {node_id}")
+            return
+        mark = NODE_SYMBOLS.get(node.inferred_status or node.status, "?")
+        if node.node_type == "THEN":
+            lines.append(f"{pad}{prefix}{mark} THEN")
+            for item in chain(node.id):
+                emit(item, depth + 1)
+        elif node.node_type == "IF":
+            lines.append(f"{pad}{prefix}{mark} IF")
+            cond = node.config.get("condition_node")
+            if cond:
+                emit(cond, depth + 1, "condition: ")
+            elif node.config.get("if_rows"):
+                lines.append(f"{pad}  condition: rows in ${node.config['if_rows']}")
+            emit(node.left_node, depth + 1, "then: ")
+            emit(node.right_node, depth + 1, "else: ")
+        elif node.node_type in ("JOIN", "RACE"):
+            lines.append(f"{pad}{prefix}{mark} {node.node_type}")
+            branches = [node.left_node, node.right_node, *node.config.get("extra_nodes", [])]
+            for number, branch in enumerate(branches, 1):
+                emit(branch, depth + 1, f"branch {number}: ")
+        elif node.node_type == "LOOP":
+            lines.append(f"{pad}{prefix}{mark} LOOP")
+            emit(node.left_node, depth + 1, "body: ")
+            if node.config.get("condition_node"):
+                emit(node.config["condition_node"], depth + 1, "while: ")
+        else:
+            lines.append(f"{pad}{prefix}{mark} {leaf_text(node)}")
+
+    emit(root, 0)
+    return "\n".join(lines)
 
 
 def _actions(results: list[Any], verb: str, as_json: bool) -> int:
