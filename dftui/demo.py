@@ -181,7 +181,7 @@ def _banner(server: DemoServer) -> str:
             f'  dftui ls --dsn "{alice}"',
             f"  dftui signal {approval} approval '{{\"approved\": true}}' --dsn \"{alice}\"",
             f'  dftui start "\'{demo_workflows.FIX_PAYMENTS.replace(chr(39), chr(39) * 2)}\'"'
-            f' --wait --dsn "{alice}"',
+            f' --label fix-payments --wait --dsn "{alice}"',
             f'  dftui retry {failing} --dsn "{alice}"',
             "",
             "Press Ctrl+C to stop.",

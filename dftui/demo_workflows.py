@@ -280,7 +280,9 @@ df.sleep(900) ~> 'SELECT count(*) AS rows_synced FROM analytics.page_views'
 CANCEL_AFTER_SEED = {"archive-old-documents": "postponed until after the audit"}
 
 # Shown by `dftui demo --no-tui` and in the docs: how to get the failing workflow going again.
-FIX_PAYMENTS = "UPDATE app.payments_raw SET amount = '94.25' WHERE amount = 'N/A'"
+FIX_PAYMENTS = (
+    "UPDATE app.payments_raw SET amount = '94.25' WHERE amount = 'N/A' RETURNING id, amount"
+)
 
 
 def is_seeded(conn: psycopg.Connection) -> bool:
