@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -182,6 +182,8 @@ class Attempt:
     error: str | None
     ran_sql: str | None
     iteration: int | None = None
+    kind: str = "attempt"  # "attempt", or "retry" for a df.retry that resumed at this node
+    requested_by: str | None = None
 
 
 @dataclass
@@ -772,10 +774,14 @@ class Client:
                         error=data.get("error"),
                         ran_sql=data.get("ran_sql"),
                         iteration=data.get("iteration"),
+                        kind=str(data.get("kind") or "attempt"),
+                        requested_by=data.get("requested_by"),
                     )
                 )
             for node in nodes.values():
-                node.attempt_history.sort(key=lambda a: (a.iteration or 0, a.attempt))
+                node.attempt_history.sort(
+                    key=lambda a: (a.finished_at or a.started_at or datetime.min.replace(tzinfo=UTC))
+                )
         return list(nodes.values())
 
     def explain(self, source: str) -> str:

@@ -268,11 +268,15 @@ class StartDialog(_Dialog):
         if not source.strip():
             self.query_one("#preview", Static).update("")
             return
-        if not self.dapp.client.capabilities.has_explain:
-            return
-
         def call(client: Client) -> str:
-            return client.explain(client.evaluate(source))
+            envelope = client.evaluate(source)
+            if client.capabilities.has_explain:
+                return client.explain(envelope)
+            # No df.explain on this backend: show the evaluated node envelope instead.
+            try:
+                return json.dumps(json.loads(envelope), indent=2)
+            except ValueError:
+                return envelope
 
         def shown(text: str) -> None:
             self.query_one("#preview", Static).update(Text(text))

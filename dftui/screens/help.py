@@ -14,7 +14,6 @@ from textual.widgets import Label, Static
 from dftui.app import DftuiApp
 
 
-
 def binding_rows(screen: Screen) -> list[tuple[str, str, bool]]:
     """(keys, description, enabled) for every described binding active on `screen`."""
     app = screen.app

@@ -125,6 +125,11 @@ def node_details(
         for col in ("#", "status", "started", "took", "error"):
             table.add_column(col, overflow="fold")
         for a in node.attempt_history:
+            if a.kind == "retry":
+                table.add_row("↻", Text(f"{a.status}", style="cyan"),
+                              format_time(a.started_at, tz, now, short=True), "",
+                              f"df.retry by {a.requested_by or '?'}")
+                continue
             number = f"{a.iteration}.{a.attempt}" if a.iteration else str(a.attempt)
             table.add_row(
                 number,

@@ -6,8 +6,15 @@ actions use df.start and a running engine instead (see test_actions.py).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+
+import pytest
+from psycopg import sql
+
+from tests.conftest import TestDB
 
 BASE_TIME = datetime(2025, 1, 15, 12, 0, 0, tzinfo=UTC)
 
@@ -83,3 +90,98 @@ def make_app(db, role: str | None, **kwargs):
     kwargs.setdefault("clock", lambda: BASE_TIME)
     kwargs.setdefault("tz", UTC)
     return DftuiApp(client, **kwargs)
+
+
+@dataclass
+class N:
+    """One node row for `seed_graph`."""
+
+    id: str
+    node_type: str
+    query: str | None = None
+    left: str | None = None
+    right: str | None = None
+    status: str = "pending"
+    result: object = None
+    error: str | None = None
+    result_name: str | None = None
+
+
+def seed_graph(db, instance_id: str, status: str, nodes: list[N], *, label: str | None = None,
+               role: str = "dftui_alice", minutes_ago: int = 0) -> None:
+    """Insert an instance with an explicit node graph (root = first node), fixed timestamps."""
+    created = BASE_TIME - timedelta(minutes=minutes_ago)
+    updated = created + timedelta(minutes=2, seconds=5)
+    with db.connect() as conn, conn.transaction():
+        conn.execute("SET LOCAL session_replication_role = replica")
+        conn.execute(
+            """INSERT INTO df.instances (id, label, root_node, status, submitted_by, database,
+                   created_at, updated_at, completed_at)
+               VALUES (%s, %s, %s, %s, %s::regrole, current_database(), %s, %s, %s)""",
+            (instance_id, label, nodes[0].id, status, role, created, updated,
+             updated if status == "completed" else None),
+        )
+        for n in nodes:
+            conn.execute(
+                """INSERT INTO df.nodes (id, instance_id, node_type, query, result_name, left_node,
+                       right_node, status, result, error, submitted_by, database, created_at,
+                       updated_at)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::regrole, current_database(),
+                           %s, %s)""",
+                (n.id, instance_id, n.node_type, n.query, n.result_name, n.left, n.right, n.status,
+                 None if n.result is None else json.dumps(n.result), n.error, role, created,
+                 updated),
+            )
+
+
+def rows_result(*rows: dict) -> dict:
+    return {"rows": list(rows), "row_count": len(rows)}
+
+
+def seed_showcase(db) -> None:
+    """A fixed, varied data set for the snapshots: every status, a failed THEN chain with an IF
+    and a JOIN, labels, and one instance of another role (invisible to alice)."""
+    seed_graph(db, "a1b2c3d4", "failed", [
+        N("10000001", "THEN", left="10000002", right="10000003", status="failed"),
+        N("10000002", "SQL", "SELECT count(*) AS n FROM staging.events", status="completed",
+          result=rows_result({"n": 1200}), result_name="cnt"),
+        N("10000003", "THEN", left="10000004", right="10000008", status="failed"),
+        N("10000004", "IF", json.dumps({"condition_node": "10000005"}), left="10000006",
+          right="10000007", status="completed", result=rows_result({"?column?": 1})),
+        N("10000005", "SQL", "SELECT $cnt > 1000", status="completed",
+          result=rows_result({"?column?": True})),
+        N("10000006", "JOIN", left="10000009", right="1000000a", status="completed",
+          result=[rows_result({"ok": 1}), rows_result({"ok": 2})]),
+        N("10000007", "SQL", "SELECT 'too few events'", status="pending"),
+        N("10000008", "SQL", "INSERT INTO warehouse.facts SELECT * FROM staging.events "
+                             "WHERE id / 0 > 1", status="failed", error="division by zero",
+          result={"error": "division by zero"}),
+        N("10000009", "SQL", "SELECT 1 AS ok", status="completed", result=rows_result({"ok": 1})),
+        N("1000000a", "SQL", "SELECT 2 AS ok", status="completed", result=rows_result({"ok": 2})),
+    ], label="nightly-etl", minutes_ago=5)
+    seeds = [
+        Seed("b2c3d4e5", "running", label="embeddings", minutes_ago=1,
+             query="SELECT embed(chunk) FROM docs WHERE batch = 7"),
+        Seed("c3d4e5f6", "completed", label="nightly-etl", minutes_ago=65),
+        Seed("d4e5f6a7", "pending", label="approval", minutes_ago=2),
+        Seed("e5f6a7b8", "cancelled", label=None, minutes_ago=130),
+        Seed("f6a7b8c9", "completed", label="embeddings", minutes_ago=1500),
+        Seed("0badf00d", "failed", label="secret-bob", role="dftui_bob", minutes_ago=3),
+    ]
+    seed_instances(db, seeds)
+
+
+@pytest.fixture
+def snap_db(pg_server, template_db) -> Iterator[TestDB]:
+    """Like `db` but with a fixed name, because the header shows the database name."""
+    name = "dftui_snapshot"
+    with pg_server.admin() as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY file_copy").format(
+            sql.Identifier(name), sql.Identifier(template_db)))
+    try:
+        yield TestDB(pg_server, name)
+    finally:
+        with pg_server.admin() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
