@@ -116,3 +116,52 @@ def test_install_unreachable_server_is_one_line(capsys):
     assert code == 1 and out == ""
     assert err.startswith("dftui: ") and err.count("\n") == 1
     assert "Traceback" not in err
+
+
+def test_least_privilege_recipe_from_operations_doc(db):
+    """The least-privilege block in docs/operations.md, run verbatim (names substituted), lets a
+    non-superuser engine run a step as its submitter."""
+    import time
+    import uuid
+    from pathlib import Path
+
+    from engine.config import EngineConfig
+    from engine.runner import Engine
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    block = doc.split("-- least-privilege: begin")[1].split("-- least-privilege: end")[0]
+    role = f"dftui_engine_{uuid.uuid4().hex[:8]}"
+    block = (
+        block.replace("dftui_engine", role)
+        .replace("DATABASE app", f'DATABASE "{db.name}"')
+        .replace("app_backend", "dftui_alice")
+    )
+    admin = db.connect()
+    try:
+        admin.execute(block)
+        assert not db.scalar("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (role,))
+        assert db.scalar("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'df'") == role
+        engine = Engine(EngineConfig(dsn=db.dsn(role), concurrency=1))
+        engine.start()
+        try:
+            with db.connect("dftui_alice") as conn:
+                instance_id = conn.execute(
+                    "SELECT df.start('SELECT current_user AS u', 'least-privilege')"
+                ).fetchone()[0]
+            deadline = time.monotonic() + 120  # hang guard only
+            while db.scalar("SELECT df.status(%s)", (instance_id,)) not in (
+                "completed", "failed"
+            ) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            engine.stop(grace=1)
+        assert db.scalar("SELECT df.status(%s)", (instance_id,)) == "completed"
+        assert db.scalar("SELECT df.result(%s)::jsonb #>> '{rows,0,u}'", (instance_id,)) == (
+            "dftui_alice"
+        )
+    finally:
+        admin.execute(f'REASSIGN OWNED BY "{role}" TO postgres')
+        admin.execute(f'DROP OWNED BY "{role}"')
+        admin.close()
+        with db.server.admin() as conn:
+            conn.execute(f'DROP ROLE IF EXISTS "{role}"')
