@@ -1,0 +1,541 @@
+-- dftui 0.1.0: monitoring (sql-api.md §4) and the views over engine state (docs/architecture.md
+-- "Reading engine state as an ordinary role").
+--
+-- Visibility: the functions are SECURITY INVOKER and read df.instances / df.nodes under RLS.
+-- Engine state lives in df_internal, which users cannot read; it is exposed through
+-- security_barrier views owned by the installer. A view reads its tables with its owner's
+-- privileges (so RLS does not apply inside it), but current_user is still the querying role, so
+-- every view filters explicitly: rows of instances whose df.instances.submitted_by is the
+-- querying role, or everything for superusers and members of the df schema owner. The filter
+-- uses only pg_catalog functions because a view's function calls are checked against the
+-- querying role. Status always comes from df.instances.
+
+-- ---------------------------------------------------------------------------------------------
+-- Views
+-- ---------------------------------------------------------------------------------------------
+
+-- Engine-side state of each instance: timing, current execution number (1 + retries), the
+-- final output/error and the cancel reason.
+CREATE VIEW df.instance_runtime WITH (security_barrier = true) AS
+SELECT s.instance_id::text                    AS instance_id,
+       i.submitted_by,
+       i.status,
+       s.started_at,
+       s.finished_at,
+       s.execution,
+       s.output,
+       s.error,
+       s.cancel_reason,
+       s.retry_policy,
+       (SELECT count(*) FROM df_internal.signals g
+         WHERE g.instance_id = s.instance_id AND g.consumed_at IS NULL) AS pending_signals
+  FROM df_internal.instance_state s
+  JOIN df.instances i ON i.id = s.instance_id
+ WHERE i.submitted_by = pg_catalog.quote_ident(current_user)::regrole
+    OR (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+    OR (SELECT pg_catalog.pg_has_role(current_user, n.nspowner, 'MEMBER')
+          FROM pg_catalog.pg_namespace n WHERE n.nspname = 'df');
+
+-- Per-node engine data: parent link, generation, attempts, loop iteration, timing, the SQL that
+-- actually ran (after substitution).
+CREATE VIEW df.node_runs WITH (security_barrier = true) AS
+SELECT m.instance_id::text AS instance_id,
+       m.node_id::text     AS node_id,
+       m.parent_id::text   AS parent_id,
+       m.slot,
+       n.node_type,
+       n.status,
+       n.error,
+       m.gen,
+       m.attempts,
+       m.iteration,
+       m.retry_policy,
+       m.started_at,
+       m.finished_at,
+       (extract(epoch FROM (m.finished_at - m.started_at)) * 1000)::bigint AS duration_ms,
+       m.ran_sql
+  FROM df_internal.node_meta m
+  JOIN df.instances i ON i.id = m.instance_id
+  JOIN df.nodes n ON n.instance_id = m.instance_id AND n.id = m.node_id
+ WHERE i.submitted_by = pg_catalog.quote_ident(current_user)::regrole
+    OR (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+    OR (SELECT pg_catalog.pg_has_role(current_user, ns.nspowner, 'MEMBER')
+          FROM pg_catalog.pg_namespace ns WHERE ns.nspname = 'df');
+
+-- Every execution attempt of a leaf node / loop iteration (kind 'attempt'), plus one row per
+-- df.retry (kind 'retry': who and when) on the node it resumed: the from_node, else the node
+-- whose failure was retried, else the root.
+CREATE VIEW df.node_attempt_history WITH (security_barrier = true) AS
+SELECT h.*
+  FROM (
+    SELECT a.instance_id::text AS instance_id,
+           a.node_id::text     AS node_id,
+           'attempt'::text     AS kind,
+           a.iteration,
+           a.attempt,
+           a.status,
+           a.started_at,
+           a.finished_at,
+           (extract(epoch FROM (a.finished_at - a.started_at)) * 1000)::bigint AS duration_ms,
+           a.error,
+           a.ran_sql,
+           a.engine_id,
+           NULL::regrole       AS requested_by
+      FROM df_internal.node_attempts a
+    UNION ALL
+    SELECT r.instance_id::text,
+           coalesce(r.from_node,
+                    (SELECT a.node_id FROM df_internal.node_attempts a
+                      WHERE a.instance_id = r.instance_id AND a.status = 'failed'
+                        AND a.finished_at <= r.requested_at
+                      ORDER BY a.finished_at DESC, a.id DESC LIMIT 1),
+                    (SELECT i2.root_node FROM df.instances i2 WHERE i2.id = r.instance_id))::text,
+           'retry',
+           NULL::integer,
+           NULL::integer,
+           'retried from ' || r.previous_status,
+           r.requested_at,
+           r.requested_at,
+           0::bigint,
+           NULL::text,
+           NULL::text,
+           NULL::text,
+           r.requested_by
+      FROM df_internal.retries r
+  ) h
+  JOIN df.instances i ON i.id = h.instance_id
+ WHERE i.submitted_by = pg_catalog.quote_ident(current_user)::regrole
+    OR (SELECT rr.rolsuper FROM pg_catalog.pg_roles rr WHERE rr.rolname = current_user)
+    OR (SELECT pg_catalog.pg_has_role(current_user, ns.nspowner, 'MEMBER')
+          FROM pg_catalog.pg_namespace ns WHERE ns.nspname = 'df');
+
+-- Archived LOOP iterations: the body's node states before each new iteration began.
+CREATE VIEW df.loop_history WITH (security_barrier = true) AS
+SELECT l.instance_id::text  AS instance_id,
+       l.loop_node_id::text AS loop_node_id,
+       l.iteration,
+       l.started_at,
+       l.finished_at,
+       l.nodes
+  FROM df_internal.loop_iterations l
+  JOIN df.instances i ON i.id = l.instance_id
+ WHERE i.submitted_by = pg_catalog.quote_ident(current_user)::regrole
+    OR (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+    OR (SELECT pg_catalog.pg_has_role(current_user, ns.nspowner, 'MEMBER')
+          FROM pg_catalog.pg_namespace ns WHERE ns.nspname = 'df');
+
+-- Who retried what and when (one row per df.retry).
+CREATE VIEW df.retry_history WITH (security_barrier = true) AS
+SELECT r.instance_id::text AS instance_id,
+       (pg_catalog.row_number() OVER (PARTITION BY r.instance_id ORDER BY r.id) + 1)::integer
+                           AS execution,
+       r.requested_by,
+       r.requested_at,
+       r.from_node::text   AS from_node,
+       r.previous_status
+  FROM df_internal.retries r
+  JOIN df.instances i ON i.id = r.instance_id
+ WHERE i.submitted_by = pg_catalog.quote_ident(current_user)::regrole
+    OR (SELECT rr.rolsuper FROM pg_catalog.pg_roles rr WHERE rr.rolname = current_user)
+    OR (SELECT pg_catalog.pg_has_role(current_user, ns.nspowner, 'MEMBER')
+          FROM pg_catalog.pg_namespace ns WHERE ns.nspname = 'df');
+
+-- Engines and their heartbeats: visible to every granted role (no instance data in here).
+CREATE VIEW df.engines WITH (security_barrier = true) AS
+SELECT e.id,
+       e.host,
+       e.pid,
+       e.version,
+       e.started_at,
+       e.heartbeat_at,
+       e.stopped_at,
+       e.concurrency,
+       e.steps_done,
+       CASE WHEN e.stopped_at IS NOT NULL THEN 'stopped'
+            WHEN e.heartbeat_at > pg_catalog.now() - interval '60 seconds' THEN 'alive'
+            ELSE 'stale' END AS state
+  FROM df_internal.engines e;
+
+REVOKE ALL ON df.instance_runtime, df.node_runs, df.node_attempt_history, df.loop_history,
+              df.retry_history, df.engines FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------------------------
+-- df.list_instances
+-- ---------------------------------------------------------------------------------------------
+
+-- Output of an instance as the listing functions report it: the root result when completed,
+-- the original error when failed, the reason when cancelled.
+CREATE FUNCTION df.list_instances(status_filter text, limit_count integer, label_filter text,
+                                  after_cursor text DEFAULT NULL)
+RETURNS TABLE (instance_id text, label text, function_name text, status text,
+               execution_count integer, output jsonb, created_at timestamptz,
+               completed_at timestamptz, next_cursor text)
+LANGUAGE plpgsql STABLE
+SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_max     integer;
+    v_setting text := current_setting('pg_durable.list_instances_max_limit', true);
+    v_limit   integer := coalesce(limit_count, 100);
+    v_status  text := lower(nullif(btrim(status_filter), ''));
+    v_raw     text;
+    v_parts   text[];
+    v_ts      timestamptz;
+    v_id      text;
+    v_where   text[] := ARRAY['true'];
+BEGIN
+    IF v_setting IS NULL OR btrim(v_setting) = '' THEN
+        v_max := 1000;
+    ELSIF btrim(v_setting) ~ '^[0-9]{1,9}$' THEN
+        v_max := btrim(v_setting)::integer;
+    ELSE
+        RAISE EXCEPTION 'df.list_instances: pg_durable.list_instances_max_limit must be a positive integer, got "%"',
+            v_setting USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_limit < 1 THEN
+        RAISE EXCEPTION 'df.list_instances: limit_count must be at least 1, got %', v_limit
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_limit > v_max THEN
+        RAISE EXCEPTION 'df.list_instances: limit_count (%) exceeds pg_durable.list_instances_max_limit (%); use a smaller limit_count and page with after_cursor',
+            v_limit, v_max USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_status IS NOT NULL THEN
+        IF v_status NOT IN ('pending', 'running', 'completed', 'failed', 'cancelled') THEN
+            RAISE EXCEPTION 'df.list_instances: unknown status_filter "%" (expected pending, running, completed, failed or cancelled)',
+                status_filter USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        v_where := v_where || format('i.status = %L', v_status);
+    END IF;
+    IF label_filter IS NOT NULL THEN
+        v_where := v_where || format('i.label = %L', label_filter);
+    END IF;
+    IF after_cursor IS NOT NULL THEN
+        -- Opaque cursor: hex of 'v1|<created_at, UTC ISO>|<id>'.
+        BEGIN
+            IF after_cursor !~ '^([0-9a-fA-F]{2})+$' THEN
+                RAISE EXCEPTION 'not hex';
+            END IF;
+            v_raw := convert_from(decode(after_cursor, 'hex'), 'UTF8');
+            v_parts := string_to_array(v_raw, '|');
+            IF cardinality(v_parts) <> 3 OR v_parts[1] <> 'v1' OR v_parts[3] !~ '^[0-9a-f]{8}$'
+               OR v_parts[2] !~ '^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$' THEN
+                RAISE EXCEPTION 'bad shape';
+            END IF;
+            v_ts := v_parts[2]::timestamptz;
+            v_id := v_parts[3];
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION 'df.list_instances: malformed after_cursor "%"; pass the next_cursor value of a previous call',
+                left(after_cursor, 80) USING ERRCODE = 'invalid_parameter_value';
+        END;
+        -- created_at DESC, id ASC: rows strictly after (v_ts, v_id). The redundant upper bound
+        -- lets the index scan start at the cursor.
+        v_where := v_where || format('i.created_at <= %L::timestamptz', v_ts)
+                           || format('(i.created_at < %L::timestamptz OR i.id > %L)', v_ts, v_id);
+    END IF;
+
+    -- Dynamic SQL so the planner sees the real predicates and picks the matching index
+    -- (created_at / status / label / submitted_by, all ordered created_at DESC, id).
+    RETURN QUERY EXECUTE format($q$
+        WITH page AS MATERIALIZED (
+            SELECT i.id, i.label, i.status, i.root_node, i.created_at, i.completed_at
+              FROM df.instances i
+             WHERE %s
+             ORDER BY i.created_at DESC, i.id
+             LIMIT %s
+        ), numbered AS (
+            SELECT p.*, row_number() OVER (ORDER BY p.created_at DESC, p.id) AS rn,
+                   count(*) OVER () AS total
+              FROM page p
+        )
+        SELECT p.id::text,
+               p.label,
+               'durable_function'::text,
+               p.status,
+               coalesce(rt.execution, 1),
+               CASE p.status
+                   WHEN 'completed' THEN coalesce(rt.output, rn_.result)
+                   WHEN 'failed' THEN to_jsonb(coalesce(rt.error, rn_.error, rn_.result #>> '{}'))
+                   WHEN 'cancelled' THEN to_jsonb(coalesce(rt.cancel_reason, 'Cancelled by user'))
+               END,
+               p.created_at,
+               p.completed_at,
+               CASE WHEN p.rn < p.total THEN encode(convert_to(
+                   'v1|' || to_char(p.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+                   || '|' || p.id, 'UTF8'), 'hex') END
+          FROM numbered p
+          LEFT JOIN LATERAL (
+              SELECT r.execution, r.output, r.error, r.cancel_reason
+                FROM df.instance_runtime r WHERE r.instance_id = p.id::text
+          ) rt ON true
+          LEFT JOIN LATERAL (
+              SELECT n.result, n.error FROM df.nodes n
+               WHERE n.instance_id = p.id AND n.id = p.root_node
+          ) rn_ ON true
+         WHERE p.rn <= %s
+         ORDER BY p.rn
+    $q$, array_to_string(v_where, ' AND '), v_limit + 1, v_limit);
+END;
+$fn$;
+COMMENT ON FUNCTION df.list_instances(text, integer, text, text) IS
+    'Instances you can see, newest first (created_at DESC, id ASC), one keyset page; next_cursor is NULL on the last row of the last page';
+
+CREATE FUNCTION df.list_instances(status_filter text DEFAULT NULL, limit_count integer DEFAULT 100)
+RETURNS TABLE (instance_id text, label text, function_name text, status text,
+               execution_count integer, output jsonb)
+LANGUAGE sql STABLE
+SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT l.instance_id, l.label, l.function_name, l.status, l.execution_count, l.output
+      FROM df.list_instances($1, $2, NULL::text, NULL::text) l
+$fn$;
+COMMENT ON FUNCTION df.list_instances(text, integer) IS
+    'Instances you can see, newest first (pg_durable-compatible; use the 4-argument form to page)';
+
+-- ---------------------------------------------------------------------------------------------
+-- One instance
+-- ---------------------------------------------------------------------------------------------
+
+CREATE FUNCTION df.instance_info(p_instance_id text)
+RETURNS TABLE (instance_id text, label text, function_name text, function_version text,
+               current_execution_id integer, status text, output jsonb)
+LANGUAGE plpgsql STABLE
+SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_id text := $1;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM df.instances i WHERE i.id = v_id) THEN
+        RAISE EXCEPTION 'Instance not found or access denied: %', v_id USING ERRCODE = 'no_data_found';
+    END IF;
+    RETURN QUERY
+    SELECT i.id::text, i.label, 'durable_function'::text, df.version(),
+           coalesce(rt.execution, 1), i.status,
+           CASE i.status
+               WHEN 'completed' THEN coalesce(rt.output, rn.result)
+               WHEN 'failed' THEN to_jsonb(coalesce(rt.error, rn.error, rn.result #>> '{}'))
+               WHEN 'cancelled' THEN to_jsonb(coalesce(rt.cancel_reason, 'Cancelled by user'))
+           END
+      FROM df.instances i
+      LEFT JOIN df.instance_runtime rt ON rt.instance_id = i.id::text
+      LEFT JOIN df.nodes rn ON rn.instance_id = i.id AND rn.id = i.root_node
+     WHERE i.id = v_id;
+END;
+$fn$;
+COMMENT ON FUNCTION df.instance_info(text) IS
+    'One instance: label, execution number, status and output (the original error when failed)';
+
+-- Executions: the first run plus one per df.retry. Execution k spans from its start (creation,
+-- or the retry that began it) to the next retry (or the instance's finish); its events are the
+-- node attempts recorded in that span. Newest first.
+CREATE FUNCTION df.instance_executions(instance_id text, limit_count integer DEFAULT 5)
+RETURNS TABLE (execution_id integer, status text, event_count bigint, duration_ms bigint,
+               output jsonb)
+LANGUAGE plpgsql STABLE
+SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_id text := $1;
+    v_inst df.instances%ROWTYPE;
+BEGIN
+    IF limit_count IS NULL OR limit_count < 1 THEN
+        RAISE EXCEPTION 'df.instance_executions: limit_count must be at least 1, got %',
+            coalesce(limit_count::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO v_inst FROM df.instances i WHERE i.id = v_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'Instance not found or access denied: %', v_id USING ERRCODE = 'no_data_found';
+    END IF;
+    RETURN QUERY
+    WITH rt AS (
+        SELECT r.started_at, r.finished_at, r.execution, r.output, r.error, r.cancel_reason
+          FROM df.instance_runtime r WHERE r.instance_id = v_id
+    ), bounds AS (
+        -- Execution 1 starts at creation; execution k+1 at the k-th retry.
+        SELECT 1 AS execution_id, coalesce((SELECT rt.started_at FROM rt), v_inst.created_at) AS t0,
+               NULL::text AS ended_as
+        UNION ALL
+        SELECT h.execution, h.requested_at, NULL::text FROM df.retry_history h WHERE h.instance_id = v_id
+    ), spans AS (
+        SELECT b.execution_id, b.t0,
+               lead(b.t0) OVER (ORDER BY b.execution_id) AS t1,
+               (SELECT h.previous_status FROM df.retry_history h
+                 WHERE h.instance_id = v_id AND h.execution = b.execution_id + 1) AS ended_as
+          FROM bounds b
+    )
+    SELECT s.execution_id,
+           coalesce(s.ended_as, v_inst.status),
+           (SELECT count(*) FROM df.node_attempt_history a
+             WHERE a.instance_id = v_id AND a.kind = 'attempt'
+               AND a.finished_at >= s.t0 AND (s.t1 IS NULL OR a.finished_at < s.t1)),
+           (extract(epoch FROM (coalesce(s.t1,
+                CASE WHEN v_inst.status IN ('completed', 'failed', 'cancelled')
+                     THEN coalesce((SELECT rt.finished_at FROM rt), v_inst.completed_at, v_inst.updated_at)
+                     ELSE clock_timestamp() END) - s.t0)) * 1000)::bigint,
+           CASE
+               WHEN s.t1 IS NULL THEN
+                   CASE v_inst.status
+                       WHEN 'completed' THEN (SELECT coalesce(rt.output, n.result) FROM df.nodes n
+                                                LEFT JOIN rt ON true
+                                               WHERE n.instance_id = v_id AND n.id = v_inst.root_node)
+                       WHEN 'failed' THEN (SELECT to_jsonb(coalesce(rt.error, n.error)) FROM df.nodes n
+                                             LEFT JOIN rt ON true
+                                            WHERE n.instance_id = v_id AND n.id = v_inst.root_node)
+                       WHEN 'cancelled' THEN (SELECT to_jsonb(coalesce(rt.cancel_reason, 'Cancelled by user')) FROM rt)
+                   END
+               ELSE (SELECT to_jsonb(a.error) FROM df.node_attempt_history a
+                      WHERE a.instance_id = v_id AND a.kind = 'attempt' AND a.status = 'failed'
+                        AND a.finished_at >= s.t0 AND a.finished_at < s.t1
+                      ORDER BY a.finished_at DESC LIMIT 1)
+           END
+      FROM spans s
+     ORDER BY s.execution_id DESC
+     LIMIT limit_count;
+END;
+$fn$;
+COMMENT ON FUNCTION df.instance_executions(text, integer) IS
+    'Executions of an instance (the first run plus one per df.retry), newest first';
+
+-- Nodes with a read-time inferred status:
+--   * a node of a loop iteration that has finished while the LOOP waits to start the next one
+--     (superseded) reads 'pending', from that LOOP;
+--   * completed/failed nodes read as they are;
+--   * a pending/running node under a decided ancestor reads 'skipped', from the nearest such
+--     ancestor: a completed/failed ancestor (the right side of a failed THEN, a still-running
+--     race loser, the rest of a loop body after BREAK), or a running IF whose other arm started
+--     (the untaken arm);
+--   * in a cancelled instance the remaining running nodes read 'cancelled' and pending ones
+--     'skipped'; in a completed/failed instance remaining nodes read 'skipped' (no ancestor id:
+--     the instance decided it).
+CREATE FUNCTION df.instance_nodes(instance_id text)
+RETURNS TABLE (node_id text, node_type text, query text, result_name text, left_node text,
+               right_node text, status text, result jsonb, status_details jsonb,
+               inferred_status text, inferred_status_from_ancestor_id text,
+               updated_at timestamptz)
+LANGUAGE plpgsql STABLE
+SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_id     text := $1;
+    v_status text;
+    v_root   text;
+BEGIN
+    SELECT i.status, i.root_node INTO v_status, v_root FROM df.instances i WHERE i.id = v_id;
+    IF v_status IS NULL THEN
+        RAISE EXCEPTION 'Instance not found or access denied: %', v_id USING ERRCODE = 'no_data_found';
+    END IF;
+    RETURN QUERY
+    WITH RECURSIVE n AS MATERIALIZED (
+        SELECT x.id::text AS id, x.node_type, x.query, x.result_name, x.left_node::text AS left_node,
+               x.right_node::text AS right_node, x.status, x.result, x.status_details, x.updated_at,
+               CASE WHEN x.node_type IN ('IF', 'LOOP') AND x.query ~ '^\s*\{'
+                    THEN x.query::jsonb ->> 'condition_node' END AS cond,
+               CASE WHEN x.node_type = 'JOIN' AND x.query ~ '^\s*\{'
+                    THEN x.query::jsonb -> 'extra_nodes' END AS extras
+          FROM df.nodes x WHERE x.instance_id = v_id
+    ), flags AS MATERIALIZED (
+        SELECT p.id,
+               p.status IN ('completed', 'failed') AS decided,
+               CASE WHEN p.node_type = 'IF' AND p.status = 'running' THEN
+                    CASE WHEN l.status <> 'pending' THEN p.right_node
+                         WHEN r.status <> 'pending' THEN p.left_node END
+               END AS untaken,
+               (p.node_type = 'LOOP' AND p.status = 'running' AND l.status = 'completed'
+                AND (p.cond IS NULL OR c.status IN ('completed', 'failed'))) AS between_iterations,
+               p.cond AS loop_cond
+          FROM n p
+          LEFT JOIN n l ON l.id = p.left_node
+          LEFT JOIN n r ON r.id = p.right_node
+          LEFT JOIN n c ON c.id = p.cond
+    ), edges AS MATERIALIZED (
+        SELECT p.id AS parent, e.child, e.ord
+          FROM n p
+          CROSS JOIN LATERAL (VALUES (p.cond, CASE WHEN p.node_type = 'LOOP' THEN 9 ELSE 0 END),
+                                     (p.left_node, 1), (p.right_node, 2)) AS e(child, ord)
+         WHERE e.child IS NOT NULL
+        UNION ALL
+        SELECT p.id, x.value, 2 + x.ordinality::integer
+          FROM n p
+          CROSS JOIN LATERAL jsonb_array_elements_text(
+                 CASE WHEN jsonb_typeof(p.extras) = 'array' THEN p.extras ELSE '[]'::jsonb END)
+                 WITH ORDINALITY AS x(value, ordinality)
+    ), tree AS (
+        SELECT v_root AS id, ARRAY[0] AS ord, 1 AS depth,
+               NULL::text AS sup_id, NULL::text AS dec_id
+        UNION ALL
+        SELECT e.child, t.ord || e.ord, t.depth + 1,
+               coalesce(t.sup_id, CASE WHEN f.between_iterations THEN t.id END),
+               CASE WHEN f.decided OR e.child = f.untaken THEN t.id ELSE t.dec_id END
+          FROM tree t
+          JOIN edges e ON e.parent = t.id
+          JOIN flags f ON f.id = t.id
+         WHERE t.depth < 1000
+    ), placed AS (
+        SELECT DISTINCT ON (t.id) t.id, t.ord, t.sup_id, t.dec_id FROM tree t ORDER BY t.id, t.depth
+    )
+    SELECT n.id, n.node_type, n.query, n.result_name, n.left_node, n.right_node, n.status,
+           n.result, n.status_details,
+           CASE
+               WHEN pl.sup_id IS NOT NULL AND v_status NOT IN ('completed', 'failed', 'cancelled') THEN 'pending'
+               WHEN n.status IN ('completed', 'failed') THEN n.status
+               WHEN pl.dec_id IS NOT NULL THEN 'skipped'
+               WHEN v_status = 'cancelled' THEN CASE n.status WHEN 'running' THEN 'cancelled' ELSE 'skipped' END
+               WHEN v_status IN ('completed', 'failed') THEN 'skipped'
+               ELSE n.status
+           END,
+           CASE
+               WHEN pl.sup_id IS NOT NULL AND v_status NOT IN ('completed', 'failed', 'cancelled') THEN pl.sup_id
+               WHEN n.status IN ('completed', 'failed') THEN NULL
+               ELSE pl.dec_id
+           END,
+           n.updated_at
+      FROM n
+      LEFT JOIN placed pl ON pl.id = n.id
+     ORDER BY pl.ord NULLS LAST, n.id;
+END;
+$fn$;
+COMMENT ON FUNCTION df.instance_nodes(text) IS
+    'Nodes of an instance with inferred_status (skipped/pending/cancelled derived at read time)';
+
+-- ---------------------------------------------------------------------------------------------
+-- Admin and compatibility
+-- ---------------------------------------------------------------------------------------------
+
+-- Whole-installation counters. SECURITY DEFINER because they span every role's instances; only
+-- superusers and delegated admins (df.grant_usage(..., with_grant => true)) may execute it.
+CREATE FUNCTION df.metrics()
+RETURNS TABLE (total_instances bigint, running_instances bigint, completed_instances bigint,
+               failed_instances bigint, total_executions bigint, total_events bigint)
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT (SELECT count(*) FROM df.instances),
+           (SELECT count(*) FROM df.instances i WHERE i.status = 'running'),
+           (SELECT count(*) FROM df.instances i WHERE i.status = 'completed'),
+           (SELECT count(*) FROM df.instances i WHERE i.status = 'failed'),
+           (SELECT coalesce(sum(s.execution), 0)::bigint FROM df_internal.instance_state s),
+           (SELECT count(*) FROM df_internal.node_attempts)
+$fn$;
+REVOKE ALL ON FUNCTION df.metrics() FROM PUBLIC;
+COMMENT ON FUNCTION df.metrics() IS 'Installation-wide counters (admins only)';
+
+CREATE FUNCTION df.duroxide_schema()
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT 'df_internal'::text
+$fn$;
+COMMENT ON FUNCTION df.duroxide_schema() IS
+    'pg_durable compatibility: the schema holding engine state (_worker_ready lives there)';
