@@ -6,6 +6,7 @@ so these tests need no engine; "the engine" is simulated by superuser updates wh
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 
@@ -340,3 +341,60 @@ def test_setvar_rejects_empty_name(db) -> None:
 
 def test_version(db) -> None:
     assert db.scalar("SELECT df.version()", role="dftui_alice") == "0.1.0"
+
+
+# --- with a real engine -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def eng(db):
+    from engine_support import running_engine
+
+    with running_engine(db.dsn()) as engine:
+        yield engine
+
+
+def test_engine_do_block_signals_then_awaits(db, eng) -> None:
+    """The pg_durable idiom: one DO block signals a waiting instance and awaits its completion."""
+    if not _loopback_available(db):
+        pytest.skip("dblink is not available on this server")
+    from engine_support import start, wait_for
+
+    iid = start(db, "dftui_alice", "df.wait_for_signal('go') ~> 'SELECT 42 AS answer'")
+    wait_for(lambda: db.scalar("SELECT status FROM df.instances WHERE id = %s", (iid,)) == "running",
+             what="instance running")
+    with db.connect("dftui_alice") as conn:
+        conn.execute(
+            "DO $$ BEGIN PERFORM df.signal('" + iid + "', 'go', '{\"n\": 1}'); "
+            "IF df.await_instance('" + iid + "', 60) <> 'completed' THEN "
+            "RAISE EXCEPTION 'not completed'; END IF; END $$")
+        assert json.loads(conn.execute("SELECT df.result(%s)", (iid,)).fetchone()[0]) == {
+            "rows": [{"answer": 42}], "row_count": 1}
+
+
+def test_engine_other_role_cannot_cancel_or_signal(db, eng) -> None:
+    from engine_support import start, wait_terminal
+
+    iid = start(db, "dftui_alice", "df.wait_for_signal('go') ~> 'SELECT 1 AS one'")
+    for query in ["SELECT df.cancel(%s)", "SELECT df.signal(%s, 'go')"]:
+        assert error_of(db, "dftui_bob", query, (iid,)) == f"{NOT_FOUND}: {iid}"
+    assert error_of(db, "dftui_bob", "SELECT df.await_instance(%s, 1)", (iid,)) == f"Instance not found: {iid}"
+    with db.connect("dftui_alice") as conn:
+        assert conn.execute("SELECT df.status(%s)", (iid,)).fetchone()[0] in ("pending", "running")
+        conn.execute("SELECT df.signal(%s, 'go')", (iid,))
+    assert wait_terminal(db, iid) == "completed"
+    assert db.scalar("SELECT df.await_instance(%s, 5)", (iid,), role="dftui_alice") == "completed"
+
+
+def test_engine_cancel_is_final(db, eng) -> None:
+    from engine_support import start
+
+    iid = start(db, "dftui_alice", "df.wait_for_signal('never') ~> 'SELECT 1'")
+    with db.connect("dftui_alice") as conn:
+        assert conn.execute("SELECT df.cancel(%s, 'no longer needed')", (iid,)).fetchone()[0] == "OK"
+        assert conn.execute("SELECT df.await_instance(%s, 30)", (iid,)).fetchone()[0] == "cancelled"
+        # A late signal is accepted (queued) but cannot revive it.
+        conn.execute("SELECT df.signal(%s, 'never')", (iid,))
+        assert conn.execute("SELECT df.cancel(%s)", (iid,)).fetchone()[0] == "already cancelled"
+        assert conn.execute("SELECT status, output FROM df.instance_info(%s)", (iid,)).fetchone() == (
+            "cancelled", "no longer needed")

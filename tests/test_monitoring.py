@@ -493,3 +493,72 @@ def test_metrics_privileges_and_values(db) -> None:
 def test_duroxide_schema(db) -> None:
     assert db.scalar("SELECT df.duroxide_schema()", role="dftui_alice") == "df_internal"
     assert db.scalar("SELECT to_regclass(df.duroxide_schema() || '._worker_ready') IS NOT NULL")
+
+
+# --- with a real engine -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def eng(db):
+    from engine_support import running_engine
+
+    with running_engine(db.dsn()) as engine:
+        yield engine
+
+
+def test_engine_run_is_reported_consistently(db, eng) -> None:
+    from engine_support import start, wait_terminal
+
+    iid = start(db, "dftui_alice",
+                "('SELECT false AS go' ?> 'SELECT ''then'' AS arm' !> 'SELECT ''else'' AS arm')"
+                " ~> 'SELECT 7 AS done'", )
+    assert wait_terminal(db, iid) == "completed"
+    with db.connect("dftui_alice") as conn:
+        nodes = conn.execute(
+            "SELECT node_type, query, status, inferred_status, inferred_status_from_ancestor_id"
+            " FROM df.instance_nodes(%s)", (iid,)).fetchall()
+        if_id = conn.execute("SELECT id FROM df.nodes WHERE instance_id = %s AND node_type = 'IF'",
+                             (iid,)).fetchone()[0]
+        untaken = [n for n in nodes if n[1] == "SELECT 'then' AS arm"]
+        assert untaken == [("SQL", "SELECT 'then' AS arm", "pending", "skipped", if_id)]
+        assert all(n[3] == "completed" for n in nodes if n[1] != "SELECT 'then' AS arm")
+        listed = conn.execute("SELECT status, execution_count, output FROM df.list_instances()").fetchone()
+        assert listed == ("completed", 1, {"rows": [{"done": 7}], "row_count": 1})
+        runs = conn.execute(
+            "SELECT count(*) FILTER (WHERE attempts = 1 AND ran_sql IS NOT NULL AND started_at IS NOT NULL"
+            " AND finished_at IS NOT NULL), count(*) FROM df.node_runs WHERE instance_id = %s"
+            " AND node_type = 'SQL' AND status = 'completed'", (iid,)).fetchone()
+        assert runs == (3, 3)
+        attempts = conn.execute("SELECT count(*) FROM df.node_attempt_history WHERE instance_id = %s"
+                                " AND kind = 'attempt' AND status = 'completed'", (iid,)).fetchone()[0]
+        assert attempts == 3
+        executions = conn.execute("SELECT execution_id, status, event_count FROM df.instance_executions(%s)",
+                                  (iid,)).fetchall()
+        assert executions == [(1, "completed", 3)]
+        runtime = conn.execute("SELECT started_at IS NOT NULL, finished_at IS NOT NULL, execution"
+                               " FROM df.instance_runtime WHERE instance_id = %s", (iid,)).fetchone()
+        assert runtime == (True, True, 1)
+
+
+def test_engine_retry_adds_an_execution(db, eng) -> None:
+    from engine_support import start, wait_terminal
+
+    with db.connect() as conn:
+        conn.execute("CREATE TABLE public.flag (ok boolean)")
+        conn.execute("INSERT INTO public.flag VALUES (false)")
+        conn.execute("GRANT ALL ON public.flag TO PUBLIC")
+    iid = start(db, "dftui_alice", "'SELECT 1 AS a' ~> 'SELECT 1 / (SELECT ok::int FROM public.flag) AS b'")
+    assert wait_terminal(db, iid) == "failed"
+    with db.connect() as conn:
+        conn.execute("UPDATE public.flag SET ok = true")
+    db.scalar("SELECT df.retry(%s)", (iid,), role="dftui_alice")
+    assert wait_terminal(db, iid) == "completed"
+    with db.connect("dftui_alice") as conn:
+        rows = conn.execute("SELECT execution_id, status, event_count, output FROM df.instance_executions(%s)",
+                            (iid,)).fetchall()
+        assert [r[:3] for r in rows] == [(2, "completed", 1), (1, "failed", 2)]
+        assert "division by zero" in rows[1][3]
+        assert rows[0][3] == {"rows": [{"b": 1}], "row_count": 1}
+        kinds = conn.execute("SELECT kind, status FROM df.node_attempt_history WHERE instance_id = %s"
+                             " ORDER BY finished_at, kind", (iid,)).fetchall()
+        assert ("retry", "retried from failed") in kinds
