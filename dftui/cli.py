@@ -487,25 +487,34 @@ def show(
     if as_json:
         _print_json({"instance": _jsonable(detail), "nodes": [_jsonable(n) for n in nodes]})
         return
-    symbol = STATUS_SYMBOLS.get(detail.status, "")
-    typer.echo(f"instance {detail.id}  {symbol} {detail.status}")
-    if detail.label:
-        typer.echo(f"label:        {detail.label}")
-    typer.echo(f"submitted_by: {detail.submitted_by}")
-    typer.echo(f"created:      {_when(detail.created_at)}")
+    # df.explain already heads its tree with id, label, status and output; add what it lacks.
+    explained = tree.lstrip().startswith("Instance:")
+    if not explained:
+        symbol = STATUS_SYMBOLS.get(detail.status, "")
+        typer.echo(f"instance {detail.id}  {symbol} {detail.status}")
+        if detail.label:
+            typer.echo(f"label:        {detail.label}")
     finished = detail.finished_at or detail.completed_at
-    if detail.status in TERMINAL:
-        typer.echo(f"finished:     {_when(finished or detail.updated_at)}")
-    typer.echo(
-        f"duration:     {_duration(detail.started_at or detail.created_at, finished if detail.status in TERMINAL else None)}"
-    )
+    terminal = detail.status in TERMINAL
+    details = [
+        ("submitted_by", detail.submitted_by),
+        ("created", _when(detail.created_at)),
+        ("finished", _when(finished or detail.updated_at) if terminal else None),
+        ("duration",
+         _duration(detail.started_at or detail.created_at, finished if terminal else None)),
+        ("cancelled", detail.cancel_reason),
+    ]
     if detail.status == "failed" and detail.error:
-        typer.echo(f"error:        {detail.error}")
-    elif detail.output:
-        typer.echo(f"output:       {detail.output}")
-    if detail.cancel_reason:
-        typer.echo(f"cancelled:    {detail.cancel_reason}")
-    if tree:
+        details.append(("error", detail.error))
+    elif detail.output and not explained:
+        details.append(("output", detail.output))
+    block = "\n".join(f"{k + ':':<13} {v}" for k, v in details if v)
+    if explained:
+        typer.echo(tree.rstrip("\n"))
+        typer.echo("")
+        typer.echo(block)
+    else:
+        typer.echo(block)
         typer.echo("")
         typer.echo(tree.rstrip("\n"))
 
