@@ -96,6 +96,7 @@ class DftuiApp(App[int]):
         self.reconnect_delays = tuple(reconnect_delays)
         self.disconnected: str | None = None  # the loss message while reconnecting
         self.reconnect_attempt = 0
+        self.disconnections = 0  # how many times the connection was lost (shown in tests/logs)
         if theme:
             self.theme = theme
 
@@ -205,6 +206,7 @@ class DftuiApp(App[int]):
         if self.disconnected is not None:
             return
         self.disconnected = message.removeprefix("connection lost: ")
+        self.disconnections += 1
         self.reconnect_attempt = 0
         self.refresh_headers()
         self._reconnect()
