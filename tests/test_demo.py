@@ -7,6 +7,7 @@ retry), stop cleanly on SIGINT and, when started again, reuse everything without
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import queue
@@ -171,6 +172,48 @@ def test_demo_runs_seeds_stops_and_reuses(tmp_path, capsys):
     finally:
         again.kill()
     assert not (datadir / "postmaster.pid").exists()
+
+
+def test_demo_opens_the_tui_and_quits_cleanly(tmp_path):
+    """`dftui demo` (with the TUI) in a pseudo-terminal: the TUI comes up connected as
+    demo_alice with the seeded instances; `q` quits, and the engine and server are stopped."""
+    import pty
+    import select
+
+    env = dict(os.environ, XDG_DATA_HOME=str(tmp_path / "data"), TERM="xterm-256color",
+               COLUMNS="120", LINES="40")
+    env.pop("DFTUI_DSN", None)
+    pid, fd = pty.fork()
+    if pid == 0:  # child: become `dftui demo --fresh`
+        os.execve(sys.executable, [sys.executable, "-m", "dftui", "demo", "--fresh"], env)
+    output = b""
+
+    def read_until(marker: bytes) -> bool:
+        nonlocal output
+        deadline = time.monotonic() + HANG_GUARD
+        while marker not in output and time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    output += os.read(fd, 65536)
+                except OSError:
+                    return marker in output
+        return marker in output
+
+    try:
+        assert read_until(b"demo_alice@dftui_demo"), output.decode(errors="replace")[-2000:]
+        assert read_until(b"embed-doc"), output.decode(errors="replace")[-2000:]
+        os.write(fd, b"q")
+        read_until(b"stopping PostgreSQL")
+        _, status = os.waitpid(pid, 0)
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, output.decode(errors="replace")[-2000:]
+    assert b"Traceback" not in output
+    assert not (tmp_path / "data" / "dftui" / "demo-pg" / "postmaster.pid").exists()
 
 
 def test_dsl_guide_shows_every_demo_workflow():
