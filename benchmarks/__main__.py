@@ -1,0 +1,277 @@
+"""`python -m benchmarks`: every figure of quality.md's benchmark list, peers alongside.
+
+One run = one fresh PostgreSQL cluster (embedded PostgreSQL 18 unless --bindir says otherwise),
+dftui engine subprocesses, DBOS Transact in its own process, pgbench. The table is printed and,
+for a full run, written to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+
+from benchmarks import dftui_suite as suite
+from benchmarks import peers, profile, tui_bench
+from benchmarks.harness import BenchEnv, BenchError, EngineProcess, bench_env, machine, rss_mib
+from benchmarks.options import Options
+from benchmarks.report import Figure, Results, print_table, write_results
+from benchmarks.ui import Ui
+
+DEFAULT_RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def parse_args(argv: list[str]) -> tuple[Options, argparse.Namespace]:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Benchmark dftui against DBOS Transact and PostgreSQL's commit limit.")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny numbers: checks that every phase runs (figures mean little)")
+    parser.add_argument("-n", "--instances", type=int, help="one-step instances to drain (10000)")
+    parser.add_argument("--three", type=int, help="3-step workflows (1000)")
+    parser.add_argument("--join", type=int, help="10-branch JOIN instances (200)")
+    parser.add_argument("--latency-samples", type=int, help="sequential one-step starts (200)")
+    parser.add_argument("--concurrency", type=int, help="workers per engine process (8)")
+    parser.add_argument("--scale-n", type=int, help="instances per scaling run (10000)")
+    parser.add_argument("--idle-pending", type=int, help="pending instances in the idle phase (100000)")
+    parser.add_argument("--idle-seconds", type=float, help="idle CPU measurement window (10)")
+    parser.add_argument("--tui-rows", help="comma-separated instance counts for the TUI phase "
+                        "(100000,1000000)")
+    parser.add_argument("--pgbench-seconds", type=float, help="duration of each pgbench run (10)")
+    parser.add_argument("--no-dbos", action="store_true", help="skip the DBOS Transact peer")
+    parser.add_argument("--no-tui", action="store_true", help="skip the TUI phase")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="py-spy profile of the engine during the main drain, written to DIR")
+    parser.add_argument("--results", type=Path, metavar="FILE",
+                        help=f"write the Markdown results here (a full run defaults to {DEFAULT_RESULTS.name})")
+    parser.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument("--bindir", type=Path, help="PostgreSQL bin/ directory (default: embedded 18)")
+    parser.add_argument("--keep", action="store_true", help="leave the cluster running afterwards")
+    args = parser.parse_args(argv)
+
+    opts = Options.quick_run() if args.quick else Options()
+    for attr, value in (("n", args.instances), ("three_n", args.three), ("join_n", args.join),
+                        ("latency_samples", args.latency_samples),
+                        ("concurrency", args.concurrency), ("scale_n", args.scale_n),
+                        ("idle_pending", args.idle_pending), ("idle_seconds", args.idle_seconds),
+                        ("pgbench_seconds", args.pgbench_seconds)):
+        if value is not None:
+            if value <= 0:
+                parser.error(f"--{attr.replace('_', '-')} must be positive")
+            setattr(opts, attr, value)
+    if args.tui_rows:
+        try:
+            opts.tui_rows = tuple(int(v) for v in args.tui_rows.split(",") if v.strip())
+        except ValueError:
+            parser.error("--tui-rows takes comma-separated integers, e.g. 100000,1000000")
+    opts.dbos = not args.no_dbos
+    opts.tui = not args.no_tui
+    opts.profile_dir = args.profile
+    if args.bindir and not (args.bindir / "postgres").exists():
+        parser.error(f"--bindir: no postgres binary in {args.bindir}")
+    return opts, args
+
+
+def run(opts: Options, env: BenchEnv, ui: Ui, results: Results) -> list[str]:
+    """All phases in order; returns extra Markdown (the profile summary) for RESULTS.md."""
+    extra: list[str] = []
+    k = opts.concurrency
+
+    # -- the physical limit first, on a quiet server ----------------------------------------
+    limits = {}
+    for clients in (1, 2, 8):
+        with ui.bar(f"pgbench: single-row INSERT commits, {clients} client(s)", None):
+            limits[clients] = peers.pgbench(env, clients, opts.pgbench_seconds)
+    limit_k = limits[8].tps if k >= 8 else limits[2].tps
+
+    # -- dftui throughput -------------------------------------------------------------------
+    if opts.profile_dir is not None and not profile.available():
+        results.notes.append("py-spy is not installed: no profile (pip install '.[bench]')")
+        opts.profile_dir = None
+    main_drain = suite.drain(env, ui, opts, label="drain", what="drain", count=opts.n,
+                             workflow_sql=suite.one_step_sql(), profile_dir=opts.profile_dir)
+    three = suite.drain(env, ui, opts, label="three", what="3-step", count=opts.three_n,
+                        workflow_sql=suite.three_step_sql())
+    join = suite.drain(env, ui, opts, label="join", what=f"JOIN of {opts.join_branches}",
+                       count=opts.join_n, workflow_sql=suite.join_sql(opts.join_branches))
+
+    # -- latency on an idle engine ------------------------------------------------------------
+    env.vacuum()
+    with EngineProcess(env, k, "latency") as engine:
+        lat = suite.latency(env, ui, opts, label="lat", what="latency: one-step start → done",
+                            expr=suite.one_step_sql(), samples=opts.latency_samples, engine=engine)
+        join_lat = suite.latency(env, ui, opts, label="joinlat",
+                                 what=f"latency: JOIN of {opts.join_branches} start → done",
+                                 expr=suite.join_sql(opts.join_branches),
+                                 samples=opts.join_latency_samples, engine=engine)
+        time.sleep(1.0)
+        rss_idle_empty = rss_mib(engine.pid)
+
+    # -- scaling -----------------------------------------------------------------------------
+    scaling: dict[int, suite.DrainOutcome] = {}
+    for processes in opts.scaling:
+        if processes == 1 and opts.scale_n == opts.n:
+            scaling[1] = main_drain
+            continue
+        scaling[processes] = suite.drain(
+            env, ui, opts, label=f"scale{processes}", what=f"scaling ×{processes}",
+            count=opts.scale_n, processes=processes, workflow_sql=suite.one_step_sql())
+
+    # -- DBOS ----------------------------------------------------------------------------------
+    dbos: dict = {}
+    if opts.dbos and not peers.dbos_installed():
+        results.notes.append("DBOS Transact is not installed: no DBOS column (pip install '.[bench]')")
+    elif opts.dbos:
+        with ui.bar("DBOS Transact: one-step, 3-step (steps / transactions), latency, idle", None):
+            dbos = peers.run_dbos(env, one=min(opts.n, 2000), three=opts.three_n,
+                                  latency=opts.latency_samples, concurrency=k,
+                                  idle_seconds=opts.idle_seconds, timeout=opts.timeout)
+        results.notes.append(f"DBOS Transact {dbos.get('dbos_version')}: workflows called in-process "
+                             f"from {k} threads; steps are the same UPDATE on a psycopg pool of {k}.")
+
+    # -- idle cost with many pending instances ---------------------------------------------------
+    idle = suite.idle_cost(env, ui, opts)
+
+    # -- TUI -------------------------------------------------------------------------------------
+    tui: list[tui_bench.TuiResult] = []
+    if opts.tui:
+        why = tui_bench.tui_available()
+        if why:
+            results.notes.append(f"TUI phase skipped: {why}")
+        else:
+            for target in opts.tui_rows:
+                rows = tui_bench.seed(env, ui, target)
+                with ui.bar(f"tui: first paint and paging with {rows:,} instances", None):
+                    tui.append(tui_bench.measure(env, opts.tui_pages, rows))
+
+    # -- the table -------------------------------------------------------------------------------
+    d = main_drain.stats
+    results.add(Figure(f"drain {opts.n:,} one-step instances, 1 engine × {k}", "steps/s",
+                       d.steps_per_s, dbos.get("one_step_wf_per_s"), limit_k,
+                       target="≥ 1,500 steps/s", target_ok=d.steps_per_s >= 1500))
+    results.add(Figure("server commits per one-step instance (drain)", "", main_drain.commits_per_step,
+                       higher_is_better=False, note="incl. start"))
+    dbos3 = dbos.get("three_step_wf_per_s")
+    results.add(Figure(f"3-step workflows ({opts.three_n:,}), vs DBOS @step", "wf/s",
+                       three.stats.instances_per_s, dbos3, limit_k / 3,
+                       target="≥ 5× DBOS",
+                       target_ok=None if not dbos3 else three.stats.instances_per_s >= 5 * dbos3))
+    dbos3tx = dbos.get("three_tx_wf_per_s")
+    results.add(Figure("3-step workflows, vs DBOS @transaction", "wf/s",
+                       three.stats.instances_per_s, dbos3tx, limit_k / 3, target="≥ 5× DBOS",
+                       target_ok=None if not dbos3tx else three.stats.instances_per_s >= 5 * dbos3tx))
+    results.add(Figure("3-step: steps/s", "steps/s", three.stats.steps_per_s,
+                       dbos3 * 3 if dbos3 else None, limit_k))
+    results.add(Figure(f"JOIN of {opts.join_branches} ({opts.join_n:,} instances)", "inst/s",
+                       join.stats.instances_per_s, None, limit_k / opts.join_branches))
+    results.add(Figure(f"JOIN of {opts.join_branches}: branch steps/s", "steps/s",
+                       join.stats.steps_per_s, None, limit_k))
+    results.add(Figure(f"JOIN of {opts.join_branches}: start → done p50", "ms",
+                       suite.Latency.pct(join_lat.client_ms, 50), None, None,
+                       higher_is_better=False))
+    dbos_lat = dbos.get("latency_ms") or []
+    for p, target, ok_at in ((50, "≤ 5 ms", 5.0), (95, "", None), (99, "≤ 20 ms", 20.0)):
+        value = suite.Latency.pct(lat.client_ms, p)
+        results.add(Figure(f"one-step start → done p{p}, idle engine", "ms", value,
+                           suite.Latency.pct(dbos_lat, p) if dbos_lat else None,
+                           limits[1].latency_ms if p == 50 else None, higher_is_better=False,
+                           target=target, target_ok=None if ok_at is None else value <= ok_at))
+    results.add(Figure("one-step p50, server clock (created_at → completed_at)", "ms",
+                       suite.Latency.pct(lat.server_ms, 50), None, limits[1].latency_ms,
+                       higher_is_better=False))
+    for processes, outcome in sorted(scaling.items()):
+        results.add(Figure(f"scaling: {processes} engine process{'es' if processes > 1 else ''} "
+                           f"× {k}", "steps/s", outcome.stats.steps_per_s, None, limits[8].tps,
+                           note=f"{outcome.stats.steps:,} steps"))
+    results.add(Figure(f"idle engine CPU, {idle.pending:,} pending instances", "%",
+                       idle.cpu_percent, dbos.get("idle_cpu_percent"), None,
+                       higher_is_better=False, target="< 1 %", target_ok=idle.cpu_percent < 1))
+    results.add(Figure("engine RSS, idle with empty queue", "MiB", rss_idle_empty,
+                       dbos.get("rss_mib"), None, higher_is_better=False))
+    growth = idle.rss_end_mib - rss_idle_empty
+    results.add(Figure(f"engine RSS, idle with {idle.pending:,} pending", "MiB", idle.rss_end_mib,
+                       None, None, higher_is_better=False,
+                       target="growth ≤ 50 MiB", target_ok=growth <= 50,
+                       note=f"{growth:+.0f} MiB vs empty"))
+    results.add(Figure(f"engine peak RSS while draining {opts.n:,}", "MiB",
+                       main_drain.peak_rss_mib, None, None, higher_is_better=False))
+    for t in tui:
+        results.add(Figure(f"TUI first paint, {t.rows_in_table:,} instances", "ms",
+                           t.first_paint_ms, None, None, higher_is_better=False))
+        if t.page_ms:
+            results.add(Figure(f"TUI next page of 100 (G), {t.rows_in_table:,} instances, p50",
+                               "ms", suite.median(t.page_ms), None, None,
+                               higher_is_better=False, note=f"{len(t.page_ms)} pages"))
+        results.add(Figure(f"TUI PageDown, {t.rows_in_table:,} instances", "ms", t.pagedown_ms,
+                           None, None, higher_is_better=False))
+
+    results.notes.append(
+        f"pgbench limit: {limits[1].tps:,.0f} commits/s at 1 client ({limits[1].latency_ms:.2f} ms "
+        f"each), {limits[2].tps:,.0f} at 2, {limits[8].tps:,.0f} at 8. Throughput figures compare "
+        f"with the {8 if k >= 8 else 2}-client rate (÷3 for 3-step workflows, ÷{opts.join_branches} "
+        "for JOINs); latency with one commit at 1 client.")
+    results.notes.append(
+        "Latency is measured from the moment df.start's commit is acknowledged to the arrival of "
+        "the engine's pg_notify('df_done') on a dedicated LISTEN connection.")
+    results.notes.append(
+        f"Idle phase: {idle.pending:,} df.wait_for_signal('go') instances started with no engine "
+        "running, their start tasks deferred to 'infinity' (the state a signal wait parks in) so "
+        f"the engine idles beside them; CPU over {idle.seconds:.0f} s from /proc/<pid>/stat.")
+    if main_drain.profile_summary:
+        extra.append("\n## Engine profile during the drain (py-spy, all threads incl. idle)\n")
+        extra.append("```\n" + "\n".join(main_drain.profile_summary) + "\n```\n")
+        if main_drain.profile_file is not None:
+            results.notes.append(f"py-spy collapsed stacks: {main_drain.profile_file}")
+    return extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore")
+    argv = sys.argv[1:] if argv is None else argv
+    opts, args = parse_args(argv)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=150)  # a file or pipe: wide enough for the table
+    ui = Ui(Console(stderr=True))
+    results = Results()
+    started = datetime.now(UTC)
+    t0 = time.monotonic()
+    host = machine()
+    try:
+        with bench_env(args.bindir, keep=args.keep) as env:
+            pg_version = env.server_version()
+            ui.say(f"[bold]dftui benchmarks[/bold] — PostgreSQL {pg_version}, {host['cores']} cores, "
+                   f"{host['cpu']}, load {host['loadavg']}")
+            extra = run(opts, env, ui, results)
+    except BenchError as exc:
+        print(f"benchmarks: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("benchmarks: interrupted", file=sys.stderr)
+        return 130
+    duration = time.monotonic() - t0
+    if opts.quick:
+        results.notes.append("--quick run: tiny instance counts, the figures are not meaningful.")
+    results.notes.append(f"Load average at start {host['loadavg']}: other work on this machine "
+                         "inflates every figure; compare ratios measured in the same run.")
+    print_table(results, console, f"dftui benchmarks ({'quick' if opts.quick else 'full'} run, "
+                f"PostgreSQL {pg_version}, {duration:.0f} s)")
+    for line in extra:
+        console.print(line.strip("`\n") if line.startswith("```") else line.strip(), markup=False)
+    target = args.results or (None if opts.quick else DEFAULT_RESULTS)
+    if target is not None and not args.no_results:
+        command = "python -m benchmarks" + ("" if not argv else " " + shlex.join(argv))
+        write_results(target, results, host, pg_version, command, started, duration,
+                      extra="\n".join(extra))
+        console.print(f"results written to {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""dftui's own figures: drain rate, 3-step and JOIN throughput, latency, scaling, idle cost.
+
+Throughput phases enqueue their instances with no engine running, then start engine
+subprocesses and time the drain from the database's own timestamps (first to last completion),
+so process start-up and our polling do not count.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from benchmarks import profile
+from benchmarks.harness import (
+    BENCH_ROLE,
+    BenchEnv,
+    BenchError,
+    DrainStats,
+    EngineProcess,
+    PeakRss,
+    cpu_seconds,
+    drain_stats,
+    enqueue,
+    rss_mib,
+    update_sql,
+    wait_drained,
+)
+from benchmarks.options import Options
+from benchmarks.ui import Ui
+
+
+def one_step_sql() -> str:
+    return update_sql("g")
+
+
+def three_step_sql() -> str:
+    return " ~> ".join(update_sql(f"g * 3 + {k}") for k in range(3))
+
+
+def join_sql(branches: int) -> str:
+    return " & ".join(update_sql(f"g * {branches} + {k}") for k in range(branches))
+
+
+@dataclass
+class DrainOutcome:
+    stats: DrainStats
+    processes: int
+    commits_per_step: float
+    peak_rss_mib: float
+    profile_summary: list[str] = field(default_factory=list)
+    profile_file: Path | None = None
+
+
+def drain(env: BenchEnv, ui: Ui, opts: Options, *, label: str, what: str, workflow_sql: str,
+          count: int, processes: int = 1, profile_dir: Path | None = None) -> DrainOutcome:
+    """Enqueue `count` instances with no engine running, then drain them with `processes`
+    engine processes; figures come from completion timestamps."""
+    env.vacuum()
+    with ui.counter(f"{what}: enqueue {count:,} instances", count) as add:
+        enqueue(env, workflow_sql, label, count, add, connections=2 if count >= 2000 else 1)
+    commits_before = env.commits()
+    engines = [EngineProcess(env, opts.concurrency, f"{label}-{i}") for i in range(processes)]
+    recorder: profile.Recorder | None = None
+    summary: list[str] = []
+    raw: Path | None = None
+    try:
+        for engine in engines:
+            engine.start(wait_ready=False)
+        for engine in engines:
+            engine.wait_ready()
+        if profile_dir is not None:
+            profile_dir.mkdir(parents=True, exist_ok=True)
+            raw = profile_dir / f"engine-{label}.collapsed"
+            recorder = profile.Recorder(engines[0].pid, raw)
+        peaks = [PeakRss(e.pid) for e in engines]
+        with ui.bar(f"{what}: drain with {processes} engine process"
+                    f"{'es' if processes > 1 else ''} × {opts.concurrency} workers",
+                    count) as set_done:
+            wait_drained(env, label, count, opts.timeout, set_done,
+                         watch=lambda: [p.sample() for p in peaks])
+        if recorder is not None:
+            problem = recorder.stop()
+            if problem or raw is None or not raw.exists():
+                summary = [f"py-spy produced no profile: {problem or 'no output'}"]
+            else:
+                summary = profile.summarise(raw).lines()
+    finally:
+        if recorder is not None and recorder.proc.poll() is None:
+            recorder.stop()
+        for engine in engines:
+            engine.stop()
+    stats = drain_stats(env, label)
+    if stats.failed:
+        raise BenchError(f"{what}: {stats.failed} of {stats.instances} instances did not complete "
+                         f"(see {env.logs})")
+    commits = env.commits() - commits_before
+    return DrainOutcome(stats=stats, processes=processes,
+                        commits_per_step=commits / stats.steps if stats.steps else float("nan"),
+                        peak_rss_mib=max(p.peak for p in peaks), profile_summary=summary,
+                        profile_file=raw)
+
+
+# -- latency ---------------------------------------------------------------------------------------
+
+class DoneListener:
+    """LISTEN df_done on a dedicated connection; remembers when each instance's note arrived."""
+
+    def __init__(self, env: BenchEnv) -> None:
+        self.conn = psycopg.connect(env.dsn(), autocommit=True)
+        self.conn.execute("LISTEN df_done")
+        self.arrived: dict[str, float] = {}
+        self.cond = threading.Condition()
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for note in self.conn.notifies(timeout=0.2):
+                now = time.perf_counter()
+                with self.cond:
+                    self.arrived[note.payload] = now
+                    self.cond.notify_all()
+
+    def wait(self, instance_id: str, timeout: float = 60.0) -> float:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while instance_id not in self.arrived:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BenchError(f"instance {instance_id} did not finish within {timeout:.0f}s")
+                self.cond.wait(left)
+            return self.arrived[instance_id]
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=5)
+        self.conn.close()
+
+
+@dataclass
+class Latency:
+    client_ms: list[float]  # commit acknowledged → df_done notification received
+    server_ms: list[float]  # df.instances.completed_at - created_at (start transaction's now())
+
+    @staticmethod
+    def pct(values: list[float], p: float) -> float:
+        if not values:
+            return float("nan")
+        ordered = sorted(values)
+        k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+        return ordered[k]
+
+
+def latency(env: BenchEnv, ui: Ui, opts: Options, *, label: str, what: str, expr: str,
+            samples: int, engine: EngineProcess) -> Latency:
+    """Sequential starts on an idle engine: start, commit, wait for df_done, pause, repeat."""
+    escaped = expr.replace("%", "%%")  # literal SQL text, not a placeholder
+    listener = DoneListener(env)
+    client: list[float] = []
+    ids: list[str] = []
+    try:
+        with env.connect(user=BENCH_ROLE) as conn, ui.bar(what, samples) as set_done:
+            warmup = 3
+            for i in range(samples + warmup):
+                row = conn.execute(f"SELECT df.start({escaped}, %s) FROM (SELECT %s::int AS g) s",
+                                   (label if i >= warmup else f"{label}-warmup", i)).fetchone()
+                committed = time.perf_counter()
+                assert row is not None
+                arrived = listener.wait(row[0])
+                if i >= warmup:
+                    client.append(max(0.0, arrived - committed) * 1000)
+                    ids.append(row[0])
+                    set_done(i - warmup + 1)
+                time.sleep(0.05)  # let every worker go back to waiting: an idle engine
+    finally:
+        listener.close()
+    with env.connect() as conn:
+        server = [float(r[0]) for r in conn.execute(
+            "SELECT EXTRACT(EPOCH FROM completed_at - created_at)::float8 * 1000 "
+            "FROM df.instances WHERE label = %s AND status = 'completed'", (label,))]
+    if len(server) != len(ids):
+        raise BenchError(f"{what}: {len(ids) - len(server)} instances did not complete")
+    _ = engine
+    return Latency(client_ms=client, server_ms=server)
+
+
+# -- idle cost -------------------------------------------------------------------------------------
+
+@dataclass
+class IdleCost:
+    pending: int
+    cpu_percent: float
+    rss_start_mib: float
+    rss_end_mib: float
+    seconds: float
+
+
+def idle_cost(env: BenchEnv, ui: Ui, opts: Options) -> IdleCost:
+    """An engine sitting next to `idle_pending` pending instances: CPU % and RSS over time.
+
+    The instances are df.wait_for_signal('go') workflows started while no engine runs. Their
+    start tasks are then deferred to 'infinity' (what the engine itself does to a task parked on
+    a signal), so the engine sees a queue of 100k not-yet-due tasks and 100k pending instances
+    instead of spending the phase starting them.
+    """
+    count = opts.idle_pending
+    env.vacuum()
+    with ui.counter(f"idle: enqueue {count:,} df.wait_for_signal instances", count) as add:
+        enqueue(env, "df.wait_for_signal('go')", "idle", count, add, batch=2000,
+                connections=2 if count >= 2000 else 1)
+    with env.connect() as conn:
+        conn.execute("UPDATE df_internal.tasks t SET run_at = 'infinity' FROM df.instances i "
+                     "WHERE i.id = t.instance_id AND i.label = 'idle'")
+        conn.execute("VACUUM (ANALYZE) df_internal.tasks")
+        conn.execute("VACUUM (ANALYZE) df.instances")
+    with EngineProcess(env, opts.concurrency, "idle") as engine:
+        time.sleep(min(2.0, opts.idle_seconds))  # start-up work settles
+        rss_start = rss_mib(engine.pid)
+        cpu0, t0 = cpu_seconds(engine.pid), time.monotonic()
+        with ui.bar(f"idle: engine CPU and RSS over {opts.idle_seconds:.0f} s", 100) as set_done:
+            while (elapsed := time.monotonic() - t0) < opts.idle_seconds:
+                set_done(int(100 * elapsed / opts.idle_seconds))
+                time.sleep(min(0.25, opts.idle_seconds / 10))
+        cpu1, t1 = cpu_seconds(engine.pid), time.monotonic()
+        rss_end = rss_mib(engine.pid)
+    pending = int(env.scalar("SELECT count(*) FROM df.instances WHERE label = 'idle' "
+                             "AND status = 'pending'") or 0)
+    return IdleCost(pending=pending, cpu_percent=100 * (cpu1 - cpu0) / (t1 - t0),
+                    rss_start_mib=rss_start, rss_end_mib=rss_end, seconds=t1 - t0)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
