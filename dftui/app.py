@@ -298,6 +298,8 @@ class DftuiApp(App[int]):
             binding = active.binding
             if not active.enabled or not binding.description or binding.action in seen:
                 continue
+            if active.node is not screen and active.node is not self:
+                continue  # widget navigation keys (cursor moves, scrolling) stay out of the palette
             if binding.action in ("quit", "command_palette"):
                 continue
             seen.add(binding.action)

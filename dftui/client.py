@@ -572,26 +572,24 @@ class Client:
             f"""
             SELECT i.id, i.label, i.status, i.submitted_by::text AS submitted_by, i.created_at,
                    i.updated_at, i.completed_at,
-                   CASE WHEN i.status IN ('running', 'pending', 'failed') THEN (
-                       SELECT n.node_type || CASE WHEN n.result_name IS NOT NULL
-                                                  THEN ' ' || n.result_name ELSE '' END
-                              || ': ' || pg_catalog.left(pg_catalog.regexp_replace(
-                                      coalesce(n.query, ''), '\\s+', ' ', 'g'), 60)
-                         FROM df.nodes n
-                        WHERE n.instance_id = i.id
-                          AND n.status = CASE i.status WHEN 'failed' THEN 'failed'
-                                                       ELSE 'running' END
-                          AND n.node_type NOT IN ('THEN', 'IF', 'JOIN', 'RACE', 'LOOP')
-                        ORDER BY n.updated_at DESC LIMIT 1)
-                   END AS current_step
+                   s.node_type AS step_type, s.query AS step_query,
+                   s.result_name AS step_name
               FROM df.instances i
+              LEFT JOIN LATERAL (
+                    SELECT n.node_type, pg_catalog.left(n.query, 300) AS query, n.result_name
+                      FROM df.nodes n
+                     WHERE i.status IN ('running', 'pending', 'failed')
+                       AND n.instance_id = i.id
+                       AND n.status = CASE i.status WHEN 'failed' THEN 'failed' ELSE 'running' END
+                       AND n.node_type NOT IN ('THEN', 'IF', 'JOIN', 'RACE', 'LOOP')
+                     ORDER BY n.updated_at DESC LIMIT 1) s ON TRUE
              WHERE {" AND ".join(where)}
              ORDER BY i.created_at DESC, i.id
              LIMIT %(limit)s
             """,
             params,
         )
-        page = [InstanceSummary(**r) for r in rows[:limit]]
+        page = [_summary(r) for r in rows[:limit]]
         next_cursor = (page[-1].created_at, page[-1].id) if len(rows) > limit else None
         return InstancePage(page, next_cursor)
 
@@ -920,6 +918,43 @@ class Client:
             raise ClientError(self.capabilities.reasons.get("metrics", "metrics are not available"))
         row = self._one("SELECT * FROM df.metrics()")
         return dict(row or {})
+
+
+def step_text(node_type: str, query: str | None, result_name: str | None = None) -> str:
+    """One-line description of a leaf step, like df.explain's leaves: `SQL: SELECT …`,
+    `SLEEP 30s`, `SIGNAL 'approve'`, `HTTP GET https://…`."""
+    cfg: dict[str, Any] = {}
+    if query and node_type not in ("SQL", "SLEEP", "WAIT_SCHEDULE"):
+        try:
+            loaded = json.loads(query)
+            cfg = loaded if isinstance(loaded, dict) else {}
+        except ValueError:
+            cfg = {}
+    flat = " ".join((query or "").split())
+    if node_type == "SQL":
+        text = f"SQL: {flat}"
+    elif node_type == "SLEEP":
+        text = f"SLEEP {flat}s"
+    elif node_type == "WAIT_SCHEDULE":
+        text = f"WAIT_SCHEDULE '{flat}'"
+    elif node_type == "SIGNAL":
+        timeout = cfg.get("timeout_seconds")
+        text = f"SIGNAL '{cfg.get('name', '?')}'" + (f" (timeout {timeout}s)" if timeout else "")
+    elif node_type in ("HTTP", "HTTP_MULTIPART"):
+        text = f"{node_type} {cfg.get('method', 'POST')} {cfg.get('url', '')}"
+    elif node_type == "BREAK":
+        text = "BREAK" if flat in ("", "null") else f"BREAK {flat}"
+    else:
+        text = node_type
+    return text + (f" |=> {result_name}" if result_name else "")
+
+
+def _summary(row: dict[str, Any]) -> InstanceSummary:
+    step_type = row.pop("step_type", None)
+    step_query = row.pop("step_query", None)
+    step_name = row.pop("step_name", None)
+    row["current_step"] = step_text(step_type, step_query, step_name) if step_type else None
+    return InstanceSummary(**row)
 
 
 def _check_id(instance_id: str) -> str:

@@ -19,7 +19,10 @@ def binding_rows(screen: Screen) -> list[tuple[str, str, bool]]:
     app = screen.app
     grouped: dict[tuple[str, str], list[str]] = {}
     enabled_by: dict[tuple[str, str], bool] = {}
-    for key, active in screen.active_bindings.items():
+    # The screen's own keys first, then the app's, then those of the focused widget (navigation).
+    rank = {screen: 0, app: 1}
+    ordered = sorted(screen.active_bindings.items(), key=lambda kv: rank.get(kv[1].node, 2))
+    for key, active in ordered:
         binding = active.binding
         if not binding.description:
             continue

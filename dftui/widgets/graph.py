@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from dftui.client import NodeInfo
+from dftui.client import NodeInfo, step_text
 
 from .format import format_duration, shorten
 
@@ -44,24 +44,9 @@ def display_status(node: NodeInfo, instance_status: str) -> str:
 
 def node_summary(node: NodeInfo, width: int = 60) -> str:
     """Short text of a node, like df.explain's leaves: `SQL: SELECT …`, `SLEEP 30s`, …"""
-    cfg = node.config
-    kind = node.node_type
-    if kind == "SQL":
-        text = f"SQL: {shorten(node.query, width)}"
-    elif kind == "SLEEP":
-        text = f"SLEEP {node.query}s"
-    elif kind == "WAIT_SCHEDULE":
-        text = f"WAIT_SCHEDULE '{node.query}'"
-    elif kind == "SIGNAL":
-        timeout = cfg.get("timeout_seconds")
-        text = f"SIGNAL '{cfg.get('name', '?')}'" + (f" (timeout {timeout}s)" if timeout else "")
-    elif kind in ("HTTP", "HTTP_MULTIPART"):
-        text = f"{kind} {cfg.get('method', 'POST')} {shorten(str(cfg.get('url', '')), width)}"
-    elif kind == "BREAK":
-        text = "BREAK" + ("" if node.query in (None, "null") else f" {shorten(node.query, 30)}")
-    else:
-        text = kind
-    return text
+    if node.node_type in COMPOSITE_TYPES:
+        return node.node_type
+    return shorten(step_text(node.node_type, node.query), width + 5)
 
 
 def _step_suffix(node: NodeInfo) -> str:
