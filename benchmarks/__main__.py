@@ -56,14 +56,14 @@ def parse_args(argv: list[str]) -> tuple[Options, argparse.Namespace]:
     args = parser.parse_args(argv)
 
     opts = Options.quick_run() if args.quick else Options()
-    for attr, value in (("n", args.instances), ("three_n", args.three), ("join_n", args.join),
-                        ("latency_samples", args.latency_samples),
-                        ("concurrency", args.concurrency), ("scale_n", args.scale_n),
-                        ("idle_pending", args.idle_pending), ("idle_seconds", args.idle_seconds),
-                        ("pgbench_seconds", args.pgbench_seconds)):
+    for attr, flag in (("n", "instances"), ("three_n", "three"), ("join_n", "join"),
+                       ("latency_samples", "latency_samples"), ("concurrency", "concurrency"),
+                       ("scale_n", "scale_n"), ("idle_pending", "idle_pending"),
+                       ("idle_seconds", "idle_seconds"), ("pgbench_seconds", "pgbench_seconds")):
+        value = getattr(args, flag)
         if value is not None:
             if value <= 0:
-                parser.error(f"--{attr.replace('_', '-')} must be positive")
+                parser.error(f"--{flag.replace('_', '-')} must be positive")
             setattr(opts, attr, value)
     if args.tui_rows:
         try:

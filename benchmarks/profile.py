@@ -71,11 +71,26 @@ class Summary:
             out.append(f"  {pct(n)}  {bucket}")
         out.append("server round trips by engine call site:")
         for site, n in self.waits_by_call.most_common(top):
-            out.append(f"  {pct(n)}  {site}")
+            out.append(f"  {pct(n)}  {site}{_source(site)}")
         out.append("Python self time by function:")
         for leaf, n in self.python_self.most_common(top):
             out.append(f"  {pct(n)}  {leaf}")
         return out
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _source(site: str) -> str:
+    """`  ← <the source line>` for an `engine/x.py:N` call site, to show which statement ran."""
+    m = re.search(r"\((engine/[^:()]+):(\d+)\)$", site)
+    if not m:
+        return ""
+    try:
+        line = (REPO / m[1]).read_text().splitlines()[int(m[2]) - 1].strip()
+    except (OSError, IndexError):
+        return ""
+    return f"  ← {line[:70]}"
 
 
 def _parse(frame: str) -> tuple[str, str, str]:
@@ -85,7 +100,18 @@ def _parse(frame: str) -> tuple[str, str, str]:
     return m["func"], m["file"] or "", m["line"] or ""
 
 
+def _name(func: str) -> str:
+    """`_Worker.step_once` -> `step_once` (py-spy qualifies methods with their class)."""
+    return func.rsplit(".", 1)[-1]
+
+
+def _is_engine(file: str) -> bool:
+    return file.startswith("engine/") or "/engine/" in file
+
+
 def _short(file: str) -> str:
+    if file.startswith(("engine/", "psycopg/", "dftui/")):
+        return file
     for marker in ("/engine/", "/psycopg/", "/psycopg_pool/", "/dftui/", "/lib/python3"):
         if marker in file:
             return marker.strip("/").split("/")[-1] + "/" + file.split(marker, 1)[1]
@@ -102,21 +128,21 @@ def summarise(raw: Path) -> Summary:
         count = int(count_text)
         frames = [_parse(f) for f in stack.split(";") if f.strip()]
         summary.total += count
-        if not any(func == "step_once" or (func == "run" and "runner.py" in file)
+        if not any(_name(func) == "step_once" or (_name(func) == "run" and "runner.py" in file)
                    for func, file, _ in frames):
             continue
         summary.worker_total += count
         func, file, lineno = frames[-1]
-        engine_frames = [(fu, fi, ln) for fu, fi, ln in frames if "/engine/" in fi]
+        engine_frames = [(fu, fi, ln) for fu, fi, ln in frames if _is_engine(fi)]
         site = engine_frames[-1] if engine_frames else (func, file, lineno)
         site_text = f"{site[0]} ({_short(site[1])}:{site[2]})"
-        if "psycopg" in file and func in ("wait", "wait_c", "_wait", "wait_conn", "wait_select",
+        if "psycopg" in file and _name(func) in ("wait", "wait_c", "_wait", "wait_conn", "wait_select",
                                           "wait_epoll", "wait_poll"):
             summary.buckets["server round trip (waiting in psycopg for PostgreSQL)"] += count
             summary.waits_by_call[site_text] += count
-        elif func in ("wait", "_wait_for_tstate_lock") and "threading" in file:
+        elif _name(func) in ("wait", "_wait_for_tstate_lock") and "threading" in file:
             summary.buckets["idle (waiting for a wake-up)"] += count
-        elif func == "sleep":
+        elif _name(func) == "sleep":
             summary.buckets["sleeping (backoff)"] += count
         else:
             summary.buckets["Python (engine + psycopg client code)"] += count
