@@ -464,3 +464,11 @@ def test_graph_nodes_preorder_slots_and_parents(db):
     assert len(set(ids)) == len(ids)
     assert rows[0][1] is None and rows[2][1] == ids[1] and rows[7][1] == ids[5]
     assert totals(db) == (0, 0)
+
+
+def test_longest_left_nested_chain_fits_the_depth_limit(db):
+    # a ~> b ~> c ... nests to the left, so 257 steps put the first leaf at depth 256.
+    iid = start(db, " ~> ".join(f"'SELECT {i}'" for i in range(257)))
+    assert db.scalar("SELECT count(*) FROM df.nodes WHERE instance_id = %s", (iid,)) == 257 + 256
+    msg = error_of(db, "SELECT df.start(" + " ~> ".join(f"'SELECT {i}'" for i in range(258)) + ")")
+    assert "maximum nesting depth of 256" in msg

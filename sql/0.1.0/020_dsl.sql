@@ -29,97 +29,117 @@ LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    j       json;
-    v_type  text;
-    v_query text;
-    v_name  text;
-    v_left  json;
-    v_right json;
-    v_cond  json;
-    v_extra json;
-    v_rp    json;
-    v_out   text;
-    k       text;
+    v_keys   text[];
+    v_vals   json[];
+    v_nt     json;
+    v_q      json;
+    v_rn     json;
+    v_left   json;
+    v_right  json;
+    v_cond   json;
+    v_extra  json;
+    v_rp     json;
+    v_type   text;
+    v_query  text;
+    v_name   text;
+    v_out    text;
+    i        integer;
 BEGIN
     IF val IS NULL THEN
         RAISE EXCEPTION 'a workflow step must not be NULL'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
 
+    -- One pass over the top-level members (children stay unparsed raw text), so wrapping a
+    -- large graph again costs one JSON scan, not one per field.
     IF ltrim(val, E' \t\r\n') LIKE '{%' THEN
         BEGIN
-            j := val::json;
+            SELECT array_agg(e.key), array_agg(e.value) INTO v_keys, v_vals
+              FROM json_each(val::json) e;
         EXCEPTION
             WHEN invalid_text_representation THEN
-                j := NULL;  -- not JSON: plain SQL that happens to start with a brace
+                v_keys := NULL;  -- not JSON: plain SQL that happens to start with a brace
             WHEN statement_too_complex THEN
                 RAISE EXCEPTION 'workflow graph exceeds the maximum nesting depth of 256'
                     USING ERRCODE = 'program_limit_exceeded';
         END;
     END IF;
 
-    IF j IS NOT NULL AND json_typeof(j) = 'object' THEN
-        IF j->'node_type' IS NULL THEN
-            IF j->'_partial_if' IS NOT NULL THEN
-                RAISE EXCEPTION 'incomplete conditional: "cond ?> then" must be followed by "!> else"'
-                    USING ERRCODE = 'invalid_parameter_value';
-            END IF;
-        ELSIF json_typeof(j->'node_type') <> 'string' THEN
+    FOR i IN 1 .. coalesce(cardinality(v_keys), 0) LOOP
+        CASE v_keys[i]
+            WHEN 'node_type' THEN v_nt := v_vals[i];
+            WHEN 'query' THEN v_q := v_vals[i];
+            WHEN 'result_name' THEN v_rn := v_vals[i];
+            WHEN 'left_node' THEN v_left := v_vals[i];
+            WHEN 'right_node' THEN v_right := v_vals[i];
+            WHEN 'condition_node' THEN v_cond := v_vals[i];
+            WHEN 'extra_nodes' THEN v_extra := v_vals[i];
+            WHEN 'retry_policy' THEN v_rp := v_vals[i];
+            ELSE NULL;
+        END CASE;
+    END LOOP;
+
+    IF v_nt IS NULL AND '_partial_if' = ANY (v_keys) THEN
+        RAISE EXCEPTION 'incomplete conditional: "cond ?> then" must be followed by "!> else"'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_nt IS NOT NULL THEN
+        IF json_typeof(v_nt) <> 'string' THEN
             RAISE EXCEPTION 'Invalid Durofut JSON: node_type must be a string'
                 USING ERRCODE = 'invalid_parameter_value';
-        ELSE
-            v_type := j->>'node_type';
-            IF v_type IN ('SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE', 'SLEEP',
-                          'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL') THEN
-                -- Shallow shape check; df.start validates the whole graph.
-                FOREACH k IN ARRAY ARRAY['query', 'result_name'] LOOP
-                    IF j->k IS NOT NULL AND json_typeof(j->k) NOT IN ('string', 'null') THEN
-                        RAISE EXCEPTION 'Invalid Durofut JSON: % must be a string', k
-                            USING ERRCODE = 'invalid_parameter_value';
-                    END IF;
-                END LOOP;
-                FOREACH k IN ARRAY ARRAY['left_node', 'right_node'] LOOP
-                    IF j->k IS NOT NULL AND json_typeof(j->k) NOT IN ('object', 'null') THEN
-                        RAISE EXCEPTION 'Invalid Durofut JSON: Durofut children must be JSON objects (% is %)',
-                            k, json_typeof(j->k) USING ERRCODE = 'invalid_parameter_value';
-                    END IF;
-                END LOOP;
-                IF j->'condition_node' IS NOT NULL
-                   AND json_typeof(j->'condition_node') NOT IN ('object', 'null') THEN
-                    RAISE EXCEPTION 'Invalid Durofut JSON: condition_node must be a Durofut JSON object'
-                        USING ERRCODE = 'invalid_parameter_value';
-                END IF;
-                IF j->'extra_nodes' IS NOT NULL AND json_typeof(j->'extra_nodes') <> 'null' THEN
-                    IF json_typeof(j->'extra_nodes') <> 'array'
-                       OR EXISTS (SELECT 1 FROM json_array_elements(j->'extra_nodes') e
-                                   WHERE json_typeof(e) <> 'object') THEN
-                        RAISE EXCEPTION 'Invalid Durofut JSON: extra_nodes entries must be Durofut JSON objects'
-                            USING ERRCODE = 'invalid_parameter_value';
-                    END IF;
-                    IF json_array_length(j->'extra_nodes') > 0 THEN
-                        v_extra := j->'extra_nodes';
-                    END IF;
-                END IF;
-                IF j->'retry_policy' IS NOT NULL
-                   AND json_typeof(j->'retry_policy') NOT IN ('object', 'null') THEN
-                    RAISE EXCEPTION 'Invalid Durofut JSON: retry_policy must be a JSON object'
-                        USING ERRCODE = 'invalid_parameter_value';
-                END IF;
-                v_query := j->>'query';
-                v_name := j->>'result_name';
-                IF json_typeof(j->'left_node') = 'object' THEN v_left := j->'left_node'; END IF;
-                IF json_typeof(j->'right_node') = 'object' THEN v_right := j->'right_node'; END IF;
-                IF json_typeof(j->'condition_node') = 'object' THEN
-                    v_cond := j->'condition_node';
-                END IF;
-                IF json_typeof(j->'retry_policy') = 'object' THEN v_rp := j->'retry_policy'; END IF;
-            END IF;
         END IF;
+        v_type := v_nt #>> '{}';
     END IF;
 
-    IF v_type IS NULL OR v_type NOT IN ('SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE',
-                                        'SLEEP', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART',
-                                        'SIGNAL') THEN
+    IF v_type IN ('SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE', 'SLEEP',
+                  'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL') THEN
+        -- Shallow shape check (json_typeof only reads the first token); df.start validates
+        -- the whole graph.
+        IF json_typeof(v_q) NOT IN ('string', 'null') THEN
+            RAISE EXCEPTION 'Invalid Durofut JSON: query must be a string'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF json_typeof(v_rn) NOT IN ('string', 'null') THEN
+            RAISE EXCEPTION 'Invalid Durofut JSON: result_name must be a string'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF json_typeof(v_left) NOT IN ('object', 'null') THEN
+            RAISE EXCEPTION 'Invalid Durofut JSON: Durofut children must be JSON objects (left_node is %)',
+                json_typeof(v_left) USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF json_typeof(v_right) NOT IN ('object', 'null') THEN
+            RAISE EXCEPTION 'Invalid Durofut JSON: Durofut children must be JSON objects (right_node is %)',
+                json_typeof(v_right) USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF json_typeof(v_cond) NOT IN ('object', 'null') THEN
+            RAISE EXCEPTION 'Invalid Durofut JSON: condition_node must be a Durofut JSON object'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF json_typeof(v_extra) = 'null' THEN
+            v_extra := NULL;
+        ELSIF v_extra IS NOT NULL THEN
+            IF json_typeof(v_extra) <> 'array'
+               OR EXISTS (SELECT 1 FROM json_array_elements(v_extra) e
+                           WHERE json_typeof(e) <> 'object') THEN
+                RAISE EXCEPTION 'Invalid Durofut JSON: extra_nodes entries must be Durofut JSON objects'
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            IF json_array_length(v_extra) = 0 THEN
+                v_extra := NULL;
+            END IF;
+        END IF;
+        IF json_typeof(v_rp) NOT IN ('object', 'null') THEN
+            RAISE EXCEPTION 'Invalid Durofut JSON: retry_policy must be a JSON object'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        v_query := v_q #>> '{}';
+        v_name := v_rn #>> '{}';
+        IF json_typeof(v_left) = 'null' THEN v_left := NULL; END IF;
+        IF json_typeof(v_right) = 'null' THEN v_right := NULL; END IF;
+        IF json_typeof(v_cond) = 'null' THEN v_cond := NULL; END IF;
+        IF json_typeof(v_rp) = 'null' THEN v_rp := NULL; END IF;
+    ELSE
+        -- plain SQL, non-envelope JSON, or an unknown node type: a SQL node
         v_type := 'SQL';
         v_query := val;
         v_name := NULL;
