@@ -51,6 +51,7 @@ class DrainOutcome:
     stats: DrainStats
     processes: int
     commits_per_step: float
+    fsyncs_per_step: float
     peak_rss_mib: float
     profile_summary: list[str] = field(default_factory=list)
     profile_file: Path | None = None
@@ -64,6 +65,7 @@ def drain(env: BenchEnv, ui: Ui, opts: Options, *, label: str, what: str, workfl
     with ui.counter(f"{what}: enqueue {count:,} instances", count) as add:
         enqueue(env, workflow_sql, label, count, add, connections=2 if count >= 2000 else 1)
     commits_before = env.commits()
+    fsyncs_before = env.wal_fsyncs()
     engines = [EngineProcess(env, opts.concurrency, f"{label}-{i}") for i in range(processes)]
     recorder: profile.Recorder | None = None
     summary: list[str] = []
@@ -99,8 +101,11 @@ def drain(env: BenchEnv, ui: Ui, opts: Options, *, label: str, what: str, workfl
         raise BenchError(f"{what}: {stats.failed} of {stats.instances} instances did not complete "
                          f"(see {env.logs})")
     commits = env.commits() - commits_before
+    time.sleep(0.6)  # let the WAL writer report its share of the statistics
+    fsyncs = env.wal_fsyncs() - fsyncs_before
     return DrainOutcome(stats=stats, processes=processes,
                         commits_per_step=commits / stats.steps if stats.steps else float("nan"),
+                        fsyncs_per_step=fsyncs / stats.steps if stats.steps else float("nan"),
                         peak_rss_mib=max(p.peak for p in peaks), profile_summary=summary,
                         profile_file=raw)
 

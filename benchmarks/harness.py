@@ -74,6 +74,17 @@ class BenchEnv:
         with self.connect() as conn:
             conn.execute("VACUUM (ANALYZE)")
 
+    def wal_fsyncs(self) -> int:
+        """WAL fsyncs of the whole cluster so far: each durable commit waits for one, and group
+        commit lets concurrent commits share it (PostgreSQL 18: pg_stat_io; before: pg_stat_wal)."""
+        with self.connect() as conn:
+            if conn.info.server_version >= 180000:
+                query = "SELECT coalesce(sum(fsyncs), 0) FROM pg_stat_io WHERE object = 'wal'"
+            else:
+                query = "SELECT wal_sync FROM pg_stat_wal"
+            row = conn.execute(query).fetchone()
+        return int(row[0]) if row else 0
+
     def commits(self) -> int:
         """Committed transactions in the dftui database so far (pg_stat_database)."""
         with self.connect() as conn:
