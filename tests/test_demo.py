@@ -87,14 +87,16 @@ class Demo:
             self.proc.wait()
 
 
-def wait_until(predicate, what: str):
+def wait_until(predicate, what: str, demo: Demo | None = None, dsn: str | None = None):
     deadline = time.monotonic() + HANG_GUARD
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.2)
-    pytest.fail(f"gave up waiting for {what}")
+    state = statuses(dsn) if dsn else {}
+    log = "".join(demo.stderr[-40:]) if demo else ""
+    pytest.fail(f"gave up waiting for {what}; statuses {state}; demo log tail:\n{log}")
 
 
 def statuses(dsn: str) -> dict[str, str]:
@@ -121,11 +123,11 @@ def test_demo_runs_seeds_stops_and_reuses(tmp_path, capsys):
             lambda: statuses(superuser)["etl-signups"] == "completed"
             and statuses(superuser)["sales-rollup"] == "completed"
             and statuses(superuser)["import-payments"] == "failed",
-            "the quick workflows to finish",
+            "the quick workflows to finish", demo, superuser,
         )
         now = statuses(superuser)
-        assert now["archive-old-documents"] == "cancelled"
-        assert now["expense-approval-1042"] in ("pending", "running")
+        assert now["archive-old-documents"] == "cancelled", now
+        assert now["expense-approval-1042"] in ("pending", "running"), now
         with psycopg.connect(superuser, autocommit=True) as conn:
             assert conn.execute("SELECT count(*) FROM app.customers").fetchone()[0] == 240
 
@@ -136,16 +138,19 @@ def test_demo_runs_seeds_stops_and_reuses(tmp_path, capsys):
 
         # The README's story: approve by signal; fix the data and retry.
         instance = ids(superuser)
-        assert main(["signal", instance["expense-approval-1042"], "approval",
-                     '{"approved": true}', "--dsn", alice]) == 0
         quoted = FIX_PAYMENTS.replace("'", "''")
-        assert main(["start", f"'{quoted}'", "--wait", "--dsn", alice]) == 0
-        assert main(["retry", instance["import-payments"], "--dsn", alice]) == 0
+        for args in (
+            ["signal", instance["expense-approval-1042"], "approval", '{"approved": true}'],
+            ["start", f"'{quoted}'", "--wait"],
+            ["retry", instance["import-payments"]],
+        ):
+            code = main([*args, "--dsn", alice])
+            assert code == 0, (args, capsys.readouterr(), "".join(demo.stderr[-40:]))
         capsys.readouterr()
         wait_until(
             lambda: statuses(superuser)["expense-approval-1042"] == "completed"
             and statuses(superuser)["import-payments"] == "completed",
-            "approval and retried import to complete",
+            "approval and retried import to complete", demo, superuser,
         )
         with psycopg.connect(superuser, autocommit=True) as conn:
             assert conn.execute("SELECT status FROM app.expense_reports").fetchone()[0] == "approved"
