@@ -21,7 +21,7 @@ from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.dom import DOMNode
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 from textual.widgets import Static
 from textual.worker import Worker, get_current_worker
 
@@ -73,6 +73,8 @@ class DftuiApp(App[int]):
         Binding("q", "quit", "Quit"),
         Binding("question_mark", "help", "Help"),
         Binding("colon", "command_palette", "Commands", show=False),
+        Binding("v", "variables", "Vars", show=False),
+        Binding("e", "engines", "Engines", show=False),
         Binding("ctrl+t", "toggle_theme", "Light/dark", show=False),
     ]
 
@@ -278,6 +280,18 @@ class DftuiApp(App[int]):
         if isinstance(self.screen, HelpScreen):
             return
         self.push_screen(HelpScreen(self.screen))
+
+    def action_variables(self) -> None:
+        from dftui.screens.variables import VariablesScreen
+
+        if not isinstance(self.screen, VariablesScreen | ModalScreen):
+            self.push_screen(VariablesScreen())
+
+    def action_engines(self) -> None:
+        from dftui.screens.engines import EnginesScreen
+
+        if not isinstance(self.screen, EnginesScreen | ModalScreen):
+            self.push_screen(EnginesScreen())
 
     def action_toggle_theme(self) -> None:
         self.theme = LIGHT_THEME if self.current_theme.dark else DARK_THEME

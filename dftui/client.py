@@ -249,6 +249,30 @@ class EngineInfo:
     data: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class WaitingStep:
+    """A running instance parked on a signal, timer or schedule (or stuck in a long step)."""
+
+    instance_id: str
+    label: str | None
+    step: str
+    node_type: str
+    since: datetime | None
+    details: Any = None
+    query: str | None = None
+
+
+@dataclass(frozen=True)
+class Health:
+    """The Engines & health screen's data, all scoped to what the role may see."""
+
+    engines: list[EngineInfo]
+    waiting: list[WaitingStep]
+    stuck: list[WaitingStep]
+    counts: StatusCounts
+    server_now: datetime
+
+
 def _human_count(value: int) -> str:
     if value < 10_000:
         return str(value)
@@ -912,6 +936,48 @@ class Client:
         if not self.capabilities.has_engines:
             raise ClientError(self.capabilities.reasons.get("engines", "engines are not visible"))
         return [EngineInfo(r["j"]) for r in self._rows("SELECT to_jsonb(e) AS j FROM df.engines e")]
+
+    def health(self, *, stuck_after_seconds: int = 600, limit: int = 50) -> Health:
+        """Engines with heartbeats, waiting steps (signal/timer/cron), long-running steps."""
+        engines = self.engines() if self.capabilities.has_engines else []
+        waiting = [
+            WaitingStep(r["instance_id"], r["label"], step_text(r["node_type"], r["query"]),
+                        r["node_type"], r["since"], r["status_details"], r["query"])
+            for r in self._rows(
+                """
+                SELECT n.instance_id, i.label, n.node_type, n.query, n.updated_at AS since,
+                       n.status_details
+                  FROM df.instances i
+                  JOIN df.nodes n ON n.instance_id = i.id
+                 WHERE i.status = 'running' AND n.status = 'running'
+                   AND n.node_type IN ('SIGNAL', 'SLEEP', 'WAIT_SCHEDULE')
+                 ORDER BY n.updated_at LIMIT %s
+                """,
+                (limit,),
+            )
+        ]
+        stuck: list[WaitingStep] = []
+        if self.capabilities.has_node_runs:
+            stuck = [
+                WaitingStep(r["instance_id"], r["label"], step_text(r["node_type"], r["query"]),
+                            r["node_type"], r["since"])
+                for r in self._rows(
+                    """
+                    SELECT r.instance_id, i.label, r.node_type, n.query, r.started_at AS since
+                      FROM df.node_runs r
+                      JOIN df.instances i ON i.id = r.instance_id
+                      JOIN df.nodes n ON n.instance_id = r.instance_id AND n.id = r.node_id
+                     WHERE r.status = 'running' AND r.finished_at IS NULL
+                       AND r.node_type IN ('SQL', 'HTTP', 'HTTP_MULTIPART')
+                       AND r.started_at < now() - make_interval(secs => %s)
+                     ORDER BY r.started_at LIMIT %s
+                    """,
+                    (stuck_after_seconds, limit),
+                )
+            ]
+        now_row = self._one("SELECT now() AS now")
+        assert now_row is not None
+        return Health(engines, waiting, stuck, self.status_counts(), now_row["now"])
 
     def metrics(self) -> dict[str, Any]:
         if not self.capabilities.has_metrics:

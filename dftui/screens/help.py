@@ -20,8 +20,14 @@ def binding_rows(screen: Screen) -> list[tuple[str, str, bool]]:
     grouped: dict[tuple[str, str], list[str]] = {}
     enabled_by: dict[tuple[str, str], bool] = {}
     # The screen's own keys first, then the app's, then those of the focused widget (navigation).
-    rank = {screen: 0, app: 1}
-    ordered = sorted(screen.active_bindings.items(), key=lambda kv: rank.get(kv[1].node, 2))
+    own = {b.action for b in getattr(type(screen), "BINDINGS", []) if isinstance(b, Binding)}
+    app_own = {b.action for b in getattr(type(app), "BINDINGS", []) if isinstance(b, Binding)}
+
+    def rank(item: tuple) -> int:
+        action = item[1].binding.action
+        return 0 if action in own else 1 if action in app_own else 2
+
+    ordered = sorted(screen.active_bindings.items(), key=rank)
     for key, active in ordered:
         binding = active.binding
         if not binding.description:
@@ -66,13 +72,15 @@ class HelpScreen(ModalScreen):
         table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
         table.add_column("key", style="bold cyan", no_wrap=True)
         table.add_column("action")
+        self.lines: list[str] = []
         for keys, desc, enabled in binding_rows(self.target):
             if enabled:
                 table.add_row(keys, desc)
             else:
                 why = retry_reason if desc.lower().startswith("retry") else reason
-                table.add_row(Text(keys, style="dim"),
-                              Text(f"{desc} (disabled{': ' + why if why else ''})", style="dim"))
+                desc = f"{desc} (disabled{': ' + why if why else ''})"
+                table.add_row(Text(keys, style="dim"), Text(desc, style="dim"))
+            self.lines.append(f"{keys}  {desc}")
         return table
 
     async def action_dismiss(self, result: object = None) -> None:

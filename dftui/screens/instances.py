@@ -100,11 +100,16 @@ def parse_filter(text: str, current: Filters) -> Filters:
                    label=label, text=" ".join(words) or None, since=since)
 
 
+class InstanceTable(DataTable):
+    """The instances table: `enter` is described as Open (it emits RowSelected)."""
+
+    BINDINGS = [Binding("enter", "select_cursor", "Open")]
+
+
 class InstancesScreen(Screen):
     """All instances the role can see, newest first."""
 
     BINDINGS = [
-        Binding("enter", "open", "Open"),
         Binding("slash", "filter", "Filter"),
         Binding("space", "toggle_select", "Select"),
         Binding("c", "cancel", "Cancel"),
@@ -152,7 +157,7 @@ class InstancesScreen(Screen):
         yield Static(id="summary")
         yield Input(placeholder="filter: words  status:failed  label:etl  since:2h  (enter applies, esc clears)",
                     id="filter")
-        table: DataTable = DataTable(id="instances", cursor_type="row", zebra_stripes=True)
+        table = InstanceTable(id="instances", cursor_type="row", zebra_stripes=True)
         yield table
         yield Static(id="statusline")
         yield Footer()

@@ -1,0 +1,160 @@
+"""Screen 5: engines & health — engines with heartbeat age, throughput (steps/s, sparkline from
+the engines' step counters sampled at each refresh), queue depth, stuck steps, and what waiting
+instances wait for. Everything is scoped to what the role may see."""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import UTC, datetime, timedelta
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Sparkline, Static
+
+from dftui.app import AppHeader, DftuiApp
+from dftui.client import Health, WaitingStep
+from dftui.widgets.format import STATUS_STYLES, age, format_time, shorten
+
+SAMPLES = 60  # throughput samples kept (one per refresh)
+
+
+def _ts(value) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+
+
+def wait_due(step: WaitingStep, now: datetime) -> datetime | None:
+    """When a timer fires: SLEEP = when it began + seconds; WAIT_SCHEDULE = next cron match (UTC).
+    Signals have no due time (unless they time out, shown in the step text)."""
+    try:
+        if step.node_type == "SLEEP" and step.since is not None:
+            return step.since + timedelta(seconds=float(step.query or 0))
+        if step.node_type == "WAIT_SCHEDULE" and step.query:
+            from croniter import croniter
+
+            return croniter(step.query, now.astimezone(UTC)).get_next(datetime)
+    except (ValueError, KeyError):
+        return None
+    return None
+
+
+class EnginesScreen(Screen):
+    """Engines & health."""
+
+    HELP_TITLE = "Engines & health"
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("R", "refresh", "Refresh"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.health: Health | None = None
+        self.rates: deque[float] = deque(maxlen=SAMPLES)
+        self._last: tuple[datetime, int] | None = None
+
+    @property
+    def dapp(self) -> DftuiApp:
+        assert isinstance(self.app, DftuiApp)
+        return self.app
+
+    def compose(self) -> ComposeResult:
+        yield AppHeader()
+        with VerticalScroll(id="health"):
+            yield Static(id="engines")
+            yield Static(Text("throughput (steps/s, per refresh)", style="bold"))
+            yield Sparkline([0.0], id="throughput")
+            yield Static(id="queues")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#engines", Static).update(Text("loading…", style="dim"))
+        self.reload()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        interval = self.dapp.refresh_interval
+        if interval:
+            self.set_timer(interval, self._tick)
+
+    def _tick(self) -> None:
+        if self.app.screen is self and self.dapp.connected:
+            self.reload()
+        self._schedule()
+
+    def reload(self) -> None:
+        self.dapp.run_db(self, lambda c: c.health(), self._apply, group="health")
+
+    def action_refresh(self) -> None:
+        self.reload()
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+    def _apply(self, health: Health) -> None:
+        self.health = health
+        now = health.server_now
+        total = sum(int(e.data.get("steps_done") or 0) for e in health.engines
+                    if e.data.get("state") == "alive")
+        if self._last is not None:
+            seconds = (now - self._last[0]).total_seconds()
+            if seconds > 0:
+                self.rates.append(max(total - self._last[1], 0) / seconds)
+        self._last = (now, total)
+        self.query_one("#throughput", Sparkline).data = list(self.rates) or [0.0]
+
+        reasons = self.dapp.client.capabilities.reasons
+        table = Table(title="Engines", title_justify="left", title_style="bold", expand=True,
+                      show_edge=False)
+        for col in ("id", "host:pid", "state", "heartbeat", "started", "concurrency", "steps"):
+            table.add_column(col)
+        for e in health.engines:
+            d = e.data
+            state = str(d.get("state", "?"))
+            style = {"alive": STATUS_STYLES["completed"], "stale": STATUS_STYLES["failed"]}.get(
+                state, "dim")
+            table.add_row(
+                shorten(str(d.get("id", "")), 24),
+                f"{d.get('host', '')}:{d.get('pid', '')}",
+                Text(state, style=style),
+                age(_ts(d.get("heartbeat_at")), now),
+                format_time(_ts(d.get("started_at")), self.dapp.tz, now, short=True),
+                str(d.get("concurrency") or ""),
+                str(d.get("steps_done") or 0),
+            )
+        parts: list = [table]
+        if not health.engines:
+            parts = [Text(reasons.get("engines", "No engine has registered yet — start one with "
+                                                 "`dftui engine`."), style="yellow")]
+        rate = f"{self.rates[-1]:.1f} steps/s" if self.rates else "measuring…"
+        parts.append(Text(f"now: {rate}", style="dim"))
+        self.query_one("#engines", Static).update(Group(*parts))
+
+        counts = health.counts
+        queues = Table(show_edge=False, expand=True, title="Queues & waits", title_justify="left",
+                       title_style="bold")
+        queues.add_column("what")
+        queues.add_column("instance")
+        queues.add_column("label")
+        queues.add_column("since")
+        summary = Text()
+        summary.append(f"queue depth: {counts.label('pending')} pending · "
+                       f"{counts.label('running')} running · {len(health.stuck)} stuck · "
+                       f"{len(health.waiting)} waiting\n")
+        for w in health.stuck:
+            queues.add_row(Text(f"stuck {w.step}", style=STATUS_STYLES["failed"]), w.instance_id,
+                           w.label or "", age(w.since, now))
+        for w in health.waiting:
+            due = wait_due(w, now)
+            what = w.step + (f" (due {format_time(due, self.dapp.tz, now)})" if due else "")
+            queues.add_row(what, w.instance_id, w.label or "", age(w.since, now))
+        self.query_one("#queues", Static).update(Group(summary, queues))

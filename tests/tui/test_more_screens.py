@@ -1,0 +1,117 @@
+"""Variables, engines & health, help and the command palette, driven through the real app."""
+
+from __future__ import annotations
+
+from textual.widgets import DataTable, Input
+
+from dftui.screens.engines import EnginesScreen
+from dftui.screens.help import HelpScreen
+from dftui.screens.variables import ConfirmDialog, VarDialog, VariablesScreen
+from tests.engine_support import running_engine, start
+from tests.engine_support import wait_for as wait_db
+
+from .conftest import make_app, wait_for
+
+
+def _vars(db, role):
+    with db.connect(role) as conn:
+        return dict(conn.execute("SELECT name, value FROM df.vars ORDER BY name").fetchall())
+
+
+async def test_variables_add_edit_delete_and_masking(db):
+    with db.connect("dftui_alice") as conn:
+        conn.execute("SELECT df.setvar('api_token', 'sk-live-123')")
+    with db.connect("dftui_bob") as conn:
+        conn.execute("SELECT df.setvar('bob_only', 'x')")
+    app = make_app(db, "dftui_alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.screen.loaded_once)
+        await pilot.press("v")
+        await wait_for(pilot, lambda: isinstance(app.screen, VariablesScreen)
+                       and app.screen.loaded_once, what="variables screen")
+        screen = app.screen
+        assert [v.name for v in screen.vars] == ["api_token"]  # bob's are invisible
+        table = screen.query_one(DataTable)
+        assert "sk-live" not in str(table.get_cell("api_token", "value"))
+        await pilot.press("x")
+        assert "sk-live-123" in str(table.get_cell("api_token", "value"))
+        await pilot.press("x")
+        assert "sk-live" not in str(table.get_cell("api_token", "value"))
+
+        await pilot.press("a")
+        await wait_for(pilot, lambda: isinstance(app.screen, VarDialog), what="add dialog")
+        await pilot.press(*"region", "tab", *"eu-west-1", "enter")
+        await wait_for(pilot, lambda: [v.name for v in screen.vars] == ["api_token", "region"],
+                       what="var added")
+        assert _vars(db, "dftui_alice")["region"] == "eu-west-1"
+
+        # a bad name gets the server's/validation message, nothing changes
+        await pilot.press("a")
+        await wait_for(pilot, lambda: isinstance(app.screen, VarDialog), what="add dialog")
+        await pilot.press(*"bad-name", "tab", *"v", "enter")
+        await wait_for(pilot, lambda: any("not a valid identifier" in str(n.message)
+                                          for n in app._notifications), what="error notice")
+        assert "bad-name" not in _vars(db, "dftui_alice")
+
+        table.move_cursor(row=table.get_row_index("region"))
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, VarDialog), what="edit dialog")
+        value = app.screen.query_one("#value", Input)
+        value.value = "us-east-2"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: _vars(db, "dftui_alice").get("region") == "us-east-2",
+                       what="var edited")
+
+        await wait_for(pilot, lambda: app.screen is screen and len(screen.vars) == 2)
+        table.move_cursor(row=table.get_row_index("region"))
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmDialog), what="confirm")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "region" not in _vars(db, "dftui_alice"), what="deleted")
+        assert _vars(db, "dftui_bob") == {"bob_only": "x"}
+
+
+async def test_engines_screen_shows_engine_and_waits(db):
+    with running_engine(db.dsn()):
+        waiting = start(db, "dftui_alice", "df.wait_for_signal('go'), 'waiter'")
+        wait_db(lambda: db.scalar("SELECT status FROM df.nodes WHERE instance_id = %s "
+                                  "AND node_type = 'SIGNAL'", (waiting,)) == "running",
+                what="signal wait running")
+        app = make_app(db, "dftui_alice", clock=None)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await wait_for(pilot, lambda: app.screen.loaded_once)
+            await pilot.press("e")
+            await wait_for(pilot, lambda: isinstance(app.screen, EnginesScreen)
+                           and app.screen.health is not None, what="health loaded")
+            health = app.screen.health
+            assert any(e.data.get("state") == "alive" for e in health.engines)
+            assert [w.instance_id for w in health.waiting] == [waiting]
+            assert "SIGNAL 'go'" in health.waiting[0].step
+            await pilot.press("escape")
+            assert not isinstance(app.screen, EnginesScreen)
+
+
+async def test_help_lists_bindings_and_read_only_reasons(db):
+    app = make_app(db, "dftui_alice", read_only=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.screen.loaded_once)
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+        text = "\n".join(app.screen.lines)
+        for expected in ("Filter", "Select", "Refresh", "Copy id", "Open"):
+            assert expected in text
+        assert "Cancel (disabled: read-only mode" in text
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_palette_offers_screen_actions(db):
+    app = make_app(db, "dftui_alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.screen.loaded_once)
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Cancel" in titles and "Filter" in titles and "Show failed instances" in titles
+        assert "Cursor Down" not in titles
+        await pilot.press("colon")
+        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "CommandPalette",
+                       what="palette open")
