@@ -93,6 +93,24 @@ def test_usage_errors_exit_2_with_one_line(capsys, args):
     assert_one_line_error(err)
 
 
+@pytest.mark.parametrize(
+    ("args", "code", "fragment"),
+    [
+        (["host='unterminated"], 2, "invalid connection string"),
+        (["postgresql://u:pw@127.0.0.1/x"], 2, "password"),
+        (["--read-only", "host=127.0.0.1 port=1 connect_timeout=3"], 1, ""),
+        (["--dsn", "host=127.0.0.1 port=1 connect_timeout=3"], 1, ""),
+        (["host=a", "--dsn", "host=b"], 2, "not both"),
+    ],
+)
+def test_default_command_opens_the_tui_with_conninfo(capsys, args, code, fragment):
+    """`dftui CONNINFO` is the TUI; bad or unreachable targets fail before the screen opens."""
+    got, out, err = run(capsys, *args)
+    assert got == code
+    assert_one_line_error(err, fragment)
+    assert "pw" not in err
+
+
 def test_password_on_the_command_line_is_refused(capsys, db):
     code, out, err = run(capsys, "ls", "--dsn", db.dsn(ALICE) + " password=secret")
     assert code == 2 and out == ""
