@@ -331,7 +331,12 @@ def engine(
         fail(f"invalid engine settings: {exc}", 2)
     if config.http_policy == HttpPolicy.allowlist and not config.http_allow:
         fail("--http-policy allowlist needs at least one --http-allow SUFFIX", 2)
-    return int(run_engine(config) or 0)
+    from engine.schema import SchemaError
+
+    try:
+        return int(run_engine(config) or 0)
+    except (SchemaError, RuntimeError) as exc:  # e.g. schema missing and no right to install it
+        fail(admin.one_line(exc))
 
 
 # --- scripting (through dftui.client, the same layer the TUI uses) ---------------------------

@@ -387,6 +387,17 @@ def test_engine_once_runs_pending_work_and_exits(capsys, db):
     assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (instance_id,)) == "completed"
 
 
+def test_engine_without_schema_or_rights_is_one_line(empty_db):
+    # A subprocess: the engine installs signal handlers and logging for its whole process.
+    result = subprocess.run(
+        [sys.executable, "-m", "dftui", "engine", "--once", "--dsn", empty_db.dsn(ALICE)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, "superuser")
+    assert "unexpected" not in result.stderr
+
+
 def test_engine_settings_are_validated(capsys, db):
     code, out, err = run(capsys, "engine", "--http-policy", "allowlist", "--dsn", db.dsn())
     assert code == 2
