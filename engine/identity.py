@@ -60,9 +60,27 @@ def exec_function(role_oid: int) -> str:
     return f"{EXEC_SCHEMA}.exec_{role_oid}"
 
 
+def rows_function(role_oid: int) -> str:
+    return f"{EXEC_SCHEMA}.rows_{role_oid}"
+
+
 _STEP_BODY = """
 BEGIN
     RETURN QUERY EXECUTE q;
+    SET CONSTRAINTS ALL IMMEDIATE;
+    EXECUTE 'CLOSE ALL';
+END
+"""
+
+# For results with pseudo-type columns (void, record, …) that a column definition list cannot
+# name: rows come back as jsonb, encoded by to_jsonb.
+_ROWS_BODY = """
+DECLARE
+    r record;
+BEGIN
+    FOR r IN EXECUTE q LOOP
+        RETURN NEXT pg_catalog.to_jsonb(r);
+    END LOOP;
     SET CONSTRAINTS ALL IMMEDIATE;
     EXECUTE 'CLOSE ALL';
 END
@@ -134,6 +152,7 @@ class Trampolines:
             for name, returns, body in (
                 (f"step_{role_oid}", sql.SQL("SETOF record"), _STEP_BODY),
                 (f"exec_{role_oid}", sql.SQL("bigint"), _EXEC_BODY),
+                (f"rows_{role_oid}", sql.SQL("SETOF jsonb"), _ROWS_BODY),
             ):
                 fn = sql.Identifier(EXEC_SCHEMA, name)
                 exists = conn.execute(

@@ -32,6 +32,7 @@ class Column:
 class TypeInfo:
     sql_name: str  # format_type(oid, NULL): schema-qualified unless in pg_catalog
     base_oid: int  # domains resolved to their base type
+    pseudo: bool = False  # void, record, …: cannot appear in a column definition list
 
 
 class TypeCache:
@@ -54,14 +55,14 @@ class TypeCache:
                       FROM base JOIN pg_catalog.pg_type t ON t.oid = base.typbasetype
                      WHERE base.typtype = 'd'
                 )
-                SELECT b.oid, pg_catalog.format_type(b.oid, NULL), b.cur
+                SELECT b.oid, pg_catalog.format_type(b.oid, NULL), b.cur, b.typtype = 'p'
                   FROM base b WHERE b.typtype <> 'd'
                 """,
                 (missing,),
             ).fetchall()
             with self._lock:
-                for oid, name, base in rows:
-                    self._types[oid] = TypeInfo(name, base)
+                for oid, name, base, pseudo in rows:
+                    self._types[oid] = TypeInfo(name, base, pseudo)
         return {o: self._types[o] for o in oids if o in self._types}
 
 
@@ -76,6 +77,16 @@ def _encode(expr: str, base_oid: int) -> str:
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def needs_generic_rows(columns: list[Column], types: dict[int, TypeInfo]) -> bool:
+    return any(types[c.type_oid].pseudo for c in columns)
+
+
+def generic_query(call: str) -> str:
+    """Envelope from a trampoline returning SETOF jsonb (pseudo-type columns)."""
+    return ("SELECT pg_catalog.jsonb_build_object('rows', COALESCE(pg_catalog.jsonb_agg(t.r), "
+            f"'[]'::jsonb), 'row_count', pg_catalog.count(*)) AS env FROM {call} AS t(r)")
 
 
 def encoding_query(columns: list[Column], types: dict[int, TypeInfo], call: str) -> str:

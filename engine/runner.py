@@ -63,6 +63,7 @@ class Engine:
         self._workers: list[_Worker] = []
         self.steps_done = 0
         self._steps_lock = threading.Lock()
+        self._checkpoint_failures: dict[tuple[str, str, int], int] = {}
         self.started = threading.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -160,6 +161,14 @@ class Engine:
                 self._wake.wait(timeout)
             if self._pending_wakeups > 0:
                 self._pending_wakeups -= 1
+
+    def checkpoint_failed(self, key: tuple[str, str, int]) -> bool:
+        """Count a failed checkpoint; True once the same task has failed three times."""
+        with self._steps_lock:
+            self._checkpoint_failures[key] = self._checkpoint_failures.get(key, 0) + 1
+            if len(self._checkpoint_failures) > 10000:
+                self._checkpoint_failures.clear()
+            return self._checkpoint_failures[key] >= 3
 
     def count_step(self) -> None:
         with self._steps_lock:
@@ -323,7 +332,7 @@ class _Worker:
         task = Task(
             instance_id=row[0], node_id=row[1], gen=row[2], kind=row[3], phase=row[4],
             deadline=row[5], node_type=row[6], query=row[7], result_name=row[8],
-            submitted_by=str(row[9]), role_oid=int(row[10]), database=row[11], vars=row[12] or {},
+            submitted_by=str(row[9]), role_oid=int(row[10] or 0), database=row[11], vars=row[12] or {},
             named_results=row[13] or {}, label=row[14], attempts=row[15], retry_policy=row[16],
             role_name=row[17], role_can_login=bool(row[18]), role_is_super=bool(row[19]),
             superuser_allowed=bool(row[20]),
@@ -331,6 +340,9 @@ class _Worker:
         self.busy = True
         self.current = (task.instance_id, task.node_id)
         try:
+            if task.kind == "started":
+                conn.execute("COMMIT")
+                return True
             if task.kind == "iterate":
                 conn.execute("SELECT df_internal.loop_iterate(%s, %s)", (task.instance_id, task.node_id))
                 conn.execute("COMMIT")
@@ -360,6 +372,12 @@ class _Worker:
         except EngineStatementError as exc:
             with contextlib.suppress(psycopg.Error):
                 conn.execute("ROLLBACK")
+            if self.engine.checkpoint_failed((task.instance_id, task.node_id, task.gen)):
+                # The same checkpoint keeps failing: give up on the node rather than spin.
+                log.error("checkpoint of %s/%s keeps failing (%s); failing the node",
+                          task.instance_id, task.node_id, exc)
+                self._fail_after_engine_error(conn, task, str(exc), started)
+                return
             log.warning("checkpoint of %s/%s failed (%s); will retry", task.instance_id, task.node_id, exc)
             time.sleep(0.05)
             return
@@ -374,6 +392,13 @@ class _Worker:
         if not self.runner.committed:
             conn.execute("COMMIT")
         self.engine.count_step()
+
+    def _fail_after_engine_error(self, conn: psycopg.Connection, task: Task, error: str,
+                                 started: datetime) -> None:
+        conn.execute("BEGIN")
+        conn.execute("SELECT 1 FROM df_internal.tasks WHERE instance_id = %s AND node_id = %s FOR UPDATE",
+                     (task.instance_id, task.node_id))
+        self._record_failure(conn, task, StepFailure(error), started)
 
     def _record_failure(self, conn: psycopg.Connection, task: Task, failure: StepFailure,
                         started: datetime) -> None:

@@ -21,8 +21,15 @@ from psycopg import sql
 
 from engine import http as http_steps
 from engine.config import EngineConfig
-from engine.identity import Trampolines, exec_function, step_function
-from engine.results import Column, TypeCache, UnsupportedType, encoding_query
+from engine.identity import Trampolines, exec_function, rows_function, step_function
+from engine.results import (
+    Column,
+    TypeCache,
+    UnsupportedType,
+    encoding_query,
+    generic_query,
+    needs_generic_rows,
+)
 from engine.substitute import (
     SubstitutionError,
     parse_named,
@@ -259,7 +266,10 @@ class StepRunner:
         if columns:
             types = self.types.lookup(conn, {c.type_oid for c in columns})
             try:
-                inner = encoding_query(columns, types, f"{step_function(task.role_oid)}(%s)")
+                if needs_generic_rows(columns, types):
+                    inner = generic_query(f"{rows_function(task.role_oid)}(%s)")
+                else:
+                    inner = encoding_query(columns, types, f"{step_function(task.role_oid)}(%s)")
             except UnsupportedType as exc:
                 raise StepFailure(str(exc), ran_sql=text) from exc
             query = checkpoint.replace("{}", inner)

@@ -559,8 +559,13 @@ DECLARE
     n df.nodes%ROWTYPE;
     m df_internal.node_meta%ROWTYPE;
 BEGIN
+    PERFORM df_internal.lock_instance(p_instance);
+    DELETE FROM df_internal.tasks t WHERE t.instance_id = p_instance AND t.node_id = p_loop;
     SELECT * INTO n FROM df.nodes x WHERE x.instance_id = p_instance AND x.id = p_loop;
     SELECT * INTO m FROM df_internal.node_meta x WHERE x.instance_id = p_instance AND x.node_id = p_loop;
+    IF n.status <> 'running' THEN
+        RETURN;
+    END IF;
     PERFORM df_internal.reset_subtree(p_instance, n.left_node, false);
     IF n.query IS NOT NULL AND n.query::jsonb ? 'condition_node' THEN
         PERFORM df_internal.reset_subtree(p_instance, n.query::jsonb ->> 'condition_node', false);
@@ -579,9 +584,9 @@ END $$;
 -- ---------------------------------------------------------------------------------------------
 
 -- Claim one due task (row-locked until the caller's transaction ends). Stale tasks (generation
--- fenced, instance terminal) are deleted on the way. A due 'start' task is processed inline: the
--- instance is started and its first runnable leaf is claimed in the same transaction, so a
--- one-step workflow needs a single transaction. Returns no row when nothing is due.
+-- fenced, instance terminal) are deleted on the way. A due 'start' task is processed inline (the
+-- instance is started, its first leaves queued) and reported as kind 'started' for the caller to
+-- commit. Returns no row when nothing is due.
 CREATE FUNCTION df_internal.claim_task(p_engine text)
 RETURNS TABLE (instance_id varchar, node_id varchar, gen integer, kind text, phase text,
                deadline timestamptz, node_type text, query text, result_name text,
@@ -596,6 +601,7 @@ DECLARE
     inst_status text;
     cur_gen integer;
     started varchar;
+    any_started varchar;
     tries integer := 0;
 BEGIN
     LOOP
@@ -605,11 +611,12 @@ BEGIN
         END IF;
         t := NULL;
         IF started IS NOT NULL THEN
-            -- Prefer the first leaf of the instance we just started (visible only to us).
-            SELECT * INTO t FROM df_internal.tasks x
-             WHERE x.instance_id = started AND x.run_at <= now()
-             ORDER BY x.run_at LIMIT 1 FOR UPDATE SKIP LOCKED;
-            started := NULL;
+            -- The start commits on its own (the caller commits on kind 'started'), so the
+            -- instance reads 'running' and df.cancel never waits behind its first step.
+            instance_id := started;
+            kind := 'started';
+            RETURN NEXT;
+            RETURN;
         END IF;
         IF t.instance_id IS NULL THEN
             SELECT * INTO t FROM df_internal.tasks x
@@ -618,6 +625,13 @@ BEGIN
              LIMIT 1
              FOR UPDATE SKIP LOCKED;
             IF NOT FOUND THEN
+                IF any_started IS NOT NULL THEN
+                    -- We started an instance whose first leaf is not due yet (a timer): the
+                    -- caller must commit the start.
+                    instance_id := any_started;
+                    kind := 'started';
+                    RETURN NEXT;
+                END IF;
                 RETURN;
             END IF;
         END IF;
@@ -626,6 +640,7 @@ BEGIN
             IF inst_status = 'pending' THEN
                 PERFORM df_internal.start_instance(t.instance_id);
                 started := t.instance_id;
+                any_started := t.instance_id;
             ELSE
                 DELETE FROM df_internal.tasks x WHERE x.instance_id = t.instance_id AND x.node_id = t.node_id;
             END IF;
@@ -659,10 +674,12 @@ BEGIN
      WHERE s.instance_id = t.instance_id;
 END $$;
 
--- Take the per-instance lock that serialises orchestration for one instance.
+-- Take the per-instance lock that serialises orchestration for one instance. An advisory lock,
+-- not a row lock, so df.cancel and df.signal (which update the instance row) never wait for it.
 CREATE FUNCTION df_internal.lock_instance(p_instance varchar) RETURNS text
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    SELECT i.status FROM df.instances i WHERE i.id = p_instance FOR NO KEY UPDATE
+    SELECT pg_catalog.pg_advisory_xact_lock(7262937, pg_catalog.hashtext(p_instance));
+    SELECT i.status FROM df.instances i WHERE i.id = p_instance
 $$;
 
 -- Begin an instance: build parent links, mark it running, activate the root.
