@@ -252,6 +252,14 @@ def revoke(
 # --- engine ---------------------------------------------------------------------------------
 
 
+class InstanceStatus(StrEnum):
+    pending = "pending"
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
 class HttpPolicy(StrEnum):
     disabled = "disabled"
     allowlist = "allowlist"
@@ -446,8 +454,7 @@ def list_instances(
     ctx: typer.Context,
     dsn: DsnOption = None,
     status: Annotated[
-        str | None,
-        typer.Option("--status", help="pending, running, completed, failed or cancelled."),
+        InstanceStatus | None, typer.Option("--status", help="Only instances in this status.")
     ] = None,
     label: Annotated[str | None, typer.Option("--label", help="Only this label.")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10000, help="At most N rows.")] = 50,
@@ -455,7 +462,9 @@ def list_instances(
 ) -> None:
     """List instances visible to the connected role, newest first."""
     with _client(_resolve_dsn(ctx, dsn)) as client:
-        page = client.list_instances(status=status, label=label, limit=limit)
+        page = client.list_instances(
+            status=status.value if status else None, label=label, limit=limit
+        )
     rows = page.rows
     if as_json:
         _print_json([_jsonable(r) for r in rows])
@@ -473,6 +482,8 @@ def list_instances(
             f"{r.id:<8}  {symbol} {r.status:<9}  {label_text:<28}  {_when(r.created_at):<19}  "
             f"{_duration(r.created_at, r.finished_at):>8}  {r.submitted_by}"
         )
+    if page.next_cursor is not None:
+        typer.echo(f"(more than {limit} instances; use --limit or filters)", err=True)
 
 
 @app.command()

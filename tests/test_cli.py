@@ -80,6 +80,7 @@ def test_help_and_version(capsys):
     [
         ["--no-such-flag"],
         ["ls", "--limit", "zero"],
+        ["ls", "--status", "sleeping"],
         ["show"],
         ["engine", "--concurrency", "0"],
         ["engine", "--http-policy", "sometimes"],
