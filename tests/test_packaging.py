@@ -94,3 +94,20 @@ def test_installed_cli_installs_the_schema(installed: Path, empty_db):
     assert empty_db.scalar("SELECT max(version) FROM df_internal.schema_version") == (
         schema.latest_version()
     )
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    """README's second command is what CI runs, verbatim (so the README never goes stale)."""
+    readme = (REPO / "README.md").read_text()
+    commands = [
+        line.strip()
+        for line in readme.splitlines()
+        if line.strip().startswith("python3 -m venv .venv && ")
+    ]
+    assert len(commands) == 2, commands
+    assert commands[0].endswith("pip install . && dftui demo")
+    assert commands[1].endswith("pytest")
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert ci[0].startswith("#!") and "set -euo pipefail" in ci
+    assert ci[-1].strip() == commands[1]
+    assert os.access(REPO / ".ci" / "run", os.X_OK)
