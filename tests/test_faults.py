@@ -30,9 +30,8 @@ def _prepare(db, n: int) -> list[str]:
     with db.connect("dftui_alice", autocommit=False) as conn:
         ids = [conn.execute(f"SELECT df.start({expr})").fetchone()[0] for _ in range(n)]
         conn.commit()
-    with db.connect() as conn:
-        with conn.cursor() as cur:
-            cur.executemany("INSERT INTO public.hits (id) VALUES (%s)", [(i,) for i in ids])
+    with db.connect() as conn, conn.cursor() as cur:
+        cur.executemany("INSERT INTO public.hits (id) VALUES (%s)", [(i,) for i in ids])
     return ids
 
 
