@@ -103,39 +103,38 @@ class Trampolines:
     """Creates (once per role and engine process) and names the per-role trampolines."""
 
     def __init__(self) -> None:
-        self._ready: dict[int, str] = {}
-        self._gone: set[int] = set()
+        # keyed by (database, role oid): trampolines live in each database that runs steps
+        self._ready: dict[tuple[str, int], str] = {}
+        self._gone: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
 
-    def needs_setup(self, role_oid: int) -> bool:
-        return role_oid not in self._ready and role_oid not in self._gone
+    def needs_setup(self, database: str, role_oid: int) -> bool:
+        key = (database, role_oid)
+        return key not in self._ready and key not in self._gone
 
-    def search_path(self, role_oid: int) -> str | None:
-        return self._ready.get(role_oid)
+    def search_path(self, database: str, role_oid: int) -> str | None:
+        return self._ready.get((database, role_oid))
 
     def ensure(self, conn: psycopg.Connection, role_oid: int) -> str:
         """Make sure the role's trampolines exist; returns the role's search_path for steps.
 
         Runs in its own short transaction on `conn` (autocommit connection, no step in flight).
         """
-        cached = self._ready.get(role_oid)
+        key = (conn.info.dbname, role_oid)
+        cached = self._ready.get(key)
         if cached is not None:
             return cached
         with self._lock:
-            cached = self._ready.get(role_oid)
+            cached = self._ready.get(key)
             if cached is not None:
                 return cached
             try:
                 path = self._create(conn, role_oid)
             except RoleGone:
-                self._gone.add(role_oid)
+                self._gone.add(key)
                 return ""
-            self._ready[role_oid] = path
+            self._ready[key] = path
             return path
-
-    def forget(self, role_oid: int) -> None:
-        self._ready.pop(role_oid, None)
-        self._gone.discard(role_oid)
 
     def _create(self, conn: psycopg.Connection, role_oid: int) -> str:
         with conn.transaction():

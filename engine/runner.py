@@ -261,10 +261,10 @@ class _Worker:
         self._needs_discard = False
 
     def cancel_statement(self) -> None:
-        conn = self.conn
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.cancel_safe(timeout=2.0)
+        for conn in (self.conn, self.runner.side_active):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.cancel_safe(timeout=2.0)
 
     def run(self) -> None:
         backoff = 0.2
@@ -298,6 +298,7 @@ class _Worker:
             self.thread_done.set()
 
     def _drop_connection(self) -> None:
+        self.runner.close_side_connections()
         if self.conn is not None:
             with contextlib.suppress(Exception):
                 self.conn.close()
@@ -347,7 +348,8 @@ class _Worker:
                 conn.execute("SELECT df_internal.loop_iterate(%s, %s)", (task.instance_id, task.node_id))
                 conn.execute("COMMIT")
                 return True
-            if task.node_type == "SQL" and self.engine.trampolines.needs_setup(task.role_oid):
+            if (task.node_type == "SQL" and not task.database_elsewhere(conn.info.dbname)
+                    and self.engine.trampolines.needs_setup(conn.info.dbname, task.role_oid)):
                 # Create the submitter's trampolines outside the step's transaction; a dropped
                 # role is remembered so the step itself fails with a clear message.
                 conn.execute("ROLLBACK")

@@ -8,6 +8,7 @@ records the failure. Orchestration (what runs next) happens in SQL (sql/0.1.0/04
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -21,7 +22,13 @@ from psycopg import sql
 
 from engine import http as http_steps
 from engine.config import EngineConfig
-from engine.identity import Trampolines, exec_function, rows_function, step_function
+from engine.identity import (
+    Trampolines,
+    exec_function,
+    is_non_transactional,
+    rows_function,
+    step_function,
+)
 from engine.results import (
     Column,
     TypeCache,
@@ -63,6 +70,10 @@ class Task:
     role_can_login: bool = False
     role_is_super: bool = False
     superuser_allowed: bool = False
+
+    def database_elsewhere(self, home: str) -> str | None:
+        """The instance's database when it is not the engine's own (steps run there)."""
+        return self.database if self.database and self.database != home else None
 
 
 class StepFailure(Exception):
@@ -145,6 +156,9 @@ class StepRunner:
         self.types = types
         self.describe_cache = DescribeCache()
         self.committed = False  # set when a handler committed its own transaction
+        self._side: dict[str, psycopg.Connection] = {}
+        self._types_by_db: dict[str, TypeCache] = {}
+        self.side_active: psycopg.Connection | None = None  # cancelled along with the worker
 
     # Checkpoints ------------------------------------------------------------------------------
     def complete(self, conn: psycopg.Connection, task: Task, result: Any,
@@ -246,7 +260,21 @@ class StepRunner:
             text = substitute_results(text, named)
         except SubstitutionError as exc:
             raise StepFailure(str(exc), ran_sql=text) from exc
-        path = self.trampolines.search_path(task.role_oid)
+        if is_non_transactional(text):
+            result = self._run_outside_transaction(task, role, text, task.database or conn.info.dbname)
+            self.complete(conn, task, result, None, text, started)
+            return
+        elsewhere = task.database_elsewhere(conn.info.dbname)
+        if elsewhere:
+            result, details = self._run_in_database(elsewhere, task, role, text)
+            self.complete(conn, task, result, details, text, started)
+            return
+        self._run_fused(conn, task, role, text, started)
+
+    def _run_fused(self, conn: psycopg.Connection, task: Task, role: str, text: str,
+                   started: datetime) -> None:
+        """The exactly-once path: the step and its checkpoint are one statement, one commit."""
+        path = self.trampolines.search_path(conn.info.dbname, task.role_oid)
         if path is None:
             raise EngineStatementError("trampoline missing")  # ensured before BEGIN by the worker
         key = (task.role_oid, path, text)
@@ -291,6 +319,105 @@ class StepRunner:
             raise StepFailure(_message(exc), kind=failure_kind(exc.sqlstate),
                               sqlstate=exc.sqlstate, ran_sql=text) from exc
         self.committed = True
+
+    # -- steps that cannot share the checkpoint's transaction (at-least-once) -------------------
+    def side_connection(self, database: str) -> psycopg.Connection:
+        """An autocommit connection to `database` (cached per worker)."""
+        conn = self._side.get(database)
+        if conn is None or conn.closed:
+            params = psycopg.conninfo.conninfo_to_dict(self.config.dsn)
+            params["dbname"] = database
+            try:
+                conn = psycopg.connect(
+                    psycopg.conninfo.make_conninfo(**params), autocommit=True,
+                    application_name="dftui engine (step)", prepare_threshold=None,
+                    options="-c search_path=pg_catalog,pg_temp")
+            except psycopg.OperationalError as exc:
+                first = str(exc).strip().splitlines()[-1]
+                kind = "identity" if "does not exist" in first else "connection"
+                raise StepFailure(f"cannot run the step in database \"{database}\": {first}",
+                                  kind=kind) from exc
+            self._side[database] = conn
+        return conn
+
+    def close_side_connections(self) -> None:
+        for conn in self._side.values():
+            with contextlib.suppress(Exception):
+                conn.close()
+        self._side.clear()
+
+    def _run_in_database(self, database: str, task: Task, role: str,
+                         text: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Run the step in another database: its own transaction there, then the checkpoint
+        here. A crash between the two commits re-runs the step (documented at-least-once)."""
+        conn = self.side_connection(database)
+        path = self.trampolines.ensure(conn, task.role_oid)
+        if not path:
+            raise StepFailure(f"the submitting role (oid {task.role_oid}) does not exist in "
+                              f"database \"{database}\"", kind="identity")
+        self.side_active = conn
+        try:
+            conn.execute("BEGIN")
+            user_path = _user_search_path(path, sql.Identifier(role).as_string(conn))
+            conn.execute("SELECT pg_catalog.set_config('search_path', %s, true)", (user_path,))
+            columns = self._describe(conn, text)
+            conn.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)")
+            if columns:
+                types = self.types_for(database).lookup(conn, {c.type_oid for c in columns})
+                try:
+                    query = (generic_query(f"{rows_function(task.role_oid)}(%s)")
+                             if needs_generic_rows(columns, types)
+                             else encoding_query(columns, types, f"{step_function(task.role_oid)}(%s)"))
+                except UnsupportedType as exc:
+                    raise StepFailure(str(exc), ran_sql=text) from exc
+                row = conn.execute(query, (text,)).fetchone()
+                result = row[0]
+            else:
+                conn.execute(f"SELECT {exec_function(task.role_oid)}(%s)", (text,))
+                result = {"rows": [], "row_count": 0}
+            conn.execute("COMMIT")
+        except psycopg.Error as exc:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("ROLLBACK")
+            raise StepFailure(_message(exc), kind=failure_kind(exc.sqlstate),
+                              sqlstate=exc.sqlstate, ran_sql=text) from exc
+        finally:
+            self.side_active = None
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("DISCARD ALL")
+        return result, ({"columns": [c.name for c in columns], "database": database}
+                        if columns else {"database": database})
+
+    def _run_outside_transaction(self, task: Task, role: str, text: str,
+                                 database: str) -> dict[str, Any]:
+        """VACUUM, CREATE INDEX CONCURRENTLY and friends: run on their own as the submitter.
+
+        Only a single statement of a recognised non-transactional kind takes this path, so the
+        statement cannot RESET ROLE; index expressions run in PostgreSQL's security-restricted
+        mode as the table owner anyway.
+        """
+        if ";" in text.strip().rstrip(";"):
+            raise StepFailure("a non-transactional step must be a single statement", ran_sql=text)
+        conn = self.side_connection(database)
+        self.side_active = conn
+        try:
+            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+            conn.execute(text.strip().rstrip(";"))
+        except psycopg.Error as exc:
+            raise StepFailure(_message(exc), kind=failure_kind(exc.sqlstate),
+                              sqlstate=exc.sqlstate, ran_sql=text) from exc
+        finally:
+            self.side_active = None
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("RESET ROLE")
+                conn.execute("DISCARD ALL")
+        return {"rows": [], "row_count": 0}
+
+    def types_for(self, database: str) -> TypeCache:
+        cache = self._types_by_db.get(database)
+        if cache is None:
+            cache = self._types_by_db[database] = TypeCache()
+        return cache
 
     def _describe(self, conn: psycopg.Connection, text: str) -> list[Column]:
         pgconn = conn.pgconn

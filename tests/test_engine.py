@@ -7,6 +7,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
+import psycopg
 import pytest
 from engine_support import node_rows, root_result, running_engine, start, wait_for, wait_terminal
 
@@ -297,3 +298,35 @@ def test_retry_reruns_only_failed_steps(db, eng):
     assert counts == [1, 1, 1, 1]
     with db.connect("dftui_bob") as conn, pytest.raises(Exception, match="not found or access denied"):
         conn.execute("SELECT df.retry(%s)", (iid,))
+
+
+def test_step_runs_in_the_instances_database(db, eng):
+    other = db.name + "_x"
+    with db.server.admin() as conn:
+        conn.execute(f'CREATE DATABASE "{other}"')
+    try:
+        with psycopg.connect(db.server.conninfo(other), autocommit=True) as conn:
+            conn.execute("CREATE TABLE public.t (v int)")
+            conn.execute("GRANT ALL ON public.t TO dftui_alice")
+        iid = start(db, ALICE,
+                    "'INSERT INTO public.t VALUES (7) RETURNING current_database()::text AS db, current_user::text AS who'"
+                    ", NULL, %s", other)
+        assert wait_terminal(db, iid) == "completed", node_rows(db, iid)
+        assert root_result(db, iid)["rows"] == [{"db": other, "who": ALICE}]
+        with psycopg.connect(db.server.conninfo(other)) as conn:
+            assert conn.execute("SELECT v FROM public.t").fetchall() == [(7,)]
+    finally:
+        with db.server.admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
+
+
+def test_non_transactional_statement(db, eng):
+    with db.connect() as conn:
+        conn.execute("CREATE TABLE public.alice_t (a int)")
+        conn.execute("ALTER TABLE public.alice_t OWNER TO dftui_alice")
+        conn.execute("GRANT CREATE ON SCHEMA public TO dftui_alice")
+    iid = start(db, ALICE, "'CREATE INDEX CONCURRENTLY alice_t_a ON public.alice_t (a)' ~> 'VACUUM public.alice_t'")
+    assert wait_terminal(db, iid) == "completed", node_rows(db, iid)
+    owner = db.scalar("SELECT tableowner FROM pg_indexes i JOIN pg_tables t USING (schemaname, tablename) "
+                      "WHERE indexname = 'alice_t_a'")
+    assert owner == ALICE
