@@ -236,6 +236,7 @@ CREATE TABLE df_internal.retries (
     from_node     varchar(8),
     previous_status text      NOT NULL
 );
+CREATE INDEX retries_instance_idx ON df_internal.retries (instance_id, id);
 
 -- Engine registry and heartbeats.
 CREATE TABLE df_internal.engines (
