@@ -1,0 +1,31 @@
+"""Health views: what waiting instances wait for, stuck steps, queue depth, step rate."""
+
+from __future__ import annotations
+
+from engine_support import running_engine, start, wait_for, wait_terminal
+
+ALICE = "dftui_alice"
+
+
+def test_waiting_stuck_and_rates(db):
+    with running_engine(db.dsn()):
+        waiting = start(db, ALICE, "df.wait_for_signal('approve', 3600)")
+        slow = start(db, ALICE, "'SELECT pg_sleep(3)'")
+        quick = start(db, ALICE, "'SELECT 1'")
+        assert wait_terminal(db, quick) == "completed"
+        with db.connect(ALICE) as conn:
+            rows = wait_for(lambda: conn.execute(
+                "SELECT waiting_for, detail, deadline IS NOT NULL FROM df.waiting_instances "
+                "WHERE instance_id = %s", (waiting,)).fetchall(), what="signal wait listed")
+            assert rows == [("signal", "approve", True)]
+            conn.execute("SET pg_durable.stuck_after = '1 second'")
+            stuck = wait_for(lambda: conn.execute(
+                "SELECT reason FROM df.stuck_instances WHERE instance_id = %s", (slow,)).fetchall(),
+                what="slow step reported as stuck")
+            assert stuck[0][0].startswith("step running since")
+            assert conn.execute("SELECT sum(steps) FROM df.step_rate").fetchone()[0] >= 1
+            assert conn.execute("SELECT waiting FROM df.queue_depth").fetchone()[0] >= 1
+        with db.connect("dftui_bob") as conn:  # another role sees none of it
+            assert conn.execute("SELECT count(*) FROM df.waiting_instances").fetchone()[0] == 0
+            assert conn.execute("SELECT count(*) FROM df.step_rate").fetchone()[0] == 0
+        assert wait_terminal(db, slow) == "completed"
