@@ -375,9 +375,8 @@ BEGIN
                     work := work || jsonb_build_array(jsonb_build_object('op', 'activate', 'node', k));
                 END LOOP;
             WHEN 'LOOP' THEN
-                IF m.slot = 'root' THEN
-                    DELETE FROM df_internal.named_results nr WHERE nr.instance_id = p_instance;
-                END IF;
+                -- Named results of a root loop are reset before each *new* iteration
+                -- (loop_iterate); not here, so a loop resumed by df.retry keeps them.
                 work := work || jsonb_build_array(jsonb_build_object('op', 'activate', 'node', n.left_node));
             WHEN 'BREAK' THEN
                 work := work || jsonb_build_array(jsonb_build_object('op', 'break', 'node', nid));
