@@ -9,6 +9,7 @@ refreshes.
 from __future__ import annotations
 
 import shlex
+import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -144,6 +145,7 @@ class InstancesScreen(Screen):
         self._columns: list[str] = []
         self._wide = False
         self._refresh_timer = None
+        self._refresh_cost = 0.0  # seconds the last live refresh took in the database
 
     @property
     def dapp(self) -> DftuiApp:
@@ -188,7 +190,7 @@ class InstancesScreen(Screen):
             ("id", "id", 8),
             ("status", "status", 11),
             ("label", "label", 20 if self._wide else 14),
-            ("started", "started", 19 if self._wide else 8),
+            ("started", "started", 19 if self._wide else 11),
             ("duration", "took", 7),
         ]
         if see_others:
@@ -236,7 +238,11 @@ class InstancesScreen(Screen):
         limit = min(max(len(self.rows), PAGE_SIZE), REFRESH_WINDOW)
 
         def call(client: Client) -> tuple[InstancePage, StatusCounts]:
-            return client.list_instances(limit=limit, **args), client.status_counts(label=label)
+            started = time.monotonic()
+            result = client.list_instances(limit=limit, **args), client.status_counts(label=label)
+            # Expensive filters (free text scans) back the poll off instead of hammering the server.
+            self._refresh_cost = time.monotonic() - started
+            return result
 
         self.dapp.run_db(self, call, lambda res: self._apply_reload(res, generation, True),
                          group="list")
@@ -383,6 +389,7 @@ class InstancesScreen(Screen):
     def _schedule_refresh(self) -> None:
         interval = self.dapp.refresh_interval
         if interval:
+            interval = max(interval, min(self._refresh_cost * 10, 60.0))
             self._refresh_timer = self.set_timer(interval, self._tick)
 
     def _tick(self) -> None:

@@ -2,7 +2,8 @@
 
 Deterministic: fixed rows with fixed timestamps (seeded as superuser), a frozen clock, UTC, no
 live refresh, a database with a fixed name. Snapshots exist per server (the header shows the
-PostgreSQL version); update them with `pytest tests/tui/test_snapshots.py --snapshot-update`.
+PostgreSQL version); update them with `pytest tests/tui/test_snapshots.py --snapshot-update`
+run against both servers (an update limited by DFTUI_TEST_SERVERS deletes the other server's files).
 """
 
 from __future__ import annotations
