@@ -255,7 +255,7 @@ class InstancesScreen(Screen):
         keep = self.current_id
         rows = list(page.rows)
         next_cursor = page.next_cursor
-        if merge and page.next_cursor is not None and len(self.rows) > len(page.rows):
+        if merge and page.next_cursor is not None and len(self.rows) >= len(page.rows):
             # Keep the already-loaded rows older than the refreshed window (and their cursor).
             last = (page.rows[-1].created_at, page.rows[-1].id) if page.rows else None
             if last is not None:

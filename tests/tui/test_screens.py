@@ -46,3 +46,73 @@ async def test_list_filter_open(db):
         assert tree.cursor_node is not None and tree.cursor_node.data == "0000000b"
         await pilot.press("escape")
         assert app.screen is screen
+
+
+async def test_keyset_paging_and_cursor_kept_on_refresh(db):
+    seed_instances(db, [Seed(f"{i:08x}", "completed", label=f"l{i % 3}", minutes_ago=i)
+                        for i in range(1, 251)])
+    app = make_app(db, "dftui_alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.loaded_once, what="first page")
+        assert len(screen.rows) == 100 and screen.next_cursor is not None
+        for _ in range(6):  # G goes to the last loaded row; nearing the end loads the next page
+            await pilot.press("G")
+            await pilot.pause()
+        await wait_for(pilot, lambda: len(screen.rows) == 250 and screen.next_cursor is None,
+                       what="all pages")
+        assert [r.id for r in screen.rows] == [f"{i:08x}" for i in range(1, 251)]
+        assert screen.query_one(DataTable).row_count == 250
+
+        # the cursor stays on the same instance when new ones appear above it
+        table = screen.query_one(DataTable)
+        table.move_cursor(row=table.get_row_index("00000064"))
+        await pilot.pause()
+        seed_instances(db, [Seed("ffff0001", "running", minutes_ago=0),
+                            Seed("ffff0002", "pending", minutes_ago=0)])
+        screen.live_refresh()
+        await wait_for(pilot, lambda: screen.rows[0].id in ("ffff0001", "ffff0002"),
+                       what="new rows on top")
+        assert screen.current_id == "00000064"
+        assert len(screen.rows) == 252
+
+
+async def test_copy_follow_and_failed_jumps(db):
+    from .conftest import N, seed_graph
+
+    seed_graph(db, "abcdef01", "running", [
+        N("20000001", "JOIN", left="20000002", right="20000003", status="running"),
+        N("20000002", "THEN", left="20000004", right="20000005", status="failed"),
+        N("20000003", "THEN", left="20000006", right="20000007", status="running"),
+        N("20000004", "SQL", "SELECT 1/0", status="failed", error="division by zero"),
+        N("20000005", "SQL", "SELECT 'never'"),
+        N("20000006", "SQL", "SELECT 'x'::int", status="failed", error="invalid input syntax"),
+        N("20000007", "SQL", "SELECT pg_sleep(60)", status="running"),
+    ], label="two-failures")
+    app = make_app(db, "dftui_alice")
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: app.screen.loaded_once)
+        await pilot.press("y")
+        assert app.clipboard == "abcdef01"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, InstanceScreen)
+                       and app.screen.detail is not None, what="detail")
+        detail = app.screen
+        tree = detail.query_one(Tree)
+
+        def at() -> str | None:
+            return tree.cursor_node.data if tree.cursor_node else None
+
+        await pilot.press("n")
+        assert at() == "20000004"
+        await pilot.press("n")
+        assert at() == "20000006"
+        await pilot.press("n")  # wraps around
+        assert at() == "20000004"
+        await pilot.press("N")
+        assert at() == "20000006"
+        await pilot.press("y")
+        assert app.clipboard == "SELECT 'x'::int"
+        await pilot.press("f")
+        assert detail.follow
+        await wait_for(pilot, lambda: at() == "20000007", what="follow jumps to running step")
