@@ -95,7 +95,12 @@ def run(opts: Options, env: BenchEnv, ui: Ui, results: Results) -> list[str]:
         results.notes.append("py-spy is not installed: no profile (pip install '.[bench]')")
         opts.profile_dir = None
     main_drain = suite.drain(env, ui, opts, label="drain", what="drain", count=opts.n,
-                             workflow_sql=suite.one_step_sql(), profile_dir=opts.profile_dir)
+                             workflow_sql=suite.one_step_sql())
+    profiled: suite.DrainOutcome | None = None
+    if opts.profile_dir is not None:
+        profiled = suite.drain(env, ui, opts, label="profiled", what="profiled drain (py-spy)",
+                               count=min(opts.n, 3000), workflow_sql=suite.one_step_sql(),
+                               profile_dir=opts.profile_dir)
     three = suite.drain(env, ui, opts, label="three", what="3-step", count=opts.three_n,
                         workflow_sql=suite.three_step_sql())
     join = suite.drain(env, ui, opts, label="join", what=f"JOIN of {opts.join_branches}",
@@ -158,6 +163,12 @@ def run(opts: Options, env: BenchEnv, ui: Ui, results: Results) -> list[str]:
     results.add(Figure("server transactions per one-step instance (drain)", "",
                        main_drain.commits_per_step, higher_is_better=False,
                        note="pg_stat_database.xact_commit, read-only ones included"))
+    results.add(Figure("engine CPU per one-step instance (drain)", "ms",
+                       main_drain.engine_cpu_ms_per_step, higher_is_better=False,
+                       note="Python + psycopg"))
+    results.add(Figure("PostgreSQL backend CPU per one-step instance (drain)", "ms",
+                       main_drain.server_cpu_ms_per_step, higher_is_better=False,
+                       note="the engine's sessions"))
     results.add(Figure("WAL fsyncs per one-step instance (drain)", "", main_drain.fsyncs_per_step,
                        higher_is_better=False, note="group commit shares them"))
     dbos3 = dbos.get("three_step_wf_per_s")
@@ -226,11 +237,14 @@ def run(opts: Options, env: BenchEnv, ui: Ui, results: Results) -> list[str]:
         f"Idle phase: {idle.pending:,} df.wait_for_signal('go') instances started with no engine "
         "running, their start tasks deferred to 'infinity' (the state a signal wait parks in) so "
         f"the engine idles beside them; CPU over {idle.seconds:.0f} s from /proc/<pid>/stat.")
-    if main_drain.profile_summary:
-        extra.append("\n## Engine profile during the drain (py-spy, all threads incl. idle)\n")
-        extra.append("```\n" + "\n".join(main_drain.profile_summary) + "\n```\n")
-        if main_drain.profile_file is not None:
-            results.notes.append(f"py-spy collapsed stacks: {main_drain.profile_file}")
+    if profiled is not None and profiled.profile_summary:
+        extra.append(f"\n## Profile of a separate drain of {profiled.stats.instances:,} one-step "
+                     f"instances ({profiled.stats.steps_per_s:.0f} steps/s while profiled)\n")
+        extra.append("py-spy samples every engine thread, idle ones included; a worker blocked in "
+                     "psycopg/libpq counts as a server round trip.\n")
+        extra.append("```\n" + "\n".join(profiled.profile_summary) + "\n```\n")
+        if profiled.profile_file is not None:
+            results.notes.append(f"py-spy collapsed stacks: {profiled.profile_file}")
     return extra
 
 

@@ -7,6 +7,7 @@ so process start-up and our polling do not count.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import threading
 import time
@@ -18,6 +19,7 @@ import psycopg
 from benchmarks import profile
 from benchmarks.harness import (
     BENCH_ROLE,
+    DFTUI_DB,
     BenchEnv,
     BenchError,
     DrainStats,
@@ -52,6 +54,8 @@ class DrainOutcome:
     processes: int
     commits_per_step: float
     fsyncs_per_step: float
+    engine_cpu_ms_per_step: float  # the engine processes' own CPU (Python, psycopg, libpq)
+    server_cpu_ms_per_step: float  # CPU of the PostgreSQL backends serving the engines
     peak_rss_mib: float
     profile_summary: list[str] = field(default_factory=list)
     profile_file: Path | None = None
@@ -60,10 +64,19 @@ class DrainOutcome:
 def drain(env: BenchEnv, ui: Ui, opts: Options, *, label: str, what: str, workflow_sql: str,
           count: int, processes: int = 1, profile_dir: Path | None = None) -> DrainOutcome:
     """Enqueue `count` instances with no engine running, then drain them with `processes`
-    engine processes; figures come from completion timestamps."""
+    engine processes; figures come from completion timestamps.
+
+    With `profile_dir`, py-spy samples the (first) engine and PostgreSQL times every df
+    function (track_functions = pl) during the drain: use it on a drain of its own, since both
+    cost CPU that the measured figures should not pay.
+    """
     env.vacuum()
     with ui.counter(f"{what}: enqueue {count:,} instances", count) as add:
         enqueue(env, workflow_sql, label, count, add, connections=2 if count >= 2000 else 1)
+    if profile_dir is not None:
+        with env.connect() as conn:
+            conn.execute(f"ALTER DATABASE {DFTUI_DB} SET track_functions = 'pl'")
+            conn.execute("SELECT pg_stat_reset()")
     commits_before = env.commits()
     fsyncs_before = env.wal_fsyncs()
     engines = [EngineProcess(env, opts.concurrency, f"{label}-{i}") for i in range(processes)]
@@ -80,11 +93,14 @@ def drain(env: BenchEnv, ui: Ui, opts: Options, *, label: str, what: str, workfl
             raw = profile_dir / f"engine-{label}.collapsed"
             recorder = profile.Recorder(engines[0].pid, raw)
         peaks = [PeakRss(e.pid) for e in engines]
+        engine_cpu0 = sum(cpu_seconds(e.pid) for e in engines)
         with ui.bar(f"{what}: drain with {processes} engine process"
                     f"{'es' if processes > 1 else ''} × {opts.concurrency} workers",
                     count) as set_done:
             wait_drained(env, label, count, opts.timeout, set_done,
                          watch=lambda: [p.sample() for p in peaks])
+        engine_cpu = sum(cpu_seconds(e.pid) for e in engines) - engine_cpu0
+        server_cpu = backend_cpu(env, engines)
         if recorder is not None:
             problem = recorder.stop()
             if problem or raw is None or not raw.exists():
@@ -96,6 +112,10 @@ def drain(env: BenchEnv, ui: Ui, opts: Options, *, label: str, what: str, workfl
             recorder.stop()
         for engine in engines:
             engine.stop()
+    if profile_dir is not None:
+        summary += server_functions(env, count)
+        with env.connect() as conn:
+            conn.execute(f"ALTER DATABASE {DFTUI_DB} RESET track_functions")
     stats = drain_stats(env, label)
     if stats.failed:
         raise BenchError(f"{what}: {stats.failed} of {stats.instances} instances did not complete "
@@ -106,8 +126,44 @@ def drain(env: BenchEnv, ui: Ui, opts: Options, *, label: str, what: str, workfl
     return DrainOutcome(stats=stats, processes=processes,
                         commits_per_step=commits / stats.steps if stats.steps else float("nan"),
                         fsyncs_per_step=fsyncs / stats.steps if stats.steps else float("nan"),
+                        engine_cpu_ms_per_step=1000 * engine_cpu / max(stats.steps, 1),
+                        server_cpu_ms_per_step=1000 * server_cpu / max(stats.steps, 1),
                         peak_rss_mib=max(p.peak for p in peaks), profile_summary=summary,
                         profile_file=raw)
+
+
+def server_functions(env: BenchEnv, instances: int, top: int = 12) -> list[str]:
+    """PostgreSQL's own account of the df functions during a profiled drain (self time, i.e.
+    excluding functions they call), per instance."""
+    with env.connect() as conn:
+        rows = conn.execute(
+            "SELECT schemaname || '.' || funcname, sum(calls), sum(total_time), sum(self_time) "
+            "FROM pg_stat_user_functions WHERE schemaname IN ('df', 'df_internal', 'df_exec') "
+            "GROUP BY 1 ORDER BY 4 DESC").fetchall()
+    if not rows:
+        return ["no function statistics were collected"]
+    total_self = sum(float(r[3]) for r in rows)
+    out = [f"PostgreSQL plpgsql/sql functions (track_functions = pl): {total_self / instances:.2f} ms "
+           "self time per instance in all, top by self time:",
+           "   ms/inst  calls/inst  function (self time; total incl. callees)"]
+    for name, calls, total, self_ms in rows[:top]:
+        out.append(f"  {float(self_ms) / instances:8.3f}  {int(calls) / instances:10.2f}  {name} "
+                   f"(total {float(total) / instances:.3f} ms)")
+    return out
+
+
+def backend_cpu(env: BenchEnv, engines: list[EngineProcess]) -> float:
+    """CPU seconds used so far by the PostgreSQL backends of these engine processes (their
+    connections were opened when the engines started, so this is their whole life)."""
+    with env.connect() as conn:
+        pids = [int(r[0]) for r in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'dftui engine%' "
+            "AND client_port IS NOT NULL")]
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += cpu_seconds(pid)
+    return total
 
 
 # -- latency ---------------------------------------------------------------------------------------

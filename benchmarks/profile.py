@@ -35,7 +35,7 @@ def available() -> bool:
 class Recorder:
     """`py-spy record` attached to a pid until `stop()`; writes collapsed stacks (raw)."""
 
-    def __init__(self, pid: int, out: Path, rate: int = 250) -> None:
+    def __init__(self, pid: int, out: Path, rate: int = 100) -> None:
         self.out = out
         self.proc = subprocess.Popen(
             [executable() or "py-spy", "record", "--pid", str(pid), "--idle", "--nonblocking", "--rate",
@@ -81,16 +81,20 @@ class Summary:
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _line(file: str, lineno: str) -> str:
+    """The source line `file:lineno` of the engine (as it is now), or ""."""
+    path = Path(file) if Path(file).is_absolute() else REPO / file
+    try:
+        return path.read_text().splitlines()[int(lineno) - 1].strip()
+    except (OSError, IndexError, ValueError):
+        return ""
+
+
 def _source(site: str) -> str:
     """`  ← <the source line>` for an `engine/x.py:N` call site, to show which statement ran."""
     m = re.search(r"\((engine/[^:()]+):(\d+)\)$", site)
-    if not m:
-        return ""
-    try:
-        line = (REPO / m[1]).read_text().splitlines()[int(m[2]) - 1].strip()
-    except (OSError, IndexError):
-        return ""
-    return f"  ← {line[:70]}"
+    line = _line(m[1], m[2]) if m else ""
+    return f"  ← {line[:70]}" if line else ""
 
 
 def _parse(frame: str) -> tuple[str, str, str]:
@@ -136,7 +140,11 @@ def summarise(raw: Path) -> Summary:
         engine_frames = [(fu, fi, ln) for fu, fi, ln in frames if _is_engine(fi)]
         site = engine_frames[-1] if engine_frames else (func, file, lineno)
         site_text = f"{site[0]} ({_short(site[1])}:{site[2]})"
-        if "psycopg" in file and _name(func) in ("wait", "wait_c", "_wait", "wait_conn", "wait_select",
+        if _is_engine(file) and "pgconn." in _line(file, lineno):
+            # a blocking libpq call made directly (no Python frame below it): a round trip
+            summary.buckets["server round trip (waiting in psycopg for PostgreSQL)"] += count
+            summary.waits_by_call[site_text] += count
+        elif "psycopg" in file and _name(func) in ("wait", "wait_c", "_wait", "wait_conn", "wait_select",
                                           "wait_epoll", "wait_poll"):
             summary.buckets["server round trip (waiting in psycopg for PostgreSQL)"] += count
             summary.waits_by_call[site_text] += count
