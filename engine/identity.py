@@ -13,7 +13,13 @@ SECURITY DEFINER *trampoline* owned by the submitter, in schema ``df_exec``:
   statements, LISTEN, advisory locks) is wiped by ``DISCARD ALL`` after the step's transaction,
   before the connection runs anything else; within the transaction the engine only calls
   schema-qualified ``df_internal`` functions that pin their own search_path.
-* Users have no USAGE on ``df_exec``, so they cannot name, alter or replace a trampoline.
+* Users have no USAGE on ``df_exec``, so they cannot name, alter or replace a trampoline (and
+  REASSIGN OWNED cannot move one: the new owner would need CREATE on ``df_exec``).
+* ``describe_<oid>`` lets the engine learn a step's result columns without parsing it as
+  itself (parse analysis runs user code: domain checks in literal input functions).
+* Every trampoline takes a shared transaction-level advisory lock (``STEP_LOCK_KEYS``) first:
+  ``df_internal.in_engine_step()`` uses it to recognise, unforgeably, that user code runs inside
+  an engine step, where ``session_user`` is the engine rather than the caller.
 
 The trampoline's ``search_path`` is the submitter's configured default (role or database
 setting) or ``"$user", public``, so unqualified names resolve as they would in the submitter's
@@ -64,9 +70,26 @@ def rows_function(role_oid: int) -> str:
     return f"{EXEC_SCHEMA}.rows_{role_oid}"
 
 
+def describe_function(role_oid: int) -> str:
+    """`describe_<oid>(q)`: opens the cursor DESCRIBE_PORTAL over `q` as the submitter."""
+    return f"{EXEC_SCHEMA}.describe_{role_oid}"
+
+
+# Portal name used by describe_<oid>; the engine sends a protocol Describe for it.
+DESCRIBE_PORTAL = "df_describe"
+
+# Every trampoline first takes this transaction-level advisory lock (shared, so workers never
+# wait on each other). A transaction-level lock cannot be released by the step (only session
+# locks can be), so df_internal.in_engine_step() can tell, unforgeably, that user code is
+# running inside an engine step, where session_user is the engine and not the caller.
+STEP_LOCK_KEYS = (72629379, 1)
+_MARK = (f"    PERFORM pg_catalog.pg_advisory_xact_lock_shared({STEP_LOCK_KEYS[0]}, "
+         f"{STEP_LOCK_KEYS[1]});\n")
+
+
 _STEP_BODY = """
 BEGIN
-    RETURN QUERY EXECUTE q;
+""" + _MARK + """    RETURN QUERY EXECUTE q;
     SET CONSTRAINTS ALL IMMEDIATE;
     EXECUTE 'CLOSE ALL';
 END
@@ -78,7 +101,7 @@ _ROWS_BODY = """
 DECLARE
     r record;
 BEGIN
-    FOR r IN EXECUTE q LOOP
+""" + _MARK + """    FOR r IN EXECUTE q LOOP
         RETURN NEXT pg_catalog.to_jsonb(r);
     END LOOP;
     SET CONSTRAINTS ALL IMMEDIATE;
@@ -90,7 +113,7 @@ _EXEC_BODY = """
 DECLARE
     n bigint;
 BEGIN
-    EXECUTE q;
+""" + _MARK + """    EXECUTE q;
     GET DIAGNOSTICS n = ROW_COUNT;
     SET CONSTRAINTS ALL IMMEDIATE;
     EXECUTE 'CLOSE ALL';
@@ -98,6 +121,18 @@ BEGIN
 END
 """
 
+# Parse analysis and planning of a step run user code (input functions of literals run domain
+# CHECK constraints; planning folds immutable functions), so the engine must not describe a step
+# as itself. This opens a cursor over the step as the submitter; the engine describes the portal
+# (no re-analysis) inside a savepoint it rolls back. Statements that return no rows cannot be
+# opened as a cursor (SQLSTATE 42P11): they have no result columns.
+_DESCRIBE_BODY = """
+DECLARE
+    c refcursor := '""" + DESCRIBE_PORTAL + """';
+BEGIN
+""" + _MARK + """    OPEN c FOR EXECUTE q;
+END
+"""
 
 class Trampolines:
     """Creates (once per role and engine process) and names the per-role trampolines."""
@@ -106,7 +141,12 @@ class Trampolines:
         # keyed by (database, role oid): trampolines live in each database that runs steps
         self._ready: dict[tuple[str, int], str] = {}
         self._gone: set[tuple[str, int]] = set()
+        self._problems: dict[tuple[str, int], str] = {}
         self._lock = threading.Lock()
+
+    def problem(self, database: str, role_oid: int) -> str | None:
+        """Why the role's trampolines could not be created, if they could not."""
+        return self._problems.get((database, role_oid))
 
     def needs_setup(self, database: str, role_oid: int) -> bool:
         key = (database, role_oid)
@@ -133,6 +173,15 @@ class Trampolines:
             except RoleGone:
                 self._gone.add(key)
                 return ""
+            except psycopg.errors.InsufficientPrivilege as exc:
+                # Least-privilege mode: the engine role was not granted this submitter (or the
+                # submitter is a superuser). Remember it: the step fails with this message
+                # instead of the worker retrying the setup forever.
+                self._gone.add(key)
+                self._problems[key] = (
+                    f"the engine cannot run steps as this role: {exc.diag.message_primary or exc} "
+                    "(grant the role to the engine role, see engine/privileges.py)")
+                return ""
             self._ready[key] = path
             return path
 
@@ -152,6 +201,7 @@ class Trampolines:
                 (f"step_{role_oid}", sql.SQL("SETOF record"), _STEP_BODY),
                 (f"exec_{role_oid}", sql.SQL("bigint"), _EXEC_BODY),
                 (f"rows_{role_oid}", sql.SQL("SETOF jsonb"), _ROWS_BODY),
+                (f"describe_{role_oid}", sql.SQL("void"), _DESCRIBE_BODY),
             ):
                 fn = sql.Identifier(EXEC_SCHEMA, name)
                 exists = conn.execute(

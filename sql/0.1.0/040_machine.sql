@@ -21,6 +21,19 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
               (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'df'), 'MEMBER')
 $$;
 
+-- Is user code of an engine step running in this session right now? Inside a step, session_user
+-- is the engine, not the submitter, so helpers that decide what "the session" may do from
+-- session_user's role memberships (the dblink loopbacks) must refuse. The engine's trampolines
+-- (engine/identity.py) take a shared transaction-level advisory lock before running the step;
+-- user code cannot release a transaction-level lock, so this cannot be forged away. Taking the
+-- same lock in an ordinary session only makes that session look like a step (refusals only).
+CREATE FUNCTION df_internal.in_engine_step() RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
+                    WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'advisory'
+                      AND l.classid = 72629379 AND l.objid = 1 AND l.objsubid = 2 AND l.granted)
+$$;
+
 -- IF truthiness (sql-api.md §6). Row sets are judged by the first column of the first row; the
 -- engine records column order in status_details.columns because jsonb does not keep key order.
 CREATE FUNCTION df_internal.truthy(p_result jsonb, p_details jsonb DEFAULT NULL) RETURNS boolean

@@ -1,0 +1,125 @@
+"""Shared fixtures for the attack tests: a hostile submitter's toolbox and the engine modes.
+
+The "witness" is how an attack proves (or fails to prove) escalation. `evil.witness(tag)` is a
+function owned by the attacker, dftui_alice. Whenever it runs as anybody but alice it bumps the
+sequence `evil.escalated` (sequences are not transactional, so the evidence survives the
+rollback of whatever statement ran it) and tries `ALTER ROLE dftui_alice SUPERUSER`; when it runs
+as alice it bumps `evil.as_alice` (positive evidence that the code path was really exercised).
+`evil.witness_quiet` does the same but is IMMUTABLE (for index expressions / domain checks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from engine_support import running_engine
+from psycopg import sql
+
+from engine import privileges
+
+ALICE = "dftui_alice"
+BOB = "dftui_bob"
+DAVE = "dftui_dave"
+ENGINE_ROLE = "dftui_engine_owner"
+SUBMITTERS = ["dftui_alice", "dftui_bob", "dftui_dave", "Quoted Role"]
+
+EVIL_SETUP = """
+CREATE SEQUENCE evil.escalated;
+CREATE SEQUENCE evil.as_alice;
+GRANT USAGE ON SCHEMA evil TO PUBLIC;
+GRANT USAGE, SELECT, UPDATE ON SEQUENCE evil.escalated, evil.as_alice TO PUBLIC;
+CREATE TABLE evil.log (tag text, who text, at timestamptz DEFAULT pg_catalog.clock_timestamp());
+GRANT ALL ON evil.log TO PUBLIC;
+
+CREATE FUNCTION evil.witness(tag text) RETURNS boolean LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF current_user::text <> 'dftui_alice' THEN
+        PERFORM pg_catalog.nextval('evil.escalated');
+        BEGIN
+            EXECUTE 'ALTER ROLE dftui_alice SUPERUSER';
+        EXCEPTION WHEN OTHERS THEN NULL;
+        END;
+    ELSE
+        PERFORM pg_catalog.nextval('evil.as_alice');
+    END IF;
+    INSERT INTO evil.log (tag, who) VALUES (tag, current_user::text);
+    RETURN true;
+END $$;
+
+CREATE FUNCTION evil.witness_quiet(v anyelement) RETURNS boolean LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF current_user::text <> 'dftui_alice' THEN
+        PERFORM pg_catalog.nextval('evil.escalated');
+    ELSE
+        PERFORM pg_catalog.nextval('evil.as_alice');
+    END IF;
+    RETURN true;
+END $$;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA evil TO PUBLIC;
+"""
+
+
+def prepare_attacker(db: Any) -> None:
+    """Give alice her own schema `evil` (as an ordinary database user would have)."""
+    reset_attacker(db)
+    with db.connect() as conn:
+        conn.execute("CREATE SCHEMA evil AUTHORIZATION dftui_alice")
+    with db.connect(ALICE) as conn:
+        conn.execute(EVIL_SETUP)
+
+
+def reset_attacker(db: Any) -> None:
+    """Undo a successful escalation (roles are cluster-wide; the next test must start clean)."""
+    with db.connect() as conn:
+        conn.execute("ALTER ROLE dftui_alice NOSUPERUSER NOBYPASSRLS")
+
+
+def counters(db: Any) -> tuple[int, int]:
+    """(times the witness ran as someone other than alice, times it ran as alice)."""
+    with db.connect() as conn:
+        def value(seq: str) -> int:
+            last, called = conn.execute(f"SELECT last_value, is_called FROM evil.{seq}").fetchone()
+            return int(last) if called else 0
+        return value("escalated"), value("as_alice")
+
+
+def assert_no_escalation(db: Any) -> None:
+    escalated, _ = counters(db)
+    assert escalated == 0, f"attacker code ran with someone else's privileges {escalated} time(s)"
+    assert not db.scalar("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (ALICE,))
+    others = db.scalar("SELECT array_agg(DISTINCT who) FROM evil.log WHERE who <> %s", (ALICE,))
+    assert not others, f"attacker code ran as {others}"
+
+
+def setup_engine_owner(db: Any) -> str:
+    """Least-privilege mode: a non-superuser role owns df/df_internal; returns its DSN."""
+    with db.connect() as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ENGINE_ROLE,)).fetchone()
+        if not exists:
+            with __import__("contextlib").suppress(psycopg.errors.DuplicateObject):
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(ENGINE_ROLE)))
+        privileges.setup_engine_role(conn, ENGINE_ROLE, submitters=SUBMITTERS)
+    return db.dsn(ENGINE_ROLE)
+
+
+@contextmanager
+def engine_in_mode(db: Any, mode: str, **overrides: Any) -> Iterator[Any]:
+    """An engine connected as the superuser ("superuser") or as the least-privilege owner."""
+    if mode == "owner":
+        dsn = setup_engine_owner(db)
+        overrides.setdefault("install", False)
+    else:
+        dsn = db.dsn()
+    with running_engine(dsn, **overrides) as eng:
+        yield eng
+
+
+def engine_user(mode: str, db: Any) -> str:
+    if mode == "owner":
+        return ENGINE_ROLE
+    return db.scalar("SELECT current_user")
