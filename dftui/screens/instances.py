@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from rich.style import Style
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -361,11 +362,13 @@ class InstancesScreen(Screen):
             symbol = "" if status is None else status_symbol(status) + " "
             name = title if not narrow or status is None else ""
             chunk = f" {symbol}{name}{' ' if name else ''}{number} "
-            style = "bold reverse" if active else STATUS_STYLES.get(status or "", "")
+            style = Style.parse("bold reverse" if active else STATUS_STYLES.get(status or "", "") or "none")
+            # Clickable: the mouse works too (keys 1-6 do the same).
+            style += Style(meta={"@click": f"screen.status('{status or 'all'}')"})
+            if text:
+                text.append("·", style="dim")
             text.append(chunk, style=style)
-            text.append("·", style="dim")
-        text.rstrip()
-        self.query_one("#summary", Static).update(text[:-1] if text.plain.endswith("·") else text)
+        self.query_one("#summary", Static).update(text)
 
     def _render_status_line(self) -> None:
         parts = []

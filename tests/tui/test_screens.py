@@ -116,3 +116,52 @@ async def test_copy_follow_and_failed_jumps(db):
         await pilot.press("f")
         assert detail.follow
         await wait_for(pilot, lambda: at() == "20000007", what="follow jumps to running step")
+
+
+def test_filter_syntax():
+    from datetime import timedelta
+
+    import pytest
+
+    from dftui.screens.instances import Filters, parse_filter
+
+    f = parse_filter('status:failed label:"nightly etl" since:2h disk full', Filters())
+    assert f == Filters(status="failed", label="nightly etl", text="disk full",
+                        since=timedelta(hours=2))
+    with pytest.raises(ValueError, match="unknown status"):
+        parse_filter("status:broken", Filters())
+    with pytest.raises(ValueError, match="since:"):
+        parse_filter("since:soon", Filters())
+    with pytest.raises(ValueError, match="filter:"):
+        parse_filter('label:"unterminated', Filters())
+
+
+async def test_missing_retry_is_disabled_with_reason(db):
+    """A backend without df.retry (like pg_durable) greys retry out and says why."""
+    with db.connect() as conn:
+        conn.execute("DROP FUNCTION df.retry(text, text)")
+    seed_instances(db, [Seed("0000000b", "failed")])
+    app = make_app(db, "dftui_alice")
+    async with app.run_test(size=(160, 48)) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.loaded_once)
+        assert not app.client.capabilities.can_retry
+        assert "retry disabled" in app.header_text(160).plain
+        assert screen.active_bindings["r"].enabled is False
+        assert screen.active_bindings["c"].enabled is True
+        await pilot.press("r")
+        assert app.screen is screen
+
+
+async def test_status_summary_is_clickable(db):
+    seed_instances(db, [Seed("0000000a", "completed", minutes_ago=1),
+                        Seed("0000000b", "failed", minutes_ago=2)])
+    app = make_app(db, "dftui_alice")
+    async with app.run_test(size=(160, 48)) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.loaded_once and screen.counts is not None)
+        summary = screen.query_one("#summary")
+        x = str(summary.render()).index("Failed")
+        await pilot.click("#summary", offset=(x + 1, 0))
+        await wait_for(pilot, lambda: [r.id for r in screen.rows] == ["0000000b"], what="click filter")
+        assert screen.filters.status == "failed"
