@@ -557,6 +557,7 @@ class Client:
         since: datetime | None = None,
         after: tuple[datetime, str] | None = None,
         limit: int = 100,
+        oldest_first: bool = False,
     ) -> InstancePage:
         """One keyset page, newest first (`created_at DESC, id ASC`, like df.list_instances).
 
@@ -587,11 +588,17 @@ class Client:
         if since is not None:
             where.append("i.created_at >= %(since)s")
             params["since"] = since
-        if after is not None:
+        if after is not None and not oldest_first:
             where.append(
                 "i.created_at <= %(cts)s AND (i.created_at < %(cts)s OR i.id > %(cid)s)"
             )
             params["cts"], params["cid"] = after
+        elif after is not None:  # the same index scanned backwards
+            where.append(
+                "i.created_at >= %(cts)s AND (i.created_at > %(cts)s OR i.id < %(cid)s)"
+            )
+            params["cts"], params["cid"] = after
+        order = "i.created_at, i.id DESC" if oldest_first else "i.created_at DESC, i.id"
         rows = self._rows(
             f"""
             SELECT i.id, i.label, i.status, i.submitted_by::text AS submitted_by, i.created_at,
@@ -608,7 +615,7 @@ class Client:
                        AND n.node_type NOT IN ('THEN', 'IF', 'JOIN', 'RACE', 'LOOP')
                      ORDER BY n.updated_at DESC LIMIT 1) s ON TRUE
              WHERE {" AND ".join(where)}
-             ORDER BY i.created_at DESC, i.id
+             ORDER BY {order}
              LIMIT %(limit)s
             """,
             params,

@@ -17,7 +17,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Static, TextArea
+from textual.widgets import Button, Input, Label, OptionList, Static, TextArea
+from textual.widgets.option_list import Option
 
 from dftui.app import DftuiApp
 from dftui.client import Client, ClientError, NodeInfo
@@ -304,3 +305,34 @@ class StartDialog(_Dialog):
 
         self.dapp.run_db(self, lambda c: c.start(source, label), done, group="start",
                          on_error=failed)
+
+
+class LabelPicker(_Dialog):
+    """Group by label: pick one of the labels in use (read through the label index, bounded);
+    returns the label, "" for all labels, or None when closed."""
+
+    def __init__(self, current: str | None) -> None:
+        super().__init__()
+        self.current = current
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label("Show instances with label", classes="dialog-title")
+            yield OptionList(Option("(all labels)", id=""), id="labels")
+            yield Static(Text("loading labels…", style="dim"), id="note", classes="dialog-note")
+
+    def on_mount(self) -> None:
+        self.query_one(OptionList).focus()
+        self.dapp.run_db(self, lambda c: c.labels(), self._show, group="labels")
+
+    def _show(self, labels: list[str]) -> None:
+        options = self.query_one(OptionList)
+        options.add_options([Option(label, id=label) for label in labels])
+        if self.current in labels:
+            options.highlighted = labels.index(self.current) + 1
+        more = " (first 200)" if len(labels) >= 200 else ""
+        self.query_one("#note", Static).update(Text(f"{len(labels)} labels{more}", style="dim"))
+
+    @on(OptionList.OptionSelected, "#labels")
+    def _picked(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option.id or "")

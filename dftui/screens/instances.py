@@ -61,9 +61,10 @@ class Filters:
     label: str | None = None
     text: str | None = None
     since: timedelta | None = None
+    oldest_first: bool = False
 
     def describe(self) -> str:
-        parts = []
+        parts = ["sort:oldest"] if self.oldest_first else []
         if self.status:
             parts.append(f"status:{self.status}")
         if self.label:
@@ -82,6 +83,7 @@ def parse_filter(text: str, current: Filters) -> Filters:
     except ValueError as exc:
         raise ValueError(f"filter: {exc}") from None
     status, label, since, words = None, None, None, []
+    oldest = False
     for token in tokens:
         key, sep, value = token.partition(":")
         if sep and key == "status":
@@ -90,6 +92,10 @@ def parse_filter(text: str, current: Filters) -> Filters:
             status = value
         elif sep and key == "label":
             label = value or None
+        elif sep and key == "sort":
+            if value not in ("oldest", "newest"):
+                raise ValueError(f"sort:{value} — use sort:oldest or sort:newest")
+            oldest = value == "oldest"
         elif sep and key == "since":
             unit = value[-1:] if value[-1:] in _SINCE_UNITS else "s"
             number = value[:-1] if value[-1:] in _SINCE_UNITS else value
@@ -99,7 +105,7 @@ def parse_filter(text: str, current: Filters) -> Filters:
         else:
             words.append(token)
     return Filters(status=status if status else current.status if not tokens else None,
-                   label=label, text=" ".join(words) or None, since=since)
+                   label=label, text=" ".join(words) or None, since=since, oldest_first=oldest)
 
 
 class InstanceTable(DataTable):
@@ -120,6 +126,8 @@ class InstancesScreen(Screen):
         Binding("n", "new_run", "New run"),
         Binding("y", "copy", "Copy id"),
         Binding("R", "refresh", "Refresh"),
+        Binding("o", "toggle_sort", "Oldest/newest first", show=False),
+        Binding("l", "pick_label", "Labels", show=False),
         Binding("j", "cursor_down", "Down", show=False),
         Binding("k", "cursor_up", "Up", show=False),
         Binding("g", "cursor_top", "Top", show=False),
@@ -158,7 +166,7 @@ class InstancesScreen(Screen):
     def compose(self) -> ComposeResult:
         yield AppHeader()
         yield Static(id="summary")
-        yield Input(placeholder="filter: words  status:failed  label:etl  since:2h  (enter applies, esc clears)",
+        yield Input(placeholder="filter: words  status:failed  label:etl  since:2h  sort:oldest  (enter applies, esc clears)",
                     id="filter")
         table = InstanceTable(id="instances", cursor_type="row", zebra_stripes=True)
         yield table
@@ -215,7 +223,8 @@ class InstancesScreen(Screen):
     def _list_args(self) -> dict:
         f = self.filters
         since = self.dapp.now() - f.since if f.since else None
-        return {"status": f.status, "label": f.label, "text": f.text, "since": since}
+        return {"status": f.status, "label": f.label, "text": f.text, "since": since,
+                "oldest_first": f.oldest_first}
 
     def reload(self) -> None:
         """Re-read from the top (filter change, R, reconnect); keeps the cursor's instance."""
@@ -260,7 +269,7 @@ class InstancesScreen(Screen):
             # Keep the already-loaded rows older than the refreshed window (and their cursor).
             last = (page.rows[-1].created_at, page.rows[-1].id) if page.rows else None
             if last is not None:
-                older = [r for r in self.rows if _is_after(r, last)]
+                older = [r for r in self.rows if _is_after(r, last, self.filters.oldest_first)]
                 rows += older
                 next_cursor = self.next_cursor if older else page.next_cursor
         visible = {r.id for r in rows}
@@ -488,6 +497,22 @@ class InstancesScreen(Screen):
         self.filters = replace(self.filters, status=None if status == "all" else status)
         self._filters_changed()
 
+    def action_toggle_sort(self) -> None:
+        self.filters = replace(self.filters, oldest_first=not self.filters.oldest_first)
+        self.notify("Oldest first" if self.filters.oldest_first else "Newest first")
+        self._filters_changed()
+
+    def action_pick_label(self) -> None:
+        from dftui.screens.dialogs import LabelPicker
+
+        def picked(label: str | None) -> None:
+            if label is None:
+                return
+            self.filters = replace(self.filters, label=label or None)
+            self._filters_changed()
+
+        self.app.push_screen(LabelPicker(self.filters.label), picked)
+
     def action_toggle_select(self) -> None:
         instance_id = self.current_id
         if instance_id is None:
@@ -585,6 +610,9 @@ def _bind(fn, *args):
     return lambda: fn(*args)
 
 
-def _is_after(row: InstanceSummary, cursor: tuple[datetime, str]) -> bool:
-    """True when `row` comes after the keyset cursor in `created_at DESC, id ASC` order."""
+def _is_after(row: InstanceSummary, cursor: tuple[datetime, str], oldest_first: bool) -> bool:
+    """True when `row` comes after the keyset cursor in `created_at DESC, id ASC` order (or in
+    the reverse order when sorting oldest first)."""
+    if oldest_first:
+        return row.created_at > cursor[0] or (row.created_at == cursor[0] and row.id < cursor[1])
     return row.created_at < cursor[0] or (row.created_at == cursor[0] and row.id > cursor[1])

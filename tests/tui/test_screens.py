@@ -165,3 +165,30 @@ async def test_status_summary_is_clickable(db):
         await pilot.click("#summary", offset=(x + 1, 0))
         await wait_for(pilot, lambda: [r.id for r in screen.rows] == ["0000000b"], what="click filter")
         assert screen.filters.status == "failed"
+
+
+async def test_sort_oldest_first_and_label_picker(db):
+    seed_instances(db, [Seed(f"{i:08x}", "completed", label=f"batch-{i % 2}", minutes_ago=i)
+                        for i in range(1, 131)])
+    app = make_app(db, "dftui_alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.loaded_once)
+        await pilot.press("o")
+        await wait_for(pilot, lambda: screen.rows and screen.rows[0].id == f"{130:08x}",
+                       what="oldest first")
+        for _ in range(3):
+            await pilot.press("G")
+            await pilot.pause()
+        await wait_for(pilot, lambda: len(screen.rows) == 130 and screen.next_cursor is None,
+                       what="all pages oldest first")
+        assert [r.id for r in screen.rows] == [f"{i:08x}" for i in range(130, 0, -1)]
+        await pilot.press("l")
+        from dftui.screens.dialogs import LabelPicker
+
+        await wait_for(pilot, lambda: isinstance(app.screen, LabelPicker)
+                       and app.screen.query_one("#labels").option_count == 3, what="labels")
+        await pilot.press("down", "down", "enter")  # (all), batch-0, batch-1
+        await wait_for(pilot, lambda: screen.filters.label == "batch-1" and len(screen.rows) == 65,
+                       what="label filter")
+        assert all(r.label == "batch-1" for r in screen.rows)
