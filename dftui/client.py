@@ -209,6 +209,9 @@ class NodeInfo:
     ran_sql: str | None = None
     iteration: int | None = None
     attempt_history: list[Attempt] = field(default_factory=list)
+    # LOOP nodes: archived iterations from df.loop_history ({iteration, started_at, finished_at,
+    # nodes: [{node_id, status, result, error}]}), oldest first.
+    loop_iterations: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -809,6 +812,16 @@ class Client:
                 node.attempt_history.sort(
                     key=lambda a: (a.finished_at or a.started_at or datetime.min.replace(tzinfo=UTC))
                 )
+        if caps.has_loop_history and any(n.node_type == "LOOP" for n in nodes.values()):
+            for loop in self._rows(
+                "SELECT to_jsonb(l) AS j FROM df.loop_history l WHERE l.instance_id = %s"
+                " ORDER BY l.loop_node_id, l.iteration",
+                (instance_id,),
+            ):
+                data = loop["j"]
+                node = nodes.get(data.get("loop_node_id"))
+                if node is not None:
+                    node.loop_iterations.append(data)
         return list(nodes.values())
 
     def explain(self, source: str) -> str:

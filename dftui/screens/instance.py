@@ -7,6 +7,8 @@ the cursor and expansion) unless the node set itself changed.
 
 from __future__ import annotations
 
+import time
+
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -63,6 +65,7 @@ class InstanceScreen(Screen):
         self.follow = False
         self._tree_nodes: dict[str, TreeNode] = {}
         self._items: dict[int, GraphItem] = {}
+        self._refresh_cost = 0.0
 
     @property
     def dapp(self) -> DftuiApp:
@@ -94,7 +97,10 @@ class InstanceScreen(Screen):
         instance_id = self.instance_id
 
         def call(client: Client) -> tuple[InstanceDetail, list[NodeInfo]]:
-            return client.instance(instance_id), client.nodes(instance_id)
+            started = time.monotonic()
+            result = client.instance(instance_id), client.nodes(instance_id)
+            self._refresh_cost = time.monotonic() - started
+            return result
 
         self.dapp.run_db(self, call, self._apply, group="detail", on_error=self._failed)
 
@@ -123,6 +129,10 @@ class InstanceScreen(Screen):
     def _schedule_refresh(self) -> None:
         interval = self.dapp.refresh_interval
         if interval:
+            # Finished instances change only through retry; huge graphs cost more to re-read.
+            if self.detail is not None and self.detail.status in TERMINAL_STATUSES:
+                interval *= 3
+            interval = max(interval, min(self._refresh_cost * 10, 60.0))
             self.set_timer(interval, self._tick)
 
     def _tick(self) -> None:

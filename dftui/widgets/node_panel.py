@@ -20,7 +20,13 @@ from textual.widgets import Static
 
 from dftui.client import NodeInfo
 
-from .format import STATUS_STYLES, duration_between, format_time, status_text
+from .format import (
+    STATUS_STYLES,
+    STATUS_SYMBOLS,
+    duration_between,
+    format_time,
+    status_text,
+)
 from .graph import display_status, node_summary
 
 MAX_RESULT_ROWS = 50
@@ -60,6 +66,15 @@ def result_renderable(result: Any) -> RenderableType:
         more = f" (showing {MAX_RESULT_ROWS})" if len(rows) > MAX_RESULT_ROWS else ""
         return Group(table, Text(f"{count} row{'s' if count != 1 else ''}{more}", style="dim"))
     return JSON.from_data(result, indent=2)
+
+
+def _parse_ts(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
 
 
 def _cell(value: Any) -> str:
@@ -120,6 +135,26 @@ def node_details(
         parts += [_heading("Result"), result_renderable(node.result)]
     if node.status_details:
         parts += [_heading("Status details"), JSON.from_data(node.status_details, indent=2)]
+    if node.loop_iterations:
+        table = Table(show_edge=False, pad_edge=False, header_style="bold")
+        for col in ("iteration", "finished", "steps"):
+            table.add_column(col, overflow="fold")
+        for it in node.loop_iterations[-20:]:
+            body = it.get("nodes") or []
+            tally: dict[str, int] = {}
+            for entry in body if isinstance(body, list) else []:
+                status = str(entry.get("status", "?")) if isinstance(entry, dict) else "?"
+                tally[status] = tally.get(status, 0) + 1
+            steps = Text()
+            for status, n in sorted(tally.items()):
+                steps.append(f"{STATUS_SYMBOLS.get(status, '?')}{n} ", style=STATUS_STYLES.get(status, ""))
+            finished = it.get("finished_at")
+            table.add_row(str(it.get("iteration", "?")),
+                          format_time(_parse_ts(finished), tz, now, short=True), steps)
+        more = len(node.loop_iterations) - 20
+        parts += [_heading(f"Previous iterations ({len(node.loop_iterations)})"), table]
+        if more > 0:
+            parts.append(Text(f"(showing the last 20; {more} older)", style="dim"))
     if node.attempt_history:
         table = Table(show_edge=False, pad_edge=False, header_style="bold")
         for col in ("#", "status", "started", "took", "error"):

@@ -177,3 +177,51 @@ async def test_connection_loss_banner_and_recovery(db):
         assert "Connection lost" not in app.header_text(120).plain
         assert not header.has_class("-disconnected")
         await wait_for(pilot, lambda: len(screen.rows) == 1, what="list after reconnect")
+
+
+async def test_loop_iterations_and_attempts_in_panel(db):
+    from textual.widgets import Tree
+
+    from dftui.screens.instance import InstanceScreen
+
+    with db.connect() as conn:
+        conn.execute("CREATE TABLE public.ticks (n int)")
+        conn.execute("GRANT ALL ON public.ticks TO dftui_alice")
+    with running_engine(db.dsn()):
+        looped = start(db, "dftui_alice",
+                       "df.loop(df.seq('INSERT INTO public.ticks VALUES (1)', "
+                       "df.if('SELECT count(*) >= 3 FROM public.ticks', df.break('\"done\"'), "
+                       "'SELECT 0'))), 'looper'")
+        assert wait_terminal(db, looped) == "completed"
+        app = make_app(db, "dftui_alice", clock=None)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await _loaded(pilot, app)
+            app.push_screen(InstanceScreen(looped))
+            await wait_for(pilot, lambda: isinstance(app.screen, InstanceScreen)
+                           and app.screen.detail is not None, what="detail")
+            detail = app.screen
+            loop = next(n for n in detail.nodes.values() if n.node_type == "LOOP")
+            assert len(loop.loop_iterations) >= 2
+            tree = detail.query_one(Tree)
+            tree.move_cursor(detail._tree_nodes[loop.id])
+            await pilot.pause()
+            assert detail._selected_node_id() == loop.id
+            assert "LOOP" in tree.cursor_node.label.plain
+            assert "Previous iterations" in _panel_text(loop)
+            insert = next(n for n in detail.nodes.values() if n.query and "INSERT" in n.query)
+            assert insert.attempt_history and insert.attempt_history[-1].status == "completed"
+            text = _panel_text(insert)
+            assert "INSERT INTO public.ticks" in text and "Attempts" in text
+
+
+def _panel_text(node) -> str:
+    import io
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+
+    from dftui.widgets.node_panel import node_details
+
+    console = Console(width=120, record=True, file=io.StringIO())
+    console.print(node_details(node, "completed", now=datetime.now(UTC), tz=UTC))
+    return console.export_text()
