@@ -99,6 +99,8 @@ class DftuiApp(App[int]):
         self.disconnected: str | None = None  # the loss message while reconnecting
         self.reconnect_attempt = 0
         self.disconnections = 0  # how many times the connection was lost (shown in tests/logs)
+        self._last_error: str | None = None
+        self._last_error_at = 0.0
         if theme:
             self.theme = theme
 
@@ -187,6 +189,10 @@ class DftuiApp(App[int]):
                 if not worker.is_cancelled:
                     self._from_thread(on_error or self.notify_error, exc)
                 return
+            except Exception as exc:  # a bug, not a database error: one line, no traceback
+                self.log.error("unexpected error in a database worker", exc_info=exc)
+                self._from_thread(self.notify_error, f"internal error: {exc.__class__.__name__}: {exc}")
+                return
             if not worker.is_cancelled:
                 self._from_thread(on_done, result)
 
@@ -198,7 +204,13 @@ class DftuiApp(App[int]):
             self.call_from_thread(callback, *args)
 
     def notify_error(self, exc: ClientError | str) -> None:
+        """The server's message as a notification; the same message is not repeated while it is
+        still on screen (a failing live refresh would otherwise stack one every 2 s)."""
         message = exc.message if isinstance(exc, ClientError) else exc
+        now = time.monotonic()
+        if self._last_error == message and now - self._last_error_at < 8:
+            return
+        self._last_error, self._last_error_at = message, now
         self.notify(message, title="Database error", severity="error", timeout=8)
 
     # -- connection loss -----------------------------------------------------------------------
@@ -355,6 +367,13 @@ def run_app(conninfo: str, read_only: bool = False) -> int:
         if client.info is not None and client.info.backend == "none":
             print(
                 "dftui: the df schema is not installed in this database (run `dftui install`)",
+                file=sys.stderr,
+            )
+            return 1
+        if client.info is not None and not client.info.has_usage:
+            print(
+                f"dftui: role {client.info.role} may not use the df schema "
+                f"(an admin can run `dftui grant {client.info.role}`)",
                 file=sys.stderr,
             )
             return 1

@@ -94,6 +94,7 @@ class ConnectionInfo:
     backend_version: str | None
     is_superuser: bool
     capabilities: Capabilities
+    has_usage: bool = True  # USAGE on schema df (false: the role was never granted df usage)
 
     @property
     def title(self) -> str:
@@ -437,6 +438,8 @@ class Client:
                    (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_durable')
                        AS pg_durable_version,
                    EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'df') AS has_df,
+                   (SELECT pg_catalog.has_schema_privilege(n.oid, 'USAGE')
+                      FROM pg_catalog.pg_namespace n WHERE n.nspname = 'df') AS has_usage,
                    (SELECT c.relowner = r.oid FROM pg_catalog.pg_class c
                       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                      WHERE n.nspname = 'df' AND c.relname = 'instances') AS owns_instances
@@ -468,6 +471,7 @@ class Client:
             backend_version=backend_version,
             is_superuser=bool(row["is_superuser"]),
             capabilities=caps,
+            has_usage=bool(row["has_usage"]),
         )
 
     def _function_usable(self, schema: str, name: str) -> bool:

@@ -97,3 +97,26 @@ def test_connection_loss_and_reconnect(db):
             client.list_instances()
         client.reconnect()
         assert client.list_instances().rows == []
+
+
+def test_run_app_refuses_ungranted_role_and_bad_database(db, capsys):
+    from dftui.app import run_app
+
+    assert run_app(db.dsn("dftui_carol")) == 1
+    err = capsys.readouterr().err
+    assert "dftui_carol may not use the df schema" in err and "Traceback" not in err
+    assert run_app(db.dsn("dftui_alice").replace(db.name, "no_such_db_xyz")) == 1
+    err = capsys.readouterr().err
+    assert 'database "no_such_db_xyz" does not exist' in err
+    assert err.count("\n") == 1
+
+
+def test_application_name_and_capabilities(db):
+    with _client(db, "dftui_alice") as client:
+        assert db.scalar("SELECT application_name FROM pg_stat_activity WHERE pid = %s",
+                         (client.backend_pid(),)) == "dftui"
+        caps = client.capabilities
+        assert caps.can_retry and caps.has_node_runs and caps.has_engines
+        assert not caps.has_metrics and "metrics" in caps.reasons
+    with _client(db, None) as client:
+        assert client.info.is_superuser and client.capabilities.can_see_others
