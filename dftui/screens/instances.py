@@ -153,6 +153,7 @@ class InstancesScreen(Screen):
         self._generation = 0  # bumps on every filter change; stale pages are dropped
         self._columns: list[str] = []
         self._wide = False
+        self._width = 0
         self._refresh_timer = None
         self._refresh_cost = 0.0  # seconds the last live refresh took in the database
 
@@ -181,14 +182,16 @@ class InstancesScreen(Screen):
         self._schedule_refresh()
 
     def on_resize(self) -> None:
-        wide = self.size.width >= 120
-        if wide != self._wide:
+        width = self.size.width
+        if width != self._width:
+            keep = self.current_id  # before the columns (and the cursor) are rebuilt
             self._setup_columns()
-            self._render_rows(keep_id=self.current_id)
+            self._render_rows(keep_id=keep)
         self._render_summary()
 
     def _setup_columns(self) -> None:
         width = self.size.width or self.app.size.width
+        self._width = width
         self._wide = width >= 120
         see_others = bool(self.dapp.info and self.dapp.info.capabilities.can_see_others)
         table = self.query_one(DataTable)

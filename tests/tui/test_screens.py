@@ -192,3 +192,19 @@ async def test_sort_oldest_first_and_label_picker(db):
         await wait_for(pilot, lambda: screen.filters.label == "batch-1" and len(screen.rows) == 65,
                        what="label filter")
         assert all(r.label == "batch-1" for r in screen.rows)
+
+
+async def test_resize_keeps_cursor_and_adapts_columns(db):
+    seed_instances(db, [Seed(f"{i:08x}", "completed", minutes_ago=i) for i in range(1, 30)])
+    app = make_app(db, "dftui_alice")
+    async with app.run_test(size=(160, 48)) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.loaded_once)
+        table = screen.query_one(DataTable)
+        table.move_cursor(row=table.get_row_index("0000000c"))
+        await pilot.pause()
+        wide_step = table.columns["step"].width
+        await pilot.resize_terminal(80, 24)
+        await wait_for(pilot, lambda: screen._width == 80, what="resize handled")
+        assert screen.current_id == "0000000c"
+        assert table.columns["step"].width < wide_step
