@@ -275,6 +275,9 @@ class Health:
     stuck: list[WaitingStep]
     counts: StatusCounts
     server_now: datetime
+    # From dftui's health views when present (None on other backends):
+    step_rate: list[float] | None = None  # steps/s per 10-second bucket, last 15 min, oldest first
+    queue: dict[str, Any] | None = None  # df.queue_depth: runnable, waiting, oldest_due
 
 
 def _human_count(value: int) -> str:
@@ -960,26 +963,60 @@ class Client:
         return [EngineInfo(r["j"]) for r in self._rows("SELECT to_jsonb(e) AS j FROM df.engines e")]
 
     def health(self, *, stuck_after_seconds: int = 600, limit: int = 50) -> Health:
-        """Engines with heartbeats, waiting steps (signal/timer/cron), long-running steps."""
+        """Engines with heartbeats, waiting steps (signal/timer/cron), long-running steps, step
+        rate and queue depth. Uses dftui's health views (df.waiting_instances, df.stuck_instances,
+        df.step_rate, df.queue_depth) when the backend has them, else derives what it can."""
         engines = self.engines() if self.capabilities.has_engines else []
-        waiting = [
-            WaitingStep(r["instance_id"], r["label"], step_text(r["node_type"], r["query"]),
-                        r["node_type"], r["since"], r["status_details"], r["query"])
+        now_row = self._one("SELECT now() AS now")
+        assert now_row is not None
+        now: datetime = now_row["now"]
+        if self._relation_usable("df", "waiting_instances"):
+            waiting = []
             for r in self._rows(
                 """
-                SELECT n.instance_id, i.label, n.node_type, n.query, n.updated_at AS since,
-                       n.status_details
-                  FROM df.instances i
-                  JOIN df.nodes n ON n.instance_id = i.id
-                 WHERE i.status = 'running' AND n.status = 'running'
-                   AND n.node_type IN ('SIGNAL', 'SLEEP', 'WAIT_SCHEDULE')
-                 ORDER BY n.updated_at LIMIT %s
+                SELECT w.instance_id, w.label, w.node_type, w.waiting_for, w.detail, w.due_at,
+                       w.deadline, w.waiting_since, n.query
+                  FROM df.waiting_instances w
+                  LEFT JOIN df.nodes n ON n.instance_id = w.instance_id AND n.id = w.node_id
+                 ORDER BY w.due_at NULLS LAST, w.waiting_since LIMIT %s
                 """,
                 (limit,),
-            )
-        ]
+            ):
+                step = step_text(r["node_type"], r["query"]) if r["node_type"] else r["waiting_for"]
+                if r["waiting_for"] in ("retry backoff", "loop iteration", "queued"):
+                    step = f"{r['waiting_for']}: {step}"
+                waiting.append(WaitingStep(
+                    r["instance_id"], r["label"], step, r["node_type"] or "", r["waiting_since"],
+                    {"due_at": r["due_at"], "deadline": r["deadline"]}, r["query"]))
+        else:
+            waiting = [
+                WaitingStep(r["instance_id"], r["label"], step_text(r["node_type"], r["query"]),
+                            r["node_type"], r["since"], r["status_details"], r["query"])
+                for r in self._rows(
+                    """
+                    SELECT n.instance_id, i.label, n.node_type, n.query, n.updated_at AS since,
+                           n.status_details
+                      FROM df.instances i
+                      JOIN df.nodes n ON n.instance_id = i.id
+                     WHERE i.status = 'running' AND n.status = 'running'
+                       AND n.node_type IN ('SIGNAL', 'SLEEP', 'WAIT_SCHEDULE')
+                     ORDER BY n.updated_at LIMIT %s
+                    """,
+                    (limit,),
+                )
+            ]
         stuck: list[WaitingStep] = []
-        if self.capabilities.has_node_runs:
+        if self._relation_usable("df", "stuck_instances"):
+            stuck = [
+                WaitingStep(r["instance_id"], r["label"], r["reason"], r["node_type"] or "",
+                            r["since"])
+                for r in self._rows(
+                    "SELECT instance_id, label, node_type, reason, since FROM df.stuck_instances"
+                    " ORDER BY since LIMIT %s",
+                    (limit,),
+                )
+            ]
+        elif self.capabilities.has_node_runs:
             stuck = [
                 WaitingStep(r["instance_id"], r["label"], step_text(r["node_type"], r["query"]),
                             r["node_type"], r["since"])
@@ -997,9 +1034,20 @@ class Client:
                     (stuck_after_seconds, limit),
                 )
             ]
-        now_row = self._one("SELECT now() AS now")
-        assert now_row is not None
-        return Health(engines, waiting, stuck, self.status_counts(), now_row["now"])
+        step_rate = None
+        if self._relation_usable("df", "step_rate"):
+            buckets = {r["bucket"]: int(r["steps"]) for r in self._rows(
+                "SELECT bucket, steps FROM df.step_rate")}
+            # 90 buckets of 10 s = the last 15 minutes, empty buckets as zero.
+            newest = datetime.fromtimestamp(int(now.timestamp()) // 10 * 10, tz=UTC)
+            step_rate = []
+            for k in range(89, -1, -1):
+                bucket = datetime.fromtimestamp(newest.timestamp() - 10 * k, tz=UTC)
+                step_rate.append(buckets.get(bucket, 0) / 10.0)
+        queue = None
+        if self._relation_usable("df", "queue_depth"):
+            queue = self._one("SELECT runnable, waiting, oldest_due FROM df.queue_depth")
+        return Health(engines, waiting, stuck, self.status_counts(), now, step_rate, queue)
 
     def metrics(self) -> dict[str, Any]:
         if not self.capabilities.has_metrics:

@@ -35,6 +35,10 @@ def _ts(value) -> datetime | None:
 def wait_due(step: WaitingStep, now: datetime) -> datetime | None:
     """When a timer fires: SLEEP = when it began + seconds; WAIT_SCHEDULE = next cron match (UTC).
     Signals have no due time (unless they time out, shown in the step text)."""
+    if isinstance(step.details, dict) and step.details.get("due_at") is not None:
+        return step.details["due_at"]  # the engine's own timer (dftui health views)
+    if isinstance(step.details, dict) and step.details.get("deadline") is not None:
+        return step.details["deadline"]
     try:
         if step.node_type == "SLEEP" and step.since is not None:
             return step.since + timedelta(seconds=float(step.query or 0))
@@ -71,7 +75,7 @@ class EnginesScreen(Screen):
         yield AppHeader()
         with VerticalScroll(id="health"):
             yield Static(id="engines")
-            yield Static(Text("throughput (steps/s, per refresh)", style="bold"))
+            yield Static(Text("throughput (steps/s over the last 15 minutes)", style="bold"))
             yield Sparkline([0.0], id="throughput")
             yield Static(id="queues")
         yield Footer()
@@ -110,6 +114,8 @@ class EnginesScreen(Screen):
             if seconds > 0:
                 self.rates.append(max(total - self._last[1], 0) / seconds)
         self._last = (now, total)
+        if health.step_rate is not None:  # the server's per-10s history (last 15 minutes)
+            self.rates = deque(health.step_rate, maxlen=max(SAMPLES, len(health.step_rate)))
         self.query_one("#throughput", Sparkline).data = list(self.rates) or [0.0]
 
         reasons = self.dapp.client.capabilities.reasons
@@ -147,7 +153,14 @@ class EnginesScreen(Screen):
         queues.add_column("label")
         queues.add_column("since")
         summary = Text()
-        summary.append(f"queue depth: {counts.label('pending')} pending · "
+        if health.queue is not None:
+            summary.append(f"queue: {health.queue.get('runnable', 0)} runnable now · "
+                           f"{health.queue.get('waiting', 0)} waiting")
+            oldest = health.queue.get("oldest_due")
+            if oldest:
+                summary.append(f" · oldest due {age(oldest, now)}")
+            summary.append("\n")
+        summary.append(f"instances: {counts.label('pending')} pending · "
                        f"{counts.label('running')} running · {len(health.stuck)} stuck · "
                        f"{len(health.waiting)} waiting\n")
         for w in health.stuck:

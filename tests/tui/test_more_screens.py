@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.widgets import DataTable, Input
 
-from dftui.screens.engines import EnginesScreen
+from dftui.screens.engines import EnginesScreen, wait_due
 from dftui.screens.help import HelpScreen
 from dftui.screens.variables import ConfirmDialog, VarDialog, VariablesScreen
 from tests.engine_support import running_engine, start
@@ -73,7 +73,10 @@ async def test_variables_add_edit_delete_and_masking(db):
 
 async def test_engines_screen_shows_engine_and_waits(db):
     with running_engine(db.dsn()):
-        waiting = start(db, "dftui_alice", "df.wait_for_signal('go'), 'waiter'")
+        done = start(db, "dftui_alice", "'SELECT 1', 'quick'")
+        waiting = start(db, "dftui_alice", "df.wait_for_signal('go', 3600), 'waiter'")
+        wait_db(lambda: db.scalar("SELECT status FROM df.instances WHERE id = %s", (done,))
+                == "completed", what="quick instance done")
         wait_db(lambda: db.scalar("SELECT status FROM df.nodes WHERE instance_id = %s "
                                   "AND node_type = 'SIGNAL'", (waiting,)) == "running",
                 what="signal wait running")
@@ -87,6 +90,9 @@ async def test_engines_screen_shows_engine_and_waits(db):
             assert any(e.data.get("state") == "alive" for e in health.engines)
             assert [w.instance_id for w in health.waiting] == [waiting]
             assert "SIGNAL 'go'" in health.waiting[0].step
+            assert health.step_rate is not None and sum(health.step_rate) > 0
+            due = wait_due(health.waiting[0], health.server_now)
+            assert due is not None and due > health.server_now  # the signal's timeout
             await pilot.press("escape")
             assert not isinstance(app.screen, EnginesScreen)
 
