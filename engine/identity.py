@@ -197,13 +197,14 @@ class Trampolines:
             path = self._configured_path(conn, role_oid) or _DEFAULT_PATH
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(EXEC_SCHEMA)))
             conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(EXEC_SCHEMA)))
-            for name, returns, body in (
-                (f"step_{role_oid}", sql.SQL("SETOF record"), _STEP_BODY),
-                (f"exec_{role_oid}", sql.SQL("bigint"), _EXEC_BODY),
-                (f"rows_{role_oid}", sql.SQL("SETOF jsonb"), _ROWS_BODY),
-                (f"describe_{role_oid}", sql.SQL("void"), _DESCRIBE_BODY),
+            for name, args, returns, body in (
+                (f"step_{role_oid}", "q text", "SETOF record", _STEP_BODY),
+                (f"exec_{role_oid}", "q text", "bigint", _EXEC_BODY),
+                (f"rows_{role_oid}", "q text", "SETOF jsonb", _ROWS_BODY),
+                (f"describe_{role_oid}", "q text", "void", _DESCRIBE_BODY),
             ):
                 fn = sql.Identifier(EXEC_SCHEMA, name)
+                argtypes = sql.SQL(", ".join(a.split()[1] for a in args.split(", ")))
                 exists = conn.execute(
                     "SELECT p.proowner = %s FROM pg_catalog.pg_proc p "
                     "JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace "
@@ -212,15 +213,16 @@ class Trampolines:
                 ).fetchone()
                 if exists is not None:
                     # Drop and recreate: ownership or body may be stale (role renamed, path changed).
-                    conn.execute(sql.SQL("DROP FUNCTION {}(text)").format(fn))
+                    conn.execute(sql.SQL("DROP FUNCTION {}({})").format(fn, argtypes))
                 conn.execute(
                     sql.SQL(
-                        "CREATE FUNCTION {fn}(q text) RETURNS {returns} LANGUAGE plpgsql "
+                        "CREATE FUNCTION {fn}({args}) RETURNS {returns} LANGUAGE plpgsql "
                         "SECURITY DEFINER SET search_path TO {path} SET df.in_workflow = 'true' "
                         "AS {body}"
-                    ).format(fn=fn, returns=returns, path=sql.SQL(path), body=sql.Literal(body))
+                    ).format(fn=fn, args=sql.SQL(args), returns=sql.SQL(returns),
+                             path=sql.SQL(path), body=sql.Literal(body))
                 )
-                conn.execute(sql.SQL("REVOKE ALL ON FUNCTION {}(text) FROM PUBLIC").format(fn))
+                conn.execute(sql.SQL("REVOKE ALL ON FUNCTION {}({}) FROM PUBLIC").format(fn, argtypes))
                 # ALTER OWNER needs the new owner to have CREATE on the schema; grant it only for
                 # the duration of this transaction (matters in least-privilege mode).
                 conn.execute(
@@ -229,7 +231,7 @@ class Trampolines:
                     )
                 )
                 conn.execute(
-                    sql.SQL("ALTER FUNCTION {}(text) OWNER TO {}").format(fn, sql.Identifier(role))
+                    sql.SQL("ALTER FUNCTION {}({}) OWNER TO {}").format(fn, argtypes, sql.Identifier(role))
                 )
                 conn.execute(
                     sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(

@@ -28,11 +28,19 @@ class Column:
     typmod: int
 
 
+# Types with OIDs below this are built into PostgreSQL; only those are given to to_jsonb().
+FIRST_NORMAL_OID = 16384
+
+
 @dataclass(frozen=True)
 class TypeInfo:
     sql_name: str  # format_type(oid, NULL): schema-qualified unless in pg_catalog
     base_oid: int  # domains resolved to their base type
     pseudo: bool = False  # void, record, …: cannot appear in a column definition list
+    # A user-defined type (or array of one): to_jsonb would apply a user-defined cast to json,
+    # i.e. run the submitter's code with the engine's privileges. Such values are encoded
+    # through their output function instead (only superusers can write output functions).
+    user_defined: bool = False
 
 
 class TypeCache:
@@ -55,18 +63,22 @@ class TypeCache:
                       FROM base JOIN pg_catalog.pg_type t ON t.oid = base.typbasetype
                      WHERE base.typtype = 'd'
                 )
-                SELECT b.oid, pg_catalog.format_type(b.oid, NULL), b.cur, b.typtype = 'p'
+                SELECT b.oid, pg_catalog.format_type(b.oid, NULL), b.cur, b.typtype = 'p',
+                       b.cur >= %s OR COALESCE((SELECT e.typelem >= %s OR e.typrelid <> 0
+                                                  FROM pg_catalog.pg_type e WHERE e.oid = b.cur), false)
                   FROM base b WHERE b.typtype <> 'd'
                 """,
-                (missing,),
+                (missing, FIRST_NORMAL_OID, FIRST_NORMAL_OID),
             ).fetchall()
             with self._lock:
-                for oid, name, base, pseudo in rows:
-                    self._types[oid] = TypeInfo(name, base, pseudo)
+                for oid, name, base, pseudo, user_defined in rows:
+                    self._types[oid] = TypeInfo(name, base, pseudo, user_defined)
         return {o: self._types[o] for o in oids if o in self._types}
 
 
-def _encode(expr: str, base_oid: int) -> str:
+def _encode(expr: str, base_oid: int, user_defined: bool = False) -> str:
+    if user_defined:
+        return f"pg_catalog.to_jsonb(pg_catalog.format('%%s', {expr}))"  # %% : psycopg placeholder escape
     if base_oid in FLOATS:
         return (f"CASE WHEN {expr} IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8) "
                 f"THEN 'null'::jsonb ELSE pg_catalog.to_jsonb({expr}) END")
@@ -108,7 +120,7 @@ def encoding_query(columns: list[Column], types: dict[int, TypeInfo], call: str)
             # keep precision modifiers where they change the type's identity for RETURN QUERY
             type_sql = info.sql_name
         coldefs.append(f"c{i} {type_sql}")
-        pairs.append((col.name, _encode(f"t.c{i}", info.base_oid)))
+        pairs.append((col.name, _encode(f"t.c{i}", info.base_oid, info.user_defined)))
     # jsonb_build_object takes at most 100 arguments: build in chunks and concatenate.
     chunks = []
     for start in range(0, len(pairs), 40):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,7 +22,9 @@ from psycopg import sql
 from engine import http as http_steps
 from engine.config import EngineConfig
 from engine.identity import (
+    DESCRIBE_PORTAL,
     Trampolines,
+    describe_function,
     exec_function,
     is_non_transactional,
     rows_function,
@@ -138,12 +139,6 @@ def retry_delay(policy: dict[str, Any] | None, attempt: int, failure: StepFailur
 
 
 # -- handlers ---------------------------------------------------------------------------------
-
-def _user_search_path(path: str, role: str) -> str:
-    """Replace "$user" with the submitter's quoted name (the engine is not the submitter)."""
-    quoted = '"' + role.strip('"').replace('"', '""') + '"' if not role.startswith('"') else role
-    return re.sub(r'"\$user"|\$user', lambda _m: quoted, path)
-
 
 class StepRunner:
     """Runs leaf nodes for one worker connection."""
@@ -273,39 +268,21 @@ class StepRunner:
 
     def _run_fused(self, conn: psycopg.Connection, task: Task, role: str, text: str,
                    started: datetime) -> None:
-        """The exactly-once path: the step and its checkpoint are one statement, one commit."""
-        path = self.trampolines.search_path(conn.info.dbname, task.role_oid)
-        if path is None:
+        """The exactly-once path: the step and its checkpoint are one statement, one commit.
+
+        User code only runs inside the submitter's trampolines: describing (describe_<oid>) and
+        executing (step_/rows_/exec_<oid>). The engine's own part of the statement encodes rows
+        with built-in functions only: values of user-defined types go through their output
+        function (format('%s')), never to_jsonb, which would apply a user-defined cast to json.
+        """
+        if self.trampolines.search_path(conn.info.dbname, task.role_oid) is None:
             raise EngineStatementError("trampoline missing")  # ensured before BEGIN by the worker
-        key = (task.role_oid, path, text)
-        columns = self.describe_cache.get(key)
-        cached = columns is not None
-        if columns is None:
-            user_path = _user_search_path(path, sql.Identifier(role).as_string(conn))
-            conn.execute("SELECT pg_catalog.set_config('search_path', %s, true)", (user_path,))
-            columns = self._describe(conn, text)
-            conn.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)")
-            self.describe_cache.put(key, columns)
+        columns, cached, key = self._columns(conn, task, text)
         details = {"columns": [c.name for c in columns]} if columns else None
-        checkpoint = ("SELECT df_internal.complete_task(%s, %s, %s, r.env, %s::jsonb, %s, %s, %s) "
-                      "FROM ({}) r")
-        params: list[Any] = [task.instance_id, task.node_id, task.gen,
+        result_sql, result_params = self._result_expression(conn, task, text, columns, self.types)
+        query = (f"SELECT df_internal.complete_task(%s, %s, %s, {result_sql}, %s::jsonb, %s, %s, %s)")
+        params: list[Any] = [task.instance_id, task.node_id, task.gen, *result_params,
                              json.dumps(details) if details else None, text, self.engine_id, started]
-        if columns:
-            types = self.types.lookup(conn, {c.type_oid for c in columns})
-            try:
-                if needs_generic_rows(columns, types):
-                    inner = generic_query(f"{rows_function(task.role_oid)}(%s)")
-                else:
-                    inner = encoding_query(columns, types, f"{step_function(task.role_oid)}(%s)")
-            except UnsupportedType as exc:
-                raise StepFailure(str(exc), ran_sql=text) from exc
-            query = checkpoint.replace("{}", inner)
-        else:
-            query = checkpoint.replace("{}", (
-                "SELECT pg_catalog.jsonb_build_object('rows', '[]'::jsonb, 'row_count', 0) AS env, "
-                f"{exec_function(task.role_oid)}(%s) AS affected"))
-        params.append(text)
         try:
             with conn.pipeline():
                 conn.execute(query, params)
@@ -319,6 +296,63 @@ class StepRunner:
             raise StepFailure(_message(exc), kind=failure_kind(exc.sqlstate),
                               sqlstate=exc.sqlstate, ran_sql=text) from exc
         self.committed = True
+
+    def _columns(self, conn: psycopg.Connection, task: Task,
+                 text: str) -> tuple[list[Column], bool, tuple[int, str, str]]:
+        path = self.trampolines.search_path(conn.info.dbname, task.role_oid) or ""
+        key = (task.role_oid, f"{conn.info.dbname}:{path}", text)
+        columns = self.describe_cache.get(key)
+        if columns is not None:
+            return columns, True, key
+        columns = self._describe(conn, task, text)
+        self.describe_cache.put(key, columns)
+        return columns, False, key
+
+    def _result_expression(self, conn: psycopg.Connection, task: Task, text: str,
+                           columns: list[Column], types_cache: TypeCache) -> tuple[str, list[Any]]:
+        """SQL expression (and its parameters) that runs the step and yields the envelope."""
+        if not columns:
+            return (f"(SELECT pg_catalog.jsonb_build_object('rows', '[]'::jsonb, 'row_count', 0) "
+                    f"FROM (SELECT {exec_function(task.role_oid)}(%s)) AS x)"), [text]
+        types = types_cache.lookup(conn, {c.type_oid for c in columns})
+        try:
+            if needs_generic_rows(columns, types):
+                enc = generic_query(f"{rows_function(task.role_oid)}(%s)")
+            else:
+                enc = encoding_query(columns, types, f"{step_function(task.role_oid)}(%s)")
+        except UnsupportedType as exc:
+            raise StepFailure(str(exc), ran_sql=text) from exc
+        return f"({enc})", [text]
+
+    def _describe(self, conn: psycopg.Connection, task: Task, text: str) -> list[Column]:
+        """Result columns of the step, learnt without the engine parsing it as itself.
+
+        describe_<oid> opens a cursor over the step as the submitter (parse analysis and
+        planning can run user code); the engine describes that portal, then rolls the savepoint
+        back, discarding the portal and anything planning did. Statements that return no rows
+        cannot be opened as a cursor (42P11): they have no columns.
+        """
+        try:
+            with conn.pipeline():
+                conn.execute("SAVEPOINT describe")
+                conn.execute(f"SELECT {describe_function(task.role_oid)}(%s)", (text,))
+        except psycopg.Error as exc:
+            conn.execute("ROLLBACK TO SAVEPOINT describe")
+            if exc.sqlstate == "42P11":
+                return []
+            raise StepFailure(_message(exc), sqlstate=exc.sqlstate,
+                              kind=failure_kind(exc.sqlstate), ran_sql=text) from exc
+        try:
+            res = conn.pgconn.describe_portal(DESCRIBE_PORTAL.encode())
+            if res.status != psycopg.pq.ExecStatus.COMMAND_OK:
+                raise StepFailure(_pq_message(res), sqlstate=_pq_state(res), ran_sql=text)
+            enc = conn.info.encoding
+            return [
+                Column((res.fname(i) or b"?column?").decode(enc), res.ftype(i), res.fmod(i))
+                for i in range(res.nfields)
+            ]
+        finally:
+            conn.execute("ROLLBACK TO SAVEPOINT describe")
 
     # -- steps that cannot share the checkpoint's transaction (at-least-once) -------------------
     def side_connection(self, database: str) -> psycopg.Connection:
@@ -358,24 +392,15 @@ class StepRunner:
         self.side_active = conn
         try:
             conn.execute("BEGIN")
-            user_path = _user_search_path(path, sql.Identifier(role).as_string(conn))
-            conn.execute("SELECT pg_catalog.set_config('search_path', %s, true)", (user_path,))
-            columns = self._describe(conn, text)
-            conn.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)")
-            if columns:
-                types = self.types_for(database).lookup(conn, {c.type_oid for c in columns})
-                try:
-                    query = (generic_query(f"{rows_function(task.role_oid)}(%s)")
-                             if needs_generic_rows(columns, types)
-                             else encoding_query(columns, types, f"{step_function(task.role_oid)}(%s)"))
-                except UnsupportedType as exc:
-                    raise StepFailure(str(exc), ran_sql=text) from exc
-                row = conn.execute(query, (text,)).fetchone()
-                result = row[0]
-            else:
-                conn.execute(f"SELECT {exec_function(task.role_oid)}(%s)", (text,))
-                result = {"rows": [], "row_count": 0}
+            columns = self._describe(conn, task, text)
+            result_sql, result_params = self._result_expression(
+                conn, task, text, columns, self.types_for(database))
+            result = conn.execute(f"SELECT {result_sql}", result_params).fetchone()[0]
             conn.execute("COMMIT")
+        except StepFailure:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("ROLLBACK")
+            raise
         except psycopg.Error as exc:
             with contextlib.suppress(psycopg.Error):
                 conn.execute("ROLLBACK")
@@ -418,23 +443,6 @@ class StepRunner:
         if cache is None:
             cache = self._types_by_db[database] = TypeCache()
         return cache
-
-    def _describe(self, conn: psycopg.Connection, text: str) -> list[Column]:
-        pgconn = conn.pgconn
-        res = pgconn.prepare(b"", text.encode())
-        if res.status != psycopg.pq.ExecStatus.COMMAND_OK:
-            raise StepFailure(_pq_message(res), sqlstate=_pq_state(res),
-                              kind=failure_kind(_pq_state(res)), ran_sql=text)
-        res = pgconn.describe_prepared(b"")
-        if res.status != psycopg.pq.ExecStatus.COMMAND_OK:
-            raise StepFailure(_pq_message(res), sqlstate=_pq_state(res), ran_sql=text)
-        if res.nparams:
-            raise StepFailure("a step cannot contain parameter placeholders ($1, $2, …)", ran_sql=text)
-        enc = conn.info.encoding
-        return [
-            Column((res.fname(i) or b"?column?").decode(enc), res.ftype(i), res.fmod(i))
-            for i in range(res.nfields)
-        ]
 
     def run_http(self, conn: psycopg.Connection, task: Task, started: datetime) -> None:
         role = self.check_identity(task)

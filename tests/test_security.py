@@ -207,9 +207,6 @@ RESULT_ENCODING_ATTACKS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="HOLE (engine/results.py): the result envelope query runs "
-                   "to_jsonb() as the engine, which applies the submitter's cast to json; fix: "
-                   "route user-defined column types through the rows_ trampoline")
 def test_result_encoding_never_runs_user_casts_as_the_engine(db, eng):
     """The engine turns result rows into JSON; to_jsonb() applies a type's cast to json, and
     the attacker owns that cast."""
@@ -228,8 +225,6 @@ PARSE_TIME_ATTACKS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="HOLE (engine/steps.py): the step is parsed by the engine as "
-                   "itself to describe it; fix: describe the portal opened by describe_<oid>")
 def test_describing_a_step_runs_no_user_code_as_the_engine(db, eng):
     """The engine learns a step's result columns by preparing it; parse analysis runs the input
     functions of literals, which run domain CHECK constraints (user functions)."""
@@ -495,11 +490,6 @@ def test_loopback_helpers_cannot_act_as_the_engine_or_another_role(db, eng, mode
     memberships (the dblink loopbacks) must not let the step act as another role. (In
     least-privilege mode the helpers are owned by a non-superuser and dblink refuses to open
     password-less sessions for them.)"""
-    if mode == "superuser":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="HOLE (030_start.sql, 050_lifecycle.sql): the dblink loopback "
-            "helpers trust session_user, which is the engine inside a step; fix: refuse when "
-            "df_internal.in_engine_step()"))
     with db.connect(BOB) as conn:
         victim = conn.execute("SELECT df.start(df.wait_for_signal('go', 600))").fetchone()[0]
     attacks = {

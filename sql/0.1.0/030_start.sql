@@ -470,6 +470,12 @@ DECLARE
     v_state    text;
     v_super    text := lower(coalesce(current_setting('pg_durable.enable_superuser_instances', true), ''));
 BEGIN
+    -- Inside a workflow step session_user is the engine, not the submitter: its memberships
+    -- must not be borrowed (security.md, execution identity).
+    IF df_internal.in_engine_step() THEN
+        RAISE EXCEPTION 'transaction_mode => ''new'' cannot be used inside a workflow step'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     -- The loopback logs in as as_role, so only accept roles the session could become anyway:
     -- itself, or a role it may SET ROLE to. (A SECURITY DEFINER wrapper owned by a role the
     -- session cannot become is refused; use transaction_mode => 'caller' there.)

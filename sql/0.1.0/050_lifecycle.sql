@@ -96,6 +96,11 @@ DECLARE
     v_result  text;
     v_can_set boolean;
 BEGIN
+    -- Inside a workflow step session_user is the engine: never borrow its memberships; the
+    -- caller falls back to queueing the signal in its own transaction.
+    IF df_internal.in_engine_step() THEN
+        RETURN false;
+    END IF;
     IF p_role IS NULL OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = p_role) THEN
         RETURN false;
     END IF;
