@@ -15,6 +15,7 @@ every ``dftui upgrade``, because new objects are created by the installing super
   to see every role's instances; ordinary roles keep their column grants from df.grant_usage.
 * ``GRANT CREATE ON DATABASE`` so the engine can create its ``df_exec`` schema (created here
   right away, owned by the role, with nothing granted to PUBLIC).
+* ``GRANT pg_read_all_settings``: df.signal's loopback helper reads server settings.
 * ``GRANT SET ON PARAMETER df.in_workflow``: the trampolines carry that setting, and only a
   superuser or a role granted SET may put a custom parameter into a function's SET clause.
 * ``GRANT submitter TO role`` for each submitter role given: a trampoline is a SECURITY DEFINER
@@ -32,6 +33,7 @@ reviewers and for operators who prefer to run it by hand::
     GRANT CREATE ON DATABASE mydb TO dftui_engine;
     CREATE SCHEMA df_exec AUTHORIZATION dftui_engine; REVOKE ALL ON SCHEMA df_exec FROM PUBLIC;
     GRANT SET ON PARAMETER "df.in_workflow" TO dftui_engine;
+    GRANT pg_read_all_settings TO dftui_engine;
     GRANT app_backend TO dftui_engine;   -- PostgreSQL 16+: WITH INHERIT TRUE, SET TRUE
 
 Consequences: ``df.start(transaction_mode => 'new')`` and the dblink loopback of df.signal need
@@ -151,6 +153,9 @@ def setup_engine_role(conn: psycopg.Connection, role: str, *,
         # naming a custom (placeholder) parameter needs SET privilege on it (PostgreSQL 15+).
         for param in WORKFLOW_PARAMETERS:
             conn.execute(sql.SQL("GRANT SET ON PARAMETER {} TO {}").format(sql.Identifier(param), owner))
+        # df.signal's loopback helper reads unix_socket_directories; without a superuser owner
+        # it cannot open its dblink session anyway and falls back to the caller's transaction.
+        conn.execute(sql.SQL("GRANT pg_read_all_settings TO {}").format(owner))
         for submitter in submitters:
             grant = sql.SQL("GRANT {} TO {}").format(sql.Identifier(submitter), owner)
             if server >= 160000:

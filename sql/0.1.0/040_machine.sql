@@ -110,20 +110,30 @@ END $$;
 
 -- Ordinary roles may only move a non-terminal instance to 'cancelled'. Terminal states are never
 -- overwritten by anyone, except by df.retry (which sets df.retrying for its own update).
+-- SECURITY INVOKER on purpose: the check is about who runs the UPDATE. (As SECURITY DEFINER,
+-- current_user would always be the owner and every role could set any status.) A privileged
+-- caller is a superuser or a member of the df schema owner: the engine, and the SECURITY
+-- DEFINER df_internal functions df.retry reaches through the instances trigger. The check is
+-- inlined because ordinary roles cannot execute df_internal functions.
 CREATE FUNCTION df_internal.guard_instance_update() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    privileged boolean := EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+                                   WHERE r.rolname = current_user AND r.rolsuper)
+        OR pg_catalog.pg_has_role(current_user,
+              (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'df'), 'MEMBER');
 BEGIN
     IF NEW.status IS DISTINCT FROM OLD.status THEN
         IF OLD.status IN ('completed', 'failed', 'cancelled')
-           AND COALESCE(current_setting('df.retrying', true), '') <> NEW.id THEN
+           AND NOT (privileged AND COALESCE(current_setting('df.retrying', true), '') = NEW.id) THEN
             NEW.status := OLD.status;          -- never overwritten
             NEW.completed_at := OLD.completed_at;
-        ELSIF NEW.status <> 'cancelled' AND NOT df_internal.is_privileged() THEN
+        ELSIF NEW.status <> 'cancelled' AND NOT privileged THEN
             RAISE EXCEPTION 'only df.cancel may change an instance''s status'
                 USING ERRCODE = 'insufficient_privilege';
         END IF;
     END IF;
-    IF NEW.submitted_by IS DISTINCT FROM OLD.submitted_by AND NOT df_internal.is_privileged() THEN
+    IF NEW.submitted_by IS DISTINCT FROM OLD.submitted_by AND NOT privileged THEN
         RAISE EXCEPTION 'submitted_by cannot be changed' USING ERRCODE = 'insufficient_privilege';
     END IF;
     NEW.updated_at := now();
@@ -694,23 +704,173 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     SELECT i.status FROM df.instances i WHERE i.id = p_instance
 $$;
 
--- Begin an instance: build parent links, mark it running, activate the root.
+-- text -> jsonb, NULL when it does not parse (node configs written by direct DML).
+CREATE FUNCTION df_internal.try_jsonb(p text) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN p::jsonb;
+EXCEPTION WHEN OTHERS THEN
+    RETURN NULL;
+END $$;
+
+-- Check the graph of an instance before it starts. df.start validates strictly, but a granted
+-- role may also INSERT df.instances / df.nodes directly (pg_durable's column grants), so the
+-- engine must not trust the rows: a cycle or a shared child would unfold forever, a malformed
+-- config would make every claim of the instance fail. Raises with a description of the first
+-- problem; start_instance turns that into a failed instance.
+CREATE FUNCTION df_internal.check_graph(p_instance varchar) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    root varchar;
+    bad text;
+    missing text;
+    total integer;
+BEGIN
+    SELECT i.root_node INTO root FROM df.instances i WHERE i.id = p_instance;
+    SELECT string_agg(format('%s (%s)', x.id, x.node_type), ', ' ORDER BY x.id) INTO bad
+      FROM df.nodes x
+     WHERE x.instance_id = p_instance
+       AND x.node_type IN ('IF', 'JOIN', 'LOOP', 'SIGNAL', 'HTTP', 'HTTP_MULTIPART', 'BREAK')
+       AND x.query IS NOT NULL AND df_internal.try_jsonb(x.query) IS NULL;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'node config is not valid JSON: %', bad;
+    END IF;
+    SELECT string_agg(format('%s (%s)', x.id, x.node_type), ', ' ORDER BY x.id) INTO bad
+      FROM df.nodes x
+     WHERE x.instance_id = p_instance AND x.node_type IN ('IF', 'JOIN', 'LOOP')
+       AND x.query IS NOT NULL
+       AND (jsonb_typeof(x.query::jsonb) <> 'object'
+            OR (x.query::jsonb ? 'condition_node'
+                AND jsonb_typeof(x.query::jsonb -> 'condition_node') <> 'string')
+            OR (x.query::jsonb ? 'extra_nodes'
+                AND jsonb_typeof(x.query::jsonb -> 'extra_nodes') <> 'array'));
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'malformed child reference in the config of %', bad;
+    END IF;
+
+    -- Every node has at most one parent and the root none: then what is reachable from the
+    -- root is a finite tree (a cycle would need a node with two parents to be reachable).
+    WITH refs AS (
+        SELECT x.id AS parent, c.child
+          FROM df.nodes x
+         CROSS JOIN LATERAL (
+             SELECT x.left_node AS child WHERE x.left_node IS NOT NULL
+             UNION ALL SELECT x.right_node WHERE x.right_node IS NOT NULL
+             UNION ALL SELECT x.query::jsonb ->> 'condition_node'
+              WHERE x.node_type IN ('IF', 'LOOP') AND x.query IS NOT NULL
+                AND x.query::jsonb ? 'condition_node'
+             UNION ALL SELECT e.value
+               FROM jsonb_array_elements_text(CASE WHEN x.node_type = 'JOIN' AND x.query IS NOT NULL
+                                                   THEN x.query::jsonb -> 'extra_nodes' END) AS e(value)
+         ) c
+         WHERE x.instance_id = p_instance
+    ), twice AS (
+        SELECT r.child FROM refs r GROUP BY r.child HAVING count(*) > 1 OR r.child = root
+    )
+    SELECT (SELECT string_agg(t.child, ', ' ORDER BY t.child) FROM twice t),
+           (SELECT string_agg(DISTINCT r.child, ', ') FROM refs r
+             WHERE NOT EXISTS (SELECT 1 FROM df.nodes x WHERE x.instance_id = p_instance AND x.id = r.child))
+      INTO bad, missing;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'the graph is not a tree: node(s) % are referenced more than once', bad;
+    END IF;
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'referenced node(s) % do not exist', missing;
+    END IF;
+
+    WITH RECURSIVE refs AS (
+        SELECT x.id AS parent, c.child
+          FROM df.nodes x
+         CROSS JOIN LATERAL (
+             SELECT x.left_node AS child WHERE x.left_node IS NOT NULL
+             UNION ALL SELECT x.right_node WHERE x.right_node IS NOT NULL
+             UNION ALL SELECT x.query::jsonb ->> 'condition_node'
+              WHERE x.node_type IN ('IF', 'LOOP') AND x.query IS NOT NULL
+                AND x.query::jsonb ? 'condition_node'
+             UNION ALL SELECT e.value
+               FROM jsonb_array_elements_text(CASE WHEN x.node_type = 'JOIN' AND x.query IS NOT NULL
+                                                   THEN x.query::jsonb -> 'extra_nodes' END) AS e(value)
+         ) c
+         WHERE x.instance_id = p_instance
+    ), reach AS (
+        SELECT root::varchar AS id
+        UNION
+        SELECT r.child FROM reach JOIN refs r ON r.parent = reach.id
+    )
+    SELECT count(*),
+           string_agg(format('%s (%s)', x.id, x.node_type), ', ' ORDER BY x.id) FILTER (WHERE NOT CASE x.node_type
+        WHEN 'SQL' THEN btrim(x.query, E' \t\r\n;') <> ''
+        WHEN 'SLEEP' THEN x.query ~ '^\s*[0-9]{1,12}\s*$'
+        WHEN 'WAIT_SCHEDULE' THEN btrim(x.query) <> ''
+        WHEN 'BREAK' THEN true
+        WHEN 'SIGNAL' THEN jsonb_typeof(x.query::jsonb) = 'object'
+            AND jsonb_typeof(x.query::jsonb -> 'name') = 'string'
+            AND COALESCE(jsonb_typeof(x.query::jsonb -> 'timeout_seconds'), 'null') IN ('null', 'number')
+        WHEN 'HTTP' THEN jsonb_typeof(x.query::jsonb) = 'object'
+            AND jsonb_typeof(x.query::jsonb -> 'url') = 'string'
+            AND COALESCE(jsonb_typeof(x.query::jsonb -> 'method'), 'null') IN ('null', 'string')
+            AND COALESCE(jsonb_typeof(x.query::jsonb -> 'headers'), 'null') IN ('null', 'object')
+            AND COALESCE(jsonb_typeof(x.query::jsonb -> 'timeout_seconds'), 'null') IN ('null', 'number')
+        WHEN 'HTTP_MULTIPART' THEN jsonb_typeof(x.query::jsonb) = 'object'
+            AND jsonb_typeof(x.query::jsonb -> 'url') = 'string'
+            AND COALESCE(jsonb_typeof(x.query::jsonb -> 'method'), 'null') IN ('null', 'string')
+            AND COALESCE(jsonb_typeof(x.query::jsonb -> 'headers'), 'null') IN ('null', 'object')
+            AND COALESCE(jsonb_typeof(x.query::jsonb -> 'timeout_seconds'), 'null') IN ('null', 'number')
+            AND jsonb_typeof(x.query::jsonb -> 'parts') = 'array'
+            AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(x.query::jsonb -> 'parts') p(v)
+                             WHERE jsonb_typeof(p.v) <> 'object'
+                                OR jsonb_typeof(p.v -> 'name') IS DISTINCT FROM 'string')
+        WHEN 'IF' THEN x.query IS NOT NULL
+            AND ((x.query::jsonb ? 'condition_node') <> (x.query::jsonb ? 'if_rows'))
+            AND COALESCE(jsonb_typeof(x.query::jsonb -> 'if_rows'), 'string') = 'string'
+        ELSE true   -- THEN, JOIN, RACE, LOOP: shape checked by constraints and above
+     END)
+      INTO total, bad
+      FROM df.nodes x JOIN reach g ON g.id = x.id
+     WHERE x.instance_id = p_instance;
+    IF total > 10000 THEN
+        RAISE EXCEPTION 'Workflow exceeds maximum node count of 10000 (% nodes)', total;
+    END IF;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'invalid node configuration: %', bad;
+    END IF;
+END $$;
+
+-- Begin an instance: check the graph, build parent links, mark it running, activate the root.
+-- An instance that cannot start (a hand-made graph df.start would have refused) fails with the
+-- reason; it must never make the claim fail, which would wedge every worker on it.
 CREATE FUNCTION df_internal.start_instance(p_instance varchar) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     root varchar;
+    msg text;
 BEGIN
     IF df_internal.lock_instance(p_instance) IS DISTINCT FROM 'pending' THEN
         DELETE FROM df_internal.tasks t WHERE t.instance_id = p_instance AND t.kind = 'start';
         RETURN;
     END IF;
     DELETE FROM df_internal.tasks t WHERE t.instance_id = p_instance AND t.kind = 'start';
-    PERFORM df_internal.build_node_meta(p_instance);
-    UPDATE df.instances i SET status = 'running' WHERE i.id = p_instance;
-    UPDATE df_internal.instance_state s SET started_at = COALESCE(s.started_at, now())
-     WHERE s.instance_id = p_instance;
     SELECT i.root_node INTO root FROM df.instances i WHERE i.id = p_instance;
-    PERFORM df_internal.drive(p_instance, jsonb_build_array(jsonb_build_object('op', 'activate', 'node', root)));
+    BEGIN
+        PERFORM df_internal.check_graph(p_instance);
+        PERFORM df_internal.build_node_meta(p_instance);
+        UPDATE df.instances i SET status = 'running' WHERE i.id = p_instance;
+        UPDATE df_internal.instance_state s SET started_at = COALESCE(s.started_at, now())
+         WHERE s.instance_id = p_instance;
+        PERFORM df_internal.drive(p_instance, jsonb_build_array(jsonb_build_object('op', 'activate', 'node', root)));
+    EXCEPTION
+        WHEN query_canceled OR lock_not_available OR deadlock_detected OR serialization_failure
+             OR admin_shutdown THEN
+            RAISE;
+        WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+            msg := 'Invalid durable function graph: ' || msg;
+            UPDATE df.nodes x SET status = 'failed', result = to_jsonb(msg), error = msg, updated_at = now()
+             WHERE x.instance_id = p_instance AND x.id = root;
+            UPDATE df_internal.instance_state s SET started_at = COALESCE(s.started_at, now())
+             WHERE s.instance_id = p_instance;
+            PERFORM df_internal.finish_instance(p_instance, 'failed', NULL, msg);
+    END;
 END $$;
 
 -- Is this (instance, node, generation) still the live one? Used to fence every write.
