@@ -17,6 +17,7 @@ from engine_support import node_rows, root_result, start, wait_terminal
 from security_support import (
     ALICE,
     BOB,
+    ENGINE_ROLE,
     assert_no_escalation,
     counters,
     engine_in_mode,
@@ -511,3 +512,72 @@ def test_loopback_helpers_cannot_act_as_the_engine_or_another_role(db, eng, mode
     assert not others, f"a step started instances as {others}"
     assert db.scalar("SELECT count(*) FROM df.instances WHERE submitted_by = 'dftui_bob'::regrole") == 1
     assert_no_escalation(db)
+
+
+# -- 7. other databases and non-transactional statements ----------------------------------------
+
+@pytest.fixture
+def locked_database(db):
+    """A database alice may not connect to (REVOKE CONNECT FROM PUBLIC)."""
+    name = f"{db.name}_locked"
+    with db.connect() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'REVOKE CONNECT ON DATABASE "{name}" FROM PUBLIC')
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ENGINE_ROLE,)).fetchone():
+            conn.execute(f'GRANT CONNECT ON DATABASE "{name}" TO {ENGINE_ROLE}')
+    yield name
+    with db.connect() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_steps_cannot_reach_a_database_the_submitter_cannot_connect_to(db, eng, mode, locked_database,
+                                                                      request):
+    if mode == "superuser":
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="HOLE (engine/steps.py, 030_start.sql): steps run in the instance's "
+            "database without checking the submitter's CONNECT privilege there"))
+    with db.connect(ALICE) as conn:
+        with pytest.raises(psycopg.errors.OperationalError):
+            psycopg.connect(db.server.conninfo(locked_database, ALICE)).close()
+        try:
+            iid = conn.execute("SELECT df.start('SELECT current_database()::text AS db', database => %s)",
+                               (locked_database,)).fetchone()[0]
+        except psycopg.errors.InsufficientPrivilege:
+            return  # refused at start: fine
+    assert wait_terminal(db, iid) == "failed"
+    with psycopg.connect(db.server.conninfo(locked_database), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'df_exec'").fetchone()[0] == 0
+
+
+NON_TRANSACTIONAL_SETUP = """
+CREATE TABLE evil.big (x int);
+INSERT INTO evil.big SELECT g FROM generate_series(1, 50) g;
+CREATE FUNCTION evil.idx(x int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    PERFORM evil.witness_quiet(x);
+    BEGIN
+        EXECUTE 'RESET ROLE';     -- refused in a security-restricted operation
+        PERFORM pg_catalog.nextval('evil.escalated');
+    EXCEPTION WHEN OTHERS THEN NULL;
+    END;
+    RETURN x;
+END $$;
+CREATE INDEX big_idx ON evil.big (evil.idx(x));
+"""
+
+
+def test_non_transactional_steps_run_as_the_submitter_only(db, eng):
+    """VACUUM / CREATE INDEX CONCURRENTLY cannot run in a function, so they run outside the
+    trampoline; user code they reach (index expressions) must not get the engine's identity."""
+    alice_sql(db, NON_TRANSACTIONAL_SETUP)
+    ids = start_many(db, ALICE, {
+        "vacuum analyze": "'VACUUM (ANALYZE) evil.big'",
+        "create index concurrently": "'CREATE INDEX CONCURRENTLY big_idx2 ON evil.big (evil.idx(x + 1))'",
+        "reindex concurrently": "'REINDEX INDEX CONCURRENTLY evil.big_idx'",
+        "smuggled second statement": "'VACUUM evil.big; RESET ROLE; ALTER ROLE dftui_alice SUPERUSER'",
+    })
+    for name, iid in ids.items():
+        assert wait_terminal(db, iid) in ("completed", "failed"), name
+    assert wait_terminal(db, ids["smuggled second statement"]) == "failed"
+    assert_no_escalation(db)
+    assert counters(db)[1] > 0
