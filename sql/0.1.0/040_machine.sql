@@ -93,7 +93,8 @@ $$;
 CREATE FUNCTION df_internal.on_instance_insert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    meta jsonb := COALESCE(NULLIF(current_setting('df.start_meta', true), '')::jsonb, '{}');
+    raw text := NULLIF(current_setting('df.start_meta', true), '');
+    meta jsonb := COALESCE(raw::jsonb, '{}');
 BEGIN
     PERFORM set_config('df.start_meta', '', true);
     INSERT INTO df_internal.instance_state
@@ -101,9 +102,22 @@ BEGIN
     VALUES (NEW.id, NEW.submitted_by, NEW.database,
             COALESCE((SELECT jsonb_object_agg(v.name, v.value) FROM df.vars v
                        WHERE v.owner = NEW.submitted_by), '{}'),
-            meta, meta -> 'instance_retry_policy');
-    INSERT INTO df_internal.tasks (instance_id, node_id, gen, kind)
-    VALUES (NEW.id, NEW.root_node, 0, 'start');
+            meta, NULLIF(meta -> 'instance_retry_policy', 'null'::jsonb));
+    IF raw IS NOT NULL THEN
+        -- df.start inserted a validated graph before this row: activate it now, in the caller's
+        -- transaction, so the first leaves are queued the moment df.start commits (no separate
+        -- start transaction in the engine). The instance reads 'pending' until its first
+        -- checkpoint. A hand-made graph that cannot be activated fails the caller's INSERT.
+        PERFORM df_internal.build_node_meta(NEW.id);
+        UPDATE df_internal.instance_state s SET started_at = now() WHERE s.instance_id = NEW.id;
+        PERFORM df_internal.drive(NEW.id, jsonb_build_array(jsonb_build_object(
+            'op', 'activate', 'node', NEW.root_node)));
+    ELSE
+        -- Rows inserted by hand (nodes may follow under the deferred FKs): the engine validates
+        -- and starts the graph when it claims this task.
+        INSERT INTO df_internal.tasks (instance_id, node_id, gen, kind)
+        VALUES (NEW.id, NEW.root_node, 0, 'start');
+    END IF;
     PERFORM pg_notify('df_work', NEW.id);
     RETURN NULL;
 END $$;
@@ -459,7 +473,7 @@ BEGIN
                 UPDATE df.nodes x SET status = st, result = res, error = CASE WHEN st = 'failed' THEN err END,
                        updated_at = now()
                  WHERE x.instance_id = p_instance AND x.id = nid;
-                UPDATE df_internal.node_meta x SET finished_at = now()
+                UPDATE df_internal.node_meta x SET finished_at = clock_timestamp()
                  WHERE x.instance_id = p_instance AND x.node_id = nid;
             END IF;
             IF st = 'completed' AND n.result_name IS NOT NULL THEN
@@ -670,7 +684,7 @@ BEGIN
         END IF;
         SELECT m.gen INTO cur_gen FROM df_internal.node_meta m
          WHERE m.instance_id = t.instance_id AND m.node_id = t.node_id;
-        IF inst_status = 'running' AND cur_gen = t.gen THEN
+        IF inst_status IN ('pending', 'running') AND cur_gen = t.gen THEN
             EXIT;
         END IF;
         DELETE FROM df_internal.tasks x WHERE x.instance_id = t.instance_id AND x.node_id = t.node_id;
@@ -873,13 +887,20 @@ BEGIN
     END;
 END $$;
 
+-- A started instance reads 'pending' until its first checkpoint (so df.start stays cheap and
+-- df.cancel never waits behind a first step); then 'running'.
+CREATE FUNCTION df_internal.mark_running(p_instance varchar) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE df.instances i SET status = 'running' WHERE i.id = p_instance AND i.status = 'pending'
+$$;
+
 -- Is this (instance, node, generation) still the live one? Used to fence every write.
 CREATE FUNCTION df_internal.task_is_live(p_instance varchar, p_node varchar, p_gen integer)
 RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT EXISTS (
         SELECT 1 FROM df_internal.node_meta m JOIN df.instances i ON i.id = m.instance_id
          WHERE m.instance_id = p_instance AND m.node_id = p_node AND m.gen = p_gen
-           AND i.status = 'running')
+           AND i.status IN ('pending', 'running'))
 $$;
 
 -- Checkpoint a finished leaf: record the attempt, write the result, run the interpreter.
@@ -896,23 +917,25 @@ BEGIN
     IF NOT df_internal.task_is_live(p_instance, p_node, p_gen) THEN
         RETURN false;
     END IF;
-    UPDATE df_internal.node_meta x SET attempts = x.attempts + 1, ran_sql = p_ran_sql
+    UPDATE df_internal.node_meta x SET attempts = x.attempts + 1, ran_sql = p_ran_sql,
+                                       started_at = COALESCE(p_started_at, x.started_at)
      WHERE x.instance_id = p_instance AND x.node_id = p_node
     RETURNING * INTO m;
     INSERT INTO df_internal.node_attempts (instance_id, node_id, iteration, attempt, status,
-                                           started_at, ran_sql, engine_id)
+                                           started_at, ran_sql, engine_id, finished_at)
     VALUES (p_instance, p_node,
             COALESCE((SELECT lm.iteration FROM df_internal.node_meta lm
                        WHERE lm.instance_id = p_instance AND lm.node_id =
                              (SELECT pm.parent_id FROM df_internal.node_meta pm
                                WHERE pm.instance_id = p_instance AND pm.node_id = p_node)), 0),
-            m.attempts, 'completed', p_started_at, p_ran_sql, p_engine);
+            m.attempts, 'completed', p_started_at, p_ran_sql, p_engine, clock_timestamp());
     IF p_details IS NOT NULL THEN
         UPDATE df.nodes x SET status_details = p_details
          WHERE x.instance_id = p_instance AND x.id = p_node;
     END IF;
     PERFORM df_internal.drive(p_instance, jsonb_build_array(jsonb_build_object(
         'op', 'done', 'node', p_node, 'status', 'completed', 'result', p_result)));
+    PERFORM df_internal.mark_running(p_instance);
     RETURN true;
 END $$;
 
@@ -934,10 +957,11 @@ BEGIN
      WHERE x.instance_id = p_instance AND x.node_id = p_node
     RETURNING * INTO m;
     INSERT INTO df_internal.node_attempts (instance_id, node_id, attempt, status, started_at,
-                                           error, ran_sql, engine_id)
+                                           error, ran_sql, engine_id, finished_at)
     VALUES (p_instance, p_node, m.attempts,
             CASE WHEN p_retry_delay IS NULL THEN 'failed' ELSE 'retrying' END,
-            p_started_at, p_error, p_ran_sql, p_engine);
+            p_started_at, p_error, p_ran_sql, p_engine, clock_timestamp());
+    PERFORM df_internal.mark_running(p_instance);
     IF p_retry_delay IS NOT NULL THEN
         UPDATE df_internal.tasks t SET run_at = now() + p_retry_delay, phase = 'start', deadline = NULL
          WHERE t.instance_id = p_instance AND t.node_id = p_node;
@@ -965,6 +989,7 @@ BEGIN
     END IF;
     UPDATE df_internal.tasks t SET run_at = p_until, phase = 'waiting', deadline = p_deadline
      WHERE t.instance_id = p_instance AND t.node_id = p_node;
+    PERFORM df_internal.mark_running(p_instance);
     UPDATE df.nodes x SET status_details = jsonb_strip_nulls(jsonb_build_object(
                'waiting_until', CASE WHEN p_until < 'infinity' THEN p_until END,
                'deadline', p_deadline))

@@ -43,7 +43,7 @@ SELECT i.id AS instance_id, i.label, i.submitted_by, m.node_id, n.node_type,
        'step running since ' || to_char(m.started_at, 'YYYY-MM-DD HH24:MI:SS TZ') AS reason,
        m.started_at AS since
   FROM df_internal.node_meta m
-  JOIN df.instances i ON i.id = m.instance_id AND i.status = 'running'
+  JOIN df.instances i ON i.id = m.instance_id AND i.status IN ('pending', 'running')
   JOIN df.nodes n ON n.instance_id = m.instance_id AND n.id = m.node_id
  WHERE n.status = 'running'
    AND n.node_type IN ('SQL', 'HTTP', 'HTTP_MULTIPART')
