@@ -259,6 +259,7 @@ class _Worker:
         self.thread_done = threading.Event()
         self.runner = StepRunner(engine.config, engine.id, engine.trampolines, engine.types)
         self._needs_discard = False
+        self.more_work = True
 
     def cancel_statement(self) -> None:
         for conn in (self.conn, self.runner.side_active):
@@ -274,10 +275,12 @@ class _Worker:
                     if self.conn is None or self.conn.closed:
                         self.conn = connect(self.engine.config.dsn, f"worker {self.number}")
                         self._needs_discard = False
+                    self.more_work = True
                     found = self.step_once(self.conn)
                     backoff = 0.2
                     if found:
-                        self.engine.wake(1)  # there may be more: chain-wake another worker
+                        if self.more_work:
+                            self.engine.wake(1)  # more is due: chain-wake another worker
                     else:
                         self.engine.wait_for_work(self._idle_timeout())
                 except psycopg.OperationalError as exc:
@@ -311,8 +314,9 @@ class _Worker:
         conn = self.conn
         if conn is not None and not conn.closed:
             with contextlib.suppress(psycopg.Error):
-                row = conn.execute("SELECT EXTRACT(EPOCH FROM (min(run_at) - now()))::float8 "
-                                   "FROM df_internal.tasks").fetchone()
+                row = conn.execute(
+                    "SELECT pg_catalog.date_part('epoch', pg_catalog.min(run_at) "
+                    "OPERATOR(pg_catalog.-) pg_catalog.now()) FROM df_internal.tasks").fetchone()
                 if row and row[0] is not None:
                     timeout = max(0.005, min(timeout, row[0] + 0.002))
         return timeout
@@ -338,6 +342,7 @@ class _Worker:
             role_name=row[17], role_can_login=bool(row[18]), role_is_super=bool(row[19]),
             superuser_allowed=bool(row[20]),
         )
+        self.more_work = bool(row[21]) if row[21] is not None else True
         self.busy = True
         self.current = (task.instance_id, task.node_id)
         try:
@@ -362,8 +367,20 @@ class _Worker:
             self.current = None
 
     def _run_leaf(self, conn: psycopg.Connection, task: Task) -> None:
-        started = datetime.now(UTC)
+        """Run one leaf. After a SQL step, whatever happened, the session is wiped with
+        DISCARD ALL before the engine sends anything else on this connection: user code may have
+        changed search_path, created temporary objects or prepared statements."""
         self._needs_discard = task.node_type == "SQL"
+        try:
+            self._run_leaf_transaction(conn, task)
+        finally:
+            if self._needs_discard and not conn.closed and (
+                    conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE):
+                conn.execute("DISCARD ALL")
+                self._needs_discard = False
+
+    def _run_leaf_transaction(self, conn: psycopg.Connection, task: Task) -> None:
+        started = datetime.now(UTC)
         self.runner.committed = False
         try:
             self.runner.run(conn, task, started)

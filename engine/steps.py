@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -277,7 +278,7 @@ class StepRunner:
         """
         if self.trampolines.search_path(conn.info.dbname, task.role_oid) is None:
             raise EngineStatementError("trampoline missing")  # ensured before BEGIN by the worker
-        columns, cached, key = self._columns(conn, task, text)
+        columns, cached, key = self._columns(conn, task, text, _cache_text(task.query or "", text))
         details = {"columns": [c.name for c in columns]} if columns else None
         result_sql, result_params = self._result_expression(conn, task, text, columns, self.types)
         query = (f"SELECT df_internal.complete_task(%s, %s, %s, {result_sql}, %s::jsonb, %s, %s, %s)")
@@ -297,10 +298,10 @@ class StepRunner:
                               sqlstate=exc.sqlstate, ran_sql=text) from exc
         self.committed = True
 
-    def _columns(self, conn: psycopg.Connection, task: Task,
-                 text: str) -> tuple[list[Column], bool, tuple[int, str, str]]:
+    def _columns(self, conn: psycopg.Connection, task: Task, text: str,
+                 cache_text: str) -> tuple[list[Column], bool, tuple[int, str, str]]:
         path = self.trampolines.search_path(conn.info.dbname, task.role_oid) or ""
-        key = (task.role_oid, f"{conn.info.dbname}:{path}", text)
+        key = (task.role_oid, f"{conn.info.dbname}:{path}", cache_text)
         columns = self.describe_cache.get(key)
         if columns is not None:
             return columns, True, key
@@ -482,6 +483,19 @@ class StepRunner:
         except http_steps.HttpTransientError as exc:
             raise StepFailure(str(exc), kind=exc.kind, ran_sql=f"{req.method} {url}") from exc
         self.complete(conn, task, result, None, f"{req.method} {url}", started)
+
+
+_USER_VAR = re.compile(r"\{(?!sys_instance_id\}|sys_label\})[A-Za-z_][A-Za-z0-9_]*\}")
+
+
+def _cache_text(template: str, substituted: str) -> str:
+    """Key for the describe cache. Scalar substitutions ($name, {sys_…}) change values, not the
+    result's columns, so steps share one description per template; user {vars} and $name.*
+    relations can change columns, so those are keyed by the substituted text. A stale entry is
+    caught anyway: the trampoline refuses rows whose types differ (42804) and we re-describe."""
+    if ".*" in template or _USER_VAR.search(template):
+        return substituted
+    return "template:" + template
 
 
 def _raised_in_step(exc: psycopg.Error) -> bool:

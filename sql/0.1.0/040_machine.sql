@@ -132,6 +132,8 @@ END $$;
 CREATE FUNCTION df_internal.guard_instance_update() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    -- (Not current_setting('is_superuser'): it follows SET ROLE but not SECURITY DEFINER, so
+    -- inside a step it would report the engine.)
     privileged boolean := EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
                                    WHERE r.rolname = current_user AND r.rolsuper)
         OR pg_catalog.pg_has_role(current_user,
@@ -629,7 +631,7 @@ RETURNS TABLE (instance_id varchar, node_id varchar, gen integer, kind text, pha
                submitted_by regrole, role_oid oid, database text, vars jsonb,
                named_results jsonb, label text, attempts integer, retry_policy jsonb,
                role_name name, role_can_login boolean, role_is_super boolean,
-               superuser_allowed boolean)
+               superuser_allowed boolean, more boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
@@ -701,7 +703,12 @@ BEGIN
            i.label, COALESCE(m.attempts, 0), COALESCE(m.retry_policy, s.retry_policy),
            r.rolname, r.rolcanlogin, r.rolsuper,
            COALESCE(current_setting('pg_durable.enable_superuser_instances', true), '')
-               IN ('on', 'true', '1', 'yes')
+               IN ('on', 'true', '1', 'yes'),
+           -- another task is due: the engine wakes one more worker (no empty claims otherwise)
+           EXISTS (SELECT 1 FROM df_internal.tasks x2
+                    WHERE x2.run_at <= now()
+                      AND (x2.instance_id, x2.node_id) <> (t.instance_id, t.node_id)
+                    LIMIT 1)
       FROM df_internal.instance_state s
       JOIN df.instances i ON i.id = s.instance_id
       LEFT JOIN df.nodes n ON n.instance_id = t.instance_id AND n.id = t.node_id
