@@ -386,6 +386,12 @@ class StepRunner:
         """Run the step in another database: its own transaction there, then the checkpoint
         here. A crash between the two commits re-runs the step (documented at-least-once)."""
         conn = self.side_connection(database)
+        allowed = conn.execute(
+            "SELECT pg_catalog.has_database_privilege(%s::oid, pg_catalog.current_database(), 'CONNECT')",
+            (task.role_oid,)).fetchone()
+        if not allowed or not allowed[0]:
+            raise StepFailure(f"role \"{role}\" does not have CONNECT privilege on database "
+                              f"\"{database}\"", kind="identity")
         path = self.trampolines.ensure(conn, task.role_oid)
         if not path:
             raise StepFailure(f"the submitting role (oid {task.role_oid}) does not exist in "

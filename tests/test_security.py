@@ -532,10 +532,6 @@ def locked_database(db):
 
 def test_steps_cannot_reach_a_database_the_submitter_cannot_connect_to(db, eng, mode, locked_database,
                                                                       request):
-    if mode == "superuser":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="HOLE (engine/steps.py, 030_start.sql): steps run in the instance's "
-            "database without checking the submitter's CONNECT privilege there"))
     with db.connect(ALICE) as conn:
         with pytest.raises(psycopg.errors.OperationalError):
             psycopg.connect(db.server.conninfo(locked_database, ALICE)).close()
