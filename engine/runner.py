@@ -29,7 +29,7 @@ import psycopg
 
 from engine import __version__, schema
 from engine.config import EngineConfig
-from engine.identity import Trampolines
+from engine.identity import Trampolines, reset_session
 from engine.results import TypeCache
 from engine.steps import EngineStatementError, StepFailure, StepRunner, Task, retry_delay
 
@@ -323,9 +323,9 @@ class _Worker:
 
     def step_once(self, conn: psycopg.Connection) -> bool:
         """Claim and run one task. Returns False when nothing was due."""
+        if self._needs_discard:
+            reset_session(conn)
         with conn.pipeline():
-            if self._needs_discard:
-                conn.execute("DISCARD ALL")
             conn.execute("BEGIN")
             cur = conn.execute("SELECT * FROM df_internal.claim_task(%s)", (self.engine.id,))
             conn.execute("SAVEPOINT step")
@@ -368,7 +368,7 @@ class _Worker:
 
     def _run_leaf(self, conn: psycopg.Connection, task: Task) -> None:
         """Run one leaf. After a SQL step, whatever happened, the session is wiped with
-        DISCARD ALL before the engine sends anything else on this connection: user code may have
+        reset_session() (DISCARD ALL minus plans) before the engine sends anything else on this connection: user code may have
         changed search_path, created temporary objects or prepared statements."""
         self._needs_discard = task.node_type == "SQL"
         try:
@@ -376,7 +376,7 @@ class _Worker:
         finally:
             if self._needs_discard and not conn.closed and (
                     conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE):
-                conn.execute("DISCARD ALL")
+                reset_session(conn)
                 self._needs_discard = False
 
     def _run_leaf_transaction(self, conn: psycopg.Connection, task: Task) -> None:

@@ -28,6 +28,7 @@ from engine.identity import (
     describe_function,
     exec_function,
     is_non_transactional,
+    reset_session,
     rows_function,
     step_function,
 )
@@ -416,7 +417,7 @@ class StepRunner:
         finally:
             self.side_active = None
             with contextlib.suppress(psycopg.Error):
-                conn.execute("DISCARD ALL")
+                reset_session(conn)
         return result, ({"columns": [c.name for c in columns], "database": database}
                         if columns else {"database": database})
 
@@ -442,7 +443,7 @@ class StepRunner:
             self.side_active = None
             with contextlib.suppress(psycopg.Error):
                 conn.execute("RESET ROLE")
-                conn.execute("DISCARD ALL")
+                reset_session(conn)
         return {"rows": [], "row_count": 0}
 
     def types_for(self, database: str) -> TypeCache:
