@@ -530,8 +530,7 @@ def locked_database(db):
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def test_steps_cannot_reach_a_database_the_submitter_cannot_connect_to(db, eng, mode, locked_database,
-                                                                      request):
+def test_steps_cannot_reach_a_database_the_submitter_cannot_connect_to(db, eng, locked_database):
     with db.connect(ALICE) as conn:
         with pytest.raises(psycopg.errors.OperationalError):
             psycopg.connect(db.server.conninfo(locked_database, ALICE)).close()

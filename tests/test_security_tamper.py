@@ -8,6 +8,8 @@ neither change what runs nor as whom, nor wedge the engine for everybody else.
 
 from __future__ import annotations
 
+import json
+
 import psycopg
 import pytest
 from engine_support import node_rows, root_result, start, wait_for, wait_terminal
@@ -165,17 +167,38 @@ HOSTILE_GRAPHS = {
 }
 
 
-def test_hand_made_graphs_fail_cleanly_and_never_wedge_the_engine(db, eng1):
+@pytest.mark.parametrize("forged_meta", [False, True], ids=["plain", "forged-start-meta"])
+def test_hand_made_graphs_fail_cleanly_and_never_wedge_the_engine(db, eng1, forged_meta):
     """A granted role may INSERT df.instances / df.nodes directly (pg_durable's grants), which
-    skips df.start's validation. Such instances must fail with a clear error; the engine (one
-    worker here) must keep serving everybody else."""
+    skips df.start's validation. Such instances must fail with a clear error (or the INSERT is
+    refused); the engine (one worker here) must keep serving everybody else. `df.start_meta` is
+    the hand-off setting df.start uses; the attacker can set it too."""
     ids = {}
     with db.connect(ALICE, autocommit=False) as conn:
+        refused = []
         for n, (name, nodes) in enumerate(HOSTILE_GRAPHS.items()):
             iid = f"{0xbad00000 + n:08x}"
-            _direct_instance(conn, iid, nodes)
+            conn.execute("SAVEPOINT g")
+            conn.execute("SET CONSTRAINTS ALL DEFERRED")  # as in a fresh transaction
+            try:
+                if forged_meta:
+                    conn.execute("SELECT set_config('df.start_meta', '{}', true)")
+                conn.execute("SET LOCAL statement_timeout = '5s'")
+                _direct_instance(conn, iid, nodes)
+                conn.execute("SET CONSTRAINTS ALL IMMEDIATE")  # make the INSERTs' checks run here
+            except psycopg.Error as exc:
+                # With a forged hand-off the graph is activated in the attacker's own INSERT: a
+                # cycle may then burn that session's time until its statement_timeout. That is
+                # the attacker's own session; what matters is that the engine is unaffected.
+                assert forged_meta or not isinstance(exc, psycopg.errors.QueryCanceled), name
+                conn.execute("ROLLBACK TO SAVEPOINT g")
+                refused.append(name)
+                continue
+            conn.execute("RELEASE SAVEPOINT g")
             ids[name] = iid
         conn.commit()
+    if not forged_meta:
+        assert refused == [], "rows the grants allow should be accepted (the engine must cope)"
     bobs = [start(db, BOB, "'SELECT 1 AS ok'") for _ in range(2)]
     for iid in bobs:
         assert wait_terminal(db, iid, 120) == "completed", errors(db, iid)
@@ -183,6 +206,24 @@ def test_hand_made_graphs_fail_cleanly_and_never_wedge_the_engine(db, eng1):
         assert wait_terminal(db, iid, 120) == "failed", name
         assert db.scalar("SELECT count(*) FROM df_internal.tasks WHERE instance_id = %s", (iid,)) == 0, name
     assert_no_escalation(db)
+
+
+@pytest.mark.parametrize("meta", [
+    {"node_retry_policies": {"000000a1": {"max_attempts": "many"}}},
+    {"instance_retry_policy": {"max_attempts": 10 ** 12, "backoff_seconds": -1}},
+    {"node_retry_policies": ["not", "an", "object"]},
+    "not an object",
+])
+def test_forged_start_meta_policies_are_validated(db, attacker, meta):
+    """df.start hands retry policies to the insert trigger through df.start_meta; a role
+    inserting rows by hand can set that too. A bad policy must be refused, not trusted."""
+    before = counts(db)
+    with db.connect(ALICE, autocommit=False) as conn:
+        conn.execute("SELECT set_config('df.start_meta', %s, true)", (json.dumps(meta),))
+        with pytest.raises(psycopg.Error, match="(?i)retry|policy|max_attempts|df.start_meta|backoff"):
+            _direct_instance(conn, "bad0ffee", [("000000a1", "SQL", "SELECT 1", None, None)])
+        conn.rollback()
+    assert counts(db) == before
 
 
 # -- submitters whose standing changes mid-flight -----------------------------------------------

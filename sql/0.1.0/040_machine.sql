@@ -108,6 +108,11 @@ BEGIN
         -- transaction, so the first leaves are queued the moment df.start commits (no separate
         -- start transaction in the engine). The instance reads 'pending' until its first
         -- checkpoint. A hand-made graph that cannot be activated fails the caller's INSERT.
+        -- df.start_meta is an ordinary setting: anyone inserting rows by hand can set it, so
+        -- the graph and the retry policies are checked here too (cheap next to df.start's own
+        -- validation; a forged hand-off must not smuggle a cycle or a bad policy past it).
+        PERFORM df_internal.check_graph(NEW.id);
+        PERFORM df_internal.check_start_meta(meta);
         PERFORM df_internal.build_node_meta(NEW.id);
         UPDATE df_internal.instance_state s SET started_at = now() WHERE s.instance_id = NEW.id;
         PERFORM df_internal.drive(NEW.id, jsonb_build_array(jsonb_build_object(
@@ -748,6 +753,9 @@ DECLARE
     total integer;
 BEGIN
     SELECT i.root_node INTO root FROM df.instances i WHERE i.id = p_instance;
+    IF NOT EXISTS (SELECT 1 FROM df.nodes x WHERE x.instance_id = p_instance AND x.id = root) THEN
+        RAISE EXCEPTION 'the root node % does not exist', root;
+    END IF;
     SELECT string_agg(format('%s (%s)', x.id, x.node_type), ', ' ORDER BY x.id) INTO bad
       FROM df.nodes x
      WHERE x.instance_id = p_instance
@@ -855,6 +863,31 @@ BEGIN
     IF bad IS NOT NULL THEN
         RAISE EXCEPTION 'invalid node configuration: %', bad;
     END IF;
+END $$;
+
+-- The retry policies handed over in df.start_meta, validated like df.start does (the setting
+-- can be forged by anyone who inserts rows by hand; the engine trusts these policies).
+CREATE FUNCTION df_internal.check_start_meta(p_meta jsonb) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pol jsonb;
+BEGIN
+    IF jsonb_typeof(p_meta) <> 'object'
+       OR COALESCE(jsonb_typeof(p_meta -> 'node_retry_policies'), 'object') NOT IN ('object', 'null') THEN
+        RAISE EXCEPTION 'invalid df.start_meta: expected {"instance_retry_policy": ..., "node_retry_policies": {...}}'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR pol IN
+        SELECT p_meta -> 'instance_retry_policy'
+        UNION ALL
+        SELECT e.value FROM jsonb_each(CASE WHEN jsonb_typeof(p_meta -> 'node_retry_policies') = 'object'
+                                            THEN p_meta -> 'node_retry_policies' END) AS e
+    LOOP
+        IF pol IS NOT NULL AND jsonb_typeof(pol) <> 'null' THEN
+            PERFORM 1 FROM df.graph_nodes(jsonb_build_object('node_type', 'SQL', 'query', 'SELECT 1',
+                                                             'retry_policy', pol)::text);
+        END IF;
+    END LOOP;
 END $$;
 
 -- Begin an instance: check the graph, build parent links, mark it running, activate the root.
