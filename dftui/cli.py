@@ -172,11 +172,32 @@ def tui(
 
 
 @app.command()
-def install(ctx: typer.Context, dsn: DsnOption = None) -> None:
+def install(
+    ctx: typer.Context,
+    dsn: DsnOption = None,
+    engine_role: Annotated[
+        str | None,
+        typer.Option("--engine-role", metavar="ROLE",
+                     help="Least-privilege mode: make this existing non-superuser role own the df "
+                     "schemas and run the engine as it (see docs/security.md). Re-run after "
+                     "upgrades and after granting new roles."),
+    ] = None,
+) -> None:
     """Install the df schema (idempotent; one transaction). Needs a superuser."""
     with _connect(_resolve_dsn(ctx, dsn)) as conn:
         change = admin.install(conn, upgrade=False)
+        if engine_role is not None:
+            from engine import privileges
+
+            submitters = privileges.granted_submitters(conn, exclude=engine_role)
+            try:
+                privileges.setup_engine_role(conn, engine_role, submitters=submitters)
+            except privileges.PrivilegeSetupError as exc:
+                fail(str(exc))
     typer.echo(change.describe())
+    if engine_role is not None:
+        typer.echo(f"engine role {engine_role} owns the df schemas and may run steps as: "
+                   f"{', '.join(submitters) or '(no granted roles yet)'}")
     from engine import schema
 
     latest = schema.latest_version()

@@ -7,7 +7,9 @@ for. Every isolation guarantee (per-role trampolines, RLS, frozen identity) is t
 modes; ``tests/test_security.py`` runs its attacks against both.
 
 What :func:`setup_engine_role` does (run it as a superuser, after ``dftui install`` and after
-every ``dftui upgrade``, because new objects are created by the installing superuser):
+every ``dftui upgrade``, because new objects are created by the installing superuser; the CLI
+does it with ``dftui install --engine-role ROLE``, granting the engine every role that
+df.grant_usage has granted so far):
 
 * ``ALTER ... OWNER TO role`` for the schemas ``df`` and ``df_internal`` and every table, view,
   sequence, function and type in them (extension members such as dblink stay as they are). The
@@ -107,6 +109,21 @@ def _objects(conn: psycopg.Connection) -> list[tuple[str, sql.Composable]]:
             ident = sql.Composed([ident, sql.SQL("(" + args + ")")])
         out.append((kind, ident))
     return out
+
+
+def granted_submitters(conn: psycopg.Connection, exclude: str | None = None) -> list[str]:
+    """Roles df.grant_usage has granted (USAGE on schema df), superusers and `exclude` left out:
+    the roles the engine must be able to run steps as, by default."""
+    rows = conn.execute(
+        """
+        SELECT r.rolname FROM pg_catalog.pg_namespace n,
+               LATERAL pg_catalog.aclexplode(n.nspacl) a
+          JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+         WHERE n.nspname = 'df' AND a.privilege_type = 'USAGE' AND NOT r.rolsuper
+           AND r.oid <> n.nspowner AND r.rolname IS DISTINCT FROM %s
+         ORDER BY 1
+        """, (exclude,)).fetchall()
+    return sorted({r[0] for r in rows})
 
 
 def setup_engine_role(conn: psycopg.Connection, role: str, *,

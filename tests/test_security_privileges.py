@@ -123,3 +123,20 @@ def test_owner_engine_cannot_become_superuser(db):
                      "CREATE EXTENSION IF NOT EXISTS plpython3u", "ALTER SYSTEM SET work_mem = '1MB'"):
             with pytest.raises(psycopg.Error):
                 conn.execute(stmt)
+
+
+def test_cli_install_with_engine_role(db, capsys):
+    from dftui.cli import main
+
+    with db.connect() as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ENGINE_ROLE,)).fetchone():
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(ENGINE_ROLE)))
+    assert main(["install", "--dsn", db.dsn(), "--engine-role", ENGINE_ROLE]) == 0
+    out = capsys.readouterr().out
+    assert ENGINE_ROLE in out and ALICE in out
+    assert _not_owned(db, ENGINE_ROLE) == []
+    assert db.scalar("SELECT pg_has_role(%s, %s, 'MEMBER')", (ENGINE_ROLE, ALICE))
+    for role, fragment in (("postgres", "is a superuser"), ("dftui_no_such_role", "does not exist")):
+        assert main(["install", "--dsn", db.dsn(), "--engine-role", role]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("dftui: ") and err.count("\n") == 1 and fragment in err, err
