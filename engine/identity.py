@@ -105,13 +105,16 @@ DESCRIBE_PORTAL = "df_describe"
 # locks can be), so df_internal.in_engine_step() can tell, unforgeably, that user code is
 # running inside an engine step, where session_user is the engine and not the caller.
 STEP_LOCK_KEYS = (72629379, 1)
+# df.in_workflow = 'true' for the step. Set in the body rather than as a function SET clause: a
+# non-superuser engine (least-privilege mode) may not attach custom GUCs to functions.
+_IN_WORKFLOW = "    PERFORM pg_catalog.set_config('df.in_workflow', 'true', true);\n"
 _MARK = (f"    PERFORM pg_catalog.pg_advisory_xact_lock_shared({STEP_LOCK_KEYS[0]}, "
          f"{STEP_LOCK_KEYS[1]});\n")
 
 
 _STEP_BODY = """
 BEGIN
-""" + _MARK + """    RETURN QUERY EXECUTE q;
+""" + _MARK + _IN_WORKFLOW + """    RETURN QUERY EXECUTE q;
     SET CONSTRAINTS ALL IMMEDIATE;
     EXECUTE 'CLOSE ALL';
 END
@@ -123,7 +126,7 @@ _ROWS_BODY = """
 DECLARE
     r record;
 BEGIN
-""" + _MARK + """    FOR r IN EXECUTE q LOOP
+""" + _MARK + _IN_WORKFLOW + """    FOR r IN EXECUTE q LOOP
         RETURN NEXT pg_catalog.to_jsonb(r);
     END LOOP;
     SET CONSTRAINTS ALL IMMEDIATE;
@@ -135,7 +138,7 @@ _EXEC_BODY = """
 DECLARE
     n bigint;
 BEGIN
-""" + _MARK + """    EXECUTE q;
+""" + _MARK + _IN_WORKFLOW + """    EXECUTE q;
     GET DIAGNOSTICS n = ROW_COUNT;
     SET CONSTRAINTS ALL IMMEDIATE;
     EXECUTE 'CLOSE ALL';
@@ -152,7 +155,7 @@ _DESCRIBE_BODY = """
 DECLARE
     c refcursor := '""" + DESCRIBE_PORTAL + """';
 BEGIN
-""" + _MARK + """    OPEN c FOR EXECUTE q;
+""" + _MARK + _IN_WORKFLOW + """    OPEN c FOR EXECUTE q;
 END
 """
 
@@ -217,8 +220,12 @@ class Trampolines:
                 raise RoleGone(f"role with oid {role_oid} no longer exists")
             role = row[0]
             path = self._configured_path(conn, role_oid) or _DEFAULT_PATH
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(EXEC_SCHEMA)))
-            conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(EXEC_SCHEMA)))
+            # Normally created by the installer (sql/0.1.0/000_schemas.sql); creating it here needs
+            # CREATE on the database, which a least-privilege engine does not have.
+            if not conn.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s",
+                                (EXEC_SCHEMA,)).fetchone():
+                conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(EXEC_SCHEMA)))
+                conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(EXEC_SCHEMA)))
             for name, args, returns, body in (
                 (f"step_{role_oid}", "q text", "SETOF record", _STEP_BODY),
                 (f"exec_{role_oid}", "q text", "bigint", _EXEC_BODY),
@@ -239,8 +246,7 @@ class Trampolines:
                 conn.execute(
                     sql.SQL(
                         "CREATE FUNCTION {fn}({args}) RETURNS {returns} LANGUAGE plpgsql "
-                        "SECURITY DEFINER SET search_path TO {path} SET df.in_workflow = 'true' "
-                        "AS {body}"
+                        "SECURITY DEFINER SET search_path TO {path} AS {body}"
                     ).format(fn=fn, args=sql.SQL(args), returns=sql.SQL(returns),
                              path=sql.SQL(path), body=sql.Literal(body))
                 )

@@ -278,6 +278,9 @@ class StepRunner:
         function (format('%s')), never to_jsonb, which would apply a user-defined cast to json.
         """
         if self.trampolines.search_path(conn.info.dbname, task.role_oid) is None:
+            problem = self.trampolines.problem(conn.info.dbname, task.role_oid)
+            if problem:
+                raise StepFailure(problem, kind="identity")
             raise EngineStatementError("trampoline missing")  # ensured before BEGIN by the worker
         columns, cached, key = self._columns(conn, task, text, _cache_text(task.query or "", text))
         details = {"columns": [c.name for c in columns]} if columns else None
