@@ -135,9 +135,10 @@ def test_pending_instance_has_header_and_markers(db):
         f"Instance: {iid} (nightly)\n"
         "Status:   ○ pending\n"
         "\n"
-        "IF ○\n"
+        # df.start activates the graph at once: the IF and its queued condition read ⏳.
+        "IF ⏳\n"
         "    ? condition:\n"
-        "      └─SQL: SELECT true ○\n"
+        "      └─SQL: SELECT true ⏳\n"
         "    ✓ then:\n"
         "      └─SQL: SELECT 1 ○\n"
         "    ✗ else:\n"
