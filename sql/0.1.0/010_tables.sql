@@ -173,6 +173,10 @@ CREATE TABLE df_internal.tasks (
     FOREIGN KEY (instance_id) REFERENCES df.instances (id) ON DELETE CASCADE
 );
 CREATE INDEX tasks_run_at_idx ON df_internal.tasks (run_at);
+-- A queue table: rows are inserted and deleted at a high rate, and every claim scans from the head
+-- of the run_at index, so dead tuples there cost every claim. Vacuum it eagerly.
+ALTER TABLE df_internal.tasks SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 500,
+                                   autovacuum_vacuum_cost_delay = 0, autovacuum_analyze_scale_factor = 0.2);
 
 -- Attempt history: one row per execution attempt of a leaf node (and per LOOP iteration).
 CREATE TABLE df_internal.node_attempts (
