@@ -316,3 +316,22 @@ def test_superuser_instance_is_rechecked_at_execution(db, eng1):
     assert wait_terminal(db, iid) == "failed"
     assert "superuser" in errors(db, iid)
     assert counters(db) == (0, 0)
+
+
+@pytest.mark.xfail(strict=True, reason="HOLE (availability, engine design): a submitter may lock its own "
+                   "df.instances row (UPDATE(status) is granted, so SELECT FOR UPDATE is allowed); the "
+                   "checkpoint then waits on it forever and the worker serves nobody else")
+def test_a_held_instance_row_lock_does_not_stall_the_engine(db, attacker):
+    with engine_in_mode(db, "superuser", concurrency=1):
+        iid = start(db, ALICE, "df.sleep(1) ~> 'SELECT 1 AS x'")
+        holder = db.connect(ALICE, autocommit=False)
+        try:
+            holder.execute("SELECT 1 FROM df.instances WHERE id = %s FOR UPDATE", (iid,))
+            wait_for(lambda: db.scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND application_name LIKE 'dftui engine%%'"), 30, what="the worker to block")
+            other = start(db, BOB, "'SELECT 2 AS y'")
+            assert wait_terminal(db, other, 15) == "completed"
+        finally:
+            holder.rollback()
+            holder.close()
