@@ -108,8 +108,17 @@ STEP_LOCK_KEYS = (72629379, 1)
 # df.in_workflow = 'true' for the step. Set in the body rather than as a function SET clause: a
 # non-superuser engine (least-privilege mode) may not attach custom GUCs to functions.
 _IN_WORKFLOW = "    PERFORM pg_catalog.set_config('df.in_workflow', 'true', true);\n"
-_MARK = (f"    PERFORM pg_catalog.pg_advisory_xact_lock_shared({STEP_LOCK_KEYS[0]}, "
-         f"{STEP_LOCK_KEYS[1]});\n")
+# Each trampoline checks that it still runs as the role it was made for. Ownership can move
+# without the engine noticing (an administrator's REASSIGN OWNED BY alice TO postgres, a common
+# off-boarding step, or ALTER FUNCTION ... OWNER), and the engine caches trampolines per
+# process: without this check alice's next step would run with the new owner's privileges.
+_OWNER_GUARD = """    IF pg_catalog.quote_ident(current_user)::pg_catalog.regrole::pg_catalog.oid <> __ROLE_OID__ THEN
+        RAISE EXCEPTION 'the step trampoline is no longer owned by the submitting role (oid __ROLE_OID__); refusing to run the step'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+"""
+_MARK = _OWNER_GUARD + (f"    PERFORM pg_catalog.pg_advisory_xact_lock_shared({STEP_LOCK_KEYS[0]}, "
+                        f"{STEP_LOCK_KEYS[1]});\n")
 
 
 _STEP_BODY = """
@@ -248,7 +257,8 @@ class Trampolines:
                         "CREATE FUNCTION {fn}({args}) RETURNS {returns} LANGUAGE plpgsql "
                         "SECURITY DEFINER SET search_path TO {path} AS {body}"
                     ).format(fn=fn, args=sql.SQL(args), returns=sql.SQL(returns),
-                             path=sql.SQL(path), body=sql.Literal(body))
+                             path=sql.SQL(path),
+                             body=sql.Literal(body.replace("__ROLE_OID__", str(int(role_oid)))))
                 )
                 conn.execute(sql.SQL("REVOKE ALL ON FUNCTION {}({}) FROM PUBLIC").format(fn, argtypes))
                 # ALTER OWNER needs the new owner to have CREATE on the schema; grant it only for

@@ -484,6 +484,31 @@ def test_trampoline_ownership_cannot_be_hijacked(db, eng):
             conn.execute("DROP ROLE dftui_alice_group")
 
 
+def test_trampolines_handed_to_another_owner_refuse_to_run(db, eng):
+    """An administrator's `REASSIGN OWNED BY alice TO postgres` (or ALTER FUNCTION ... OWNER)
+    moves alice's trampolines to a superuser while the engine keeps them cached: her next step
+    must not run as the new owner."""
+    warm = start(db, ALICE, "'SELECT 1'")
+    assert wait_terminal(db, warm) == "completed"
+    with db.connect() as conn:
+        fns = [r[0] for r in conn.execute(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = 'df_exec' AND p.proowner = %s::regrole", (ALICE,)).fetchall()]
+        assert fns
+        for fn in fns:
+            conn.execute(f"ALTER FUNCTION {fn} OWNER TO postgres")
+    ids = start_many(db, ALICE, {
+        "rows": "'SELECT current_user::text AS who, evil.witness(''moved'') AS w'",
+        "no rows": "'INSERT INTO evil.log (tag, who) SELECT ''moved'', current_user::text'",
+        "pseudo": "'SELECT ROW(current_user::text, evil.witness(''moved2''))'",
+    })
+    for name, iid in ids.items():
+        status = wait_terminal(db, iid)
+        if status == "completed" and name == "rows":
+            assert root_result(db, iid)["rows"][0]["who"] == ALICE
+    assert_no_escalation(db)
+
+
 # -- 6. df.* helpers that act on behalf of "the session" ----------------------------------------
 
 def test_loopback_helpers_cannot_act_as_the_engine_or_another_role(db, eng, mode, request):
