@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import json
 import socket
 import time
 from dataclasses import dataclass
@@ -130,11 +129,11 @@ def perform(req: HttpRequest, config: EngineConfig, idempotency_key: str) -> dic
     if req.parts is not None:
         files = []
         for part in req.parts:
-            content = part.get("content", "")
-            if part.get("encoding") == "base64":
-                content = base64.b64decode(content)
-            elif not isinstance(content, str | bytes):
-                content = json.dumps(content)
+            # parts: [{"name", "data_b64", "filename"?, "content_type"?}] (see df.http_multipart)
+            try:
+                content = base64.b64decode(part.get("data_b64") or "", validate=True)
+            except ValueError as exc:
+                raise HttpPolicyError(f'part "{part.get("name")}": data_b64 is not valid base64') from exc
             if part.get("filename") is not None or part.get("content_type") is not None:
                 files.append((part["name"], (part.get("filename"), content, part.get("content_type"))))
             else:

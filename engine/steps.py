@@ -8,6 +8,7 @@ records the failure. Orchestration (what runs next) happens in SQL (sql/0.1.0/04
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import random
@@ -479,11 +480,12 @@ class StepRunner:
             body = cfg.get("body")
             body = sub(body if isinstance(body, str) or body is None else json.dumps(body))
             headers = {str(k): sub(str(v)) or "" for k, v in (cfg.get("headers") or {}).items()}
+            parts = [_resolve_part(p, named) for p in cfg["parts"]] if cfg.get("parts") else None
         except SubstitutionError as exc:
             raise StepFailure(str(exc)) from exc
         req = http_steps.HttpRequest(
             url=url, method=(cfg.get("method") or "POST").upper(), body=body, headers=headers,
-            timeout=float(cfg.get("timeout_seconds") or 30), parts=cfg.get("parts"),
+            timeout=float(cfg.get("timeout_seconds") or 30), parts=parts,
         )
         key = f"dftui-{task.instance_id}-{task.node_id}-{task.gen}"
         try:
@@ -506,6 +508,25 @@ def _cache_text(template: str, substituted: str) -> str:
     if ".*" in template or _USER_VAR.search(template):
         return substituted
     return "template:" + template
+
+
+_WHOLE_REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)(?:\.([A-Za-z_][A-Za-z0-9_]*))?\??$")
+
+
+def _resolve_part(part: dict[str, Any], named: dict[str, Any]) -> dict[str, Any]:
+    """A multipart part's data_b64 is base64, or one whole-value reference like "$resp.body":
+    an HTTP body already base64-encoded is used as is, any other value is encoded here."""
+    data = part.get("data_b64") or ""
+    match = _WHOLE_REF.match(data)
+    if match and match.group(1) in named:
+        ref = named[match.group(1)].result
+        if (isinstance(ref, dict) and match.group(2) == "body"
+                and ref.get("encoding") == "base64"):
+            data = ref.get("body") or ""
+        else:
+            text = substitute_results(data, named, raw=True)
+            data = base64.b64encode(text.encode()).decode()
+    return {**part, "data_b64": data}
 
 
 def _raised_in_step(exc: psycopg.Error) -> bool:

@@ -330,3 +330,29 @@ def test_non_transactional_statement(db, eng):
     owner = db.scalar("SELECT tableowner FROM pg_indexes i JOIN pg_tables t USING (schemaname, tablename) "
                       "WHERE indexname = 'alice_t_a'")
     assert owner == ALICE
+
+
+def test_one_workflow_with_every_node_type(db, http_server):
+    """SQL, THEN, IF, JOIN, RACE, LOOP, BREAK, SLEEP, WAIT_SCHEDULE, SIGNAL, HTTP and
+    HTTP_MULTIPART in one instance, submitted by an ordinary role, run to completion."""
+    expr = f"""
+        ('SELECT 1 AS one' |=> 'one')
+        ~> (@> ('SELECT 1 AS n' ~> df.break('"looped"')))
+        ~> ('SELECT $one = 1' ?> df.sleep(0) !> 'SELECT 1/0')
+        ~> (df.http('{http_server}/a', 'POST', '{{"x": 1}}')
+            & df.http_multipart('{http_server}/b', 'POST', '[{{"name": "f", "data_b64": "aGk=", "filename": "f.txt"}}]'::jsonb))
+        ~> (df.wait_for_schedule('0 0 1 1 *') | df.wait_for_signal('go'))
+        ~> 'SELECT ''done'' AS status'"""
+    with running_engine(db.dsn(), http_policy="allow-all", http_allow_private=True):
+        iid = start(db, "dftui_dave", expr)
+        wait_for(lambda: db.scalar("SELECT count(*) FROM df_internal.tasks t JOIN df.nodes n "
+                                   "ON n.instance_id = t.instance_id AND n.id = t.node_id "
+                                   "WHERE t.instance_id = %s AND n.node_type = 'SIGNAL' "
+                                   "AND t.phase = 'waiting'", (iid,)), what="signal wait")
+        with db.connect("dftui_dave") as conn:
+            conn.execute("SELECT df.signal(%s, 'go')", (iid,))
+        assert wait_terminal(db, iid) == "completed", node_rows(db, iid)
+    types = {n["node_type"] for n in node_rows(db, iid)}
+    assert types == {"SQL", "THEN", "IF", "JOIN", "RACE", "LOOP", "BREAK", "SLEEP",
+                     "WAIT_SCHEDULE", "SIGNAL", "HTTP", "HTTP_MULTIPART"}
+    assert root_result(db, iid)["rows"] == [{"status": "done"}]
