@@ -733,8 +733,8 @@ class Client:
                 (instance_id,),
             )
             if runtime:
-                row["started_at"] = _ts(runtime.get("started_at"))
-                row["finished_at"] = _ts(runtime.get("finished_at"))
+                row["started_at"] = parse_ts(runtime.get("started_at"))
+                row["finished_at"] = parse_ts(runtime.get("finished_at"))
                 row["error"] = runtime.get("error")
                 row["cancel_reason"] = runtime.get("cancel_reason")
                 row["execution"] = runtime.get("execution")
@@ -785,8 +785,8 @@ class Client:
                 node = nodes.get(data.get("node_id") or data.get("id"))
                 if node is None:
                     continue
-                node.started_at = _ts(data.get("started_at"))
-                node.finished_at = _ts(data.get("finished_at"))
+                node.started_at = parse_ts(data.get("started_at"))
+                node.finished_at = parse_ts(data.get("finished_at"))
                 node.attempts = data.get("attempts")
                 node.ran_sql = data.get("ran_sql")
                 node.iteration = data.get("iteration")
@@ -806,8 +806,8 @@ class Client:
                         node_id=node.id,
                         attempt=int(data.get("attempt") or 0),
                         status=str(data.get("status") or ""),
-                        started_at=_ts(data.get("started_at")),
-                        finished_at=_ts(data.get("finished_at")),
+                        started_at=parse_ts(data.get("started_at")),
+                        finished_at=parse_ts(data.get("finished_at")),
                         error=data.get("error"),
                         ran_sql=data.get("ran_sql"),
                         iteration=data.get("iteration"),
@@ -1100,8 +1100,10 @@ def _check_id(instance_id: str) -> str:
     return value
 
 
-def _ts(value: Any) -> datetime | None:
-    """Timestamps come back as ISO text when read through to_jsonb()."""
+def parse_ts(value: Any) -> datetime | None:
+    """Timestamps come back as ISO text when read through to_jsonb(); None or bad text -> None.
+
+    Shared with the screens that read timestamps out of JSON details."""
     if value is None or isinstance(value, datetime):
         return value
     try:

@@ -17,19 +17,10 @@ from textual.screen import Screen
 from textual.widgets import Footer, Sparkline, Static
 
 from dftui.app import AppHeader, DftuiApp
-from dftui.client import Health, WaitingStep
+from dftui.client import Health, WaitingStep, parse_ts
 from dftui.widgets.format import STATUS_STYLES, age, format_time, shorten
 
 SAMPLES = 60  # throughput samples kept (one per refresh)
-
-
-def _ts(value) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    try:
-        return datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
 
 
 def wait_due(step: WaitingStep, now: datetime) -> datetime | None:
@@ -132,8 +123,8 @@ class EnginesScreen(Screen):
                 shorten(str(d.get("id", "")), 24),
                 f"{d.get('host', '')}:{d.get('pid', '')}",
                 Text(state, style=style),
-                age(_ts(d.get("heartbeat_at")), now),
-                format_time(_ts(d.get("started_at")), self.dapp.tz, now, short=True),
+                age(parse_ts(d.get("heartbeat_at")), now),
+                format_time(parse_ts(d.get("started_at")), self.dapp.tz, now, short=True),
                 str(d.get("concurrency") or ""),
                 str(d.get("steps_done") or 0),
             )

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from dftui.client import NodeInfo
+from dftui.client import NodeInfo, parse_ts
 
 from .format import (
     STATUS_STYLES,
@@ -66,15 +66,6 @@ def result_renderable(result: Any) -> RenderableType:
         more = f" (showing {MAX_RESULT_ROWS})" if len(rows) > MAX_RESULT_ROWS else ""
         return Group(table, Text(f"{count} row{'s' if count != 1 else ''}{more}", style="dim"))
     return JSON.from_data(result, indent=2)
-
-
-def _parse_ts(value: Any) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    try:
-        return datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
 
 
 def _cell(value: Any) -> str:
@@ -150,7 +141,7 @@ def node_details(
                 steps.append(f"{STATUS_SYMBOLS.get(status, '?')}{n} ", style=STATUS_STYLES.get(status, ""))
             finished = it.get("finished_at")
             table.add_row(str(it.get("iteration", "?")),
-                          format_time(_parse_ts(finished), tz, now, short=True), steps)
+                          format_time(parse_ts(finished), tz, now, short=True), steps)
         more = len(node.loop_iterations) - 20
         parts += [_heading(f"Previous iterations ({len(node.loop_iterations)})"), table]
         if more > 0:
