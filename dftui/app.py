@@ -339,6 +339,26 @@ class DftuiApp(App[int]):
             yield from extra()
 
 
+class AppScreenMixin:
+    """For the screens and dialogs: `dapp` is the running app typed as DftuiApp, so they can use
+    its helpers (run_db, write_state, tz, ...) without repeating the isinstance check."""
+
+    @property
+    def dapp(self) -> DftuiApp:
+        app = self.app  # type: ignore[attr-defined]
+        assert isinstance(app, DftuiApp)
+        return app
+
+
+# Vim-style list navigation shared by the list screens (each implements the four actions).
+CURSOR_BINDINGS = [
+    Binding("j", "cursor_down", "Down", show=False),
+    Binding("k", "cursor_up", "Up", show=False),
+    Binding("g", "cursor_top", "Top", show=False),
+    Binding("G", "cursor_bottom", "Bottom", show=False),
+]
+
+
 def _action_runner(node: DOMNode, action: str) -> Callable[[], Any]:
     async def run() -> None:
         await node.run_action(action)

@@ -20,7 +20,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
 
-from dftui.app import DftuiApp
+from dftui.app import AppScreenMixin
 from dftui.client import Client, ClientError, NodeInfo
 from dftui.widgets.format import STATUS_STYLES, status_symbol
 from dftui.widgets.graph import display_status, node_summary
@@ -37,15 +37,10 @@ def _count(ids: list[str]) -> str:
     return f"{len(ids)} instance{'s' if len(ids) != 1 else ''}"
 
 
-class _Dialog(ModalScreen):
+class _Dialog(AppScreenMixin, ModalScreen):
     """Common behaviour: esc closes without doing anything."""
 
     BINDINGS = [Binding("escape", "close", "Close")]
-
-    @property
-    def dapp(self) -> DftuiApp:
-        assert isinstance(self.app, DftuiApp)
-        return self.app
 
     def action_close(self) -> None:
         self.dismiss(None)

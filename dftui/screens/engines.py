@@ -16,7 +16,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Sparkline, Static
 
-from dftui.app import AppHeader, DftuiApp
+from dftui.app import AppHeader, AppScreenMixin
 from dftui.client import Health, WaitingStep, parse_ts
 from dftui.widgets.format import STATUS_STYLES, age, format_time, shorten
 
@@ -42,7 +42,7 @@ def wait_due(step: WaitingStep, now: datetime) -> datetime | None:
     return None
 
 
-class EnginesScreen(Screen):
+class EnginesScreen(AppScreenMixin, Screen):
     """Engines & health."""
 
     HELP_TITLE = "Engines & health"
@@ -56,11 +56,6 @@ class EnginesScreen(Screen):
         self.health: Health | None = None
         self.rates: deque[float] = deque(maxlen=SAMPLES)
         self._last: tuple[datetime, int] | None = None
-
-    @property
-    def dapp(self) -> DftuiApp:
-        assert isinstance(self.app, DftuiApp)
-        return self.app
 
     def compose(self) -> ComposeResult:
         yield AppHeader()

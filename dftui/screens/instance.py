@@ -18,7 +18,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static, Tree
 from textual.widgets.tree import TreeNode
 
-from dftui.app import AppHeader, DftuiApp
+from dftui.app import CURSOR_BINDINGS, AppHeader, AppScreenMixin
 from dftui.client import TERMINAL_STATUSES, Client, InstanceDetail, NodeInfo
 from dftui.widgets.format import (
     STATUS_STYLES,
@@ -32,7 +32,7 @@ from dftui.widgets.graph import GraphItem, build_graph, display_status, item_lab
 from dftui.widgets.node_panel import NodePanel
 
 
-class InstanceScreen(Screen):
+class InstanceScreen(AppScreenMixin, Screen):
     """Details of one instance."""
 
     BINDINGS = [
@@ -48,10 +48,7 @@ class InstanceScreen(Screen):
         Binding("Y", "copy_result", "Copy result", show=False),
         Binding("i", "copy_id", "Copy id", show=False),
         Binding("R", "refresh", "Refresh"),
-        Binding("j", "cursor_down", "Down", show=False),
-        Binding("k", "cursor_up", "Up", show=False),
-        Binding("g", "cursor_top", "Top", show=False),
-        Binding("G", "cursor_bottom", "Bottom", show=False),
+        *CURSOR_BINDINGS,
         Binding("right_square_bracket", "next_failed", "Next failed", show=False),
         Binding("left_square_bracket", "prev_failed", "Prev failed", show=False),
     ]
@@ -66,11 +63,6 @@ class InstanceScreen(Screen):
         self._tree_nodes: dict[str, TreeNode] = {}
         self._items: dict[int, GraphItem] = {}
         self._refresh_cost = 0.0
-
-    @property
-    def dapp(self) -> DftuiApp:
-        assert isinstance(self.app, DftuiApp)
-        return self.app
 
     def compose(self) -> ComposeResult:
         yield AppHeader()

@@ -21,7 +21,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
-from dftui.app import AppHeader, DftuiApp
+from dftui.app import CURSOR_BINDINGS, AppHeader, AppScreenMixin
 from dftui.client import (
     STATUSES,
     ActionResult,
@@ -114,7 +114,7 @@ class InstanceTable(DataTable):
     BINDINGS = [Binding("enter", "select_cursor", "Open")]
 
 
-class InstancesScreen(Screen):
+class InstancesScreen(AppScreenMixin, Screen):
     """All instances the role can see, newest first."""
 
     BINDINGS = [
@@ -128,10 +128,7 @@ class InstancesScreen(Screen):
         Binding("R", "refresh", "Refresh"),
         Binding("o", "toggle_sort", "Oldest/newest first", show=False),
         Binding("l", "pick_label", "Labels", show=False),
-        Binding("j", "cursor_down", "Down", show=False),
-        Binding("k", "cursor_up", "Up", show=False),
-        Binding("g", "cursor_top", "Top", show=False),
-        Binding("G", "cursor_bottom", "Bottom", show=False),
+        *CURSOR_BINDINGS,
         Binding("escape", "clear", "Clear filter/selection", show=False),
         Binding("1", "status('all')", "All", show=False),
         Binding("2", "status('running')", "Running", show=False),
@@ -156,11 +153,6 @@ class InstancesScreen(Screen):
         self._width = 0
         self._refresh_timer = None
         self._refresh_cost = 0.0  # seconds the last live refresh took in the database
-
-    @property
-    def dapp(self) -> DftuiApp:
-        assert isinstance(self.app, DftuiApp)
-        return self.app
 
     # -- layout --------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, Static
 
-from dftui.app import AppHeader, DftuiApp
+from dftui.app import AppHeader, AppScreenMixin
 from dftui.client import Client, Var, mask_secret
 from dftui.screens.dialogs import _Dialog
 from dftui.widgets.format import STATUS_STYLES, shorten
@@ -84,7 +84,7 @@ class VarTable(DataTable):
     BINDINGS = [Binding("enter", "select_cursor", "Edit", show=False)]
 
 
-class VariablesScreen(Screen):
+class VariablesScreen(AppScreenMixin, Screen):
     """df.vars of the connected role."""
 
     HELP_TITLE = "Variables"
@@ -104,11 +104,6 @@ class VariablesScreen(Screen):
         self.vars: list[Var] = []
         self.revealed: set[str] = set()
         self.loaded_once = False
-
-    @property
-    def dapp(self) -> DftuiApp:
-        assert isinstance(self.app, DftuiApp)
-        return self.app
 
     def compose(self) -> ComposeResult:
         yield AppHeader()
