@@ -391,6 +391,9 @@ class _Worker:
         except EngineStatementError as exc:
             with contextlib.suppress(psycopg.Error):
                 conn.execute("ROLLBACK")
+            if exc.sqlstate == "55P03":
+                self._defer(conn, task, str(exc))
+                return
             if self.engine.checkpoint_failed((task.instance_id, task.node_id, task.gen)):
                 # The same checkpoint keeps failing: give up on the node rather than spin.
                 log.error("checkpoint of %s/%s keeps failing (%s); failing the node",
@@ -412,6 +415,15 @@ class _Worker:
             conn.execute("COMMIT")
         self.engine.count_step()
 
+    def _defer(self, conn: psycopg.Connection, task: Task, why: str) -> None:
+        """Somebody (normally the submitter) holds a lock the checkpoint needs: put the task back
+        a little later instead of blocking this worker, so other instances keep running."""
+        log.warning("checkpoint of %s/%s is blocked (%s); retrying in 5 s", task.instance_id,
+                    task.node_id, why.splitlines()[0])
+        conn.execute("UPDATE df_internal.tasks SET run_at = pg_catalog.now() + interval '5 seconds' "
+                     "WHERE instance_id = %s AND node_id = %s AND gen = %s",
+                     (task.instance_id, task.node_id, task.gen))
+
     def _fail_after_engine_error(self, conn: psycopg.Connection, task: Task, error: str,
                                  started: datetime) -> None:
         conn.execute("BEGIN")
@@ -424,12 +436,17 @@ class _Worker:
         attempt = task.attempts + 1
         delay = None if failure.kind in ("identity", "http_policy") else retry_delay(
             task.retry_policy, attempt, failure)
-        conn.execute(
-            "SELECT df_internal.fail_task(%s, %s, %s, %s, %s, %s, %s, "
-            "CASE WHEN %s::float8 IS NULL THEN NULL ELSE make_interval(secs => %s::float8) END)",
-            (task.instance_id, task.node_id, task.gen, str(failure), failure.ran_sql,
-             self.engine.id, started, delay, delay),
-        )
+        try:
+            conn.execute(
+                "SELECT df_internal.fail_task(%s, %s, %s, %s, %s, %s, %s, CASE WHEN %s::float8 IS NULL "
+                "THEN NULL ELSE pg_catalog.make_interval(secs => %s::float8) END)",
+                (task.instance_id, task.node_id, task.gen, str(failure), failure.ran_sql,
+                 self.engine.id, started, delay, delay),
+            )
+        except psycopg.errors.LockNotAvailable as exc:
+            conn.execute("ROLLBACK")
+            self._defer(conn, task, str(exc))
+            return
         conn.execute("COMMIT")
         self.engine.count_step()
 

@@ -94,6 +94,10 @@ class StepFailure(Exception):
 class EngineStatementError(Exception):
     """The engine's own checkpoint statement failed: roll back everything, retry the task."""
 
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
 
 # -- retry policy -----------------------------------------------------------------------------
 
@@ -168,7 +172,7 @@ class StepRunner:
                  json.dumps(details) if details is not None else None, ran_sql, self.engine_id, started),
             )
         except psycopg.Error as exc:
-            raise EngineStatementError(str(exc)) from exc
+            raise EngineStatementError(str(exc), exc.sqlstate) from exc
 
     def park(self, conn: psycopg.Connection, task: Task, until: datetime | str,
              deadline: datetime | None) -> None:
@@ -295,7 +299,7 @@ class StepRunner:
                 conn.execute("COMMIT")
         except psycopg.Error as exc:
             if not _raised_in_step(exc):
-                raise EngineStatementError(str(exc)) from exc
+                raise EngineStatementError(str(exc), exc.sqlstate) from exc
             if cached and exc.sqlstate == "42804":
                 self.describe_cache.drop(key)   # the statement's result shape changed
                 raise EngineStatementError("result shape changed; re-describing") from exc

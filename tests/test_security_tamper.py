@@ -318,9 +318,6 @@ def test_superuser_instance_is_rechecked_at_execution(db, eng1):
     assert counters(db) == (0, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="HOLE (availability, engine design): a submitter may lock its own "
-                   "df.instances row (UPDATE(status) is granted, so SELECT FOR UPDATE is allowed); the "
-                   "checkpoint then waits on it forever and the worker serves nobody else")
 def test_a_held_instance_row_lock_does_not_stall_the_engine(db, attacker):
     with engine_in_mode(db, "superuser", concurrency=1):
         iid = start(db, ALICE, "df.sleep(1) ~> 'SELECT 1 AS x'")

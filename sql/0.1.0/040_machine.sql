@@ -597,7 +597,9 @@ END $$;
 
 -- Start the next LOOP iteration (the engine claims the 'iterate' task when it is due).
 CREATE FUNCTION df_internal.loop_iterate(p_instance varchar, p_loop varchar)
-RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+    SET lock_timeout = '2s'  -- a submitter holding its own instance row must not stall a worker
+AS $$
 DECLARE
     n df.nodes%ROWTYPE;
     m df_internal.node_meta%ROWTYPE;
@@ -946,7 +948,9 @@ $$;
 CREATE FUNCTION df_internal.complete_task(p_instance varchar, p_node varchar, p_gen integer,
                                           p_result jsonb, p_details jsonb, p_ran_sql text,
                                           p_engine text, p_started_at timestamptz)
-RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+    SET lock_timeout = '2s'  -- a submitter holding its own instance row must not stall a worker
+AS $$
 DECLARE
     m df_internal.node_meta%ROWTYPE;
 BEGIN
@@ -982,7 +986,9 @@ END $$;
 CREATE FUNCTION df_internal.fail_task(p_instance varchar, p_node varchar, p_gen integer,
                                       p_error text, p_ran_sql text, p_engine text,
                                       p_started_at timestamptz, p_retry_delay interval DEFAULT NULL)
-RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+    SET lock_timeout = '2s'  -- a submitter holding its own instance row must not stall a worker
+AS $$
 DECLARE
     m df_internal.node_meta%ROWTYPE;
 BEGIN
@@ -1019,7 +1025,9 @@ END $$;
 -- Park a task until a time (cron waits, signal timeouts) or indefinitely (signal without one).
 CREATE FUNCTION df_internal.park_task(p_instance varchar, p_node varchar, p_gen integer,
                                       p_until timestamptz, p_deadline timestamptz)
-RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+    SET lock_timeout = '2s'  -- a submitter holding its own instance row must not stall a worker
+AS $$
 BEGIN
     IF NOT df_internal.task_is_live(p_instance, p_node, p_gen) THEN
         DELETE FROM df_internal.tasks t WHERE t.instance_id = p_instance AND t.node_id = p_node;
