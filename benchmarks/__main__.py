@@ -235,7 +235,7 @@ def run(opts: Options, env: BenchEnv, ui: Ui, results: Results) -> list[str]:
         "the engine's pg_notify('df_done') on a dedicated LISTEN connection.")
     results.notes.append(
         f"Idle phase: {idle.pending:,} df.wait_for_signal('go') instances started with no engine "
-        "running, their start tasks deferred to 'infinity' (the state a signal wait parks in) so "
+        "running, their queued tasks deferred to 'infinity' (the state a signal wait parks in) so "
         f"the engine idles beside them; CPU over {idle.seconds:.0f} s from /proc/<pid>/stat.")
     if profiled is not None and profiled.profile_summary:
         extra.append(f"\n## Profile of a separate drain of {profiled.stats.instances:,} one-step "
