@@ -157,6 +157,9 @@ class StepRunner:
         self.trampolines = trampolines
         self.types = types
         self.describe_cache = DescribeCache()
+        # statements whose rows a column definition list cannot describe (read as jsonb);
+        # shared by every worker of the process
+        self.generic_keys = _GENERIC_KEYS
         self.committed = False  # set when a handler committed its own transaction
         self._side: dict[str, psycopg.Connection] = {}
         self._types_by_db: dict[str, TypeCache] = {}
@@ -289,7 +292,8 @@ class StepRunner:
             raise EngineStatementError("trampoline missing")  # ensured before BEGIN by the worker
         columns, cached, key = self._columns(conn, task, text, _cache_text(task.query or "", text))
         details = {"columns": [c.name for c in columns]} if columns else None
-        result_sql, result_params = self._result_expression(conn, task, text, columns, self.types)
+        result_sql, result_params = self._result_expression(conn, task, text, columns, self.types,
+                                                            generic=key in self.generic_keys)
         query = (f"SELECT df_internal.complete_task(%s, %s, %s, {result_sql}, %s::jsonb, %s, %s, %s)")
         params: list[Any] = [task.instance_id, task.node_id, task.gen, *result_params,
                              json.dumps(details) if details else None, text, self.engine_id, started]
@@ -300,8 +304,13 @@ class StepRunner:
         except psycopg.Error as exc:
             if not _raised_in_step(exc):
                 raise EngineStatementError(str(exc), exc.sqlstate) from exc
-            if cached and exc.sqlstate == "42804":
-                self.describe_cache.drop(key)   # the statement's result shape changed
+            if exc.sqlstate == "42804" and "does not match function result type" in str(exc):
+                # Either the statement's shape changed since it was described (re-describe), or
+                # the column list cannot express its types (e.g. domains, which the protocol
+                # reports as their base type): read its rows as jsonb instead.
+                if not cached:
+                    self.generic_keys.add(key)
+                self.describe_cache.drop(key)
                 raise EngineStatementError("result shape changed; re-describing") from exc
             raise StepFailure(_message(exc), kind=failure_kind(exc.sqlstate),
                               sqlstate=exc.sqlstate, ran_sql=text) from exc
@@ -319,14 +328,15 @@ class StepRunner:
         return columns, False, key
 
     def _result_expression(self, conn: psycopg.Connection, task: Task, text: str,
-                           columns: list[Column], types_cache: TypeCache) -> tuple[str, list[Any]]:
+                           columns: list[Column], types_cache: TypeCache,
+                           generic: bool = False) -> tuple[str, list[Any]]:
         """SQL expression (and its parameters) that runs the step and yields the envelope."""
         if not columns:
             return (f"(SELECT pg_catalog.jsonb_build_object('rows', '[]'::jsonb, 'row_count', 0) "
                     f"FROM (SELECT {exec_function(task.role_oid)}(%s)) AS x)"), [text]
         types = types_cache.lookup(conn, {c.type_oid for c in columns})
         try:
-            if needs_generic_rows(columns, types):
+            if generic or needs_generic_rows(columns, types):
                 enc = generic_query(f"{rows_function(task.role_oid)}(%s)")
             else:
                 enc = encoding_query(columns, types, f"{step_function(task.role_oid)}(%s)")
@@ -537,6 +547,9 @@ def _raised_in_step(exc: psycopg.Error) -> bool:
     """Did the error come from the user's statement (inside the trampoline)?"""
     context = exc.diag.context or ""
     return "df_exec." in context
+
+
+_GENERIC_KEYS: set[tuple[int, str, str]] = set()
 
 
 class DescribeCache:

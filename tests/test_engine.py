@@ -356,3 +356,11 @@ def test_one_workflow_with_every_node_type(db, http_server):
     assert types == {"SQL", "THEN", "IF", "JOIN", "RACE", "LOOP", "BREAK", "SLEEP",
                      "WAIT_SCHEDULE", "SIGNAL", "HTTP", "HTTP_MULTIPART"}
     assert root_result(db, iid)["rows"] == [{"status": "done"}]
+
+
+def test_domain_typed_result_columns(db, eng):
+    with db.connect() as conn:
+        conn.execute("CREATE DOMAIN public.posint AS int CHECK (VALUE > 0)")
+    iid = start(db, ALICE, "'SELECT 5::public.posint AS p, ''x'' AS t'")
+    assert wait_terminal(db, iid) == "completed", node_rows(db, iid)
+    assert root_result(db, iid)["rows"] == [{"p": 5, "t": "x"}]
