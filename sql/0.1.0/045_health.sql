@@ -2,14 +2,18 @@
 -- Like the other df views they are security_barrier views that filter on current_user: a role
 -- sees its own instances; superusers and members of the df owner see everything.
 
--- Can the querying role see instances submitted by `p_owner`? (Runs as the querying role when
--- called from a view, so current_user is the caller; reads only pg_catalog.)
+-- Can the querying role see instances submitted by `p_owner`? Called from views, so
+-- current_user is the caller. Deliberately an inlinable SQL function (no SET clause: the planner
+-- folds it into the view's query and keeps index plans), hence every operator and type is
+-- schema-qualified: an inlined body is parsed under the caller's search_path.
 CREATE FUNCTION df_internal.visible(p_owner regrole) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT p_owner = pg_catalog.quote_ident(current_user)::regrole
-        OR COALESCE((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false)
+LANGUAGE sql STABLE AS $$
+    SELECT p_owner OPERATOR(pg_catalog.=) pg_catalog.quote_ident(current_user)::pg_catalog.regrole
+        OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+                    WHERE r.rolname OPERATOR(pg_catalog.=) current_user AND r.rolsuper)
         OR pg_catalog.pg_has_role(current_user,
-              (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'df'), 'MEMBER')
+              (SELECT n.nspowner FROM pg_catalog.pg_namespace n
+                WHERE n.nspname OPERATOR(pg_catalog.=) 'df'), 'MEMBER')
 $$;
 GRANT EXECUTE ON FUNCTION df_internal.visible(regrole) TO PUBLIC;
 
