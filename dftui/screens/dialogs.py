@@ -157,14 +157,15 @@ class SignalDialog(_Dialog):
 
     BINDINGS = [Binding("ctrl+s", "send", "Send")]
 
-    def __init__(self, instance_id: str) -> None:
+    def __init__(self, instance_id: str, name: str = "") -> None:
         super().__init__()
         self.instance_id = instance_id
+        self.suggested_name = name  # the signal the instance waits for, when known
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(f"Signal instance {self.instance_id}", classes="dialog-title")
-            yield Input(placeholder="signal name, e.g. approve", id="name")
+            yield Input(self.suggested_name, placeholder="signal name, e.g. approve", id="name")
             yield Static("payload (JSON):", classes="dialog-note")
             yield TextArea("{}", id="payload", language="json", soft_wrap=True, tab_behavior="indent")
             yield Static(id="error", classes="dialog-error")
@@ -173,7 +174,8 @@ class SignalDialog(_Dialog):
                 yield Button("Back", id="back")
 
     def on_mount(self) -> None:
-        self.query_one("#name", Input).focus()
+        # With the waited-for name filled in, start in the payload editor.
+        self.query_one("#payload" if self.suggested_name else "#name").focus()
 
     def _error(self, message: str) -> None:
         self.query_one("#error", Static).update(Text(message, style=STATUS_STYLES["failed"]))

@@ -8,6 +8,7 @@ refreshes.
 
 from __future__ import annotations
 
+import re
 import shlex
 import time
 from dataclasses import dataclass, replace
@@ -567,7 +568,10 @@ class InstancesScreen(AppScreenMixin, Screen):
             return
         from dftui.screens.dialogs import SignalDialog
 
-        self.app.push_screen(SignalDialog(instance_id), lambda _: self.reload())
+        step = next((r.current_step for r in self.rows if r.id == instance_id), None) or ""
+        waited = re.match(r"SIGNAL '([^']+)'", step)
+        self.app.push_screen(SignalDialog(instance_id, waited.group(1) if waited else ""),
+                             lambda _: self.reload())
 
     def action_new_run(self) -> None:
         from dftui.screens.dialogs import StartDialog
