@@ -25,7 +25,6 @@ class UnsupportedType(ValueError):
 class Column:
     name: str
     type_oid: int
-    typmod: int
 
 
 # Types with OIDs below this are built into PostgreSQL; only those are given to to_jsonb().
@@ -115,11 +114,7 @@ def encoding_query(columns: list[Column], types: dict[int, TypeInfo], call: str)
                 f"Unsupported column type: bytea (column \"{col.name}\"); encode it, e.g. "
                 "encode(col, 'base64')"
             )
-        type_sql = info.sql_name
-        if col.typmod >= 0 and col.type_oid in (1042, 1043, 1700, 1083, 1114, 1184, 1266):
-            # keep precision modifiers where they change the type's identity for RETURN QUERY
-            type_sql = info.sql_name
-        coldefs.append(f"c{i} {type_sql}")
+        coldefs.append(f"c{i} {info.sql_name}")
         pairs.append((col.name, _encode(f"t.c{i}", info.base_oid, info.user_defined)))
     # jsonb_build_object takes at most 100 arguments: build in chunks and concatenate.
     chunks = []

@@ -368,7 +368,7 @@ class StepRunner:
                 raise StepFailure(_pq_message(res), sqlstate=_pq_state(res), ran_sql=text)
             enc = conn.info.encoding
             return [
-                Column((res.fname(i) or b"?column?").decode(enc), res.ftype(i), res.fmod(i))
+                Column((res.fname(i) or b"?column?").decode(enc), res.ftype(i))
                 for i in range(res.nfields)
             ]
         finally:

@@ -12,15 +12,6 @@
 -- Small helpers
 -- ---------------------------------------------------------------------------------------------
 
--- Is the current role allowed to bypass the ownership rules (superuser or df schema owner)?
-CREATE FUNCTION df_internal.is_privileged() RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
-                    WHERE r.rolname = current_user AND r.rolsuper)
-        OR pg_catalog.pg_has_role(current_user,
-              (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'df'), 'MEMBER')
-$$;
-
 -- Is user code of an engine step running in this session right now? Inside a step, session_user
 -- is the engine, not the submitter, so helpers that decide what "the session" may do from
 -- session_user's role memberships (the dblink loopbacks) must refuse. The engine's trampolines
@@ -222,8 +213,35 @@ END $$;
 -- Graph bookkeeping
 -- ---------------------------------------------------------------------------------------------
 
--- Derive parent links for every node from df.nodes (called once, when an engine starts the
--- instance). Node configs are frozen at df.start: users cannot UPDATE df.nodes.
+-- The node rows each node of an instance references, with the slot they fill. The one place
+-- that knows how node_type, left_node, right_node and the query config encode children (see the
+-- node-row table in docs/architecture.md). Configs must be valid JSON (check_graph checks first).
+CREATE FUNCTION df_internal.child_refs(p_instance varchar)
+RETURNS TABLE (parent varchar, child varchar, slot text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT x.id, c.child, c.slot
+      FROM df.nodes x
+     CROSS JOIN LATERAL (
+         SELECT x.left_node AS child, CASE WHEN x.node_type = 'LOOP' THEN 'body' ELSE 'left' END AS slot
+          WHERE x.left_node IS NOT NULL
+         UNION ALL
+         SELECT x.right_node, 'right' WHERE x.right_node IS NOT NULL
+         UNION ALL
+         SELECT (x.query::jsonb ->> 'condition_node')::varchar,
+                CASE WHEN x.node_type = 'LOOP' THEN 'loop_condition' ELSE 'condition' END
+          WHERE x.node_type IN ('IF', 'LOOP') AND x.query IS NOT NULL
+            AND x.query::jsonb ? 'condition_node'
+         UNION ALL
+         SELECT e.value::varchar, 'extra'
+           FROM jsonb_array_elements_text(
+                  CASE WHEN x.node_type = 'JOIN' AND x.query IS NOT NULL
+                       THEN x.query::jsonb -> 'extra_nodes' END) AS e(value)
+     ) c
+     WHERE x.instance_id = p_instance
+$$;
+
+-- Derive parent links for every node from df.nodes (once, when the instance starts). Node configs
+-- are frozen at df.start: users cannot UPDATE df.nodes.
 CREATE FUNCTION df_internal.build_node_meta(p_instance varchar)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -234,28 +252,13 @@ BEGIN
     SELECT s.start_meta -> 'node_retry_policies' INTO policies
       FROM df_internal.instance_state s WHERE s.instance_id = p_instance;
     INSERT INTO df_internal.node_meta (instance_id, node_id, parent_id, slot, retry_policy)
-    WITH RECURSIVE tree AS (
+    WITH RECURSIVE refs AS (
+        SELECT r.parent, r.child, r.slot FROM df_internal.child_refs(p_instance) r
+    ), tree AS (
         SELECT root::varchar AS node_id, NULL::varchar AS parent_id, 'root'::text AS slot, 0 AS depth
         UNION ALL
-        SELECT c.child, n.id, c.slot, tree.depth + 1
-          FROM tree
-          JOIN df.nodes n ON n.instance_id = p_instance AND n.id = tree.node_id
-          CROSS JOIN LATERAL (
-              SELECT n.left_node AS child, CASE WHEN n.node_type = 'LOOP' THEN 'body' ELSE 'left' END AS slot
-               WHERE n.left_node IS NOT NULL
-              UNION ALL
-              SELECT n.right_node, 'right' WHERE n.right_node IS NOT NULL
-              UNION ALL
-              SELECT (n.query::jsonb ->> 'condition_node')::varchar,
-                     CASE WHEN n.node_type = 'LOOP' THEN 'loop_condition' ELSE 'condition' END
-               WHERE n.node_type IN ('IF', 'LOOP') AND n.query IS NOT NULL
-                 AND n.query::jsonb ? 'condition_node'
-              UNION ALL
-              SELECT e.value::varchar, 'extra'
-                FROM jsonb_array_elements_text(
-                       CASE WHEN n.node_type = 'JOIN' AND n.query IS NOT NULL
-                            THEN n.query::jsonb -> 'extra_nodes' END) AS e(value)
-          ) c
+        SELECT r.child, r.parent, r.slot, tree.depth + 1
+          FROM tree JOIN refs r ON r.parent = tree.node_id
          WHERE tree.depth < 300
     )
     SELECT p_instance, tree.node_id, tree.parent_id, tree.slot, policies -> tree.node_id
@@ -646,7 +649,6 @@ DECLARE
     inst_status text;
     cur_gen integer;
     started varchar;
-    any_started varchar;
     tries integer := 0;
 BEGIN
     LOOP
@@ -654,7 +656,6 @@ BEGIN
         IF tries > 1000 THEN
             RETURN;
         END IF;
-        t := NULL;
         IF started IS NOT NULL THEN
             -- The start commits on its own (the caller commits on kind 'started'), so the
             -- instance reads 'running' and df.cancel never waits behind its first step.
@@ -663,29 +664,19 @@ BEGIN
             RETURN NEXT;
             RETURN;
         END IF;
-        IF t.instance_id IS NULL THEN
-            SELECT * INTO t FROM df_internal.tasks x
-             WHERE x.run_at <= now()
-             ORDER BY x.run_at
-             LIMIT 1
-             FOR UPDATE SKIP LOCKED;
-            IF NOT FOUND THEN
-                IF any_started IS NOT NULL THEN
-                    -- We started an instance whose first leaf is not due yet (a timer): the
-                    -- caller must commit the start.
-                    instance_id := any_started;
-                    kind := 'started';
-                    RETURN NEXT;
-                END IF;
-                RETURN;
-            END IF;
+        SELECT * INTO t FROM df_internal.tasks x
+         WHERE x.run_at <= now()
+         ORDER BY x.run_at
+         LIMIT 1
+         FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            RETURN;
         END IF;
         SELECT i.status INTO inst_status FROM df.instances i WHERE i.id = t.instance_id;
         IF t.kind = 'start' THEN
             IF inst_status = 'pending' THEN
                 PERFORM df_internal.start_instance(t.instance_id);
                 started := t.instance_id;
-                any_started := t.instance_id;
             ELSE
                 DELETE FROM df_internal.tasks x WHERE x.instance_id = t.instance_id AND x.node_id = t.node_id;
             END IF;
@@ -780,19 +771,7 @@ BEGIN
     -- Every node has at most one parent and the root none: then what is reachable from the
     -- root is a finite tree (a cycle would need a node with two parents to be reachable).
     WITH refs AS (
-        SELECT x.id AS parent, c.child
-          FROM df.nodes x
-         CROSS JOIN LATERAL (
-             SELECT x.left_node AS child WHERE x.left_node IS NOT NULL
-             UNION ALL SELECT x.right_node WHERE x.right_node IS NOT NULL
-             UNION ALL SELECT x.query::jsonb ->> 'condition_node'
-              WHERE x.node_type IN ('IF', 'LOOP') AND x.query IS NOT NULL
-                AND x.query::jsonb ? 'condition_node'
-             UNION ALL SELECT e.value
-               FROM jsonb_array_elements_text(CASE WHEN x.node_type = 'JOIN' AND x.query IS NOT NULL
-                                                   THEN x.query::jsonb -> 'extra_nodes' END) AS e(value)
-         ) c
-         WHERE x.instance_id = p_instance
+        SELECT r.parent, r.child FROM df_internal.child_refs(p_instance) r
     ), twice AS (
         SELECT r.child FROM refs r GROUP BY r.child HAVING count(*) > 1 OR r.child = root
     )
@@ -808,19 +787,7 @@ BEGIN
     END IF;
 
     WITH RECURSIVE refs AS (
-        SELECT x.id AS parent, c.child
-          FROM df.nodes x
-         CROSS JOIN LATERAL (
-             SELECT x.left_node AS child WHERE x.left_node IS NOT NULL
-             UNION ALL SELECT x.right_node WHERE x.right_node IS NOT NULL
-             UNION ALL SELECT x.query::jsonb ->> 'condition_node'
-              WHERE x.node_type IN ('IF', 'LOOP') AND x.query IS NOT NULL
-                AND x.query::jsonb ? 'condition_node'
-             UNION ALL SELECT e.value
-               FROM jsonb_array_elements_text(CASE WHEN x.node_type = 'JOIN' AND x.query IS NOT NULL
-                                                   THEN x.query::jsonb -> 'extra_nodes' END) AS e(value)
-         ) c
-         WHERE x.instance_id = p_instance
+        SELECT r.parent, r.child FROM df_internal.child_refs(p_instance) r
     ), reach AS (
         SELECT root::varchar AS id
         UNION
