@@ -167,3 +167,21 @@ def empty_db(pg_server: Server) -> Iterator[TestDB]:
     finally:
         with pg_server.admin() as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+# -- shared by the attack suites (tests/test_security*.py) -----------------------------------------
+
+@pytest.fixture(params=["superuser", "owner"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Both engine modes: superuser, and least-privilege owner of the df schemas."""
+    return request.param
+
+
+@pytest.fixture
+def attacker(db: TestDB) -> Iterator[TestDB]:
+    """A database prepared for attack tests (schema `evil`, witness functions)."""
+    from security_support import prepare_attacker, reset_attacker
+
+    prepare_attacker(db)
+    yield db
+    reset_attacker(db)

@@ -22,21 +22,7 @@ from security_support import (
     counters,
     engine_in_mode,
     engine_user,
-    prepare_attacker,
-    reset_attacker,
 )
-
-
-@pytest.fixture(params=["superuser", "owner"])
-def mode(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture
-def attacker(db):
-    prepare_attacker(db)
-    yield db
-    reset_attacker(db)
 
 
 @pytest.fixture

@@ -19,21 +19,7 @@ from security_support import (
     assert_no_escalation,
     counters,
     engine_in_mode,
-    prepare_attacker,
-    reset_attacker,
 )
-
-
-@pytest.fixture(params=["superuser", "owner"])
-def mode(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture
-def attacker(db):
-    prepare_attacker(db)
-    yield db
-    reset_attacker(db)
 
 
 @pytest.fixture
