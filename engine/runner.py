@@ -29,24 +29,12 @@ import psycopg
 
 from engine import __version__, schema
 from engine.config import EngineConfig
+from engine.db import connect
 from engine.identity import Trampolines, reset_session
 from engine.results import TypeCache
 from engine.steps import EngineStatementError, StepFailure, StepRunner, Task, retry_delay
 
 log = logging.getLogger("dftui.engine")
-
-_CONN_OPTIONS = (
-    "-c search_path=pg_catalog,pg_temp -c idle_in_transaction_session_timeout=600000 "
-    "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
-)
-
-
-def connect(dsn: str, purpose: str) -> psycopg.Connection:
-    """An engine connection: autocommit (transactions are explicit), pinned search_path."""
-    conn = psycopg.connect(dsn, autocommit=True, application_name=f"dftui engine ({purpose})",
-                           options=_CONN_OPTIONS, prepare_threshold=None)
-    return conn
-
 
 class Engine:
     """One engine process. `start()` returns once the workers run; `stop()` shuts down."""

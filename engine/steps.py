@@ -23,6 +23,7 @@ from psycopg import sql
 
 from engine import http as http_steps
 from engine.config import EngineConfig
+from engine.db import connect
 from engine.identity import (
     DESCRIBE_PORTAL,
     Trampolines,
@@ -379,13 +380,8 @@ class StepRunner:
         """An autocommit connection to `database` (cached per worker)."""
         conn = self._side.get(database)
         if conn is None or conn.closed:
-            params = psycopg.conninfo.conninfo_to_dict(self.config.dsn)
-            params["dbname"] = database
             try:
-                conn = psycopg.connect(
-                    psycopg.conninfo.make_conninfo(**params), autocommit=True,
-                    application_name="dftui engine (step)", prepare_threshold=None,
-                    options="-c search_path=pg_catalog,pg_temp")
+                conn = connect(self.config.dsn, "step", dbname=database)
             except psycopg.OperationalError as exc:
                 first = str(exc).strip().splitlines()[-1]
                 kind = "identity" if "does not exist" in first else "connection"
