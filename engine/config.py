@@ -18,6 +18,7 @@ class EngineConfig:
 
     dsn: str = ""
     concurrency: int = 8
+    batch_size: int = 16  # most tasks one worker claims and commits together (1 = no batching)
     http_policy: str = "disabled"
     http_allow: list[str] = field(default_factory=list)
     http_allow_private: bool = False  # allow loopback/private targets (tests, on-prem services)
@@ -36,6 +37,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if not 1 <= self.batch_size <= 1000:
+            raise ValueError("batch size must be between 1 and 1000")
         if self.http_policy not in HTTP_POLICIES:
             raise ValueError(f"http policy must be one of {', '.join(HTTP_POLICIES)}")
 
@@ -46,6 +49,8 @@ class EngineConfig:
         values: dict[str, object] = {}
         if "DFTUI_ENGINE_CONCURRENCY" in env:
             values["concurrency"] = int(env["DFTUI_ENGINE_CONCURRENCY"])
+        if "DFTUI_ENGINE_BATCH_SIZE" in env:
+            values["batch_size"] = int(env["DFTUI_ENGINE_BATCH_SIZE"])
         if "DFTUI_ENGINE_HTTP_POLICY" in env:
             values["http_policy"] = env["DFTUI_ENGINE_HTTP_POLICY"]
         if "DFTUI_ENGINE_HTTP_ALLOW" in env:

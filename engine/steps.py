@@ -81,6 +81,17 @@ class Task:
         return self.database if self.database and self.database != home else None
 
 
+@dataclass
+class FusedStep:
+    """A local SQL step and its checkpoint as one statement (see StepRunner.fused_step)."""
+
+    query: str
+    params: list[Any]
+    text: str  # the step as run (recorded in history)
+    key: tuple[int, str, str]  # describe-cache key
+    cached: bool  # were the columns taken from the describe cache?
+
+
 class StepFailure(Exception):
     """The step failed. `kind` feeds the retry classification; `ran_sql` is kept for history."""
 
@@ -161,7 +172,6 @@ class StepRunner:
         # statements whose rows a column definition list cannot describe (read as jsonb);
         # shared by every worker of the process
         self.generic_keys = _GENERIC_KEYS
-        self.committed = False  # set when a handler committed its own transaction
         self._side: dict[str, psycopg.Connection] = {}
         self._types_by_db: dict[str, TypeCache] = {}
         self.side_active: psycopg.Connection | None = None  # cancelled along with the worker
@@ -253,19 +263,19 @@ class StepRunner:
                 "(pg_durable.enable_superuser_instances)", kind="identity")
         return task.role_name
 
-    def run_sql(self, conn: psycopg.Connection, task: Task, started: datetime) -> None:
-        """Run the step through the submitter's trampoline and checkpoint it in one statement.
-
-        The statement is parsed and planned before any user code runs, so nothing the step does
-        (search_path, temporary objects) can change what the engine's part of it refers to.
-        """
+    def _prepare_sql(self, task: Task) -> tuple[str, str]:
+        """The submitter's role name and the step's text with variables and results filled in."""
         role = self.check_identity(task)
         named = parse_named(task.named_results)
         text = substitute_vars(task.query or "", task.vars, task.instance_id, task.label)
         try:
-            text = substitute_results(text, named)
+            return role, substitute_results(text, named)
         except SubstitutionError as exc:
             raise StepFailure(str(exc), ran_sql=text) from exc
+
+    def run_sql(self, conn: psycopg.Connection, task: Task, started: datetime) -> None:
+        """SQL steps that cannot share the checkpoint's transaction (see fused_step)."""
+        role, text = self._prepare_sql(task)
         if is_non_transactional(text):
             result = self._run_outside_transaction(task, role, text, task.database or conn.info.dbname)
             self.complete(conn, task, result, None, text, started)
@@ -275,17 +285,24 @@ class StepRunner:
             result, details = self._run_in_database(elsewhere, task, role, text)
             self.complete(conn, task, result, details, text, started)
             return
-        self._run_fused(conn, task, role, text, started)
+        raise EngineStatementError("a local transactional step must run through fused_step")
 
-    def _run_fused(self, conn: psycopg.Connection, task: Task, role: str, text: str,
-                   started: datetime) -> None:
-        """The exactly-once path: the step and its checkpoint are one statement, one commit.
+    def fused_step(self, conn: psycopg.Connection, task: Task, started: datetime) -> FusedStep | None:
+        """The exactly-once path: the step and its checkpoint as one statement (None for tasks
+        that take another path: not SQL, another database, a non-transactional statement).
 
         User code only runs inside the submitter's trampolines: describing (describe_<oid>) and
         executing (step_/rows_/exec_<oid>). The engine's own part of the statement encodes rows
         with built-in functions only: values of user-defined types go through their output
         function (format('%s')), never to_jsonb, which would apply a user-defined cast to json.
+        The statement is parsed and planned before any user code runs, so nothing the step does
+        (search_path, temporary objects) can change what the engine's part of it refers to.
         """
+        if task.node_type != "SQL" or task.database_elsewhere(conn.info.dbname):
+            return None
+        role, text = self._prepare_sql(task)
+        if is_non_transactional(text):
+            return None
         if self.trampolines.search_path(conn.info.dbname, task.role_oid) is None:
             problem = self.trampolines.problem(conn.info.dbname, task.role_oid)
             if problem:
@@ -295,27 +312,26 @@ class StepRunner:
         details = {"columns": [c.name for c in columns]} if columns else None
         result_sql, result_params = self._result_expression(conn, task, text, columns, self.types,
                                                             generic=key in self.generic_keys)
-        query = (f"SELECT df_internal.complete_task(%s, %s, %s, {result_sql}, %s::jsonb, %s, %s, %s)")
+        query = f"SELECT df_internal.complete_task(%s, %s, %s, {result_sql}, %s::jsonb, %s, %s, %s)"
         params: list[Any] = [task.instance_id, task.node_id, task.gen, *result_params,
                              json.dumps(details) if details else None, text, self.engine_id, started]
-        try:
-            with conn.pipeline():
-                conn.execute(query, params)
-                conn.execute("COMMIT")
-        except psycopg.Error as exc:
-            if not _raised_in_step(exc):
-                raise EngineStatementError(str(exc), exc.sqlstate) from exc
-            if exc.sqlstate == "42804" and "does not match function result type" in str(exc):
-                # Either the statement's shape changed since it was described (re-describe), or
-                # the column list cannot express its types (e.g. domains, which the protocol
-                # reports as their base type): read its rows as jsonb instead.
-                if not cached:
-                    self.generic_keys.add(key)
-                self.describe_cache.drop(key)
-                raise EngineStatementError("result shape changed; re-describing") from exc
-            raise StepFailure(_message(exc), kind=failure_kind(exc.sqlstate),
-                              sqlstate=exc.sqlstate, ran_sql=text) from exc
-        self.committed = True
+        return FusedStep(query, params, text, key, cached)
+
+    def fused_error(self, fused: FusedStep, exc: psycopg.Error) -> Exception:
+        """What a failed fused statement means: the user's statement failed (StepFailure), or
+        the engine's part did (EngineStatementError: roll back and try the task again)."""
+        if not _raised_in_step(exc):
+            return EngineStatementError(str(exc), exc.sqlstate)
+        if exc.sqlstate == "42804" and "does not match function result type" in str(exc):
+            # Either the statement's shape changed since it was described (re-describe), or
+            # the column list cannot express its types (e.g. domains, which the protocol
+            # reports as their base type): read its rows as jsonb instead.
+            if not fused.cached:
+                self.generic_keys.add(fused.key)
+            self.describe_cache.drop(fused.key)
+            return EngineStatementError("result shape changed; re-describing")
+        return StepFailure(_message(exc), kind=failure_kind(exc.sqlstate),
+                           sqlstate=exc.sqlstate, ran_sql=fused.text)
 
     def _columns(self, conn: psycopg.Connection, task: Task, text: str,
                  cache_text: str) -> tuple[list[Column], bool, tuple[int, str, str]]:
@@ -324,6 +340,8 @@ class StepRunner:
         columns = self.describe_cache.get(key)
         if columns is not None:
             return columns, True, key
+        if returns_no_rows(text):
+            return [], True, key
         columns = self._describe(conn, task, text)
         self.describe_cache.put(key, columns)
         return columns, False, key
@@ -518,6 +536,19 @@ def _cache_text(template: str, substituted: str) -> str:
     if ".*" in template or _USER_VAR.search(template):
         return substituted
     return "template:" + template
+
+
+# Statements of these kinds return no rows unless they say RETURNING, whatever their literals:
+# they need no description (a round trip and a savepoint). Anything else is described.
+_ROWLESS = re.compile(
+    r"^\s*(INSERT|UPDATE|DELETE|MERGE|CREATE|ALTER|DROP|TRUNCATE|GRANT|REVOKE|COMMENT|LOCK|NOTIFY|DO)\b",
+    re.IGNORECASE)
+_RETURNING = re.compile(r"\bRETURNING\b", re.IGNORECASE)
+
+
+def returns_no_rows(text: str) -> bool:
+    """Certainly no result rows: a step-kind keyword first, and no RETURNING anywhere."""
+    return bool(_ROWLESS.match(text)) and not _RETURNING.search(text)
 
 
 _WHOLE_REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)(?:\.([A-Za-z_][A-Za-z0-9_]*))?\??$")

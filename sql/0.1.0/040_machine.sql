@@ -128,25 +128,27 @@ END $$;
 CREATE FUNCTION df_internal.guard_instance_update() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    -- (Not current_setting('is_superuser'): it follows SET ROLE but not SECURITY DEFINER, so
-    -- inside a step it would report the engine.)
-    privileged boolean := EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
-                                   WHERE r.rolname = current_user AND r.rolsuper)
-        OR pg_catalog.pg_has_role(current_user,
-              (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'df'), 'MEMBER');
+    status_changed boolean := NEW.status IS DISTINCT FROM OLD.status;
+    privileged boolean;
 BEGIN
-    IF NEW.status IS DISTINCT FROM OLD.status THEN
-        IF OLD.status IN ('completed', 'failed', 'cancelled')
-           AND NOT (privileged AND COALESCE(current_setting('df.retrying', true), '') = NEW.id) THEN
-            NEW.status := OLD.status;          -- never overwritten
-            NEW.completed_at := OLD.completed_at;
-        ELSIF NEW.status <> 'cancelled' AND NOT privileged THEN
-            RAISE EXCEPTION 'only df.cancel may change an instance''s status'
-                USING ERRCODE = 'insufficient_privilege';
+    IF status_changed OR NEW.submitted_by IS DISTINCT FROM OLD.submitted_by THEN
+        -- (Not current_setting('is_superuser'): it follows SET ROLE but not SECURITY DEFINER, so
+        -- inside a step it would report the engine. Superusers are members of every role.)
+        privileged := pg_catalog.pg_has_role(current_user,
+            (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'df'), 'MEMBER');
+        IF status_changed THEN
+            IF OLD.status IN ('completed', 'failed', 'cancelled')
+               AND NOT (privileged AND COALESCE(current_setting('df.retrying', true), '') = NEW.id) THEN
+                NEW.status := OLD.status;          -- never overwritten
+                NEW.completed_at := OLD.completed_at;
+            ELSIF NEW.status <> 'cancelled' AND NOT privileged THEN
+                RAISE EXCEPTION 'only df.cancel may change an instance''s status'
+                    USING ERRCODE = 'insufficient_privilege';
+            END IF;
         END IF;
-    END IF;
-    IF NEW.submitted_by IS DISTINCT FROM OLD.submitted_by AND NOT privileged THEN
-        RAISE EXCEPTION 'submitted_by cannot be changed' USING ERRCODE = 'insufficient_privilege';
+        IF NEW.submitted_by IS DISTINCT FROM OLD.submitted_by AND NOT privileged THEN
+            RAISE EXCEPTION 'submitted_by cannot be changed' USING ERRCODE = 'insufficient_privilege';
+        END IF;
     END IF;
     NEW.updated_at := now();
     RETURN NEW;
@@ -191,8 +193,13 @@ CREATE TRIGGER instances_after_insert AFTER INSERT ON df.instances
     FOR EACH ROW EXECUTE FUNCTION df_internal.on_instance_insert();
 CREATE TRIGGER instances_before_update BEFORE UPDATE ON df.instances
     FOR EACH ROW EXECUTE FUNCTION df_internal.guard_instance_update();
+-- Only for what it handles (a cancel, or a request set by df.signal / df.retry): the engine's own
+-- status updates skip the call.
 CREATE TRIGGER instances_after_update AFTER UPDATE ON df.instances
-    FOR EACH ROW EXECUTE FUNCTION df_internal.on_instance_update();
+    FOR EACH ROW
+    WHEN ((NEW.status = 'cancelled' AND OLD.status IS DISTINCT FROM 'cancelled')
+          OR COALESCE(current_setting('df.request', true), '') <> '')
+    EXECUTE FUNCTION df_internal.on_instance_update();
 
 -- Queue a signal and wake the instance's waiting SIGNAL tasks.
 CREATE FUNCTION df_internal.enqueue_signal(p_instance varchar, p_name text, p_data jsonb,
@@ -483,8 +490,10 @@ BEGIN
                 UPDATE df.nodes x SET status = st, result = res, error = CASE WHEN st = 'failed' THEN err END,
                        updated_at = now()
                  WHERE x.instance_id = p_instance AND x.id = nid;
-                UPDATE df_internal.node_meta x SET finished_at = clock_timestamp()
-                 WHERE x.instance_id = p_instance AND x.node_id = nid;
+                IF NOT COALESCE((ev ->> 'finished')::boolean, false) THEN   -- (complete_task wrote it)
+                    UPDATE df_internal.node_meta x SET finished_at = clock_timestamp()
+                     WHERE x.instance_id = p_instance AND x.node_id = nid;
+                END IF;
             END IF;
             IF st = 'completed' AND n.result_name IS NOT NULL THEN
                 INSERT INTO df_internal.named_results AS nr (instance_id, name, node_id, result, columns)
@@ -631,11 +640,17 @@ END $$;
 -- Engine API: claim, complete, fail. Called by `dftui engine` inside the step's transaction.
 -- ---------------------------------------------------------------------------------------------
 
--- Claim one due task (row-locked until the caller's transaction ends). Stale tasks (generation
--- fenced, instance terminal) are deleted on the way. A due 'start' task is processed inline (the
--- instance is started, its first leaves queued) and reported as kind 'started' for the caller to
--- commit. Returns no row when nothing is due.
-CREATE FUNCTION df_internal.claim_task(p_engine text)
+-- Claim up to p_limit due tasks, row-locked until the caller's transaction ends. The engine runs
+-- them one after another in that transaction, each behind its own savepoint, and commits them
+-- together: one queue scan and one commit for many steps, each still exactly-once. A batch holds
+-- at most one task per instance, so parallel branches (JOIN, RACE) never wait for each other
+-- inside one batch, and an HTTP step (a network wait) is only ever claimed alone. Candidates are
+-- read without locks and locked one by one (FOR UPDATE SKIP LOCKED on the key), so a task this
+-- call passes over is never held. Stale tasks (generation fenced, instance terminal) are deleted
+-- on the way. A due 'start' task of a hand-made instance is processed inline (the instance is
+-- started, its first leaves queued) and reported as kind 'started'. No rows: nothing is due.
+CREATE FUNCTION df_internal.claim_tasks(p_engine text, p_limit integer DEFAULT 1,
+                                        p_slice integer DEFAULT 0, p_slices integer DEFAULT 1)
 RETURNS TABLE (instance_id varchar, node_id varchar, gen integer, kind text, phase text,
                deadline timestamptz, node_type text, query text, result_name text,
                submitted_by regrole, role_oid oid, database text, vars jsonb,
@@ -645,72 +660,123 @@ RETURNS TABLE (instance_id varchar, node_id varchar, gen integer, kind text, pha
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
+    c record;
     t df_internal.tasks%ROWTYPE;
-    inst_status text;
-    cur_gen integer;
-    started varchar;
-    tries integer := 0;
+    verdict text;
+    want integer := GREATEST(COALESCE(p_limit, 1), 1);
+    keys text[] := '{}';
+    insts varchar[] := '{}';
+    started text[] := '{}';
+    lone boolean := false;
+    slices integer := GREATEST(COALESCE(p_slices, 1), 1);
 BEGIN
-    LOOP
-        tries := tries + 1;
-        IF tries > 1000 THEN
-            RETURN;
-        END IF;
-        IF started IS NOT NULL THEN
-            -- The start commits on its own (the caller commits on kind 'started'), so the
-            -- instance reads 'running' and df.cancel never waits behind its first step.
-            instance_id := started;
-            kind := 'started';
-            RETURN NEXT;
-            RETURN;
-        END IF;
-        SELECT * INTO t FROM df_internal.tasks x
-         WHERE x.run_at <= now()
-         ORDER BY x.run_at
-         LIMIT 1
-         FOR UPDATE SKIP LOCKED;
-        IF NOT FOUND THEN
-            RETURN;
-        END IF;
-        SELECT i.status INTO inst_status FROM df.instances i WHERE i.id = t.instance_id;
-        IF t.kind = 'start' THEN
-            IF inst_status = 'pending' THEN
-                PERFORM df_internal.start_instance(t.instance_id);
-                started := t.instance_id;
-            ELSE
-                DELETE FROM df_internal.tasks x WHERE x.instance_id = t.instance_id AND x.node_id = t.node_id;
+    -- Concurrent claimers all start at the head of the queue. Each first looks at its own slice
+    -- of it (instances hashed over p_slices, the engine's workers), so they do not queue up on
+    -- one another's row locks, then, if its batch is not full, at everything.
+    FOR pass IN CASE WHEN slices > 1 THEN 1 ELSE 2 END .. 2 LOOP
+        FOR c IN
+            SELECT x.instance_id, x.node_id,
+                   -- a per-row subquery, so the plan keeps walking the run_at index
+                   COALESCE((SELECT n.node_type FROM df.nodes n
+                              WHERE n.instance_id = x.instance_id AND n.id = x.node_id), '')
+                       IN ('HTTP', 'HTTP_MULTIPART') AS http
+              FROM df_internal.tasks x
+             WHERE x.run_at <= now()
+               AND (pass = 2 OR (hashtext(x.instance_id) & 2147483647) % slices = p_slice)
+             ORDER BY x.run_at
+             LIMIT 1000
+        LOOP
+            EXIT WHEN cardinality(keys) >= want OR lone;
+            CONTINUE WHEN c.instance_id = ANY (insts) OR (c.http AND cardinality(keys) > 0);
+            SELECT * INTO t FROM df_internal.tasks x
+             WHERE x.instance_id = c.instance_id AND x.node_id = c.node_id AND x.run_at <= now()
+             FOR UPDATE SKIP LOCKED;
+            CONTINUE WHEN NOT FOUND;
+            verdict := df_internal.triage(t);
+            IF verdict = 'started' THEN
+                started := started || t.instance_id::text;
+            ELSIF verdict = 'ok' THEN
+                keys := keys || (t.instance_id || '/' || t.node_id);
+                insts := insts || t.instance_id;
+                lone := c.http;
             END IF;
-            CONTINUE;
-        END IF;
-        SELECT m.gen INTO cur_gen FROM df_internal.node_meta m
-         WHERE m.instance_id = t.instance_id AND m.node_id = t.node_id;
-        IF inst_status IN ('pending', 'running') AND cur_gen = t.gen THEN
-            EXIT;
-        END IF;
-        DELETE FROM df_internal.tasks x WHERE x.instance_id = t.instance_id AND x.node_id = t.node_id;
+        END LOOP;
+        EXIT WHEN cardinality(keys) >= want OR lone;
     END LOOP;
 
     RETURN QUERY
-    SELECT t.instance_id, t.node_id, t.gen, t.kind, t.phase, t.deadline,
+    SELECT s.id::varchar, NULL::varchar, NULL::integer, 'started'::text, NULL::text,
+           NULL::timestamptz, NULL::text, NULL::text, NULL::text, NULL::regrole,
+           NULL::oid, NULL::text, NULL::jsonb, NULL::jsonb, NULL::text, NULL::integer,
+           NULL::jsonb, NULL::name, NULL::boolean, NULL::boolean, NULL::boolean, true
+      FROM unnest(started) AS s(id);
+    RETURN QUERY
+    SELECT t2.instance_id, t2.node_id, t2.gen, t2.kind, t2.phase, t2.deadline,
            n.node_type, n.query, n.result_name,
            s.submitted_by, s.submitted_by::oid, s.database, s.vars,
            COALESCE((SELECT jsonb_object_agg(nr.name, jsonb_build_object('result', nr.result,
                                                                            'columns', nr.columns))
                        FROM df_internal.named_results nr
-                      WHERE nr.instance_id = t.instance_id), '{}'),
+                      WHERE nr.instance_id = t2.instance_id), '{}'),
            i.label, COALESCE(m.attempts, 0), COALESCE(m.retry_policy, s.retry_policy),
            r.rolname, r.rolcanlogin, r.rolsuper,
            COALESCE(current_setting('pg_durable.enable_superuser_instances', true), '')
                IN ('on', 'true', '1', 'yes'),
-           -- "more may be due": the engine chain-wakes another worker. (An EXISTS probe here
-           -- walked the queue's dead tuples on every claim: slower than an empty claim.)
-           true
-      FROM df_internal.instance_state s
-      JOIN df.instances i ON i.id = s.instance_id
-      LEFT JOIN df.nodes n ON n.instance_id = t.instance_id AND n.id = t.node_id
-      LEFT JOIN df_internal.node_meta m ON m.instance_id = t.instance_id AND m.node_id = t.node_id
+           -- "more may be due" (the batch is full, or an HTTP step was taken alone): the engine
+           -- chain-wakes another worker. (An EXISTS probe here walked the queue's dead tuples.)
+           cardinality(keys) >= want OR lone
+      FROM unnest(keys) WITH ORDINALITY AS k(key, ord)
+      JOIN df_internal.tasks t2
+        ON t2.instance_id = split_part(k.key, '/', 1) AND t2.node_id = split_part(k.key, '/', 2)
+      JOIN df_internal.instance_state s ON s.instance_id = t2.instance_id
+      JOIN df.instances i ON i.id = t2.instance_id
+      LEFT JOIN df.nodes n ON n.instance_id = t2.instance_id AND n.id = t2.node_id
+      LEFT JOIN df_internal.node_meta m ON m.instance_id = t2.instance_id AND m.node_id = t2.node_id
       LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.submitted_by::oid
-     WHERE s.instance_id = t.instance_id;
+     ORDER BY k.ord;
+END $$;
+
+-- What to do with a locked task: 'ok' (run it), 'stale' (deleted: its generation was fenced or its
+-- instance ended) or 'started' (a hand-made instance's start task, processed here).
+CREATE FUNCTION df_internal.triage(t df_internal.tasks) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    inst_status text;
+    cur_gen integer;
+BEGIN
+    SELECT i.status INTO inst_status FROM df.instances i WHERE i.id = t.instance_id;
+    IF t.kind = 'start' THEN
+        IF inst_status = 'pending' THEN
+            PERFORM df_internal.start_instance(t.instance_id);
+            RETURN 'started';
+        END IF;
+    ELSE
+        SELECT m.gen INTO cur_gen FROM df_internal.node_meta m
+         WHERE m.instance_id = t.instance_id AND m.node_id = t.node_id;
+        IF inst_status IN ('pending', 'running') AND cur_gen = t.gen THEN
+            RETURN 'ok';
+        END IF;
+    END IF;
+    DELETE FROM df_internal.tasks x WHERE x.instance_id = t.instance_id AND x.node_id = t.node_id;
+    RETURN 'stale';
+END $$;
+
+-- Wipe what a step may have left in the engine's session (GUCs set with plain SET, temporary
+-- objects, prepared statements, cursors, LISTEN, session advisory locks) before the next step of
+-- the same batch runs: DISCARD ALL minus DISCARD PLANS (cached plans never depend on such state;
+-- dropping them re-plans all of the engine's PL/pgSQL). DISCARD ALL itself cannot run inside a
+-- transaction block. No SET search_path clause on purpose: leaving the function would restore
+-- whatever search_path the step set, undoing RESET ALL; the body resolves no names.
+CREATE FUNCTION df_internal.wipe_session() RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    RESET ALL;
+    EXECUTE 'DEALLOCATE ALL';
+    EXECUTE 'CLOSE ALL';
+    EXECUTE 'UNLISTEN *';
+    PERFORM pg_catalog.pg_advisory_unlock_all();
+    EXECUTE 'DISCARD TEMP';
+    EXECUTE 'DISCARD SEQUENCES';
 END $$;
 
 -- Take the per-instance lock that serialises orchestration for one instance. An advisory lock,
@@ -911,7 +977,9 @@ RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- Checkpoint a finished leaf: record the attempt, write the result, run the interpreter.
--- Returns false (and changes nothing but dropping the task) when the write is stale.
+-- Returns false (and changes nothing but dropping the task) when the write is stale. The hot path
+-- of every step: the liveness check rides on the node_meta update, and the interpreter is told
+-- the node's finish time is already written.
 CREATE FUNCTION df_internal.complete_task(p_instance varchar, p_node varchar, p_gen integer,
                                           p_result jsonb, p_details jsonb, p_ran_sql text,
                                           p_engine text, p_started_at timestamptz)
@@ -920,31 +988,38 @@ RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     m df_internal.node_meta%ROWTYPE;
+    inst_status text;
 BEGIN
-    PERFORM df_internal.lock_instance(p_instance);
+    PERFORM pg_advisory_xact_lock(7262937, hashtext(p_instance));   -- = df_internal.lock_instance
     DELETE FROM df_internal.tasks t WHERE t.instance_id = p_instance AND t.node_id = p_node;
-    IF NOT df_internal.task_is_live(p_instance, p_node, p_gen) THEN
+    SELECT i.status INTO inst_status FROM df.instances i WHERE i.id = p_instance;
+    IF inst_status IS NULL OR inst_status NOT IN ('pending', 'running') THEN
         RETURN false;
     END IF;
     UPDATE df_internal.node_meta x SET attempts = x.attempts + 1, ran_sql = p_ran_sql,
-                                       started_at = COALESCE(p_started_at, x.started_at)
-     WHERE x.instance_id = p_instance AND x.node_id = p_node
+                                       started_at = COALESCE(p_started_at, x.started_at),
+                                       finished_at = clock_timestamp()
+     WHERE x.instance_id = p_instance AND x.node_id = p_node AND x.gen = p_gen
     RETURNING * INTO m;
+    IF NOT FOUND THEN
+        RETURN false;   -- fenced: a newer generation of the node exists
+    END IF;
     INSERT INTO df_internal.node_attempts (instance_id, node_id, iteration, attempt, status,
                                            started_at, ran_sql, engine_id, finished_at)
     VALUES (p_instance, p_node,
-            COALESCE((SELECT lm.iteration FROM df_internal.node_meta lm
-                       WHERE lm.instance_id = p_instance AND lm.node_id =
-                             (SELECT pm.parent_id FROM df_internal.node_meta pm
-                               WHERE pm.instance_id = p_instance AND pm.node_id = p_node)), 0),
-            m.attempts, 'completed', p_started_at, p_ran_sql, p_engine, clock_timestamp());
+            CASE WHEN m.parent_id IS NULL THEN 0 ELSE
+                COALESCE((SELECT lm.iteration FROM df_internal.node_meta lm
+                           WHERE lm.instance_id = p_instance AND lm.node_id = m.parent_id), 0) END,
+            m.attempts, 'completed', p_started_at, p_ran_sql, p_engine, m.finished_at);
     IF p_details IS NOT NULL THEN
         UPDATE df.nodes x SET status_details = p_details
          WHERE x.instance_id = p_instance AND x.id = p_node;
     END IF;
     PERFORM df_internal.drive(p_instance, jsonb_build_array(jsonb_build_object(
-        'op', 'done', 'node', p_node, 'status', 'completed', 'result', p_result)));
-    PERFORM df_internal.mark_running(p_instance);
+        'op', 'done', 'node', p_node, 'status', 'completed', 'result', p_result, 'finished', true)));
+    IF inst_status = 'pending' THEN
+        PERFORM df_internal.mark_running(p_instance);
+    END IF;
     RETURN true;
 END $$;
 
