@@ -44,7 +44,7 @@ BATCH_TIME_BUDGET = 0.05
 # Errors of a batched step that waited behind locks (lock_timeout, deadlock, serialization): it
 # gives way and runs again alone (see _Worker._run_task).
 BATCH_CONFLICTS = frozenset({"55P03", "40P01", "40001"})
-BATCH_LOCK_TIMEOUT = ("SELECT pg_catalog.set_config('lock_timeout', '50ms', true)", ())
+BATCH_LOCK_TIMEOUT = "SELECT pg_catalog.set_config('lock_timeout', '50ms', true)"
 
 
 # Housekeeping wakes this often; heartbeats go out every heartbeat_interval.
@@ -449,12 +449,15 @@ class _Worker:
             fused = self.runner.fused_step(conn, task, started)
             if fused is not None:
                 in_savepoint = True
+                # One round trip: the statements go as one simple query, the step's parameters
+                # bound (quoted) by psycopg. An error skips the rest of the string, COMMIT too.
+                script = "; ".join(filter(None, (
+                    "SAVEPOINT step", None if first else BATCH_LOCK_TIMEOUT, fused.query,
+                    "RELEASE SAVEPOINT step", "SELECT df_internal.wipe_session()",
+                    "COMMIT" if commit else None)))
                 try:
-                    self._pipeline(conn, commit, "SAVEPOINT step",
-                                   None if first else BATCH_LOCK_TIMEOUT,
-                                   (fused.query, fused.params),
-                                   "RELEASE SAVEPOINT step",
-                                   "SELECT df_internal.wipe_session()")
+                    with psycopg.ClientCursor(conn) as cur:
+                        cur.execute(script, fused.params)
                 except psycopg.Error as exc:
                     if conn.broken:
                         raise

@@ -95,7 +95,7 @@ def test_bad_arguments_get_one_line_errors() -> None:
 def test_profile_summary_buckets_worker_time(tmp_path: Path) -> None:
     raw = tmp_path / "stacks.collapsed"
     worker = ("Thread.run (threading.py:982);_Worker.run (engine/runner.py:277);"
-              "_Worker.step_once (engine/runner.py:325)")
+              "_Worker.step_batch (engine/runner.py:325)")
     raw.write_text("\n".join([
         f"{worker};Connection.execute (psycopg/connection.py:302);Connection.wait (psycopg/connection.py:495) 60",
         f"{worker};StepRunner._describe (engine/steps.py:297) 30",
@@ -111,7 +111,7 @@ def test_profile_summary_buckets_worker_time(tmp_path: Path) -> None:
     assert summary.buckets["server round trip (waiting in psycopg for PostgreSQL)"] == 60
     assert summary.buckets["Python (engine + psycopg client code)"] == 30
     assert summary.buckets["idle (waiting for a wake-up)"] == 10
-    assert summary.waits_by_call.most_common(1)[0][0].startswith("_Worker.step_once (engine/runner.py:325)")
+    assert summary.waits_by_call.most_common(1)[0][0].startswith("_Worker.step_batch (engine/runner.py:325)")
     lines = summary.lines()
     assert lines[0].startswith("worker-thread samples: 100")
 
