@@ -1,0 +1,175 @@
+"""Batched execution: with a backlog, one worker runs many steps in one transaction, each behind
+its own savepoint. Every step must still behave exactly as it would alone: effects exactly once,
+a failing step undone without disturbing its neighbours, no session state leaking from one
+submitter's step to the next, no step failing because of locks its batch holds.
+
+The engine here has a single worker and starts after the backlog is queued, so its claims are
+full batches. An instance's updated_at is now() of the transaction that finished it: instances
+sharing one finished in one transaction. That is how the tests see that steps really were
+batched (a test of batching that never batches would pass vacuously).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from engine_support import running_engine, wait_for
+
+from engine.steps import returns_no_rows
+
+ALICE = "dftui_alice"
+BOB = "dftui_bob"
+TERMINAL_COUNT = "SELECT count(*) FROM df.instances WHERE status IN ('completed', 'failed', 'cancelled')"
+
+
+@pytest.fixture
+def counters(db):
+    with db.connect() as conn:
+        conn.execute("CREATE TABLE public.counter (id int PRIMARY KEY, n int NOT NULL DEFAULT 0)")
+        conn.execute("INSERT INTO public.counter SELECT g, 0 FROM generate_series(0, 99) g")
+        conn.execute("GRANT ALL ON public.counter TO PUBLIC")
+    return db
+
+
+def enqueue(db, role: str, step_sql: str, count: int) -> None:
+    """Start `count` one-step instances; `step_sql` is a format() pattern over the number g."""
+    with db.connect(role) as conn:
+        conn.execute("SELECT df.start(format(%s, g)) FROM generate_series(0, %s - 1) g",
+                     (step_sql, count))
+
+
+def drain(db, total: int, **engine_options) -> None:
+    options = {"concurrency": 1, "batch_size": 16, **engine_options}
+    with running_engine(db.dsn(), **options):
+        wait_for(lambda: db.scalar(TERMINAL_COUNT) == total, 120, what="the backlog to drain")
+
+
+def transactions(db) -> int:
+    """Distinct transactions that finished the instances (see the module's docstring)."""
+    return db.scalar("SELECT count(DISTINCT updated_at) FROM df.instances")
+
+
+def test_backlog_runs_in_batches_exactly_once(counters):
+    db = counters
+    enqueue(db, ALICE, "UPDATE public.counter SET n = n + 1 WHERE id = %s", 60)
+    drain(db, 60)
+    assert db.scalar("SELECT count(*) FROM df.instances WHERE status = 'completed'") == 60
+    assert db.scalar("SELECT array_agg(DISTINCT n) FROM public.counter WHERE id < 60") == [1]
+    assert db.scalar("SELECT count(*) FROM df_internal.node_attempts") == 60
+    assert transactions(db) <= 20, "a backlog on one worker should commit many steps at once"
+
+
+def test_a_failing_step_is_undone_alone_and_recorded(counters):
+    db = counters
+    # Every fifth step writes, then fails: its write must be undone, its neighbours' kept.
+    enqueue(db, ALICE, "DO $$ BEGIN UPDATE public.counter SET n = n + 1 WHERE id = %1$s; "
+                       "IF %1$s %% 5 = 0 THEN PERFORM 1 / 0; END IF; END $$", 40)
+    drain(db, 40)
+    assert db.scalar("SELECT jsonb_object_agg(status, n) FROM (SELECT status, count(*) AS n "
+                     "FROM df.instances GROUP BY status) s") == {"completed": 32, "failed": 8}
+    assert db.scalar("SELECT count(*) FROM public.counter WHERE id < 40 AND n <> "
+                     "CASE WHEN id % 5 = 0 THEN 0 ELSE 1 END") == 0
+    errors = db.scalar("SELECT array_agg(DISTINCT error) FROM df_internal.instance_state "
+                       "WHERE error IS NOT NULL")
+    assert errors == ["division by zero"]
+    assert transactions(db) < 40
+
+
+def test_session_state_does_not_leak_between_batched_steps(counters):
+    db = counters
+    # alice's steps leave a setting, a temporary table, a prepared statement and a session lock
+    # behind; bob's steps, batched right after them, must see none of it.
+    leaky = ("DO $$ BEGIN SET work_mem = '7777kB'; CREATE TEMP TABLE IF NOT EXISTS leak (x int); "
+             "PERFORM pg_advisory_lock(4242); UPDATE public.counter SET n = n + 1 WHERE id = %s; END $$")
+    probe = ("SELECT current_setting('work_mem') AS work_mem, "
+             "to_regclass('pg_temp.leak') IS NULL AS no_temp_table, "
+             "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 "
+             " AND pid = pg_backend_pid()) AS my_locks, %s AS g")
+    with db.connect(ALICE) as a, db.connect(BOB) as b:
+        for g in range(20):
+            a.execute("SELECT df.start(format(%s, %s::int))", (leaky, g))
+            b.execute("SELECT df.start(format(%s, %s::int))", (probe, g))
+    drain(db, 40)
+    assert db.scalar("SELECT count(*) FROM df.instances WHERE status = 'completed'") == 40
+    seen = db.scalar(
+        "SELECT jsonb_agg(DISTINCT (n.result -> 'rows' -> 0) - 'g') FROM df.nodes n "
+        "JOIN df.instances i ON i.id = n.instance_id AND n.id = i.root_node "
+        "WHERE i.submitted_by = %s::regrole", (BOB,))
+    assert seen == [{"work_mem": db.scalar("SHOW work_mem"), "no_temp_table": True, "my_locks": 0}]
+    shared = db.scalar("SELECT count(*) FROM (SELECT updated_at FROM df.instances GROUP BY updated_at "
+                       "HAVING count(DISTINCT submitted_by) = 2) s")
+    assert shared > 0, "alice's and bob's steps never shared a batch: the test proved nothing"
+
+
+def test_a_batched_step_gives_way_to_locks_instead_of_failing(counters):
+    db = counters
+    # Every other step updates row 0, which another session holds for a while; the first step of
+    # the first batch updates row 50, so the second one meets the lock inside a batch. Batched
+    # steps behind that lock give way and run again alone: none fails, each counts exactly once.
+    enqueue(db, ALICE, "UPDATE public.counter SET n = n + 1 WHERE id = (%s + 1) %% 2 * 50", 40)
+    holder = db.connect()
+    holder.execute("BEGIN")
+    holder.execute("SELECT * FROM public.counter WHERE id = 0 FOR UPDATE")
+    release = threading.Timer(1.5, holder.execute, ("COMMIT",))
+    release.start()
+    try:
+        drain(db, 40)
+    finally:
+        release.join()
+        holder.close()
+    assert db.scalar("SELECT count(*) FROM df.instances WHERE status = 'completed'") == 40
+    assert db.scalar("SELECT n FROM public.counter WHERE id = 0") == 20
+    assert db.scalar("SELECT n FROM public.counter WHERE id = 50") == 20
+    assert db.scalar("SELECT count(*) FROM df_internal.node_attempts WHERE status <> 'completed'") == 0
+
+
+def test_claim_holds_one_task_per_instance_and_http_alone(db):
+    with db.connect(ALICE) as conn:
+        join = conn.execute("SELECT df.start('SELECT 1' & 'SELECT 2' & 'SELECT 3')").fetchone()[0]
+        for _ in range(3):
+            conn.execute("SELECT df.start('SELECT 4')")
+    with db.connect(DAVE) as conn:
+        conn.execute("SELECT df.start(df.http('http://127.0.0.1:9/never', 'GET'))")
+    claimers, claims = [], []
+    try:
+        while True:  # each claimer keeps its transaction (and its claim) open
+            conn = db.connect()
+            claimers.append(conn)
+            conn.execute("BEGIN")
+            rows = conn.execute("SELECT instance_id, node_type "
+                                "FROM df_internal.claim_tasks('t', 50)").fetchall()
+            if not rows:
+                break
+            claims.append(rows)
+    finally:
+        for conn in claimers:
+            conn.close()
+    assert [len(c) for c in claims][0] == 4  # one JOIN branch, the three one-step instances
+    for claim in claims:
+        assert len({instance for instance, _ in claim}) == len(claim)  # one task per instance
+        if "HTTP" in {node_type for _, node_type in claim}:
+            assert len(claim) == 1  # an HTTP step is claimed alone
+    claimed = [row for claim in claims for row in claim]
+    assert len(claimed) == 7  # 3 branches + 3 one-step + 1 HTTP, each exactly once
+    assert sum(1 for instance, _ in claimed if instance == join) == 3
+
+
+@pytest.mark.parametrize(("text", "rowless"), [
+    ("UPDATE t SET a = 1", True),
+    ("  insert into t values (1)", True),
+    ("DELETE FROM t WHERE a = 'RETURNING'", False),  # conservative: described
+    ("UPDATE t SET a = 1 RETURNING a", False),
+    ("WITH x AS (DELETE FROM t RETURNING *) SELECT count(*) FROM x", False),
+    ("SELECT 1", False),
+    ("CALL p()", False),
+    ("DO $$ BEGIN NULL; END $$", True),
+    ("CREATE TABLE t2 AS SELECT 1", True),
+    ("-- a comment\nUPDATE t SET a = 1", False),  # not recognised: described
+])
+def test_statements_known_to_return_no_rows_skip_describing(text, rowless):
+    assert returns_no_rows(text) is rowless
+
+
+DAVE = "dftui_dave"
+
