@@ -303,6 +303,14 @@ def engine(
             help="Steps run at once (= step connections). Env: DFTUI_ENGINE_CONCURRENCY [8].",
         ),
     ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size", min=1, max=1000,
+            help="Most steps one worker commits together when there is a backlog (1 = one "
+            "transaction per step). Env: DFTUI_ENGINE_BATCH_SIZE [16].",
+        ),
+    ] = None,
     http_policy: Annotated[
         HttpPolicy | None,
         typer.Option(
@@ -349,6 +357,7 @@ def engine(
         "dsn": conninfo,
         "once": once or None,
         "concurrency": concurrency,
+        "batch_size": batch_size,
         "http_policy": http_policy.value if http_policy else None,
         "http_allow": list(http_allow) if http_allow else None,
         "retention_days": retention_days,

@@ -83,6 +83,8 @@ def test_help_and_version(capsys):
         ["ls", "--status", "sleeping"],
         ["show"],
         ["engine", "--concurrency", "0"],
+        ["engine", "--batch-size", "0"],
+        ["engine", "--batch-size", "many"],
         ["engine", "--http-policy", "sometimes"],
         ["uninstall"],
         ["ls", "--dsn", "host='unterminated"],
