@@ -34,7 +34,14 @@ from engine.config import EngineConfig
 from engine.db import connect
 from engine.identity import Trampolines, reset_session
 from engine.results import TypeCache
-from engine.steps import EngineStatementError, StepFailure, StepRunner, Task, retry_delay
+from engine.steps import (
+    CHECKPOINT_COLUMN,
+    EngineStatementError,
+    StepFailure,
+    StepRunner,
+    Task,
+    retry_delay,
+)
 
 log = logging.getLogger("dftui.engine")
 
@@ -55,6 +62,7 @@ VACUUM_QUEUE_EVERY = 500
 
 class _Outcome(enum.Enum):
     RAN = "ran"  # the checkpoint (or the recorded failure) is in the batch's transaction
+    RAN_LAST = "ran_last"  # ran, and the batch should commit now (see complete_task)
     CONFLICT = "conflict"  # rolled back to its savepoint, still queued; the batch stops here
     ABORTED = "aborted"  # the whole transaction was rolled back
 
@@ -404,9 +412,12 @@ class _Worker:
                 if outcome is _Outcome.ABORTED:
                     self.batch = 1
                     return True  # the whole transaction was rolled back; its tasks stay queued
-                if outcome is _Outcome.RAN:
+                if outcome in (_Outcome.RAN, _Outcome.RAN_LAST):
                     ran += 1
-                elif outcome is _Outcome.CONFLICT:
+                if outcome is _Outcome.RAN_LAST and index < len(tasks) - 1:
+                    self.more_work = True
+                    break
+                if outcome is _Outcome.CONFLICT:
                     stopped_early = True
                     break
             if conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -458,11 +469,14 @@ class _Worker:
                 try:
                     with psycopg.ClientCursor(conn) as cur:
                         cur.execute(script, fused.params)
+                        verdict = _checkpoint_verdict(cur)
                 except psycopg.Error as exc:
                     if conn.broken:
                         raise
                     raise self.runner.fused_error(fused, exc) from exc
-                return _Outcome.RAN
+                # Parallel branches of this instance will want its lock, now held by this
+                # transaction: commit now rather than at the end of the batch.
+                return _Outcome.RAN_LAST if verdict == "shared" else _Outcome.RAN
             conn.execute("SAVEPOINT step")
             in_savepoint = True
             self.runner.run(conn, task, started)
@@ -581,6 +595,16 @@ class _Worker:
         )
         if wipe:
             conn.execute("SELECT df_internal.wipe_session()")
+
+
+def _checkpoint_verdict(cur: psycopg.Cursor[Any]) -> str | None:
+    """complete_task's verdict among the results of a fused step's statements."""
+    while True:
+        if cur.description and cur.description[0].name == CHECKPOINT_COLUMN:
+            row = cur.fetchone()
+            return str(row[0]) if row else None
+        if not cur.nextset():
+            return None
 
 
 def _task_from_row(row: tuple[Any, ...]) -> Task:

@@ -81,6 +81,10 @@ class Task:
         return self.database if self.database and self.database != home else None
 
 
+# Name of the fused statement's result column (complete_task's verdict).
+CHECKPOINT_COLUMN = "checkpoint"
+
+
 @dataclass
 class FusedStep:
     """A local SQL step and its checkpoint as one statement (see StepRunner.fused_step)."""
@@ -312,7 +316,8 @@ class StepRunner:
         details = {"columns": [c.name for c in columns]} if columns else None
         result_sql, result_params = self._result_expression(conn, task, text, columns, self.types,
                                                             generic=key in self.generic_keys)
-        query = f"SELECT df_internal.complete_task(%s, %s, %s, {result_sql}, %s::jsonb, %s, %s, %s)"
+        query = (f"SELECT df_internal.complete_task(%s, %s, %s, {result_sql}, %s::jsonb, %s, %s, %s) "
+                 f"AS {CHECKPOINT_COLUMN}")
         params: list[Any] = [task.instance_id, task.node_id, task.gen, *result_params,
                              json.dumps(details) if details else None, text, self.engine_id, started]
         return FusedStep(query, params, text, key, cached)

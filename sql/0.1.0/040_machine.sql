@@ -977,24 +977,27 @@ RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- Checkpoint a finished leaf: record the attempt, write the result, run the interpreter.
--- Returns false (and changes nothing but dropping the task) when the write is stale. The hot path
--- of every step: the liveness check rides on the node_meta update, and the interpreter is told
--- the node's finish time is already written.
+-- Returns 'stale' (and changes nothing but dropping the task) when the write is stale; 'shared'
+-- when other tasks of the instance (parallel branches) are queued or running: they will need the
+-- instance lock this transaction now holds, so a batching engine commits right away; else 'done'.
+-- The hot path of every step: the liveness check rides on the node_meta update, and the
+-- interpreter is told the node's finish time is already written.
 CREATE FUNCTION df_internal.complete_task(p_instance varchar, p_node varchar, p_gen integer,
                                           p_result jsonb, p_details jsonb, p_ran_sql text,
                                           p_engine text, p_started_at timestamptz)
-RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+RETURNS text LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
     SET lock_timeout = '2s'  -- a submitter holding its own instance row must not stall a worker
 AS $$
 DECLARE
     m df_internal.node_meta%ROWTYPE;
     inst_status text;
+    shared boolean;
 BEGIN
     PERFORM pg_advisory_xact_lock(7262937, hashtext(p_instance));   -- = df_internal.lock_instance
     DELETE FROM df_internal.tasks t WHERE t.instance_id = p_instance AND t.node_id = p_node;
     SELECT i.status INTO inst_status FROM df.instances i WHERE i.id = p_instance;
     IF inst_status IS NULL OR inst_status NOT IN ('pending', 'running') THEN
-        RETURN false;
+        RETURN 'stale';
     END IF;
     UPDATE df_internal.node_meta x SET attempts = x.attempts + 1, ran_sql = p_ran_sql,
                                        started_at = COALESCE(p_started_at, x.started_at),
@@ -1002,8 +1005,9 @@ BEGIN
      WHERE x.instance_id = p_instance AND x.node_id = p_node AND x.gen = p_gen
     RETURNING * INTO m;
     IF NOT FOUND THEN
-        RETURN false;   -- fenced: a newer generation of the node exists
+        RETURN 'stale';   -- fenced: a newer generation of the node exists
     END IF;
+    shared := EXISTS (SELECT 1 FROM df_internal.tasks t WHERE t.instance_id = p_instance);
     INSERT INTO df_internal.node_attempts (instance_id, node_id, iteration, attempt, status,
                                            started_at, ran_sql, engine_id, finished_at)
     VALUES (p_instance, p_node,
@@ -1020,7 +1024,7 @@ BEGIN
     IF inst_status = 'pending' THEN
         PERFORM df_internal.mark_running(p_instance);
     END IF;
-    RETURN true;
+    RETURN CASE WHEN shared THEN 'shared' ELSE 'done' END;
 END $$;
 
 -- Record a failed attempt. When p_retry_delay is given the node is retried after that delay
