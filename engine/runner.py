@@ -94,6 +94,13 @@ class Engine:
                     log.info("schema: %s", change.describe())
             elif schema.installed_version(conn) is None:
                 raise RuntimeError("the df schema is not installed in this database (run `dftui install`)")
+            row = conn.execute("SELECT pg_catalog.to_regprocedure("
+                               "'df_internal.claim_tasks(text,integer,integer,integer)')").fetchone()
+            if not row or row[0] is None:
+                # 0.1.0 changed in place before its first release; no upgrade path exists.
+                raise RuntimeError("the df schema in this database was installed by a pre-release "
+                                   "build of dftui 0.1.0 that this engine cannot drive; reinstall it "
+                                   "(`dftui uninstall --yes && dftui install`, which drops all instances)")
             conn.execute(
                 "INSERT INTO df_internal.engines (id, host, pid, version, concurrency) "
                 "VALUES (%s, %s, %s, %s, %s)",
