@@ -10,7 +10,7 @@ SECURITY DEFINER *trampoline* owned by the submitter, in schema ``df_exec``:
   exclusion checks as the submitter, and ``CLOSE ALL`` drops holdable cursors before commit
   would materialise them.
 * Session state the step leaves behind (GUCs set with plain SET, temporary objects, prepared
-  statements, LISTEN, advisory locks) is wiped by ``reset_session`` (DISCARD ALL minus plans) after the step's transaction,
+  statements, LISTEN, advisory locks) is wiped by ``SESSION_RESET`` (DISCARD ALL minus plans) after the step,
   before the connection runs anything else; within the transaction the engine only calls
   schema-qualified ``df_internal`` functions that pin their own search_path.
 * Users have no USAGE on ``df_exec``, so they cannot name, alter or replace a trampoline (and
@@ -54,11 +54,13 @@ _NON_TRANSACTIONAL = re.compile(
 )
 
 
-# DISCARD ALL minus DISCARD PLANS: dropping every cached plan would make PostgreSQL re-plan
-# all of the engine's PL/pgSQL for every step (measured: 3 ms per claim). Plans never depend on
-# state a step can leave behind: they are invalidated when search_path or the objects they use
-# change. Everything else a step can leave in the session goes.
-SESSION_RESET = (
+# DISCARD ALL minus DISCARD PLANS, as one script (sent as one simple query). Dropping every cached
+# plan would make PostgreSQL re-plan all of the engine's PL/pgSQL for every step (measured: 3 ms
+# per claim); plans never depend on state a step can leave behind: they are invalidated when
+# search_path or the objects they use change. Everything else a step can leave in the session
+# goes. Unlike DISCARD ALL, every statement here may run inside a transaction block, so the
+# engine also runs the script between the steps of one batch.
+SESSION_RESET = "; ".join((
     "RESET ALL",  # GUCs, including search_path (back to the pinned connection default)
     "DEALLOCATE ALL",  # prepared statements
     "CLOSE ALL",  # cursors
@@ -66,14 +68,12 @@ SESSION_RESET = (
     "SELECT pg_catalog.pg_advisory_unlock_all()",  # session-level advisory locks
     "DISCARD TEMP",  # temporary tables, functions, types
     "DISCARD SEQUENCES",
-)
+))
 
 
 def reset_session(conn: psycopg.Connection) -> None:
     """Wipe what a step may have left in this session, before the engine uses it again."""
-    with conn.pipeline():
-        for statement in SESSION_RESET:
-            conn.execute(statement)
+    conn.execute(SESSION_RESET)  # no parameters: the simple protocol, one round trip
 
 
 def is_non_transactional(query: str) -> bool:

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +32,7 @@ import psycopg
 from engine import __version__, schema
 from engine.config import EngineConfig
 from engine.db import connect
-from engine.identity import Trampolines, reset_session
+from engine.identity import SESSION_RESET, Trampolines, reset_session
 from engine.results import TypeCache
 from engine.steps import (
     CHECKPOINT_COLUMN,
@@ -51,7 +51,7 @@ BATCH_TIME_BUDGET = 0.05
 # Errors of a batched step that waited behind locks (lock_timeout, deadlock, serialization): it
 # gives way and runs again alone (see _Worker._run_task).
 BATCH_CONFLICTS = frozenset({"55P03", "40P01", "40001"})
-BATCH_LOCK_TIMEOUT = "SELECT pg_catalog.set_config('lock_timeout', '50ms', true)"
+BATCH_LOCK_TIMEOUT = "SET LOCAL lock_timeout = '50ms'"
 
 
 # Housekeeping wakes this often; heartbeats go out every heartbeat_interval.
@@ -460,22 +460,18 @@ class _Worker:
         try:
             if task.kind == "iterate":
                 in_savepoint = True
-                self._pipeline(conn, commit, "SAVEPOINT step",
-                               ("SELECT df_internal.loop_iterate(%s, %s)", (task.instance_id, task.node_id)),
-                               "RELEASE SAVEPOINT step")
+                _script(conn, "SAVEPOINT step", "SELECT df_internal.loop_iterate(%s, %s)",
+                        "RELEASE SAVEPOINT step", "COMMIT" if commit else None,
+                        params=(task.instance_id, task.node_id))
                 return _Outcome.RAN
             fused = self.runner.fused_step(conn, task, started)
             if fused is not None:
                 in_savepoint = True
-                # One round trip: the statements go as one simple query, the step's parameters
-                # bound (quoted) by psycopg. An error skips the rest of the string, COMMIT too.
-                script = "; ".join(filter(None, (
-                    "SAVEPOINT step", None if first else BATCH_LOCK_TIMEOUT, fused.query,
-                    "RELEASE SAVEPOINT step", "SELECT df_internal.wipe_session()",
-                    "COMMIT" if commit else None)))
+                # One round trip; an error skips the rest of the script, COMMIT included.
                 try:
-                    with psycopg.ClientCursor(conn) as cur:
-                        cur.execute(script, fused.params)
+                    with _script(conn, "SAVEPOINT step", None if first else BATCH_LOCK_TIMEOUT,
+                                 fused.query, "RELEASE SAVEPOINT step", SESSION_RESET,
+                                 "COMMIT" if commit else None, params=fused.params) as cur:
                         verdict = _checkpoint_verdict(cur)
                 except psycopg.Error as exc:
                     if conn.broken:
@@ -487,8 +483,7 @@ class _Worker:
             conn.execute("SAVEPOINT step")
             in_savepoint = True
             self.runner.run(conn, task, started)
-            self._pipeline(conn, False, "RELEASE SAVEPOINT step",
-                           "SELECT df_internal.wipe_session()" if sql_step else None)
+            _script(conn, "RELEASE SAVEPOINT step", SESSION_RESET if sql_step else None)
             return _Outcome.RAN
         except StepFailure as failure:
             if not self._rollback_step(conn, in_savepoint):
@@ -522,20 +517,6 @@ class _Worker:
                 return _Outcome.CONFLICT
             return _Outcome.ABORTED
 
-    @staticmethod
-    def _pipeline(conn: psycopg.Connection, commit: bool,
-                  *statements: str | tuple[str, Any] | None) -> None:
-        """Send statements (text, or text and parameters; None skipped) in one round trip,
-        followed by COMMIT when `commit`."""
-        with conn.pipeline():
-            for statement in statements:
-                if isinstance(statement, tuple):
-                    conn.execute(statement[0], statement[1])
-                elif statement is not None:
-                    conn.execute(statement)
-            if commit:
-                conn.execute("COMMIT")
-
     def _rollback_step(self, conn: psycopg.Connection, in_savepoint: bool) -> bool:
         """Undo the current task's work. When its savepoint cannot be rolled back to (the error
         hit outside it, or the commit failed) the whole transaction is rolled back: False."""
@@ -544,7 +525,7 @@ class _Worker:
             return True  # nothing was sent for this task yet
         if in_savepoint:
             try:
-                self._pipeline(conn, False, "ROLLBACK TO SAVEPOINT step", "RELEASE SAVEPOINT step")
+                _script(conn, "ROLLBACK TO SAVEPOINT step", "RELEASE SAVEPOINT step")
                 return True
             except psycopg.Error:
                 if conn.broken:
@@ -601,7 +582,16 @@ class _Worker:
              self.engine.id, started, delay, delay),
         )
         if wipe:
-            conn.execute("SELECT df_internal.wipe_session()")
+            conn.execute(SESSION_RESET)
+
+
+def _script(conn: psycopg.Connection, *statements: str | None,
+            params: Sequence[Any] | None = None) -> psycopg.ClientCursor[Any]:
+    """Run statements (None skipped) as one simple query: one round trip. psycopg binds
+    `params` client-side (quoted); an error skips the rest of the script."""
+    cur = psycopg.ClientCursor(conn)
+    cur.execute("; ".join(s for s in statements if s), params)
+    return cur
 
 
 def _checkpoint_verdict(cur: psycopg.Cursor[Any]) -> str | None:

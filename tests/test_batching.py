@@ -20,6 +20,7 @@ from engine.steps import returns_no_rows
 
 ALICE = "dftui_alice"
 BOB = "dftui_bob"
+DAVE = "dftui_dave"  # granted df.http
 TERMINAL_COUNT = "SELECT count(*) FROM df.instances WHERE status IN ('completed', 'failed', 'cancelled')"
 
 
@@ -170,6 +171,4 @@ def test_claim_holds_one_task_per_instance_and_http_alone(db):
 def test_statements_known_to_return_no_rows_skip_describing(text, rowless):
     assert returns_no_rows(text) is rowless
 
-
-DAVE = "dftui_dave"
 

@@ -664,8 +664,8 @@ DECLARE
     t df_internal.tasks%ROWTYPE;
     verdict text;
     want integer := GREATEST(COALESCE(p_limit, 1), 1);
-    keys text[] := '{}';
-    insts varchar[] := '{}';
+    insts varchar[] := '{}';   -- the claimed tasks, in claim order
+    nodes varchar[] := '{}';
     started text[] := '{}';
     lone boolean := false;
     slices integer := GREATEST(COALESCE(p_slices, 1), 1);
@@ -686,8 +686,8 @@ BEGIN
              ORDER BY x.run_at
              LIMIT 1000
         LOOP
-            EXIT WHEN cardinality(keys) >= want OR lone;
-            CONTINUE WHEN c.instance_id = ANY (insts) OR (c.http AND cardinality(keys) > 0);
+            EXIT WHEN cardinality(insts) >= want OR lone;
+            CONTINUE WHEN c.instance_id = ANY (insts) OR (c.http AND cardinality(insts) > 0);
             SELECT * INTO t FROM df_internal.tasks x
              WHERE x.instance_id = c.instance_id AND x.node_id = c.node_id AND x.run_at <= now()
              FOR UPDATE SKIP LOCKED;
@@ -696,12 +696,12 @@ BEGIN
             IF verdict = 'started' THEN
                 started := started || t.instance_id::text;
             ELSIF verdict = 'ok' THEN
-                keys := keys || (t.instance_id || '/' || t.node_id);
                 insts := insts || t.instance_id;
+                nodes := nodes || t.node_id;
                 lone := c.http;
             END IF;
         END LOOP;
-        EXIT WHEN cardinality(keys) >= want OR lone;
+        EXIT WHEN cardinality(insts) >= want OR lone;
     END LOOP;
 
     RETURN QUERY
@@ -724,10 +724,9 @@ BEGIN
                IN ('on', 'true', '1', 'yes'),
            -- "more may be due" (the batch is full, or an HTTP step was taken alone): the engine
            -- chain-wakes another worker. (An EXISTS probe here walked the queue's dead tuples.)
-           cardinality(keys) >= want OR lone
-      FROM unnest(keys) WITH ORDINALITY AS k(key, ord)
-      JOIN df_internal.tasks t2
-        ON t2.instance_id = split_part(k.key, '/', 1) AND t2.node_id = split_part(k.key, '/', 2)
+           cardinality(insts) >= want OR lone
+      FROM unnest(insts, nodes) WITH ORDINALITY AS k(instance_id, node_id, ord)
+      JOIN df_internal.tasks t2 ON t2.instance_id = k.instance_id AND t2.node_id = k.node_id
       JOIN df_internal.instance_state s ON s.instance_id = t2.instance_id
       JOIN df.instances i ON i.id = t2.instance_id
       LEFT JOIN df.nodes n ON n.instance_id = t2.instance_id AND n.id = t2.node_id
@@ -759,24 +758,6 @@ BEGIN
     END IF;
     DELETE FROM df_internal.tasks x WHERE x.instance_id = t.instance_id AND x.node_id = t.node_id;
     RETURN 'stale';
-END $$;
-
--- Wipe what a step may have left in the engine's session (GUCs set with plain SET, temporary
--- objects, prepared statements, cursors, LISTEN, session advisory locks) before the next step of
--- the same batch runs: DISCARD ALL minus DISCARD PLANS (cached plans never depend on such state;
--- dropping them re-plans all of the engine's PL/pgSQL). DISCARD ALL itself cannot run inside a
--- transaction block. No SET search_path clause on purpose: leaving the function would restore
--- whatever search_path the step set, undoing RESET ALL; the body resolves no names.
-CREATE FUNCTION df_internal.wipe_session() RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    RESET ALL;
-    EXECUTE 'DEALLOCATE ALL';
-    EXECUTE 'CLOSE ALL';
-    EXECUTE 'UNLISTEN *';
-    PERFORM pg_catalog.pg_advisory_unlock_all();
-    EXECUTE 'DISCARD TEMP';
-    EXECUTE 'DISCARD SEQUENCES';
 END $$;
 
 -- Take the per-instance lock that serialises orchestration for one instance. An advisory lock,
@@ -993,7 +974,7 @@ DECLARE
     inst_status text;
     shared boolean;
 BEGIN
-    PERFORM pg_advisory_xact_lock(7262937, hashtext(p_instance));   -- = df_internal.lock_instance
+    PERFORM df_internal.lock_instance(p_instance);
     DELETE FROM df_internal.tasks t WHERE t.instance_id = p_instance AND t.node_id = p_node;
     SELECT i.status INTO inst_status FROM df.instances i WHERE i.id = p_instance;
     IF inst_status IS NULL OR inst_status NOT IN ('pending', 'running') THEN
