@@ -37,6 +37,7 @@ from engine.results import TypeCache
 from engine.steps import (
     CHECKPOINT_COLUMN,
     EngineStatementError,
+    OutsideStep,
     StepFailure,
     StepRunner,
     Task,
@@ -62,7 +63,7 @@ VACUUM_QUEUE_EVERY = 500
 
 class _Outcome(enum.Enum):
     RAN = "ran"  # the checkpoint (or the recorded failure) is in the batch's transaction
-    RAN_LAST = "ran_last"  # ran, and the batch should commit now (see complete_task)
+    RAN_LAST = "ran_last"  # ran; the batch commits now (see complete_task), or already did
     CONFLICT = "conflict"  # rolled back to its savepoint, still queued; the batch stops here
     ABORTED = "aborted"  # the whole transaction was rolled back
 
@@ -464,8 +465,10 @@ class _Worker:
                         "RELEASE SAVEPOINT step", "COMMIT" if commit else None,
                         params=(task.instance_id, task.node_id))
                 return _Outcome.RAN
-            fused = self.runner.fused_step(conn, task, started)
-            if fused is not None:
+            fused = self.runner.plan_sql(conn, task, started)
+            if isinstance(fused, OutsideStep):
+                return self._run_leased(conn, task, fused, started)
+            if fused is not None:  # the exactly-once path
                 in_savepoint = True
                 # One round trip; an error skips the rest of the script, COMMIT included.
                 try:
@@ -516,6 +519,44 @@ class _Worker:
             if self._rollback_step(conn, in_savepoint):
                 return _Outcome.CONFLICT
             return _Outcome.ABORTED
+
+    def _run_leased(self, conn: psycopg.Connection, task: Task, step: OutsideStep,
+                    started: datetime) -> _Outcome:
+        """Run a statement PostgreSQL refuses in a transaction block with no transaction open:
+        the task is leased (df_internal.lease_key) and the batch so far committed; the
+        checkpoint follows in a transaction of its own. At-least-once: if the engine dies
+        mid-statement its lease ends with its connection and another claim takes the task."""
+        key = (task.instance_id, task.node_id)
+        leased = conn.execute("SELECT df_internal.lease_task(%s, %s, %s)", (*key, task.gen)).fetchone()
+        conn.execute("COMMIT")
+        if not leased or not leased[0]:
+            return _Outcome.RAN_LAST  # stale; the batch is committed
+        try:
+            failure: StepFailure | None = None
+            try:
+                result = self.runner.run_outside(task, step, conn.info.dbname)
+            except StepFailure as exc:
+                result, failure = None, exc
+            conn.execute("BEGIN")
+            if conn.execute("SELECT FROM df_internal.tasks WHERE instance_id = %s AND node_id = %s "
+                            "AND gen = %s FOR UPDATE", (*key, task.gen)).fetchone() is not None:
+                if failure is None:
+                    self.runner.complete(conn, task, result, None, step.text, started)
+                else:
+                    self._record_failure(conn, task, failure, started, False)
+            conn.execute("COMMIT")
+        except (EngineStatementError, psycopg.Error) as exc:
+            if conn.broken:
+                raise
+            self._abort(conn)
+            if getattr(exc, "sqlstate", None) == "55P03":
+                self._defer(conn, task, str(exc))
+            else:
+                log.warning("checkpoint of %s/%s failed (%s); will retry", *key, exc)
+        finally:
+            if not conn.broken:
+                conn.execute("SELECT df_internal.end_lease(%s, %s)", key)
+        return _Outcome.RAN_LAST
 
     def _rollback_step(self, conn: psycopg.Connection, in_savepoint: bool) -> bool:
         """Undo the current task's work. When its savepoint cannot be rolled back to (the error

@@ -87,13 +87,22 @@ CHECKPOINT_COLUMN = "checkpoint"
 
 @dataclass
 class FusedStep:
-    """A local SQL step and its checkpoint as one statement (see StepRunner.fused_step)."""
+    """A local SQL step and its checkpoint as one statement (see StepRunner.plan_sql)."""
 
     query: str
     params: list[Any]
     text: str  # the step as run (recorded in history)
     key: tuple[int, str, str]  # describe-cache key
     cached: bool  # were the columns taken from the describe cache?
+
+
+@dataclass
+class OutsideStep:
+    """A statement PostgreSQL refuses in a transaction block (VACUUM, CREATE INDEX CONCURRENTLY):
+    run as the submitter with no engine transaction open, then checkpointed (at-least-once)."""
+
+    role: str
+    text: str
 
 
 class StepFailure(Exception):
@@ -278,22 +287,20 @@ class StepRunner:
             raise StepFailure(str(exc), ran_sql=text) from exc
 
     def run_sql(self, conn: psycopg.Connection, task: Task, started: datetime) -> None:
-        """SQL steps that cannot share the checkpoint's transaction (see fused_step)."""
+        """A step of an instance that names another database: its own transaction there, then
+        the checkpoint here (see plan_sql for the others)."""
         role, text = self._prepare_sql(task)
-        if is_non_transactional(text):
-            result = self._run_outside_transaction(task, role, text, task.database or conn.info.dbname)
-            self.complete(conn, task, result, None, text, started)
-            return
         elsewhere = task.database_elsewhere(conn.info.dbname)
-        if elsewhere:
-            result, details = self._run_in_database(elsewhere, task, role, text)
-            self.complete(conn, task, result, details, text, started)
-            return
-        raise EngineStatementError("a local transactional step must run through fused_step")
+        if not elsewhere:
+            raise EngineStatementError("a step in the engine's database must run through plan_sql")
+        result, details = self._run_in_database(elsewhere, task, role, text)
+        self.complete(conn, task, result, details, text, started)
 
-    def fused_step(self, conn: psycopg.Connection, task: Task, started: datetime) -> FusedStep | None:
-        """The exactly-once path: the step and its checkpoint as one statement (None for tasks
-        that take another path: not SQL, another database, a non-transactional statement).
+    def plan_sql(self, conn: psycopg.Connection, task: Task,
+                 started: datetime) -> FusedStep | OutsideStep | None:
+        """How a SQL step runs: an OutsideStep for a statement PostgreSQL refuses in a
+        transaction block; None for a step in another database (run_sql); else the
+        exactly-once path, the step and its checkpoint as one statement (FusedStep).
 
         User code only runs inside the submitter's trampolines: describing (describe_<oid>) and
         executing (step_/rows_/exec_<oid>). The engine's own part of the statement encodes rows
@@ -302,10 +309,12 @@ class StepRunner:
         The statement is parsed and planned before any user code runs, so nothing the step does
         (search_path, temporary objects) can change what the engine's part of it refers to.
         """
-        if task.node_type != "SQL" or task.database_elsewhere(conn.info.dbname):
+        if task.node_type != "SQL":
             return None
         role, text = self._prepare_sql(task)
         if is_non_transactional(text):
+            return OutsideStep(role, text)
+        if task.database_elsewhere(conn.info.dbname):
             return None
         if self.trampolines.search_path(conn.info.dbname, task.role_oid) is None:
             problem = self.trampolines.problem(conn.info.dbname, task.role_oid)
@@ -457,6 +466,10 @@ class StepRunner:
                 reset_session(conn)
         return result, ({"columns": [c.name for c in columns], "database": database}
                         if columns else {"database": database})
+
+    def run_outside(self, task: Task, step: OutsideStep, home: str) -> dict[str, Any]:
+        """Run an OutsideStep in the instance's database (see _run_outside_transaction)."""
+        return self._run_outside_transaction(task, step.role, step.text, task.database or home)
 
     def _run_outside_transaction(self, task: Task, role: str, text: str,
                                  database: str) -> dict[str, Any]:

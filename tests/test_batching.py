@@ -172,3 +172,26 @@ def test_statements_known_to_return_no_rows_skip_describing(text, rowless):
     assert returns_no_rows(text) is rowless
 
 
+
+
+def test_a_leased_task_is_taken_over_only_when_its_lease_holder_is_gone(db):
+    """A statement PostgreSQL refuses in a transaction block runs while the engine holds no
+    transaction (a claim held open around CREATE INDEX CONCURRENTLY deadlocks with it): the task
+    is leased to the engine's session instead, and nobody else claims it while that lives."""
+    with db.connect(ALICE) as conn:
+        iid = conn.execute("SELECT df.start('VACUUM pg_catalog.pg_class')").fetchone()[0]
+    holder = db.connect()
+    holder.execute("BEGIN")
+    task = holder.execute("SELECT instance_id, node_id, gen FROM df_internal.claim_tasks('a', 5)").fetchone()
+    assert task[0] == iid
+    assert holder.execute("SELECT df_internal.lease_task(%s, %s, %s)", task).fetchone()[0] is True
+    holder.execute("COMMIT")  # the row lock is gone; the lease remains
+    with db.connect() as other:
+        other.execute("BEGIN")
+        assert other.execute("SELECT * FROM df_internal.claim_tasks('b', 5)").fetchall() == []
+        other.execute("ROLLBACK")
+        holder.close()  # the lease holder dies
+        other.execute("BEGIN")
+        taken = other.execute("SELECT instance_id FROM df_internal.claim_tasks('b', 5)").fetchall()
+        other.execute("ROLLBACK")
+    assert taken == [(iid,)]

@@ -167,6 +167,7 @@ CREATE TABLE df_internal.tasks (
     kind         text        NOT NULL DEFAULT 'run',  -- run | iterate
     run_at       timestamptz NOT NULL DEFAULT now(),
     phase        text        NOT NULL DEFAULT 'start', -- start | waiting (timers, signals, cron)
+                                                   -- | leased (df_internal.lease_key)
     deadline     timestamptz,
     created_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (instance_id, node_id),

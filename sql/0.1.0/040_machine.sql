@@ -735,14 +735,48 @@ BEGIN
      ORDER BY k.ord;
 END $$;
 
+-- A statement PostgreSQL refuses in a transaction block (VACUUM, CREATE INDEX CONCURRENTLY) runs
+-- while the engine holds no transaction: CREATE INDEX CONCURRENTLY waits for every transaction
+-- older than its snapshot, so a claim held open around it deadlocks (unseen by PostgreSQL) with
+-- the engine's own step waiting on it. Such a task is *leased* instead: its row says
+-- phase = 'leased' and the running engine session holds this session-level advisory lock, which
+-- its connection's end releases. A claim takes a leased task over only when the lock is free.
+CREATE FUNCTION df_internal.lease_key(p_instance varchar, p_node varchar) RETURNS integer
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.hashtext(p_instance || '/' || p_node)
+$$;
+
+-- Lease a claimed task (row locked by the caller, who commits next). False when it is stale.
+CREATE FUNCTION df_internal.lease_task(p_instance varchar, p_node varchar, p_gen integer)
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM pg_advisory_lock(72629380, df_internal.lease_key(p_instance, p_node));
+    UPDATE df_internal.tasks t SET phase = 'leased'
+     WHERE t.instance_id = p_instance AND t.node_id = p_node AND t.gen = p_gen;
+    IF NOT FOUND THEN
+        PERFORM pg_advisory_unlock(72629380, df_internal.lease_key(p_instance, p_node));
+    END IF;
+    RETURN FOUND;
+END $$;
+
+CREATE FUNCTION df_internal.end_lease(p_instance varchar, p_node varchar) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT FROM pg_catalog.pg_advisory_unlock(72629380, df_internal.lease_key(p_instance, p_node))
+$$;
+
 -- What to do with a locked task: 'ok' (run it), 'stale' (deleted: its generation was fenced or its
--- instance ended) or 'started' (a hand-made instance's start task, processed here).
+-- instance ended), 'started' (a hand-made instance's start task, processed here) or 'busy' (leased
+-- by a live engine session, see lease_key).
 CREATE FUNCTION df_internal.triage(t df_internal.tasks) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     inst_status text;
     cur_gen integer;
 BEGIN
+    IF t.phase = 'leased'
+       AND NOT pg_try_advisory_xact_lock(72629380, df_internal.lease_key(t.instance_id, t.node_id)) THEN
+        RETURN 'busy';
+    END IF;
     SELECT i.status INTO inst_status FROM df.instances i WHERE i.id = t.instance_id;
     IF t.kind = 'start' THEN
         IF inst_status = 'pending' THEN
