@@ -93,16 +93,13 @@ def current_role(conn: psycopg.Connection) -> str:
 
 
 def install(conn: psycopg.Connection, *, upgrade: bool) -> schema.SchemaChange:
-    """Install (or, with `upgrade`, upgrade) the df schema; refuses non-superusers up front.
+    """Install (or, with `upgrade`, upgrade) the df schema.
 
-    The SQL files create the DSL operators in pg_catalog, which only a superuser may do; saying
-    so before trying gives a clearer error than the first failing statement would.
+    A superuser installs the DSL operators in pg_catalog; any other role that may create schemas
+    in the database (a managed service's admin, the database owner) installs them in `public`
+    (see engine.schema.operator_schema). The schema's owner (or a superuser) upgrades it.
     """
-    if not is_superuser(conn):
-        raise AdminError(
-            f"installing the df schema needs a superuser (connected as {current_role(conn)})"
-        )
-    before = schema.installed_version(conn)
+    before = schema.installed_version(conn) if _may_read_schema(conn) else "installed"
     if upgrade and before is None:
         raise AdminError("the df schema is not installed; run 'dftui install' first")
     try:
@@ -111,14 +108,25 @@ def install(conn: psycopg.Connection, *, upgrade: bool) -> schema.SchemaChange:
         raise AdminError(one_line(exc)) from exc
 
 
+def _may_read_schema(conn: psycopg.Connection) -> bool:
+    row = conn.execute(
+        "SELECT pg_catalog.to_regnamespace('df_internal') IS NULL "
+        "OR pg_catalog.has_schema_privilege('df_internal', 'USAGE')").fetchone()
+    return bool(row and row[0])
+
+
 def uninstall(conn: psycopg.Connection) -> str | None:
     """Remove the df schema; returns the version that was removed (None: nothing installed)."""
-    if not is_superuser(conn):
+    if not schema.may_administer(conn):
         raise AdminError(
-            f"removing the df schema needs a superuser (connected as {current_role(conn)})"
+            f"removing the df schema needs its owner or a superuser (connected as "
+            f"{current_role(conn)})"
         )
     before = schema.installed_version(conn)
-    removed = schema.uninstall(conn)
+    try:
+        removed = schema.uninstall(conn)
+    except schema.SchemaError as exc:
+        raise AdminError(one_line(exc)) from exc
     if not removed:
         return None
     return before or "unknown"

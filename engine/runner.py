@@ -85,6 +85,8 @@ class Engine:
         self._steps_lock = threading.Lock()
         self._checkpoint_failures: dict[tuple[str, str, int], int] = {}
         self.started = threading.Event()
+        self.fatal_error: str | None = None
+        self.schema_level = schema.schema_level()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -93,15 +95,7 @@ class Engine:
                 change = schema.install(conn)
                 if change.applied:
                     log.info("schema: %s", change.describe())
-            elif schema.installed_version(conn) is None:
-                raise RuntimeError("the df schema is not installed in this database (run `dftui install`)")
-            row = conn.execute("SELECT pg_catalog.to_regprocedure("
-                               "'df_internal.claim_tasks(text,integer,integer,integer)')").fetchone()
-            if not row or row[0] is None:
-                # 0.1.0 changed in place before its first release; no upgrade path exists.
-                raise RuntimeError("the df schema in this database was installed by a pre-release "
-                                   "build of dftui 0.1.0 that this engine cannot drive; reinstall it "
-                                   "(`dftui uninstall --yes && dftui install`, which drops all instances)")
+            schema.check_compatible(conn)
             conn.execute(
                 "INSERT INTO df_internal.engines (id, host, pid, version, concurrency) "
                 "VALUES (%s, %s, %s, %s, %s)",
@@ -152,6 +146,16 @@ class Engine:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
+    def fail(self, reason: str) -> None:
+        """Stop claiming for good (the engine cannot go on, e.g. the schema changed under it);
+        run_forever then shuts down and exits non-zero. Logged once."""
+        with self._steps_lock:
+            if self.fatal_error is not None:
+                return
+            self.fatal_error = reason
+        log.error("stopping: %s", reason)
+        self.wake(len(self.workers) + 1)
+
     def run_forever(self) -> int:
         """Foreground mode for `dftui engine`: until SIGTERM/SIGINT (or no work, with --once)."""
         stop = threading.Event()
@@ -164,10 +168,10 @@ class Engine:
         signal.signal(signal.SIGINT, handle)
         self.start()
         while not stop.wait(0.5):
-            if self.config.once and self._idle():
+            if self.fatal_error is not None or (self.config.once and self._idle()):
                 break
         self.stop()
-        return 0
+        return 0 if self.fatal_error is None else 1
 
     def _idle(self) -> bool:
         if any(w.busy for w in self.workers):
@@ -333,6 +337,12 @@ class _Worker:
                             self.engine.wake(1)  # more is due: chain-wake another worker
                     else:
                         self.engine.wait_for_work(self._idle_timeout())
+                except psycopg.errors.ObjectNotInPrerequisiteState as exc:
+                    if schema.LEVEL_MISMATCH_MESSAGE not in str(exc):
+                        raise
+                    # The schema was upgraded (or downgraded) under this engine: stop cleanly.
+                    self.engine.fail(exc.diag.message_primary or str(exc))
+                    break
                 except psycopg.OperationalError as exc:
                     if self.engine.stopping:
                         break
@@ -387,8 +397,9 @@ class _Worker:
         claim = 1 if self.engine.idle_workers else self.batch
         with conn.pipeline():
             conn.execute("BEGIN")
-            cur = conn.execute("SELECT * FROM df_internal.claim_tasks(%s, %s, %s, %s)",
-                               (self.engine.id, claim, self.number, len(self.engine.workers)))
+            cur = conn.execute("SELECT * FROM df_internal.claim_tasks(%s, %s, %s, %s, %s)",
+                               (self.engine.schema_level, self.engine.id, claim, self.number,
+                                len(self.engine.workers)))
         rows = cur.fetchall()
         if not rows:
             conn.execute("ROLLBACK")

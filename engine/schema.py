@@ -1,31 +1,71 @@
-"""Install, upgrade and uninstall the df schema from the versioned files under sql/.
+"""Install, upgrade and uninstall the df schema: a frozen baseline, append-only migrations, routines.
 
-Layout: ``sql/<version>/NNN_*.sql``. Installing applies every version directory in order;
-upgrading applies only versions newer than the one recorded in ``df_internal.schema_version``.
-Everything runs in one transaction, so a failed install or upgrade leaves nothing behind.
+Layout under ``sql/`` (see docs/architecture.md, "Schema versions"):
+
+* ``0.1.0/NNN_*.sql`` — the first release, applied as one unit on a fresh install. Frozen: it is
+  never edited again (``sql/RELEASED`` holds the checksum of every released file, checked by the
+  suite), because databases exist that were installed from exactly this text.
+* ``migrations/NNNN_<name>.sql`` — every later change of tables, columns, indexes and stored
+  data, each applied exactly once, in file-name order, and recorded with its checksum in
+  ``df_internal.schema_migrations``. A migration is never edited after its release either.
+* ``routines/*.sql`` — the current definition of functions, views, triggers, policies and
+  grants. They are re-applied (idempotently: CREATE OR REPLACE ...) after the migrations on every
+  install and upgrade, so a function's history does not have to be replayed to read it.
+
+Everything runs in one transaction: a failed or interrupted install or upgrade leaves the
+previous version intact, and a rerun completes it. Concurrent installers (engines starting at
+once) serialise on a table lock only the schema's owner can take — never an advisory lock, which
+any role could take first and so block every install (docs/security.md).
+
+The engine drives exactly one *schema level* (the newest migration it ships): it refuses a
+database that is older (unless it may upgrade it) or newer, and the claim function refuses an
+engine of another level, so an engine left running across an upgrade stops cleanly.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import re
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
+
+from engine import __version__
 
 INTERNAL_SCHEMA = "df_internal"
+BASELINE = "0.1.0"
+# How long an upgrade waits for a lock a running step or session holds before giving up (and
+# saying so); the whole upgrade is rolled back and can simply be rerun.
+UPGRADE_LOCK_TIMEOUT = "10s"
+# What a claim raises when the engine drives another schema level than the database's.
+LEVEL_MISMATCH_MESSAGE = "dftui engine schema level mismatch"
 
 
 class SchemaError(RuntimeError):
-    """The df schema could not be installed, upgraded or removed."""
+    """The df schema could not be installed, upgraded or removed; the message is for users."""
 
 
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split("."))
+class SchemaMismatch(SchemaError):
+    """The database's df schema is not the one this engine drives (older or newer)."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One append-only migration file."""
+
+    name: str  # file name without .sql, e.g. "0001_schema_migrations"
+    text: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
 
 
 def sql_root() -> Path:
-    """Directory holding the versioned SQL files, both in a checkout and in an installed wheel."""
+    """Directory holding the SQL files, both in a checkout and in an installed wheel."""
     packaged = resources.files("engine") / "sql"
     if packaged.is_dir():
         return Path(str(packaged))
@@ -35,91 +75,325 @@ def sql_root() -> Path:
     raise SchemaError("the dftui SQL files are missing from this installation")
 
 
-def available_versions() -> list[str]:
-    versions = [p.name for p in sql_root().iterdir() if p.is_dir() and p.name[0].isdigit()]
-    return sorted(versions, key=_version_key)
-
-
-def latest_version() -> str:
-    return available_versions()[-1]
-
-
-def version_sql(version: str) -> str:
-    files = sorted((sql_root() / version).glob("*.sql"))
+def baseline_sql(root: Path | None = None) -> str:
+    """The frozen first release, its files concatenated in order."""
+    files = sorted(((root or sql_root()) / BASELINE).glob("*.sql"))
     return "\n".join(f.read_text() for f in files)
 
 
-def installed_version(conn: psycopg.Connection) -> str | None:
-    """The newest installed schema version, or None when df is not installed."""
-    row = conn.execute(
-        "SELECT pg_catalog.to_regclass('df_internal.schema_version') IS NOT NULL"
-    ).fetchone()
-    if not row or not row[0]:
-        return None
-    versions = [r[0] for r in conn.execute("SELECT version FROM df_internal.schema_version")]
-    return max(versions, key=_version_key) if versions else None
+def migrations(root: Path | None = None) -> list[Migration]:
+    """Every migration this build ships, in the order they are applied."""
+    folder = (root or sql_root()) / "migrations"
+    files = sorted(folder.glob("*.sql")) if folder.is_dir() else []
+    return [Migration(f.stem, f.read_text()) for f in files]
 
+
+def routines_sql(root: Path | None = None) -> str:
+    folder = (root or sql_root()) / "routines"
+    files = sorted(folder.glob("*.sql")) if folder.is_dir() else []
+    return "\n".join(f.read_text() for f in files)
+
+
+def schema_level(root: Path | None = None) -> str:
+    """The level this build drives: its newest migration (the baseline when it has none)."""
+    found = migrations(root)
+    return found[-1].name if found else BASELINE
+
+
+def latest_version() -> str:
+    """The release this build installs (the package version)."""
+    return __version__
+
+
+def available_versions() -> list[str]:
+    """Releases a database can be at, oldest first (the baseline, then this build's)."""
+    return [BASELINE] if latest_version() == BASELINE else [BASELINE, latest_version()]
+
+
+def version_sql(version: str) -> str:
+    """All SQL a fresh install of `version` runs (the baseline alone for 0.1.0)."""
+    if version == BASELINE:
+        return baseline_sql()
+    return "\n".join([baseline_sql(), *(m.text for m in migrations()), routines_sql()])
+
+
+# -- what a database has ---------------------------------------------------------------------
+
+@dataclass
+class Installed:
+    """What the df schema of one database holds."""
+
+    baseline: bool
+    applied: dict[str, str] = field(default_factory=dict)  # migration name -> checksum
+
+    def level(self) -> str:
+        return max(self.applied) if self.applied else BASELINE
+
+
+def _exists(conn: psycopg.Connection, regclass: str) -> bool:
+    row = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (regclass,)).fetchone()
+    return bool(row and row[0])
+
+
+def installed(conn: psycopg.Connection) -> Installed | None:
+    """The installed state, or None when no dftui df schema is there."""
+    if not _exists(conn, "df_internal.schema_version"):
+        return None
+    applied: dict[str, str] = {}
+    if _exists(conn, "df_internal.schema_migrations"):
+        applied = dict(conn.execute(
+            "SELECT name, checksum FROM df_internal.schema_migrations").fetchall())
+    return Installed(baseline=True, applied=applied)
+
+
+def installed_version(conn: psycopg.Connection) -> str | None:
+    """The installed release (None: not installed); "0.1.0+<migration>" between releases."""
+    state = installed(conn)
+    if state is None:
+        return None
+    if not state.applied:
+        return BASELINE
+    known = {m.name for m in migrations()}
+    if set(state.applied) == known:
+        return latest_version()
+    if set(state.applied) - known:
+        return f"newer than {latest_version()} ({max(set(state.applied) - known)})"
+    return f"{BASELINE}+{state.level()}"
+
+
+def foreign_df_schema(conn: psycopg.Connection) -> str | None:
+    """Why an existing `df` schema is not dftui's (e.g. the real pg_durable), or None."""
+    row = conn.execute(
+        "SELECT e.extname, e.extversion FROM pg_catalog.pg_extension e "
+        "WHERE e.extname = 'pg_durable'").fetchone()
+    if row:
+        return f"the pg_durable extension {row[1]} is installed in this database"
+    has_df = conn.execute(
+        "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'df'").fetchone()
+    if has_df and not _exists(conn, "df_internal.schema_version"):
+        return "a schema named df exists that dftui did not install"
+    return None
+
+
+def _problems(state: Installed, shipped: list[Migration]) -> tuple[list[str], list[Migration]]:
+    """(applied migrations this build does not know or knows differently, migrations to apply)."""
+    by_name = {m.name: m for m in shipped}
+    foreign = [name for name in sorted(state.applied) if name not in by_name]
+    changed = [name for name, checksum in sorted(state.applied.items())
+               if name in by_name and by_name[name].checksum != checksum]
+    todo = [m for m in shipped if m.name not in state.applied]
+    return foreign + changed, todo
+
+
+def check_compatible(conn: psycopg.Connection) -> None:
+    """Raise SchemaMismatch (one line saying what to run) unless this engine can drive `conn`."""
+    reason = foreign_df_schema(conn)
+    if reason:
+        raise SchemaMismatch(f"{reason}; dftui cannot drive it")
+    state = installed(conn)
+    if state is None:
+        raise SchemaMismatch("the df schema is not installed in this database (run `dftui install`)")
+    unknown, todo = _problems(state, migrations())
+    if unknown:
+        raise SchemaMismatch(
+            f"the df schema in this database is newer than this dftui {latest_version()} "
+            f"(migration {unknown[-1]} is unknown to it): upgrade dftui on this host")
+    if todo:
+        raise SchemaMismatch(
+            f"the df schema in this database ({installed_version(conn)}) is older than this "
+            f"dftui {latest_version()}: run `dftui upgrade`")
+
+
+# -- applying ----------------------------------------------------------------------------------
 
 @dataclass
 class SchemaChange:
     before: str | None
     after: str
     applied: list[str]
+    operator_schema: str | None = None
 
     def describe(self) -> str:
         if not self.applied:
             return f"df schema {self.after} is already installed; nothing to do"
+        where = (f"; the DSL operators are in schema {self.operator_schema}"
+                 if self.operator_schema not in (None, "pg_catalog") else "")
         if self.before is None:
-            return f"installed df schema {self.after}"
-        return f"upgraded df schema {self.before} -> {self.after} (applied {', '.join(self.applied)})"
+            return f"installed df schema {self.after}{where}"
+        return (f"upgraded df schema {self.before} -> {self.after} "
+                f"(applied {', '.join(self.applied)}){where}")
 
 
-def _apply(conn: psycopg.Connection, versions: list[str]) -> None:
-    conn.execute("SET LOCAL check_function_bodies = off")
-    conn.execute("SET LOCAL client_min_messages = warning")
-    conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
-    for version in versions:
-        conn.execute(version_sql(version).encode())
-        conn.execute(
-            "INSERT INTO df_internal.schema_version (version) VALUES (%s) "
-            "ON CONFLICT (version) DO NOTHING",
-            (version,),
-        )
+_OPERATOR_DDL = re.compile(r"^((?:CREATE|COMMENT ON) OPERATOR )pg_catalog\.", re.MULTILINE)
+
+
+def operator_schema(conn: psycopg.Connection) -> str:
+    """Where the DSL operators go: pg_catalog for a superuser (every search_path finds them),
+    else `public` when the installer may create there (the default search_path finds it, so
+    existing roles need nothing: a managed service's admin owns the database and its public
+    schema), else df (roles then add df to their search_path; `dftui grant` says so)."""
+    row = conn.execute(
+        "SELECT r.rolsuper, pg_catalog.has_schema_privilege('public', 'CREATE') "
+        "FROM pg_catalog.pg_roles r WHERE r.rolname = current_user").fetchone()
+    if row and row[0]:
+        return "pg_catalog"
+    if row and row[1]:
+        return "public"
+    return "df"
+
+
+def _baseline_for(conn: psycopg.Connection, root: Path | None) -> tuple[str, str]:
+    """The baseline's text with its operators placed where this installer may create them."""
+    target = operator_schema(conn)
+    text = baseline_sql(root)
+    if target != "pg_catalog":
+        text = _OPERATOR_DDL.sub(lambda m: f"{m.group(1)}{target}.", text)
+    return text, target
+
+
+def _define_level(conn: psycopg.Connection, level: str) -> None:
+    # The claim compares its caller's level with this constant (inlined: free per claim).
+    conn.execute(sql.SQL(
+        "CREATE OR REPLACE FUNCTION df_internal.schema_level() RETURNS text "
+        "LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp "
+        "AS {}").format(sql.Literal(f"SELECT {sql.Literal(level).as_string(conn)}::text")))
+
+
+def may_administer(conn: psycopg.Connection) -> bool:
+    """True for a superuser, or a member of the role owning df_internal (or when nothing is
+    installed yet): who may install, upgrade or remove the schema."""
+    row = conn.execute(
+        "SELECT r.rolsuper OR n.oid IS NULL OR pg_catalog.pg_has_role(n.nspowner, 'MEMBER') "
+        "FROM pg_catalog.pg_roles r LEFT JOIN pg_catalog.pg_namespace n "
+        "ON n.nspname = 'df_internal' WHERE r.rolname = current_user").fetchone()
+    return bool(row and row[0])
+
+
+def _owner_name(conn: psycopg.Connection) -> str:
+    row = conn.execute("SELECT pg_catalog.pg_get_userbyid(nspowner) FROM pg_catalog.pg_namespace "
+                       "WHERE nspname = 'df_internal'").fetchone()
+    return str(row[0]) if row else "?"
 
 
 def _lock(conn: psycopg.Connection) -> None:
-    # Serialise concurrent installers (several engines starting at once).
-    conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(7262937812)")
+    """Serialise installers on a lock only the schema's owner (or a superuser) can take."""
+    if _exists(conn, "df_internal.schema_version"):
+        # An upgrade by another installer may take a while: wait for it longer than for others.
+        conn.execute("SET LOCAL lock_timeout = '120s'")
+        conn.execute("LOCK TABLE df_internal.schema_version IN SHARE ROW EXCLUSIVE MODE")
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(UPGRADE_LOCK_TIMEOUT)))
 
 
-def install(conn: psycopg.Connection, *, upgrade: bool = True) -> SchemaChange:
-    """Install the schema if missing, else upgrade it (when `upgrade`). Idempotent."""
-    try:
-        with conn.transaction():
-            _lock(conn)
-            before = installed_version(conn)
-            versions = available_versions()
-            if before is None:
-                todo = versions
-            elif upgrade:
-                todo = [v for v in versions if _version_key(v) > _version_key(before)]
-            else:
-                todo = []
-            _apply(conn, todo)
-            after = todo[-1] if todo else (before or versions[-1])
-            return SchemaChange(before, after, todo)
-    except psycopg.errors.InsufficientPrivilege as exc:
-        raise SchemaError(f"installing the df schema needs a superuser: {exc}") from exc
+def _apply(conn: psycopg.Connection, root: Path | None, target: str | None) -> SchemaChange:
+    conn.execute("SET LOCAL check_function_bodies = off")
+    conn.execute("SET LOCAL client_min_messages = warning")
+    conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(UPGRADE_LOCK_TIMEOUT)))
+    reason = foreign_df_schema(conn)
+    if reason:
+        raise SchemaError(f"{reason}; dftui will not install over it (changed nothing)")
+    if not may_administer(conn):
+        user = conn.execute("SELECT current_user").fetchone()
+        raise SchemaError(
+            f"role {user[0] if user else '?'} may not install or upgrade the df schema: it is "
+            f"owned by {_owner_name(conn)}; connect as that role or a superuser")
+    _lock(conn)
+    reason = foreign_df_schema(conn)
+    if reason:
+        raise SchemaError(f"{reason}; dftui will not install over it (changed nothing)")
+    before_state = installed(conn)
+    before = installed_version(conn)
+    applied: list[str] = []
+    op_schema: str | None = None
+    if before_state is None:
+        text, op_schema = _baseline_for(conn, root)
+        conn.execute(text.encode())
+        conn.execute("INSERT INTO df_internal.schema_version (version) VALUES (%s)", (BASELINE,))
+        applied.append(BASELINE)
+        before_state = Installed(baseline=True)
+    if target == BASELINE:
+        return SchemaChange(before, BASELINE, applied, op_schema)
+    shipped = migrations(root)
+    unknown, todo = _problems(before_state, shipped)
+    if unknown:
+        raise SchemaError(
+            f"the df schema in this database ({before}) is newer than this dftui "
+            f"{latest_version()} or was installed from different migration files "
+            f"({', '.join(unknown)}); changed nothing")
+    for migration in todo:
+        conn.execute(migration.text.encode())
+        conn.execute(
+            "INSERT INTO df_internal.schema_migrations (name, checksum) VALUES (%s, %s)",
+            (migration.name, migration.checksum))
+        applied.append(migration.name)
+    routines = routines_sql(root)
+    checksum = hashlib.sha256(routines.encode()).hexdigest()
+    row = conn.execute("SELECT checksum FROM df_internal.schema_routines").fetchone()
+    if applied or not row or row[0] != checksum:
+        # Re-created only when they changed: CREATE OR REPLACE TRIGGER and policies take table
+        # locks, which an engine starting next to running steps should not queue for.
+        if routines.strip():
+            conn.execute(routines.encode())
+        _define_level(conn, schema_level(root))
+        conn.execute(
+            "INSERT INTO df_internal.schema_routines (checksum) VALUES (%s) ON CONFLICT "
+            "(singleton) DO UPDATE SET checksum = excluded.checksum, applied_at = now()",
+            (checksum,))
+        if not applied:
+            applied.append("routines")
+    after = installed_version(conn) or latest_version()
+    if after == latest_version():
+        # The release record tools (and 0.1.0's readers) look at.
+        conn.execute("INSERT INTO df_internal.schema_version (version) VALUES (%s) "
+                     "ON CONFLICT (version) DO NOTHING", (after,))
+    return SchemaChange(before, after, applied, op_schema)
+
+
+def install(conn: psycopg.Connection, *, upgrade: bool = True, root: Path | None = None,
+            target: str | None = None) -> SchemaChange:
+    """Install the schema if missing, else upgrade it (when `upgrade`). Idempotent.
+
+    `target=BASELINE` installs the frozen first release only (upgrade tests start there);
+    `root` points at another SQL tree (tests of interrupted upgrades).
+    """
+    for attempt in range(2):
+        try:
+            with conn.transaction():
+                if not upgrade and _exists(conn, "df_internal.schema_version"):
+                    version = installed_version(conn) or BASELINE
+                    return SchemaChange(version, version, [])
+                return _apply(conn, root, target)
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateSchema,
+                psycopg.errors.DuplicateObject, psycopg.errors.DuplicateTable,
+                psycopg.errors.DuplicateFunction):
+            # Two first installs raced: the other one created the schema first. Once more, now
+            # as an upgrade of what it installed (which then waits on the table lock).
+            if attempt:
+                raise
+        except psycopg.errors.LockNotAvailable as exc:
+            raise SchemaError(
+                f"the upgrade waited {UPGRADE_LOCK_TIMEOUT} for a lock held by a running "
+                f"session ({exc.diag.message_primary}); nothing changed — rerun it") from exc
+        except psycopg.errors.InsufficientPrivilege as exc:
+            user = conn.execute("SELECT current_user").fetchone()
+            raise SchemaError(
+                f"role {user[0] if user else '?'} may not install the df schema: "
+                f"{exc.diag.message_primary} (it needs a superuser, or a role that may create "
+                f"schemas in this database such as its owner; nothing changed; see "
+                f"docs/operations.md, 'Managed PostgreSQL')") from exc
+    raise AssertionError("unreachable")
 
 
 def uninstall(conn: psycopg.Connection) -> bool:
     """Drop the df and internal schemas (and the DSL operators that depend on df)."""
     with conn.transaction():
         _lock(conn)
-        if installed_version(conn) is None and not conn.execute(
+        if installed(conn) is None and not conn.execute(
             "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'df'"
         ).fetchone():
             return False
+        if foreign_df_schema(conn):
+            raise SchemaError(f"{foreign_df_schema(conn)}; dftui will not remove it")
         conn.execute("DROP SCHEMA IF EXISTS df CASCADE")
         conn.execute(f"DROP SCHEMA IF EXISTS {INTERNAL_SCHEMA} CASCADE")
         # Trampoline functions live in their own schema (see engine/identity.py).

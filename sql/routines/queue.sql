@@ -1,0 +1,127 @@
+-- The queue's engine API: claiming due tasks.
+--
+-- Routines are re-applied on every install and upgrade (engine/schema.py): keep every
+-- statement idempotent (CREATE OR REPLACE) and schema-qualified.
+
+-- Claim up to p_limit due tasks, row-locked until the caller's transaction ends. The engine runs
+-- them one after another in that transaction, each behind its own savepoint, and commits them
+-- together: one queue scan and one commit for many steps, each still exactly-once. A batch holds
+-- at most one task per instance, so parallel branches (JOIN, RACE) never wait for each other
+-- inside one batch, and an HTTP step (a network wait) is only ever claimed alone. Candidates are
+-- read without locks and locked one by one (FOR UPDATE SKIP LOCKED on the key), so a task this
+-- call passes over is never held. Stale tasks (generation fenced, instance terminal) are deleted
+-- on the way. A due 'start' task of a hand-made instance is processed inline (the instance is
+-- started, its first leaves queued) and reported as kind 'started'. No rows: nothing is due.
+-- p_level is the schema level the calling engine drives (engine/schema.py): an engine of another
+-- level is refused, so one left running across an upgrade stops instead of misreading state.
+CREATE OR REPLACE FUNCTION df_internal.claim_tasks(p_level text, p_engine text,
+                                                   p_limit integer DEFAULT 1,
+                                                   p_slice integer DEFAULT 0,
+                                                   p_slices integer DEFAULT 1)
+RETURNS TABLE (instance_id varchar, node_id varchar, gen integer, kind text, phase text,
+               deadline timestamptz, node_type text, query text, result_name text,
+               submitted_by regrole, role_oid oid, database text, vars jsonb,
+               named_results jsonb, label text, attempts integer, retry_policy jsonb,
+               role_name name, role_can_login boolean, role_is_super boolean,
+               superuser_allowed boolean, more boolean)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    c record;
+    t df_internal.tasks%ROWTYPE;
+    verdict text;
+    want integer := GREATEST(COALESCE(p_limit, 1), 1);
+    insts varchar[] := '{}';   -- the claimed tasks, in claim order
+    nodes varchar[] := '{}';
+    started text[] := '{}';
+    lone boolean := false;
+    slices integer := GREATEST(COALESCE(p_slices, 1), 1);
+BEGIN
+    IF p_level IS DISTINCT FROM df_internal.schema_level() THEN
+        RAISE EXCEPTION 'dftui engine schema level mismatch: the engine drives %, the df schema is at %',
+                        p_level, df_internal.schema_level()
+              USING ERRCODE = 'object_not_in_prerequisite_state',
+                    HINT = 'Stop this engine and run the dftui version that matches the schema.';
+    END IF;
+    -- Concurrent claimers all start at the head of the queue. Each first looks at its own slice
+    -- of it (instances hashed over p_slices, the engine's workers), so they do not queue up on
+    -- one another's row locks, then, if its batch is not full, at everything.
+    FOR pass IN CASE WHEN slices > 1 THEN 1 ELSE 2 END .. 2 LOOP
+        FOR c IN
+            SELECT x.instance_id, x.node_id,
+                   -- a per-row subquery, so the plan keeps walking the run_at index
+                   COALESCE((SELECT n.node_type FROM df.nodes n
+                              WHERE n.instance_id = x.instance_id AND n.id = x.node_id), '')
+                       IN ('HTTP', 'HTTP_MULTIPART') AS http
+              FROM df_internal.tasks x
+             WHERE x.run_at <= now()
+               AND (pass = 2 OR (hashtext(x.instance_id) & 2147483647) % slices = p_slice)
+             ORDER BY x.run_at
+             LIMIT 1000
+        LOOP
+            EXIT WHEN cardinality(insts) >= want OR lone;
+            CONTINUE WHEN c.instance_id = ANY (insts) OR (c.http AND cardinality(insts) > 0);
+            SELECT * INTO t FROM df_internal.tasks x
+             WHERE x.instance_id = c.instance_id AND x.node_id = c.node_id AND x.run_at <= now()
+             FOR UPDATE SKIP LOCKED;
+            CONTINUE WHEN NOT FOUND;
+            verdict := df_internal.triage(t);
+            IF verdict = 'started' THEN
+                started := started || t.instance_id::text;
+            ELSIF verdict = 'ok' THEN
+                insts := insts || t.instance_id;
+                nodes := nodes || t.node_id;
+                lone := c.http;
+            END IF;
+        END LOOP;
+        EXIT WHEN cardinality(insts) >= want OR lone;
+    END LOOP;
+
+    RETURN QUERY
+    SELECT s.id::varchar, NULL::varchar, NULL::integer, 'started'::text, NULL::text,
+           NULL::timestamptz, NULL::text, NULL::text, NULL::text, NULL::regrole,
+           NULL::oid, NULL::text, NULL::jsonb, NULL::jsonb, NULL::text, NULL::integer,
+           NULL::jsonb, NULL::name, NULL::boolean, NULL::boolean, NULL::boolean, true
+      FROM unnest(started) AS s(id);
+    RETURN QUERY
+    SELECT t2.instance_id, t2.node_id, t2.gen, t2.kind, t2.phase, t2.deadline,
+           n.node_type, n.query, n.result_name,
+           s.submitted_by, s.submitted_by::oid, s.database, s.vars,
+           COALESCE((SELECT jsonb_object_agg(nr.name, jsonb_build_object('result', nr.result,
+                                                                           'columns', nr.columns))
+                       FROM df_internal.named_results nr
+                      WHERE nr.instance_id = t2.instance_id), '{}'),
+           i.label, COALESCE(m.attempts, 0), COALESCE(m.retry_policy, s.retry_policy),
+           r.rolname, r.rolcanlogin, r.rolsuper,
+           COALESCE(current_setting('pg_durable.enable_superuser_instances', true), '')
+               IN ('on', 'true', '1', 'yes'),
+           -- "more may be due" (the batch is full, or an HTTP step was taken alone): the engine
+           -- chain-wakes another worker. (An EXISTS probe here walked the queue's dead tuples.)
+           cardinality(insts) >= want OR lone
+      FROM unnest(insts, nodes) WITH ORDINALITY AS k(instance_id, node_id, ord)
+      JOIN df_internal.tasks t2 ON t2.instance_id = k.instance_id AND t2.node_id = k.node_id
+      JOIN df_internal.instance_state s ON s.instance_id = t2.instance_id
+      JOIN df.instances i ON i.id = t2.instance_id
+      LEFT JOIN df.nodes n ON n.instance_id = t2.instance_id AND n.id = t2.node_id
+      LEFT JOIN df_internal.node_meta m ON m.instance_id = t2.instance_id AND m.node_id = t2.node_id
+      LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.submitted_by::oid
+     ORDER BY k.ord;
+END $$;
+
+-- Engines of release 0.1.0 call this signature. They cannot drive a newer schema: say so in the
+-- log line they write for every failed claim (they then retry with backoff, never touching state).
+CREATE OR REPLACE FUNCTION df_internal.claim_tasks(p_engine text, p_limit integer DEFAULT 1,
+                                                   p_slice integer DEFAULT 0,
+                                                   p_slices integer DEFAULT 1)
+RETURNS TABLE (instance_id varchar, node_id varchar, gen integer, kind text, phase text,
+               deadline timestamptz, node_type text, query text, result_name text,
+               submitted_by regrole, role_oid oid, database text, vars jsonb,
+               named_results jsonb, label text, attempts integer, retry_policy jsonb,
+               role_name name, role_can_login boolean, role_is_super boolean,
+               superuser_allowed boolean, more boolean)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'dftui engine schema level mismatch: this engine (dftui 0.1.0) is older than the df schema (%); stop it and upgrade dftui',
+                    df_internal.schema_level()
+          USING ERRCODE = 'object_not_in_prerequisite_state';
+END $$;
