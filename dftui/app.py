@@ -332,7 +332,7 @@ class DftuiApp(App[int]):
             yield SystemCommand(
                 binding.description,
                 f"key: {self.get_key_display(binding)}",
-                _action_runner(active.node, binding.action),
+                _action_runner(self, active.node, binding.action),
             )
         extra = getattr(screen, "palette_commands", None)
         if callable(extra):
@@ -359,9 +359,11 @@ CURSOR_BINDINGS = [
 ]
 
 
-def _action_runner(node: DOMNode, action: str) -> Callable[[], Any]:
+def _action_runner(app: App, node: DOMNode, action: str) -> Callable[[], Any]:
+    """A palette callback running `action` with `node` (the screen or the app) as its namespace."""
+
     async def run() -> None:
-        await node.run_action(action)
+        await app.run_action(action, node)
 
     return run
 

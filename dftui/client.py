@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +37,7 @@ TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 COUNT_CAP = 1000
 _ID_RE = re.compile(r"^[0-9a-f]{8}$")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+Params = Sequence[Any] | Mapping[str, Any] | None  # what psycopg binds to %s / %(name)s
 _NOT_SINGLE = "the workflow expression must be a single expression, not statements"
 _SECRET_RE = re.compile(r"token|secret|password|passwd|key", re.IGNORECASE)
 
@@ -401,7 +402,7 @@ class Client:
         self.close()
 
     @contextmanager
-    def _cursor(self) -> Iterator[psycopg.Cursor]:
+    def _cursor(self) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
         """A dict-row cursor; psycopg errors become ClientError / ConnectionLost."""
         with self._lock:
             conn = self._conn
@@ -417,12 +418,12 @@ class Client:
                     raise ConnectionLost(f"connection lost: {_message(exc)}") from None
                 raise ClientError(_message(exc)) from None
 
-    def _rows(self, query: str, params: Iterable[Any] | dict[str, Any] | None = None) -> list[dict]:
+    def _rows(self, query: str, params: Params = None) -> list[dict[str, Any]]:
         with self._cursor() as cur:
             cur.execute(query, params)
             return cur.fetchall() if cur.description else []
 
-    def _one(self, query: str, params: Iterable[Any] | dict[str, Any] | None = None) -> dict | None:
+    def _one(self, query: str, params: Params = None) -> dict[str, Any] | None:
         rows = self._rows(query, params)
         return rows[0] if rows else None
 

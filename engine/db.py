@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import psycopg
+from psycopg import sql
+
+Params = Sequence[Any] | Mapping[str, Any] | None  # what psycopg binds to %s / %(name)s
 
 # search_path pinned to pg_catalog (engine SQL is schema-qualified; a step's plain SET is reset
 # after it); a lost or stalled client is noticed by the server within seconds.
@@ -18,8 +24,18 @@ def connect(dsn: str, purpose: str, dbname: str | None = None) -> psycopg.Connec
     `dbname` overrides the DSN's database (steps of instances that name another database).
     """
     if dbname is not None:
-        params = psycopg.conninfo.conninfo_to_dict(dsn)
-        params["dbname"] = dbname
-        dsn = psycopg.conninfo.make_conninfo(**params)
+        dsn = psycopg.conninfo.make_conninfo(dsn, dbname=dbname)  # keywords override the DSN's
     return psycopg.connect(dsn, autocommit=True, application_name=f"dftui engine ({purpose})",
                            options=_OPTIONS, prepare_threshold=None)
+
+
+def scalar(conn: psycopg.Connection, query: str | sql.SQL | sql.Composed, params: Params = None) -> Any:
+    """The first column of the one row a statement always returns (SHOW, SELECT f(...)).
+
+    A statement that returned no row is a bug in the caller's SQL, not bad user input, so it
+    raises psycopg's own ProgrammingError rather than returning None for every caller to check.
+    """
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        raise psycopg.ProgrammingError("the statement returned no row")
+    return row[0]

@@ -90,7 +90,7 @@ def check_url(url: str, config: EngineConfig) -> tuple[str, int, list[str]]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise HttpTransientError(f"cannot resolve {host}: {exc}", "http_connection") from exc
-    addresses = sorted({info[4][0] for info in infos})
+    addresses = sorted({str(info[4][0]) for info in infos})  # AF_INET/AF_INET6: (host, port, ...)
     if not config.http_allow_private:
         for a in addresses:
             reason = _blocked_address(ipaddress.ip_address(a.split("%")[0]))
@@ -124,6 +124,8 @@ def perform(req: HttpRequest, config: EngineConfig, idempotency_key: str) -> dic
             f"request body is {len(body_bytes)} bytes; the limit is {config.http_max_request_bytes}"
         )
     headers = {"idempotency-key": idempotency_key, **req.headers}
+    # httpx's multipart file tuples: (filename, content) or (filename, content, content type)
+    files: list[tuple[str, tuple[str | None, bytes] | tuple[str | None, bytes, str | None]]] | None
     files = None
     data = None
     if req.parts is not None:

@@ -48,6 +48,8 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
+from engine.db import scalar
+
 SCHEMAS = ("df", "df_internal")
 EXEC_SCHEMA = "df_exec"
 # Custom parameters the engine puts into the SET clause of the functions it creates.
@@ -151,7 +153,7 @@ def setup_engine_role(conn: psycopg.Connection, role: str, *,
         "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (s,)).fetchone() is None]
     if missing:
         raise PrivilegeSetupError(f"submitter role(s) do not exist: {', '.join(missing)}")
-    server = int(conn.execute("SHOW server_version_num").fetchone()[0])
+    server = int(scalar(conn, "SHOW server_version_num"))
     owner = sql.Identifier(role)
     with conn.transaction():
         for schema in SCHEMAS:
@@ -161,7 +163,7 @@ def setup_engine_role(conn: psycopg.Connection, role: str, *,
             conn.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(sql.Identifier(schema), owner))
         for kind, ident in _objects(conn):
             conn.execute(sql.SQL("ALTER {} {} OWNER TO {}").format(sql.SQL(kind), ident, owner))
-        db = sql.Identifier(conn.execute("SELECT pg_catalog.current_database()").fetchone()[0])
+        db = sql.Identifier(scalar(conn, "SELECT pg_catalog.current_database()"))
         conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(db, owner))
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(EXEC_SCHEMA)))
         conn.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(sql.Identifier(EXEC_SCHEMA), owner))

@@ -178,7 +178,7 @@ class Engine:
             return False
         with connect(self.config.dsn, "once") as conn:
             row = conn.execute("SELECT count(*) FROM df_internal.tasks WHERE run_at <= now() + interval '1 second'").fetchone()
-            return bool(row) and row[0] == 0
+            return row is not None and row[0] == 0
 
     # -- wake-ups ----------------------------------------------------------------------------
     def wake(self, n: int = 1) -> None:

@@ -23,7 +23,7 @@ from psycopg import sql
 
 from engine import http as http_steps
 from engine.config import EngineConfig
-from engine.db import connect
+from engine.db import connect, scalar
 from engine.identity import (
     DESCRIBE_PORTAL,
     Trampolines,
@@ -164,7 +164,8 @@ def retry_delay(policy: dict[str, Any] | None, attempt: int, failure: StepFailur
     if not ({"any", "all", "*"} & allowed or failure.kind in allowed
             or (failure.sqlstate and failure.sqlstate in allowed)):
         return None
-    base = float(policy.get("backoff_seconds") if policy.get("backoff_seconds") is not None else 1.0)
+    backoff = policy.get("backoff_seconds")
+    base = float(backoff if backoff is not None else 1.0)
     cap = float(policy.get("max_backoff_seconds") or 60.0)
     step = min(cap, base * (2 ** (attempt - 1)))
     return step * random.uniform(0.5, 1.0)
@@ -449,7 +450,7 @@ class StepRunner:
             columns = self._describe(conn, task, text)
             result_sql, result_params = self._result_expression(
                 conn, task, text, columns, self.types_for(database))
-            result = conn.execute(f"SELECT {result_sql}", result_params).fetchone()[0]
+            result = scalar(conn, f"SELECT {result_sql}", result_params)
             conn.execute("COMMIT")
         except StepFailure:
             with contextlib.suppress(psycopg.Error):

@@ -109,5 +109,40 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert commands[1].endswith("pytest")
     ci = (REPO / ".ci" / "run").read_text().splitlines()
     assert ci[0].startswith("#!") and "set -euo pipefail" in ci
-    assert ci[-1].strip() == commands[1]
+    # Verbatim, with only its exit status kept so the static checks after it still run.
+    runs = [line for line in ci if line.startswith("python3 -m venv .venv && ")]
+    assert runs == [f"{commands[1]} || tests=$?"], runs
     assert os.access(REPO / ".ci" / "run", os.X_OK)
+
+
+def _fake_ci(tmp_path: Path, failing: set[str]) -> tuple[int, list[str]]:
+    """Run a copy of .ci/run with every tool it calls replaced by a stub that logs its name.
+
+    The stub `python3 -m venv .venv` writes an empty activate script; a stub whose name is in
+    `failing` exits 3. Returns the script's exit status and the tools in the order they ran.
+    """
+    (tmp_path / ".ci").mkdir(parents=True)
+    (tmp_path / ".ci" / "run").write_bytes((REPO / ".ci" / "run").read_bytes())
+    (tmp_path / ".ci" / "run").chmod(0o755)
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    log = tmp_path / "ran.log"
+    for tool in ("python3", "pip", "pytest", "ruff", "mypy", "lint-imports"):
+        body = f'echo {tool} >> "{log}"\n'
+        if tool == "python3":
+            body += "mkdir -p .venv/bin && : > .venv/bin/activate\n"
+        body += f"exit {3 if tool in failing else 0}\n"
+        (stubs / tool).write_text("#!/bin/sh\n" + body)
+        (stubs / tool).chmod(0o755)
+    env = dict(os.environ, PATH=f"{stubs}:/usr/bin:/bin")
+    result = subprocess.run(["bash", str(tmp_path / ".ci" / "run")], env=env,
+                            capture_output=True, text=True, timeout=60)
+    return result.returncode, log.read_text().split()
+
+
+def test_ci_runs_the_static_checks_after_the_tests_and_fails_on_any(tmp_path: Path):
+    """Every check runs even when an earlier one fails; any failure fails CI."""
+    everything = ["python3", "pip", "pytest", "ruff", "mypy", "lint-imports"]
+    assert _fake_ci(tmp_path / "green", set()) == (0, everything)
+    for culprit in ("pytest", "ruff", "mypy", "lint-imports"):
+        assert _fake_ci(tmp_path / culprit, {culprit}) == (1, everything), culprit

@@ -17,6 +17,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
+from textual.timer import Timer
 from textual.widgets import Button, Input, Label, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
 
@@ -233,6 +234,7 @@ class StartDialog(_Dialog):
         super().__init__()
         self.source = source
         self.label = label
+        self._timer: Timer | None = None  # the pending debounced preview
 
     def compose(self) -> ComposeResult:
         title = "Start again like this one" if self.source else "Start a new run"
@@ -257,7 +259,7 @@ class StartDialog(_Dialog):
     @on(TextArea.Changed, "#source")
     def _changed(self) -> None:
         # Debounce: explain once typing pauses.
-        if getattr(self, "_timer", None) is not None:
+        if self._timer is not None:
             self._timer.stop()
         self._timer = self.set_timer(0.4, self._preview)
 

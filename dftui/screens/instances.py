@@ -20,6 +20,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Input, Static
 
 from dftui.app import CURSOR_BINDINGS, AppHeader, AppScreenMixin
@@ -152,7 +153,7 @@ class InstancesScreen(AppScreenMixin, Screen):
         self._columns: list[str] = []
         self._wide = False
         self._width = 0
-        self._refresh_timer = None
+        self._refresh_timer: Timer | None = None
         self._refresh_cost = 0.0  # seconds the last live refresh took in the database
 
     # -- layout --------------------------------------------------------------------------------
