@@ -140,7 +140,7 @@ class GrantResult:
     notices: list[str] = field(default_factory=list)
 
 
-def _with_notices(conn: psycopg.Connection, query: sql.Composable, params: tuple) -> list[str]:
+def _with_notices(conn: psycopg.Connection, query: sql.SQL | sql.Composed, params: tuple) -> list[str]:
     notices: list[str] = []
 
     def collect(diag: psycopg.errors.Diagnostic) -> None:
