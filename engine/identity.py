@@ -207,6 +207,10 @@ class Trampolines:
             except RoleGone:
                 self._gone.add(key)
                 return ""
+            except RoleRefused as exc:
+                self._gone.add(key)
+                self._problems[key] = str(exc)
+                return ""
             except psycopg.errors.InsufficientPrivilege as exc:
                 # Least-privilege mode: the engine role was not granted this submitter (or the
                 # submitter is a superuser). Remember it: the step fails with this message
@@ -223,11 +227,16 @@ class Trampolines:
         with conn.transaction():
             conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(72629378, %s::int)", (role_oid % 2**31,))
             row = conn.execute(
-                "SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.oid = %s", (role_oid,)
+                "SELECT r.rolname, r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = %s", (role_oid,)
             ).fetchone()
             if row is None:
                 raise RoleGone(f"role with oid {role_oid} no longer exists")
-            role = row[0]
+            role, is_super = row
+            if is_super:
+                # A SECURITY DEFINER function owned by a superuser that executes any text it is
+                # given must never exist, whether or not superuser instances are enabled.
+                raise RoleRefused(f'role "{role}" is a superuser; the engine never creates step '
+                                  "trampolines for superusers")
             path = self._configured_path(conn, role_oid) or _DEFAULT_PATH
             # Normally created by the installer (sql/0.1.0/000_schemas.sql); creating it here needs
             # CREATE on the database, which a least-privilege engine does not have.
@@ -262,20 +271,21 @@ class Trampolines:
                 )
                 conn.execute(sql.SQL("REVOKE ALL ON FUNCTION {}({}) FROM PUBLIC").format(fn, argtypes))
                 # ALTER OWNER needs the new owner to have CREATE on the schema; grant it only for
-                # the duration of this transaction (matters in least-privilege mode).
-                conn.execute(
-                    sql.SQL("GRANT CREATE ON SCHEMA {} TO {}").format(
-                        sql.Identifier(EXEC_SCHEMA), sql.Identifier(role)
-                    )
-                )
+                # the duration of this transaction (matters in least-privilege mode). Never for
+                # a role that has CREATE already (the schema's owner): revoking it afterwards
+                # would take the owner's own CREATE away, and with it every later setup.
+                lend = not conn.execute(
+                    "SELECT pg_catalog.has_schema_privilege(%s::oid, %s, 'CREATE')",
+                    (role_oid, EXEC_SCHEMA)).fetchone()[0]
+                if lend:
+                    conn.execute(sql.SQL("GRANT CREATE ON SCHEMA {} TO {}").format(
+                        sql.Identifier(EXEC_SCHEMA), sql.Identifier(role)))
                 conn.execute(
                     sql.SQL("ALTER FUNCTION {}({}) OWNER TO {}").format(fn, argtypes, sql.Identifier(role))
                 )
-                conn.execute(
-                    sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(
-                        sql.Identifier(EXEC_SCHEMA), sql.Identifier(role)
-                    )
-                )
+                if lend:
+                    conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(
+                        sql.Identifier(EXEC_SCHEMA), sql.Identifier(role)))
             return path
 
     @staticmethod
@@ -306,3 +316,7 @@ class Trampolines:
 
 class RoleGone(RuntimeError):
     """The submitter role was dropped after the instance started."""
+
+
+class RoleRefused(RuntimeError):
+    """The engine never runs steps as this role (a superuser): no trampolines are made for it."""

@@ -168,6 +168,12 @@ def setup_engine_role(conn: psycopg.Connection, role: str, *,
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(EXEC_SCHEMA)))
         conn.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(sql.Identifier(EXEC_SCHEMA), owner))
         conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(EXEC_SCHEMA)))
+        # ALTER SCHEMA ... OWNER carries the old owner's ACL entry over to the new owner, so an
+        # ACL in which the old owner had lost CREATE (older engines revoked it from the owner
+        # after creating a superuser's trampolines) would leave the engine unable to create
+        # any new submitter's trampolines. The owner always gets both privileges back.
+        conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(
+            sql.Identifier(EXEC_SCHEMA), owner))
         # The trampolines carry `SET df.in_workflow = 'true'`; for a non-superuser, a SET clause
         # naming a custom (placeholder) parameter needs SET privilege on it (PostgreSQL 15+).
         for param in WORKFLOW_PARAMETERS:

@@ -407,7 +407,11 @@ class _Worker:
         self.more_work = any(row[21] for row in rows)
         tasks = [_task_from_row(row) for row in rows if row[3] != "started"]
         home = conn.info.dbname
+        # Only for submitters that may run steps at all: a superuser (with superuser instances
+        # off), a role that cannot log in or a dropped role fails in check_identity without a
+        # SECURITY DEFINER function ever being created for it.
         setup = {t.role_oid for t in tasks if t.node_type == "SQL" and not t.database_elsewhere(home)
+                 and self.runner.identity_problem(t) is None
                  and self.engine.trampolines.needs_setup(home, t.role_oid)}
         if setup:
             # Create the submitters' trampolines outside the steps' transaction (once per role

@@ -263,18 +263,25 @@ class StepRunner:
         else:
             self.park(conn, task, task.deadline or "infinity", task.deadline)
 
-    def check_identity(self, task: Task) -> str:
-        """The submitter must still exist, log in, and not be a superuser (unless enabled)."""
+    @staticmethod
+    def identity_problem(task: Task) -> str | None:
+        """Why no step may run as the task's submitter, or None: the role must still exist, log
+        in, and not be a superuser (unless superuser instances are enabled)."""
         if task.role_name is None:
-            raise StepFailure(f"the submitting role (oid {task.role_oid}) no longer exists; "
-                              "the step was not run", kind="identity")
+            return (f"the submitting role (oid {task.role_oid}) no longer exists; "
+                    "the step was not run")
         if not task.role_can_login:
-            raise StepFailure(f"role \"{task.role_name}\" can no longer LOGIN; the step was not run",
-                              kind="identity")
+            return f"role \"{task.role_name}\" can no longer LOGIN; the step was not run"
         if task.role_is_super and not task.superuser_allowed:
-            raise StepFailure(
-                f"role \"{task.role_name}\" is a superuser; superuser instances are disabled "
-                "(pg_durable.enable_superuser_instances)", kind="identity")
+            return (f"role \"{task.role_name}\" is a superuser; superuser instances are disabled "
+                    "(pg_durable.enable_superuser_instances)")
+        return None
+
+    def check_identity(self, task: Task) -> str:
+        """The submitter's role name, or StepFailure (never retried) when it may not run steps."""
+        problem = self.identity_problem(task)
+        if problem is not None or task.role_name is None:
+            raise StepFailure(problem or "the submitting role no longer exists", kind="identity")
         return task.role_name
 
     def _prepare_sql(self, task: Task) -> tuple[str, str]:
