@@ -341,6 +341,14 @@ def engine(
     once: Annotated[
         bool, typer.Option("--once", help="Run until no work is ready, then exit.")
     ] = False,
+    metrics_addr: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-addr", metavar="HOST:PORT",
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics (a bare PORT binds "
+            "127.0.0.1; see docs/operations.md). Env: DFTUI_ENGINE_METRICS_ADDR [off].",
+        ),
+    ] = None,
 ) -> int:
     """Run the executor in the foreground (structured logs; SIGTERM stops it gracefully)."""
     conninfo = _resolve_dsn(ctx, dsn)
@@ -362,6 +370,7 @@ def engine(
         "http_allow": list(http_allow) if http_allow else None,
         "retention_days": retention_days,
         "log_format": log_format.value if log_format else None,
+        "metrics_addr": metrics_addr,
     }
     try:
         config = EngineConfig.from_env(**overrides)

@@ -13,6 +13,16 @@ if __name__ == "__main__":
     parser.add_argument("--dsn", default="")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--no-install", action="store_true")
+    parser.add_argument("--metrics-addr", metavar="HOST:PORT",
+                        help="serve Prometheus metrics (env DFTUI_ENGINE_METRICS_ADDR)")
     args = parser.parse_args()
-    sys.exit(main(EngineConfig.from_env(dsn=args.dsn, concurrency=args.concurrency,
-                                        install=not args.no_install)))
+    try:
+        config = EngineConfig.from_env(dsn=args.dsn, concurrency=args.concurrency,
+                                       install=not args.no_install, metrics_addr=args.metrics_addr)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        sys.exit(main(config))
+    except RuntimeError as exc:  # e.g. the metrics port is taken, the schema is missing
+        print(f"python -m engine: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from engine.metrics import parse_address
+
 HTTP_POLICIES = ("disabled", "allowlist", "allow-all")
 
 
@@ -33,6 +35,7 @@ class EngineConfig:
     install: bool = True  # install/upgrade the df schema on start
     once: bool = False  # exit when no work is left (tests, cron-style runs)
     log_format: str = "text"  # text | json
+    metrics_addr: str | None = None  # HOST:PORT to serve Prometheus metrics on (None = off)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -41,6 +44,8 @@ class EngineConfig:
             raise ValueError("batch size must be between 1 and 1000")
         if self.http_policy not in HTTP_POLICIES:
             raise ValueError(f"http policy must be one of {', '.join(HTTP_POLICIES)}")
+        if self.metrics_addr is not None:
+            parse_address(self.metrics_addr)
 
     @classmethod
     def from_env(cls, **overrides: object) -> EngineConfig:
@@ -59,5 +64,7 @@ class EngineConfig:
             values["retention_days"] = float(env["DFTUI_ENGINE_RETENTION_DAYS"])
         if "DFTUI_ENGINE_LOG_FORMAT" in env:
             values["log_format"] = env["DFTUI_ENGINE_LOG_FORMAT"]
+        if env.get("DFTUI_ENGINE_METRICS_ADDR"):
+            values["metrics_addr"] = env["DFTUI_ENGINE_METRICS_ADDR"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

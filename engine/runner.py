@@ -33,6 +33,7 @@ from engine import __version__, schema
 from engine.config import EngineConfig
 from engine.db import connect
 from engine.identity import SESSION_RESET, Trampolines, reset_session
+from engine.metrics import EngineMetrics
 from engine.results import TypeCache
 from engine.steps import (
     CHECKPOINT_COLUMN,
@@ -87,9 +88,13 @@ class Engine:
         self.started = threading.Event()
         self.fatal_error: str | None = None
         self.schema_level = schema.schema_level()
+        self.metrics = EngineMetrics(config.dsn, self.id, config.concurrency,
+                                     lambda: sum(w.busy for w in self.workers),
+                                     config.engine_dead_after)
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> None:
+    def _register(self) -> None:
+        """Check (or install) the schema and register this engine in the database."""
         with connect(self.config.dsn, "setup") as conn:
             if self.config.install:
                 change = schema.install(conn)
@@ -105,6 +110,19 @@ class Engine:
                          (self.id,))
             conn.execute("INSERT INTO df_internal._worker_ready (schema_version) VALUES (%s)",
                          (schema.latest_version(),))
+
+    def start(self) -> None:
+        if self.config.metrics_addr is not None:
+            try:
+                host, port = self.metrics.serve(self.config.metrics_addr)
+            except OSError as exc:
+                raise RuntimeError(str(exc)) from None
+            log.info("metrics: http://%s:%d/metrics", f"[{host}]" if ":" in host else host, port)
+        try:
+            self._register()
+        except BaseException:
+            self.metrics.close()
+            raise
         listener = threading.Thread(target=self._listen, name="dftui-listener", daemon=True)
         listener.start()
         self._threads.append(listener)
@@ -140,6 +158,7 @@ class Engine:
         with contextlib.suppress(psycopg.Error), connect(self.config.dsn, "shutdown") as conn:
             conn.execute("UPDATE df_internal.engines SET stopped_at = now(), steps_done = %s "
                          "WHERE id = %s", (self.steps_done, self.id))
+        self.metrics.close()
         log.info("engine %s stopped after %d steps", self.id, self.steps_done)
 
     @property
@@ -226,11 +245,13 @@ class Engine:
             except psycopg.OperationalError as exc:
                 if self._stopping.is_set():
                     return
+                self.metrics.connection_error("listener")
                 log.warning("listener connection lost (%s); reconnecting in %.1fs", exc, backoff)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 
     def _on_notify(self, channel: str, payload: str) -> None:
+        self.metrics.notification(channel)
         if channel == "df_work":
             self.wake(1)
         elif channel == "df_cancel":
@@ -291,6 +312,8 @@ class Engine:
                 if row and row[0]:
                     self.wake(1)
             except psycopg.Error as exc:
+                if isinstance(exc, psycopg.OperationalError):
+                    self.metrics.connection_error("housekeeping")
                 log.warning("housekeeping: %s", exc)
                 with contextlib.suppress(Exception):
                     if conn is not None:
@@ -314,6 +337,7 @@ class _Worker:
         self._needs_discard = False
         self.more_work = True
         self.batch = engine.config.batch_size
+        self._outcome: str | None = None  # what became of the running step, when not obvious
 
     def cancel_statement(self) -> None:
         for conn in (self.conn, self.runner.side_active):
@@ -346,6 +370,7 @@ class _Worker:
                 except psycopg.OperationalError as exc:
                     if self.engine.stopping:
                         break
+                    self.engine.metrics.connection_error("worker")
                     log.warning("worker %d: connection problem (%s); retrying in %.1fs",
                                 self.number, exc, backoff)
                     self._drop_connection()
@@ -395,12 +420,14 @@ class _Worker:
         # Batch only when no other worker is idle: with a short queue every task gets a worker
         # of its own; with a backlog (everyone busy) one commit serves many steps.
         claim = 1 if self.engine.idle_workers else self.batch
+        claim_started = time.perf_counter()
         with conn.pipeline():
             conn.execute("BEGIN")
             cur = conn.execute("SELECT * FROM df_internal.claim_tasks(%s, %s, %s, %s, %s)",
                                (self.engine.schema_level, self.engine.id, claim, self.number,
                                 len(self.engine.workers)))
         rows = cur.fetchall()
+        self.engine.metrics.claimed(time.perf_counter() - claim_started, len(rows))
         if not rows:
             conn.execute("ROLLBACK")
             return False
@@ -424,15 +451,20 @@ class _Worker:
         budget_end = time.monotonic() + BATCH_TIME_BUDGET
         ran = 0
         stopped_early = False
+        tally = self.engine.metrics.tally()  # outcomes, published once the transaction ended
         try:
             for index, task in enumerate(tasks):
                 if index and time.monotonic() > budget_end:
                     stopped_early = True
                     break
                 self.current = (task.instance_id, task.node_id)
+                kind = tally.started(task.node_type, task.kind)
+                self._outcome = None
                 outcome = self._run_task(conn, task, first=index == 0,
                                          commit=index == len(tasks) - 1)
+                tally.finished(kind, self._outcome, outcome in (_Outcome.RAN, _Outcome.RAN_LAST))
                 if outcome is _Outcome.ABORTED:
+                    tally.roll_back()
                     self.batch = 1
                     return True  # the whole transaction was rolled back; its tasks stay queued
                 if outcome in (_Outcome.RAN, _Outcome.RAN_LAST):
@@ -445,9 +477,13 @@ class _Worker:
                     break
             if conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 conn.execute("COMMIT")  # (a last fused step commits in its own round trip)
+        except BaseException:
+            tally.roll_back()
+            raise
         finally:
             self.busy = False
             self.current = None
+        tally.publish()
         self.engine.count_steps(ran)
         self._adapt_batch(shrink=stopped_early)
         if stopped_early:
@@ -495,12 +531,16 @@ class _Worker:
                     if conn.broken:
                         raise
                     raise self.runner.fused_error(fused, exc) from exc
+                if verdict == "stale":
+                    self._outcome = "stale"
                 # Parallel branches of this instance will want its lock, now held by this
                 # transaction: commit now rather than at the end of the batch.
                 return _Outcome.RAN_LAST if verdict == "shared" else _Outcome.RAN
             conn.execute("SAVEPOINT step")
             in_savepoint = True
             self.runner.run(conn, task, started)
+            if self.runner.parked:
+                self._outcome = "waiting"
             _script(conn, "RELEASE SAVEPOINT step", SESSION_RESET if sql_step else None)
             return _Outcome.RAN
         except StepFailure as failure:
@@ -545,6 +585,7 @@ class _Worker:
         leased = conn.execute("SELECT df_internal.lease_task(%s, %s, %s)", (*key, task.gen)).fetchone()
         conn.execute("COMMIT")
         if not leased or not leased[0]:
+            self._outcome = "stale"
             return _Outcome.RAN_LAST  # stale; the batch is committed
         try:
             failure: StepFailure | None = None
@@ -567,6 +608,7 @@ class _Worker:
             if getattr(exc, "sqlstate", None) == "55P03":
                 self._defer(conn, task, str(exc))
             else:
+                self._outcome = "requeued"
                 log.warning("checkpoint of %s/%s failed (%s); will retry", *key, exc)
         finally:
             if not conn.broken:
@@ -625,6 +667,7 @@ class _Worker:
         conn.execute("UPDATE df_internal.tasks SET run_at = pg_catalog.now() + interval '5 seconds' "
                      "WHERE instance_id = %s AND node_id = %s AND gen = %s",
                      (task.instance_id, task.node_id, task.gen))
+        self._outcome = "deferred"
 
     def _record_failure(self, conn: psycopg.Connection, task: Task, failure: StepFailure,
                         started: datetime, wipe: bool) -> None:
@@ -637,6 +680,7 @@ class _Worker:
             (task.instance_id, task.node_id, task.gen, str(failure), failure.ran_sql,
              self.engine.id, started, delay, delay),
         )
+        self._outcome = "failed" if delay is None else "retried"
         if wipe:
             conn.execute(SESSION_RESET)
 

@@ -189,6 +189,7 @@ class StepRunner:
         self._side: dict[str, psycopg.Connection] = {}
         self._types_by_db: dict[str, TypeCache] = {}
         self.side_active: psycopg.Connection | None = None  # cancelled along with the worker
+        self.parked = False  # the last run() parked its task (timer, signal) instead of completing
 
     # Checkpoints ------------------------------------------------------------------------------
     def complete(self, conn: psycopg.Connection, task: Task, result: Any,
@@ -204,6 +205,7 @@ class StepRunner:
 
     def park(self, conn: psycopg.Connection, task: Task, until: datetime | str,
              deadline: datetime | None) -> None:
+        self.parked = True
         try:
             conn.execute("SELECT df_internal.park_task(%s, %s, %s, %s, %s)",
                          (task.instance_id, task.node_id, task.gen, until, deadline))
@@ -222,6 +224,7 @@ class StepRunner:
         }.get(task.node_type or "")
         if handler is None:
             raise StepFailure(f"node type {task.node_type} cannot be run by the engine")
+        self.parked = False
         handler(conn, task, started)
 
     def run_sleep(self, conn: psycopg.Connection, task: Task, started: datetime) -> None:
