@@ -22,14 +22,18 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import psycopg
 import typer
 from typer.core import TyperGroup
 
 from dftui import admin
+from dftui.vocabulary import TERMINAL_STATUSES, InstanceStatus, status_symbol
 from engine import __version__
+
+if TYPE_CHECKING:
+    from dftui.client import NodeInfo
 
 PROG = "dftui"
 
@@ -273,14 +277,6 @@ def revoke(
 # --- engine ---------------------------------------------------------------------------------
 
 
-class InstanceStatus(StrEnum):
-    pending = "pending"
-    running = "running"
-    completed = "completed"
-    failed = "failed"
-    cancelled = "cancelled"
-
-
 class HttpPolicy(StrEnum):
     disabled = "disabled"
     allowlist = "allowlist"
@@ -426,12 +422,6 @@ def _duration(start: datetime | None, end: datetime | None) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-STATUS_SYMBOLS = {
-    "completed": "✓", "failed": "✗", "running": "⏳", "pending": "○", "cancelled": "⊘",
-}
-TERMINAL = ("completed", "failed", "cancelled")
-
-
 @app.command()
 def start(
     ctx: typer.Context,
@@ -466,7 +456,7 @@ def start(
     if as_json:
         _print_json(_jsonable(detail))
     else:
-        typer.echo(f"{instance_id} {STATUS_SYMBOLS.get(detail.status, '')} {detail.status}")
+        typer.echo(f"{instance_id} {status_symbol(detail.status)} {detail.status}")
         text = detail.error if detail.status == "failed" and detail.error else detail.output
         if text:
             typer.echo(text)
@@ -480,7 +470,7 @@ def _wait_for(client: Any, instance_id: str, timeout: float | None) -> Any:
     delay = 0.05
     while True:
         detail = client.instance(instance_id)
-        if detail.status in TERMINAL:
+        if detail.status in TERMINAL_STATUSES:
             return detail
         if deadline is not None and time.monotonic() >= deadline:
             fail(f"timed out after {timeout:g}s waiting for {instance_id} (still {detail.status})")
@@ -515,7 +505,7 @@ def list_instances(
         f"{'ID':<8}  {'STATUS':<11}  {'LABEL':<28}  {'CREATED':<19}  {'DURATION':>8}  SUBMITTED_BY"
     )
     for r in rows:
-        symbol = STATUS_SYMBOLS.get(r.status, " ")
+        symbol = status_symbol(r.status)
         label_text = (r.label or "")[:28]
         typer.echo(
             f"{r.id:<8}  {symbol} {r.status:<9}  {label_text:<28}  {_when(r.created_at):<19}  "
@@ -538,19 +528,19 @@ def show(
         nodes = client.nodes(detail.id)
         tree = client.explain(detail.id) if client.capabilities.has_explain else ""
     if not tree:
-        tree = render_tree(nodes, detail.root_node)
+        tree = render_tree(nodes, detail.root_node, detail.status)
     if as_json:
         _print_json({"instance": _jsonable(detail), "nodes": [_jsonable(n) for n in nodes]})
         return
     # df.explain already heads its tree with id, label, status and output; add what it lacks.
     explained = tree.lstrip().startswith("Instance:")
     if not explained:
-        symbol = STATUS_SYMBOLS.get(detail.status, "")
+        symbol = status_symbol(detail.status)
         typer.echo(f"instance {detail.id}  {symbol} {detail.status}")
         if detail.label:
             typer.echo(f"label:        {detail.label}")
     finished = detail.finished_at or detail.completed_at
-    terminal = detail.status in TERMINAL
+    terminal = detail.status in TERMINAL_STATUSES
     details = [
         ("submitted_by", detail.submitted_by),
         ("created", _when(detail.created_at)),
@@ -574,75 +564,21 @@ def show(
         typer.echo(tree.rstrip("\n"))
 
 
-NODE_SYMBOLS = {**STATUS_SYMBOLS, "skipped": "·"}
+def render_tree(nodes: list[NodeInfo], root: str, instance_status: str) -> str:
+    """The instance graph as indented text, for backends without df.explain: the TUI's tree
+    (dftui.widgets.graph.build_graph), one `slot symbol text` line per node."""
+    from dftui.widgets.graph import GraphItem, build_graph, item_label
 
-
-def render_tree(nodes: list[Any], root: str) -> str:
-    """A df.explain-like tree from df.instance_nodes rows, for backends without df.explain.
-
-    THEN chains are flattened into one list; IF, JOIN/RACE and LOOP label their parts.
-    """
-    by_id = {n.id: n for n in nodes}
     lines: list[str] = []
 
-    def chain(node_id: str) -> list[str]:
-        node = by_id.get(node_id)
-        if node is None or node.node_type != "THEN":
-            return [node_id]
-        return chain(node.left_node) + chain(node.right_node)
+    def emit(item: GraphItem, depth: int) -> None:
+        symbol, text, _ = item_label(item, instance_status)
+        slot = f"{item.slot} " if item.slot else ""
+        lines.append(f"{'  ' * depth}{slot}{symbol} {text}")
+        for child in item.children:
+            emit(child, depth + 1)
 
-    def leaf_text(node: Any) -> str:
-        query = " ".join((node.query or "").split())
-        if node.node_type == "SQL":
-            text = f"SQL: {query[:60]}{'…' if len(query) > 60 else ''}"
-        elif node.node_type == "SLEEP":
-            text = f"SLEEP {query}s"
-        elif node.node_type == "WAIT_SCHEDULE":
-            text = f"WAIT_SCHEDULE {query}"
-        elif node.node_type == "SIGNAL":
-            text = f"SIGNAL {node.config.get('name', '')}"
-        elif node.node_type in ("HTTP", "HTTP_MULTIPART"):
-            text = f"{node.node_type} {node.config.get('method', '')} {node.config.get('url', '')}"
-        elif node.node_type == "BREAK":
-            text = f"BREAK {query}"
-        else:
-            text = node.node_type
-        return text + (f"  |=> {node.result_name}" if node.result_name else "")
-
-    def emit(node_id: str | None, depth: int, prefix: str = "") -> None:
-        node = by_id.get(node_id or "")
-        pad = "  " * depth
-        if node is None:
-            lines.append(f"{pad}{prefix}? missing node {node_id}")
-            return
-        mark = NODE_SYMBOLS.get(node.inferred_status or node.status, "?")
-        if node.node_type == "THEN":
-            lines.append(f"{pad}{prefix}{mark} THEN")
-            for item in chain(node.id):
-                emit(item, depth + 1)
-        elif node.node_type == "IF":
-            lines.append(f"{pad}{prefix}{mark} IF")
-            cond = node.config.get("condition_node")
-            if cond:
-                emit(cond, depth + 1, "condition: ")
-            elif node.config.get("if_rows"):
-                lines.append(f"{pad}  condition: rows in ${node.config['if_rows']}")
-            emit(node.left_node, depth + 1, "then: ")
-            emit(node.right_node, depth + 1, "else: ")
-        elif node.node_type in ("JOIN", "RACE"):
-            lines.append(f"{pad}{prefix}{mark} {node.node_type}")
-            branches = [node.left_node, node.right_node, *node.config.get("extra_nodes", [])]
-            for number, branch in enumerate(branches, 1):
-                emit(branch, depth + 1, f"branch {number}: ")
-        elif node.node_type == "LOOP":
-            lines.append(f"{pad}{prefix}{mark} LOOP")
-            emit(node.left_node, depth + 1, "body: ")
-            if node.config.get("condition_node"):
-                emit(node.config["condition_node"], depth + 1, "while: ")
-        else:
-            lines.append(f"{pad}{prefix}{mark} {leaf_text(node)}")
-
-    emit(root, 0)
+    emit(build_graph(nodes, root), 0)
     return "\n".join(lines)
 
 

@@ -30,14 +30,16 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 
+from dftui.vocabulary import COMPOSITE_NODE_TYPES, STATUSES, TERMINAL_STATUSES, step_text
+
 APPLICATION_NAME = "dftui"
-STATUSES = ("running", "failed", "pending", "completed", "cancelled")
-TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 # Status counts are exact up to this many rows per status; beyond it they are planner estimates.
 COUNT_CAP = 1000
 _ID_RE = re.compile(r"^[0-9a-f]{8}$")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 Params = Sequence[Any] | Mapping[str, Any] | None  # what psycopg binds to %s / %(name)s
+# The composite node types as a SQL list, for "the current leaf step" queries.
+_COMPOSITE_SQL = ", ".join(f"'{t}'" for t in sorted(COMPOSITE_NODE_TYPES))
 _NOT_SINGLE = "the workflow expression must be a single expression, not statements"
 _SECRET_RE = re.compile(r"token|secret|password|passwd|key", re.IGNORECASE)
 
@@ -623,7 +625,7 @@ class Client:
                      WHERE i.status IN ('running', 'pending', 'failed')
                        AND n.instance_id = i.id
                        AND n.status = CASE i.status WHEN 'failed' THEN 'failed' ELSE 'running' END
-                       AND n.node_type NOT IN ('THEN', 'IF', 'JOIN', 'RACE', 'LOOP')
+                       AND n.node_type NOT IN ({_COMPOSITE_SQL})
                      ORDER BY n.updated_at DESC LIMIT 1) s ON TRUE
              WHERE {" AND ".join(where)}
              ORDER BY {order}
@@ -1055,35 +1057,6 @@ class Client:
             raise ClientError(self.capabilities.reasons.get("metrics", "metrics are not available"))
         row = self._one("SELECT * FROM df.metrics()")
         return dict(row or {})
-
-
-def step_text(node_type: str, query: str | None, result_name: str | None = None) -> str:
-    """One-line description of a leaf step, like df.explain's leaves: `SQL: SELECT …`,
-    `SLEEP 30s`, `SIGNAL 'approve'`, `HTTP GET https://…`."""
-    cfg: dict[str, Any] = {}
-    if query and node_type not in ("SQL", "SLEEP", "WAIT_SCHEDULE"):
-        try:
-            loaded = json.loads(query)
-            cfg = loaded if isinstance(loaded, dict) else {}
-        except ValueError:
-            cfg = {}
-    flat = " ".join((query or "").split())
-    if node_type == "SQL":
-        text = f"SQL: {flat}"
-    elif node_type == "SLEEP":
-        text = f"SLEEP {flat}s"
-    elif node_type == "WAIT_SCHEDULE":
-        text = f"WAIT_SCHEDULE '{flat}'"
-    elif node_type == "SIGNAL":
-        timeout = cfg.get("timeout_seconds")
-        text = f"SIGNAL '{cfg.get('name', '?')}'" + (f" (timeout {timeout}s)" if timeout else "")
-    elif node_type in ("HTTP", "HTTP_MULTIPART"):
-        text = f"{node_type} {cfg.get('method', 'POST')} {cfg.get('url', '')}"
-    elif node_type == "BREAK":
-        text = "BREAK" if flat in ("", "null") else f"BREAK {flat}"
-    else:
-        text = node_type
-    return text + (f" |=> {result_name}" if result_name else "")
 
 
 def _summary(row: dict[str, Any]) -> InstanceSummary:

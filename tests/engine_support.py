@@ -10,10 +10,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from dftui.vocabulary import TERMINAL_STATUSES
 from engine.config import EngineConfig
 from engine.runner import Engine
-
-TERMINAL = ("completed", "failed", "cancelled")
 
 
 @contextmanager
@@ -49,7 +48,7 @@ def start(db: Any, role: str | None, expr: str, *params: Any) -> str:
 def wait_terminal(db: Any, instance_id: str, timeout: float = 60.0) -> str:
     def status() -> str | None:
         value = db.scalar("SELECT status FROM df.instances WHERE id = %s", (instance_id,))
-        return value if value in TERMINAL else None
+        return value if value in TERMINAL_STATUSES else None
 
     return wait_for(status, timeout, what=f"instance {instance_id} to finish")
 

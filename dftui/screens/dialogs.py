@@ -23,6 +23,7 @@ from textual.widgets.option_list import Option
 
 from dftui.app import AppScreenMixin
 from dftui.client import Client, ClientError, NodeInfo
+from dftui.vocabulary import is_composite
 from dftui.widgets.format import STATUS_STYLES, status_symbol
 from dftui.widgets.graph import display_status, node_summary
 
@@ -82,7 +83,7 @@ def rerun_preview(nodes: list[NodeInfo], instance_status: str) -> list[tuple[str
     """(status, text) of the leaf steps a retry will run again: everything not completed."""
     out = []
     for node in nodes:
-        if node.node_type in ("THEN", "IF", "JOIN", "RACE", "LOOP"):
+        if is_composite(node.node_type):
             continue
         status = display_status(node, instance_status)
         if status in ("completed",):

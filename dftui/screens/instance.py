@@ -19,10 +19,10 @@ from textual.widgets import Footer, Static, Tree
 from textual.widgets.tree import TreeNode
 
 from dftui.app import CURSOR_BINDINGS, AppHeader, AppScreenMixin
-from dftui.client import TERMINAL_STATUSES, Client, InstanceDetail, NodeInfo
+from dftui.client import Client, InstanceDetail, NodeInfo
+from dftui.vocabulary import TERMINAL_STATUSES, is_composite
 from dftui.widgets.format import (
     STATUS_STYLES,
-    STATUS_SYMBOLS,
     duration_between,
     format_time,
     shorten,
@@ -169,7 +169,7 @@ class InstanceScreen(AppScreenMixin, Screen):
 
     def _line(self, item: GraphItem) -> Text:
         status = self.detail.status if self.detail else ""
-        symbol, body, node_status = item_label(item, status, STATUS_SYMBOLS)
+        symbol, body, node_status = item_label(item, status)
         text = Text()
         if item.slot:
             text.append(f"{item.slot} ", style="dim italic")
@@ -265,7 +265,7 @@ class InstanceScreen(AppScreenMixin, Screen):
         for tree_node in self._visible_order():
             node = self.nodes.get(tree_node.data or "")
             if node is not None and display_status(node, status) == "failed" and \
-                    node.node_type not in ("THEN", "IF", "JOIN", "RACE", "LOOP"):
+                    not is_composite(node.node_type):
                 result.append(tree_node)
         return result
 
@@ -291,7 +291,7 @@ class InstanceScreen(AppScreenMixin, Screen):
         for tree_node in self._visible_order():
             node = self.nodes.get(tree_node.data or "")
             if node is not None and display_status(node, status) == "running" and \
-                    node.node_type not in ("THEN", "IF", "JOIN", "RACE", "LOOP"):
+                    not is_composite(node.node_type):
                 self.query_one(Tree).move_cursor(tree_node)
                 return
 

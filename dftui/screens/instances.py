@@ -25,13 +25,13 @@ from textual.widgets import DataTable, Footer, Input, Static
 
 from dftui.app import CURSOR_BINDINGS, AppHeader, AppScreenMixin
 from dftui.client import (
-    STATUSES,
     ActionResult,
     Client,
     InstancePage,
     InstanceSummary,
     StatusCounts,
 )
+from dftui.vocabulary import STATUSES
 from dftui.widgets.format import (
     STATUS_STYLES,
     duration_between,

@@ -10,14 +10,9 @@ from datetime import datetime, tzinfo
 
 from rich.text import Text
 
-STATUS_SYMBOLS: dict[str, str] = {
-    "completed": "✓",
-    "failed": "✗",
-    "running": "⏳",
-    "pending": "○",
-    "cancelled": "⊘",
-    "skipped": "⊘",
-}
+# Re-exported: the symbols are vocabulary (the CLI uses them too); the colours are presentation.
+from dftui.vocabulary import STATUS_SYMBOLS, status_symbol
+
 STATUS_STYLES: dict[str, str] = {
     "completed": "green",
     "failed": "bold red",
@@ -26,10 +21,6 @@ STATUS_STYLES: dict[str, str] = {
     "cancelled": "magenta",
     "skipped": "dim",
 }
-
-
-def status_symbol(status: str) -> str:
-    return STATUS_SYMBOLS.get(status, "?")
 
 
 def status_text(status: str, *, word: bool = True) -> Text:

@@ -11,11 +11,10 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from dftui.client import NodeInfo, step_text
+from dftui.client import NodeInfo
+from dftui.vocabulary import is_composite, node_children, status_symbol, step_text
 
 from .format import format_duration, shorten
-
-COMPOSITE_TYPES = frozenset({"THEN", "IF", "JOIN", "RACE", "LOOP"})
 
 
 @dataclass
@@ -44,7 +43,7 @@ def display_status(node: NodeInfo, instance_status: str) -> str:
 
 def node_summary(node: NodeInfo, width: int = 60) -> str:
     """Short text of a node, like df.explain's leaves: `SQL: SELECT …`, `SLEEP 30s`, …"""
-    if node.node_type in COMPOSITE_TYPES:
+    if is_composite(node.node_type):
         return node.node_type
     return shorten(step_text(node.node_type, node.query), width + 5)
 
@@ -85,35 +84,31 @@ def build_graph(nodes: list[NodeInfo], root_id: str) -> GraphItem:
         seen.add(node.id)
         cfg = node.config
         it = GraphItem(node, slot, text=node_summary(node))
-        if node.node_type == "IF":
-            if "if_rows" in cfg:
-                it.children.append(GraphItem(None, "condition", text=f"rows in ${cfg['if_rows']}"))
-            else:
-                it.children.append(item(cfg.get("condition_node"), "condition"))
-            it.children.append(item(node.left_node, "then"))
-            it.children.append(item(node.right_node, "else"))
+        children = node_children(node)
+        if node.node_type == "IF" and "if_rows" in cfg:
+            it.children.append(GraphItem(None, "condition", text=f"rows in ${cfg['if_rows']}"))
         elif node.node_type in ("JOIN", "RACE"):
-            branches = [node.left_node, node.right_node, *cfg.get("extra_nodes", [])]
-            it.text = f"{node.node_type} ({len(branches)} branches)"
-            it.children = [item(b, f"branch {i}:") for i, b in enumerate(branches, 1)]
-        elif node.node_type == "LOOP":
-            if node.iteration:
-                it.text = f"LOOP (iteration {node.iteration})"
-            it.children.append(item(node.left_node, "body"))
-            if cfg.get("condition_node"):
-                it.children.append(item(cfg["condition_node"], "while"))
+            it.text = f"{node.node_type} ({len(children)} branches)"
+        elif node.node_type == "LOOP" and node.iteration:
+            it.text = f"LOOP (iteration {node.iteration})"
+        branch = 0
+        for role, child in children:
+            if role == "branch":
+                branch += 1
+                role = f"branch {branch}:"
+            it.children.append(item(child, role))
         return it
 
     return item(root_id, None)
 
 
-def item_label(it: GraphItem, instance_status: str, symbols: dict[str, str]) -> tuple[str, str, str]:
+def item_label(it: GraphItem, instance_status: str) -> tuple[str, str, str]:
     """(symbol, text, status) for one tree line."""
     if it.node is None:
         return (" ", it.text, "")
     status = display_status(it.node, instance_status)
     text = it.text + _step_suffix(it.node)
-    return (symbols.get(status, "?"), text, status)
+    return (status_symbol(status), text, status)
 
 
 # ------------------------------------------------------------------------------------------------
