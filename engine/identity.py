@@ -34,6 +34,8 @@ import threading
 import psycopg
 from psycopg import sql
 
+from engine.db import scalar
+
 EXEC_SCHEMA = "df_exec"
 _DEFAULT_PATH = '"$user", public'
 
@@ -274,9 +276,9 @@ class Trampolines:
                 # the duration of this transaction (matters in least-privilege mode). Never for
                 # a role that has CREATE already (the schema's owner): revoking it afterwards
                 # would take the owner's own CREATE away, and with it every later setup.
-                lend = not conn.execute(
-                    "SELECT pg_catalog.has_schema_privilege(%s::oid, %s, 'CREATE')",
-                    (role_oid, EXEC_SCHEMA)).fetchone()[0]
+                lend = not scalar(
+                    conn, "SELECT pg_catalog.has_schema_privilege(%s::oid, %s, 'CREATE')",
+                    (role_oid, EXEC_SCHEMA))
                 if lend:
                     conn.execute(sql.SQL("GRANT CREATE ON SCHEMA {} TO {}").format(
                         sql.Identifier(EXEC_SCHEMA), sql.Identifier(role)))
