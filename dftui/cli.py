@@ -195,10 +195,13 @@ def install(
 
             submitters = privileges.granted_submitters(conn, exclude=engine_role)
             try:
-                privileges.setup_engine_role(conn, engine_role, submitters=submitters)
+                notes = privileges.setup_engine_role(conn, engine_role, submitters=submitters)
             except privileges.PrivilegeSetupError as exc:
                 fail(str(exc))
     typer.echo(change.describe())
+    if engine_role is not None:
+        for note in notes:
+            typer.echo(f"note: {note}")
     if engine_role is not None:
         typer.echo(f"engine role {engine_role} owns the df schemas and may run steps as: "
                    f"{', '.join(submitters) or '(no granted roles yet)'}")

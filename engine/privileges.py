@@ -129,12 +129,13 @@ def granted_submitters(conn: psycopg.Connection, exclude: str | None = None) -> 
 
 
 def setup_engine_role(conn: psycopg.Connection, role: str, *,
-                      submitters: list[str] | tuple[str, ...] = ()) -> None:
+                      submitters: list[str] | tuple[str, ...] = ()) -> list[str]:
     """Make `role` (an existing non-superuser role) the owner of the df schemas; see module doc.
 
-    `conn` must be a superuser connection to the database where df is installed. Idempotent:
-    run it again after upgrades and whenever a new submitter role appears (pass it in
-    `submitters`). Runs in one transaction.
+    `conn` is a superuser's connection, or the installing admin's on a managed service (CREATEROLE,
+    owner of the database and of the df schemas, no superuser). Idempotent: run it again after
+    upgrades and whenever a new submitter role appears (pass it in `submitters`). Runs in one
+    transaction. Returns notes on what could not be granted and why nothing depends on it.
     """
     info = conn.execute(
         "SELECT r.rolsuper, (SELECT s.rolsuper FROM pg_catalog.pg_roles s WHERE s.rolname = current_user) "
@@ -144,8 +145,9 @@ def setup_engine_role(conn: psycopg.Connection, role: str, *,
         raise PrivilegeSetupError(f'role "{role}" does not exist; create it first '
                                   f'(CREATE ROLE "{role}" LOGIN PASSWORD ...)')
     role_is_super, me_super = info
-    if not me_super:
-        raise PrivilegeSetupError("the least-privilege setup must be run by a superuser")
+    if not me_super and not _owns_df(conn):
+        raise PrivilegeSetupError("the least-privilege setup must be run by a superuser or by "
+                                  "the role that installed the df schema (its owner)")
     if role_is_super:
         raise PrivilegeSetupError(f'role "{role}" is a superuser; the point of this mode is an '
                                   "engine role without superuser")
@@ -155,34 +157,95 @@ def setup_engine_role(conn: psycopg.Connection, role: str, *,
         raise PrivilegeSetupError(f"submitter role(s) do not exist: {', '.join(missing)}")
     server = int(scalar(conn, "SHOW server_version_num"))
     owner = sql.Identifier(role)
+    notes: list[str] = []
     with conn.transaction():
+        if not me_super:
+            _become_able_to_set_role(conn, role, server)
         for schema in SCHEMAS:
             if conn.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s",
                             (schema,)).fetchone() is None:
                 raise PrivilegeSetupError(f"schema {schema} is not installed (run dftui install first)")
-            conn.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(sql.Identifier(schema), owner))
-        for kind, ident in _objects(conn):
-            conn.execute(sql.SQL("ALTER {} {} OWNER TO {}").format(sql.SQL(kind), ident, owner))
-        db = sql.Identifier(scalar(conn, "SELECT pg_catalog.current_database()"))
-        conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(db, owner))
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(EXEC_SCHEMA)))
-        conn.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(sql.Identifier(EXEC_SCHEMA), owner))
-        conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(EXEC_SCHEMA)))
-        # ALTER SCHEMA ... OWNER carries the old owner's ACL entry over to the new owner, so an
-        # ACL in which the old owner had lost CREATE (older engines revoked it from the owner
-        # after creating a superuser's trampolines) would leave the engine unable to create
-        # any new submitter's trampolines. The owner always gets both privileges back.
-        conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(
-            sql.Identifier(EXEC_SCHEMA), owner))
+        handed_over = not me_super and conn.execute(
+            "SELECT pg_catalog.pg_get_userbyid(nspowner) = %s FROM pg_catalog.pg_namespace "
+            "WHERE nspname = 'df_internal'", (role,)).fetchone()[0]
+        # A managed service's admin re-running this after the hand-over (for new submitters)
+        # no longer may touch the schemas, and need not: the engine role owns everything,
+        # including what its own upgrades created since.
+        if not handed_over:
+            # The objects first, then their schemas: a non-superuser admin loses USAGE on a schema
+            # the moment it hands the schema over, and could not name what is inside any more.
+            # The new owner of an object needs CREATE on its schema until it owns the schema too.
+            schemas = sql.SQL(", ").join(sql.Identifier(s) for s in SCHEMAS)
+            conn.execute(sql.SQL("GRANT CREATE ON SCHEMA {} TO {}").format(schemas, owner))
+            for kind, ident in _objects(conn):
+                conn.execute(sql.SQL("ALTER {} {} OWNER TO {}").format(sql.SQL(kind), ident, owner))
+            conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(schemas, owner))
+            for schema in SCHEMAS:
+                conn.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(sql.Identifier(schema), owner))
+            db = sql.Identifier(scalar(conn, "SELECT pg_catalog.current_database()"))
+            conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(db, owner))
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(EXEC_SCHEMA)))
+            conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(EXEC_SCHEMA)))
+            # ALTER SCHEMA ... OWNER carries the old owner's ACL entry over to the new owner, so an
+            # ACL in which the old owner had lost CREATE (older engines revoked it from the owner
+            # after creating a superuser's trampolines) would leave the engine unable to create
+            # any new submitter's trampolines. The owner always gets both privileges back — granted
+            # before the hand-over, which a non-superuser admin can no longer make after it.
+            conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(
+                sql.Identifier(EXEC_SCHEMA), owner))
+            conn.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(sql.Identifier(EXEC_SCHEMA), owner))
         # The trampolines carry `SET df.in_workflow = 'true'`; for a non-superuser, a SET clause
         # naming a custom (placeholder) parameter needs SET privilege on it (PostgreSQL 15+).
         for param in WORKFLOW_PARAMETERS:
-            conn.execute(sql.SQL("GRANT SET ON PARAMETER {} TO {}").format(sql.Identifier(param), owner))
+            _optional(conn, sql.SQL("GRANT SET ON PARAMETER {} TO {}").format(
+                sql.Identifier(param), owner), notes,
+                f"SET on parameter {param} not granted (needs a superuser; the trampolines set "
+                "it in their body, so nothing depends on it)")
         # df.signal's loopback helper reads unix_socket_directories; without a superuser owner
         # it cannot open its dblink session anyway and falls back to the caller's transaction.
-        conn.execute(sql.SQL("GRANT pg_read_all_settings TO {}").format(owner))
+        _optional(conn, sql.SQL("GRANT pg_read_all_settings TO {}").format(owner), notes,
+                  "pg_read_all_settings not granted (needs its admin option); df.signal then "
+                  "takes effect when the caller commits, as it does in this mode anyway")
         for submitter in submitters:
             grant = sql.SQL("GRANT {} TO {}").format(sql.Identifier(submitter), owner)
             if server >= 160000:
                 grant = sql.Composed([grant, sql.SQL(" WITH INHERIT TRUE, SET TRUE")])
             conn.execute(grant)
+    return notes
+
+
+def _owns_df(conn: psycopg.Connection) -> bool:
+    row = conn.execute(
+        "SELECT pg_catalog.pg_has_role(n.nspowner, 'MEMBER') FROM pg_catalog.pg_namespace n "
+        "WHERE n.nspname = 'df_internal'").fetchone()
+    return bool(row and row[0])
+
+
+def _become_able_to_set_role(conn: psycopg.Connection, role: str, server: int) -> None:
+    """ALTER ... OWNER TO role needs the installing admin to be able to SET ROLE to it. A
+    CREATEROLE admin holds ADMIN OPTION on the roles it created (PostgreSQL 16+) but is not a
+    member of them; it grants itself membership, as a managed service's admin may."""
+    mode = "SET" if server >= 160000 else "MEMBER"  # SET ROLE rights: PostgreSQL 16's term
+    if conn.execute("SELECT pg_catalog.pg_has_role(current_user, %s, %s)",
+                    (role, mode)).fetchone()[0]:
+        return
+    grant = sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(role))
+    if server >= 160000:
+        grant = sql.Composed([grant, sql.SQL(" WITH INHERIT FALSE, SET TRUE")])
+    try:
+        with conn.transaction():
+            conn.execute(grant)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise PrivilegeSetupError(
+            f'cannot make "{role}" the owner of the df schemas: {exc.diag.message_primary} '
+            f"(the admin needs ADMIN OPTION on it, e.g. by having created it)") from exc
+
+
+def _optional(conn: psycopg.Connection, statement: sql.Composable, notes: list[str],
+              note: str) -> None:
+    """Run a grant that only a superuser can always make; where refused, record `note`."""
+    try:
+        with conn.transaction():
+            conn.execute(statement)
+    except psycopg.errors.InsufficientPrivilege:
+        notes.append(note)

@@ -66,6 +66,9 @@ class Server:
     def admin(self, dbname: str = "postgres") -> psycopg.Connection:
         return psycopg.connect(self.conninfo(dbname), autocommit=True)
 
+    def connect_as(self, dbname: str, role: str) -> psycopg.Connection:
+        return psycopg.connect(self.conninfo(dbname, role), autocommit=True)
+
     @property
     def major(self) -> int:
         with self.admin() as conn:
