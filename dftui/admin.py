@@ -7,9 +7,10 @@ TUI does), plus the connection helper the CLI and `dftui demo` share.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import psycopg
@@ -99,20 +100,14 @@ def install(conn: psycopg.Connection, *, upgrade: bool) -> schema.SchemaChange:
     in the database (a managed service's admin, the database owner) installs them in `public`
     (see engine.schema.operator_schema). The schema's owner (or a superuser) upgrades it.
     """
-    before = schema.installed_version(conn) if _may_read_schema(conn) else "installed"
-    if upgrade and before is None:
-        raise AdminError("the df schema is not installed; run 'dftui install' first")
-    try:
-        return schema.install(conn, upgrade=upgrade)
-    except schema.SchemaError as exc:
-        raise AdminError(one_line(exc)) from exc
-
-
-def _may_read_schema(conn: psycopg.Connection) -> bool:
-    row = conn.execute(
-        "SELECT pg_catalog.to_regnamespace('df_internal') IS NULL "
-        "OR pg_catalog.has_schema_privilege('df_internal', 'USAGE')").fetchone()
-    return bool(row and row[0])
+    with _as_schema_owner(conn):
+        before = schema.installed_version(conn)
+        if upgrade and before is None:
+            raise AdminError("the df schema is not installed; run 'dftui install' first")
+        try:
+            return schema.install(conn, upgrade=upgrade)
+        except schema.SchemaError as exc:
+            raise AdminError(one_line(exc)) from exc
 
 
 def uninstall(conn: psycopg.Connection) -> str | None:
@@ -160,19 +155,44 @@ def _require_df(conn: psycopg.Connection) -> None:
         raise AdminError("the df schema is not installed in this database; run 'dftui install'")
 
 
+@contextlib.contextmanager
+def _as_schema_owner(conn: psycopg.Connection) -> Iterator[None]:
+    """Act as the df schemas' owner when the connected admin may SET ROLE to it but is not it.
+
+    On a managed service the admin hands df to the least-privilege engine role and keeps only
+    SET ROLE on it (no superuser to bypass ownership): granting a new application role still
+    has to work from the admin's session.
+    """
+    row = conn.execute(
+        "SELECT pg_catalog.pg_get_userbyid(n.nspowner), "
+        "       NOT pg_catalog.has_schema_privilege(n.oid, 'USAGE') "
+        "       AND pg_catalog.pg_has_role(n.nspowner, 'MEMBER') "
+        "  FROM pg_catalog.pg_namespace n WHERE n.nspname = 'df_internal'").fetchone()
+    if not row or not row[1]:
+        yield
+        return
+    conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(row[0])))
+    try:
+        yield
+    finally:
+        conn.execute("RESET ROLE")
+
+
 def grant(
     conn: psycopg.Connection, role: str, *, http: bool = False, with_grant: bool = False
 ) -> GrantResult:
     """df.grant_usage(role, include_http, with_grant); the function itself resolves the name."""
-    _require_df(conn)
-    notices = _with_notices(
-        conn, sql.SQL("SELECT df.grant_usage(%s, %s, %s)"), (role, http, with_grant)
-    )
+    with _as_schema_owner(conn):
+        _require_df(conn)
+        notices = _with_notices(
+            conn, sql.SQL("SELECT df.grant_usage(%s, %s, %s)"), (role, http, with_grant)
+        )
     return GrantResult(role, notices)
 
 
 def revoke(conn: psycopg.Connection, role: str) -> GrantResult:
     """df.revoke_usage(role)."""
-    _require_df(conn)
-    notices = _with_notices(conn, sql.SQL("SELECT df.revoke_usage(%s)"), (role,))
+    with _as_schema_owner(conn):
+        _require_df(conn)
+        notices = _with_notices(conn, sql.SQL("SELECT df.revoke_usage(%s)"), (role,))
     return GrantResult(role, notices)

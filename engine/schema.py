@@ -130,8 +130,14 @@ class Installed:
         return max(self.applied) if self.applied else BASELINE
 
 
-def _exists(conn: psycopg.Connection, regclass: str) -> bool:
-    row = conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (regclass,)).fetchone()
+def _exists(conn: psycopg.Connection, qualified: str) -> bool:
+    """Whether table schema.name exists — from the catalog, which any role may read
+    (to_regclass raises for a schema the role has no USAGE on)."""
+    nsp, name = qualified.split(".")
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s)",
+        (nsp, name)).fetchone()
     return bool(row and row[0])
 
 

@@ -47,7 +47,7 @@ def managed(pg_server: Server) -> Iterator[Managed]:
         with pg_server.admin() as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(m.dbname)))
-            for role in (m.app, m.engine, m.admin):
+            for role in (f"{m.app}_late", m.app, m.engine, m.admin):
                 conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
@@ -86,6 +86,17 @@ def test_admin_without_superuser_installs_and_runs_workflows(managed: Managed, c
     with m.server.connect_as(m.dbname, m.admin) as conn:
         assert conn.execute("SELECT who, n FROM public.audit").fetchall() == [(m.app, 21)]
 
+    # A new application role later: the admin grants it and re-runs the engine-role setup.
+    late = f"{m.app}_late"
+    with m.server.connect_as(m.dbname, m.admin) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(late)))
+    cli(capsys, "grant", late, "--dsn", m.dsn(m.admin))
+    assert late in cli(capsys, "install", "--engine-role", m.engine, "--dsn", m.dsn(m.admin))
+    with m.server.connect_as(m.dbname, late) as conn:
+        late_id = conn.execute("SELECT df.start('SELECT current_user::text AS u')").fetchone()[0]
+    with running_engine(m.dsn(m.engine)):
+        assert wait_terminal(_Db(m, late), late_id) == "completed"
+
     # From now on the engine role owns df: it upgrades (a no-op here) and uninstalls, leaving
     # nothing behind (the operators in public depend on df's functions and go with them).
     assert "nothing to do" in cli(capsys, "upgrade", "--dsn", m.dsn(m.engine))
@@ -103,10 +114,11 @@ class _Db:
     """The bits of TestDB that wait_terminal needs, connected as the application role (only it
     and the engine see its instances: the admin is neither superuser nor df's owner)."""
 
-    def __init__(self, m: Managed) -> None:
+    def __init__(self, m: Managed, role: str | None = None) -> None:
         self.m = m
+        self.role = role or m.app
 
     def scalar(self, query: str, params: tuple | None = None):
-        with self.m.server.connect_as(self.m.dbname, self.m.app) as conn:
+        with self.m.server.connect_as(self.m.dbname, self.role) as conn:
             row = conn.execute(query, params).fetchone()
             return row[0] if row else None
