@@ -165,9 +165,9 @@ def setup_engine_role(conn: psycopg.Connection, role: str, *,
             if conn.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s",
                             (schema,)).fetchone() is None:
                 raise PrivilegeSetupError(f"schema {schema} is not installed (run dftui install first)")
-        handed_over = not me_super and conn.execute(
-            "SELECT pg_catalog.pg_get_userbyid(nspowner) = %s FROM pg_catalog.pg_namespace "
-            "WHERE nspname = 'df_internal'", (role,)).fetchone()[0]
+        handed_over = not me_super and scalar(
+            conn, "SELECT pg_catalog.pg_get_userbyid(nspowner) = %s FROM pg_catalog.pg_namespace "
+            "WHERE nspname = 'df_internal'", (role,))
         # A managed service's admin re-running this after the hand-over (for new submitters)
         # no longer may touch the schemas, and need not: the engine role owns everything,
         # including what its own upgrades created since.
@@ -226,8 +226,7 @@ def _become_able_to_set_role(conn: psycopg.Connection, role: str, server: int) -
     CREATEROLE admin holds ADMIN OPTION on the roles it created (PostgreSQL 16+) but is not a
     member of them; it grants itself membership, as a managed service's admin may."""
     mode = "SET" if server >= 160000 else "MEMBER"  # SET ROLE rights: PostgreSQL 16's term
-    if conn.execute("SELECT pg_catalog.pg_has_role(current_user, %s, %s)",
-                    (role, mode)).fetchone()[0]:
+    if scalar(conn, "SELECT pg_catalog.pg_has_role(current_user, %s, %s)", (role, mode)):
         return
     grant = sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(role))
     if server >= 160000:
@@ -241,7 +240,7 @@ def _become_able_to_set_role(conn: psycopg.Connection, role: str, server: int) -
             f"(the admin needs ADMIN OPTION on it, e.g. by having created it)") from exc
 
 
-def _optional(conn: psycopg.Connection, statement: sql.Composable, notes: list[str],
+def _optional(conn: psycopg.Connection, statement: sql.SQL | sql.Composed, notes: list[str],
               note: str) -> None:
     """Run a grant that only a superuser can always make; where refused, record `note`."""
     try:
