@@ -100,6 +100,10 @@ def install(conn: psycopg.Connection, *, upgrade: bool) -> schema.SchemaChange:
     in the database (a managed service's admin, the database owner) installs them in `public`
     (see engine.schema.operator_schema). The schema's owner (or a superuser) upgrades it.
     """
+    if not schema.may_administer(conn):
+        raise AdminError(
+            f"role {current_role(conn)} may not upgrade the df schema: only its owner or a "
+            "superuser may")
     with _as_schema_owner(conn):
         before = schema.installed_version(conn)
         if upgrade and before is None:
