@@ -187,7 +187,7 @@ def install(
                      "upgrades and after granting new roles."),
     ] = None,
 ) -> None:
-    """Install the df schema (idempotent; one transaction). Needs a superuser."""
+    """Install the df schema (idempotent; one transaction): as a superuser or the database's admin."""
     with _connect(_resolve_dsn(ctx, dsn)) as conn:
         change = admin.install(conn, upgrade=False)
         if engine_role is not None:
