@@ -11,9 +11,14 @@ from psycopg import sql
 Params = Sequence[Any] | Mapping[str, Any] | None  # what psycopg binds to %s / %(name)s
 
 # search_path pinned to pg_catalog (engine SQL is schema-qualified; a step's plain SET is reset
-# after it); a lost or stalled client is noticed by the server within seconds.
+# after it); a lost or stalled client is noticed by the server within seconds. Startup options
+# override ALTER DATABASE / ALTER ROLE settings, which the owner of a database the engine runs
+# steps in controls: without `role=none` an `ALTER DATABASE ... SET role = x` would make the
+# engine's session act as x there, and string quoting must never depend on a database's
+# standard_conforming_strings (nor the client encoding on its defaults).
 _OPTIONS = (
-    "-c search_path=pg_catalog,pg_temp -c idle_in_transaction_session_timeout=600000 "
+    "-c search_path=pg_catalog,pg_temp -c role=none -c standard_conforming_strings=on "
+    "-c idle_in_transaction_session_timeout=600000 "
     "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
 )
 
@@ -26,7 +31,7 @@ def connect(dsn: str, purpose: str, dbname: str | None = None) -> psycopg.Connec
     if dbname is not None:
         dsn = psycopg.conninfo.make_conninfo(dsn, dbname=dbname)  # keywords override the DSN's
     return psycopg.connect(dsn, autocommit=True, application_name=f"dftui engine ({purpose})",
-                           options=_OPTIONS, prepare_threshold=None)
+                           options=_OPTIONS, client_encoding="UTF8", prepare_threshold=None)
 
 
 def scalar(conn: psycopg.Connection, query: str | sql.SQL | sql.Composed, params: Params = None) -> Any:

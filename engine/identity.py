@@ -23,12 +23,18 @@ SECURITY DEFINER *trampoline* owned by the submitter, in schema ``df_exec``:
 
 The trampoline's ``search_path`` is the submitter's configured default (role or database
 setting) or ``"$user", public``, so unqualified names resolve as they would in the submitter's
-own session.
+own session. That value is text the submitter (or a database owner) chose: it is never spliced
+into SQL. It is applied with ``set_config`` (a bind parameter, validated by PostgreSQL itself)
+and captured by ``CREATE FUNCTION ... SET search_path FROM CURRENT``; every name in the
+engine's own DDL is schema-qualified, so the path in force while it runs resolves nothing.
+
+Trust what the engine owns: ``df_exec`` must be owned by the engine's own role (or a superuser)
+and grant nothing to anyone else; a schema of that name made by anybody else (a database owner,
+in a database an instance names) is refused, never used.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 
 import psycopg
@@ -38,22 +44,6 @@ from engine.db import scalar
 
 EXEC_SCHEMA = "df_exec"
 _DEFAULT_PATH = '"$user", public'
-
-# Statements PostgreSQL refuses inside a transaction block. They run outside the step's
-# transaction (at-least-once, see docs/architecture.md).
-_NON_TRANSACTIONAL = re.compile(
-    r"""^\s*(
-        VACUUM\b
-      | CREATE\s+(UNIQUE\s+)?INDEX\s+CONCURRENTLY\b
-      | DROP\s+INDEX\s+CONCURRENTLY\b
-      | REINDEX\b.*\bCONCURRENTLY\b
-      | CREATE\s+DATABASE\b | DROP\s+DATABASE\b
-      | ALTER\s+SYSTEM\b
-      | CREATE\s+TABLESPACE\b | DROP\s+TABLESPACE\b
-      | ALTER\s+TYPE\b.*\bADD\s+VALUE\b
-    )""",
-    re.IGNORECASE | re.VERBOSE | re.DOTALL,
-)
 
 
 # DISCARD ALL minus DISCARD PLANS, as one script (sent as one simple query). Dropping every cached
@@ -76,10 +66,6 @@ SESSION_RESET = "; ".join((
 def reset_session(conn: psycopg.Connection) -> None:
     """Wipe what a step may have left in this session, before the engine uses it again."""
     conn.execute(SESSION_RESET)  # no parameters: the simple protocol, one round trip
-
-
-def is_non_transactional(query: str) -> bool:
-    return bool(_NON_TRANSACTIONAL.match(query))
 
 
 def step_function(role_oid: int) -> str:
@@ -114,7 +100,10 @@ _IN_WORKFLOW = "    PERFORM pg_catalog.set_config('df.in_workflow', 'true', true
 # without the engine noticing (an administrator's REASSIGN OWNED BY alice TO postgres, a common
 # off-boarding step, or ALTER FUNCTION ... OWNER), and the engine caches trampolines per
 # process: without this check alice's next step would run with the new owner's privileges.
-_OWNER_GUARD = """    IF pg_catalog.quote_ident(current_user)::pg_catalog.regrole::pg_catalog.oid <> __ROLE_OID__ THEN
+# Everything in the guard is qualified (the operator too): when it fires, the function runs as
+# somebody else while the search_path is still the submitter's.
+_OWNER_GUARD = """    IF pg_catalog.quote_ident(current_user)::pg_catalog.regrole::pg_catalog.oid
+           OPERATOR(pg_catalog.<>) '__ROLE_OID__'::pg_catalog.oid THEN
         RAISE EXCEPTION 'the step trampoline is no longer owned by the submitting role (oid __ROLE_OID__); refusing to run the step'
             USING ERRCODE = 'insufficient_privilege';
     END IF;
@@ -135,7 +124,7 @@ END
 # name: rows come back as jsonb, encoded by to_jsonb.
 _ROWS_BODY = """
 DECLARE
-    r record;
+    r pg_catalog.record;
 BEGIN
 """ + _MARK + _IN_WORKFLOW + """    FOR r IN EXECUTE q LOOP
         RETURN NEXT pg_catalog.to_jsonb(r);
@@ -147,7 +136,7 @@ END
 
 _EXEC_BODY = """
 DECLARE
-    n bigint;
+    n pg_catalog.int8;
 BEGIN
 """ + _MARK + _IN_WORKFLOW + """    EXECUTE q;
     GET DIAGNOSTICS n = ROW_COUNT;
@@ -164,7 +153,7 @@ END
 # opened as a cursor (SQLSTATE 42P11): they have no result columns.
 _DESCRIBE_BODY = """
 DECLARE
-    c refcursor := '""" + DESCRIBE_PORTAL + """';
+    c pg_catalog.refcursor := '""" + DESCRIBE_PORTAL + """';
 BEGIN
 """ + _MARK + _IN_WORKFLOW + """    OPEN c FOR EXECUTE q;
 END
@@ -213,6 +202,12 @@ class Trampolines:
                 self._gone.add(key)
                 self._problems[key] = str(exc)
                 return ""
+            except ForeignExecSchema as exc:
+                self._gone.add(key)
+                self._problems[key] = str(exc)
+                return ""
+            except psycopg.errors.LockNotAvailable:
+                return ""  # not remembered: the step is tried again later
             except psycopg.errors.InsufficientPrivilege as exc:
                 # Least-privilege mode: the engine role was not granted this submitter (or the
                 # submitter is a superuser). Remember it: the step fails with this message
@@ -226,79 +221,94 @@ class Trampolines:
             return path
 
     def _create(self, conn: psycopg.Connection, role_oid: int) -> str:
-        with conn.transaction():
-            conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(72629378, %s::int)", (role_oid % 2**31,))
-            row = conn.execute(
-                "SELECT r.rolname, r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = %s", (role_oid,)
-            ).fetchone()
-            if row is None:
-                raise RoleGone(f"role with oid {role_oid} no longer exists")
-            role, is_super = row
-            if is_super:
-                # A SECURITY DEFINER function owned by a superuser that executes any text it is
-                # given must never exist, whether or not superuser instances are enabled.
-                raise RoleRefused(f'role "{role}" is a superuser; the engine never creates step '
-                                  "trampolines for superusers")
-            path = self._configured_path(conn, role_oid) or _DEFAULT_PATH
-            # Normally created by the installer (sql/0.1.0/000_schemas.sql); creating it here needs
-            # CREATE on the database, which a least-privilege engine does not have.
-            if not conn.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s",
-                                (EXEC_SCHEMA,)).fetchone():
-                conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(EXEC_SCHEMA)))
-                conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(EXEC_SCHEMA)))
-            for name, args, returns, body in (
-                (f"step_{role_oid}", "q text", "SETOF record", _STEP_BODY),
-                (f"exec_{role_oid}", "q text", "bigint", _EXEC_BODY),
-                (f"rows_{role_oid}", "q text", "SETOF jsonb", _ROWS_BODY),
-                (f"describe_{role_oid}", "q text", "void", _DESCRIBE_BODY),
-            ):
-                fn = sql.Identifier(EXEC_SCHEMA, name)
-                argtypes = sql.SQL(", ".join(a.split()[1] for a in args.split(", ")))
-                exists = conn.execute(
-                    "SELECT p.proowner = %s FROM pg_catalog.pg_proc p "
-                    "JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace "
-                    "WHERE n.nspname = %s AND p.proname = %s",
-                    (role_oid, EXEC_SCHEMA, name),
-                ).fetchone()
-                if exists is not None:
-                    # Drop and recreate: ownership or body may be stale (role renamed, path changed).
-                    conn.execute(sql.SQL("DROP FUNCTION {}({})").format(fn, argtypes))
-                conn.execute(
-                    sql.SQL(
-                        "CREATE FUNCTION {fn}({args}) RETURNS {returns} LANGUAGE plpgsql "
-                        "SECURITY DEFINER SET search_path TO {path} AS {body}"
-                    ).format(fn=fn, args=sql.SQL(args), returns=sql.SQL(returns),
-                             path=sql.SQL(path),
-                             body=sql.Literal(body.replace("__ROLE_OID__", str(int(role_oid)))))
-                )
-                conn.execute(sql.SQL("REVOKE ALL ON FUNCTION {}({}) FROM PUBLIC").format(fn, argtypes))
-                # ALTER OWNER needs the new owner to have CREATE on the schema; grant it only for
-                # the duration of this transaction (matters in least-privilege mode). Never for
-                # a role that has CREATE already (the schema's owner): revoking it afterwards
-                # would take the owner's own CREATE away, and with it every later setup.
-                lend = not scalar(
-                    conn, "SELECT pg_catalog.has_schema_privilege(%s::oid, %s, 'CREATE')",
-                    (role_oid, EXEC_SCHEMA))
-                if lend:
-                    conn.execute(sql.SQL("GRANT CREATE ON SCHEMA {} TO {}").format(
-                        sql.Identifier(EXEC_SCHEMA), sql.Identifier(role)))
-                conn.execute(
-                    sql.SQL("ALTER FUNCTION {}({}) OWNER TO {}").format(fn, argtypes, sql.Identifier(role))
-                )
-                if lend:
-                    conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(
-                        sql.Identifier(EXEC_SCHEMA), sql.Identifier(role)))
-            return path
+        """Create the role's trampolines, tolerating other engines doing the same at once.
+
+        No lock serialises this (an advisory lock could be taken by any role and would stall
+        every new role's first step): a concurrent creation shows up as a duplicate or a
+        concurrently updated catalog row, and the whole transaction is simply tried again.
+        """
+        for attempt in range(6):
+            try:
+                with conn.transaction():
+                    return self._create_once(conn, role_oid)
+            except _CONCURRENT_DDL:
+                if attempt == 5:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _create_once(self, conn: psycopg.Connection, role_oid: int) -> str:
+        # Bounded waits only: nothing a user does may park this worker.
+        conn.execute("SET LOCAL lock_timeout = '5s'")
+        conn.execute("SET LOCAL check_function_bodies = off")
+        row = conn.execute(
+            "SELECT r.rolname, r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = %s", (role_oid,)
+        ).fetchone()
+        if row is None:
+            raise RoleGone(f"role with oid {role_oid} no longer exists")
+        role, is_super = row
+        if is_super:
+            # A SECURITY DEFINER function owned by a superuser that executes any text it is
+            # given must never exist, whether or not superuser instances are enabled.
+            raise RoleRefused(f'role "{role}" is a superuser; the engine never creates step '
+                              "trampolines for superusers")
+        ensure_exec_schema(conn)
+        configured = self._configured_path(conn, role_oid)
+        for name, args, returns, body in (
+            (f"step_{role_oid}", "q pg_catalog.text", "SETOF pg_catalog.record", _STEP_BODY),
+            (f"exec_{role_oid}", "q pg_catalog.text", "pg_catalog.int8", _EXEC_BODY),
+            (f"rows_{role_oid}", "q pg_catalog.text", "SETOF pg_catalog.jsonb", _ROWS_BODY),
+            (f"describe_{role_oid}", "q pg_catalog.text", "pg_catalog.void", _DESCRIBE_BODY),
+        ):
+            fn = sql.Identifier(EXEC_SCHEMA, name)
+            argtypes = sql.SQL("pg_catalog.text")
+            # Drop and recreate: ownership or body may be stale (role renamed, path changed).
+            # Only the engine can create functions in df_exec (ensure_exec_schema), so the
+            # name has no other overload.
+            conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}({})").format(fn, argtypes))
+            # The submitter's search_path, applied as data: set_config validates it (an invalid
+            # value falls back to the default) and FROM CURRENT copies it into the function.
+            _apply_path(conn, configured)
+            conn.execute(
+                sql.SQL(
+                    "CREATE FUNCTION {fn}({args}) RETURNS {returns} LANGUAGE plpgsql "
+                    "SECURITY DEFINER SET search_path FROM CURRENT AS {body}"
+                ).format(fn=fn, args=sql.SQL(args), returns=sql.SQL(returns),
+                         body=sql.Literal(body.replace("__ROLE_OID__", str(int(role_oid)))))
+            )
+            conn.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)")
+            conn.execute(sql.SQL("REVOKE ALL ON FUNCTION {}({}) FROM PUBLIC").format(fn, argtypes))
+            # ALTER OWNER needs the new owner to have CREATE on the schema; grant it only for
+            # the duration of this transaction (matters in least-privilege mode). Never for
+            # a role that has CREATE already (the schema's owner): revoking it afterwards
+            # would take the owner's own CREATE away, and with it every later setup.
+            lend = not scalar(
+                conn, "SELECT pg_catalog.has_schema_privilege(%s::oid, %s, 'CREATE')",
+                (role_oid, EXEC_SCHEMA))
+            if lend:
+                conn.execute(sql.SQL("GRANT CREATE ON SCHEMA {} TO {}").format(
+                    sql.Identifier(EXEC_SCHEMA), sql.Identifier(role)))
+            conn.execute(
+                sql.SQL("ALTER FUNCTION {}({}) OWNER TO {}").format(fn, argtypes, sql.Identifier(role))
+            )
+            if lend:
+                conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(
+                    sql.Identifier(EXEC_SCHEMA), sql.Identifier(role)))
+        path = conn.execute(
+            "SELECT pg_catalog.array_to_string(p.proconfig, ',') FROM pg_catalog.pg_proc p "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = %s AND p.proname = %s", (EXEC_SCHEMA, f"step_{role_oid}")).fetchone()
+        return (path[0] if path and path[0] else "search_path=" + _DEFAULT_PATH)
 
     @staticmethod
     def _configured_path(conn: psycopg.Connection, role_oid: int) -> str | None:
-        """The search_path the role would get in a fresh session of this database, if set."""
+        """The search_path the role would get in a fresh session of this database, if set
+        (role and database setting, then role, then database, as PostgreSQL applies them)."""
         rows = conn.execute(
             """
-            SELECT s.setrole, s.setdatabase, cfg
+            SELECT pg_catalog.substr(cfg, 13)
               FROM pg_catalog.pg_db_role_setting s,
-                   LATERAL unnest(s.setconfig) AS cfg
-             WHERE cfg LIKE 'search_path=%%'
+                   LATERAL pg_catalog.unnest(s.setconfig) AS cfg
+             WHERE pg_catalog.starts_with(cfg, 'search_path=')
                AND s.setrole IN (0, %s)
                AND s.setdatabase IN (0, (SELECT d.oid FROM pg_catalog.pg_database d
                                           WHERE d.datname = pg_catalog.current_database()))
@@ -307,13 +317,70 @@ class Trampolines:
             """,
             (role_oid,),
         ).fetchone()
-        if rows is None:
-            return None
-        value = rows[2].split("=", 1)[1]
-        # Validate: a comma-separated list of identifiers / quoted identifiers only.
-        if not re.fullmatch(r'\s*("([^"]|"")+"|[\w$]+)(\s*,\s*("([^"]|"")+"|[\w$]+))*\s*', value):
-            return None
-        return value
+        return rows[0] if rows else None
+
+
+def _apply_path(conn: psycopg.Connection, configured: str | None) -> None:
+    """SET LOCAL search_path to the submitter's configured value, bound as a parameter; the
+    default when there is none or PostgreSQL rejects it."""
+    if configured is not None:
+        try:
+            with conn.transaction():  # a savepoint: a rejected value must not abort the setup
+                conn.execute("SELECT pg_catalog.set_config('search_path', %s, true)", (configured,))
+            return
+        except psycopg.errors.DataError:
+            pass
+        except psycopg.errors.InvalidParameterValue:
+            pass
+    conn.execute("SELECT pg_catalog.set_config('search_path', %s, true)", (_DEFAULT_PATH,))
+
+
+# Errors a concurrent creation of the same trampolines by another engine can cause.
+_CONCURRENT_DDL = (
+    psycopg.errors.UniqueViolation,
+    psycopg.errors.DuplicateFunction,
+    psycopg.errors.DuplicateSchema,
+    psycopg.errors.UndefinedFunction,
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.InternalError_,  # "tuple concurrently updated"
+)
+
+
+class ForeignExecSchema(RuntimeError):
+    """df_exec exists but is not the engine's own: refuse to use it."""
+
+
+def ensure_exec_schema(conn: psycopg.Connection) -> None:
+    """Make sure `df_exec` in this database is the engine's: create it if missing; refuse it
+    (ForeignExecSchema) if it is owned by anyone but the engine's own role or a superuser, or
+    if it grants any privilege to another role. Call inside a transaction."""
+    row = conn.execute(
+        """
+        SELECT o.rolname, o.rolsuper, o.rolname = session_user,
+               (SELECT pg_catalog.string_agg(DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                                            ELSE a.grantee::pg_catalog.regrole::pg_catalog.text END,
+                                              ', ')
+                  FROM pg_catalog.aclexplode(n.nspacl) a WHERE a.grantee <> n.nspowner)
+          FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles o ON o.oid = n.nspowner
+         WHERE n.nspname = %s
+        """, (EXEC_SCHEMA,)).fetchone()
+    if row is None:
+        # Normally created by the installer (sql/0.1.0/000_schemas.sql); creating it here needs
+        # CREATE on the database, which a least-privilege engine has only where granted.
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(EXEC_SCHEMA)))
+        conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(EXEC_SCHEMA)))
+        return
+    owner, owner_super, owner_is_me, grantees = row
+    if not (owner_super or owner_is_me):
+        raise ForeignExecSchema(
+            f'schema {EXEC_SCHEMA} in database "{conn.info.dbname}" is owned by role "{owner}", not by '
+            "the engine; refusing to run steps through it (drop it, or have an administrator "
+            "hand it to the engine's role)")
+    if grantees:
+        raise ForeignExecSchema(
+            f'schema {EXEC_SCHEMA} in database "{conn.info.dbname}" grants privileges to {grantees}; '
+            "refusing to run steps through it (REVOKE ALL ON SCHEMA df_exec FROM them)")
 
 
 class RoleGone(RuntimeError):

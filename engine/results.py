@@ -86,10 +86,6 @@ def _encode(expr: str, base_oid: int, user_defined: bool = False) -> str:
     return f"pg_catalog.to_jsonb({expr})"
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def needs_generic_rows(columns: list[Column], types: dict[int, TypeInfo]) -> bool:
     return any(types[c.type_oid].pseudo for c in columns)
 
@@ -100,9 +96,12 @@ def generic_query(call: str) -> str:
             f"'[]'::jsonb), 'row_count', pg_catalog.count(*)) AS env FROM {call} AS t(r)")
 
 
-def encoding_query(columns: list[Column], types: dict[int, TypeInfo], call: str) -> str:
+def encoding_query(columns: list[Column], types: dict[int, TypeInfo],
+                   call: str) -> tuple[str, list[str]]:
     """SELECT producing one jsonb result envelope from `call` (a set-returning trampoline call
-    with the placeholder for the step text)."""
+    with the placeholder for the step text), and the parameters that precede call's: the column
+    names. Those are the submitter's text (`SELECT 1 AS "x'..."`): they are bound as parameters,
+    never written into the query. Type names come from format_type (PostgreSQL's quoting)."""
     if not columns:
         raise ValueError("encoding_query needs at least one column")
     coldefs = []
@@ -119,11 +118,11 @@ def encoding_query(columns: list[Column], types: dict[int, TypeInfo], call: str)
     # jsonb_build_object takes at most 100 arguments: build in chunks and concatenate.
     chunks = []
     for start in range(0, len(pairs), 40):
-        args = ", ".join(f"{_literal(name)}, {expr}" for name, expr in pairs[start:start + 40])
+        args = ", ".join(f"%s::pg_catalog.text, {expr}" for _name, expr in pairs[start:start + 40])
         chunks.append(f"pg_catalog.jsonb_build_object({args})")
     row = " || ".join(chunks)
     return (
         "SELECT pg_catalog.jsonb_build_object('rows', "
         f"COALESCE(pg_catalog.jsonb_agg({row}), '[]'::jsonb), 'row_count', pg_catalog.count(*)) "
         f"AS env FROM {call} AS t({', '.join(coldefs)})"
-    )
+    ), [name for name, _expr in pairs]

@@ -38,7 +38,6 @@ from engine.results import TypeCache
 from engine.steps import (
     CHECKPOINT_COLUMN,
     EngineStatementError,
-    OutsideStep,
     StepFailure,
     StepRunner,
     Task,
@@ -54,6 +53,9 @@ BATCH_TIME_BUDGET = 0.05
 # gives way and runs again alone (see _Worker._run_task).
 BATCH_CONFLICTS = frozenset({"55P03", "40P01", "40001"})
 BATCH_LOCK_TIMEOUT = "SET LOCAL lock_timeout = '50ms'"
+# Failures no retry policy retries: the step can never run (identity, privileges, refused
+# statement kinds, the HTTP policy).
+NEVER_RETRIED = frozenset({"identity", "http_policy", "unsupported"})
 
 
 # Housekeeping wakes this often; heartbeats go out every heartbeat_interval.
@@ -423,9 +425,8 @@ class _Worker:
         claim_started = time.perf_counter()
         with conn.pipeline():
             conn.execute("BEGIN")
-            cur = conn.execute("SELECT * FROM df_internal.claim_tasks(%s, %s, %s, %s, %s)",
-                               (self.engine.schema_level, self.engine.id, claim, self.number,
-                                len(self.engine.workers)))
+            cur = conn.execute(CLAIM, (self.engine.schema_level, self.engine.id, claim, self.number,
+                                       len(self.engine.workers)))
         rows = cur.fetchall()
         self.engine.metrics.claimed(time.perf_counter() - claim_started, len(rows))
         if not rows:
@@ -517,8 +518,6 @@ class _Worker:
                         params=(task.instance_id, task.node_id))
                 return _Outcome.RAN
             fused = self.runner.plan_sql(conn, task, started)
-            if isinstance(fused, OutsideStep):
-                return self._run_leased(conn, task, fused, started)
             if fused is not None:  # the exactly-once path
                 in_savepoint = True
                 # One round trip; an error skips the rest of the script, COMMIT included.
@@ -574,46 +573,6 @@ class _Worker:
             if self._rollback_step(conn, in_savepoint):
                 return _Outcome.CONFLICT
             return _Outcome.ABORTED
-
-    def _run_leased(self, conn: psycopg.Connection, task: Task, step: OutsideStep,
-                    started: datetime) -> _Outcome:
-        """Run a statement PostgreSQL refuses in a transaction block with no transaction open:
-        the task is leased (df_internal.lease_key) and the batch so far committed; the
-        checkpoint follows in a transaction of its own. At-least-once: if the engine dies
-        mid-statement its lease ends with its connection and another claim takes the task."""
-        key = (task.instance_id, task.node_id)
-        leased = conn.execute("SELECT df_internal.lease_task(%s, %s, %s)", (*key, task.gen)).fetchone()
-        conn.execute("COMMIT")
-        if not leased or not leased[0]:
-            self._outcome = "stale"
-            return _Outcome.RAN_LAST  # stale; the batch is committed
-        try:
-            failure: StepFailure | None = None
-            try:
-                result = self.runner.run_outside(task, step, conn.info.dbname)
-            except StepFailure as exc:
-                result, failure = None, exc
-            conn.execute("BEGIN")
-            if conn.execute("SELECT FROM df_internal.tasks WHERE instance_id = %s AND node_id = %s "
-                            "AND gen = %s FOR UPDATE", (*key, task.gen)).fetchone() is not None:
-                if failure is None:
-                    self.runner.complete(conn, task, result, None, step.text, started)
-                else:
-                    self._record_failure(conn, task, failure, started, False)
-            conn.execute("COMMIT")
-        except (EngineStatementError, psycopg.Error) as exc:
-            if conn.broken:
-                raise
-            self._abort(conn)
-            if getattr(exc, "sqlstate", None) == "55P03":
-                self._defer(conn, task, str(exc))
-            else:
-                self._outcome = "requeued"
-                log.warning("checkpoint of %s/%s failed (%s); will retry", *key, exc)
-        finally:
-            if not conn.broken:
-                conn.execute("SELECT df_internal.end_lease(%s, %s)", key)
-        return _Outcome.RAN_LAST
 
     def _rollback_step(self, conn: psycopg.Connection, in_savepoint: bool) -> bool:
         """Undo the current task's work. When its savepoint cannot be rolled back to (the error
@@ -672,7 +631,7 @@ class _Worker:
     def _record_failure(self, conn: psycopg.Connection, task: Task, failure: StepFailure,
                         started: datetime, wipe: bool) -> None:
         attempt = task.attempts + 1
-        delay = None if failure.kind in ("identity", "http_policy") else retry_delay(
+        delay = None if failure.kind in NEVER_RETRIED else retry_delay(
             task.retry_policy, attempt, failure)
         conn.execute(
             "SELECT df_internal.fail_task(%s, %s, %s, %s, %s, %s, %s, CASE WHEN %s::float8 IS NULL "
@@ -704,6 +663,22 @@ def _checkpoint_verdict(cur: psycopg.Cursor[Any]) -> str | None:
             return None
 
 
+# The claim, plus the submitter's privileges as they are now (re-checked for every step, see
+# StepRunner.check_identity): df usage and CONNECT on the step's database. A dropped role or a
+# missing database read as NULL / false, never as an error that would fail the whole claim.
+CLAIM = """
+SELECT c.*,
+       CASE WHEN c.role_name IS NOT NULL
+            THEN pg_catalog.has_schema_privilege(c.role_oid, 'df', 'USAGE') END,
+       CASE WHEN c.role_name IS NOT NULL THEN
+            pg_catalog.has_database_privilege(c.role_oid,
+                (SELECT d.oid FROM pg_catalog.pg_database d
+                  WHERE d.datname OPERATOR(pg_catalog.=)
+                        COALESCE(c.database, pg_catalog.current_database())), 'CONNECT') END
+  FROM df_internal.claim_tasks(%s, %s, %s, %s, %s) c
+"""
+
+
 def _task_from_row(row: tuple[Any, ...]) -> Task:
     """A row of df_internal.claim_tasks as a Task."""
     return Task(
@@ -712,7 +687,8 @@ def _task_from_row(row: tuple[Any, ...]) -> Task:
         submitted_by=str(row[9]), role_oid=int(row[10] or 0), database=row[11], vars=row[12] or {},
         named_results=row[13] or {}, label=row[14], attempts=row[15], retry_policy=row[16],
         role_name=row[17], role_can_login=bool(row[18]), role_is_super=bool(row[19]),
-        superuser_allowed=bool(row[20]),
+        superuser_allowed=bool(row[20]), role_has_usage=bool(row[22]),
+        role_can_connect=None if row[23] is None else bool(row[23]),
     )
 
 

@@ -19,7 +19,6 @@ from typing import Any
 
 import psycopg
 from croniter import croniter
-from psycopg import sql
 
 from engine import http as http_steps
 from engine.config import EngineConfig
@@ -29,7 +28,6 @@ from engine.identity import (
     Trampolines,
     describe_function,
     exec_function,
-    is_non_transactional,
     reset_session,
     rows_function,
     step_function,
@@ -42,6 +40,7 @@ from engine.results import (
     generic_query,
     needs_generic_rows,
 )
+from engine.sqltext import refused_statement, returns_no_rows
 from engine.substitute import (
     SubstitutionError,
     parse_named,
@@ -75,6 +74,9 @@ class Task:
     role_can_login: bool = False
     role_is_super: bool = False
     superuser_allowed: bool = False
+    role_has_usage: bool = False  # USAGE on schema df, now (df.revoke_usage stops the instance)
+    # CONNECT on the database the step runs in, now (None: no such database)
+    role_can_connect: bool | None = False
 
     def database_elsewhere(self, home: str) -> str | None:
         """The instance's database when it is not the engine's own (steps run there)."""
@@ -94,15 +96,6 @@ class FusedStep:
     text: str  # the step as run (recorded in history)
     key: tuple[int, str, str]  # describe-cache key
     cached: bool  # were the columns taken from the describe cache?
-
-
-@dataclass
-class OutsideStep:
-    """A statement PostgreSQL refuses in a transaction block (VACUUM, CREATE INDEX CONCURRENTLY):
-    run as the submitter with no engine transaction open, then checkpointed (at-least-once)."""
-
-    role: str
-    text: str
 
 
 class StepFailure(Exception):
@@ -278,18 +271,30 @@ class StepRunner:
         if task.role_is_super and not task.superuser_allowed:
             return (f"role \"{task.role_name}\" is a superuser; superuser instances are disabled "
                     "(pg_durable.enable_superuser_instances)")
+        if not task.role_has_usage:
+            return (f"role \"{task.role_name}\" no longer has USAGE on schema df (its usage was "
+                    "revoked); the step was not run")
         return None
 
-    def check_identity(self, task: Task) -> str:
-        """The submitter's role name, or StepFailure (never retried) when it may not run steps."""
+    def check_identity(self, task: Task, *, database: str | None = None) -> str:
+        """The submitter's role name, or StepFailure (never retried) when it may not run steps.
+
+        Checked again before every step the engine runs for the submitter (privileges read by
+        the claim, in the step's own transaction): the role still exists, may LOGIN, still has
+        df usage, is not a superuser (unless enabled) and, for a SQL step (`database` given),
+        may CONNECT to the database the step runs in."""
         problem = self.identity_problem(task)
         if problem is not None or task.role_name is None:
             raise StepFailure(problem or "the submitting role no longer exists", kind="identity")
+        if database is not None and task.role_can_connect is False:
+            raise StepFailure(
+                f"role \"{task.role_name}\" does not have CONNECT privilege on database "
+                f"\"{database}\"; the step was not run", kind="identity")
         return task.role_name
 
-    def _prepare_sql(self, task: Task) -> tuple[str, str]:
+    def _prepare_sql(self, task: Task, home: str) -> tuple[str, str]:
         """The submitter's role name and the step's text with variables and results filled in."""
-        role = self.check_identity(task)
+        role = self.check_identity(task, database=task.database or home)
         named = parse_named(task.named_results)
         text = substitute_vars(task.query or "", task.vars, task.instance_id, task.label)
         try:
@@ -300,7 +305,7 @@ class StepRunner:
     def run_sql(self, conn: psycopg.Connection, task: Task, started: datetime) -> None:
         """A step of an instance that names another database: its own transaction there, then
         the checkpoint here (see plan_sql for the others)."""
-        role, text = self._prepare_sql(task)
+        role, text = self._prepare_sql(task, conn.info.dbname)
         elsewhere = task.database_elsewhere(conn.info.dbname)
         if not elsewhere:
             raise EngineStatementError("a step in the engine's database must run through plan_sql")
@@ -308,10 +313,10 @@ class StepRunner:
         self.complete(conn, task, result, details, text, started)
 
     def plan_sql(self, conn: psycopg.Connection, task: Task,
-                 started: datetime) -> FusedStep | OutsideStep | None:
-        """How a SQL step runs: an OutsideStep for a statement PostgreSQL refuses in a
-        transaction block; None for a step in another database (run_sql); else the
+                 started: datetime) -> FusedStep | None:
+        """How a SQL step runs: None for a step in another database (run_sql); else the
         exactly-once path, the step and its checkpoint as one statement (FusedStep).
+        A statement PostgreSQL refuses in a transaction block is refused (StepFailure).
 
         User code only runs inside the submitter's trampolines: describing (describe_<oid>) and
         executing (step_/rows_/exec_<oid>). The engine's own part of the statement encodes rows
@@ -322,9 +327,8 @@ class StepRunner:
         """
         if task.node_type != "SQL":
             return None
-        role, text = self._prepare_sql(task)
-        if is_non_transactional(text):
-            return OutsideStep(role, text)
+        _role, text = self._prepare_sql(task, conn.info.dbname)
+        refuse_non_transactional(text)
         if task.database_elsewhere(conn.info.dbname):
             return None
         if self.trampolines.search_path(conn.info.dbname, task.role_oid) is None:
@@ -377,16 +381,17 @@ class StepRunner:
         """SQL expression (and its parameters) that runs the step and yields the envelope."""
         if not columns:
             return (f"(SELECT pg_catalog.jsonb_build_object('rows', '[]'::jsonb, 'row_count', 0) "
-                    f"FROM (SELECT {exec_function(task.role_oid)}(%s)) AS x)"), [text]
+                    f"FROM (SELECT {exec_function(task.role_oid)}(%s::pg_catalog.text)) AS x)"), [text]
         types = types_cache.lookup(conn, {c.type_oid for c in columns})
         try:
             if generic or needs_generic_rows(columns, types):
-                enc = generic_query(f"{rows_function(task.role_oid)}(%s)")
+                enc, names = generic_query(f"{rows_function(task.role_oid)}(%s::pg_catalog.text)"), []
             else:
-                enc = encoding_query(columns, types, f"{step_function(task.role_oid)}(%s)")
+                enc, names = encoding_query(columns, types,
+                                            f"{step_function(task.role_oid)}(%s::pg_catalog.text)")
         except UnsupportedType as exc:
             raise StepFailure(str(exc), ran_sql=text) from exc
-        return f"({enc})", [text]
+        return f"({enc})", [*names, text]
 
     def _describe(self, conn: psycopg.Connection, task: Task, text: str) -> list[Column]:
         """Result columns of the step, learnt without the engine parsing it as itself.
@@ -399,7 +404,7 @@ class StepRunner:
         try:
             with conn.pipeline():
                 conn.execute("SAVEPOINT describe")
-                conn.execute(f"SELECT {describe_function(task.role_oid)}(%s)", (text,))
+                conn.execute(f"SELECT {describe_function(task.role_oid)}(%s::pg_catalog.text)", (text,))
         except psycopg.Error as exc:
             conn.execute("ROLLBACK TO SAVEPOINT describe")
             if exc.sqlstate == "42P11":
@@ -452,6 +457,12 @@ class StepRunner:
                               f"\"{database}\"", kind="identity")
         path = self.trampolines.ensure(conn, task.role_oid)
         if not path:
+            problem = self.trampolines.problem(database, task.role_oid)
+            if problem:
+                raise StepFailure(problem, kind="identity")
+            if self.trampolines.needs_setup(database, task.role_oid):
+                raise StepFailure(f"the step's setup in database \"{database}\" is blocked; "
+                                  "trying again later", kind="lock_timeout", sqlstate="55P03")
             raise StepFailure(f"the submitting role (oid {task.role_oid}) does not exist in "
                               f"database \"{database}\"", kind="identity")
         self.side_active = conn
@@ -477,35 +488,6 @@ class StepRunner:
                 reset_session(conn)
         return result, ({"columns": [c.name for c in columns], "database": database}
                         if columns else {"database": database})
-
-    def run_outside(self, task: Task, step: OutsideStep, home: str) -> dict[str, Any]:
-        """Run an OutsideStep in the instance's database (see _run_outside_transaction)."""
-        return self._run_outside_transaction(task, step.role, step.text, task.database or home)
-
-    def _run_outside_transaction(self, task: Task, role: str, text: str,
-                                 database: str) -> dict[str, Any]:
-        """VACUUM, CREATE INDEX CONCURRENTLY and friends: run on their own as the submitter.
-
-        Only a single statement of a recognised non-transactional kind takes this path, so the
-        statement cannot RESET ROLE; index expressions run in PostgreSQL's security-restricted
-        mode as the table owner anyway.
-        """
-        if ";" in text.strip().rstrip(";"):
-            raise StepFailure("a non-transactional step must be a single statement", ran_sql=text)
-        conn = self.side_connection(database)
-        self.side_active = conn
-        try:
-            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
-            conn.execute(text.strip().rstrip(";"))
-        except psycopg.Error as exc:
-            raise StepFailure(_message(exc), kind=failure_kind(exc.sqlstate),
-                              sqlstate=exc.sqlstate, ran_sql=text) from exc
-        finally:
-            self.side_active = None
-            with contextlib.suppress(psycopg.Error):
-                conn.execute("RESET ROLE")
-                reset_session(conn)
-        return {"rows": [], "row_count": 0}
 
     def types_for(self, database: str) -> TypeCache:
         cache = self._types_by_db.get(database)
@@ -567,17 +549,26 @@ def _cache_text(template: str, substituted: str) -> str:
     return "template:" + template
 
 
-# Statements of these kinds return no rows unless they say RETURNING, whatever their literals:
-# they need no description (a round trip and a savepoint). Anything else is described.
-_ROWLESS = re.compile(
-    r"^\s*(INSERT|UPDATE|DELETE|MERGE|CREATE|ALTER|DROP|TRUNCATE|GRANT|REVOKE|COMMENT|LOCK|NOTIFY|DO)\b",
-    re.IGNORECASE)
-_RETURNING = re.compile(r"\bRETURNING\b", re.IGNORECASE)
+def refuse_non_transactional(text: str) -> None:
+    """Refuse a step containing a statement PostgreSQL will not run inside a transaction block
+    or a function (VACUUM, CREATE INDEX CONCURRENTLY, ...).
 
-
-def returns_no_rows(text: str) -> bool:
-    """Certainly no result rows: a step-kind keyword first, and no RETURNING anywhere."""
-    return bool(_ROWLESS.match(text)) and not _RETURNING.search(text)
+    The engine can only guarantee the submitter's identity inside the SECURITY DEFINER
+    trampoline, where PostgreSQL forbids changing it. Running such a statement outside one
+    would mean a plain SET ROLE on the engine's privileged session, which any user code the
+    statement triggers (an index expression, a cast in a table rewrite, a function) could undo
+    with RESET ROLE; the engine cannot log in as the submitter instead (it has no credentials).
+    So these statements are refused with a clear message and never retried. The check is a
+    convenience (a readable error): missed, the statement would reach the trampoline and
+    PostgreSQL would refuse it there.
+    """
+    kind = refused_statement(text)
+    if kind:
+        raise StepFailure(
+            f"{kind} cannot run as a workflow step: it cannot run inside a transaction block, and "
+            "the engine runs every step inside one, as the submitting role; run it outside "
+            "the workflow (e.g. from a scheduled job of the role itself)",
+            kind="unsupported", ran_sql=text)
 
 
 _WHOLE_REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)(?:\.([A-Za-z_][A-Za-z0-9_]*))?\??$")

@@ -573,8 +573,9 @@ CREATE INDEX big_idx ON evil.big (evil.idx(x));
 
 
 def test_non_transactional_steps_run_as_the_submitter_only(db, eng):
-    """VACUUM / CREATE INDEX CONCURRENTLY cannot run in a function, so they run outside the
-    trampoline; user code they reach (index expressions) must not get the engine's identity."""
+    """VACUUM / CREATE INDEX CONCURRENTLY cannot run in a function, and outside the trampoline
+    user code they reach (index expressions) could get the engine's identity: they are refused.
+    (Variants: tests/test_security_engine_surface.py.)"""
     alice_sql(db, NON_TRANSACTIONAL_SETUP)
     ids = start_many(db, ALICE, {
         "vacuum analyze": "'VACUUM (ANALYZE) evil.big'",
@@ -583,7 +584,7 @@ def test_non_transactional_steps_run_as_the_submitter_only(db, eng):
         "smuggled second statement": "'VACUUM evil.big; RESET ROLE; ALTER ROLE dftui_alice SUPERUSER'",
     })
     for name, iid in ids.items():
-        assert wait_terminal(db, iid) in ("completed", "failed"), name
-    assert wait_terminal(db, ids["smuggled second statement"]) == "failed"
+        assert wait_terminal(db, iid) == "failed", name
+        assert "cannot run as a workflow step" in errors(db, iid), name
     assert_no_escalation(db)
     assert counters(db)[1] > 0
