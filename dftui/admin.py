@@ -114,21 +114,71 @@ def install(conn: psycopg.Connection, *, upgrade: bool) -> schema.SchemaChange:
             raise AdminError(one_line(exc)) from exc
 
 
-def uninstall(conn: psycopg.Connection) -> str | None:
-    """Remove the df schema; returns the version that was removed (None: nothing installed)."""
+def uninstall(conn: psycopg.Connection) -> Uninstalled | None:
+    """Remove the df schema and what the engine made for it elsewhere (None: nothing installed)."""
     if not schema.may_administer(conn):
         raise AdminError(
             f"removing the df schema needs its owner or a superuser (connected as "
             f"{current_role(conn)})"
         )
     before = schema.installed_version(conn)
+    owner = conn.execute("SELECT nspowner FROM pg_catalog.pg_namespace "
+                         "WHERE nspname = 'df_internal'").fetchone()
     try:
         removed = schema.uninstall(conn)
     except schema.SchemaError as exc:
         raise AdminError(one_line(exc)) from exc
     if not removed:
         return None
-    return before or "unknown"
+    result = Uninstalled(before or "unknown")
+    if owner is not None:
+        _remove_remote_exec_schemas(conn, int(owner[0]), result)
+    return result
+
+
+@dataclass
+class Uninstalled:
+    """What uninstall removed: the version, and the df_exec schemas of cross-database steps
+    dropped in (or left in, with why) other databases."""
+
+    version: str
+    dropped: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
+
+
+def _remove_remote_exec_schemas(conn: psycopg.Connection, owner_oid: int,
+                                result: Uninstalled) -> None:
+    """Drop the df_exec schemas the engine created in other databases for cross-database steps.
+
+    Only where that database has no df installation of its own (its df_exec is its own then) and
+    the schema belongs to the same owner as the removed df_internal (the engine that made it) —
+    or, in superuser mode, to a superuser; anything else is somebody else's and is left alone.
+    """
+    here = conn.info.dbname
+    names = [r[0] for r in conn.execute(
+        "SELECT datname FROM pg_catalog.pg_database WHERE datallowconn AND datname <> %s "
+        "AND pg_catalog.has_database_privilege(datname, 'CONNECT') ORDER BY 1", (here,))]
+    params = conn.info.get_parameters()
+    password = conn.info.password
+    for name in names:
+        try:
+            with psycopg.connect(**{**params, "dbname": name},  # type: ignore[arg-type]
+                                 password=password, autocommit=True, connect_timeout=5) as other:
+                row = other.execute(
+                    "SELECT pg_catalog.to_regnamespace('df_internal') IS NULL, "
+                    "       n.nspowner = %s OR r.rolsuper "
+                    "  FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles r "
+                    "    ON r.oid = n.nspowner WHERE n.nspname = 'df_exec'",
+                    (owner_oid,)).fetchone()
+                if row is None or not row[0]:
+                    continue  # no df_exec there, or that database's own installation
+                if not row[1]:
+                    result.left.append(f"{name} (df_exec there is not the engine's)")
+                    continue
+                other.execute("DROP SCHEMA df_exec CASCADE")
+                result.dropped.append(name)
+        except psycopg.Error as exc:
+            result.left.append(f"{name} ({one_line(exc)})")
 
 
 @dataclass

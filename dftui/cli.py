@@ -237,8 +237,14 @@ def uninstall(
         typer.echo("the df schema is not installed; nothing to do")
     else:
         typer.echo(
-            f"removed df schema {removed} (schemas df, df_internal, df_exec and the DSL operators)"
+            f"removed df schema {removed.version} (schemas df, df_internal, df_exec and the DSL "
+            "operators)"
         )
+        if removed.dropped:
+            typer.echo("also removed df_exec (cross-database step functions) from: "
+                       + ", ".join(removed.dropped))
+        for left in removed.left:
+            typer.echo(f"left df_exec in database {left}")
 
 
 # --- grants ---------------------------------------------------------------------------------

@@ -165,3 +165,39 @@ def test_least_privilege_recipe_from_operations_doc(db):
         admin.close()
         with db.server.admin() as conn:
             conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_uninstall_removes_the_engines_df_exec_in_other_databases(empty_db, capsys):
+    """A cross-database step makes the engine create df_exec (trampolines) in that database;
+    uninstall removes it there too, and a second database's own installation is left alone."""
+    import uuid
+
+    from tests.engine_support import running_engine, start, wait_terminal
+
+    dsn = empty_db.dsn()
+    assert run(capsys, "install", "--dsn", dsn)[0] == 0
+    with empty_db.connect() as conn:
+        conn.execute("SELECT df.grant_usage('dftui_alice')")
+    other = f"dftui_x_{uuid.uuid4().hex[:8]}"
+    with empty_db.server.admin() as conn:
+        conn.execute(f'CREATE DATABASE "{other}"')
+    try:
+        with running_engine(dsn):
+            iid = start(empty_db, "dftui_alice",
+                        "'SELECT current_database()::text AS db', database => %s", other)
+            assert wait_terminal(empty_db, iid) == "completed"
+        with empty_db.server.admin(other) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON "
+                                "n.oid = p.pronamespace WHERE n.nspname = 'df_exec'"
+                                ).fetchone()[0] > 0
+        code, out, err = run(capsys, "uninstall", "--yes", "--dsn", dsn)
+        assert (code, err) == (0, "")
+        assert f"also removed df_exec (cross-database step functions) from: {other}" in out
+        with empty_db.server.admin(other) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'df_exec'"
+                                ).fetchone()[0] == 0
+        # Reinstalling starts clean and works.
+        assert run(capsys, "install", "--dsn", dsn)[0] == 0
+    finally:
+        with empty_db.server.admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
