@@ -383,6 +383,7 @@ class StepRunner:
             return (f"(SELECT pg_catalog.jsonb_build_object('rows', '[]'::jsonb, 'row_count', 0) "
                     f"FROM (SELECT {exec_function(task.role_oid)}(%s::pg_catalog.text)) AS x)"), [text]
         types = types_cache.lookup(conn, {c.type_oid for c in columns})
+        names: list[str]  # the column names encoding_query binds as parameters
         try:
             if generic or needs_generic_rows(columns, types):
                 enc, names = generic_query(f"{rows_function(task.role_oid)}(%s::pg_catalog.text)"), []

@@ -183,7 +183,7 @@ def mode(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def attacker(db: TestDB) -> Iterator[TestDB]:
     """A database prepared for attack tests (schema `evil`, witness functions)."""
-    from security_support import prepare_attacker, reset_attacker
+    from tests.security_support import prepare_attacker, reset_attacker
 
     prepare_attacker(db)
     yield db

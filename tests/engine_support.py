@@ -66,3 +66,12 @@ def root_result(db: Any, instance_id: str) -> Any:
     return db.scalar(
         "SELECT n.result FROM df.instances i JOIN df.nodes n "
         "ON n.instance_id = i.id AND n.id = i.root_node WHERE i.id = %s", (instance_id,))
+
+
+def nested_loops(levels: int) -> str:
+    """A chain of `levels` LOOP nodes around one SQL leaf: the leaf sits at depth `levels`."""
+    return (
+        '{"node_type":"LOOP","left_node":' * levels
+        + '{"node_type":"SQL","query":"SELECT 1"}'
+        + "}" * levels
+    )

@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from engine_support import running_engine
 from psycopg import sql
 
 from engine import privileges
+from tests.engine_support import running_engine
 
 ALICE = "dftui_alice"
 BOB = "dftui_bob"

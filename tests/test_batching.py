@@ -14,9 +14,9 @@ from __future__ import annotations
 import threading
 
 import pytest
-from engine_support import running_engine, wait_for
 
 from engine.steps import returns_no_rows
+from tests.engine_support import running_engine, wait_for
 
 ALICE = "dftui_alice"
 BOB = "dftui_bob"

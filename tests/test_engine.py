@@ -9,7 +9,15 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import psycopg
 import pytest
-from engine_support import node_rows, root_result, running_engine, start, wait_for, wait_terminal
+
+from tests.engine_support import (
+    node_rows,
+    root_result,
+    running_engine,
+    start,
+    wait_for,
+    wait_terminal,
+)
 
 ALICE = "dftui_alice"
 # An engine backend currently inside pg_sleep() (the step text itself is not in pg_stat_activity:

@@ -14,7 +14,8 @@ import sys
 import time
 
 import pytest
-from engine_support import wait_for
+
+from tests.engine_support import wait_for
 
 pytestmark = pytest.mark.fault
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine_support import running_engine, start, wait_for, wait_terminal
+from tests.engine_support import running_engine, start, wait_for, wait_terminal
 
 ALICE = "dftui_alice"
 

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from engine_support import running_engine, start, wait_for, wait_terminal
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from security_support import engine_in_mode
 
 from engine.config import EngineConfig
 from engine.metrics import EngineMetrics, parse_address
 from engine.runner import Engine
+from tests.engine_support import running_engine, start, wait_for, wait_terminal
+from tests.security_support import engine_in_mode
 
 ALICE = "dftui_alice"
 REPO = Path(__file__).resolve().parent.parent

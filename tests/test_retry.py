@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from engine_support import node_rows, root_result, running_engine, start, wait_for, wait_terminal
+
+from tests.engine_support import (
+    node_rows,
+    root_result,
+    running_engine,
+    start,
+    wait_for,
+    wait_terminal,
+)
 
 ALICE = "dftui_alice"
 

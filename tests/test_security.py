@@ -13,8 +13,9 @@ import re
 
 import psycopg
 import pytest
-from engine_support import node_rows, root_result, start, wait_terminal
-from security_support import (
+
+from tests.engine_support import node_rows, root_result, start, wait_terminal
+from tests.security_support import (
     ALICE,
     BOB,
     ENGINE_ROLE,

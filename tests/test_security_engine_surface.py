@@ -11,9 +11,11 @@ from __future__ import annotations
 import psycopg
 import pytest
 from conftest import TestDB
-from engine_support import node_rows, root_result, start, wait_for, wait_terminal
 from psycopg import sql
-from security_support import (
+
+from engine import sqltext
+from tests.engine_support import node_rows, root_result, start, wait_for, wait_terminal
+from tests.security_support import (
     ALICE,
     BOB,
     ENGINE_ROLE,
@@ -23,8 +25,6 @@ from security_support import (
     prepare_attacker,
     reset_attacker,
 )
-
-from engine import sqltext
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-from engine_support import node_rows, root_result, running_engine, start, wait_terminal
+
+from tests.engine_support import node_rows, root_result, running_engine, start, wait_terminal
 
 DAVE = "dftui_dave"  # granted with HTTP
 

@@ -13,9 +13,10 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from engine_support import node_rows, running_engine, start, wait_terminal
 from psycopg import sql
-from security_support import (
+
+from tests.engine_support import node_rows, running_engine, start, wait_terminal
+from tests.security_support import (
     ALICE,
     ENGINE_ROLE,
     counters,

@@ -7,7 +7,15 @@ import json
 
 import psycopg
 import pytest
-from engine_support import node_rows, root_result, running_engine, start, wait_for, wait_terminal
+
+from tests.engine_support import (
+    node_rows,
+    root_result,
+    running_engine,
+    start,
+    wait_for,
+    wait_terminal,
+)
 
 ALICE = "dftui_alice"
 BOB = "dftui_bob"

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from engine_support import node_rows, root_result, running_engine, start, wait_terminal
 from psycopg import sql
-from security_support import ENGINE_ROLE, SUBMITTERS, setup_engine_owner
 
 from engine import privileges
+from tests.engine_support import node_rows, root_result, running_engine, start, wait_terminal
+from tests.security_support import ENGINE_ROLE, SUBMITTERS, setup_engine_owner
 
 ALICE = "dftui_alice"
 BOB = "dftui_bob"

@@ -12,8 +12,9 @@ import json
 
 import psycopg
 import pytest
-from engine_support import node_rows, root_result, start, wait_for, wait_terminal
-from security_support import (
+
+from tests.engine_support import node_rows, root_result, start, wait_for, wait_terminal
+from tests.security_support import (
     ALICE,
     BOB,
     assert_no_escalation,

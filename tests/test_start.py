@@ -14,6 +14,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.engine_support import nested_loops
+
 ID_RE = re.compile(r"^[0-9a-f]{8}$")
 SEQ2 = "'SELECT 1' ~> 'SELECT 2'"
 
@@ -399,15 +401,6 @@ def test_invalid_graph_message_names_the_node(db):
 
 
 # --- limits ---------------------------------------------------------------------------------------
-
-
-def nested_loops(levels: int) -> str:
-    """A chain of `levels` LOOP nodes around one SQL leaf: the leaf sits at depth `levels`."""
-    return (
-        '{"node_type":"LOOP","left_node":' * levels
-        + '{"node_type":"SQL","query":"SELECT 1"}'
-        + "}" * levels
-    )
 
 
 def balanced_join(leaves: int) -> str:
