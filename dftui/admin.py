@@ -162,7 +162,7 @@ def _remove_remote_exec_schemas(conn: psycopg.Connection, owner_oid: int,
     password = conn.info.password
     for name in names:
         try:
-            with psycopg.connect(**{**params, "dbname": name},  # type: ignore[arg-type]
+            with psycopg.connect(**{**params, "dbname": name},
                                  password=password, autocommit=True, connect_timeout=5) as other:
                 row = other.execute(
                     "SELECT pg_catalog.to_regnamespace('df_internal') IS NULL, "
