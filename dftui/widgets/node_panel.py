@@ -22,9 +22,9 @@ from dftui.client import NodeInfo, parse_ts
 
 from .format import (
     STATUS_STYLES,
-    STATUS_SYMBOLS,
     duration_between,
     format_time,
+    status_symbol,
     status_text,
 )
 from .graph import display_status, node_summary
@@ -138,7 +138,7 @@ def node_details(
                 tally[status] = tally.get(status, 0) + 1
             steps = Text()
             for status, n in sorted(tally.items()):
-                steps.append(f"{STATUS_SYMBOLS.get(status, '?')}{n} ", style=STATUS_STYLES.get(status, ""))
+                steps.append(f"{status_symbol(status)}{n} ", style=STATUS_STYLES.get(status, ""))
             finished = it.get("finished_at")
             table.add_row(str(it.get("iteration", "?")),
                           format_time(parse_ts(finished), tz, now, short=True), steps)
