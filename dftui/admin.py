@@ -244,6 +244,40 @@ def grant(
     return GrantResult(role, notices)
 
 
+def operator_visibility_note(conn: psycopg.Connection, role: str) -> str | None:
+    """Why `role` would not find the DSL operators (installed outside pg_catalog by a
+    non-superuser install), or None. Parser errors cannot be reworded, so the admin is told here.
+    """
+    row = conn.execute(
+        """
+        SELECT n.nspname,
+               (SELECT s.setconfig FROM pg_catalog.pg_db_role_setting s
+                 WHERE s.setrole IN (r.oid, 0)
+                   AND s.setdatabase IN (0, (SELECT d.oid FROM pg_catalog.pg_database d
+                                              WHERE d.datname = pg_catalog.current_database()))
+                   AND EXISTS (SELECT 1 FROM pg_catalog.unnest(s.setconfig) c
+                                WHERE pg_catalog.starts_with(c, 'search_path='))
+                 ORDER BY s.setrole = 0, s.setdatabase = 0 LIMIT 1)
+          FROM pg_catalog.pg_operator o
+          JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
+          JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode
+          JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace AND pn.nspname = 'df'
+          JOIN pg_catalog.pg_roles r ON r.rolname = %s
+         WHERE o.oprname = '~>'
+        """, (role,)).fetchone()
+    if row is None or row[0] == "pg_catalog":
+        return None
+    where, config = row
+    path = next((c.split("=", 1)[1] for c in (config or []) if c.startswith("search_path=")),
+                '"$user", public')
+    entries = [e.strip().strip('"') for e in path.split(",")]
+    if where in entries:
+        return None
+    return (f"the DSL operators (~>, |=>, ...) are in schema {where}, which {role}'s search_path "
+            f"({path}) leaves out; run: ALTER ROLE {sql.Identifier(role).as_string(conn)} "
+            f"SET search_path = {path}, {where}")
+
+
 def revoke(conn: psycopg.Connection, role: str) -> GrantResult:
     """df.revoke_usage(role)."""
     with _as_schema_owner(conn):

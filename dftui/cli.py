@@ -266,9 +266,12 @@ def grant(
     """Let ROLE start, watch and control its own workflows (df.grant_usage)."""
     with _connect(_resolve_dsn(ctx, dsn)) as conn:
         admin.grant(conn, role, http=http, with_grant=with_grant)
+        note = admin.operator_visibility_note(conn, role)
     extras = [x for x, on in (("HTTP", http), ("WITH GRANT OPTION", with_grant)) if on]
     suffix = f" ({', '.join(extras)})" if extras else ""
     typer.echo(f"granted df usage to {role}{suffix}")
+    if note:
+        typer.echo(f"warning: {note}", err=True)
 
 
 @app.command()

@@ -86,11 +86,18 @@ def test_admin_without_superuser_installs_and_runs_workflows(managed: Managed, c
     with m.server.connect_as(m.dbname, m.admin) as conn:
         assert conn.execute("SELECT who, n FROM public.audit").fetchall() == [(m.app, 21)]
 
-    # A new application role later: the admin grants it and re-runs the engine-role setup.
+    # A new application role later: the admin grants it and re-runs the engine-role setup. Its
+    # search_path leaves public out, so the grant warns (the parser's own error can't say why).
     late = f"{m.app}_late"
     with m.server.connect_as(m.dbname, m.admin) as conn:
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(late)))
-    cli(capsys, "grant", late, "--dsn", m.dsn(m.admin))
+        conn.execute(sql.SQL("ALTER ROLE {} SET search_path = pg_catalog").format(
+            sql.Identifier(late)))
+    assert main(["grant", late, "--dsn", m.dsn(m.admin)]) == 0
+    out, err = capsys.readouterr()
+    assert "warning: the DSL operators" in err and "SET search_path = pg_catalog, public" in err
+    with m.server.connect_as(m.dbname, m.admin) as conn:
+        conn.execute(sql.SQL("ALTER ROLE {} RESET search_path").format(sql.Identifier(late)))
     assert late in cli(capsys, "install", "--engine-role", m.engine, "--dsn", m.dsn(m.admin))
     with m.server.connect_as(m.dbname, late) as conn:
         late_id = conn.execute("SELECT df.start('SELECT current_user::text AS u')").fetchone()[0]
