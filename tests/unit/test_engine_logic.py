@@ -1,11 +1,10 @@
-"""Engine decisions that need no database: retry classification and delay, rowless statements,
-value substitution."""
+"""Engine decisions that need no database: retry classification and delay, SQL literals."""
 
 from __future__ import annotations
 
 import pytest
 
-from engine.steps import StepFailure, failure_kind, retry_delay, returns_no_rows
+from engine.steps import StepFailure, failure_kind, retry_delay
 from engine.substitute import sql_literal
 
 
@@ -61,15 +60,6 @@ def test_backoff_is_capped_and_zero_is_allowed():
     capped = {"max_attempts": 50, "backoff_seconds": 10, "max_backoff_seconds": 15}
     assert all(7.5 <= (retry_delay(capped, 20, DEADLOCK) or 0) <= 15 for _ in range(50))
     assert retry_delay({"max_attempts": 3, "backoff_seconds": 0}, 1, DEADLOCK) == 0
-
-
-@pytest.mark.parametrize(
-    ("text", "rowless"),
-    [("INSERT INTO t VALUES (1)", True), ("insert into t values (1) returning id", False),
-     ("UPDATE t SET x = 1", True), ("SELECT 1", False), ("WITH x AS (SELECT 1) SELECT 1", False)],
-)
-def test_returns_no_rows(text, rowless):
-    assert returns_no_rows(text) is rowless
 
 
 @pytest.mark.parametrize(
