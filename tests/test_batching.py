@@ -139,7 +139,7 @@ def test_claim_holds_one_task_per_instance_and_http_alone(db):
             claimers.append(conn)
             conn.execute("BEGIN")
             rows = conn.execute("SELECT instance_id, node_type "
-                                "FROM df_internal.claim_tasks('t', 50)").fetchall()
+                                "FROM df_internal.claim_tasks(df_internal.schema_level(), 't', 50)").fetchall()
             if not rows:
                 break
             claims.append(rows)

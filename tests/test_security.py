@@ -411,6 +411,7 @@ INTERNAL_PROBES = [
     "SELECT count(*) FROM df_internal.engines",
     "SELECT df_internal.complete_task('00000000', '00000000', 0, NULL, NULL, NULL, 'x', now())",
     "SELECT df_internal.claim_tasks('x', 1)",
+    "SELECT df_internal.claim_tasks('0001_schema_migrations', 'x', 1)",
     "SELECT df_internal.is_privileged()",
     "UPDATE df_internal.instance_state SET submitted_by = 'postgres'::regrole",
     "INSERT INTO df_internal.tasks (instance_id, node_id, gen) VALUES ('00000000', '00000000', 0)",
