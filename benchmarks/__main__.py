@@ -20,7 +20,7 @@ from rich.console import Console
 from benchmarks import dftui_suite as suite
 from benchmarks import peers, profile, tui_bench
 from benchmarks.harness import BenchEnv, BenchError, EngineProcess, bench_env, machine, rss_mib
-from benchmarks.options import Options
+from benchmarks.options import PHASES, Options
 from benchmarks.report import Figure, Results, print_table, write_results
 from benchmarks.ui import Ui
 
@@ -44,6 +44,9 @@ def parse_args(argv: list[str]) -> tuple[Options, argparse.Namespace]:
     parser.add_argument("--tui-rows", help="comma-separated instance counts for the TUI phase "
                         "(100000,1000000)")
     parser.add_argument("--pgbench-seconds", type=float, help="duration of each pgbench run (10)")
+    parser.add_argument("--only", metavar="PHASES",
+                        help=f"comma-separated phases to run ({', '.join(PHASES)}); pgbench always "
+                        "runs. A partial run writes no RESULTS.md unless --results is given")
     parser.add_argument("--no-dbos", action="store_true", help="skip the DBOS Transact peer")
     parser.add_argument("--no-tui", action="store_true", help="skip the TUI phase")
     parser.add_argument("--profile", type=Path, metavar="DIR",
@@ -70,6 +73,13 @@ def parse_args(argv: list[str]) -> tuple[Options, argparse.Namespace]:
             opts.tui_rows = tuple(int(v) for v in args.tui_rows.split(",") if v.strip())
         except ValueError:
             parser.error("--tui-rows takes comma-separated integers, e.g. 100000,1000000")
+    if args.only:
+        picked = frozenset(p.strip() for p in args.only.split(",") if p.strip())
+        unknown = sorted(picked - set(PHASES))
+        if unknown or not picked:
+            parser.error(f"--only: unknown phase(s) {', '.join(unknown) or '(none given)'}; "
+                         f"choose from {', '.join(PHASES)}")
+        opts.only = picked
     opts.dbos = not args.no_dbos
     opts.tui = not args.no_tui
     opts.profile_dir = args.profile
@@ -89,39 +99,48 @@ def run(opts: Options, env: BenchEnv, ui: Ui, results: Results) -> list[str]:
         with ui.bar(f"pgbench: single-row INSERT commits, {clients} client(s)", None):
             limits[clients] = peers.pgbench(env, clients, opts.pgbench_seconds)
     limit_k = limits[8].tps if k >= 8 else limits[2].tps
+    want = opts.wants
+
+    # -- df.start first, on the fresh database --------------------------------------------------
+    starts = suite.start_rate(env, ui, opts) if want("starts") else None
 
     # -- dftui throughput -------------------------------------------------------------------
     if opts.profile_dir is not None and not profile.available():
         results.notes.append("py-spy is not installed: no profile (pip install '.[bench]')")
         opts.profile_dir = None
     main_drain = suite.drain(env, ui, opts, label="drain", what="drain", count=opts.n,
-                             workflow_sql=suite.one_step_sql())
+                             workflow_sql=suite.one_step_sql()) if want("drain") else None
     profiled: suite.DrainOutcome | None = None
     if opts.profile_dir is not None:
         profiled = suite.drain(env, ui, opts, label="profiled", what="profiled drain (py-spy)",
                                count=min(opts.n, 3000), workflow_sql=suite.one_step_sql(),
                                profile_dir=opts.profile_dir)
     three = suite.drain(env, ui, opts, label="three", what="3-step", count=opts.three_n,
-                        workflow_sql=suite.three_step_sql())
+                        workflow_sql=suite.three_step_sql()) if want("three") else None
     join = suite.drain(env, ui, opts, label="join", what=f"JOIN of {opts.join_branches}",
-                       count=opts.join_n, workflow_sql=suite.join_sql(opts.join_branches))
+                       count=opts.join_n, workflow_sql=suite.join_sql(opts.join_branches)) \
+        if want("join") else None
 
     # -- latency on an idle engine ------------------------------------------------------------
-    env.vacuum()
-    with EngineProcess(env, k, "latency") as engine:
-        lat = suite.latency(env, ui, opts, label="lat", what="latency: one-step start → done",
-                            expr=suite.one_step_sql(), samples=opts.latency_samples, engine=engine)
-        join_lat = suite.latency(env, ui, opts, label="joinlat",
-                                 what=f"latency: JOIN of {opts.join_branches} start → done",
-                                 expr=suite.join_sql(opts.join_branches),
-                                 samples=opts.join_latency_samples, engine=engine)
-        time.sleep(1.0)
-        rss_idle_empty = rss_mib(engine.pid)
+    lat = join_lat = None
+    rss_idle_empty = float("nan")
+    if want("latency"):
+        env.vacuum()
+        with EngineProcess(env, k, "latency") as engine:
+            lat = suite.latency(env, ui, opts, label="lat", what="latency: one-step start → done",
+                                expr=suite.one_step_sql(), samples=opts.latency_samples,
+                                engine=engine)
+            join_lat = suite.latency(env, ui, opts, label="joinlat",
+                                     what=f"latency: JOIN of {opts.join_branches} start → done",
+                                     expr=suite.join_sql(opts.join_branches),
+                                     samples=opts.join_latency_samples, engine=engine)
+            time.sleep(1.0)
+            rss_idle_empty = rss_mib(engine.pid)
 
     # -- scaling -----------------------------------------------------------------------------
     scaling: dict[int, suite.DrainOutcome] = {}
-    for processes in opts.scaling:
-        if processes == 1 and opts.scale_n == opts.n:
+    for processes in opts.scaling if want("scaling") else ():
+        if processes == 1 and opts.scale_n == opts.n and main_drain is not None:
             scaling[1] = main_drain
             continue
         scaling[processes] = suite.drain(
@@ -130,9 +149,9 @@ def run(opts: Options, env: BenchEnv, ui: Ui, results: Results) -> list[str]:
 
     # -- DBOS ----------------------------------------------------------------------------------
     dbos: dict = {}
-    if opts.dbos and not peers.dbos_installed():
+    if opts.dbos and want("dbos") and not peers.dbos_installed():
         results.notes.append("DBOS Transact is not installed: no DBOS column (pip install '.[bench]')")
-    elif opts.dbos:
+    elif opts.dbos and want("dbos"):
         with ui.bar("DBOS Transact: one-step, 3-step (steps / transactions), latency, idle", None):
             dbos = peers.run_dbos(env, one=min(opts.n, 2000), three=opts.three_n,
                                   latency=opts.latency_samples, concurrency=k,
@@ -141,11 +160,11 @@ def run(opts: Options, env: BenchEnv, ui: Ui, results: Results) -> list[str]:
                              f"from {k} threads; steps are the same UPDATE on a psycopg pool of {k}.")
 
     # -- idle cost with many pending instances ---------------------------------------------------
-    idle = suite.idle_cost(env, ui, opts)
+    idle = suite.idle_cost(env, ui, opts) if want("idle") else None
 
     # -- TUI -------------------------------------------------------------------------------------
     tui: list[tui_bench.TuiResult] = []
-    if opts.tui:
+    if opts.tui and want("tui"):
         why = tui_bench.tui_available()
         if why:
             results.notes.append(f"TUI phase skipped: {why}")
@@ -156,65 +175,97 @@ def run(opts: Options, env: BenchEnv, ui: Ui, results: Results) -> list[str]:
                     tui.append(tui_bench.measure(env, opts.tui_pages, rows))
 
     # -- the table -------------------------------------------------------------------------------
-    d = main_drain.stats
-    results.add(Figure(f"drain {opts.n:,} one-step instances, 1 engine × {k}", "steps/s",
-                       d.steps_per_s, dbos.get("one_step_wf_per_s"), limit_k,
-                       target="≥ 1,500 steps/s", target_ok=d.steps_per_s >= 1500))
-    results.add(Figure("server transactions per one-step instance (drain)", "",
-                       main_drain.commits_per_step, higher_is_better=False,
-                       note="pg_stat_database.xact_commit, read-only ones included"))
-    results.add(Figure("engine CPU per one-step instance (drain)", "ms",
-                       main_drain.engine_cpu_ms_per_step, higher_is_better=False,
-                       note="Python + psycopg"))
-    results.add(Figure("PostgreSQL backend CPU per one-step instance (drain)", "ms",
-                       main_drain.server_cpu_ms_per_step, higher_is_better=False,
-                       note="the engine's sessions"))
-    results.add(Figure("WAL fsyncs per one-step instance (drain)", "", main_drain.fsyncs_per_step,
-                       higher_is_better=False, note="group commit shares them"))
-    dbos3 = dbos.get("three_step_wf_per_s")
-    results.add(Figure(f"3-step workflows ({opts.three_n:,}), vs DBOS @step", "wf/s",
-                       three.stats.instances_per_s, dbos3, limit_k / 3,
-                       target="≥ 5× DBOS",
-                       target_ok=None if not dbos3 else three.stats.instances_per_s >= 5 * dbos3))
-    dbos3tx = dbos.get("three_tx_wf_per_s")
-    results.add(Figure("3-step workflows, vs DBOS @transaction", "wf/s",
-                       three.stats.instances_per_s, dbos3tx, limit_k / 3, target="≥ 5× DBOS",
-                       target_ok=None if not dbos3tx else three.stats.instances_per_s >= 5 * dbos3tx))
-    results.add(Figure("3-step: steps/s", "steps/s", three.stats.steps_per_s,
-                       dbos3 * 3 if dbos3 else None, limit_k))
-    results.add(Figure(f"JOIN of {opts.join_branches} ({opts.join_n:,} instances)", "inst/s",
-                       join.stats.instances_per_s, None, limit_k / opts.join_branches))
-    results.add(Figure(f"JOIN of {opts.join_branches}: branch steps/s", "steps/s",
-                       join.stats.steps_per_s, None, limit_k))
-    results.add(Figure(f"JOIN of {opts.join_branches}: start → done p50", "ms",
-                       suite.Latency.pct(join_lat.client_ms, 50), None, None,
-                       higher_is_better=False))
+    if starts is not None:
+        ok = starts.later_per_s >= 0.3 * limits[8].tps
+        results.add(Figure(f"df.start, {starts.sessions} sessions, one per transaction", "starts/s",
+                           starts.later_per_s, None, limits[8].tps, target="≥ 0.3× limit",
+                           target_ok=ok, note=f"{starts.count:,} starts after the first batch"))
+        results.add(Figure(f"df.start: first {starts.count:,} on a fresh database", "starts/s",
+                           starts.first_per_s, None, limits[8].tps,
+                           target="time ≤ 1.5× later", target_ok=starts.slowdown <= 1.5,
+                           note=f"took {starts.slowdown:.2f}× as long as the later batch "
+                           "(tables VACUUMed empty before it)"))
+        results.add(Figure("PostgreSQL backend CPU per df.start", "ms",
+                           starts.server_cpu_ms_per_start, higher_is_better=False,
+                           note="the client sessions' backends"))
+        results.add(Figure("WAL bytes per df.start (one-step workflow)", "B",
+                           starts.wal_bytes_per_start, higher_is_better=False))
+    if main_drain is not None:
+        d = main_drain.stats
+        results.add(Figure(f"drain {opts.n:,} one-step instances, 1 engine × {k}", "steps/s",
+                           d.steps_per_s, dbos.get("one_step_wf_per_s"), limit_k,
+                           target="≥ 1,500 steps/s", target_ok=d.steps_per_s >= 1500))
+        results.add(Figure("server transactions per one-step instance (drain)", "",
+                           main_drain.commits_per_step, higher_is_better=False,
+                           note="pg_stat_database.xact_commit, read-only ones included"))
+        results.add(Figure("engine CPU per one-step instance (drain)", "ms",
+                           main_drain.engine_cpu_ms_per_step, higher_is_better=False,
+                           note="Python + psycopg; engine metrics: process_cpu_seconds_total"))
+        results.add(Figure("PostgreSQL backend CPU per one-step instance (drain)", "ms",
+                           main_drain.server_cpu_ms_per_step, higher_is_better=False,
+                           note="the engine's sessions"))
+        results.add(Figure("WAL fsyncs per one-step instance (drain)", "", main_drain.fsyncs_per_step,
+                           higher_is_better=False, note="group commit shares them"))
+        results.add(Figure("WAL bytes per one-step instance (drain)", "B",
+                           main_drain.wal_bytes_per_step, higher_is_better=False))
+        m = main_drain.metrics
+        results.add(Figure("claim round trip, mean (drain)", "ms", m.claim_ms,
+                           higher_is_better=False,
+                           note=f"engine metrics: {m.claims:,.0f} claims, empty ones included"))
+        results.add(Figure("tasks per non-empty claim, mean (drain)", "", m.batch_mean,
+                           note=f"engine metrics; {m.steps_requeued:,.0f} steps requeued"))
+    if three is not None:
+        dbos3 = dbos.get("three_step_wf_per_s")
+        results.add(Figure(f"3-step workflows ({opts.three_n:,}), vs DBOS @step", "wf/s",
+                           three.stats.instances_per_s, dbos3, limit_k / 3,
+                           target="≥ 5× DBOS",
+                           target_ok=None if not dbos3 else three.stats.instances_per_s >= 5 * dbos3))
+        dbos3tx = dbos.get("three_tx_wf_per_s")
+        results.add(Figure("3-step workflows, vs DBOS @transaction", "wf/s",
+                           three.stats.instances_per_s, dbos3tx, limit_k / 3, target="≥ 5× DBOS",
+                           target_ok=None if not dbos3tx else three.stats.instances_per_s >= 5 * dbos3tx))
+        results.add(Figure("3-step: steps/s", "steps/s", three.stats.steps_per_s,
+                           dbos3 * 3 if dbos3 else None, limit_k))
+    if join is not None:
+        results.add(Figure(f"JOIN of {opts.join_branches} ({opts.join_n:,} instances)", "inst/s",
+                           join.stats.instances_per_s, None, limit_k / opts.join_branches))
+        results.add(Figure(f"JOIN of {opts.join_branches}: branch steps/s", "steps/s",
+                           join.stats.steps_per_s, None, limit_k))
+    if join_lat is not None:
+        results.add(Figure(f"JOIN of {opts.join_branches}: start → done p50", "ms",
+                           suite.Latency.pct(join_lat.client_ms, 50), None, None,
+                           higher_is_better=False))
     dbos_lat = dbos.get("latency_ms") or []
-    for p, target, ok_at in ((50, "≤ 5 ms", 5.0), (95, "", None), (99, "≤ 20 ms", 20.0)):
-        value = suite.Latency.pct(lat.client_ms, p)
-        results.add(Figure(f"one-step start → done p{p}, idle engine", "ms", value,
-                           suite.Latency.pct(dbos_lat, p) if dbos_lat else None,
-                           limits[1].latency_ms if p == 50 else None, higher_is_better=False,
-                           target=target, target_ok=None if ok_at is None else value <= ok_at))
-    results.add(Figure("one-step p50, server clock (created_at → completed_at)", "ms",
-                       suite.Latency.pct(lat.server_ms, 50), None, limits[1].latency_ms,
-                       higher_is_better=False))
+    if lat is not None:
+        for p, target, ok_at in ((50, "≤ 5 ms", 5.0), (95, "", None), (99, "≤ 20 ms", 20.0)):
+            value = suite.Latency.pct(lat.client_ms, p)
+            results.add(Figure(f"one-step start → done p{p}, idle engine", "ms", value,
+                               suite.Latency.pct(dbos_lat, p) if dbos_lat else None,
+                               limits[1].latency_ms if p == 50 else None, higher_is_better=False,
+                               target=target, target_ok=None if ok_at is None else value <= ok_at))
+        results.add(Figure("one-step p50, server clock (created_at → completed_at)", "ms",
+                           suite.Latency.pct(lat.server_ms, 50), None, limits[1].latency_ms,
+                           higher_is_better=False))
     for processes, outcome in sorted(scaling.items()):
         results.add(Figure(f"scaling: {processes} engine process{'es' if processes > 1 else ''} "
                            f"× {k}", "steps/s", outcome.stats.steps_per_s, None, limits[8].tps,
                            note=f"{outcome.stats.steps:,} steps"))
-    results.add(Figure(f"idle engine CPU, {idle.pending:,} pending instances", "%",
-                       idle.cpu_percent, dbos.get("idle_cpu_percent"), None,
-                       higher_is_better=False, target="< 1 %", target_ok=idle.cpu_percent < 1))
-    results.add(Figure("engine RSS, idle with empty queue", "MiB", rss_idle_empty,
-                       dbos.get("rss_mib"), None, higher_is_better=False))
-    growth = idle.rss_end_mib - rss_idle_empty
-    results.add(Figure(f"engine RSS, idle with {idle.pending:,} pending", "MiB", idle.rss_end_mib,
-                       None, None, higher_is_better=False,
-                       target="growth ≤ 50 MiB", target_ok=growth <= 50,
-                       note=f"{growth:+.0f} MiB vs empty"))
-    results.add(Figure(f"engine peak RSS while draining {opts.n:,}", "MiB",
-                       main_drain.peak_rss_mib, None, None, higher_is_better=False))
+    if idle is not None:
+        results.add(Figure(f"idle engine CPU, {idle.pending:,} pending instances", "%",
+                           idle.cpu_percent, dbos.get("idle_cpu_percent"), None,
+                           higher_is_better=False, target="< 1 %", target_ok=idle.cpu_percent < 1))
+    if lat is not None:
+        results.add(Figure("engine RSS, idle with empty queue", "MiB", rss_idle_empty,
+                           dbos.get("rss_mib"), None, higher_is_better=False))
+    if idle is not None and lat is not None:
+        growth = idle.rss_end_mib - rss_idle_empty
+        results.add(Figure(f"engine RSS, idle with {idle.pending:,} pending", "MiB", idle.rss_end_mib,
+                           None, None, higher_is_better=False,
+                           target="growth ≤ 50 MiB", target_ok=growth <= 50,
+                           note=f"{growth:+.0f} MiB vs empty"))
+    if main_drain is not None:
+        results.add(Figure(f"engine peak RSS while draining {opts.n:,}", "MiB",
+                           main_drain.peak_rss_mib, None, None, higher_is_better=False))
     for t in tui:
         results.add(Figure(f"TUI first paint, {t.rows_in_table:,} instances", "ms",
                            t.first_paint_ms, None, None, higher_is_better=False))
@@ -233,8 +284,9 @@ def run(opts: Options, env: BenchEnv, ui: Ui, results: Results) -> list[str]:
     results.notes.append(
         "Latency is measured from the moment df.start's commit is acknowledged to the arrival of "
         "the engine's pg_notify('df_done') on a dedicated LISTEN connection.")
-    results.notes.append(
-        f"Idle phase: {idle.pending:,} df.wait_for_signal('go') instances started with no engine "
+    if idle is not None:
+        results.notes.append(
+            f"Idle phase: {idle.pending:,} df.wait_for_signal('go') instances started with no engine "
         "running, their queued tasks deferred to 'infinity' (the state a signal wait parks in) so "
         f"the engine idles beside them; CPU over {idle.seconds:.0f} s from /proc/<pid>/stat.")
     if profiled is not None and profiled.profile_summary:
@@ -281,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"PostgreSQL {pg_version}, {duration:.0f} s)")
     for line in extra:
         console.print(line.strip("`\n") if line.startswith("```") else line.strip(), markup=False)
-    target = args.results or (None if opts.quick else DEFAULT_RESULTS)
+    target = args.results or (None if opts.quick or opts.only else DEFAULT_RESULTS)
     if target is not None and not args.no_results:
         command = "python -m benchmarks" + ("" if not argv else " " + shlex.join(argv))
         write_results(target, results, host, pg_version, command, started, duration,

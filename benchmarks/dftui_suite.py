@@ -54,11 +54,53 @@ class DrainOutcome:
     processes: int
     commits_per_step: float
     fsyncs_per_step: float
+    wal_bytes_per_step: float  # WAL written while draining (the engines' and autovacuum's)
     engine_cpu_ms_per_step: float  # the engine processes' own CPU (Python, psycopg, libpq)
     server_cpu_ms_per_step: float  # CPU of the PostgreSQL backends serving the engines
     peak_rss_mib: float
+    metrics: EngineFigures
     profile_summary: list[str] = field(default_factory=list)
     profile_file: Path | None = None
+
+
+@dataclass
+class EngineFigures:
+    """What the engines' own metrics endpoints said over one drain (summed over processes)."""
+
+    steps_completed: float = 0.0  # dftui_engine_steps_finished_total{outcome="completed"}
+    steps_requeued: float = 0.0
+    cpu_seconds: float = 0.0  # process_cpu_seconds_total
+    claims: float = 0.0
+    claim_seconds: float = 0.0
+    batches: float = 0.0
+    batched_tasks: float = 0.0
+
+    @classmethod
+    def between(cls, before: list[dict[str, float]], after: list[dict[str, float]]) -> EngineFigures:
+        """Counters from `after` (the engines were started for this drain: they began at 0, also
+        for steps run before `before` was scraped); CPU from the difference, so the process's
+        start-up (imports, connecting) is left out."""
+        def total(scrapes: list[dict[str, float]], name: str, *fragments: str) -> float:
+            return sum(v for scrape in scrapes for k, v in scrape.items()
+                       if k.split("{")[0] == name and all(f in k for f in fragments))
+
+        finished = "dftui_engine_steps_finished_total"
+        return cls(steps_completed=total(after, finished, 'outcome="completed"'),
+                   steps_requeued=total(after, finished, 'outcome="requeued"'),
+                   cpu_seconds=total(after, "process_cpu_seconds_total")
+                   - total(before, "process_cpu_seconds_total"),
+                   claims=total(after, "dftui_engine_claim_duration_seconds_count"),
+                   claim_seconds=total(after, "dftui_engine_claim_duration_seconds_sum"),
+                   batches=total(after, "dftui_engine_batch_size_count"),
+                   batched_tasks=total(after, "dftui_engine_batch_size_sum"))
+
+    @property
+    def claim_ms(self) -> float:
+        return 1000 * self.claim_seconds / self.claims if self.claims else float("nan")
+
+    @property
+    def batch_mean(self) -> float:
+        return self.batched_tasks / self.batches if self.batches else float("nan")
 
 
 def drain(env: BenchEnv, ui: Ui, opts: Options, *, label: str, what: str, workflow_sql: str,
@@ -79,6 +121,7 @@ def drain(env: BenchEnv, ui: Ui, opts: Options, *, label: str, what: str, workfl
             conn.execute("SELECT pg_stat_reset()")
     commits_before = env.commits()
     fsyncs_before = env.wal_fsyncs()
+    wal_before = env.wal_lsn()
     engines = [EngineProcess(env, opts.concurrency, f"{label}-{i}") for i in range(processes)]
     recorder: profile.Recorder | None = None
     summary: list[str] = []
@@ -93,13 +136,19 @@ def drain(env: BenchEnv, ui: Ui, opts: Options, *, label: str, what: str, workfl
             raw = profile_dir / f"engine-{label}.collapsed"
             recorder = profile.Recorder(engines[0].pid, raw)
         peaks = [PeakRss(e.pid) for e in engines]
-        engine_cpu0 = sum(cpu_seconds(e.pid) for e in engines)
+        scraped0 = [e.metrics() for e in engines]
         with ui.bar(f"{what}: drain with {processes} engine process"
                     f"{'es' if processes > 1 else ''} × {opts.concurrency} workers",
                     count) as set_done:
             wait_drained(env, label, count, opts.timeout, set_done,
                          watch=lambda: [p.sample() for p in peaks])
-        engine_cpu = sum(cpu_seconds(e.pid) for e in engines) - engine_cpu0
+        # (a step's outcome is counted just after its commit: give the last ones a moment)
+        expected = drain_stats(env, label).steps
+        for _ in range(50):
+            figures = EngineFigures.between(scraped0, [e.metrics() for e in engines])
+            if figures.steps_completed >= expected:
+                break
+            time.sleep(0.1)
         server_cpu = backend_cpu(env, engines)
         if recorder is not None:
             problem = recorder.stop()
@@ -117,18 +166,24 @@ def drain(env: BenchEnv, ui: Ui, opts: Options, *, label: str, what: str, workfl
         with env.connect() as conn:
             conn.execute(f"ALTER DATABASE {DFTUI_DB} RESET track_functions")
     stats = drain_stats(env, label)
+    if figures.steps_completed != stats.steps:
+        raise BenchError(f"{what}: the engines' metrics count {figures.steps_completed:.0f} completed "
+                         f"steps, the database {stats.steps}")
     if stats.failed:
         raise BenchError(f"{what}: {stats.failed} of {stats.instances} instances did not complete "
                          f"(see {env.logs})")
     commits = env.commits() - commits_before
     time.sleep(0.6)  # let the WAL writer report its share of the statistics
     fsyncs = env.wal_fsyncs() - fsyncs_before
+    wal_bytes = env.wal_lsn() - wal_before
     return DrainOutcome(stats=stats, processes=processes,
                         commits_per_step=commits / stats.steps if stats.steps else float("nan"),
                         fsyncs_per_step=fsyncs / stats.steps if stats.steps else float("nan"),
-                        engine_cpu_ms_per_step=1000 * engine_cpu / max(stats.steps, 1),
+                        wal_bytes_per_step=wal_bytes / stats.steps if stats.steps else float("nan"),
+                        engine_cpu_ms_per_step=1000 * figures.cpu_seconds / max(stats.steps, 1),
                         server_cpu_ms_per_step=1000 * server_cpu / max(stats.steps, 1),
-                        peak_rss_mib=max(p.peak for p in peaks), profile_summary=summary,
+                        peak_rss_mib=max(p.peak for p in peaks), metrics=figures,
+                        profile_summary=summary,
                         profile_file=raw)
 
 
@@ -298,3 +353,101 @@ def idle_cost(env: BenchEnv, ui: Ui, opts: Options) -> IdleCost:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+# -- df.start ----------------------------------------------------------------------------------
+
+@dataclass
+class StartRate:
+    """df.start from concurrent client sessions, one start per transaction."""
+
+    count: int  # starts per batch
+    sessions: int
+    first_s: float  # the first batch, on a database whose df tables were VACUUMed empty
+    later_s: float  # the next batch, in new sessions, the tables now holding the first
+    wal_bytes_per_start: float  # measured over the later batch
+    server_cpu_ms_per_start: float  # the client sessions' backends, later batch
+
+    @property
+    def first_per_s(self) -> float:
+        return self.count / self.first_s if self.first_s > 0 else float("nan")
+
+    @property
+    def later_per_s(self) -> float:
+        return self.count / self.later_s if self.later_s > 0 else float("nan")
+
+    @property
+    def slowdown(self) -> float:
+        """How much longer the first batch took than the later one."""
+        return self.first_s / self.later_s if self.later_s > 0 else float("nan")
+
+
+def start_rate(env: BenchEnv, ui: Ui, opts: Options) -> StartRate:
+    """`opts.start_sessions` sessions start one-step workflows, one df.start per transaction:
+    first `opts.starts_n` on tables just VACUUMed empty (the state of a fresh install, in which
+    cached plans once turned into sequential scans; sql/routines/zz_plans.sql), then as many
+    again in new sessions. The instances are deleted afterwards (no engine runs here)."""
+    env.vacuum()
+    first, _, _ = _timed_starts(env, ui, opts, "starts-first", "df.start: first batch, fresh tables")
+    wal0 = env.wal_lsn()
+    later, cpu, _ = _timed_starts(env, ui, opts, "starts-later", "df.start: later batch")
+    wal = env.wal_lsn() - wal0
+    with env.connect() as conn:
+        conn.execute("DELETE FROM df.instances WHERE label IN ('starts-first', 'starts-later')")
+    n = opts.starts_n
+    return StartRate(count=n, sessions=opts.start_sessions, first_s=first, later_s=later,
+                     wal_bytes_per_start=wal / n, server_cpu_ms_per_start=1000 * cpu / n)
+
+
+def _timed_starts(env: BenchEnv, ui: Ui, opts: Options, label: str,
+                  what: str) -> tuple[float, float, int]:
+    """(seconds from the first start to the last commit, CPU seconds of the sessions' backends,
+    starts) for `opts.starts_n` one-step starts over `opts.start_sessions` new sessions."""
+    sessions = opts.start_sessions
+    per = [opts.starts_n // sessions + (1 if i < opts.starts_n % sessions else 0)
+           for i in range(sessions)]
+    conns = [env.connect(user=BENCH_ROLE) for _ in range(sessions)]
+    pids = [c.info.backend_pid for c in conns]
+    sql = f"SELECT df.start({one_step_sql().replace('%', '%%')}, %s) FROM (SELECT %s::int AS g) s"
+    errors: list[BaseException] = []
+    gate = threading.Barrier(sessions + 1)
+    lock = threading.Lock()
+    try:
+        with ui.counter(f"{what}: {opts.starts_n:,} starts, {sessions} sessions",
+                        opts.starts_n) as add:
+            def work(conn: psycopg.Connection, offset: int, count: int) -> None:
+                try:
+                    gate.wait()
+                    for i in range(count):
+                        conn.execute(sql, (label, offset + i))  # autocommit: one per transaction
+                        if i % 100 == 99:
+                            with lock:
+                                add(100)
+                except BaseException as exc:  # re-raised below
+                    errors.append(exc)
+
+            offsets = [sum(per[:i]) for i in range(sessions)]
+            threads = [threading.Thread(target=work, args=(c, o, k))
+                       for c, o, k in zip(conns, offsets, per, strict=True)]
+            for t in threads:
+                t.start()
+            cpu0 = sum(_cpu_or_zero(p) for p in pids)
+            gate.wait()
+            t0 = time.perf_counter()
+            for t in threads:
+                t.join()
+            elapsed = time.perf_counter() - t0
+            cpu = sum(_cpu_or_zero(p) for p in pids) - cpu0
+    finally:
+        for c in conns:
+            c.close()
+    if errors:
+        raise BenchError(f"{what}: df.start failed: {errors[0]}")
+    return elapsed, cpu, opts.starts_n
+
+
+def _cpu_or_zero(pid: int) -> float:
+    try:
+        return cpu_seconds(pid)
+    except (OSError, ValueError, IndexError):
+        return 0.0  # a server on another host (--bindir is always local, but be safe)

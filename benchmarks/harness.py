@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 
 from dftui.embedded import Cluster, embedded_bindir
 
@@ -83,6 +86,12 @@ class BenchEnv:
             else:
                 query = "SELECT wal_sync FROM pg_stat_wal"
             row = conn.execute(query).fetchone()
+        return int(row[0]) if row else 0
+
+    def wal_lsn(self) -> int:
+        """The WAL insert position, in bytes: differences are WAL written in between."""
+        with self.connect() as conn:
+            row = conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
         return int(row[0]) if row else 0
 
     def commits(self) -> int:
@@ -248,13 +257,19 @@ def wait_drained(env: BenchEnv, label: str, count: int, timeout: float,
 # -- engine subprocesses ---------------------------------------------------------------------------
 
 class EngineProcess:
-    """`python -m engine --dsn DSN --concurrency K` as a child process, stopped with SIGTERM."""
+    """`python -m engine --dsn DSN --concurrency K` as a child process, stopped with SIGTERM.
+
+    It serves its Prometheus metrics on a free local port (`metrics()` scrapes them): the
+    benchmark takes the engine's own figures (steps, CPU, claims, batches) from there, the same
+    numbers an operator's monitoring sees.
+    """
 
     def __init__(self, env: BenchEnv, concurrency: int, name: str) -> None:
         self.env = env
         self.concurrency = concurrency
         self.log_path = env.logs / f"engine-{name}.log"
         self.proc: subprocess.Popen | None = None
+        self.metrics_url: str | None = None
 
     @property
     def pid(self) -> int:
@@ -265,7 +280,7 @@ class EngineProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "engine", "--dsn", self.env.dsn(), "--concurrency",
-             str(self.concurrency), "--no-install"],
+             str(self.concurrency), "--no-install", "--metrics-addr", "127.0.0.1:0"],
             stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent,
             env={**os.environ, "PYTHONWARNINGS": "ignore"})
         log.close()
@@ -284,9 +299,34 @@ class EngineProcess:
             found = self.env.scalar("SELECT count(*) FROM df_internal.engines WHERE pid = %s "
                                     "AND stopped_at IS NULL", (self.pid,))
             if found:
+                self.metrics_url = self._metrics_url()
                 return
             time.sleep(0.05)
         raise BenchError(f"the engine did not start within {timeout:.0f}s: {self._log_tail()}")
+
+    def _metrics_url(self) -> str:
+        """The address the engine logged before registering itself."""
+        with contextlib.suppress(OSError):
+            for line in self.log_path.read_text().splitlines():
+                m = re.search(r"metrics: (http://\S+/metrics)", line)
+                if m:
+                    return m[1]
+        raise BenchError(f"the engine did not log its metrics address: {self._log_tail()}")
+
+    def metrics(self) -> dict[str, float]:
+        """The engine's metrics now: every sample, keyed `name{label="value",...}` (labels sorted)."""
+        if self.metrics_url is None:
+            raise BenchError("the engine serves no metrics (not started?)")
+        try:
+            text = httpx.get(self.metrics_url, timeout=10).text
+        except httpx.HTTPError as exc:
+            raise BenchError(f"cannot scrape the engine's metrics at {self.metrics_url}: {exc}") from None
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return out
 
     def _log_tail(self) -> str:
         with contextlib.suppress(OSError):
