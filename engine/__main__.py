@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import psycopg
+
 from engine.config import EngineConfig
 from engine.runner import main
 
@@ -23,6 +25,7 @@ if __name__ == "__main__":
         parser.error(str(exc))
     try:
         sys.exit(main(config))
-    except RuntimeError as exc:  # e.g. the metrics port is taken, the schema is missing
-        print(f"python -m engine: {exc}", file=sys.stderr)
+    except (RuntimeError, psycopg.OperationalError) as exc:  # the metrics port is taken, the
+        # schema is missing, the database cannot be reached: one line, no traceback
+        print(f"python -m engine: {' '.join(str(exc).split())}", file=sys.stderr)
         sys.exit(1)
