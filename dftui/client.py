@@ -763,7 +763,7 @@ class Client:
                 """,
                 (instance_id,),
             )
-            return self._with_runs(instance_id, {r["id"]: NodeInfo(**r) for r in rows})
+            return self._with_runs(instance_id, {r["id"]: _node(r) for r in rows})
         rows = self._rows(
             """
             SELECT f.node_id AS id, f.node_type, f.query, f.result_name, f.left_node,
@@ -775,7 +775,7 @@ class Client:
             """,
             (instance_id, instance_id),
         )
-        return self._with_runs(instance_id, {r["id"]: NodeInfo(**r) for r in rows})
+        return self._with_runs(instance_id, {r["id"]: _node(r) for r in rows})
 
     def _with_runs(self, instance_id: str, nodes: dict[str, NodeInfo]) -> list[NodeInfo]:
         caps = self.capabilities
@@ -894,6 +894,7 @@ class Client:
 
     def cancel(self, ids: Iterable[str], reason: str | None = None) -> list[ActionResult]:
         """df.cancel each id; one result per id (a failure does not stop the others)."""
+        # df.cancel is STRICT (as pg_durable's): never pass NULL, it would do nothing.
         reason = (reason or "").strip() or "Cancelled by user"
 
         def one(instance_id: str) -> str:
@@ -1057,6 +1058,24 @@ class Client:
             raise ClientError(self.capabilities.reasons.get("metrics", "metrics are not available"))
         row = self._one("SELECT * FROM df.metrics()")
         return dict(row or {})
+
+
+def json_value(value: Any) -> Any:
+    """A stored JSON value as data, whichever way the backend returns it: pg_durable's (and
+    dftui's since 0.2) df.instance_nodes give result/status_details as JSON *text*, older dftui
+    schemas and df.nodes give jsonb (already decoded by psycopg). Text that is not JSON is kept."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _node(row: dict[str, Any]) -> NodeInfo:
+    row["result"] = json_value(row.get("result"))
+    row["status_details"] = json_value(row.get("status_details"))
+    return NodeInfo(**row)
 
 
 def _summary(row: dict[str, Any]) -> InstanceSummary:

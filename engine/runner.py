@@ -60,6 +60,9 @@ NEVER_RETRIED = frozenset({"identity", "http_policy", "unsupported"})
 
 # Housekeeping wakes this often; heartbeats go out every heartbeat_interval.
 HOUSEKEEPING_TICK = 0.5
+# The readiness level written to df_internal._worker_ready, pg_durable's WORKER_SCHEMA_VERSION.
+WORKER_SCHEMA_VERSION = 1
+
 # Vacuum the queue after this many steps of this engine (see _housekeeping).
 VACUUM_QUEUE_EVERY = 500
 
@@ -76,6 +79,8 @@ class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # pg_durable's df._worker_epoch row of this engine (a uuid there, as pg_durable's).
+        self.epoch_id = str(uuid.uuid4())
         self.trampolines = Trampolines()
         self.types = TypeCache()
         self._stopping = threading.Event()
@@ -109,9 +114,15 @@ class Engine:
                 (self.id, socket.gethostname(), os.getpid(), __version__, self.config.concurrency),
             )
             conn.execute("INSERT INTO df._worker_epoch (epoch_id) VALUES (%s) ON CONFLICT DO NOTHING",
-                         (self.id,))
-            conn.execute("INSERT INTO df_internal._worker_ready (schema_version) VALUES (%s)",
-                         (schema.latest_version(),))
+                         (self.epoch_id,))
+            # pg_durable's readiness sentinel (its tools poll `schema_version >= 1`): one row,
+            # rewritten only when the version changes, so initialized_at says since when.
+            conn.execute(
+                "INSERT INTO df_internal._worker_ready (sentinel, schema_version) "
+                "VALUES (true, %s) ON CONFLICT (sentinel) DO UPDATE "
+                "SET schema_version = excluded.schema_version, initialized_at = now() "
+                "WHERE df_internal._worker_ready.schema_version <> excluded.schema_version",
+                (WORKER_SCHEMA_VERSION,))
 
     def start(self) -> None:
         if self.config.metrics_addr is not None:
@@ -300,7 +311,7 @@ class Engine:
                 conn.execute("UPDATE df_internal.engines SET heartbeat_at = now(), steps_done = %s "
                              "WHERE id = %s", (self.steps_done, self.id))
                 conn.execute("UPDATE df._worker_epoch SET last_seen_at = now() WHERE epoch_id = %s",
-                             (self.id,))
+                             (self.epoch_id,))
                 if self.config.retention_days is not None:
                     conn.execute(
                         "DELETE FROM df.instances WHERE id IN (SELECT id FROM df.instances "

@@ -142,6 +142,12 @@ def test_delete_and_submitted_by_update_are_denied(db) -> None:
             conn.execute("SELECT * FROM df_internal.tasks")
 
 
+def _callable(db, role: str, signature: str) -> bool:
+    """What a role can really call: schema USAGE on df is the gate (pg_durable 0.2.4+, #242)."""
+    return bool(db.scalar("SELECT has_schema_privilege(%s, 'df', 'USAGE')", (role,))
+                and _can_execute(db, role, signature))
+
+
 def test_function_classes(db, make_role) -> None:
     _add_probe_functions(db)
     plain, http, admin = make_role("plain"), make_role("http"), make_role("admin")
@@ -153,40 +159,55 @@ def test_function_classes(db, make_role) -> None:
     for signature, name, rettype in funcs:
         internal = name.startswith("_") or rettype in ("trigger", "event_trigger")
         user = not internal and name not in ADMIN_FUNCS | HTTP_FUNCS
-        assert _can_execute(db, plain, signature) is user, signature
-        assert _can_execute(db, http, signature) is (user or name in HTTP_FUNCS), signature
-        assert _can_execute(db, admin, signature) is (user or name in ADMIN_FUNCS), signature
-        assert _can_execute(db, "dftui_carol", signature) is False, signature
+        if name == "probe_user":
+            user = False  # the probe revoked PUBLIC itself and nobody granted it back
+        assert _callable(db, plain, signature) is user, signature
+        assert _callable(db, http, signature) is (user or name in HTTP_FUNCS), signature
+        assert _callable(db, admin, signature) is (user or name in ADMIN_FUNCS), signature
+        assert _callable(db, "dftui_carol", signature) is False, signature
     # The conftest-granted roles: dave has HTTP, alice does not.
     assert _can_execute(db, "dftui_dave", "df.http(bigint, bigint)") is False  # granted before it existed
     _grant(db, "dftui_dave", True)
     assert _can_execute(db, "dftui_dave", "df.http(bigint, bigint)") is True
 
 
-def test_nothing_granted_to_public(db) -> None:
+def test_public_gets_what_pg_durable_gives_it(db) -> None:
+    """PUBLIC: EXECUTE on the ordinary df functions and SELECT on the self-filtering views, as
+    pg_durable 0.2.4+; nothing on the sensitive functions, the tables, the schemas, internals."""
     with db.connect() as conn:
-        public_funcs = conn.execute(
+        public_funcs = {r[0] for r in conn.execute(
+            "SELECT p.proname FROM pg_proc p, aclexplode(coalesce(p.proacl,"
+            " acldefault('f', p.proowner))) a WHERE p.pronamespace = 'df'::regnamespace"
+            " AND a.grantee = 0")}
+        internal_funcs = conn.execute(
             "SELECT p.oid::regprocedure::text FROM pg_proc p, aclexplode(coalesce(p.proacl,"
             " acldefault('f', p.proowner))) a WHERE p.pronamespace = 'df'::regnamespace"
-            " AND a.grantee = 0"
+            " AND a.grantee = 0 AND (p.proname LIKE '\\_%%' OR p.prorettype = 'trigger'::regtype)"
         ).fetchall()
-        public_rels = conn.execute(
-            "SELECT c.relname FROM pg_class c, aclexplode(coalesce(c.relacl,"
+        public_rels = {r[0]: r[1] for r in conn.execute(
+            "SELECT c.relname, c.relkind FROM pg_class c, aclexplode(coalesce(c.relacl,"
             " acldefault('r', c.relowner))) a WHERE c.relnamespace IN"
-            " ('df'::regnamespace, 'df_internal'::regnamespace) AND a.grantee = 0"
-        ).fetchall()
+            " ('df'::regnamespace, 'df_internal'::regnamespace) AND a.grantee = 0")}
+        df_views = {r[0] for r in conn.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = 'df'::regnamespace AND relkind = 'v'")}
         public_schema = conn.execute(
             "SELECT n.nspname FROM pg_namespace n, aclexplode(n.nspacl) a"
             " WHERE n.nspname IN ('df', 'df_internal') AND a.grantee = 0"
         ).fetchall()
-    assert public_funcs == []
-    assert public_rels == []
+    assert {"start", "sql", "status", "cancel", "signal", "list_instances", "instance_info"} <= public_funcs
+    assert public_funcs.isdisjoint(ADMIN_FUNCS | HTTP_FUNCS)
+    assert internal_funcs == []
+    assert set(public_rels) == df_views and set(public_rels.values()) == {"v"}
     assert public_schema == []
     with db.connect("dftui_carol") as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT df.grant_usage('dftui_carol')")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT * FROM df.instances")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # no USAGE: the gate holds
+            conn.execute("SELECT df.status('deadbeef')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT * FROM df.node_runs")
 
 
 @pytest.mark.parametrize("base", ["labUser", "role with space", 'role"with"quote'])
@@ -233,7 +254,10 @@ def test_revoke_usage_removes_everything(db, make_role) -> None:
         conn.execute("SELECT df.revoke_usage(%s)", (role,))
     assert notices == [f'pg_durable: revoked df usage privileges from "{role}"']
     for signature, _, _ in _df_functions(db):
-        assert _can_execute(db, role, signature) is False, signature
+        assert _callable(db, role, signature) is False, signature
+    for signature, name, _ in _df_functions(db):  # explicit grants gone too, not just USAGE
+        if name in ADMIN_FUNCS | HTTP_FUNCS:
+            assert _can_execute(db, role, signature) is False, signature
     for table in ["df.instances", "df.nodes", "df.vars"]:
         for priv in ["SELECT", "INSERT", "UPDATE", "DELETE"]:
             assert db.scalar("SELECT has_table_privilege(%s, %s, %s)", (role, table, priv)) is False
@@ -279,4 +303,6 @@ def test_views_are_selectable_by_grantees(db, make_role) -> None:
     _grant(db, role)
     for view in views:
         assert db.scalar("SELECT has_table_privilege(%s, %s, 'SELECT')", (role, view)) is True, view
-        assert db.scalar("SELECT has_table_privilege('dftui_carol', %s, 'SELECT')", (view,)) is False
+    # carol has no USAGE on df, so the views are out of her reach (checked in
+    # test_public_gets_what_pg_durable_gives_it).
+    assert db.scalar("SELECT has_schema_privilege('dftui_carol', 'df', 'USAGE')") is False

@@ -119,7 +119,9 @@ def test_signal_other_roles_instance_looks_missing(db) -> None:
 def test_signal_bad_name_raises(db) -> None:
     iid = make_instance(db, "dftui_alice")
     assert "must not be empty" in error_of(db, "dftui_alice", "SELECT df.signal(%s, '')", (iid,))
-    assert "must not be empty" in error_of(db, "dftui_alice", "SELECT df.signal(%s, NULL)", (iid,))
+    # df.signal is STRICT, as pg_durable's: a NULL argument does nothing and returns NULL.
+    assert db.scalar("SELECT df.signal(%s, NULL)", (iid,), role="dftui_alice") is None
+    assert db.scalar("SELECT df.signal(%s, 'go', NULL)", (iid,), role="dftui_alice") is None
     assert signals(db, iid) == []
 
 
@@ -335,7 +337,9 @@ def test_var_writers_refused_inside_workflow(db) -> None:
 
 def test_setvar_rejects_empty_name(db) -> None:
     assert "must not be empty" in error_of(db, "dftui_alice", "SELECT df.setvar('', 'v')")
-    assert "must not be empty" in error_of(db, "dftui_alice", "SELECT df.setvar(NULL, 'v')")
+    # STRICT, as pg_durable's: NULL in, NULL out, nothing stored.
+    assert db.scalar("SELECT df.setvar(NULL, 'v')", role="dftui_alice") is None
+    assert db.scalar("SELECT df.setvar('k', NULL)", role="dftui_alice") is None
     assert db.scalar("SELECT count(*) FROM df.vars") == 0
 
 

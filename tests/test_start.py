@@ -185,10 +185,10 @@ def test_http_nodes_need_the_http_grant(db):
 
 
 def test_retry_policies_are_handed_to_the_engine(db):
-    iid = start(
-        db,
-        "df.retry_policy('SELECT 1', 3, 2, 30, ARRAY['40001']) ~> 'SELECT 2',"
-        ' retry_policy => \'{"max_attempts": 5, "backoff_seconds": 0.5}\'',
+    iid = db.scalar(
+        "SELECT df.start_with_retry(df.retry_policy('SELECT 1', 3, 2, 30, ARRAY['40001']) ~> 'SELECT 2',"
+        ' retry_policy => \'{"max_attempts": 5, "backoff_seconds": 0.5}\')',
+        role="dftui_alice",
     )
     nodes = nodes_of(db, iid)
     first = next(n for n in nodes.values() if n["query"] == "SELECT 1")
@@ -384,7 +384,6 @@ VALIDATION_CASES = [
     ("'c' ?> 't'", "must be followed by"),
     ("NULL", "must not be NULL"),
     ("'SELECT 1', E'tab\\there'", "control characters"),
-    ("'SELECT 1', retry_policy => '{\"max_attempts\": \"x\"}'", "invalid retry_policy"),
 ]
 
 
@@ -392,6 +391,12 @@ VALIDATION_CASES = [
 def test_validation_errors_write_nothing(db, args, fragment):
     msg = error_of(db, f"SELECT df.start({args})")
     assert fragment in msg
+    assert totals(db) == (0, 0)
+
+
+def test_a_malformed_instance_retry_policy_writes_nothing(db):
+    msg = error_of(db, "SELECT df.start_with_retry('SELECT 1', retry_policy => '{\"max_attempts\": \"x\"}')")
+    assert "invalid retry_policy" in msg
     assert totals(db) == (0, 0)
 
 
