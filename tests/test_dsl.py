@@ -128,9 +128,13 @@ def test_malformed_envelope_raises(db, bad, fragment):
     assert fragment in error_of(db, "SELECT df.seq(%s, 'SELECT 1')", (bad,))
 
 
-def test_null_step_raises(db):
-    assert "must not be NULL" in error_of(db, "SELECT df.seq(NULL, 'SELECT 1')")
-    assert "must not be NULL" in error_of(db, "SELECT df.sql(NULL)")
+def test_null_step_is_null(db):
+    """The node builders are STRICT, as pg_durable's: NULL in, NULL out (and df.start(NULL)
+    then refuses the missing graph)."""
+    with db.connect("dftui_alice") as conn:
+        assert conn.execute("SELECT df.seq(NULL, 'SELECT 1')").fetchone()[0] is None
+        assert conn.execute("SELECT df.sql(NULL)").fetchone()[0] is None
+    assert "must not be NULL" in error_of(db, "SELECT df.start(df.sql(NULL))")
 
 
 # --- operators ------------------------------------------------------------------------------------

@@ -119,7 +119,9 @@ def test_instance_level_retry_policy(db, eng):
         conn.execute("""CREATE FUNCTION public.once_broken() RETURNS int LANGUAGE plpgsql AS $$
             BEGIN IF nextval('public.s') < 2 THEN RETURN 1 / 0; END IF; RETURN 1; END $$""")
     policy = '{"max_attempts": 3, "backoff_seconds": 0.1, "retry_on": ["22012"]}'
-    iid = start(db, ALICE, "'SELECT public.once_broken() AS v', NULL, NULL, 'caller', %s::jsonb", policy)
+    with db.connect(ALICE) as conn:  # df.start keeps pg_durable's signature; this is its twin
+        iid = conn.execute("SELECT df.start_with_retry('SELECT public.once_broken() AS v', %s::jsonb)",
+                           (policy,)).fetchone()[0]
     assert wait_terminal(db, iid) == "completed", node_rows(db, iid)
     assert db.scalar("SELECT count(*) FROM df_internal.node_attempts "
                      "WHERE instance_id = %s AND status = 'retrying'", (iid,)) == 1
