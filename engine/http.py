@@ -78,7 +78,9 @@ def check_url(url: str, config: EngineConfig) -> tuple[str, int, list[str]]:
         is_ip = True
     except ValueError:
         is_ip = False
-    if is_ip and not config.http_allow_private:
+    if is_ip and config.http_policy != "allow-all" and not config.http_allow_private:
+        # Under allow-all a public address is as good as a name (as pg_durable's allow-all
+        # build); private, loopback, link-local and CGNAT addresses are refused below.
         raise HttpPolicyError(f"bare IP address {host} is not allowed; use a host name")
     if config.http_policy == "allowlist" and not any(
         host == s.lower().lstrip(".") or host.endswith("." + s.lower().lstrip("."))

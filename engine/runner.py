@@ -108,10 +108,13 @@ class Engine:
                 if change.applied:
                     log.info("schema: %s", change.describe())
             schema.check_compatible(conn)
+            # The HTTP policy is recorded so df.http() applies it when a graph is built.
             conn.execute(
-                "INSERT INTO df_internal.engines (id, host, pid, version, concurrency) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                (self.id, socket.gethostname(), os.getpid(), __version__, self.config.concurrency),
+                "INSERT INTO df_internal.engines (id, host, pid, version, concurrency, http_policy,"
+                " http_allow, http_allow_private) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (self.id, socket.gethostname(), os.getpid(), __version__, self.config.concurrency,
+                 self.config.http_policy, list(self.config.http_allow),
+                 self.config.http_allow_private),
             )
             conn.execute("INSERT INTO df._worker_epoch (epoch_id) VALUES (%s) ON CONFLICT DO NOTHING",
                          (self.epoch_id,))

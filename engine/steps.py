@@ -32,6 +32,7 @@ from engine.identity import (
     rows_function,
     step_function,
 )
+from engine.node_config import cron_expr, signal_config
 from engine.results import (
     Column,
     TypeCache,
@@ -221,13 +222,14 @@ class StepRunner:
         handler(conn, task, started)
 
     def run_sleep(self, conn: psycopg.Connection, task: Task, started: datetime) -> None:
-        self.complete(conn, task, None, None, None, started)
+        # pg_durable's SLEEP result.
+        seconds = int((task.query or "0").strip() or 0)
+        self.complete(conn, task, {"slept": True, "seconds": seconds}, None, None, started)
 
     def run_schedule(self, conn: psycopg.Connection, task: Task, started: datetime) -> None:
-        cron = (task.query or "").strip()
+        cron = cron_expr(task.query)
         if task.phase == "waiting":
-            self.complete(conn, task, {"scheduled_for": task.deadline.isoformat() if task.deadline else None,
-                                       "cron": cron}, None, None, started)
+            self.complete(conn, task, {"scheduled": True}, None, None, started)  # pg_durable's result
             return
         now = datetime.now(UTC)
         try:
@@ -237,8 +239,7 @@ class StepRunner:
         self.park(conn, task, fire, fire)
 
     def run_signal(self, conn: psycopg.Connection, task: Task, started: datetime) -> None:
-        cfg = json.loads(task.query or "{}")
-        name = cfg.get("name")
+        name, timeout = signal_config(task.query)
         try:
             row = conn.execute("SELECT df_internal.take_signal(%s, %s, %s)",
                                (task.instance_id, task.node_id, name)).fetchone()
@@ -247,7 +248,6 @@ class StepRunner:
         if row and row[0] is not None:
             self.complete(conn, task, row[0], None, None, started)
             return
-        timeout = cfg.get("timeout_seconds")
         now = datetime.now(UTC)
         if task.phase == "waiting" and task.deadline is not None and now >= task.deadline:
             self.complete(conn, task, {"signal_name": name, "timed_out": True, "data": None},

@@ -94,6 +94,10 @@ def _pattern(names: list[str]) -> re.Pattern[str] | None:
     )
 
 
+# Most rows `$name.*` expands to (pg_durable's MAX_ROWSET_EXPANSION).
+MAX_ROWSET_EXPANSION = 10_000
+
+
 def _values_relation(name: str, result: NamedResult) -> str:
     cols = result.column_names()
     if not result.rows or not cols:
@@ -143,6 +147,12 @@ def substitute_results(text: str, named: dict[str, NamedResult], *, raw: bool = 
         name, star, column, optional = match.groups()
         result = named[name]
         if star:
+            if result.is_row_set and len(result.rows) > MAX_ROWSET_EXPANSION:
+                # pg_durable's cap and message: an inline relation that large is never wanted.
+                raise SubstitutionError(
+                    f"${name}.* — result has {len(result.rows)} rows, exceeding the maximum of "
+                    f"{MAX_ROWSET_EXPANSION} for row-set expansion. Use pagination or intermediate "
+                    "tables for large result sets.")
             if raw:
                 return _raw(result.rows if result.is_row_set else result.result)
             if not result.is_row_set:

@@ -62,9 +62,9 @@ CASES = [
      r'"a-b" is not a valid identifier'),
     # invalid cron
     ("cron with 3 fields", ALICE, "SELECT df.start(df.wait_for_schedule('not a cron'))", (),
-     r"invalid cron expression .*expected 5 fields"),
+     r"Invalid cron expression .*expected 5 fields"),
     ("cron minute out of range", ALICE, "SELECT df.start(df.wait_for_schedule('61 * * * *'))", (),
-     r"invalid cron expression .*out of range"),
+     r"Invalid cron expression .*out of range"),
     # negative sleeps / timeouts / policies
     ("negative sleep", ALICE, "SELECT df.start(df.sleep(-1))", (), r"sleep duration must be >= 0"),
     ("negative sleep in JSON", ALICE, "SELECT df.start(%s)", ('{"node_type": "SLEEP", "query": "-5"}',),

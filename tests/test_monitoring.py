@@ -255,7 +255,8 @@ def test_instance_info(db) -> None:
     failed = simple(db, "dftui_alice", "failed")
     with db.connect("dftui_alice") as conn:
         row = conn.execute("SELECT * FROM df.instance_info(%s)", (done,)).fetchone()
-        assert row[:6] == (done, "lbl", "durable_function", "0.1.0", 1, "completed")
+        version = conn.execute("SELECT df.version()").fetchone()[0]
+        assert row[:6] == (done, "lbl", "durable_function", version, 1, "completed")
         assert json.loads(row[6]) == {"rows": [{"x": 1}], "row_count": 1}
         row = conn.execute("SELECT status, output FROM df.instance_info(%s)", (failed,)).fetchone()
         assert row == ("failed", "boom: division by zero")

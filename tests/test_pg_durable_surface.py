@@ -327,17 +327,16 @@ def test_readiness_and_epoch_tables_as_pg_durable_polls_them(db) -> None:
         assert conn.execute(ready).fetchone()[0] is False  # no engine yet
         assert conn.execute("SELECT atttypid::regtype::text FROM pg_attribute WHERE attrelid ="
                             " 'df._worker_epoch'::regclass AND attname = 'epoch_id'").fetchone()[0] == "uuid"
-    with running_engine(db.dsn()):
-        with running_engine(db.dsn()):
-            with db.connect() as conn:
-                assert conn.execute(ready).fetchone()[0] is True
-                rows = conn.execute(sql.SQL("SELECT sentinel, schema_version FROM {}._worker_ready")
-                                    .format(sql.Identifier(schema))).fetchall()
-                assert rows == [(True, 1)]  # one sentinel row, however many engines
-                assert conn.execute("SELECT count(DISTINCT epoch_id) FROM df._worker_epoch").fetchone()[0] == 2
-            with db.connect(ALICE) as conn:
-                iid = conn.execute("SELECT df.start('SELECT 1')").fetchone()[0]
-            assert wait_terminal(db, iid) == "completed"
+    with running_engine(db.dsn()), running_engine(db.dsn()):
+        with db.connect() as conn:
+            assert conn.execute(ready).fetchone()[0] is True
+            rows = conn.execute(sql.SQL("SELECT sentinel, schema_version FROM {}._worker_ready")
+                                .format(sql.Identifier(schema))).fetchall()
+            assert rows == [(True, 1)]  # one sentinel row, however many engines
+            assert conn.execute("SELECT count(DISTINCT epoch_id) FROM df._worker_epoch").fetchone()[0] == 2
+        with db.connect(ALICE) as conn:
+            iid = conn.execute("SELECT df.start('SELECT 1')").fetchone()[0]
+        assert wait_terminal(db, iid) == "completed"
 
 
 def test_a_role_with_only_the_manual_grants_can_use_df(db, manual_role) -> None:

@@ -374,7 +374,7 @@ VALIDATION_CASES = [
     ('\'{"node_type":"SQL","query":"x","result_name":"no-way"}\'', "not a valid identifier"),
     ('\'{"node_type":"SLEEP","query":"-5"}\'', "must be >= 0"),
     ('\'{"node_type":"SLEEP","query":"soon"}\'', "whole number of seconds"),
-    ('\'{"node_type":"WAIT_SCHEDULE","query":"61 * * * *"}\'', "invalid cron expression"),
+    ('\'{"node_type":"WAIT_SCHEDULE","query":"61 * * * *"}\'', "Invalid cron expression"),
     ('\'{"node_type":"WAIT_SCHEDULE","query":"* * *"}\'', "expected 5 fields"),
     ('\'{"node_type":"SIGNAL","query":"x"}\'', "SIGNAL nodes need"),
     (

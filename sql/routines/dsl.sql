@@ -30,24 +30,24 @@ DECLARE
     v_norm   text;
 BEGIN
     IF cron_expr IS NULL OR btrim(cron_expr) = '' THEN
-        RAISE EXCEPTION 'invalid cron expression: it must not be empty'
+        RAISE EXCEPTION 'Invalid cron expression '''': it must not be empty'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     v_norm := regexp_replace(btrim(cron_expr, E' \t\r\n'), '\s+', ' ', 'g');
     fields := string_to_array(v_norm, ' ');
     IF array_length(fields, 1) <> 5 THEN
-        RAISE EXCEPTION 'invalid cron expression "%": expected 5 fields (minute hour day-of-month month day-of-week), got %',
+        RAISE EXCEPTION 'Invalid cron expression ''%'': expected 5 fields (minute hour day-of-month month day-of-week), got %',
             cron_expr, array_length(fields, 1) USING ERRCODE = 'invalid_parameter_value';
     END IF;
     FOR i IN 1..5 LOOP
         FOREACH item IN ARRAY string_to_array(fields[i], ',') LOOP
             m := regexp_match(upper(item), '^(\*|[0-9A-Z]+(?:-[0-9A-Z]+)?)(?:/([0-9]+))?$');
             IF m IS NULL THEN
-                RAISE EXCEPTION 'invalid cron expression "%": bad % field "%"', cron_expr, labels[i], fields[i]
+                RAISE EXCEPTION 'Invalid cron expression ''%'': bad % field "%"', cron_expr, labels[i], fields[i]
                     USING ERRCODE = 'invalid_parameter_value';
             END IF;
             IF m[2] IS NOT NULL AND (length(m[2]) > 4 OR m[2]::int < 1 OR m[2]::int > hi[i]) THEN
-                RAISE EXCEPTION 'invalid cron expression "%": step "/%" in the % field must be between 1 and %',
+                RAISE EXCEPTION 'Invalid cron expression ''%'': step "/%" in the % field must be between 1 and %',
                     cron_expr, m[2], labels[i], hi[i] USING ERRCODE = 'invalid_parameter_value';
             END IF;
             IF m[1] <> '*' THEN
@@ -60,11 +60,11 @@ BEGIN
                     ELSIF i = 5 AND array_position(days, tok) IS NOT NULL THEN
                         j := array_position(days, tok) - 1;
                     ELSE
-                        RAISE EXCEPTION 'invalid cron expression "%": "%" is not a valid % value',
+                        RAISE EXCEPTION 'Invalid cron expression ''%'': "%" is not a valid % value',
                             cron_expr, tok, labels[i] USING ERRCODE = 'invalid_parameter_value';
                     END IF;
                     IF j < lo[i] OR j > hi[i] THEN
-                        RAISE EXCEPTION 'invalid cron expression "%": % value % is out of range %-%',
+                        RAISE EXCEPTION 'Invalid cron expression ''%'': % value % is out of range %-%',
                             cron_expr, labels[i], j, lo[i], hi[i] USING ERRCODE = 'invalid_parameter_value';
                     END IF;
                     vals := vals || j;
@@ -72,15 +72,309 @@ BEGIN
                 a := vals[1];
                 b := coalesce(vals[2], vals[1]);
                 IF a > b THEN
-                    RAISE EXCEPTION 'invalid cron expression "%": range %-% in the % field is reversed',
+                    RAISE EXCEPTION 'Invalid cron expression ''%'': range %-% in the % field is reversed',
                         cron_expr, a, b, labels[i] USING ERRCODE = 'invalid_parameter_value';
                 END IF;
             END IF;
         END LOOP;
     END LOOP;
-    RETURN '{"node_type":"WAIT_SCHEDULE","query":' || to_json(v_norm)::text || '}';
+    -- Stored as pg_durable stores it: {"cron_expr": <the expression as given>}.
+    RETURN '{"node_type":"WAIT_SCHEDULE","query":'
+        || to_json('{"cron_expr":' || to_json(cron_expr)::text || '}')::text || '}';
 END;
 $fn$;
 COMMENT ON FUNCTION df.wait_for_schedule(text) IS
     'WAIT_SCHEDULE node: wait until the next UTC match of a standard 5-field cron expression';
 
+
+-- pg_durable's SIGNAL config: {"signal_name": <name>, "timeout_seconds": <seconds or null>}.
+CREATE OR REPLACE FUNCTION df.wait_for_signal(name text, timeout_seconds integer DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF name IS NULL OR btrim(name) = '' THEN
+        RAISE EXCEPTION 'signal name must not be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF timeout_seconds IS NOT NULL AND timeout_seconds <= 0 THEN
+        RAISE EXCEPTION 'signal timeout_seconds must be positive (got %)', timeout_seconds
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN '{"node_type":"SIGNAL","query":'
+        || to_json('{"signal_name":' || to_json(name)::text || ',"timeout_seconds":'
+                   || coalesce(timeout_seconds::text, 'null') || '}')::text || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.wait_for_signal(text, integer) IS
+    'SIGNAL node: consume the oldest queued signal of that name; result {"signal_name","timed_out","data"}';
+
+-- pg_durable's BREAK config: {"break_value": <the value as given, or null>}. The value is not
+-- run as SQL; when the node runs, the loop's result is the value as JSON when it parses, else a
+-- JSON string (null without a value).
+CREATE OR REPLACE FUNCTION df.break(value text DEFAULT NULL)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT '{"node_type":"BREAK","query":'
+        || to_json('{"break_value":' || coalesce(to_json(value)::text, 'null') || '}')::text || '}'
+$fn$;
+COMMENT ON FUNCTION df.break(text) IS
+    'BREAK node: leave the nearest loop; the value (JSON if it parses, else a JSON string) is the loop''s result';
+
+-- pg_durable's df.if_rows config: {"condition_type": "result_has_rows", "result_name": <name>}.
+CREATE OR REPLACE FUNCTION df.if_rows(result_name text, then_branch text, else_branch text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF result_name !~ '^[A-Za-z_][A-Za-z0-9_]*$' THEN
+        RAISE EXCEPTION '"%" is not a valid identifier: result names must match ^[A-Za-z_][A-Za-z0-9_]*$',
+            result_name USING ERRCODE = 'invalid_name';
+    END IF;
+    RETURN '{"node_type":"IF","query":'
+        || to_json('{"condition_type":"result_has_rows","result_name":' || to_json(result_name)::text || '}')::text
+        || ',"left_node":' || df.ensure_durofut(then_branch)
+        || ',"right_node":' || df.ensure_durofut(else_branch) || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.if_rows(text, text, text) IS
+    'IF node that is true when the named result has rows (no query runs)';
+
+-- URL checks shared by df.http and df.http_multipart, applied when the graph is built (as
+-- pg_durable's, whose policy is compiled in). The authoritative egress policy is the engines'
+-- configuration, which every running engine records (df.engines.http_policy):
+--   * all alive engines `disabled`  -> df.http() is disabled (raises, like pg_durable built
+--     without HTTP);
+--   * any alive engine `allow-all`  -> any host; a bare IP address only when public (private,
+--     loopback, link-local and CGNAT addresses are refused unless the engines allow private
+--     targets), like pg_durable's allow-all build;
+--   * otherwise `allowlist`          -> host names in the engines' allowed domains, no bare IPs.
+-- With no engine alive, the settings an operator may set to mirror the policy apply:
+--   pg_durable.http_security: disabled | restricted | unrestricted (unset: only the scheme check)
+--   pg_durable.http_allowed_domains: comma-separated domain suffixes (restricted mode)
+-- URLs with {var} or $name placeholders are checked by the engine after substitution.
+CREATE OR REPLACE FUNCTION df.http(url text, method text DEFAULT 'POST', body text DEFAULT NULL,
+                        headers jsonb DEFAULT NULL, timeout_seconds integer DEFAULT 30)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_security text := lower(coalesce(current_setting('pg_durable.http_security', true), ''));
+    v_domains  text := coalesce(current_setting('pg_durable.http_allowed_domains', true), '');
+    v_method   text := upper(btrim(coalesce(method, '')));
+    v_scheme   text;
+    v_host     text;
+    v_ok       boolean;
+    d          text;
+    v_private  boolean := false;
+    v_source   text := 'pg_durable.http_security';
+    v_ip       inet;
+    eng        record;
+BEGIN
+    -- The policy of the running engines wins over the mirror settings.
+    SELECT count(*) AS alive,
+           bool_and(e.http_policy = 'disabled') AS all_disabled,
+           bool_or(e.http_policy = 'allow-all') AS any_all,
+           bool_and(coalesce(e.http_allow_private, false))
+               FILTER (WHERE e.http_policy <> 'disabled') AS private_ok,
+           array_agg(DISTINCT a.d) FILTER (WHERE a.d IS NOT NULL) AS domains
+      INTO eng
+      FROM df.engines e
+      LEFT JOIN LATERAL unnest(CASE WHEN e.http_policy = 'allowlist' THEN e.http_allow END) a(d) ON true
+     WHERE e.state = 'alive' AND e.http_policy IS NOT NULL;
+    IF eng.alive > 0 THEN
+        v_source := 'the running engines'' --http-policy';
+        v_private := coalesce(eng.private_ok, false);
+        IF eng.all_disabled THEN
+            v_security := 'disabled';
+        ELSIF eng.any_all THEN
+            v_security := 'unrestricted';
+        ELSE
+            v_security := 'restricted';
+            v_domains := coalesce(array_to_string(eng.domains, ','), '');
+        END IF;
+    END IF;
+    IF v_security = 'disabled' THEN
+        RAISE EXCEPTION 'df.http() is disabled: outbound HTTP requests are turned off (%)',
+            CASE WHEN eng.alive > 0 THEN 'the running engines'' --http-policy is disabled'
+                 ELSE 'pg_durable.http_security = disabled' END
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Start the engine with --http-policy allowlist --http-allow DOMAIN, or --http-policy allow-all.';
+    END IF;
+    IF url IS NULL OR btrim(url) = '' THEN
+        RAISE EXCEPTION 'df.http(): url must not be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_method NOT IN ('GET', 'POST', 'PUT', 'DELETE', 'PATCH') THEN
+        RAISE EXCEPTION 'invalid HTTP method "%": must be GET, POST, PUT, DELETE or PATCH', method
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF timeout_seconds IS NULL OR timeout_seconds <= 0 THEN
+        RAISE EXCEPTION 'df.http(): timeout_seconds must be positive (got %)',
+            coalesce(timeout_seconds::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF headers IS NOT NULL AND jsonb_typeof(headers) NOT IN ('object', 'null') THEN
+        RAISE EXCEPTION 'df.http(): headers must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF strpos(url, '{') = 0 AND strpos(url, '$') = 0 THEN
+        v_scheme := lower((regexp_match(btrim(url), '^([A-Za-z][A-Za-z0-9+.-]*):'))[1]);
+        IF v_scheme IS NULL OR v_scheme NOT IN ('http', 'https')
+           OR btrim(url) !~* '^https?://[^/?#]' THEN
+            RAISE EXCEPTION 'Blocked: unsupported URL scheme "%" in "%": only http and https URLs are allowed',
+                coalesce(v_scheme, ''), url USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        -- authority without userinfo and port
+        v_host := (regexp_match(btrim(url), '^[A-Za-z]+://(?:[^/?#@]*@)?(\[[^\]]*\]|[^/?#:]*)'))[1];
+        v_host := lower(rtrim(coalesce(v_host, ''), '.'));
+        IF v_security = 'unrestricted' AND NOT v_private
+           AND (v_host LIKE '[%' OR v_host ~ '^[0-9]+(\.[0-9]+){0,3}$' OR v_host ~ '^0x[0-9a-f]+$') THEN
+            -- allow-all: a public address is fine; anything else that spells an address is not.
+            BEGIN
+                v_ip := btrim(v_host, '[]')::inet;
+            EXCEPTION WHEN invalid_text_representation THEN
+                v_ip := NULL;
+            END;
+            IF v_ip IS NULL OR v_host !~ '^(\[[0-9a-f:.]+\]|[0-9]{1,3}(\.[0-9]{1,3}){3})$'
+               OR v_ip <<= ANY (ARRAY['0.0.0.0/8', '10.0.0.0/8', '100.64.0.0/10', '127.0.0.0/8',
+                                      '169.254.0.0/16', '172.16.0.0/12', '192.0.0.0/24',
+                                      '192.168.0.0/16', '198.18.0.0/15', '224.0.0.0/3',
+                                      '::/127', '::ffff:0:0/96', 'fc00::/7', 'fe80::/10',
+                                      'ff00::/8']::inet[]) THEN
+                RAISE EXCEPTION 'Blocked: "%" in URL "%" is a private, loopback, link-local or reserved address (%)',
+                    v_host, url, v_source USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+        END IF;
+        IF v_security = 'restricted' THEN
+            IF v_host LIKE '[%' OR v_host ~ '^[0-9]+(\.[0-9]+){0,3}$'
+               OR v_host ~ '^0x[0-9a-f]+$' THEN
+                RAISE EXCEPTION 'Blocked: bare IP address "%" in URL "%": use a host name (%)',
+                    v_host, url, v_source USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            IF btrim(v_domains) <> '' THEN
+                v_ok := false;
+                FOREACH d IN ARRAY string_to_array(v_domains, ',') LOOP
+                    d := lower(btrim(btrim(d), '.'));
+                    IF d <> '' AND (v_host = d OR right(v_host, length(d) + 1) = '.' || d) THEN
+                        v_ok := true;
+                    END IF;
+                END LOOP;
+                IF NOT v_ok THEN
+                    RAISE EXCEPTION 'Blocked: host "%" is not in the allowed domains (%)',
+                        v_host, CASE WHEN eng.alive > 0 THEN 'the running engines'' --http-allow'
+                                     ELSE 'pg_durable.http_allowed_domains' END
+                        USING ERRCODE = 'invalid_parameter_value';
+                END IF;
+            ELSIF eng.alive > 0 THEN
+                RAISE EXCEPTION 'Blocked: host "%" is not in the allowed domains (the running engines allow none)',
+                    v_host USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+        END IF;
+    END IF;
+    RETURN '{"node_type":"HTTP","query":'
+        || to_json('{"url":' || to_json(url)::text
+                   || ',"method":' || to_json(v_method)::text
+                   || ',"body":' || coalesce(to_json(body)::text, 'null')
+                   || ',"headers":' || coalesce(headers::text, 'null')
+                   || ',"timeout_seconds":' || timeout_seconds::text || '}')::text || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.http(text, text, text, jsonb, integer) IS
+    'HTTP node: one outbound request (GET/POST/PUT/DELETE/PATCH), subject to the engine''s egress policy';
+
+CREATE OR REPLACE FUNCTION df.http_multipart(url text, method text DEFAULT 'POST', parts jsonb DEFAULT NULL,
+                                  headers jsonb DEFAULT NULL, timeout_seconds integer DEFAULT 30)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_method text := upper(btrim(coalesce(method, '')));
+    p        jsonb;
+    n        int := 0;
+    v_data   text;
+    k        text;
+    v_state  text;
+    v_msg    text;
+    v_hint   text;
+BEGIN
+    IF v_method NOT IN ('POST', 'PUT', 'PATCH') THEN
+        RAISE EXCEPTION 'invalid HTTP method for multipart "%": must be POST, PUT or PATCH', method
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF timeout_seconds IS NULL OR timeout_seconds <= 0 THEN
+        RAISE EXCEPTION 'df.http_multipart(): timeout_seconds must be positive (got %)',
+            coalesce(timeout_seconds::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- The policy, URL and header checks are df.http's; its messages name df.http_multipart().
+    BEGIN
+        PERFORM df.http(url, v_method, NULL, headers, timeout_seconds);
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT, v_hint = PG_EXCEPTION_HINT;
+        v_msg := CASE WHEN v_msg LIKE 'df.http() is disabled%'
+                      THEN replace(v_msg, 'df.http() is disabled', 'df.http_multipart() is disabled (df.http() is disabled)')
+                      ELSE replace(v_msg, 'df.http()', 'df.http_multipart()') END;
+        IF v_hint IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = v_state, MESSAGE = v_msg;
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = v_state, HINT = v_hint, MESSAGE = v_msg;
+    END;
+    IF parts IS NULL OR jsonb_typeof(parts) = 'null' THEN
+        RAISE EXCEPTION 'df.http_multipart(): parts is required and must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF jsonb_typeof(parts) <> 'array' THEN
+        RAISE EXCEPTION 'df.http_multipart(): parts must be a JSON array of part objects'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF jsonb_array_length(parts) = 0 THEN
+        RAISE EXCEPTION 'df.http_multipart(): parts must contain at least one part'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR p IN SELECT e FROM jsonb_array_elements(parts) e LOOP
+        n := n + 1;
+        IF jsonb_typeof(p) <> 'object' THEN
+            RAISE EXCEPTION 'df.http_multipart(): part % must be a JSON object', n
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF jsonb_typeof(p->'name') IS DISTINCT FROM 'string' OR p->>'name' = '' THEN
+            RAISE EXCEPTION 'df.http_multipart(): part % needs a non-empty "name"', n
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF jsonb_typeof(p->'data_b64') IS DISTINCT FROM 'string' THEN
+            RAISE EXCEPTION 'df.http_multipart(): part "%" needs "data_b64" (base64 text)', p->>'name'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        FOREACH k IN ARRAY ARRAY['filename', 'content_type'] LOOP
+            IF p ? k AND jsonb_typeof(p->k) NOT IN ('string', 'null') THEN
+                RAISE EXCEPTION 'df.http_multipart(): "%" of part "%" must be a string', k, p->>'name'
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+        END LOOP;
+        v_data := p->>'data_b64';
+        IF strpos(v_data, '$') > 0 OR strpos(v_data, '{') > 0 THEN
+            IF v_data !~ '^\s*(\$[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?\??|\{[A-Za-z_][A-Za-z0-9_]*\})\s*$' THEN
+                RAISE EXCEPTION 'df.http_multipart(): data_b64 of part "%" must be base64 or a single whole-value reference such as "$resp.body" (mixing a reference with other text cannot yield valid base64)',
+                    p->>'name' USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+        ELSE
+            BEGIN
+                PERFORM decode(regexp_replace(v_data, '\s', '', 'g'), 'base64');
+            EXCEPTION WHEN OTHERS THEN
+                RAISE EXCEPTION 'df.http_multipart(): data_b64 of part "%" is not valid base64', p->>'name'
+                    USING ERRCODE = 'invalid_parameter_value';
+            END;
+        END IF;
+    END LOOP;
+    RETURN '{"node_type":"HTTP_MULTIPART","query":'
+        || to_json('{"url":' || to_json(url)::text
+                   || ',"method":' || to_json(v_method)::text
+                   || ',"parts":' || parts::text
+                   || ',"headers":' || coalesce(headers::text, 'null')
+                   || ',"timeout_seconds":' || timeout_seconds::text || '}')::text || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.http_multipart(text, text, jsonb, jsonb, integer) IS
+    'HTTP_MULTIPART node: a multipart/form-data request; parts: [{"name","data_b64","filename"?,"content_type"?}]';

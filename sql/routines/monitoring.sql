@@ -353,3 +353,23 @@ AS $fn$
 $fn$;
 COMMENT ON FUNCTION df.instance_nodes(text, integer) IS
     'pg_durable compatibility: df.nodes rows of an instance in the pre-0.2.4 result shape';
+
+-- Engines and their heartbeats: visible to every granted role (no instance data in here), with
+-- each engine's HTTP egress policy (df.http() reads it when a graph is built).
+CREATE OR REPLACE VIEW df.engines WITH (security_barrier = true) AS
+SELECT e.id,
+       e.host,
+       e.pid,
+       e.version,
+       e.started_at,
+       e.heartbeat_at,
+       e.stopped_at,
+       e.concurrency,
+       e.steps_done,
+       CASE WHEN e.stopped_at IS NOT NULL THEN 'stopped'
+            WHEN e.heartbeat_at > pg_catalog.now() - interval '60 seconds' THEN 'alive'
+            ELSE 'stale' END AS state,
+       e.http_policy,
+       e.http_allow,
+       e.http_allow_private
+  FROM df_internal.engines e;

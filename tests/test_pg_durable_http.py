@@ -1,0 +1,81 @@
+"""HTTP as pg_durable builds it: the engines' policy is applied when a graph is built (the
+engines record it in the database), an allow-all engine lets public bare IP addresses through
+(never private, loopback, link-local or CGNAT ones), and df.http_multipart's messages name it.
+
+As the HTTP-granted ordinary role, on every test server.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from engine_support import running_engine
+
+from engine.config import EngineConfig
+from engine.http import HttpPolicyError, check_url
+
+DAVE = "dftui_dave"  # granted with HTTP
+MULTIPART = "df.http_multipart(%s, 'POST', '[{\"name\":\"f\",\"data_b64\":\"aA==\"}]')"
+
+
+def _build(db, call: str, *params: str) -> str:
+    return db.scalar(f"SELECT {call}", params or None, role=DAVE)
+
+
+def _refused(db, call: str, *params: str) -> str:
+    with db.connect(DAVE) as conn, pytest.raises(psycopg.Error) as info:
+        conn.execute(f"SELECT {call}", params or None)
+    return str(info.value)
+
+
+def test_a_disabled_engine_makes_df_http_raise_when_called(db) -> None:
+    assert _build(db, "df.http('https://example.com/')")  # no engine: only the scheme check
+    with running_engine(db.dsn()):  # the default policy: disabled
+        assert "df.http() is disabled" in _refused(db, "df.http('https://example.com/')")
+        msg = _refused(db, MULTIPART, "https://example.com/")
+        assert "df.http_multipart() is disabled" in msg
+        with db.connect(DAVE) as conn, pytest.raises(psycopg.Error, match=r"df\.http\(\) is disabled"):
+            conn.execute("SELECT df.start(df.sql('SELECT 1') ~> '{\"node_type\":\"HTTP\",\"query\":"
+                         "\"{\\\"url\\\":\\\"https://example.com/\\\",\\\"method\\\":\\\"GET\\\"}\"}')")
+    assert _build(db, "df.http('https://example.com/')")  # engine gone: no longer applied
+
+
+def test_allow_all_lets_public_ip_addresses_through(db) -> None:
+    with running_engine(db.dsn(), http_policy="allow-all"):
+        for url in ("https://8.8.8.8/", "http://1.1.1.1:8080/x", "https://[2606:4700:4700::1111]/"):
+            assert _build(db, "df.http(%s)", url), url
+            assert _build(db, MULTIPART, url), url
+        for url in ("http://10.0.0.1/", "http://127.0.0.1/", "http://169.254.169.254/",
+                    "http://100.64.0.1/", "http://192.168.1.1/", "http://[::1]/",
+                    "http://[fe80::1]/", "http://0x7f000001/", "http://2130706433/"):
+            assert "Blocked" in _refused(db, "df.http(%s)", url), url
+        assert _build(db, "df.http('https://example.com/')")
+
+
+def test_allow_all_engine_passes_public_ips_and_refuses_private_ones() -> None:
+    config = EngineConfig(http_policy="allow-all")
+    host, port, addresses = check_url("https://8.8.8.8/x", config)
+    assert (host, port, addresses) == ("8.8.8.8", 443, ["8.8.8.8"])
+    for url in ("http://10.1.2.3/", "http://127.0.0.1/", "http://169.254.169.254/", "http://100.64.0.1/"):
+        with pytest.raises(HttpPolicyError, match="refused"):
+            check_url(url, config)
+    with pytest.raises(HttpPolicyError, match="bare IP"):
+        check_url("https://8.8.8.8/", EngineConfig(http_policy="allowlist", http_allow=["example.com"]))
+
+
+def test_an_allowlist_engine_is_applied_when_a_graph_is_built(db) -> None:
+    with running_engine(db.dsn(), http_policy="allowlist", http_allow=["example.com"]):
+        assert _build(db, "df.http('https://api.example.com/v1')")
+        assert "not in the allowed domains" in _refused(db, "df.http('https://example.org/')")
+        assert "bare IP" in _refused(db, "df.http('https://8.8.8.8/')")
+        with db.connect() as conn:
+            policy = conn.execute("SELECT http_policy, http_allow FROM df.engines"
+                                  " WHERE state = 'alive'").fetchall()
+        assert policy == [("allowlist", ["example.com"])]
+
+
+def test_http_multipart_messages_name_it(db) -> None:
+    msg = _refused(db, "df.http_multipart('https://example.com/', 'POST',"
+                       " '[{\"name\":\"f\",\"data_b64\":\"aA==\"}]', NULL, 0)")
+    assert "df.http_multipart(): timeout_seconds must be positive" in msg
+    assert "df.http()" not in msg
