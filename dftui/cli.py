@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -551,8 +552,10 @@ def show(
         typer.echo(f"instance {detail.id}  {symbol} {detail.status}")
         if detail.label:
             typer.echo(f"label:        {detail.label}")
-    finished = detail.finished_at or detail.completed_at
     terminal = detail.status in TERMINAL_STATUSES
+    # pg_durable sets completed_at only for completed instances: a failed or cancelled one ended
+    # at its last update (without this its duration would keep growing).
+    finished = detail.finished_at or detail.completed_at or (detail.updated_at if terminal else None)
     details = [
         ("submitted_by", detail.submitted_by),
         ("created", _when(detail.created_at)),
@@ -669,7 +672,16 @@ def explain(
 ) -> None:
     """Print the graph of a DSL expression or an instance as a tree (df.explain)."""
     with _client(_resolve_dsn(ctx, dsn)) as client:
-        text = client.explain(source)
+        if client.capabilities.has_explain:
+            text = client.explain(source)
+        elif re.fullmatch(r"[0-9a-f]{8}", source.strip()):
+            # A backend without df.explain (e.g. a pg_durable build without it): the same tree
+            # `dftui show` draws from df.instance_nodes.
+            detail = client.instance(source.strip())
+            text = render_tree(client.nodes(detail.id), detail.root_node, detail.status)
+        else:
+            fail(client.capabilities.reasons.get("explain", "df.explain is not available")
+                 + "; only instance ids can be explained here")
     if text.startswith("Invalid durable function graph"):
         fail(admin.one_line(Exception(text)))
     typer.echo(text.rstrip("\n"))

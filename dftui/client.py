@@ -455,12 +455,14 @@ class Client:
         assert row is not None
         if row["dftui_schema"]:
             backend = "dftui"
-        elif row["pg_durable_version"] is not None:
+        elif row["pg_durable_version"] is not None or row["owns_instances"] is not None:
+            # The pg_durable extension, or a df schema of its shape without the extension row
+            # (restored from a dump into a server without the pg_durable library, a test fixture).
             backend = "pg_durable"
         else:
             backend = "none"
         backend_version = row["pg_durable_version"]
-        if backend == "dftui" and self._function_usable("df", "version"):
+        if (backend == "dftui" or backend_version is None) and self._function_usable("df", "version"):
             try:
                 backend_version = self._one("SELECT df.version()::text AS v")["v"]  # type: ignore[index]
             except ClientError:

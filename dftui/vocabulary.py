@@ -89,6 +89,61 @@ class GraphNode(Protocol):
     def config(self) -> dict[str, Any]: ...
 
 
+# -- node configs (df.nodes.query) -------------------------------------------------------------
+# pg_durable 0.2.6 writes SIGNAL {"signal_name", "timeout_seconds"}, WAIT_SCHEDULE {"cron_expr"},
+# BREAK {"break_value"} and df.if_rows {"condition_type": "result_has_rows", "result_name"};
+# dftui 0.1.0 wrote {"name", ...}, the bare cron text, the value's JSON and {"if_rows"}. The
+# readers below accept both, so the TUI shows a real pg_durable and an old dftui schema alike.
+
+def _config(query: str | None) -> dict[str, Any]:
+    if not query:
+        return {}
+    try:
+        loaded = json.loads(query)
+    except ValueError:
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def signal_name(cfg: dict[str, Any]) -> str | None:
+    """The name a SIGNAL node waits for."""
+    name = cfg.get("signal_name", cfg.get("name"))
+    return name if isinstance(name, str) else None
+
+
+def if_rows_result(cfg: dict[str, Any]) -> str | None:
+    """The result name an IF built by df.if_rows tests, or None for a df.if."""
+    if cfg.get("condition_type") == "result_has_rows":
+        name = cfg.get("result_name")
+    else:
+        name = cfg.get("if_rows")
+    return name if isinstance(name, str) else None
+
+
+def cron_text(query: str | None) -> str:
+    """The cron expression of a WAIT_SCHEDULE node."""
+    text = (query or "").strip()
+    if text.startswith("{"):
+        value = _config(text).get("cron_expr")
+        text = value if isinstance(value, str) else ""
+    return " ".join(text.split())
+
+
+def break_value(query: str | None) -> str | None:
+    """The value a BREAK node leaves its loop with, as given to df.break (None: no value)."""
+    text = (query or "").strip()
+    try:
+        loaded = json.loads(text) if text else None
+    except ValueError:
+        return text  # a bare text value (hand-made row)
+    if isinstance(loaded, dict) and "break_value" in loaded:
+        value = loaded["break_value"]
+        return value if isinstance(value, str) or value is None else json.dumps(value)
+    if loaded is None:
+        return None
+    return loaded if isinstance(loaded, str) else text  # 0.1.0: the value's JSON
+
+
 def node_children(node: GraphNode) -> list[tuple[str, str | None]]:
     """(role, child id) of every child of a node, in the order df.explain shows them.
 
@@ -104,7 +159,7 @@ def node_children(node: GraphNode) -> list[tuple[str, str | None]]:
         return [("step", node.left_node), ("step", node.right_node)]
     if kind == "IF":
         tested: list[tuple[str, str | None]] = (
-            [] if "if_rows" in cfg else [("condition", cfg.get("condition_node"))])
+            [] if if_rows_result(cfg) is not None else [("condition", cfg.get("condition_node"))])
         return [*tested, ("then", node.left_node), ("else", node.right_node)]
     if kind in ("JOIN", "RACE"):
         extra = cfg.get("extra_nodes")
@@ -119,27 +174,22 @@ def node_children(node: GraphNode) -> list[tuple[str, str | None]]:
 def step_text(node_type: str, query: str | None, result_name: str | None = None) -> str:
     """One-line text of a leaf step, as df.explain writes its leaves: `SQL: SELECT …`,
     `SLEEP 30s`, `SIGNAL 'approve'`, `HTTP GET https://…`; `|=> name` when it is named."""
-    cfg: dict[str, Any] = {}
-    if query and node_type not in ("SQL", "SLEEP", "WAIT_SCHEDULE"):
-        try:
-            loaded = json.loads(query)
-            cfg = loaded if isinstance(loaded, dict) else {}
-        except ValueError:
-            cfg = {}
+    cfg = _config(query) if node_type not in ("SQL", "SLEEP", "WAIT_SCHEDULE") else {}
     flat = " ".join((query or "").split())
     if node_type == "SQL":
         text = f"SQL: {flat}"
     elif node_type == "SLEEP":
         text = f"SLEEP {flat}s"
     elif node_type == "WAIT_SCHEDULE":
-        text = f"WAIT_SCHEDULE '{flat}'"
+        text = f"WAIT_SCHEDULE '{cron_text(query)}'"
     elif node_type == "SIGNAL":
         timeout = cfg.get("timeout_seconds")
-        text = f"SIGNAL '{cfg.get('name', '?')}'" + (f" (timeout {timeout}s)" if timeout else "")
+        text = f"SIGNAL '{signal_name(cfg) or '?'}'" + (f" (timeout {timeout}s)" if timeout else "")
     elif node_type in ("HTTP", "HTTP_MULTIPART"):
         text = f"{node_type} {cfg.get('method', 'POST')} {cfg.get('url', '')}"
     elif node_type == "BREAK":
-        text = "BREAK" if flat in ("", "null") else f"BREAK {flat}"
+        value = break_value(query)
+        text = "BREAK" if value is None else f"BREAK {value}"
     else:
         text = node_type
     return text + (f" |=> {result_name}" if result_name else "")

@@ -18,6 +18,7 @@ from textual.widgets import Footer, Sparkline, Static
 
 from dftui.app import AppHeader, AppScreenMixin
 from dftui.client import Health, WaitingStep, parse_ts
+from dftui.vocabulary import cron_text
 from dftui.widgets.format import STATUS_STYLES, age, format_time, shorten
 
 SAMPLES = 60  # throughput samples kept (one per refresh)
@@ -36,7 +37,7 @@ def wait_due(step: WaitingStep, now: datetime) -> datetime | None:
         if step.node_type == "WAIT_SCHEDULE" and step.query:
             from croniter import croniter
 
-            return croniter(step.query, now.astimezone(UTC)).get_next(datetime)
+            return croniter(cron_text(step.query), now.astimezone(UTC)).get_next(datetime)
     except (ValueError, KeyError):
         return None
     return None

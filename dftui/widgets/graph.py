@@ -12,7 +12,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from dftui.client import NodeInfo
-from dftui.vocabulary import is_composite, node_children, status_symbol, step_text
+from dftui.vocabulary import (
+    break_value,
+    cron_text,
+    if_rows_result,
+    is_composite,
+    node_children,
+    signal_name,
+    status_symbol,
+    step_text,
+)
 
 from .format import format_duration, shorten
 
@@ -85,8 +94,8 @@ def build_graph(nodes: list[NodeInfo], root_id: str) -> GraphItem:
         cfg = node.config
         it = GraphItem(node, slot, text=node_summary(node))
         children = node_children(node)
-        if node.node_type == "IF" and "if_rows" in cfg:
-            it.children.append(GraphItem(None, "condition", text=f"rows in ${cfg['if_rows']}"))
+        if node.node_type == "IF" and if_rows_result(cfg) is not None:
+            it.children.append(GraphItem(None, "condition", text=f"rows in ${if_rows_result(cfg)}"))
         elif node.node_type in ("JOIN", "RACE"):
             it.text = f"{node.node_type} ({len(children)} branches)"
         elif node.node_type == "LOOP" and node.iteration:
@@ -157,8 +166,8 @@ def to_dsl(nodes: list[NodeInfo], root_id: str) -> str:
         elif kind == "RACE":
             out = call("race", sub(node.left_node), sub(node.right_node))
         elif kind == "IF":
-            if "if_rows" in cfg:
-                out = call("if_rows", quote_literal(cfg["if_rows"]), sub(node.left_node),
+            if if_rows_result(cfg) is not None:
+                out = call("if_rows", quote_literal(if_rows_result(cfg) or ""), sub(node.left_node),
                            sub(node.right_node))
             else:
                 out = call("if", sub(cfg.get("condition_node")), sub(node.left_node),
@@ -169,14 +178,14 @@ def to_dsl(nodes: list[NodeInfo], root_id: str) -> str:
             else:
                 out = call("loop", sub(node.left_node))
         elif kind == "BREAK":
-            out = "df.break()" if node.query in (None, "null") else call(
-                "break", quote_literal(node.query or ""))
+            value = break_value(node.query)
+            out = "df.break()" if value is None else call("break", quote_literal(value))
         elif kind == "SLEEP":
             out = f"df.sleep({int(float(node.query or 0))})"
         elif kind == "WAIT_SCHEDULE":
-            out = call("wait_for_schedule", quote_literal(node.query or ""))
+            out = call("wait_for_schedule", quote_literal(cron_text(node.query)))
         elif kind == "SIGNAL":
-            args = [quote_literal(str(cfg.get("name", "")))]
+            args = [quote_literal(signal_name(cfg) or "")]
             if cfg.get("timeout_seconds") is not None:
                 args.append(str(int(cfg["timeout_seconds"])))
             out = call("wait_for_signal", *args)
