@@ -36,6 +36,12 @@ class EngineConfig:
     once: bool = False  # exit when no work is left (tests, cron-style runs)
     log_format: str = "text"  # text | json
     metrics_addr: str | None = None  # HOST:PORT to serve Prometheus metrics on (None = off)
+    # Seconds between retention passes (None: every heartbeat; 0: never), as pg_durable's
+    # reconcile_interval.
+    reconcile_interval: float | None = None
+    # Fields the operator set (flag or environment): pg_durable.* settings do not override them
+    # (engine/pg_settings.py).
+    explicit: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -67,4 +73,5 @@ class EngineConfig:
         if env.get("DFTUI_ENGINE_METRICS_ADDR"):
             values["metrics_addr"] = env["DFTUI_ENGINE_METRICS_ADDR"]
         values.update({k: v for k, v in overrides.items() if v is not None})
+        values["explicit"] = frozenset(k for k in values if k != "dsn")
         return cls(**values)  # type: ignore[arg-type]

@@ -34,6 +34,7 @@ from engine.config import EngineConfig
 from engine.db import connect
 from engine.identity import SESSION_RESET, Trampolines, reset_session
 from engine.metrics import EngineMetrics
+from engine.pg_settings import apply_database_settings
 from engine.results import TypeCache
 from engine.steps import (
     CHECKPOINT_COLUMN,
@@ -108,6 +109,8 @@ class Engine:
                 if change.applied:
                     log.info("schema: %s", change.describe())
             schema.check_compatible(conn)
+            for line in apply_database_settings(conn, self.config):
+                log.info("setting: %s", line)
             # The HTTP policy is recorded so df.http() applies it when a graph is built.
             conn.execute(
                 "INSERT INTO df_internal.engines (id, host, pid, version, concurrency, http_policy,"
@@ -290,6 +293,7 @@ class Engine:
     def _housekeeping(self) -> None:
         conn: psycopg.Connection | None = None
         next_beat = 0.0
+        next_retention = 0.0
         vacuumed_at_steps = 0
         can_vacuum: bool | None = None
         while not self._stopping.wait(HOUSEKEEPING_TICK):
@@ -315,7 +319,10 @@ class Engine:
                              "WHERE id = %s", (self.steps_done, self.id))
                 conn.execute("UPDATE df._worker_epoch SET last_seen_at = now() WHERE epoch_id = %s",
                              (self.epoch_id,))
-                if self.config.retention_days is not None:
+                interval = self.config.reconcile_interval
+                if self.config.retention_days is not None and interval != 0 and (
+                        interval is None or time.monotonic() >= next_retention):
+                    next_retention = time.monotonic() + (interval or 0)
                     conn.execute(
                         "DELETE FROM df.instances WHERE id IN (SELECT id FROM df.instances "
                         "WHERE status IN ('completed', 'failed', 'cancelled') "

@@ -360,3 +360,38 @@ def test_a_role_with_only_the_manual_grants_can_use_df(db, manual_role) -> None:
         assert conn.execute("SELECT status FROM df.instance_info(%s)", (done,)).fetchone()[0] == "completed"
         assert conn.execute("SELECT count(*) FROM df.instance_executions(%s)", (done,)).fetchone()[0] == 1
         assert "SQL" in conn.execute("SELECT df.explain(%s)", (done,)).fetchone()[0]
+
+
+def _dblink_available(db) -> bool:
+    return bool(db.scalar("SELECT count(*) FROM pg_available_extensions WHERE name = 'dblink'"))
+
+
+def test_dblink_is_installed_where_users_expect_it(db) -> None:
+    """Never dftui's private copy: a user's CREATE EXTENSION IF NOT EXISTS dblink is then a
+    no-op, so dblink(...) must already be on the default search_path (schema public)."""
+    if not _dblink_available(db):
+        pytest.skip("dblink is not available on this server")
+    assert db.scalar("SELECT extnamespace::regnamespace::text FROM pg_extension"
+                     " WHERE extname = 'dblink'") == "public"
+    with db.connect(ALICE) as conn:
+        assert conn.execute("SELECT dblink_get_connections()").fetchone()[0] is None
+        iid = conn.execute("SELECT df.start('SELECT 1', transaction_mode => 'new')").fetchone()[0]
+    assert db.scalar("SELECT count(*) FROM df.instances WHERE id = %s", (iid,)) == 1
+
+
+def test_an_existing_dblink_stays_where_it_is(empty_db) -> None:
+    from engine import schema
+
+    if not _dblink_available(empty_db):
+        pytest.skip("dblink is not available on this server")
+    with empty_db.connect() as conn:
+        conn.execute("CREATE SCHEMA ext")
+        conn.execute("CREATE EXTENSION dblink SCHEMA ext")
+        schema.install(conn)
+        conn.execute("SET client_min_messages = warning")
+        conn.execute("SELECT df.grant_usage('dftui_alice')")
+        assert conn.execute("SELECT extnamespace::regnamespace::text FROM pg_extension"
+                            " WHERE extname = 'dblink'").fetchone()[0] == "ext"
+    with empty_db.connect(ALICE) as conn:
+        iid = conn.execute("SELECT df.start('SELECT 1', transaction_mode => 'new')").fetchone()[0]
+    assert empty_db.scalar("SELECT count(*) FROM df.instances WHERE id = %s", (iid,)) == 1
