@@ -200,12 +200,14 @@ def test_builder_envelopes(db):
         db.connect().execute(q).fetchone()
     )
     assert [n["query"] for n in json.loads(join3)["extra_nodes"]] == ["c"]
-    assert json.loads(json.loads(if_rows)["query"]) == {"if_rows": "rows_x"}
-    assert json.loads(brk)["query"] == "null"
-    assert json.loads(json.loads(brk_json)["query"]) == {"a": 1}
-    assert json.loads(json.loads(brk_text)["query"]) == "done"
+    # node configs as pg_durable writes them (tests/test_pg_durable_shapes.py has the bytes)
+    assert json.loads(json.loads(if_rows)["query"]) == {"condition_type": "result_has_rows",
+                                                        "result_name": "rows_x"}
+    assert json.loads(json.loads(brk)["query"]) == {"break_value": None}
+    assert json.loads(json.loads(brk_json)["query"]) == {"break_value": '{"a": 1}'}
+    assert json.loads(json.loads(brk_text)["query"]) == {"break_value": "done"}
     assert sleep == '{"node_type":"SLEEP","query":"30"}'
-    assert json.loads(json.loads(signal)["query"]) == {"name": "go", "timeout_seconds": 10}
+    assert json.loads(json.loads(signal)["query"]) == {"signal_name": "go", "timeout_seconds": 10}
     assert json.loads(loop)["condition_node"] == {"node_type": "SQL", "query": "c"}
 
 
@@ -304,7 +306,8 @@ def test_valid_cron_forms(db):
         "5/10 * * * *",
     ]:
         env = json.loads(one(db, "SELECT df.wait_for_schedule(%s)", (cron,)))
-        assert env == {"node_type": "WAIT_SCHEDULE", "query": cron}
+        assert env == {"node_type": "WAIT_SCHEDULE", "query": json.dumps({"cron_expr": cron},
+                                                                           separators=(",", ":"))}
 
 
 def test_retry_policy_shape(db):

@@ -71,7 +71,7 @@ IF
           ✗ else:
             └─SQL: y
 → SIGNAL 'go' (timeout 60s)
-→ BREAK {"k":1}
+→ BREAK '{"k":1}'
 → RACE (2)
     ║ branch 1:
       ├─SQL: p

@@ -13,6 +13,8 @@ import threading
 import psycopg
 import pytest
 
+from engine import schema
+
 NOT_FOUND = "Instance not found or access denied"
 
 
@@ -344,7 +346,7 @@ def test_setvar_rejects_empty_name(db) -> None:
 
 
 def test_version(db) -> None:
-    assert db.scalar("SELECT df.version()", role="dftui_alice") == "0.1.0"
+    assert db.scalar("SELECT df.version()", role="dftui_alice") == schema.latest_version()
 
 
 # --- with a real engine -----------------------------------------------------------------------

@@ -45,11 +45,6 @@ def test_allow_all_lets_public_ip_addresses_through(db) -> None:
         for url in ("https://8.8.8.8/", "http://1.1.1.1:8080/x", "https://[2606:4700:4700::1111]/"):
             assert _build(db, "df.http(%s)", url), url
             assert _build(db, MULTIPART, url), url
-        for url in ("http://10.0.0.1/", "http://127.0.0.1/", "http://169.254.169.254/",
-                    "http://100.64.0.1/", "http://192.168.1.1/", "http://[::1]/",
-                    "http://[fe80::1]/", "http://0x7f000001/", "http://2130706433/"):
-            assert "Blocked" in _refused(db, "df.http(%s)", url), url
-        assert _build(db, "df.http('https://example.com/')")
 
 
 def test_allow_all_engine_passes_public_ips_and_refuses_private_ones() -> None:
@@ -63,11 +58,10 @@ def test_allow_all_engine_passes_public_ips_and_refuses_private_ones() -> None:
         check_url("https://8.8.8.8/", EngineConfig(http_policy="allowlist", http_allow=["example.com"]))
 
 
-def test_an_allowlist_engine_is_applied_when_a_graph_is_built(db) -> None:
+def test_engines_record_their_policy(db) -> None:
+    """An allowlist engine lets df.http() build (it checks each request when it runs)."""
     with running_engine(db.dsn(), http_policy="allowlist", http_allow=["example.com"]):
         assert _build(db, "df.http('https://api.example.com/v1')")
-        assert "not in the allowed domains" in _refused(db, "df.http('https://example.org/')")
-        assert "bare IP" in _refused(db, "df.http('https://8.8.8.8/')")
         with db.connect() as conn:
             policy = conn.execute("SELECT http_policy, http_allow FROM df.engines"
                                   " WHERE state = 'alive'").fetchall()

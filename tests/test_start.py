@@ -153,12 +153,12 @@ def test_node_rows_follow_the_architecture_table(db):
     assert loop["node_type"] == "LOOP" and loop["right_node"] is None
     assert nodes[loop["left_node"]]["query"] == "body"
     assert nodes[json.loads(loop["query"])["condition_node"]]["query"] == "cond"
-    assert json.loads(ifs[False]["query"]) == {"if_rows": "r"}
+    assert json.loads(ifs[False]["query"]) == {"condition_type": "result_has_rows", "result_name": "r"}
 
     assert by_type["SLEEP"][0]["query"] == "30"
-    assert by_type["WAIT_SCHEDULE"][0]["query"] == "0 9 * * 1-5"
-    assert json.loads(by_type["SIGNAL"][0]["query"]) == {"name": "go", "timeout_seconds": 60}
-    assert json.loads(by_type["BREAK"][0]["query"]) == {"k": 1}
+    assert by_type["WAIT_SCHEDULE"][0]["query"] == '{"cron_expr":"0 9 * * 1-5"}'
+    assert json.loads(by_type["SIGNAL"][0]["query"]) == {"signal_name": "go", "timeout_seconds": 60}
+    assert json.loads(by_type["BREAK"][0]["query"]) == {"break_value": '{"k": 1}'}
     assert nodes[root_of(db, iid)]["result_name"] == "fin"
     # every node is referenced exactly once (by a parent column or a parent's config)
     referenced = []

@@ -143,16 +143,13 @@ $fn$;
 COMMENT ON FUNCTION df.if_rows(text, text, text) IS
     'IF node that is true when the named result has rows (no query runs)';
 
--- URL checks shared by df.http and df.http_multipart, applied when the graph is built (as
--- pg_durable's, whose policy is compiled in). The authoritative egress policy is the engines'
--- configuration, which every running engine records (df.engines.http_policy):
---   * all alive engines `disabled`  -> df.http() is disabled (raises, like pg_durable built
---     without HTTP);
---   * any alive engine `allow-all`  -> any host; a bare IP address only when public (private,
---     loopback, link-local and CGNAT addresses are refused unless the engines allow private
---     targets), like pg_durable's allow-all build;
---   * otherwise `allowlist`          -> host names in the engines' allowed domains, no bare IPs.
--- With no engine alive, the settings an operator may set to mirror the policy apply:
+-- URL checks shared by df.http and df.http_multipart, applied when the graph is built. The
+-- authoritative egress policy is the engines' configuration, which every running engine
+-- records (df.engines.http_policy): while all alive engines have it `disabled`, df.http()
+-- raises `df.http() is disabled` (like pg_durable built without HTTP). Otherwise each request
+-- is checked by the engine when it runs (allowlist; under allow-all a public bare IP passes,
+-- private/loopback/link-local/CGNAT addresses never do, after DNS resolution). Settings an
+-- operator may set to mirror the policy add build-time checks:
 --   pg_durable.http_security: disabled | restricted | unrestricted (unset: only the scheme check)
 --   pg_durable.http_allowed_domains: comma-separated domain suffixes (restricted mode)
 -- URLs with {var} or $name placeholders are checked by the engine after substitution.
@@ -170,37 +167,22 @@ DECLARE
     v_host     text;
     v_ok       boolean;
     d          text;
-    v_private  boolean := false;
-    v_source   text := 'pg_durable.http_security';
-    v_ip       inet;
     eng        record;
 BEGIN
-    -- The policy of the running engines wins over the mirror settings.
-    SELECT count(*) AS alive,
-           bool_and(e.http_policy = 'disabled') AS all_disabled,
-           bool_or(e.http_policy = 'allow-all') AS any_all,
-           bool_and(coalesce(e.http_allow_private, false))
-               FILTER (WHERE e.http_policy <> 'disabled') AS private_ok,
-           array_agg(DISTINCT a.d) FILTER (WHERE a.d IS NOT NULL) AS domains
+    -- The running engines' policy, as pg_durable's compiled-in one: while every alive engine
+    -- has HTTP disabled, df.http() is disabled. Otherwise the engines check each request when
+    -- it runs (allowlist, and private addresses after DNS resolution); the mirror settings
+    -- below may add build-time checks.
+    SELECT count(*) AS alive, bool_and(e.http_policy = 'disabled') AS all_disabled
       INTO eng
       FROM df.engines e
-      LEFT JOIN LATERAL unnest(CASE WHEN e.http_policy = 'allowlist' THEN e.http_allow END) a(d) ON true
      WHERE e.state = 'alive' AND e.http_policy IS NOT NULL;
-    IF eng.alive > 0 THEN
-        v_source := 'the running engines'' --http-policy';
-        v_private := coalesce(eng.private_ok, false);
-        IF eng.all_disabled THEN
-            v_security := 'disabled';
-        ELSIF eng.any_all THEN
-            v_security := 'unrestricted';
-        ELSE
-            v_security := 'restricted';
-            v_domains := coalesce(array_to_string(eng.domains, ','), '');
-        END IF;
+    IF eng.alive > 0 AND eng.all_disabled THEN
+        v_security := 'disabled';
     END IF;
     IF v_security = 'disabled' THEN
         RAISE EXCEPTION 'df.http() is disabled: outbound HTTP requests are turned off (%)',
-            CASE WHEN eng.alive > 0 THEN 'the running engines'' --http-policy is disabled'
+            CASE WHEN eng.alive > 0 AND eng.all_disabled THEN 'the running engines'' --http-policy is disabled'
                  ELSE 'pg_durable.http_security = disabled' END
             USING ERRCODE = 'feature_not_supported',
                   HINT = 'Start the engine with --http-policy allowlist --http-allow DOMAIN, or --http-policy allow-all.';
@@ -229,29 +211,11 @@ BEGIN
         -- authority without userinfo and port
         v_host := (regexp_match(btrim(url), '^[A-Za-z]+://(?:[^/?#@]*@)?(\[[^\]]*\]|[^/?#:]*)'))[1];
         v_host := lower(rtrim(coalesce(v_host, ''), '.'));
-        IF v_security = 'unrestricted' AND NOT v_private
-           AND (v_host LIKE '[%' OR v_host ~ '^[0-9]+(\.[0-9]+){0,3}$' OR v_host ~ '^0x[0-9a-f]+$') THEN
-            -- allow-all: a public address is fine; anything else that spells an address is not.
-            BEGIN
-                v_ip := btrim(v_host, '[]')::inet;
-            EXCEPTION WHEN invalid_text_representation THEN
-                v_ip := NULL;
-            END;
-            IF v_ip IS NULL OR v_host !~ '^(\[[0-9a-f:.]+\]|[0-9]{1,3}(\.[0-9]{1,3}){3})$'
-               OR v_ip <<= ANY (ARRAY['0.0.0.0/8', '10.0.0.0/8', '100.64.0.0/10', '127.0.0.0/8',
-                                      '169.254.0.0/16', '172.16.0.0/12', '192.0.0.0/24',
-                                      '192.168.0.0/16', '198.18.0.0/15', '224.0.0.0/3',
-                                      '::/127', '::ffff:0:0/96', 'fc00::/7', 'fe80::/10',
-                                      'ff00::/8']::inet[]) THEN
-                RAISE EXCEPTION 'Blocked: "%" in URL "%" is a private, loopback, link-local or reserved address (%)',
-                    v_host, url, v_source USING ERRCODE = 'invalid_parameter_value';
-            END IF;
-        END IF;
         IF v_security = 'restricted' THEN
             IF v_host LIKE '[%' OR v_host ~ '^[0-9]+(\.[0-9]+){0,3}$'
                OR v_host ~ '^0x[0-9a-f]+$' THEN
-                RAISE EXCEPTION 'Blocked: bare IP address "%" in URL "%": use a host name (%)',
-                    v_host, url, v_source USING ERRCODE = 'invalid_parameter_value';
+                RAISE EXCEPTION 'Blocked: bare IP address "%" in URL "%": use a host name (pg_durable.http_security = restricted)',
+                    v_host, url USING ERRCODE = 'invalid_parameter_value';
             END IF;
             IF btrim(v_domains) <> '' THEN
                 v_ok := false;
@@ -262,14 +226,9 @@ BEGIN
                     END IF;
                 END LOOP;
                 IF NOT v_ok THEN
-                    RAISE EXCEPTION 'Blocked: host "%" is not in the allowed domains (%)',
-                        v_host, CASE WHEN eng.alive > 0 THEN 'the running engines'' --http-allow'
-                                     ELSE 'pg_durable.http_allowed_domains' END
-                        USING ERRCODE = 'invalid_parameter_value';
+                    RAISE EXCEPTION 'Blocked: host "%" is not in the allowed domains (pg_durable.http_allowed_domains)',
+                        v_host USING ERRCODE = 'invalid_parameter_value';
                 END IF;
-            ELSIF eng.alive > 0 THEN
-                RAISE EXCEPTION 'Blocked: host "%" is not in the allowed domains (the running engines allow none)',
-                    v_host USING ERRCODE = 'invalid_parameter_value';
             END IF;
         END IF;
     END IF;

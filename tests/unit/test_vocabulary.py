@@ -53,6 +53,10 @@ def test_children_of_each_node_type(node):
     assert v.node_children(cond) == [("condition", "x"), ("then", "t"), ("else", "e")]
     rows = node("a", "IF", json.dumps({"if_rows": "found"}), left="t", right="e")
     assert v.node_children(rows) == [("then", "t"), ("else", "e")]
+    # pg_durable's df.if_rows config
+    pgd_rows = node("a", "IF", '{"condition_type":"result_has_rows","result_name":"found"}',
+                    left="t", right="e")
+    assert v.node_children(pgd_rows) == [("then", "t"), ("else", "e")]
     join = node("a", "JOIN", json.dumps({"extra_nodes": ["d", "e"]}), left="b", right="c")
     assert v.node_children(join) == [("branch", x) for x in "bcde"]
     race = node("a", "RACE", left="b", right="c")
@@ -88,6 +92,12 @@ def test_a_damaged_config_gives_no_children_instead_of_failing(node):
         ("BREAK", "null", None, "BREAK"),
         ("BREAK", "'done'", None, "BREAK 'done'"),
         ("SIGNAL", "not json", None, "SIGNAL '?'"),
+        # pg_durable's configs (what dftui stores too since 0.2)
+        ("SIGNAL", '{"signal_name":"approve","timeout_seconds":null}', None, "SIGNAL 'approve'"),
+        ("SIGNAL", '{"signal_name":"go","timeout_seconds":5}', None, "SIGNAL 'go' (timeout 5s)"),
+        ("WAIT_SCHEDULE", '{"cron_expr":"0 9 * * *"}', None, "WAIT_SCHEDULE '0 9 * * *'"),
+        ("BREAK", '{"break_value":"done"}', None, "BREAK done"),
+        ("BREAK", '{"break_value":null}', None, "BREAK"),
         ("FUTURE_TYPE", "x", None, "FUTURE_TYPE"),
     ],
 )
