@@ -23,7 +23,7 @@ BEGIN
         SELECT p.oid::regprocedure
           FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
          WHERE (n.nspname, p.proname) IN (
-                   ('df', 'start'), ('df', 'start_in_new_transaction'),
+                   ('df', 'start'), ('df', 'start_with_retry'), ('df', 'start_in_new_transaction'),
                    ('df_internal', 'on_instance_insert'), ('df_internal', 'start_instance'),
                    ('df_internal', 'complete_task'), ('df_internal', 'fail_task'),
                    ('df_internal', 'park_task'), ('df_internal', 'loop_iterate'))
