@@ -289,6 +289,9 @@ def run(opts: Options, env: BenchEnv, ui: Ui, results: Results) -> list[str]:
             f"Idle phase: {idle.pending:,} df.wait_for_signal('go') instances started with no engine "
         "running, their queued tasks deferred to 'infinity' (the state a signal wait parks in) so "
         f"the engine idles beside them; CPU over {idle.seconds:.0f} s from /proc/<pid>/stat.")
+    if starts is not None and starts.profile:
+        extra.append("\n## Where df.start's time goes (a profiled batch of the df.start phase)\n")
+        extra.append("```\n" + "\n".join(starts.profile) + "\n```\n")
     if profiled is not None and profiled.profile_summary:
         extra.append(f"\n## Profile of a separate drain of {profiled.stats.instances:,} one-step "
                      f"instances ({profiled.stats.steps_per_s:.0f} steps/s while profiled)\n")

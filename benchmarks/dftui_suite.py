@@ -187,7 +187,8 @@ def drain(env: BenchEnv, ui: Ui, opts: Options, *, label: str, what: str, workfl
                         profile_file=raw)
 
 
-def server_functions(env: BenchEnv, instances: int, top: int = 12) -> list[str]:
+def server_functions(env: BenchEnv, instances: int, top: int = 12,
+                     unit: str = "instance") -> list[str]:
     """PostgreSQL's own account of the df functions during a profiled drain (self time, i.e.
     excluding functions they call), per instance."""
     with env.connect() as conn:
@@ -198,9 +199,10 @@ def server_functions(env: BenchEnv, instances: int, top: int = 12) -> list[str]:
     if not rows:
         return ["no function statistics were collected"]
     total_self = sum(float(r[3]) for r in rows)
+    short = unit[:5]
     out = [f"PostgreSQL plpgsql/sql functions (track_functions = pl): {total_self / instances:.2f} ms "
-           "self time per instance in all, top by self time:",
-           "   ms/inst  calls/inst  function (self time; total incl. callees)"]
+           f"self time per {unit} in all, top by self time:",
+           f"  ms/{short}  calls/{short}  function (self time; total incl. callees)"]
     for name, calls, total, self_ms in rows[:top]:
         out.append(f"  {float(self_ms) / instances:8.3f}  {int(calls) / instances:10.2f}  {name} "
                    f"(total {float(total) / instances:.3f} ms)")
@@ -367,6 +369,7 @@ class StartRate:
     later_s: float  # the next batch, in new sessions, the tables now holding the first
     wal_bytes_per_start: float  # measured over the later batch
     server_cpu_ms_per_start: float  # the client sessions' backends, later batch
+    profile: list[str] = field(default_factory=list)  # where df.start's time goes (a third batch)
 
     @property
     def first_per_s(self) -> float:
@@ -392,20 +395,33 @@ def start_rate(env: BenchEnv, ui: Ui, opts: Options) -> StartRate:
     wal0 = env.wal_lsn()
     later, cpu, _ = _timed_starts(env, ui, opts, "starts-later", "df.start: later batch")
     wal = env.wal_lsn() - wal0
+    # where the time goes: a third, smaller batch with PostgreSQL timing every df function
+    profiled = max(opts.start_sessions, opts.starts_n // 5)
     with env.connect() as conn:
-        conn.execute("DELETE FROM df.instances WHERE label IN ('starts-first', 'starts-later')")
+        conn.execute(f"ALTER DATABASE {DFTUI_DB} SET track_functions = 'pl'")
+        conn.execute("SELECT pg_stat_reset()")
+    try:
+        _timed_starts(env, ui, opts, "starts-profiled", "df.start: profiled batch", profiled)
+        time.sleep(1.0)  # the sessions' backends report their statistics as they exit
+        profile = server_functions(env, profiled, top=8, unit="start")
+    finally:
+        with env.connect() as conn:
+            conn.execute(f"ALTER DATABASE {DFTUI_DB} RESET track_functions")
+    with env.connect() as conn:
+        conn.execute("DELETE FROM df.instances WHERE label LIKE 'starts-%'")
     n = opts.starts_n
     return StartRate(count=n, sessions=opts.start_sessions, first_s=first, later_s=later,
-                     wal_bytes_per_start=wal / n, server_cpu_ms_per_start=1000 * cpu / n)
+                     wal_bytes_per_start=wal / n, server_cpu_ms_per_start=1000 * cpu / n,
+                     profile=profile)
 
 
-def _timed_starts(env: BenchEnv, ui: Ui, opts: Options, label: str,
-                  what: str) -> tuple[float, float, int]:
+def _timed_starts(env: BenchEnv, ui: Ui, opts: Options, label: str, what: str,
+                  count: int | None = None) -> tuple[float, float, int]:
     """(seconds from the first start to the last commit, CPU seconds of the sessions' backends,
-    starts) for `opts.starts_n` one-step starts over `opts.start_sessions` new sessions."""
+    starts) for `count` (`opts.starts_n`) one-step starts over `opts.start_sessions` new sessions."""
     sessions = opts.start_sessions
-    per = [opts.starts_n // sessions + (1 if i < opts.starts_n % sessions else 0)
-           for i in range(sessions)]
+    total = opts.starts_n if count is None else count
+    per = [total // sessions + (1 if i < total % sessions else 0) for i in range(sessions)]
     conns = [env.connect(user=BENCH_ROLE) for _ in range(sessions)]
     pids = [c.info.backend_pid for c in conns]
     sql = f"SELECT df.start({one_step_sql().replace('%', '%%')}, %s) FROM (SELECT %s::int AS g) s"
@@ -413,8 +429,7 @@ def _timed_starts(env: BenchEnv, ui: Ui, opts: Options, label: str,
     gate = threading.Barrier(sessions + 1)
     lock = threading.Lock()
     try:
-        with ui.counter(f"{what}: {opts.starts_n:,} starts, {sessions} sessions",
-                        opts.starts_n) as add:
+        with ui.counter(f"{what}: {total:,} starts, {sessions} sessions", total) as add:
             def work(conn: psycopg.Connection, offset: int, count: int) -> None:
                 try:
                     gate.wait()
@@ -443,7 +458,7 @@ def _timed_starts(env: BenchEnv, ui: Ui, opts: Options, label: str,
             c.close()
     if errors:
         raise BenchError(f"{what}: df.start failed: {errors[0]}")
-    return elapsed, cpu, opts.starts_n
+    return elapsed, cpu, total
 
 
 def _cpu_or_zero(pid: int) -> float:
