@@ -28,10 +28,12 @@ def test_starts_on_tables_vacuumed_empty_use_their_keys(db):
         for _ in range(40):  # past the 5 custom plans after which PL/pgSQL caches a generic one
             conn.execute("SELECT df.start('SELECT 1', 'cold')")
         assert seq_scans_in_this_transaction(conn) == {}
+        conn.execute("SELECT df.start_with_retry('SELECT 1', '{\"max_attempts\": 2}', 'cold')")
+        assert seq_scans_in_this_transaction(conn) == {}
         # the setting lives only inside the call
         assert conn.execute("SHOW enable_seqscan").fetchone()[0] == "on"
         conn.commit()
-    assert db.scalar("SELECT count(*) FROM df_internal.tasks") == 40
+    assert db.scalar("SELECT count(*) FROM df_internal.tasks") == 41
 
 
 def test_checkpoints_on_tables_vacuumed_empty_use_their_keys(db):
