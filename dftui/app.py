@@ -37,6 +37,8 @@ from dftui.client import (
 T = TypeVar("T")
 
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+SHORT_HEIGHT = 32  # below this many rows dialogs use their compact layout (app.tcss: -short)
+WRITE_KEYS = ("c", "r", "s", "n", "a", "d", "e", "x", "T")
 DARK_THEME = "textual-dark"
 LIGHT_THEME = "textual-light"
 
@@ -70,12 +72,15 @@ class DftuiApp(App[int]):
     TITLE = "dftui"
     ENABLE_COMMAND_PALETTE = True
     BINDINGS = [
-        Binding("q", "quit", "Quit"),
+        Binding("q", "back_or_quit", "Quit"),
         Binding("question_mark", "help", "Help"),
         Binding("colon", "command_palette", "Commands", show=False),
         Binding("v", "variables", "Vars", show=False),
         Binding("e", "engines", "Engines", show=False),
         Binding("ctrl+t", "toggle_theme", "Light/dark", show=False),
+        # Reached only when the screen's own binding for the key is disabled (read-only mode,
+        # disconnected, a backend without the feature): say why instead of doing nothing.
+        *[Binding(key, f"refused('{key}')", show=False) for key in WRITE_KEYS],
     ]
 
     def __init__(
@@ -88,10 +93,13 @@ class DftuiApp(App[int]):
         refresh_interval: float | None = 2.0,
         reconnect_delays: Iterable[float] = RECONNECT_DELAYS,
         theme: str | None = None,
+        quit_warning: str | None = None,
     ) -> None:
         super().__init__()
         self.client = client
         self.read_only = read_only
+        # What quitting stops besides the TUI (the demo's engine and server): asked before quit.
+        self.quit_warning = quit_warning
         self.clock = clock or (lambda: datetime.now(UTC))
         self.tz = tz
         self.refresh_interval = refresh_interval
@@ -99,6 +107,7 @@ class DftuiApp(App[int]):
         self.disconnected: str | None = None  # the loss message while reconnecting
         self.reconnect_attempt = 0
         self.disconnections = 0  # how many times the connection was lost (shown in tests/logs)
+        self.engine_warning: str | None = None  # no live engine serves the database
         self._last_error: str | None = None
         self._last_error_at = 0.0
         if theme:
@@ -110,6 +119,23 @@ class DftuiApp(App[int]):
         from dftui.screens.instances import InstancesScreen
 
         self.push_screen(InstancesScreen())
+        self.check_engines()
+        self.set_interval(max(self.refresh_interval or 0, 10.0), self._engines_tick)
+
+    def _engines_tick(self) -> None:
+        if self.refresh_interval and self.connected:
+            self.check_engines()
+
+    def check_engines(self) -> None:
+        """Refresh the no-engine banner (every screen's header shows it)."""
+
+        def done(warning: str | None) -> None:
+            if warning != self.engine_warning:
+                self.engine_warning = warning
+                self.refresh_headers()
+
+        self.run_db(self, lambda c: c.engine_warning(), done, group="engines-check",
+                    on_error=lambda exc: None)
 
     @property
     def info(self) -> ConnectionInfo | None:
@@ -139,6 +165,9 @@ class DftuiApp(App[int]):
         if "retry" in reasons:
             text.append("\n" if width < 120 else "  ")
             text.append(f"retry disabled: {reasons['retry']}", style="dim")
+        if self.engine_warning and self.disconnected is None:
+            text.append("\n")
+            text.append(f"⚠ {self.engine_warning}", style="bold black on yellow")
         if self.disconnected is not None:
             text.append("\n")
             wait = ""
@@ -151,9 +180,12 @@ class DftuiApp(App[int]):
         return text
 
     def refresh_headers(self) -> None:
+        """Re-render every header and re-check every screen's keys (writes are disabled while
+        the connection is down)."""
         for screen in self.screen_stack:
             for header in screen.query(AppHeader):
                 header.refresh_state()
+            screen.refresh_bindings()
 
     # -- database workers ----------------------------------------------------------------------
 
@@ -170,13 +202,20 @@ class DftuiApp(App[int]):
         group: str,
         on_error: Callable[[ClientError], Any] | None = None,
         exclusive: bool = True,
+        what: str | None = None,
     ) -> Worker[None]:
         """Run `call(client)` in a thread worker owned by `owner`; deliver the result with
         `on_done` on the UI thread. Results of cancelled (superseded) workers are dropped.
 
         Errors: ConnectionLost starts the reconnect loop; other ClientErrors go to `on_error`, or
-        become an error notification with the server's message.
+        become an error notification with the server's message. `what` names a write action
+        ("Cancel"): when the connection is lost under it, the user is told it was not done
+        (through `on_error` too) instead of the action silently vanishing.
         """
+        if what is not None and self.disconnected is not None:
+            lost = ClientError(f"{what} not sent: not connected ({self.disconnected})")
+            (on_error or self.notify_error)(lost)
+            return owner.run_worker(lambda: None, thread=True, group=group)
 
         def job() -> None:
             worker = get_current_worker()
@@ -184,6 +223,9 @@ class DftuiApp(App[int]):
                 result = call(self.client)
             except ConnectionLost as exc:
                 self._from_thread(self.connection_lost, exc.message)
+                if what is not None:
+                    lost = ClientError(f"{what} not done: {exc.message}")
+                    self._from_thread(on_error or self.notify_error, lost)
                 return
             except ClientError as exc:
                 if not worker.is_cancelled:
@@ -268,9 +310,9 @@ class DftuiApp(App[int]):
     # -- permissions ---------------------------------------------------------------------------
 
     def write_state(self, capability: str | None = None) -> bool | None:
-        """check_action result for a write action: None (shown disabled) in read-only mode or
-        when the backend lacks the capability, else True."""
-        if self.read_only:
+        """check_action result for a write action: None (shown disabled) in read-only mode,
+        while disconnected, or when the backend lacks the capability, else True."""
+        if self.read_only or self.disconnected is not None:
             return None
         if capability == "retry" and not self.client.capabilities.can_retry:
             return None
@@ -280,11 +322,46 @@ class DftuiApp(App[int]):
         """Why a write action is disabled (for notifications and help)."""
         if self.read_only:
             return "read-only mode (--read-only)"
+        if self.disconnected is not None:
+            return f"not connected to the server ({self.disconnected}); reconnecting"
         if capability == "retry" and not self.client.capabilities.can_retry:
             return self.client.capabilities.reasons.get("retry", "retry is not available")
         return None
 
     # -- actions -------------------------------------------------------------------------------
+
+    def action_refused(self, key: str) -> None:
+        """A write key whose screen binding is disabled: explain why (never silently nothing)."""
+        active = self.screen.active_bindings.get(key)
+        if active is None or active.enabled or not active.binding.description:
+            return
+        description = active.binding.description
+        capability = "retry" if active.binding.action == "retry" else None
+        reason = self.explain_disabled(capability) or "not available here"
+        self.notify(f"{description} is disabled: {reason}", severity="warning")
+
+    def action_back_or_quit(self) -> None:
+        """`q`: back from inner screens; on the home screen quit, asking first when quitting
+        stops more than the TUI (the demo's engine and server)."""
+        from dftui.screens.instances import InstancesScreen
+
+        screen = self.screen
+        if isinstance(screen, ModalScreen):
+            screen.dismiss(None)
+            return
+        if not isinstance(screen, InstancesScreen) and len(self.screen_stack) > 2:
+            self.pop_screen()
+            return
+        if not self.quit_warning:
+            self.exit(0)
+            return
+        from dftui.screens.dialogs import ConfirmDialog
+
+        def answered(ok: bool | None) -> None:
+            if ok:
+                self.exit(0)
+
+        self.push_screen(ConfirmDialog(f"Quit? {self.quit_warning}", "Quit"), answered)
 
     def action_help(self) -> None:
         from dftui.screens.help import HelpScreen
@@ -368,13 +445,13 @@ def _action_runner(app: App, node: DOMNode, action: str) -> Callable[[], Any]:
     return run
 
 
-def _prompt_password() -> str:
+def _prompt_password(target: str) -> str:
     if not sys.stdin.isatty():
         raise ClientError("the server requires a password (set PGPASSWORD or use ~/.pgpass)")
-    return getpass.getpass("Password: ")
+    return getpass.getpass(f"Password for {target}: ")
 
 
-def run_app(conninfo: str, read_only: bool = False) -> int:
+def run_app(conninfo: str, read_only: bool = False, quit_warning: str | None = None) -> int:
     """Connect (asking for a hidden password when the server wants one, before Textual takes the
     terminal), run the TUI, and return the process exit code."""
     try:
@@ -399,7 +476,7 @@ def run_app(conninfo: str, read_only: bool = False) -> int:
                 file=sys.stderr,
             )
             return 1
-        app = DftuiApp(client, read_only=read_only)
+        app = DftuiApp(client, read_only=read_only, quit_warning=quit_warning)
         result = app.run()
         return int(result or app.return_code or 0)
     finally:

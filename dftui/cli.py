@@ -6,7 +6,9 @@ start the zero-setup demo and script df.* from the shell. Conventions every comm
 * connection: a libpq conninfo string or URI via `--dsn` (or `$DFTUI_DSN`); empty means libpq's
   own environment (PG* variables, ~/.pgpass, service files). Passwords are never accepted on the
   command line (they would show up in `ps`); when the server wants one, we prompt for it.
-* exit codes: 0 ok, 1 the action failed, 2 the command line was wrong.
+* exit codes: 0 ok, 1 the action failed or did nothing (a no-op is never success), 2 the
+  command line was wrong (including a malformed id or payload), 3 `start --wait --timeout`
+  gave up waiting.
 * errors: one line on stderr, `dftui: <message>` (the server's own message for database
   errors), never a traceback.
 * `--json` on commands whose result is data.
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from dftui.client import NodeInfo
 
 PROG = "dftui"
+EXIT_TIMEOUT = 3  # `start --wait --timeout` gave up: distinct from a failed instance (1)
 
 
 class CliError(Exception):
@@ -65,15 +68,35 @@ class _DefaultToTui(TyperGroup):
 
 
 def _route(args: list[str], commands: set[str]) -> list[str]:
+    skip = False
     for token in args:
+        if skip:  # the value of --dsn
+            skip = False
+            continue
         if token in ("--help", "-h", "--version"):
             return args
         if token == "--":
             break
         if token.startswith("-"):
+            skip = token == "--dsn"
             continue
-        return args if token in commands else ["tui", *args]
+        if token in commands:
+            return args
+        if not _looks_like_conninfo(token):
+            # A bare word is a mistyped subcommand, not a connection string: say so (exit 2).
+            import difflib
+
+            close = difflib.get_close_matches(token, sorted(commands - {"tui"}), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            fail(f"no such command '{token}'{hint}; to open the TUI give a conninfo such as "
+                 f"'dbname={token}' or a postgresql:// URI (see '{PROG} --help')", 2)
+        return ["tui", *args]
     return ["tui", *args]
+
+
+def _looks_like_conninfo(token: str) -> bool:
+    """A libpq conninfo has `key=value` pairs; a URI starts with postgres(ql)://."""
+    return "=" in token or token.startswith(("postgresql://", "postgres://"))
 
 
 app = typer.Typer(
@@ -81,6 +104,7 @@ app = typer.Typer(
     cls=_DefaultToTui,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: typer's rich panels print `<bool>` after flags
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Durable workflows inside PostgreSQL: terminal UI, engine and admin tools.\n\n"
     "Run 'dftui [CONNINFO]' to open the TUI, or 'dftui demo' to try it on an embedded server.",
@@ -187,8 +211,10 @@ def install(
                      "schemas and run the engine as it (see docs/security.md). Re-run after "
                      "upgrades and after granting new roles."),
     ] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Install the df schema (idempotent; one transaction): as a superuser or the database's admin."""
+    submitters: list[str] = []
     with _connect(_resolve_dsn(ctx, dsn)) as conn:
         change = admin.install(conn, upgrade=False)
         if engine_role is not None:
@@ -199,6 +225,14 @@ def install(
                 notes = privileges.setup_engine_role(conn, engine_role, submitters=submitters)
             except privileges.PrivilegeSetupError as exc:
                 fail(str(exc))
+    from engine import schema
+
+    latest = schema.latest_version()
+    if as_json:
+        _print_json({**_jsonable(change), "message": change.describe(), "latest": latest,
+                     "engine_role": engine_role,
+                     "engine_role_submitters": submitters if engine_role else None})
+        return
     typer.echo(change.describe())
     if engine_role is not None:
         for note in notes:
@@ -206,9 +240,6 @@ def install(
     if engine_role is not None:
         typer.echo(f"engine role {engine_role} owns the df schemas and may run steps as: "
                    f"{', '.join(submitters) or '(no granted roles yet)'}")
-    from engine import schema
-
-    latest = schema.latest_version()
     if change.after != latest:
         typer.echo(f"a newer schema ({latest}) is available: run 'dftui upgrade'")
 
@@ -402,7 +433,8 @@ def _client(conninfo: str) -> Any:
     """A connected `dftui.client.Client`, prompting (hidden) for a password when needed."""
     from dftui import client as client_module
 
-    prompt = (lambda: getpass.getpass("Password: ")) if sys.stdin.isatty() else None
+    prompt = ((lambda target: getpass.getpass(f"Password for {target}: "))
+              if sys.stdin.isatty() else None)
     return client_module.connect(conninfo, password_prompt=prompt)
 
 
@@ -416,6 +448,16 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     return value
+
+
+def _json_or_text(value: str | None) -> Any:
+    """A JSON text as the value it encodes (left as text when it is not JSON)."""
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 def _when(value: datetime | None) -> str:
@@ -448,7 +490,8 @@ def start(
     dsn: DsnOption = None,
     label: Annotated[str | None, typer.Option("--label", help="Label for the instance.")] = None,
     wait: Annotated[
-        bool, typer.Option("--wait", help="Wait until the instance finishes; exit 1 unless it completed.")
+        bool, typer.Option("--wait", help="Wait until the instance finishes; exit 1 unless it "
+                           "completed, 3 when --timeout ran out first.")
     ] = False,
     timeout: Annotated[
         float | None,
@@ -486,7 +529,8 @@ def _wait_for(client: Any, instance_id: str, timeout: float | None) -> Any:
         if detail.status in TERMINAL_STATUSES:
             return detail
         if deadline is not None and time.monotonic() >= deadline:
-            fail(f"timed out after {timeout:g}s waiting for {instance_id} (still {detail.status})")
+            fail(f"timed out after {timeout:g}s waiting for {instance_id} (still {detail.status})",
+                 EXIT_TIMEOUT)
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
 
@@ -538,12 +582,14 @@ def show(
     """Show one instance: its status and the node tree with per-node status."""
     with _client(_resolve_dsn(ctx, dsn)) as client:
         detail = client.instance(instance_id)
-        nodes = client.nodes(detail.id)
+        nodes = client.nodes(detail.id, detail)
         tree = client.explain(detail.id) if client.capabilities.has_explain else ""
     if not tree:
         tree = render_tree(nodes, detail.root_node, detail.status)
     if as_json:
-        _print_json({"instance": _jsonable(detail), "nodes": [_jsonable(n) for n in nodes]})
+        instance = _jsonable(detail)
+        instance["output"] = _json_or_text(detail.output)  # data, not a JSON string in JSON
+        _print_json({"instance": instance, "nodes": [_jsonable(n) for n in nodes]})
         return
     # df.explain already heads its tree with id, label, status and output; add what it lacks.
     explained = tree.lstrip().startswith("Instance:")
@@ -597,18 +643,26 @@ def render_tree(nodes: list[NodeInfo], root: str, instance_status: str) -> str:
     return "\n".join(lines)
 
 
-def _actions(results: list[Any], verb: str, as_json: bool) -> int:
+def _actions(results: list[Any], as_json: bool) -> int:
+    """Print what really happened to each instance; exit 1 unless every one was acted on."""
     if as_json:
-        _print_json([_jsonable(r) for r in results])
-    failed = 0
+        _print_json([{**_jsonable(r), "name": r.name} for r in results])
     for r in results:
-        if r.ok:
-            if not as_json:
-                typer.echo(f"{r.id}: {verb}")
-        else:
-            failed += 1
-            _report(f"{r.id}: {r.message}")
-    return 1 if failed else 0
+        if r.ok and not as_json:
+            typer.echo(f"{r.name}: {r.message}")
+        elif not r.ok:
+            _report(f"{r.name}: {'skipped: ' if r.skipped else ''}{r.message}")
+    return 0 if results and all(r.ok for r in results) else 1
+
+
+def _ids(ids: list[str]) -> list[str]:
+    """Validate ids before connecting: a malformed one is a usage error (exit 2)."""
+    from dftui.client import InputError, check_id
+
+    try:
+        return [check_id(i) for i in ids]
+    except InputError as exc:
+        fail(exc.message, 2)
 
 
 IdsArgument = Annotated[
@@ -626,10 +680,12 @@ def cancel(
     ] = None,
     as_json: JsonOption = False,
 ) -> int:
-    """Cancel instances (df.cancel); running steps are stopped."""
+    """Cancel pending or running instances (df.cancel); running steps are stopped. Exit 1 when
+    any instance was not cancelled (already finished, not visible)."""
+    wanted = _ids(ids)
     with _client(_resolve_dsn(ctx, dsn)) as client:
-        results = client.cancel(ids, reason)
-    return _actions(results, "cancelled", as_json)
+        results = client.cancel(wanted, reason)
+    return _actions(results, as_json)
 
 
 @app.command()
@@ -639,10 +695,12 @@ def retry(
     dsn: DsnOption = None,
     as_json: JsonOption = False,
 ) -> int:
-    """Retry failed or cancelled instances (df.retry): completed steps are kept."""
+    """Retry failed or cancelled instances (df.retry): completed steps are kept. Exit 1 when
+    any instance was not retried."""
+    wanted = _ids(ids)
     with _client(_resolve_dsn(ctx, dsn)) as client:
-        results = client.retry(ids)
-    return _actions(results, "retried", as_json)
+        results = client.retry(wanted)
+    return _actions(results, as_json)
 
 
 @app.command()
@@ -654,11 +712,20 @@ def signal(
         str, typer.Argument(help="JSON payload (default {}).", show_default=False)
     ] = "{}",
     dsn: DsnOption = None,
-) -> None:
-    """Send a signal to an instance (df.signal); it is queued until a wait consumes it."""
+    as_json: JsonOption = False,
+) -> int:
+    """Send a signal to a pending or running instance (df.signal); it is queued until a wait
+    consumes it. Exit 1 when the instance has finished (nothing would ever read it)."""
+    wanted = _ids([instance_id])
+    if not name.strip():
+        fail("signal name must not be empty", 2)
+    try:
+        json.loads(data.strip() or "{}")
+    except ValueError as exc:
+        fail(f"signal payload is not valid JSON: {exc}", 2)
     with _client(_resolve_dsn(ctx, dsn)) as client:
-        answer = client.signal(instance_id, name, data)
-    typer.echo(answer)
+        results = client.signal(wanted, name, data)
+    return _actions(results, as_json)
 
 
 @app.command()
@@ -669,6 +736,7 @@ def explain(
         typer.Argument(metavar="EXPR|ID", help="A DSL expression, a node envelope or an instance id."),
     ],
     dsn: DsnOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Print the graph of a DSL expression or an instance as a tree (df.explain)."""
     with _client(_resolve_dsn(ctx, dsn)) as client:
@@ -684,6 +752,10 @@ def explain(
                  + "; only instance ids can be explained here")
     if text.startswith("Invalid durable function graph"):
         fail(admin.one_line(Exception(text)))
+    if as_json:
+        _print_json({"source": source, "tree": text.rstrip("\n"),
+                     "lines": text.rstrip("\n").splitlines()})
+        return
     typer.echo(text.rstrip("\n"))
 
 
@@ -831,7 +903,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         client_error = _client_error_type()
         if client_error is not None and isinstance(exc, client_error):
             _report(admin.one_line(exc))
-            return 1
+            from dftui.client import InputError
+
+            return 2 if isinstance(exc, InputError) else 1
         _report(f"unexpected error: {type(exc).__name__}: {admin.one_line(exc)}")
         return 1
     return result if isinstance(result, int) else 0

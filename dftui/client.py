@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from dataclasses import replace as dataclasses_replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,6 +62,11 @@ class ConnectionLost(ClientError):
 
 class PasswordRequired(ClientError):
     """The server asked for a password and none was available (no PGPASSWORD, no ~/.pgpass)."""
+
+
+class InputError(ClientError):
+    """The input itself is wrong (a malformed id, a payload that is not JSON, an empty name):
+    nothing was sent to the server. The CLI reports it as a usage error (exit 2)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -174,9 +180,11 @@ class InstanceDetail:
     execution: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass
 class Attempt:
-    """One execution attempt of a node (df.node_attempt_history)."""
+    """One execution attempt of a node (df.node_attempt_history). `run`, `execution` and
+    `loop_iteration` are filled in by dftui.timings.number_attempts so attempts stay distinct
+    across retries (the backend's `attempt` restarts at 1) and loop iterations."""
 
     node_id: str
     attempt: int
@@ -188,6 +196,9 @@ class Attempt:
     iteration: int | None = None
     kind: str = "attempt"  # "attempt", or "retry" for a df.retry that resumed at this node
     requested_by: str | None = None
+    run: int = 0  # 1.. in time order over all of the node's attempts
+    execution: int = 1  # 1 + the df.retry calls before this attempt
+    loop_iteration: int | None = None  # of the nearest enclosing LOOP
 
 
 @dataclass
@@ -216,6 +227,9 @@ class NodeInfo:
     # LOOP nodes: archived iterations from df.loop_history ({iteration, started_at, finished_at,
     # nodes: [{node_id, status, result, error}]}), oldest first.
     loop_iterations: list[dict[str, Any]] = field(default_factory=list)
+    parent_id: str | None = None
+    slot: str | None = None
+    stopped_with_instance: bool = False  # unfinished when its instance ended (end = instance's)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -231,11 +245,45 @@ class NodeInfo:
 
 @dataclass(frozen=True)
 class ActionResult:
-    """Outcome of an action on one instance (bulk actions return one per id)."""
+    """Outcome of an action on one instance (bulk actions return one per id).
+
+    `ok` is True only when the action was really applied; `skipped` marks a deliberate no-op
+    with its reason in `message` (already completed, not waiting, ...), so no caller can
+    report a no-op as done."""
 
     id: str
     ok: bool
     message: str
+    label: str | None = None
+    skipped: bool = False
+
+    @property
+    def name(self) -> str:
+        return instance_name(self.id, self.label)
+
+
+def instance_name(instance_id: str, label: str | None) -> str:
+    """How an instance is named to operators: `nightly-etl (a1b2c3d4)`, or the bare id."""
+    return f"{label} ({instance_id})" if label else instance_id
+
+
+# Which statuses each action can act on; anything else is skipped with this reason.
+def action_refusal(action: str, status: str) -> str | None:
+    """Why `action` would do nothing on an instance in `status` (None: it applies).
+
+    The same rules as df.cancel / df.retry / df.signal, checked before asking the server so a
+    no-op is reported as one (df.cancel answers 'already completed', df.signal queues a signal
+    no step will ever read)."""
+    if action == "cancel" and status in TERMINAL_STATUSES:
+        return f"already {status}; nothing to cancel"
+    if action == "retry":
+        if status == "completed":
+            return "completed; only failed or cancelled instances can be retried"
+        if status in ("pending", "running"):
+            return f"{status}; only failed or cancelled instances can be retried"
+    if action == "signal" and status in TERMINAL_STATUSES:
+        return f"{status}; signals reach only pending or running instances"
+    return None
 
 
 @dataclass(frozen=True)
@@ -573,36 +621,23 @@ class Client:
         after: tuple[datetime, str] | None = None,
         limit: int = 100,
         oldest_first: bool = False,
+        label_like: str | None = None,
     ) -> InstancePage:
         """One keyset page, newest first (`created_at DESC, id ASC`, like df.list_instances).
 
         Reads df.instances directly (RLS applies) because the UI needs submitted_by and free-text
-        filters that df.list_instances lacks. The redundant `created_at <= cursor` bound lets the
+        filters that df.list_instances lacks (`label` is exact, `label_like` a case-insensitive
+        substring, `text` a substring of the id, label, submitter, any step's SQL or error text).
+        The redundant `created_at <= cursor` bound lets the
         planner start the index scan at the cursor, so page 10,000 is as cheap as page 1.
         """
         if status is not None and status not in STATUSES:
             raise ClientError(f"unknown status {status!r} (expected one of {', '.join(STATUSES)})")
         if limit < 1 or limit > 10_000:
             raise ClientError("limit must be between 1 and 10000")
-        where = ["TRUE"]
         params: dict[str, Any] = {"limit": limit + 1}
-        if status:
-            where.append("i.status = %(status)s")
-            params["status"] = status
-        if label:
-            where.append("i.label = %(label)s")
-            params["label"] = label
-        if text:
-            where.append(
-                "(i.id LIKE %(prefix)s OR i.label ILIKE %(pattern)s"
-                " OR i.submitted_by::text ILIKE %(pattern)s)"
-            )
-            escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            params["prefix"] = escaped.lower() + "%"
-            params["pattern"] = "%" + escaped + "%"
-        if since is not None:
-            where.append("i.created_at >= %(since)s")
-            params["since"] = since
+        where = _filter_where(params, status=status, label=label, label_like=label_like,
+                              text=text, since=since)
         if after is not None and not oldest_first:
             where.append(
                 "i.created_at <= %(cts)s AND (i.created_at < %(cts)s OR i.id > %(cid)s)"
@@ -653,36 +688,40 @@ class Client:
         )
         return {r["id"]: InstanceSummary(**r) for r in rows}
 
-    def status_counts(self, *, label: str | None = None, cap: int = COUNT_CAP) -> StatusCounts:
-        """Per-status counts without scanning the whole table.
+    def status_counts(self, *, label: str | None = None, cap: int = COUNT_CAP,
+                      label_like: str | None = None, text: str | None = None,
+                      since: datetime | None = None) -> StatusCounts:
+        """Per-status counts under the same filters as `list_instances`, without scanning the
+        whole table.
 
         Each status is counted exactly up to `cap` rows through the (status, created_at, id)
         index; a status above the cap gets the planner's row estimate instead (RLS-aware, since
         the policy is part of the plan). Cost stays bounded with millions of instances.
         """
-        label_sql = " AND i.label = %(label)s" if label else ""
+        params: dict[str, Any] = {"cap": cap}
+        where = _filter_where(params, label=label, label_like=label_like, text=text, since=since)
+        extra = "".join(f" AND {w}" for w in where[1:])
         # One branch per status with the status as a literal (from our fixed list), so each
         # branch is planned as a bounded scan of the (status, created_at, id) index.
         branches = [
             f"SELECT '{status}'::text AS status, (SELECT count(*) FROM (SELECT 1 FROM df.instances i"
-            f" WHERE i.status = '{status}'{label_sql} LIMIT %(cap)s + 1) x) AS n"
+            f" WHERE i.status = '{status}'{extra} LIMIT %(cap)s + 1) x) AS n"
             for status in STATUSES
         ]
-        rows = self._rows(" UNION ALL ".join(branches), {"cap": cap, "label": label})
+        rows = self._rows(" UNION ALL ".join(branches), params)
         counts = {r["status"]: int(r["n"]) for r in rows}
         estimated: set[str] = set()
         for status, n in counts.items():
             if n > cap:
-                counts[status] = max(self._estimate(status, label), cap + 1)
+                counts[status] = max(self._estimate(status, extra, params), cap + 1)
                 estimated.add(status)
         return StatusCounts(counts, frozenset(estimated))
 
-    def _estimate(self, status: str, label: str | None) -> int:
-        query = "EXPLAIN (FORMAT JSON) SELECT 1 FROM df.instances i WHERE i.status = %(status)s"
-        if label:
-            query += " AND i.label = %(label)s"
+    def _estimate(self, status: str, extra: str, params: dict[str, Any]) -> int:
+        query = ("EXPLAIN (FORMAT JSON) SELECT 1 FROM df.instances i WHERE i.status = %(status)s"
+                 + extra)
         with self._cursor() as cur:
-            cur.execute(query, {"status": status, "label": label})
+            cur.execute(query, {**params, "status": status})
             plan = cur.fetchone()
         assert plan is not None
         value = next(iter(plan.values()))
@@ -751,10 +790,21 @@ class Client:
         row = self._one(query, params)
         return row["j"] if row else None
 
-    def nodes(self, instance_id: str) -> list[NodeInfo]:
+    def nodes(self, instance_id: str, detail: InstanceDetail | None = None) -> list[NodeInfo]:
         """df.instance_nodes (with inferred status), plus timing/attempts from df.node_runs and
-        df.node_attempt_history when the backend has them."""
+        df.node_attempt_history when the backend has them, with true spans and distinct attempt
+        numbers (dftui.timings). `detail` saves re-reading the instance."""
         instance_id = _check_id(instance_id)
+        found = self._nodes(instance_id)
+        if self.capabilities.has_node_runs and found:
+            from dftui import timings
+
+            parents = {n.id: (n.parent_id, n.slot) for n in found}
+            timings.number_attempts(found, parents)
+            timings.fix_timings(detail or self.instance(instance_id), found, parents)
+        return found
+
+    def _nodes(self, instance_id: str) -> list[NodeInfo]:
         if not self.capabilities.has_instance_nodes:
             rows = self._rows(
                 """
@@ -780,6 +830,8 @@ class Client:
         return self._with_runs(instance_id, {r["id"]: _node(r) for r in rows})
 
     def _with_runs(self, instance_id: str, nodes: dict[str, NodeInfo]) -> list[NodeInfo]:
+        for each in nodes.values():
+            each.result = ordered_result(each.result, each.status_details)
         caps = self.capabilities
         if caps.has_node_runs and nodes:
             for run in self._rows(
@@ -795,6 +847,8 @@ class Client:
                 node.attempts = data.get("attempts")
                 node.ran_sql = data.get("ran_sql")
                 node.iteration = data.get("iteration")
+                node.parent_id = data.get("parent_id")
+                node.slot = data.get("slot")
                 if not node.error and data.get("error"):
                     node.error = data.get("error")
         if caps.has_attempt_history and nodes:
@@ -894,56 +948,94 @@ class Client:
         assert row is not None
         return row["id"]
 
+    def _targets(self, ids: Iterable[str]) -> list[tuple[str, str | None, str | None]]:
+        """(id, label, status) of each id, in the given order, duplicates dropped; status None
+        when the role cannot see it. Raises InputError on a malformed id (nothing is sent)."""
+        wanted = list(dict.fromkeys(check_id(raw) for raw in ids))
+        rows = {r["id"]: r for r in self._rows(
+            "SELECT i.id, i.label, i.status FROM df.instances i WHERE i.id = ANY(%s)", (wanted,))}
+        return [(i, (rows.get(i) or {}).get("label"), (rows.get(i) or {}).get("status"))
+                for i in wanted]
+
+    def _act(self, action: str, ids: Iterable[str],
+             fn: Callable[[str], ActionResult | str]) -> list[ActionResult]:
+        """Run `fn(id)` for every id the action applies to; the others are skipped with the
+        reason. A database error on one id is reported for that id and does not stop the rest."""
+        results = []
+        for instance_id, label, status in self._targets(ids):
+            if status is None:
+                results.append(ActionResult(instance_id, False,
+                                            "Instance not found or access denied", label))
+                continue
+            refusal = action_refusal(action, status)
+            if refusal is not None:
+                results.append(ActionResult(instance_id, False, refusal, label, skipped=True))
+                continue
+            try:
+                outcome = fn(instance_id)
+            except ConnectionLost:
+                raise
+            except ClientError as exc:
+                results.append(ActionResult(instance_id, False, exc.message, label))
+                continue
+            if isinstance(outcome, ActionResult):
+                outcome = dataclasses_replace(outcome, label=label)
+            else:
+                outcome = ActionResult(instance_id, True, outcome, label)
+            results.append(outcome)
+        return results
+
     def cancel(self, ids: Iterable[str], reason: str | None = None) -> list[ActionResult]:
-        """df.cancel each id; one result per id (a failure does not stop the others)."""
+        """df.cancel each id; one result per id. df.cancel's 'already <status>' (the instance
+        finished meanwhile) is a skip, never a success."""
         # df.cancel is STRICT (as pg_durable's): never pass NULL, it would do nothing.
         reason = (reason or "").strip() or "Cancelled by user"
 
-        def one(instance_id: str) -> str:
+        def one(instance_id: str) -> ActionResult:
             row = self._one("SELECT df.cancel(%s, %s)::text AS r", (instance_id, reason))
-            return (row or {}).get("r") or "cancelled"
+            answer = (row or {}).get("r") or ""
+            if answer.startswith("already "):
+                return ActionResult(instance_id, False, f"{answer}; nothing to cancel",
+                                    skipped=True)
+            return ActionResult(instance_id, True, "cancelled")
 
-        return self._each(ids, one)
+        return self._act("cancel", ids, one)
 
     def retry(self, ids: Iterable[str]) -> list[ActionResult]:
-        """df.retry each id (dftui only; refused with the reason on backends without it)."""
+        """df.retry each failed or cancelled id (dftui only; refused with the reason on backends
+        without it); others are skipped with the reason."""
         if not self.capabilities.can_retry:
             raise ClientError(self.capabilities.reasons.get("retry", "retry is not available"))
 
         def one(instance_id: str) -> str:
             row = self._one("SELECT df.retry(%s)::text AS r", (instance_id,))
-            return (row or {}).get("r") or "retried"
+            return f"retried (now {(row or {}).get('r') or 'running'})"
 
-        return self._each(ids, one)
+        return self._act("retry", ids, one)
 
-    def signal(self, instance_id: str, name: str, data: str | Any = "{}") -> str:
-        """df.signal after validating the name and the JSON payload client-side."""
-        instance_id = _check_id(instance_id)
+    def signal(self, ids: Iterable[str] | str, name: str, data: str | Any = "{}"
+               ) -> list[ActionResult]:
+        """df.signal each pending or running id, after validating the name and the JSON payload
+        client-side (InputError: nothing sent). Finished instances are skipped: df.signal would
+        queue a signal no step ever reads and still answer OK."""
         name = name.strip()
         if not name:
-            raise ClientError("signal name must not be empty")
+            raise InputError("signal name must not be empty")
         if isinstance(data, str):
             payload = data.strip() or "{}"
             try:
                 json.loads(payload)
             except ValueError as exc:
-                raise ClientError(f"signal payload is not valid JSON: {exc}") from None
+                raise InputError(f"signal payload is not valid JSON: {exc}") from None
         else:
             payload = json.dumps(data)
-        row = self._one("SELECT df.signal(%s, %s, %s)::text AS r", (instance_id, name, payload))
-        return (row or {}).get("r") or "OK"
+        targets = [ids] if isinstance(ids, str) else list(ids)
 
-    def _each(self, ids: Iterable[str], fn: Callable[[str], str]) -> list[ActionResult]:
-        results = []
-        for raw in ids:
-            try:
-                instance_id = _check_id(raw)
-                results.append(ActionResult(instance_id, True, fn(instance_id)))
-            except ConnectionLost:
-                raise
-            except ClientError as exc:
-                results.append(ActionResult(raw, False, exc.message))
-        return results
+        def one(instance_id: str) -> str:
+            self._one("SELECT df.signal(%s, %s, %s)::text AS r", (instance_id, name, payload))
+            return f"signal {name!r} sent"
+
+        return self._act("signal", targets, one)
 
     # -- variables -----------------------------------------------------------------------------
 
@@ -954,8 +1046,9 @@ class Client:
         )]
 
     def set_var(self, name: str, value: str) -> None:
-        if not _NAME_RE.match(name or ""):
-            raise ClientError(f"variable name {name!r} is not a valid identifier")
+        problem = var_name_problem(name)
+        if problem:
+            raise InputError(problem)
         self._rows("SELECT df.setvar(%s, %s)", (name, value))
 
     def unset_var(self, name: str) -> None:
@@ -967,6 +1060,51 @@ class Client:
         if not self.capabilities.has_engines:
             raise ClientError(self.capabilities.reasons.get("engines", "engines are not visible"))
         return [EngineInfo(r["j"]) for r in self._rows("SELECT to_jsonb(e) AS j FROM df.engines e")]
+
+    def health_line(self) -> dict[str, Any]:
+        """The home screen's compact health: engines alive/total, runnable steps, age of the
+        oldest ready step (seconds), stuck instances — each None when this backend or role
+        cannot see it. Bounded queries only (the views are indexed / capped)."""
+        out: dict[str, Any] = {"alive": None, "engines": None, "runnable": None,
+                               "oldest_s": None, "stuck": None}
+        if self.capabilities.has_engines:
+            row = self._one("SELECT count(*) FILTER (WHERE e.state = 'alive') AS alive,"
+                            " count(*) AS total FROM df.engines e")
+            if row:
+                out["alive"], out["engines"] = int(row["alive"]), int(row["total"])
+        if self._relation_usable("df", "queue_depth"):
+            row = self._one("SELECT runnable, extract(epoch FROM pg_catalog.now() - oldest_due)"
+                            "::float8 AS oldest_s FROM df.queue_depth")
+            if row:
+                out["runnable"], out["oldest_s"] = int(row["runnable"] or 0), row["oldest_s"]
+        if self._relation_usable("df", "stuck_instances"):
+            row = self._one("SELECT count(*) AS n FROM (SELECT 1 FROM df.stuck_instances"
+                            " LIMIT 1000) s")
+            out["stuck"] = int(row["n"]) if row else None
+        return out
+
+    def engine_warning(self) -> str | None:
+        """Why new work would not run, or None: no engine ever registered, none alive (all
+        stopped, or stale: no heartbeat for 60 s). None too when engines are invisible here."""
+        if not self.capabilities.has_engines:
+            return None
+        row = self._one(
+            """
+            SELECT count(*) FILTER (WHERE e.state = 'alive') AS alive,
+                   count(*) FILTER (WHERE e.state = 'stale') AS stale,
+                   count(*) AS total,
+                   extract(epoch FROM pg_catalog.now() - max(e.heartbeat_at))::bigint AS age
+              FROM df.engines e
+            """
+        )
+        if row is None or row["alive"]:
+            return None
+        if row["stale"]:
+            return (f"All engines are stale (no heartbeat for {row['age']}s): steps do not run. "
+                    "Check the engine, or start one: dftui engine")
+        if row["total"]:
+            return "No engine is running: new work stays pending. Start one: dftui engine"
+        return "No engine has ever run here: instances stay pending. Start one: dftui engine"
 
     def health(self, *, stuck_after_seconds: int = 600, limit: int = 50) -> Health:
         """Engines with heartbeats, waiting steps (signal/timer/cron), long-running steps, step
@@ -1062,6 +1200,71 @@ class Client:
         return dict(row or {})
 
 
+def _like(text: str) -> str:
+    """`text` as a LIKE pattern matching itself anywhere."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _filter_where(params: dict[str, Any], *, status: str | None = None, label: str | None = None,
+                  label_like: str | None = None, text: str | None = None,
+                  since: datetime | None = None) -> list[str]:
+    """The WHERE terms (and their parameters, added to `params`) shared by the list and the
+    status counts, so the counts always follow the filter."""
+    where = ["TRUE"]
+    if status:
+        where.append("i.status = %(status)s")
+        params["status"] = status
+    if label:
+        where.append("i.label = %(label)s")
+        params["label"] = label
+    if label_like:
+        where.append("i.label ILIKE %(label_like)s")
+        params["label_like"] = _like(label_like)
+    if text:
+        # Steps are searched by their SQL (df.nodes.query) and error text; RLS applies there too.
+        where.append(
+            "(i.id LIKE %(prefix)s OR i.label ILIKE %(pattern)s"
+            " OR i.submitted_by::text ILIKE %(pattern)s"
+            " OR EXISTS (SELECT 1 FROM df.nodes n WHERE n.instance_id = i.id"
+            " AND (n.query ILIKE %(pattern)s OR n.error ILIKE %(pattern)s)))"
+        )
+        params["prefix"] = _like(text.lower())[1:]
+        params["pattern"] = _like(text)
+    if since is not None:
+        where.append("i.created_at >= %(since)s")
+        params["since"] = since
+    return where
+
+
+def var_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a df.vars name (None: it can): a letter or _ then letters, digits,
+    _ — what {name} substitution recognises."""
+    if not name:
+        return "the name must not be empty"
+    if not _NAME_RE.match(name):
+        return (f"{name!r} is not a valid name: use a letter or _ followed by letters, digits "
+                "or _ (e.g. api_url)")
+    return None
+
+
+def ordered_result(result: Any, details: Any) -> Any:
+    """A row-set result with each row's keys in the statement's column order.
+
+    Results are stored as jsonb, which sorts object keys; the engine records the statement's
+    column names in status_details.columns, so the order `SELECT b, a` asked for is restored."""
+    columns = details.get("columns") if isinstance(details, dict) else None
+    if not (isinstance(columns, list) and isinstance(result, dict)
+            and isinstance(result.get("rows"), list)):
+        return result
+    def order(row: Any) -> Any:
+        if not isinstance(row, dict):
+            return row
+        ordered = {c: row[c] for c in columns if isinstance(c, str) and c in row}
+        ordered.update({k: v for k, v in row.items() if k not in ordered})
+        return ordered
+    return {**result, "rows": [order(r) for r in result["rows"]]}
+
+
 def json_value(value: Any) -> Any:
     """A stored JSON value as data, whichever way the backend returns it: pg_durable's (and
     dftui's since 0.2) df.instance_nodes give result/status_details as JSON *text*, older dftui
@@ -1088,11 +1291,15 @@ def _summary(row: dict[str, Any]) -> InstanceSummary:
     return InstanceSummary(**row)
 
 
-def _check_id(instance_id: str) -> str:
+def check_id(instance_id: str) -> str:
+    """The normalised id; InputError when it is not 8 hex digits."""
     value = (instance_id or "").strip().lower()
     if not _ID_RE.match(value):
-        raise ClientError(f"invalid instance id {instance_id!r} (expected 8 hex digits)")
+        raise InputError(f"invalid instance id {instance_id!r} (expected 8 hex digits)")
     return value
+
+
+_check_id = check_id
 
 
 def parse_ts(value: Any) -> datetime | None:
@@ -1107,17 +1314,51 @@ def parse_ts(value: Any) -> datetime | None:
         return None
 
 
-def connect(conninfo: str = "", *, password_prompt: Callable[[], str] | None = None) -> Client:
-    """Open a Client; when the server asks for a password, ask `password_prompt` once.
+PASSWORD_TRIES = 3
+
+
+def password_target(conninfo: str) -> str:
+    """`user@host:port/dbname` as libpq will resolve it (conninfo, then PG* variables), so a
+    password prompt says which password it wants."""
+    import getpass
+    import os
+
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(conninfo) if conninfo else {}
+    except psycopg.Error:
+        params = {}
+    user = params.get("user") or os.environ.get("PGUSER") or getpass.getuser()
+    host = params.get("host") or os.environ.get("PGHOST") or "local socket"
+    port = params.get("port") or os.environ.get("PGPORT") or "5432"
+    dbname = params.get("dbname") or os.environ.get("PGDATABASE") or user
+    return f"{user}@{host}:{port}/{dbname}"
+
+
+def connect(conninfo: str = "", *,
+            password_prompt: Callable[[str], str] | None = None) -> Client:
+    """Open a Client; when the server asks for a password, ask `password_prompt(target)`
+    (target = `user@host:port/db`), up to PASSWORD_TRIES times while the password is wrong.
 
     Used by the CLI and the TUI launcher (with getpass, before Textual takes the terminal).
     """
     client = Client(conninfo)
     try:
         client.connect()
+        return client
     except PasswordRequired:
         if password_prompt is None:
             raise
-        client.set_password(password_prompt())
-        client.connect()
+    target = password_target(conninfo)
+    for attempt in range(PASSWORD_TRIES):
+        client.set_password(password_prompt(target))
+        try:
+            client.connect()
+            return client
+        except ClientError as exc:
+            wrong = "password authentication failed" in exc.message
+            if not wrong or attempt == PASSWORD_TRIES - 1:
+                raise
+            import sys
+
+            print(f"dftui: wrong password for {target}; try again", file=sys.stderr)
     return client

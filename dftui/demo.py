@@ -92,11 +92,49 @@ def _cluster(fresh: bool) -> Any:
             cluster = Cluster(data_dir())
             if fresh:
                 cluster.destroy()
+            cluster.port = _stable_port()
             cluster.start()
             cluster.wait_ready()
+            _port_file().write_text(f"{cluster.port}\n")
         except EmbeddedError as exc:
             raise DemoError(str(exc).splitlines()[0]) from exc
     return cluster
+
+
+def _port_file() -> Path:
+    return data_dir().parent / "demo-pg.port"
+
+
+def _stable_port() -> int:
+    """The port of the previous run when it is still free (so DSNs copied from the banner keep
+    working across runs), else a new free port. 0 lets a running server keep its own."""
+    import socket
+
+    from dftui.embedded import free_port
+
+    try:
+        port = int(_port_file().read_text().strip())
+    except (OSError, ValueError):
+        return free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return 0 if _is_ours(port) else free_port()
+    return port
+
+
+def _is_ours(port: int) -> bool:
+    """A server already listening on the saved port is the demo's own (reused by start())."""
+    return (data_dir() / "postmaster.pid").exists()
+
+
+def _seeded_ids(conn: psycopg.Connection) -> dict[str, str]:
+    """Label -> id of the newest instance of each label, for the banner on a reused demo."""
+    rows = conn.execute(
+        "SELECT DISTINCT ON (label) label, id FROM df.instances WHERE label IS NOT NULL"
+        " ORDER BY label, created_at DESC").fetchall()
+    return {label: instance_id for label, instance_id in rows}
 
 
 def prepare(fresh: bool = False, say: Callable[[str], None] = _say) -> DemoServer:
@@ -117,6 +155,7 @@ def prepare(fresh: bool = False, say: Callable[[str], None] = _say) -> DemoServe
             change = schema.install(conn, upgrade=True)
             say(change.describe())
             seeded = demo_workflows.seed(conn)
+            known = seeded or _seeded_ids(conn)
     except BaseException:
         cluster.stop()
         raise
@@ -124,7 +163,7 @@ def prepare(fresh: bool = False, say: Callable[[str], None] = _say) -> DemoServe
         say(f"seeded {len(seeded)} workflows as {' and '.join(demo_workflows.ROLES)}")
     else:
         say("reusing the demo data from an earlier run (use --fresh to start over)")
-    return DemoServer(cluster, seeded)
+    return DemoServer(cluster, known)
 
 
 def _engine_logging(home: Path, to_stderr: bool) -> logging.Handler:
@@ -220,7 +259,9 @@ def run_demo(fresh: bool = False, tui: bool = True) -> int:
                 from dftui.app import run_app
 
                 _say(f"opening the TUI as demo_alice (engine log: {home / 'engine.log'})")
-                return int(run_app(server.dsn("demo_alice"), False) or 0)
+                warning = ("Quitting stops the demo's engine and PostgreSQL server "
+                           "(the data is kept for the next `dftui demo`).")
+                return int(run_app(server.dsn("demo_alice"), False, warning) or 0)
             _say(_banner(server), sys.stdout)
             _wait_for_stop()
             return 0

@@ -260,11 +260,11 @@ def test_explain_invalid_graph_is_an_error(capsys, db):
 @pytest.mark.parametrize("command", ["show", "cancel", "retry"])
 def test_unknown_and_foreign_ids(capsys, db, command):
     foreign = start(capsys, db, "df.sleep(3600)", BOB)
-    for bad, fragment in (("0000abcd", "Instance not found or access denied"),
-                          (foreign, "Instance not found or access denied"),
-                          ("xyz", "invalid instance id")):
+    for bad, fragment, want in (("0000abcd", "Instance not found or access denied", 1),
+                                (foreign, "Instance not found or access denied", 1),
+                                ("xyz", "invalid instance id", 2)):
         code, out, err = run(capsys, command, bad, "--dsn", db.dsn(ALICE))
-        assert code == 1, (command, bad)
+        assert code == want, (command, bad)
         assert_one_line_error(err, fragment)
     assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (foreign,)) == "pending"
 
@@ -299,11 +299,16 @@ def test_cancel_json(capsys, db):
 def test_signal_validates_payload(capsys, db):
     instance_id = start(capsys, db, "df.wait_for_signal('go')")
     code, out, err = run(capsys, "signal", instance_id, "go", "{not json", "--dsn", db.dsn(ALICE))
-    assert code == 1 and out == ""
+    assert code == 2 and out == ""  # a usage error: nothing was sent
     assert_one_line_error(err, "JSON")
+    assert db.scalar("SELECT count(*) FROM df_internal.signals WHERE instance_id = %s",
+                     (instance_id,)) == 0
     code, out, err = run(capsys, "signal", instance_id, "go", '{"ok": true}', "--dsn", db.dsn(ALICE))
     assert (code, err) == (0, "")
-    assert out.strip() == "OK"
+    assert out.strip() == f"{instance_id}: signal 'go' sent"
+    code, out, err = run(capsys, "signal", instance_id, "go", "--json", "--dsn", db.dsn(ALICE))
+    assert code == 0
+    assert [(r["id"], r["ok"]) for r in json.loads(out)] == [(instance_id, True)]
 
 
 def test_start_wait_signal_and_retry_with_engine(capsys, db, running_engine):
@@ -343,8 +348,83 @@ def test_start_wait_signal_and_retry_with_engine(capsys, db, running_engine):
 def test_start_wait_timeout(capsys, db):
     code, out, err = run(capsys, "start", "df.sleep(3600)", "--wait", "--timeout", "0.2",
                          "--dsn", db.dsn(ALICE))
-    assert code == 1 and out == ""
+    assert code == 3 and out == ""  # its own code: not the 1 of a failed instance
     assert_one_line_error(err, "timed out")
+
+
+# --- no false success -----------------------------------------------------------------------
+
+
+def _seed_finished(db) -> tuple[str, str, str]:
+    from tests.tui.conftest import Seed, seed_instances
+
+    seed_instances(db, [Seed("00c0ffee", "completed", label="done-one"),
+                        Seed("00fa11ed", "failed", label="broke"),
+                        Seed("00a11ce0", "pending", label="waits")])
+    return "00c0ffee", "00fa11ed", "00a11ce0"
+
+
+def test_noop_actions_exit_1_and_say_why(capsys, db):
+    completed, failed, pending = _seed_finished(db)
+    dsn = db.dsn(ALICE)
+    code, out, err = run(capsys, "cancel", completed, "--dsn", dsn)
+    assert code == 1 and out == ""
+    assert_one_line_error(err, "done-one (00c0ffee)", "already completed")
+    code, out, err = run(capsys, "signal", completed, "go", "--dsn", dsn)
+    assert code == 1 and out == ""
+    assert_one_line_error(err, "completed", "signals reach only pending or running")
+    assert db.scalar("SELECT count(*) FROM df_internal.signals") == 0
+    code, out, err = run(capsys, "retry", completed, "--dsn", dsn)
+    assert code == 1 and out == ""
+    assert_one_line_error(err, "only failed or cancelled")
+    code, out, err = run(capsys, "retry", pending, "--dsn", dsn)
+    assert code == 1 and "pending" in err
+    # a mix: the pending one is cancelled, the completed one skipped with its reason, exit 1
+    code, out, err = run(capsys, "cancel", pending, completed, "--json", "--dsn", dsn)
+    assert code == 1
+    results = {r["id"]: r for r in json.loads(out)}
+    assert results[pending]["ok"] is True and results[pending]["label"] == "waits"
+    assert results[completed]["ok"] is False and results[completed]["skipped"] is True
+    assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (completed,)) == "completed"
+    assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (pending,)) == "cancelled"
+
+
+def test_mistyped_subcommand_is_a_usage_error(capsys):
+    code, out, err = run(capsys, "lss")
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "no such command 'lss'", "did you mean 'ls'")
+
+
+def test_help_shows_no_bool_metavars(capsys):
+    for args, flag in ((["--help"], "--version"), (["ls", "--help"], "--json")):
+        code, out, _ = run(capsys, *args)
+        assert code == 0 and flag in out
+        assert "<bool>" not in out
+
+
+def test_json_on_explain_and_install(capsys, db):
+    code, out, err = run(capsys, "explain", "'SELECT 1' ~> df.sleep(30)", "--json",
+                         "--dsn", db.dsn(ALICE))
+    assert (code, err) == (0, "")
+    data = json.loads(out)
+    assert "SLEEP" in data["tree"] and data["lines"]
+    code, out, err = run(capsys, "install", "--json", "--dsn", db.dsn())
+    assert (code, err) == (0, ""), err
+    data = json.loads(out)
+    assert data["applied"] == [] and "already installed" in data["message"]
+
+
+def test_show_json_output_is_data_and_columns_keep_their_order(capsys, db, running_engine):
+    code, out, err = run(capsys, "start", "'SELECT 2 AS zeta, 1 AS alpha, 3 AS mid'", "--wait",
+                         "--dsn", db.dsn(ALICE))
+    assert code == 0, err
+    instance_id = out.split()[0]
+    code, out, err = run(capsys, "show", instance_id, "--json", "--dsn", db.dsn(ALICE))
+    assert code == 0, err
+    data = json.loads(out)
+    assert not isinstance(data["instance"]["output"], str)
+    (node,) = [n for n in data["nodes"] if n["node_type"] == "SQL"]
+    assert list(node["result"]["rows"][0]) == ["zeta", "alpha", "mid"]
 
 
 # --- vars -----------------------------------------------------------------------------------
@@ -371,8 +451,8 @@ def test_vars_set_list_mask_unset(capsys, db, monkeypatch):
     assert db.scalar("SELECT count(*) FROM df.vars WHERE name = 'region'") == 0
 
     code, out, err = run(capsys, "vars", "set", "not valid", "x", "--dsn", dsn)
-    assert code == 1
-    assert_one_line_error(err, "not a valid identifier")
+    assert code == 2  # a usage error: nothing sent
+    assert_one_line_error(err, "not a valid name")
 
 
 # --- engine ---------------------------------------------------------------------------------

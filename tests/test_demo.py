@@ -181,7 +181,8 @@ def test_demo_runs_seeds_stops_and_reuses(tmp_path, capsys):
 
 def test_demo_opens_the_tui_and_quits_cleanly(tmp_path):
     """`dftui demo` (with the TUI) in a pseudo-terminal: the TUI comes up connected as
-    demo_alice with the seeded instances; `q` quits, and the engine and server are stopped."""
+    demo_alice with the seeded instances; `q` asks first (quitting stops the engine and the
+    server), `enter` confirms, and the engine and server are stopped."""
     import pty
     import select
 
@@ -209,6 +210,8 @@ def test_demo_opens_the_tui_and_quits_cleanly(tmp_path):
         assert read_until(b"demo_alice@dftui_demo"), output.decode(errors="replace")[-2000:]
         assert read_until(b"embed-doc"), output.decode(errors="replace")[-2000:]
         os.write(fd, b"q")
+        assert read_until(b"Quit?"), output.decode(errors="replace")[-2000:]
+        os.write(fd, b"\r")
         read_until(b"stopping PostgreSQL")
         _, status = os.waitpid(pid, 0)
     finally:

@@ -21,8 +21,9 @@ from textual.timer import Timer
 from textual.widgets import Button, Input, Label, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
 
-from dftui.app import AppScreenMixin
-from dftui.client import Client, ClientError, NodeInfo
+from dftui.app import SHORT_HEIGHT, AppScreenMixin
+from dftui.client import ActionResult, Client, ClientError, NodeInfo
+from dftui.screens.actions import Plan, names_text
 from dftui.vocabulary import is_composite
 from dftui.widgets.format import STATUS_STYLES, status_symbol
 from dftui.widgets.graph import display_status, node_summary
@@ -30,19 +31,35 @@ from dftui.widgets.graph import display_status, node_summary
 MAX_LISTED = 8
 
 
-def _ids_text(ids: list[str]) -> str:
-    shown = ", ".join(ids[:MAX_LISTED])
-    return shown + (f" and {len(ids) - MAX_LISTED} more" if len(ids) > MAX_LISTED else "")
-
-
-def _count(ids: list[str]) -> str:
+def _count(ids: list) -> str:
     return f"{len(ids)} instance{'s' if len(ids) != 1 else ''}"
+
+
+def _targets_text(planned: Plan) -> Text:
+    """The instances an action will touch, by label and id, then those skipped and why."""
+    text = Text(names_text([t.name for t in planned.apply], MAX_LISTED))
+    if planned.skip:
+        text.append(f"\nskipped {len(planned.skip)}: ", style="bold yellow")
+        shown = [f"{t.name} ({why})" for t, why in planned.skip[:3]]
+        more = f" and {len(planned.skip) - 3} more" if len(planned.skip) > 3 else ""
+        text.append("; ".join(shown) + more, style="yellow")
+    return text
 
 
 class _Dialog(AppScreenMixin, ModalScreen):
     """Common behaviour: esc closes without doing anything."""
 
     BINDINGS = [Binding("escape", "close", "Close")]
+
+    def on_screen_resume(self) -> None:
+        self._fit()
+
+    def on_resize(self) -> None:
+        self._fit()
+
+    def _fit(self) -> None:
+        """The compact layout on short terminals (app.tcss `-short`): buttons always fit."""
+        self.set_class(self.app.size.height < SHORT_HEIGHT, "-short")
 
     def action_close(self) -> None:
         self.dismiss(None)
@@ -55,14 +72,15 @@ class _Dialog(AppScreenMixin, ModalScreen):
 class CancelDialog(_Dialog):
     """Confirm cancelling one or more instances; returns the reason (None = abort)."""
 
-    def __init__(self, ids: list[str]) -> None:
+    def __init__(self, planned: Plan) -> None:
         super().__init__()
-        self.ids = ids
+        self.planned = planned
+        self.ids = planned.ids
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(f"Cancel {_count(self.ids)}?", classes="dialog-title")
-            yield Static(_ids_text(self.ids), classes="dialog-ids")
+            yield Static(_targets_text(self.planned), classes="dialog-ids")
             yield Static("Running steps are stopped; this cannot be undone (retry re-runs them).",
                          classes="dialog-note")
             yield Input(placeholder="reason (default: Cancelled by user)", id="reason")
@@ -77,6 +95,29 @@ class CancelDialog(_Dialog):
     @on(Button.Pressed, "#confirm")
     def _confirm(self) -> None:
         self.dismiss(self.query_one("#reason", Input).value.strip() or "Cancelled by user")
+
+
+class ConfirmDialog(_Dialog):
+    """A yes/no question for destructive actions; returns True to proceed."""
+
+    def __init__(self, question: str, confirm: str = "Delete") -> None:
+        super().__init__()
+        self.question = question
+        self.confirm = confirm
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.question, classes="dialog-title")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button(self.confirm, variant="error", id="confirm")
+                yield Button("Back", id="back")
+
+    def on_mount(self) -> None:
+        self.query_one("#confirm", Button).focus()
+
+    @on(Button.Pressed, "#confirm")
+    def _yes(self) -> None:
+        self.dismiss(True)
 
 
 def rerun_preview(nodes: list[NodeInfo], instance_status: str) -> list[tuple[str, str]]:
@@ -95,14 +136,16 @@ def rerun_preview(nodes: list[NodeInfo], instance_status: str) -> list[tuple[str
 class RetryDialog(_Dialog):
     """Confirm retrying; shows the steps that will run again. Returns True to proceed."""
 
-    def __init__(self, ids: list[str]) -> None:
+    def __init__(self, planned: Plan) -> None:
         super().__init__()
-        self.ids = ids
+        self.planned = planned
+        self.ids = planned.ids
+        self.names = {t.id: t.name for t in planned.apply}
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(f"Retry {_count(self.ids)}?", classes="dialog-title")
-            yield Static(_ids_text(self.ids), classes="dialog-ids")
+            yield Static(_targets_text(self.planned), classes="dialog-ids")
             with VerticalScroll(classes="dialog-preview"):
                 yield Static(Text("Loading what will re-run…", style="dim"), id="preview")
             with Horizontal(classes="dialog-buttons"):
@@ -118,7 +161,7 @@ class RetryDialog(_Dialog):
             for instance_id in ids:
                 try:
                     detail = client.instance(instance_id)
-                    preview = rerun_preview(client.nodes(instance_id), detail.status)
+                    preview = rerun_preview(client.nodes(instance_id, detail), detail.status)
                     result.append((instance_id, detail.status, preview))
                 except ClientError as exc:
                     if exc.__class__ is not ClientError:
@@ -131,7 +174,7 @@ class RetryDialog(_Dialog):
     def _show_preview(self, data: list[tuple[str, str, list[tuple[str, str]]]]) -> None:
         text = Text()
         for instance_id, status, steps in data:
-            text.append(f"{instance_id} ", style="bold")
+            text.append(f"{self.names.get(instance_id, instance_id)} ", style="bold")
             text.append(f"{status_symbol(status)} {status}\n", style=STATUS_STYLES.get(status, ""))
             if status == "completed":
                 text.append("  completed instances cannot be retried\n", style="dim")
@@ -154,22 +197,29 @@ class RetryDialog(_Dialog):
 
 
 class SignalDialog(_Dialog):
-    """Send a signal: name + JSON payload, validated before sending; the result is shown inline
-    on failure and the dialog closes with "OK" on success."""
+    """Send a signal to the planned instances: name + JSON payload, validated before sending.
+    A server error is shown inline (nothing to retype); once sent, the dialog closes with the
+    per-instance results for the caller to report."""
 
     BINDINGS = [Binding("ctrl+s", "send", "Send")]
 
-    def __init__(self, instance_id: str, name: str = "") -> None:
+    def __init__(self, planned: Plan, name: str = "") -> None:
         super().__init__()
-        self.instance_id = instance_id
-        self.suggested_name = name  # the signal the instance waits for, when known
+        self.planned = planned
+        self.suggested_name = name  # the signal the instances wait for, when known
 
     def compose(self) -> ComposeResult:
+        ids = self.planned.ids
+        title = (f"Signal {self.planned.apply[0].name}" if len(ids) == 1
+                 else f"Signal {_count(ids)}")
         with Vertical(classes="dialog"):
-            yield Label(f"Signal instance {self.instance_id}", classes="dialog-title")
+            yield Label(title, classes="dialog-title")
+            if len(ids) > 1 or self.planned.skip:
+                yield Static(_targets_text(self.planned), classes="dialog-ids")
             yield Input(self.suggested_name, placeholder="signal name, e.g. approve", id="name")
-            yield Static("payload (JSON):", classes="dialog-note")
-            yield TextArea("{}", id="payload", language="json", soft_wrap=True, tab_behavior="indent")
+            yield Static("payload (JSON, empty = {}):", classes="dialog-note")
+            yield TextArea("", id="payload", language="json", soft_wrap=True,
+                           tab_behavior="focus", placeholder='{"approved": true}')
             yield Static(id="error", classes="dialog-error")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Send (ctrl+s)", variant="primary", id="confirm")
@@ -182,28 +232,31 @@ class SignalDialog(_Dialog):
     def _error(self, message: str) -> None:
         self.query_one("#error", Static).update(Text(message, style=STATUS_STYLES["failed"]))
 
+    def _payload_problem(self) -> str | None:
+        payload = self.query_one("#payload", TextArea).text.strip()
+        if not payload:
+            return None
+        try:
+            json.loads(payload)
+        except json.JSONDecodeError as exc:
+            return f"payload is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        return None
+
     def validate(self) -> tuple[str, str] | None:
         name = self.query_one("#name", Input).value.strip()
-        payload = self.query_one("#payload", TextArea).text.strip() or "{}"
         if not name:
             self._error("the signal name must not be empty")
             return None
-        try:
-            json.loads(payload)
-        except ValueError as exc:
-            self._error(f"payload is not valid JSON: {exc}")
+        problem = self._payload_problem()
+        if problem:
+            self._error(problem)
             return None
         self._error("")
-        return name, payload
+        return name, self.query_one("#payload", TextArea).text.strip() or "{}"
 
     @on(TextArea.Changed, "#payload")
     def _payload_changed(self) -> None:
-        payload = self.query_one("#payload", TextArea).text.strip() or "{}"
-        try:
-            json.loads(payload)
-            self._error("")
-        except ValueError as exc:
-            self._error(f"payload is not valid JSON: {exc}")
+        self._error(self._payload_problem() or "")
 
     @on(Input.Submitted, "#name")
     @on(Button.Pressed, "#confirm")
@@ -215,14 +268,13 @@ class SignalDialog(_Dialog):
             self._error("read-only mode: signals are disabled")
             return
         name, payload = values
-        instance_id = self.instance_id
+        ids = self.planned.ids
 
-        def done(answer: str) -> None:
-            self.app.notify(f"Signal {name!r} sent to {instance_id}: {answer}", title="Signal")
-            self.dismiss(answer)
+        def done(results: list[ActionResult]) -> None:
+            self.dismiss(results)
 
-        self.dapp.run_db(self, lambda c: c.signal(instance_id, name, payload), done,
-                         group="send", on_error=lambda exc: self._error(exc.message))
+        self.dapp.run_db(self, lambda c: c.signal(ids, name, payload), done, group="send",
+                         on_error=lambda exc: self._error(exc.message), what="Signal")
 
 
 class StartDialog(_Dialog):
@@ -243,8 +295,9 @@ class StartDialog(_Dialog):
             yield Label(title, classes="dialog-title")
             yield Static("workflow (DSL expression, e.g. 'SELECT 1' ~> df.sleep(5)):",
                          classes="dialog-note")
+            # tab_behavior="focus": tab moves on and the first esc closes the dialog.
             yield TextArea(self.source or self.EXAMPLE, id="source", language="sql",
-                           soft_wrap=True, tab_behavior="indent")
+                           soft_wrap=True, tab_behavior="focus")
             yield Input(self.label or "", placeholder="label (optional)", id="label")
             with VerticalScroll(classes="dialog-preview"):
                 yield Static(id="preview")
@@ -254,7 +307,10 @@ class StartDialog(_Dialog):
                 yield Button("Back", id="back")
 
     def on_mount(self) -> None:
-        self.query_one("#source", TextArea).focus()
+        editor = self.query_one("#source", TextArea)
+        editor.focus()
+        if not self.source:
+            editor.select_all()  # the example is replaced by the first key typed
         self._preview()
 
     @on(TextArea.Changed, "#source")

@@ -14,12 +14,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Sparkline, Static
+from textual.widgets import Sparkline, Static
 
 from dftui.app import AppHeader, AppScreenMixin
 from dftui.client import Health, WaitingStep, parse_ts
 from dftui.vocabulary import cron_text
 from dftui.widgets.format import STATUS_STYLES, age, format_time, shorten
+from dftui.widgets.keybar import KeyBar
 
 SAMPLES = 60  # throughput samples kept (one per refresh)
 
@@ -65,7 +66,7 @@ class EnginesScreen(AppScreenMixin, Screen):
             yield Static(Text("throughput (steps/s over the last 15 minutes)", style="bold"))
             yield Sparkline([0.0], id="throughput")
             yield Static(id="queues")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.query_one("#engines", Static).update(Text("loading…", style="dim"))

@@ -30,17 +30,31 @@ def binding_rows(screen: Screen) -> list[tuple[str, str, bool]]:
     ordered = sorted(screen.active_bindings.items(), key=rank)
     for key, active in ordered:
         binding = active.binding
-        if not binding.description:
+        if not binding.description or binding.action.startswith("refused("):
             continue
-        ident = (binding.action, binding.description)
-        display = app.get_key_display(Binding(key, binding.action, binding.description,
+        node = active.node
+        if node is not screen and node is not app and \
+                not type(node).__module__.startswith("dftui."):
+            continue  # a widget's own navigation keys (tree/table cursor moves, scrolling)
+        description = operator_description(screen, binding)
+        ident = (description, description)
+        display = app.get_key_display(Binding(key, binding.action, description,
                                               key_display=binding.key_display))
         grouped.setdefault(ident, [])
         if display not in grouped[ident]:
             grouped[ident].append(display)
         enabled_by[ident] = enabled_by.get(ident, False) or active.enabled
-    return [(" / ".join(keys), desc, enabled_by[(action, desc)])
-            for (action, desc), keys in grouped.items()]
+    return [(" / ".join(keys), desc, enabled_by[(ident, desc)])
+            for (ident, desc), keys in grouped.items()]
+
+
+def operator_description(screen: Screen, binding: Binding) -> str:
+    """`q` quits only from the home screen; everywhere else it goes back."""
+    from dftui.screens.instances import InstancesScreen
+
+    if binding.action == "back_or_quit" and not isinstance(screen, InstancesScreen):
+        return "Back"
+    return binding.description
 
 
 class HelpScreen(ModalScreen):

@@ -15,12 +15,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Static, Tree
+from textual.widgets import Static, Tree
 from textual.widgets.tree import TreeNode
 
 from dftui.app import CURSOR_BINDINGS, AppHeader, AppScreenMixin
 from dftui.client import Client, InstanceDetail, NodeInfo
-from dftui.vocabulary import TERMINAL_STATUSES, is_composite
+from dftui.screens.actions import Plan, Target, plan, report
+from dftui.timings import instance_end
+from dftui.vocabulary import TERMINAL_STATUSES, is_composite, signal_name
 from dftui.widgets.format import (
     STATUS_STYLES,
     duration_between,
@@ -29,6 +31,7 @@ from dftui.widgets.format import (
     status_text,
 )
 from dftui.widgets.graph import GraphItem, build_graph, display_status, item_label, to_dsl
+from dftui.widgets.keybar import KeyBar
 from dftui.widgets.node_panel import NodePanel
 
 
@@ -74,7 +77,7 @@ class InstanceScreen(AppScreenMixin, Screen):
             yield tree
             with VerticalScroll(id="node-scroll"):
                 yield NodePanel(id="node-panel")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.query_one("#instance-header", Static).update(
@@ -90,7 +93,8 @@ class InstanceScreen(AppScreenMixin, Screen):
 
         def call(client: Client) -> tuple[InstanceDetail, list[NodeInfo]]:
             started = time.monotonic()
-            result = client.instance(instance_id), client.nodes(instance_id)
+            detail = client.instance(instance_id)
+            result = detail, client.nodes(instance_id, detail)
             self._refresh_cost = time.monotonic() - started
             return result
 
@@ -149,7 +153,8 @@ class InstanceScreen(AppScreenMixin, Screen):
             text.append("  FOLLOW", style="bold reverse cyan")
         text.append("\n")
         start = d.started_at or d.created_at
-        end = d.finished_at or d.completed_at or (d.updated_at if d.status in TERMINAL_STATUSES else None)
+        # The true end: a step's checkpoint may be stamped after the instance's own end.
+        end = instance_end(d, list(self.nodes.values()))
         text.append(f"created {format_time(d.created_at, app.tz, now)}")
         if d.started_at:
             text.append(f" · started {format_time(d.started_at, app.tz, now)}")
@@ -206,7 +211,11 @@ class InstanceScreen(AppScreenMixin, Screen):
             failed = self._failed_nodes()
             target = failed[0] if failed else None
         if target is not None:
-            self.call_after_refresh(tree.move_cursor, target)
+            def move() -> None:
+                tree.move_cursor(target)
+                self._show_selected()  # the highlight event may come before the nodes are set
+
+            self.call_after_refresh(move)
         else:
             tree.cursor_line = 0
 
@@ -235,7 +244,8 @@ class InstanceScreen(AppScreenMixin, Screen):
     def _show_selected(self) -> None:
         panel = self.query_one(NodePanel)
         status = self.detail.status if self.detail else ""
-        panel.show_node(self._selected_node(), status, now=self.dapp.now(), tz=self.dapp.tz)
+        panel.show_node(self._selected_node(), status, now=self.dapp.now(), tz=self.dapp.tz,
+                        nodes=self.nodes)
 
     def theme_changed(self) -> None:
         if self.is_mounted:
@@ -359,28 +369,63 @@ class InstanceScreen(AppScreenMixin, Screen):
         self.app.copy_to_clipboard(self.instance_id)
         self.notify(f"Copied {self.instance_id}")
 
+    def _plan(self, action: str) -> Plan | None:
+        """This instance as the action's target; None (after saying why) when the action would
+        do nothing to it."""
+        d = self.detail
+        if d is None:
+            self.notify("Still loading this instance", severity="warning")
+            return None
+        planned = plan(action, [Target(d.id, d.label, d.status)])
+        if not planned.apply:
+            self.notify(planned.nothing_text(), severity="warning", timeout=8)
+            return None
+        return planned
+
     def action_cancel(self) -> None:
         from dftui.screens.dialogs import CancelDialog
 
+        planned = self._plan("cancel")
+        if planned is None:
+            return
+
         def confirmed(reason: str | None) -> None:
             if reason is not None:
-                self._act("Cancel", lambda c: c.cancel([self.instance_id], reason))
+                self._act("cancel", lambda c: c.cancel(planned.ids, reason))
 
-        self.app.push_screen(CancelDialog([self.instance_id]), confirmed)
+        self.app.push_screen(CancelDialog(planned), confirmed)
 
     def action_retry(self) -> None:
         from dftui.screens.dialogs import RetryDialog
 
+        planned = self._plan("retry")
+        if planned is None:
+            return
+
         def confirmed(ok: bool | None) -> None:
             if ok:
-                self._act("Retry", lambda c: c.retry([self.instance_id]))
+                self._act("retry", lambda c: c.retry(planned.ids))
 
-        self.app.push_screen(RetryDialog([self.instance_id]), confirmed)
+        self.app.push_screen(RetryDialog(planned), confirmed)
 
     def action_signal(self) -> None:
         from dftui.screens.dialogs import SignalDialog
 
-        self.app.push_screen(SignalDialog(self.instance_id), lambda _: self.reload())
+        planned = self._plan("signal")
+        if planned is None:
+            return
+        waited = ""
+        for node in self.nodes.values():
+            if node.node_type == "SIGNAL" and display_status(node, self.detail.status
+                                                             if self.detail else "") == "running":
+                waited = signal_name(node.config) or ""
+
+        def sent(results) -> None:
+            if results is not None:
+                report(self.app, "signal", results)
+            self.reload()
+
+        self.app.push_screen(SignalDialog(planned, waited), sent)
 
     def action_again(self) -> None:
         from dftui.screens.dialogs import StartDialog
@@ -399,14 +444,10 @@ class InstanceScreen(AppScreenMixin, Screen):
 
         self.app.push_screen(StartDialog(source, self.detail.label), started)
 
-    def _act(self, verb: str, call) -> None:
+    def _act(self, action: str, call) -> None:
         def done(results) -> None:
-            for r in results:
-                if r.ok:
-                    self.notify(f"{verb}: {r.id} {r.message}", title=verb)
-                else:
-                    self.notify(f"{r.id}: {r.message}", title=f"{verb} failed", severity="error",
-                                timeout=8)
+            report(self.app, action, results)
             self.reload()
 
-        self.dapp.run_db(self, call, done, group="action", exclusive=False)
+        self.dapp.run_db(self, call, done, group="action", exclusive=False,
+                         what=action.capitalize())

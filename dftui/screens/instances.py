@@ -21,7 +21,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import DataTable, Input, Static
 
 from dftui.app import CURSOR_BINDINGS, AppHeader, AppScreenMixin
 from dftui.client import (
@@ -31,17 +31,21 @@ from dftui.client import (
     InstanceSummary,
     StatusCounts,
 )
+from dftui.screens.actions import Plan, Target, plan, report
 from dftui.vocabulary import STATUSES
 from dftui.widgets.format import (
     STATUS_STYLES,
     duration_between,
+    format_duration,
     format_time,
     shorten,
     status_symbol,
     status_text,
 )
+from dftui.widgets.keybar import KeyBar
 
 PAGE_SIZE = 100
+FILTER_DEBOUNCE = 0.25  # seconds of no typing before the filter is applied
 LOAD_AHEAD = 20  # fetch the next page when the cursor is this close to the last loaded row
 REFRESH_WINDOW = 1000  # the live refresh re-reads at most this many rows from the top
 STATUS_TABS: list[tuple[str | None, str]] = [
@@ -57,13 +61,24 @@ _SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 @dataclass(frozen=True)
 class Filters:
-    """What the list shows. Parsed from the `/` box: `status:failed label:etl since:2h words`."""
+    """What the list shows. Parsed from the `/` box: `status:failed label:etl since:2h words`.
+
+    `label:etl` matches labels containing "etl" (any case); `label:=etl` only the label "etl".
+    Free words match the id (prefix), label, submitter, any step's SQL and any error text."""
 
     status: str | None = None
     label: str | None = None
     text: str | None = None
     since: timedelta | None = None
     oldest_first: bool = False
+
+    @property
+    def label_exact(self) -> str | None:
+        return self.label[1:] if self.label and self.label.startswith("=") else None
+
+    @property
+    def label_like(self) -> str | None:
+        return self.label if self.label and not self.label.startswith("=") else None
 
     def describe(self) -> str:
         parts = ["sort:oldest"] if self.oldest_first else []
@@ -122,6 +137,7 @@ class InstancesScreen(AppScreenMixin, Screen):
     BINDINGS = [
         Binding("slash", "filter", "Filter"),
         Binding("space", "toggle_select", "Select"),
+        Binding("asterisk", "select_all", "Select all matching", show=False),
         Binding("c", "cancel", "Cancel"),
         Binding("r", "retry", "Retry"),
         Binding("s", "signal", "Signal"),
@@ -155,18 +171,24 @@ class InstancesScreen(AppScreenMixin, Screen):
         self._width = 0
         self._refresh_timer: Timer | None = None
         self._refresh_cost = 0.0  # seconds the last live refresh took in the database
+        self._filter_timer: Timer | None = None
+        self._health: dict | None = None
+        self._filter_problem: str | None = None
+        self._label_width = 0
 
     # -- layout --------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
         yield AppHeader()
         yield Static(id="summary")
-        yield Input(placeholder="filter: words  status:failed  label:etl  since:2h  sort:oldest  (enter applies, esc clears)",
+        yield Static(id="health-line")
+        yield Input(placeholder="filter as you type: words (id, label, SQL, error)  status:failed  "
+                                "label:etl  since:2h  sort:oldest  — enter: to the list, esc: clear",
                     id="filter")
         table = InstanceTable(id="instances", cursor_type="row", zebra_stripes=True)
         yield table
         yield Static(id="statusline")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.query_one("#filter", Input).display = False
@@ -190,20 +212,23 @@ class InstancesScreen(AppScreenMixin, Screen):
         see_others = bool(self.dapp.info and self.dapp.info.capabilities.can_see_others)
         table = self.query_one(DataTable)
         table.clear(columns=True)
-        # Fixed columns, then the current step takes what is left (cell padding is 2 per column).
+        # Fixed columns; the label and the current step share what is left (cell padding is 2
+        # per column): the label gets what its longest loaded value needs, up to half of it.
         cols: list[tuple[str, str, int]] = [
             ("sel", " ", 1),
             ("id", "id", 8),
             ("status", "status", 11),
-            ("label", "label", 20 if self._wide else 14),
             ("started", "started", 19 if self._wide else 11),
             ("duration", "took", 7),
         ]
         if see_others:
             cols.append(("by", "submitted by", 14 if self._wide else 10))
-        used = sum(w + 2 for _, _, w in cols) + 2
-        step_width = max(width - used - 2, 10)
-        cols.insert(4, ("step", "current step", step_width))
+        used = sum(w + 2 for _, _, w in cols) + 2 + 4  # + the label and step columns' padding
+        flexible = max(width - used - 2, 20)
+        self._label_width = self._wanted_label_width()
+        label_width = max(min(self._label_width, int(flexible * 0.5)), 8)
+        cols.insert(3, ("label", "label", label_width))
+        cols.insert(4, ("step", "current step", max(flexible - label_width, 10)))
         self._columns = [key for key, _, _ in cols]
         for key, label, w in cols:
             table.add_column(label, width=w, key=key)
@@ -220,19 +245,26 @@ class InstancesScreen(AppScreenMixin, Screen):
     def _list_args(self) -> dict:
         f = self.filters
         since = self.dapp.now() - f.since if f.since else None
-        return {"status": f.status, "label": f.label, "text": f.text, "since": since,
-                "oldest_first": f.oldest_first}
+        return {"status": f.status, "label": f.label_exact, "label_like": f.label_like,
+                "text": f.text, "since": since, "oldest_first": f.oldest_first}
+
+    def _count_args(self) -> dict:
+        """The list's filters minus status and order: the tab counts follow the filter."""
+        args = self._list_args()
+        del args["status"], args["oldest_first"]
+        return args
 
     def reload(self) -> None:
         """Re-read from the top (filter change, R, reconnect); keeps the cursor's instance."""
         self._generation += 1
         generation = self._generation
         args = self._list_args()
-        label = self.filters.label
+        count_args = self._count_args()
         limit = min(max(len(self.rows), PAGE_SIZE), REFRESH_WINDOW)
 
         def call(client: Client) -> tuple[InstancePage, StatusCounts]:
-            return client.list_instances(limit=limit, **args), client.status_counts(label=label)
+            self._health = client.health_line()
+            return client.list_instances(limit=limit, **args), client.status_counts(**count_args)
 
         self.dapp.run_db(self, call, lambda res: self._apply_reload(res, generation, False),
                          group="list")
@@ -241,12 +273,14 @@ class InstancesScreen(AppScreenMixin, Screen):
         """The periodic refresh: the loaded window from the top, older loaded rows kept."""
         generation = self._generation
         args = self._list_args()
-        label = self.filters.label
+        count_args = self._count_args()
         limit = min(max(len(self.rows), PAGE_SIZE), REFRESH_WINDOW)
 
         def call(client: Client) -> tuple[InstancePage, StatusCounts]:
             started = time.monotonic()
-            result = client.list_instances(limit=limit, **args), client.status_counts(label=label)
+            self._health = client.health_line()
+            result = (client.list_instances(limit=limit, **args),
+                      client.status_counts(**count_args))
             # Expensive filters (free text scans) back the poll off instead of hammering the server.
             self._refresh_cost = time.monotonic() - started
             return result
@@ -277,6 +311,9 @@ class InstancesScreen(AppScreenMixin, Screen):
         old = {r.id: r for r in self.rows}
         self.rows = rows
         self.loaded_once = True
+        if self._wanted_label_width() != self._label_width:
+            self._setup_columns()  # a longer (or no longer any) label: share the width again
+            changed = True
         if changed:
             self._render_rows(keep_id=keep)
         else:
@@ -326,7 +363,7 @@ class InstancesScreen(AppScreenMixin, Screen):
             "sel": Text("●", style="bold cyan") if row.id in self.selected else " ",
             "id": row.id,
             "status": status_text(row.status),
-            "label": shorten(row.label, 40) if row.label else Text("—", style="dim"),
+            "label": shorten(row.label, 60) if row.label else Text("—", style="dim"),
             "step": Text(shorten(row.current_step, 200) if row.current_step else "",
                          style=STATUS_STYLES["failed"] if row.status == "failed" else ""),
             "started": format_time(row.created_at, app.tz, now, short=not self._wide),
@@ -335,6 +372,11 @@ class InstancesScreen(AppScreenMixin, Screen):
             "by": row.submitted_by,
         }
         return [values[c] for c in self._columns]
+
+    def _wanted_label_width(self) -> int:
+        """What the longest loaded label needs (at least the header's width, at most 60)."""
+        longest = max((len(r.label) for r in self.rows if r.label), default=0)
+        return min(max(longest, len("label"), 12), 60)
 
     def _render_rows(self, keep_id: str | None) -> None:
         table = self.query_one(DataTable)
@@ -358,7 +400,35 @@ class InstancesScreen(AppScreenMixin, Screen):
                 table.update_cell(row.id, key, value)
         self._render_status_line()
 
+    def _render_health(self) -> None:
+        """engines 1/1 alive · 3 ready (oldest 2s) · 0 stuck — a click (or e) opens the detail."""
+        h = self._health or {}
+        text = Text()
+        click = Style(meta={"@click": "app.engines"})
+        parts: list[tuple[str, str]] = []
+        if h.get("engines") is not None:
+            bad = not h.get("alive")
+            parts.append((f"engines {h['alive']}/{h['engines']} alive",
+                          "bold red" if bad else "green"))
+        if h.get("runnable") is not None:
+            oldest = h.get("oldest_s")
+            age = f" (oldest {format_duration(oldest)})" if oldest is not None else ""
+            slow = oldest is not None and oldest > 60
+            parts.append((f"{h['runnable']} ready{age}", "yellow" if slow else ""))
+        if h.get("stuck") is not None:
+            parts.append((f"{h['stuck']} stuck", "bold red" if h["stuck"] else ""))
+        for i, (chunk, style) in enumerate(parts):
+            if i:
+                text.append(" · ", style="dim")
+            text.append(chunk, style=Style.parse(style or "none") + click)
+        if parts:
+            text.append("   (e: engines & health)", style=Style.parse("dim") + click)
+        line = self.query_one("#health-line", Static)
+        line.display = bool(parts)
+        line.update(text)
+
     def _render_summary(self) -> None:
+        self._render_health()
         counts = self.counts
         text = Text()
         narrow = (self.size.width or 80) < 100
@@ -386,9 +456,20 @@ class InstancesScreen(AppScreenMixin, Screen):
         described = self.filters.describe()
         if described:
             parts.append(f"filter: {described}")
+        if self._filter_problem:
+            parts.append(self._filter_problem)
         if self.loaded_once and not self.rows:
-            parts.append("no instances match" if described else "no instances yet — press n to start one")
+            parts.append("no instances match" if described else self._empty_hint())
         self.query_one("#statusline", Static).update(Text("  ·  ".join(parts), style="dim"))
+
+    def _empty_hint(self) -> str:
+        info = self.dapp.info
+        if self.dapp.read_only:
+            return "no instances yet"
+        if info is not None and info.is_superuser:
+            return ("no instances yet — superusers cannot start workflows; connect as a role "
+                    "granted df usage (dftui grant ROLE) to start one")
+        return "no instances yet — press n to start one"
 
     def theme_changed(self) -> None:
         self._render_rows(keep_id=self.current_id) if self.is_mounted else None
@@ -417,16 +498,42 @@ class InstancesScreen(AppScreenMixin, Screen):
     def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self._maybe_load_more()
 
+    @on(Input.Changed, "#filter")
+    def _filter_typed(self, event: Input.Changed) -> None:
+        """Filter as you type: applied once typing pauses; an unfinished term (`status:fa`)
+        shows its problem in the status line instead of a notification per key."""
+        if not event.input.has_focus:
+            return
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+        value = event.value
+        self._filter_timer = self.set_timer(FILTER_DEBOUNCE, lambda: self._apply_filter(value))
+
+    def _apply_filter(self, value: str, *, loud: bool = False) -> bool:
+        try:
+            filters = parse_filter(value, self.filters)
+        except ValueError as exc:
+            self._filter_problem = str(exc)
+            if loud:
+                self.notify(str(exc), severity="error")
+            self._render_status_line()
+            return False
+        self._filter_problem = None
+        if filters != self.filters:
+            self.filters = filters
+            self._filters_changed()
+        else:
+            self._render_status_line()
+        return True
+
     @on(Input.Submitted, "#filter")
     def _filter_submitted(self, event: Input.Submitted) -> None:
-        try:
-            self.filters = parse_filter(event.value, self.filters)
-        except ValueError as exc:
-            self.notify(str(exc), severity="error")
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+        if not self._apply_filter(event.value, loud=True):
             return
         event.input.display = bool(event.value)
         self.query_one(DataTable).focus()
-        self._filters_changed()
 
     def _filters_changed(self) -> None:
         self.rows = []
@@ -505,10 +612,10 @@ class InstancesScreen(AppScreenMixin, Screen):
         def picked(label: str | None) -> None:
             if label is None:
                 return
-            self.filters = replace(self.filters, label=label or None)
+            self.filters = replace(self.filters, label=f"={label}" if label else None)
             self._filters_changed()
 
-        self.app.push_screen(LabelPicker(self.filters.label), picked)
+        self.app.push_screen(LabelPicker(self.filters.label_exact), picked)
 
     def action_toggle_select(self) -> None:
         instance_id = self.current_id
@@ -525,10 +632,22 @@ class InstancesScreen(AppScreenMixin, Screen):
             table.action_cursor_down()
         self._render_status_line()
 
-    def _targets(self) -> list[str]:
+    def action_select_all(self) -> None:
+        """Select every instance matching the filter (as loaded; `+` in the status line means
+        more match than are loaded — scroll to load them), or clear when all are selected."""
+        ids = {r.id for r in self.rows}
+        self.selected = set() if ids and ids <= self.selected else ids
+        self._render_rows(keep_id=self.current_id)
+        more = " (more match: scroll down to load and include them)" if self.next_cursor else ""
+        self.notify(f"{len(self.selected)} selected{more}" if self.selected else "Selection cleared")
+
+    def _targets(self) -> list[Target]:
+        """The selection when there is one (in list order), else the cursor row."""
         if self.selected:
-            return [r.id for r in self.rows if r.id in self.selected]
-        return [self.current_id] if self.current_id else []
+            rows = [r for r in self.rows if r.id in self.selected]
+        else:
+            rows = [r for r in self.rows if r.id == self.current_id]
+        return [Target(r.id, r.label, r.status) for r in rows]
 
     def action_copy(self) -> None:
         instance_id = self.current_id
@@ -539,40 +658,63 @@ class InstancesScreen(AppScreenMixin, Screen):
     def action_refresh(self) -> None:
         self.reload()
 
+    def _plan(self, action: str) -> Plan | None:
+        """What `action` will touch; None (after saying why) when it would touch nothing."""
+        targets = self._targets()
+        if not targets:
+            self.notify(f"No instance to {action}", severity="warning")
+            return None
+        planned = plan(action, targets)
+        if not planned.apply:
+            self.notify(planned.nothing_text(), severity="warning", timeout=8)
+            return None
+        return planned
+
     def action_cancel(self) -> None:
-        ids = self._targets()
-        if not ids:
+        planned = self._plan("cancel")
+        if planned is None:
             return
         from dftui.screens.dialogs import CancelDialog
 
         def confirmed(reason: str | None) -> None:
             if reason is not None:
-                self._bulk("Cancel", lambda c: c.cancel(ids, reason))
+                self._bulk("cancel", lambda c: c.cancel(planned.ids, reason))
 
-        self.app.push_screen(CancelDialog(ids), confirmed)
+        self.app.push_screen(CancelDialog(planned), confirmed)
 
     def action_retry(self) -> None:
-        ids = self._targets()
-        if not ids:
+        planned = self._plan("retry")
+        if planned is None:
             return
         from dftui.screens.dialogs import RetryDialog
 
         def confirmed(ok: bool | None) -> None:
             if ok:
-                self._bulk("Retry", lambda c: c.retry(ids))
+                self._bulk("retry", lambda c: c.retry(planned.ids))
 
-        self.app.push_screen(RetryDialog(ids), confirmed)
+        self.app.push_screen(RetryDialog(planned), confirmed)
 
     def action_signal(self) -> None:
-        instance_id = self.current_id
-        if instance_id is None:
+        planned = self._plan("signal")
+        if planned is None:
             return
         from dftui.screens.dialogs import SignalDialog
 
-        step = next((r.current_step for r in self.rows if r.id == instance_id), None) or ""
-        waited = re.match(r"SIGNAL '([^']+)'", step)
-        self.app.push_screen(SignalDialog(instance_id, waited.group(1) if waited else ""),
-                             lambda _: self.reload())
+        waited = set()
+        for target in planned.apply:
+            step = next((r.current_step for r in self.rows if r.id == target.id), None) or ""
+            match = re.match(r"SIGNAL '([^']+)'", step)
+            if match:
+                waited.add(match.group(1))
+        name = waited.pop() if len(waited) == 1 else ""
+
+        def sent(results: list[ActionResult] | None) -> None:
+            if results is not None:
+                report(self.app, "signal", results)
+                self._clear_selection()
+            self.reload()
+
+        self.app.push_screen(SignalDialog(planned, name), sent)
 
     def action_new_run(self) -> None:
         from dftui.screens.dialogs import StartDialog
@@ -583,20 +725,19 @@ class InstancesScreen(AppScreenMixin, Screen):
         if instance_id:
             self.reload()
 
-    def _bulk(self, verb: str, call) -> None:
-        def done(results: list[ActionResult]) -> None:
-            ok = [r for r in results if r.ok]
-            bad = [r for r in results if not r.ok]
-            if ok:
-                self.notify(f"{verb}: {len(ok)} instance{'s' if len(ok) != 1 else ''} done",
-                            title=verb)
-            for r in bad:
-                self.notify(f"{r.id}: {r.message}", title=f"{verb} failed", severity="error",
-                            timeout=8)
+    def _clear_selection(self) -> None:
+        if self.selected:
             self.selected.clear()
+            self._render_rows(keep_id=self.current_id)
+
+    def _bulk(self, action: str, call) -> None:
+        def done(results: list[ActionResult]) -> None:
+            report(self.app, action, results)
+            self._clear_selection()
             self.reload()
 
-        self.dapp.run_db(self, call, done, group="action", exclusive=False)
+        self.dapp.run_db(self, call, done, group="action", exclusive=False,
+                         what=action.capitalize())
 
     def palette_commands(self):
         from textual.app import SystemCommand

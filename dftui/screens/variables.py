@@ -10,12 +10,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Button, DataTable, Footer, Input, Label, Static
+from textual.widgets import Button, DataTable, Input, Label, Static
 
-from dftui.app import AppHeader, AppScreenMixin
-from dftui.client import Client, Var, mask_secret
-from dftui.screens.dialogs import _Dialog
+from dftui.app import CURSOR_BINDINGS, AppHeader, AppScreenMixin
+from dftui.client import Client, Var, mask_secret, var_name_problem
+from dftui.screens.dialogs import ConfirmDialog, _Dialog
 from dftui.widgets.format import STATUS_STYLES, shorten
+from dftui.widgets.keybar import KeyBar
 
 
 class VarDialog(_Dialog):
@@ -48,34 +49,12 @@ class VarDialog(_Dialog):
     @on(Button.Pressed, "#confirm")
     def _save(self) -> None:
         name = self.query_one("#name", Input).value.strip()
-        if not name:
-            self.query_one("#error", Static).update(Text("the name must not be empty",
-                                                         style=STATUS_STYLES["failed"]))
+        problem = var_name_problem(name)
+        if problem:  # stay open with the input kept, so it can be corrected
+            self.query_one("#error", Static).update(Text(problem, style=STATUS_STYLES["failed"]))
+            self.query_one("#name", Input).focus()
             return
         self.dismiss((name, self.query_one("#value", Input).value))
-
-
-class ConfirmDialog(_Dialog):
-    """A yes/no question for destructive actions; returns True to proceed."""
-
-    def __init__(self, question: str, confirm: str = "Delete") -> None:
-        super().__init__()
-        self.question = question
-        self.confirm = confirm
-
-    def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog"):
-            yield Label(self.question, classes="dialog-title")
-            with Horizontal(classes="dialog-buttons"):
-                yield Button(self.confirm, variant="error", id="confirm")
-                yield Button("Back", id="back")
-
-    def on_mount(self) -> None:
-        self.query_one("#confirm", Button).focus()
-
-    @on(Button.Pressed, "#confirm")
-    def _yes(self) -> None:
-        self.dismiss(True)
 
 
 class VarTable(DataTable):
@@ -95,8 +74,7 @@ class VariablesScreen(AppScreenMixin, Screen):
         Binding("x", "reveal", "Reveal/hide"),
         Binding("y", "copy", "Copy value", show=False),
         Binding("R", "refresh", "Refresh"),
-        Binding("j", "cursor_down", "Down", show=False),
-        Binding("k", "cursor_up", "Up", show=False),
+        *CURSOR_BINDINGS,
     ]
 
     def __init__(self) -> None:
@@ -111,7 +89,7 @@ class VariablesScreen(AppScreenMixin, Screen):
                           style="bold"), id="summary")
         yield VarTable(id="vars", cursor_type="row", zebra_stripes=True)
         yield Static(id="statusline")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
@@ -166,6 +144,12 @@ class VariablesScreen(AppScreenMixin, Screen):
 
     def action_cursor_up(self) -> None:
         self.query_one(DataTable).action_cursor_up()
+
+    def action_cursor_top(self) -> None:
+        self.query_one(DataTable).move_cursor(row=0)
+
+    def action_cursor_bottom(self) -> None:
+        self.query_one(DataTable).move_cursor(row=max(len(self.vars) - 1, 0))
 
     def action_refresh(self) -> None:
         self.reload()

@@ -57,14 +57,14 @@ def duration_between(start: datetime | None, end: datetime | None, now: datetime
 
 
 def format_time(value: datetime | None, tz: tzinfo | None, now: datetime, *, short: bool = False) -> str:
-    """`2025-01-15 12:00:00`; with short=True `12:00:00` today and `01-15 12:00` otherwise."""
+    """`2025-01-15 12:00:00`; with short=True `01-15 12:00` (the date is never dropped: a bare
+    time is ambiguous when a list spans midnight)."""
     if value is None:
         return ""
     local = value.astimezone(tz)
     if not short:
         return local.strftime("%Y-%m-%d %H:%M:%S")
-    if now.astimezone(tz).date() == local.date():
-        return local.strftime("%H:%M:%S")
+    del now  # kept in the signature: callers pass their (injectable) clock
     return local.strftime("%m-%d %H:%M")
 
 

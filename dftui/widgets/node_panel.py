@@ -19,6 +19,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from dftui.client import NodeInfo, parse_ts
+from dftui.vocabulary import if_rows_result
 
 from .format import (
     STATUS_STYLES,
@@ -76,10 +77,62 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _why_status(node: NodeInfo, status: str, nodes: dict[str, NodeInfo]) -> str | None:
+    """An operator's explanation of a status the node got from its surroundings rather than
+    from running (never the internal node ids or stored/inferred jargon)."""
+    if not node.inferred_status or node.inferred_status == node.status:
+        return None
+    ancestor = nodes.get(node.inferred_from or "")
+    kind = ancestor.node_type if ancestor is not None else None
+    if status == "skipped":
+        if kind == "IF":
+            return "not run: its IF took the other branch"
+        if kind == "RACE":
+            return "not run: another branch of its RACE finished first"
+        if kind == "THEN":
+            return "not run: a step before it did not complete"
+        return "not run"
+    if status == "cancelled":
+        return "stopped: the instance was cancelled"
+    if status == "failed" and kind:
+        return f"failed with its {kind}"
+    if status == "completed" and kind:
+        return f"completed with its {kind}"
+    return None
+
+
+def _composite_text(node: NodeInfo, nodes: dict[str, NodeInfo]) -> str | None:
+    """IF/LOOP/JOIN/RACE described in words instead of their JSON config."""
+    cfg = node.config
+
+    def step(node_id: Any) -> str:
+        target = nodes.get(str(node_id or ""))
+        return node_summary(target, 80) if target is not None else "?"
+
+    if node.node_type == "IF":
+        rows = if_rows_result(cfg)
+        if rows is not None:
+            return f"if ${rows} has rows"
+        if cfg.get("condition_node"):
+            return f"if {step(cfg['condition_node'])} returns true"
+        return "if"
+    if node.node_type == "LOOP":
+        if cfg.get("condition_node"):
+            return f"repeat while {step(cfg['condition_node'])} returns true"
+        return "repeat until a BREAK"
+    if node.node_type in ("JOIN", "RACE"):
+        branches = 2 + len(cfg.get("extra_nodes") or [])
+        what = "all finish" if node.node_type == "JOIN" else "the first one finishes"
+        return f"{branches} branches in parallel, until {what}"
+    return None
+
+
 def node_details(
-    node: NodeInfo, instance_status: str, *, now: datetime, tz: tzinfo | None, dark: bool = True
+    node: NodeInfo, instance_status: str, *, now: datetime, tz: tzinfo | None, dark: bool = True,
+    nodes: dict[str, NodeInfo] | None = None,
 ) -> RenderableType:
     """The full description of one node."""
+    nodes = nodes or {}
     status = display_status(node, instance_status)
     parts: list[RenderableType] = []
     title = Text()
@@ -90,11 +143,9 @@ def node_details(
     parts.append(title)
     line = Text("status: ")
     line.append_text(status_text(status))
-    if node.inferred_status and node.inferred_status != node.status:
-        line.append(f" (stored {node.status}", style="dim")
-        if node.inferred_from:
-            line.append(f", decided by {node.inferred_from}", style="dim")
-        line.append(")", style="dim")
+    why = _why_status(node, status, nodes)
+    if why:
+        line.append(f" — {why}", style="dim")
     parts.append(line)
     timing = []
     if node.started_at:
@@ -102,22 +153,29 @@ def node_details(
     if node.finished_at:
         timing.append(f"finished {format_time(node.finished_at, tz, now)}")
     if node.started_at:
-        timing.append(f"took {duration_between(node.started_at, node.finished_at, now)}")
+        took = duration_between(node.started_at, node.finished_at, now)
+        timing.append(f"took {took}" + (" (stopped with the instance)"
+                                        if node.stopped_with_instance else ""))
     elif node.updated_at:
         timing.append(f"updated {format_time(node.updated_at, tz, now)}")
-    if node.attempts:
+    runs = [a for a in node.attempt_history if a.kind != "retry"]
+    if runs:
+        timing.append(f"{len(runs)} attempt{'s' if len(runs) != 1 else ''}")
+    elif node.attempts:
         timing.append(f"attempts {node.attempts}")
-    if node.iteration:
+    if node.iteration and node.node_type == "LOOP":
         timing.append(f"iteration {node.iteration}")
     if timing:
         parts.append(Text(" · ".join(timing), style="dim"))
 
     if node.node_type == "SQL":
         parts += [_heading("Query"), _sql(node.query or "", dark)]
+    elif node.node_type in ("IF", "LOOP", "JOIN", "RACE"):
+        described = _composite_text(node, nodes)
+        if described:
+            parts += [_heading(node.node_type), Text(described)]
     elif node.query is not None:
         parts += [_heading(node_summary(node, 200))]
-        if node.config:
-            parts.append(JSON.from_data(node.config, indent=2))
     if node.ran_sql and node.ran_sql != node.query:
         parts += [_heading("SQL that ran (after substitution)"), _sql(node.ran_sql, dark)]
     if node.error:
@@ -147,35 +205,58 @@ def node_details(
         if more > 0:
             parts.append(Text(f"(showing the last 20; {more} older)", style="dim"))
     if node.attempt_history:
-        table = Table(show_edge=False, pad_edge=False, header_style="bold")
-        for col in ("#", "status", "started", "took", "error"):
-            table.add_column(col, overflow="fold")
-        for a in node.attempt_history:
-            if a.kind == "retry":
-                table.add_row("↻", Text(f"{a.status}", style="cyan"),
-                              format_time(a.started_at, tz, now, short=True), "",
-                              f"df.retry by {a.requested_by or '?'}")
-                continue
-            number = f"{a.iteration}.{a.attempt}" if a.iteration else str(a.attempt)
-            table.add_row(
-                number,
-                status_text(a.status) if a.status in STATUS_STYLES else Text(a.status),
-                format_time(a.started_at, tz, now, short=True),
-                duration_between(a.started_at, a.finished_at, now),
-                a.error or "",
-            )
-        parts += [_heading("Attempts"), table]
+        parts += [_heading("Attempts"), attempts_table(node, now, tz)]
     return Group(*parts)
+
+
+def attempts_table(node: NodeInfo, now: datetime, tz: tzinfo | None) -> Table:
+    """Every attempt, in time order and numbered distinctly (`#` counts all of them; the loop
+    iteration and the execution — 1 + retries before it — say where each one belongs), with
+    each df.retry between them and who asked."""
+    history = node.attempt_history
+    iterations = any(a.loop_iteration for a in history)
+    executions = any(a.kind == "retry" for a in history)
+    table = Table(show_edge=False, pad_edge=False, header_style="bold")
+    columns = ["#"] + (["iter"] if iterations else []) + (["exec"] if executions else [])
+    for col in (*columns, "status", "started", "took", "error"):
+        table.add_column(col, overflow="fold")
+    for a in history:
+        if a.kind == "retry":
+            row = ["↻"] + [""] * (len(columns) - 1)
+            table.add_row(*row, Text("retry", style="cyan"), _clock(a.started_at, tz, now), "",
+                          f"df.retry by {a.requested_by or '?'} ({a.status})")
+            continue
+        row = [str(a.run or a.attempt)]
+        if iterations:
+            row.append(str(a.loop_iteration or ""))
+        if executions:
+            row.append(str(a.execution))
+        table.add_row(
+            *row,
+            status_text(a.status) if a.status in STATUS_STYLES else Text(a.status),
+            _clock(a.started_at, tz, now),
+            duration_between(a.started_at, a.finished_at, now),
+            a.error or "",
+        )
+    return table
+
+
+def _clock(value: datetime | None, tz: tzinfo | None, now: datetime) -> str:
+    """Attempts are often seconds apart: keep the seconds (and the date)."""
+    if value is None:
+        return ""
+    return value.astimezone(tz).strftime("%m-%d %H:%M:%S")
 
 
 class NodePanel(Static):
     """Scrollable details of the selected node (the container scrolls; this renders)."""
 
     def show_node(
-        self, node: NodeInfo | None, instance_status: str, *, now: datetime, tz: tzinfo | None
+        self, node: NodeInfo | None, instance_status: str, *, now: datetime, tz: tzinfo | None,
+        nodes: dict[str, NodeInfo] | None = None,
     ) -> None:
         if node is None:
             self.update(Text("Select a node to see its query, result and attempts.", style="dim"))
             return
         dark = self.app.current_theme.dark
-        self.update(node_details(node, instance_status, now=now, tz=tz, dark=dark))
+        self.update(node_details(node, instance_status, now=now, tz=tz, dark=dark, nodes=nodes))

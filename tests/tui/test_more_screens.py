@@ -45,13 +45,25 @@ async def test_variables_add_edit_delete_and_masking(db):
                        what="var added")
         assert _vars(db, "dftui_alice")["region"] == "eu-west-1"
 
-        # a bad name gets the server's/validation message, nothing changes
+        # a bad name is refused inside the dialog, which stays open with the input kept
         await pilot.press("a")
         await wait_for(pilot, lambda: isinstance(app.screen, VarDialog), what="add dialog")
+        dialog = app.screen
         await pilot.press(*"bad-name", "tab", *"v", "enter")
-        await wait_for(pilot, lambda: any("not a valid identifier" in str(n.message)
-                                          for n in app._notifications), what="error notice")
+        await pilot.pause()
+        assert app.screen is dialog
+        assert "not a valid name" in str(dialog.query_one("#error").render())
+        assert dialog.query_one("#name", Input).value == "bad-name"
+        assert dialog.query_one("#value", Input).value == "v"
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is screen, what="dialog closed")
         assert "bad-name" not in _vars(db, "dftui_alice")
+
+        # g / G move to the first / last variable
+        await pilot.press("G")
+        assert screen.current.name == "region"
+        await pilot.press("g")
+        assert screen.current.name == "api_token"
 
         table.move_cursor(row=table.get_row_index("region"))
         await pilot.press("enter")

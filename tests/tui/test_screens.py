@@ -189,7 +189,7 @@ async def test_sort_oldest_first_and_label_picker(db):
         await wait_for(pilot, lambda: isinstance(app.screen, LabelPicker)
                        and app.screen.query_one("#labels").option_count == 3, what="labels")
         await pilot.press("down", "down", "enter")  # (all), batch-0, batch-1
-        await wait_for(pilot, lambda: screen.filters.label == "batch-1" and len(screen.rows) == 65,
+        await wait_for(pilot, lambda: screen.filters.label_exact == "batch-1" and len(screen.rows) == 65,
                        what="label filter")
         assert all(r.label == "batch-1" for r in screen.rows)
 

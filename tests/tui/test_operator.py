@@ -1,0 +1,340 @@
+"""What an operator relies on: actions act on the selection and name what they touch, no-ops are
+never reported as done, nothing is silently lost while disconnected, q/esc go back, dialogs
+behave like editors. Real PostgreSQL, real roles, checked in the database afterwards."""
+
+from __future__ import annotations
+
+from textual.widgets import DataTable, Input, TextArea
+
+from dftui.screens.dialogs import CancelDialog, ConfirmDialog, SignalDialog, StartDialog
+from dftui.screens.help import HelpScreen
+from dftui.screens.instance import InstanceScreen
+from dftui.screens.instances import InstancesScreen
+from tests.engine_support import start
+
+from .conftest import Seed, make_app, seed_instances, wait_for
+
+
+def _messages(app) -> str:
+    return "\n".join(str(n.message) for n in app._notifications)
+
+
+async def _loaded(pilot, app) -> InstancesScreen:
+    screen = app.screen
+    assert isinstance(screen, InstancesScreen)
+    await wait_for(pilot, lambda: screen.loaded_once, what="instances loaded")
+    return screen
+
+
+async def _cursor_to(pilot, screen: InstancesScreen, instance_id: str) -> None:
+    await wait_for(pilot, lambda: any(r.id == instance_id for r in screen.rows),
+                   what=f"{instance_id} listed")
+    table = screen.query_one(DataTable)
+    table.move_cursor(row=table.get_row_index(instance_id))
+    await pilot.pause()
+
+
+def _signals(db, instance_id: str) -> int:
+    return db.scalar("SELECT count(*) FROM df_internal.signals WHERE instance_id = %s",
+                     (instance_id,))
+
+
+async def test_signal_acts_on_the_selection_and_names_it(db):
+    first = start(db, "dftui_alice", "df.wait_for_signal('go'), 'wait-one'")
+    second = start(db, "dftui_alice", "df.wait_for_signal('go'), 'wait-two'")
+    old = start(db, "dftui_alice", "df.wait_for_signal('go'), 'gone'")
+    assert db.scalar("SELECT df.cancel(%s)", (old,), role="dftui_alice") == "OK"
+    app = make_app(db, "dftui_alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _loaded(pilot, app)
+        for instance_id in (first, second, old):
+            await _cursor_to(pilot, screen, instance_id)
+            await pilot.press("space")
+        assert screen.selected == {first, second, old}
+        await _cursor_to(pilot, screen, old)  # the cursor is on the cancelled one
+        await pilot.press("s")
+        await wait_for(pilot, lambda: isinstance(app.screen, SignalDialog), what="signal dialog")
+        dialog = app.screen
+        assert str(dialog.query_one(".dialog-title").render()) == "Signal 2 instances"
+        listed = str(dialog.query_one(".dialog-ids").render())
+        assert f"wait-one ({first})" in listed and f"wait-two ({second})" in listed
+        assert f"gone ({old})" in listed and "skipped 1" in listed and "cancelled" in listed
+        assert dialog.query_one("#name", Input).value == "go"  # the signal both wait for
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: app.screen is screen, what="dialog closed")
+        await wait_for(pilot, lambda: "Signalled 2" in _messages(app), what="report")
+        assert screen.selected == set()
+        assert str(screen.query_one(DataTable).get_cell(old, "sel")).strip() == ""
+    assert _signals(db, first) == 1 and _signals(db, second) == 1
+    assert _signals(db, old) == 0
+
+
+async def test_noops_are_refused_with_the_reason(db):
+    seed_instances(db, [Seed("00c0ffee", "completed", label="done-one", minutes_ago=1)])
+    racing = start(db, "dftui_alice", "df.sleep(600), 'racing'")
+    app = make_app(db, "dftui_alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _loaded(pilot, app)
+        await _cursor_to(pilot, screen, "00c0ffee")
+        for key, words in (("c", "Nothing to cancel"), ("r", "Nothing to retry"),
+                           ("s", "Nothing to signal")):
+            await pilot.press(key)
+            await pilot.pause()
+            assert app.screen is screen, f"{key} offered to act on a completed instance"
+            assert words in _messages(app) and "done-one (00c0ffee)" in _messages(app)
+
+        # The list still shows `racing` pending, but it was cancelled meanwhile: the dialog
+        # opens, and the outcome says nothing was done (df.cancel answered 'already cancelled').
+        assert db.scalar("SELECT df.cancel(%s)", (racing,), role="dftui_alice") == "OK"
+        await _cursor_to(pilot, screen, racing)
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, CancelDialog), what="cancel dialog")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "Nothing was cancelled" in _messages(app), what="report")
+        assert "already cancelled" in _messages(app)
+        assert "Cancelled 1" not in _messages(app)
+
+
+async def test_actions_while_disconnected_are_reported_not_lost(db):
+    sleeper = start(db, "dftui_alice", "df.sleep(600), 'nap'")
+    app = make_app(db, "dftui_alice", reconnect_delays=(3600,))
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _loaded(pilot, app)
+        await _cursor_to(pilot, screen, sleeper)
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, CancelDialog), what="cancel dialog")
+        assert db.scalar("SELECT pg_terminate_backend(%s)", (app.client.backend_pid(),))
+        await pilot.press("enter")  # confirmed after the connection died
+        await wait_for(pilot, lambda: "Cancel not done" in _messages(app), what="failure shown")
+        assert app.disconnected is not None
+        # while disconnected the write keys are disabled and say why
+        assert screen.active_bindings["c"].enabled is False
+        await pilot.press("c")
+        await pilot.pause()
+        assert app.screen is screen
+        assert "Cancel is disabled: not connected" in _messages(app)
+    assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (sleeper,)) == "pending"
+
+
+async def test_read_only_keys_say_why(db):
+    seed_instances(db, [Seed("0000000b", "failed", label="broke")])
+    app = make_app(db, "dftui_alice", read_only=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await _loaded(pilot, app)
+        await pilot.press("r")
+        await pilot.pause()
+        assert "Retry is disabled: read-only mode" in _messages(app)
+
+
+async def test_q_goes_back_and_asks_before_stopping_the_demo(db):
+    seed_instances(db, [Seed("0000000a", "completed", label="x")])
+    app = make_app(db, "dftui_alice", quit_warning="This stops the demo's engine and server.")
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _loaded(pilot, app)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, InstanceScreen), what="detail")
+        await pilot.press("q")
+        await wait_for(pilot, lambda: app.screen is screen, what="back, not quit")
+        await pilot.press("v")
+        await wait_for(pilot, lambda: app.screen is not screen, what="variables")
+        await pilot.press("q")
+        await wait_for(pilot, lambda: app.screen is screen, what="back from variables")
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+        await pilot.press("q")
+        await wait_for(pilot, lambda: app.screen is screen, what="help closed")
+        await pilot.press("q")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmDialog), what="quit question")
+        assert "stops the demo" in str(app.screen.query_one(".dialog-title").render())
+        await pilot.press("escape")
+        assert app.screen is screen and app.is_running
+        await pilot.press("q", "enter")
+        await pilot.pause()
+    assert app.return_code == 0
+
+
+async def test_q_on_home_quits_at_once_when_nothing_else_stops(db):
+    app = make_app(db, "dftui_alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await _loaded(pilot, app)
+        await pilot.press("q")
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmDialog)
+    assert app.return_code == 0
+
+
+async def test_editors_replace_the_example_and_close_on_first_esc(db):
+    seed_instances(db, [Seed("0000000c", "running", label="r")])
+    app = make_app(db, "dftui_alice")
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _loaded(pilot, app)
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, StartDialog), what="start dialog")
+        await pilot.press(*"'SELECT 7'")
+        assert app.screen.query_one("#source", TextArea).text == "'SELECT 7'"
+        await pilot.press("escape")  # one esc, from inside the multi-line editor
+        assert app.screen is screen
+
+        await pilot.press("s")
+        await wait_for(pilot, lambda: isinstance(app.screen, SignalDialog), what="signal dialog")
+        dialog = app.screen
+        dialog.query_one("#name", Input).value = "go"
+        dialog.query_one("#payload", TextArea).focus()
+        await pilot.press(*'{"a":')
+        assert dialog.query_one("#payload", TextArea).text == '{"a":'
+        error = str(dialog.query_one("#error").render())
+        assert "not valid JSON" in error and "line 1" in error
+        await pilot.press("escape")
+        assert app.screen is screen
+
+
+async def test_empty_list_hint_for_a_superuser(db):
+    app = make_app(db, None)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _loaded(pilot, app)
+        line = str(screen.query_one("#statusline").render())
+        assert "superuser" in line and "press n" not in line
+
+
+async def test_filter_as_you_type_searches_sql_and_errors_and_counts_follow(db):
+    seed_instances(db, [
+        Seed("0000000a", "completed", label="nightly-etl", minutes_ago=1),
+        Seed("0000000b", "failed", label="nightly-etl", minutes_ago=2),
+        Seed("0000000c", "running", label="embed", minutes_ago=3,
+             query="SELECT embed(chunk) FROM docs"),
+    ])
+    app = make_app(db, "dftui_alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _loaded(pilot, app)
+        await pilot.press("slash", *"label:etl")  # the placeholder's own example, no enter
+        await wait_for(pilot, lambda: [r.id for r in screen.rows] == ["0000000a", "0000000b"],
+                       what="substring label filter applied while typing")
+        assert screen.counts.counts["running"] == 0 and screen.counts.total == 2
+        box = screen.query_one("#filter", Input)
+        box.value = ""
+        await pilot.press(*"docs")  # step SQL
+        await wait_for(pilot, lambda: [r.id for r in screen.rows] == ["0000000c"], what="SQL")
+        assert screen.counts.total == 1 and screen.counts.counts["running"] == 1
+        box.value = ""
+        await pilot.press(*"division")  # error text
+        await wait_for(pilot, lambda: [r.id for r in screen.rows] == ["0000000b"], what="error")
+        await pilot.press("enter")
+        assert screen.query_one(DataTable).has_focus
+
+
+async def test_wide_labels_and_keys_and_banner_at_80x24_and_200(db):
+    long_label = "customer-invoice-reconciliation-eu"
+    seed_instances(db, [Seed("0000000a", "running", label=long_label)])
+    app = make_app(db, "dftui_alice")
+    async with app.run_test(size=(200, 50)) as pilot:
+        screen = await _loaded(pilot, app)
+        table = screen.query_one(DataTable)
+        assert table.columns["label"].width >= len(long_label)
+        assert long_label in str(table.get_cell("0000000a", "label"))
+        await wait_for(pilot, lambda: app.engine_warning is not None, what="engine check")
+        assert "No engine" in app.header_text(200).plain
+        await pilot.resize_terminal(80, 24)
+        await wait_for(pilot, lambda: screen._width == 80, what="resize")
+        bar = str(screen.query_one("KeyBar").render())
+        for key in ("?", "q", "R", "c", "/"):
+            assert f" {key} " in bar, (key, bar)
+        # the signal dialog fits 80x24 with its buttons
+        await pilot.press("s")
+        await wait_for(pilot, lambda: isinstance(app.screen, SignalDialog), what="dialog")
+        await pilot.pause()
+        button = app.screen.query_one("#confirm")
+        assert button.region.height > 0 and button.region.bottom <= 24
+        await pilot.press("escape")
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, StartDialog), what="start dialog")
+        await pilot.pause()
+        button = app.screen.query_one("#confirm")
+        assert button.region.height > 0 and button.region.bottom <= 24
+        await pilot.press("escape")
+        # every screen carries the banner
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, InstanceScreen), what="detail")
+        header = str(app.screen.query_one("AppHeader").render())
+        assert "No engine" in header
+
+
+async def test_help_lists_operator_words_only(db):
+    seed_instances(db, [Seed("0000000a", "completed", label="x")])
+    app = make_app(db, "dftui_alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await _loaded(pilot, app)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, InstanceScreen), what="detail")
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+        text = "\n".join(app.screen.lines)
+        assert "ancestor" not in text.lower() and "Cursor" not in text
+        descriptions = [line.split("  ", 1)[1] for line in app.screen.lines]
+        assert len(descriptions) == len(set(descriptions)), descriptions
+        back = next(line for line in app.screen.lines if line.endswith("  Back"))
+        assert "esc" in back and "q" in back  # q goes back here; it quits only from home
+
+
+def test_true_timings_and_distinct_attempts_across_a_retry(db):
+    import io
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+
+    from dftui.client import Client
+    from dftui.timings import instance_end
+    from dftui.widgets.node_panel import node_details
+    from tests.engine_support import running_engine, wait_terminal
+
+    with db.connect() as conn:
+        conn.execute("CREATE TABLE public.fixme (v text)")
+        conn.execute("INSERT INTO public.fixme VALUES ('oops')")
+        conn.execute("GRANT SELECT ON public.fixme TO dftui_alice")
+    with running_engine(db.dsn()):
+        iid = start(db, "dftui_alice",
+                    "df.seq(df.sleep(2), 'SELECT v::int AS v FROM public.fixme'), 'timed'")
+        assert wait_terminal(db, iid) == "failed"
+        with db.connect() as conn:
+            conn.execute("UPDATE public.fixme SET v = '5'")
+        with Client(db.dsn("dftui_alice")) as client:
+            assert [r.ok for r in client.retry([iid])] == [True]
+        assert wait_terminal(db, iid) == "completed"
+        with Client(db.dsn("dftui_alice")) as client:
+            detail = client.instance(iid)
+            nodes = client.nodes(iid, detail)
+    sleep = next(n for n in nodes if n.node_type == "SLEEP")
+    step = next(n for n in nodes if n.node_type == "SQL")
+    begin, end = detail.started_at or detail.created_at, instance_end(detail, nodes)
+    assert (sleep.finished_at - sleep.started_at).total_seconds() >= 1.9  # not the 4 ms claim
+    for node in nodes:
+        assert begin <= node.started_at <= node.finished_at <= end, node.node_type
+    runs = [(a.run, a.execution, a.status) for a in step.attempt_history if a.kind == "attempt"]
+    assert runs == [(1, 1, "failed"), (2, 2, "completed")]
+    console = Console(width=140, record=True, file=io.StringIO())
+    console.print(node_details(step, "completed", now=datetime.now(UTC), tz=UTC))
+    text = console.export_text()
+    assert "exec" in text and "df.retry by dftui_alice" in text
+
+
+async def test_select_all_matching_then_bulk_cancel_names_them(db):
+    a = start(db, "dftui_alice", "df.sleep(600), 'bulk-a'")
+    b = start(db, "dftui_alice", "df.sleep(600), 'bulk-b'")
+    keep = start(db, "dftui_alice", "df.sleep(600), 'other'")
+    app = make_app(db, "dftui_alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _loaded(pilot, app)
+        await pilot.press("slash", *"label:bulk", "enter")
+        await wait_for(pilot, lambda: {r.id for r in screen.rows} == {a, b}, what="filtered")
+        await pilot.press("asterisk")
+        assert screen.selected == {a, b}
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, CancelDialog), what="dialog")
+        dialog = app.screen
+        assert "Cancel 2 instances?" in str(dialog.query_one(".dialog-title").render())
+        listed = str(dialog.query_one(".dialog-ids").render())
+        assert f"bulk-a ({a})" in listed and f"bulk-b ({b})" in listed and keep not in listed
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "Cancelled 2" in _messages(app), what="report")
+    statuses = {i: db.scalar("SELECT status FROM df.instances WHERE id = %s", (i,))
+                for i in (a, b, keep)}
+    assert statuses == {a: "cancelled", b: "cancelled", keep: "pending"}
