@@ -10,6 +10,7 @@ from __future__ import annotations
 from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding
+from textual.dom import NoScreen
 from textual.widgets import Static
 
 FIRST = ("help", "back_or_quit", "back")  # always shown first, so they never scroll away
@@ -61,6 +62,12 @@ class KeyBar(Static):
         return out
 
     def render_keys(self) -> None:
+        if not self.is_attached or not self.is_mounted:
+            return  # its screen was closed before this (deferred) render ran
+        try:
+            _ = self.screen
+        except NoScreen:
+            return
         width = max((self.size.width or self.app.size.width) - 2, 20)
         text = Text()
         line = 0
