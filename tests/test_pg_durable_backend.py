@@ -170,3 +170,33 @@ async def test_tui_greys_retry_out_and_shows_the_node_panel(pgd) -> None:
         assert "retry disabled" in app.header_text(160).plain
         assert screen.active_bindings["r"].enabled is False
         assert screen.active_bindings["c"].enabled is True
+
+
+async def test_tui_instance_tree_and_node_panel(pgd) -> None:
+    from rich.console import Console
+
+    from dftui.screens.instance import InstanceScreen
+    from dftui.widgets.node_panel import node_details
+    from tests.tui.conftest import BASE_TIME, make_app, wait_for
+
+    app = make_app(pgd, ALICE)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: app.screen.loaded_once)
+        app.push_screen(InstanceScreen("aaaa0004"))
+        await wait_for(pilot, lambda: isinstance(app.screen, InstanceScreen)
+                       and app.screen.detail is not None and app.screen.nodes, what="detail")
+        screen = app.screen
+        labels = []
+        stack = [screen.query_one("Tree").root]
+        while stack:
+            item = stack.pop()
+            labels.append(str(item.label))
+            stack.extend(item.children)
+        text = "\n".join(labels)
+        assert "rows in $r" in text and "missing node" not in text
+        assert "WAIT_SCHEDULE '0 9 * * 1'" in text and "BREAK done" in text
+        assert "cron_expr" not in text and "break_value" not in text
+        console = Console(width=120, record=True)
+        console.print(node_details(screen.nodes["a000000d"], "completed", now=BASE_TIME, tz=UTC))
+        panel = console.export_text()
+        assert "done" in panel and '"\\"done\\""' not in panel and '""done""' not in panel

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from engine_support import running_engine
+from engine_support import running_engine, wait_terminal
 
 from engine.config import EngineConfig
 from engine.http import HttpPolicyError, check_url
@@ -34,9 +34,16 @@ def test_a_disabled_engine_makes_df_http_raise_when_called(db) -> None:
         assert "df.http() is disabled" in _refused(db, "df.http('https://example.com/')")
         msg = _refused(db, MULTIPART, "https://example.com/")
         assert "df.http_multipart() is disabled" in msg
-        with db.connect(DAVE) as conn, pytest.raises(psycopg.Error, match=r"df\.http\(\) is disabled"):
-            conn.execute("SELECT df.start(df.sql('SELECT 1') ~> '{\"node_type\":\"HTTP\",\"query\":"
-                         "\"{\\\"url\\\":\\\"https://example.com/\\\",\\\"method\\\":\\\"GET\\\"}\"}')")
+        # As pg_durable (its e2e test 47): a hand-made HTTP node passes df.start and is refused
+        # when it runs.
+        raw = ('{"node_type":"HTTP","query":"{\\"url\\":\\"https://example.com/path\\",'
+               '\\"method\\":\\"GET\\",\\"body\\":null,\\"headers\\":null,\\"timeout_seconds\\":5}"}')
+        iid = db.scalar("SELECT df.start(%s)", (raw,), role=DAVE)
+        assert wait_terminal(db, iid) == "failed"
+        with db.connect(DAVE) as conn:
+            result = conn.execute("SELECT result::text FROM df.nodes WHERE instance_id = %s",
+                                  (iid,)).fetchone()[0]
+        assert "outbound HTTP requests are disabled" in result
     assert _build(db, "df.http('https://example.com/')")  # engine gone: no longer applied
 
 

@@ -177,7 +177,8 @@ BEGIN
       INTO eng
       FROM df.engines e
      WHERE e.state = 'alive' AND e.http_policy IS NOT NULL;
-    IF eng.alive > 0 AND eng.all_disabled THEN
+    IF eng.alive > 0 AND eng.all_disabled
+       AND coalesce(current_setting('df.building_graph', true), '') <> 'on' THEN
         v_security := 'disabled';
     END IF;
     IF v_security = 'disabled' THEN

@@ -340,6 +340,9 @@ BEGIN
                                 RAISE EXCEPTION '% nodes need a {"url","method","%","headers","timeout_seconds"} query config',
                                     t, CASE t WHEN 'HTTP' THEN 'body' ELSE 'parts' END;
                             END IF;
+                            -- A hand-made HTTP node bypasses the engines' "disabled" check of
+                            -- df.http(), as in pg_durable (the engine refuses it when it runs).
+                            PERFORM set_config('df.building_graph', 'on', true);
                             IF t = 'HTTP' THEN
                                 IF jsonb_typeof(cfg->'body') NOT IN ('string', 'null') THEN
                                     RAISE EXCEPTION 'HTTP config "body" must be a string';
@@ -356,6 +359,7 @@ BEGIN
                                                     coalesce((cfg->>'timeout_seconds')::numeric::integer, 30)
                                             )::jsonb)->>'query';
                             END IF;
+                            PERFORM set_config('df.building_graph', '', true);
                     END CASE;
             END CASE;
         EXCEPTION WHEN OTHERS THEN
