@@ -274,9 +274,18 @@ def test_with_grant_makes_a_delegated_admin(db, make_role) -> None:
     assert db.scalar("SELECT has_table_privilege(%s, 'df.vars', 'INSERT')", (user,)) is True
     with db.connect(admin) as conn:
         conn.execute("SELECT df.revoke_usage(%s)", (user,))
-        # It cannot revoke its own access by accident.
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="member of it"):
-            conn.execute("SELECT df.revoke_usage(%s)", (admin,))
+        # Revoking from itself keeps the access it was given (pg_durable's e2e test 18: REVOKE
+        # removes only what the caller granted).
+        conn.execute("SELECT df.revoke_usage(%s)", (admin,))
+        assert conn.execute("SELECT has_schema_privilege('df', 'USAGE')").fetchone()[0] is True
+    # But it cannot cut itself off through a group it belongs to and granted.
+    group = make_role("deleg_group")
+    with db.connect() as conn:
+        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(admin)))
+    _grant(db, group, as_role=admin)
+    with db.connect(admin) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege,
+                                                  match="member of it"):
+        conn.execute("SELECT df.revoke_usage(%s)", (group,))
     assert db.scalar("SELECT has_table_privilege(%s, 'df.vars', 'INSERT')", (user,)) is False
     # A plain grantee cannot grant further.
     with db.connect("dftui_alice") as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):

@@ -96,9 +96,12 @@ BEGIN
     IF v_role IS NULL THEN
         RAISE EXCEPTION 'role "%" does not exist', p_role USING ERRCODE = 'undefined_object';
     END IF;
-    -- Refuse to cut off the caller's own access (directly or through membership); superusers
-    -- are exempt because they keep access regardless.
+    -- Refuse to cut off the caller's own access through a role it is a member of; superusers
+    -- are exempt because they keep access regardless. Revoking from itself is left to
+    -- PostgreSQL, as in pg_durable: REVOKE removes only what the caller granted, so a delegated
+    -- admin's self-revoke keeps the access it was given.
     IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
+       AND v_role <> current_user
        AND pg_catalog.pg_has_role(current_user, v_role, 'MEMBER') THEN
         RAISE EXCEPTION 'cannot revoke df privileges from "%" because the current role ("%") is a member of it; use a different administrator',
             v_role, current_user USING ERRCODE = 'insufficient_privilege';
