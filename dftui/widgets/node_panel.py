@@ -218,12 +218,12 @@ def attempts_table(node: NodeInfo, now: datetime, tz: tzinfo | None) -> Table:
     executions = any(a.kind == "retry" for a in history)
     table = Table(show_edge=False, pad_edge=False, header_style="bold")
     columns = ["#"] + (["iter"] if iterations else []) + (["exec"] if executions else [])
-    for col in (*columns, "status", "started", "took", "error"):
-        table.add_column(col, overflow="fold")
+    for col in (*columns, "", "started", "took", "error"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("started", "took"))
     for a in history:
         if a.kind == "retry":
             row = ["↻"] + [""] * (len(columns) - 1)
-            table.add_row(*row, Text("retry", style="cyan"), _clock(a.started_at, tz, now), "",
+            table.add_row(*row, Text("↻", style="cyan"), _clock(a.started_at, tz, now), "",
                           f"df.retry by {a.requested_by or '?'} ({a.status})")
             continue
         row = [str(a.run or a.attempt)]
@@ -233,7 +233,8 @@ def attempts_table(node: NodeInfo, now: datetime, tz: tzinfo | None) -> Table:
             row.append(str(a.execution))
         table.add_row(
             *row,
-            status_text(a.status) if a.status in STATUS_STYLES else Text(a.status),
+            # The symbol alone keeps the table readable in the narrow panel at 80 columns.
+            status_text(a.status, word=False) if a.status in STATUS_STYLES else Text(a.status),
             _clock(a.started_at, tz, now),
             duration_between(a.started_at, a.finished_at, now),
             a.error or "",
