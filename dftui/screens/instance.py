@@ -49,6 +49,7 @@ class InstanceScreen(AppScreenMixin, Screen):
         Binding("a", "again", "Run again"),
         Binding("y", "copy", "Copy SQL"),
         Binding("Y", "copy_result", "Copy result", show=False),
+        Binding("E", "export", "Export result", show=False),
         Binding("i", "copy_id", "Copy id", show=False),
         Binding("R", "refresh", "Refresh"),
         *CURSOR_BINDINGS,
@@ -364,6 +365,23 @@ class InstanceScreen(AppScreenMixin, Screen):
             return
         self.app.copy_to_clipboard(json.dumps(node.result, indent=2))
         self.notify("Copied the result as JSON")
+
+    def action_export(self) -> None:
+        """Write the selected node's whole result to a file (CSV for row sets, columns in the
+        statement's order; JSON otherwise) in $DFTUI_EXPORT_DIR or the current directory."""
+        from dftui.widgets.export import export_result
+
+        node = self._selected_node()
+        if node is None or node.result is None:
+            self.notify("The selected node has no result to export", severity="warning")
+            return
+        try:
+            path, count = export_result(self.instance_id, node)
+        except OSError as exc:
+            self.notify(f"Export failed: {exc.strerror or exc}", severity="error")
+            return
+        rows = f"{count} row{'s' if count != 1 else ''} " if count is not None else ""
+        self.notify(f"Exported {rows}to {path}", title="Export")
 
     def action_copy_id(self) -> None:
         self.app.copy_to_clipboard(self.instance_id)

@@ -338,3 +338,28 @@ async def test_select_all_matching_then_bulk_cancel_names_them(db):
     statuses = {i: db.scalar("SELECT status FROM df.instances WHERE id = %s", (i,))
                 for i in (a, b, keep)}
     assert statuses == {a: "cancelled", b: "cancelled", keep: "pending"}
+
+
+async def test_export_a_result_beyond_the_shown_rows(db, tmp_path, monkeypatch):
+    from .conftest import N, rows_result, seed_graph
+
+    rows = [{"zeta": i, "alpha": f"a{i}"} for i in range(120)]  # the panel shows 50
+    seed_graph(db, "e0e0e0e0", "completed", [
+        N("e0000001", "SQL", "SELECT zeta, alpha FROM t", status="completed",
+          result=rows_result(*rows)),
+    ], label="export-me")
+    with db.connect() as conn:  # the statement's column order, as the engine records it
+        conn.execute("UPDATE df.nodes SET status_details = '{\"columns\": [\"zeta\", \"alpha\"]}'"
+                     " WHERE id = 'e0000001'")
+    monkeypatch.setenv("DFTUI_EXPORT_DIR", str(tmp_path))
+    app = make_app(db, "dftui_alice")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await _loaded(pilot, app)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, InstanceScreen)
+                       and app.screen.detail is not None, what="detail")
+        await pilot.pause()
+        await pilot.press("E")
+        await wait_for(pilot, lambda: "Exported 120 rows" in _messages(app), what="exported")
+    lines = (tmp_path / "dftui-e0e0e0e0-e0000001.csv").read_text().splitlines()
+    assert lines[0] == "zeta,alpha" and lines[1] == "0,a0" and len(lines) == 121
