@@ -363,3 +363,38 @@ async def test_export_a_result_beyond_the_shown_rows(db, tmp_path, monkeypatch):
         await wait_for(pilot, lambda: "Exported 120 rows" in _messages(app), what="exported")
     lines = (tmp_path / "dftui-e0e0e0e0-e0000001.csv").read_text().splitlines()
     assert lines[0] == "zeta,alpha" and lines[1] == "0,a0" and len(lines) == 121
+
+
+def test_password_prompt_names_the_target(monkeypatch):
+    from dftui.client import password_target
+
+    monkeypatch.delenv("PGUSER", raising=False)
+    monkeypatch.delenv("PGDATABASE", raising=False)
+    assert password_target("host=db1 port=6543 user=app dbname=sales") == "app@db1:6543/sales"
+    monkeypatch.setenv("PGHOST", "db2")
+    assert password_target("user=ops").startswith("ops@db2:")
+
+
+def test_demo_keeps_its_port_and_names_real_ids_on_reuse(db, tmp_path, monkeypatch):
+    import socket
+
+    from dftui import demo
+
+    monkeypatch.setattr(demo, "data_dir", lambda: tmp_path / "demo-pg")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    (tmp_path / "demo-pg.port").write_text(f"{free}\n")
+    assert demo._stable_port() == free  # the previous run's port, still free
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", free))
+        taken.listen()
+        other = demo._stable_port()
+        assert other not in (free, 0)  # taken by someone else (not our server): a new one
+
+    seed_instances(db, [Seed("0a0a0a0a", "running", label="expense-approval-1042"),
+                        Seed("0b0b0b0b", "failed", label="import-payments")])
+    with db.connect() as conn:
+        known = demo._seeded_ids(conn)
+    assert known["expense-approval-1042"] == "0a0a0a0a"
+    assert known["import-payments"] == "0b0b0b0b"
