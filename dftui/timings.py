@@ -15,6 +15,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from dftui.vocabulary import TERMINAL_STATUSES
+
 if TYPE_CHECKING:
     from dftui.client import Attempt, InstanceDetail, NodeInfo
 
@@ -24,7 +26,7 @@ WAITS = frozenset({"SLEEP", "WAIT_SCHEDULE", "SIGNAL"})
 def instance_end(detail: InstanceDetail, nodes: list[NodeInfo]) -> datetime | None:
     """When a finished instance really ended: its recorded end, or a node's later end (a step's
     checkpoint is stamped after the instance's end inside the same transaction)."""
-    if detail.status not in ("completed", "failed", "cancelled"):
+    if detail.status not in TERMINAL_STATUSES:
         return None
     ends = [n.finished_at for n in nodes if n.finished_at is not None]
     recorded = detail.finished_at or detail.completed_at or detail.updated_at
