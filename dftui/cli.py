@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
-import json
 import re
 import sys
 import time
@@ -33,7 +32,7 @@ from typer.core import TyperGroup
 
 from dftui import admin
 from dftui.vocabulary import TERMINAL_STATUSES, InstanceStatus, status_symbol
-from engine import __version__
+from engine import __version__, jsonexact
 
 if TYPE_CHECKING:
     from dftui.client import NodeInfo
@@ -154,7 +153,18 @@ def _connect(conninfo: str) -> psycopg.Connection:
 
 
 def _print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+    """Exact numbers, any nesting depth (results are user data: see engine/jsonexact.py)."""
+    typer.echo(jsonexact.dumps(data, indent=2, ensure_ascii=False, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(value)
+    if isinstance(value, set | frozenset):
+        return list(value)
+    return str(value)
 
 
 # --- top level and the TUI ------------------------------------------------------------------
@@ -439,14 +449,11 @@ def _client(conninfo: str) -> Any:
 
 
 def _jsonable(value: Any) -> Any:
+    """A dataclass as a dict of its fields, one level deep: field values (results, outputs) are
+    user JSON of any depth and go to the encoder as they are (dataclasses.asdict would recurse
+    into them); datetimes and nested dataclasses are converted by _json_default."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     return value
 
 
@@ -455,7 +462,7 @@ def _json_or_text(value: str | None) -> Any:
     if value is None:
         return None
     try:
-        return json.loads(value)
+        return jsonexact.loads(value)
     except ValueError:
         return value
 
@@ -720,7 +727,7 @@ def signal(
     if not name.strip():
         fail("signal name must not be empty", 2)
     try:
-        json.loads(data.strip() or "{}")
+        jsonexact.loads(data.strip() or "{}")
     except ValueError as exc:
         fail(f"signal payload is not valid JSON: {exc}", 2)
     with _client(_resolve_dsn(ctx, dsn)) as client:

@@ -17,7 +17,6 @@ a traceback); a dead connection becomes `ConnectionLost`, after which `reconnect
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -32,6 +31,7 @@ from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 
 from dftui.vocabulary import COMPOSITE_NODE_TYPES, STATUSES, TERMINAL_STATUSES, step_text
+from engine import jsonexact
 
 APPLICATION_NAME = "dftui"
 # Status counts are exact up to this many rows per status; beyond it they are planner estimates.
@@ -237,7 +237,7 @@ class NodeInfo:
         if not self.query or self.node_type == "SQL":
             return {}
         try:
-            value = json.loads(self.query)
+            value = jsonexact.loads(self.query)
         except ValueError:
             return {}
         return value if isinstance(value, dict) else {}
@@ -407,6 +407,7 @@ class Client:
                 raise ClientError(_message(exc)) from None
             except psycopg.Error as exc:
                 raise ClientError(_message(exc)) from None
+            jsonexact.register(self._conn)  # results exactly as stored, at any depth
             self.info = self._detect()
             return self.info
 
@@ -726,7 +727,7 @@ class Client:
         assert plan is not None
         value = next(iter(plan.values()))
         if isinstance(value, str):
-            value = json.loads(value)
+            value = jsonexact.loads(value)
         return int(value[0]["Plan"]["Plan Rows"])
 
     def labels(self, limit: int = 200) -> list[str]:
@@ -1024,11 +1025,11 @@ class Client:
         if isinstance(data, str):
             payload = data.strip() or "{}"
             try:
-                json.loads(payload)
+                jsonexact.loads(payload)
             except ValueError as exc:
                 raise InputError(f"signal payload is not valid JSON: {exc}") from None
         else:
-            payload = json.dumps(data)
+            payload = jsonexact.dumps(data)
         targets = [ids] if isinstance(ids, str) else list(ids)
 
         def one(instance_id: str) -> str:
@@ -1271,7 +1272,7 @@ def json_value(value: Any) -> Any:
     schemas and df.nodes give jsonb (already decoded by psycopg). Text that is not JSON is kept."""
     if isinstance(value, str):
         try:
-            return json.loads(value)
+            return jsonexact.loads(value)
         except ValueError:
             return value
     return value

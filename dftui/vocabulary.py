@@ -100,7 +100,7 @@ def _config(query: str | None) -> dict[str, Any]:
         return {}
     try:
         loaded = json.loads(query)
-    except ValueError:
+    except (ValueError, RecursionError):  # (a deeply nested HTTP body: only keys are read)
         return {}
     return loaded if isinstance(loaded, dict) else {}
 

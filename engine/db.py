@@ -8,6 +8,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from engine import jsonexact
+
 Params = Sequence[Any] | Mapping[str, Any] | None  # what psycopg binds to %s / %(name)s
 
 # search_path pinned to pg_catalog (engine SQL is schema-qualified; a step's plain SET is reset
@@ -30,8 +32,10 @@ def connect(dsn: str, purpose: str, dbname: str | None = None) -> psycopg.Connec
     """
     if dbname is not None:
         dsn = psycopg.conninfo.make_conninfo(dsn, dbname=dbname)  # keywords override the DSN's
-    return psycopg.connect(dsn, autocommit=True, application_name=f"dftui engine ({purpose})",
+    conn = psycopg.connect(dsn, autocommit=True, application_name=f"dftui engine ({purpose})",
                            options=_OPTIONS, client_encoding="UTF8", prepare_threshold=None)
+    jsonexact.register(conn)  # jsonb exactly as stored, at any depth
+    return conn
 
 
 def scalar(conn: psycopg.Connection, query: str | sql.SQL | sql.Composed, params: Params = None) -> Any:

@@ -9,15 +9,17 @@ the old shape still runs.
 
 from __future__ import annotations
 
-import json
+from decimal import Decimal
 from typing import Any
+
+from engine import jsonexact
 
 
 def _object(query: str | None) -> dict[str, Any]:
     if not query:
         return {}
     try:
-        value = json.loads(query)
+        value = jsonexact.loads(query)  # exact numbers, any depth
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
@@ -29,7 +31,8 @@ def signal_config(query: str | None) -> tuple[str | None, float | None]:
     name = cfg.get("signal_name", cfg.get("name"))
     timeout = cfg.get("timeout_seconds")
     return (name if isinstance(name, str) else None,
-            float(timeout) if isinstance(timeout, int | float) else None)
+            float(timeout) if isinstance(timeout, int | float | Decimal) and not isinstance(timeout, bool)
+            else None)
 
 
 def cron_expr(query: str | None) -> str:

@@ -3,6 +3,11 @@
 The engine describes the step's statement first (column names and type OIDs), then reads the
 trampoline's rows through a column definition list and encodes them in the same statement, so
 rows never travel to Python: `{"rows": [{col: value}], "row_count": n}`.
+
+Nothing from the step or the catalog is pasted into that statement as text: column names are
+SQL literals and type names identifiers, quoted by psycopg, and the statement carries
+no placeholders, so it is never %-formatted (a column named `%s` or `100%`, a type named
+`"pct%"`, come back exactly).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import threading
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 
 BYTEA = 17
 FLOATS = {700, 701}
@@ -33,7 +39,8 @@ FIRST_NORMAL_OID = 16384
 
 @dataclass(frozen=True)
 class TypeInfo:
-    sql_name: str  # format_type(oid, NULL): schema-qualified unless in pg_catalog
+    schema: str  # the type's own schema and name (domains: their base type's)
+    name: str
     base_oid: int  # domains resolved to their base type
     pseudo: bool = False  # void, record, …: cannot appear in a column definition list
     # A user-defined type (or array of one): to_jsonb would apply a user-defined cast to json,
@@ -62,28 +69,36 @@ class TypeCache:
                       FROM base JOIN pg_catalog.pg_type t ON t.oid = base.typbasetype
                      WHERE base.typtype = 'd'
                 )
-                SELECT b.oid, pg_catalog.format_type(b.oid, NULL), b.cur, b.typtype = 'p',
+                SELECT b.oid, n.nspname::text, t.typname::text, b.cur, b.typtype = 'p',
                        b.cur >= %s OR COALESCE((SELECT e.typelem >= %s OR e.typrelid <> 0
                                                   FROM pg_catalog.pg_type e WHERE e.oid = b.cur), false)
-                  FROM base b WHERE b.typtype <> 'd'
+                  FROM base b
+                  JOIN pg_catalog.pg_type t ON t.oid = b.cur
+                  JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+                 WHERE b.typtype <> 'd'
                 """,
                 (missing, FIRST_NORMAL_OID, FIRST_NORMAL_OID),
             ).fetchall()
             with self._lock:
-                for oid, name, base, pseudo, user_defined in rows:
-                    self._types[oid] = TypeInfo(name, base, pseudo, user_defined)
+                for oid, schema, name, base, pseudo, user_defined in rows:
+                    self._types[oid] = TypeInfo(schema, name, base, pseudo, user_defined)
         return {o: self._types[o] for o in oids if o in self._types}
 
 
 def _encode(expr: str, base_oid: int, user_defined: bool = False) -> str:
     if user_defined:
-        return f"pg_catalog.to_jsonb(pg_catalog.format('%%s', {expr}))"  # %% : psycopg placeholder escape
+        return f"pg_catalog.to_jsonb(pg_catalog.format('%s', {expr}))"
     if base_oid in FLOATS:
         return (f"CASE WHEN {expr} IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8) "
                 f"THEN 'null'::jsonb ELSE pg_catalog.to_jsonb({expr}) END")
     if base_oid == NUMERIC:
         return f"pg_catalog.to_jsonb({expr}::text)"
     return f"pg_catalog.to_jsonb({expr})"
+
+
+def type_name(info: TypeInfo, conn: psycopg.Connection) -> str:
+    """The type as a quoted, schema-qualified identifier (arrays by their own name, `_elem`)."""
+    return sql.Identifier(info.schema, info.name).as_string(conn)
 
 
 def needs_generic_rows(columns: list[Column], types: dict[int, TypeInfo]) -> bool:
@@ -96,12 +111,10 @@ def generic_query(call: str) -> str:
             f"'[]'::jsonb), 'row_count', pg_catalog.count(*)) AS env FROM {call} AS t(r)")
 
 
-def encoding_query(columns: list[Column], types: dict[int, TypeInfo],
-                   call: str) -> tuple[str, list[str]]:
-    """SELECT producing one jsonb result envelope from `call` (a set-returning trampoline call
-    with the placeholder for the step text), and the parameters that precede call's: the column
-    names. Those are the submitter's text (`SELECT 1 AS "x'..."`): they are bound as parameters,
-    never written into the query. Type names come from format_type (PostgreSQL's quoting)."""
+def encoding_query(columns: list[Column], types: dict[int, TypeInfo], call: str,
+                   conn: psycopg.Connection) -> str:
+    """SELECT producing one jsonb result envelope from `call` (a set-returning trampoline call,
+    the step text in it already a literal). `conn` quotes names the way its session needs."""
     if not columns:
         raise ValueError("encoding_query needs at least one column")
     coldefs = []
@@ -113,16 +126,17 @@ def encoding_query(columns: list[Column], types: dict[int, TypeInfo],
                 f"Unsupported column type: bytea (column \"{col.name}\"); encode it, e.g. "
                 "encode(col, 'base64')"
             )
-        coldefs.append(f"c{i} {info.sql_name}")
+        coldefs.append(f"c{i} {type_name(info, conn)}")
         pairs.append((col.name, _encode(f"t.c{i}", info.base_oid, info.user_defined)))
     # jsonb_build_object takes at most 100 arguments: build in chunks and concatenate.
     chunks = []
     for start in range(0, len(pairs), 40):
-        args = ", ".join(f"%s::pg_catalog.text, {expr}" for _name, expr in pairs[start:start + 40])
+        args = ", ".join(f"{sql.Literal(name).as_string(conn)}::pg_catalog.text, {expr}"
+                         for name, expr in pairs[start:start + 40])
         chunks.append(f"pg_catalog.jsonb_build_object({args})")
     row = " || ".join(chunks)
     return (
         "SELECT pg_catalog.jsonb_build_object('rows', "
         f"COALESCE(pg_catalog.jsonb_agg({row}), '[]'::jsonb), 'row_count', pg_catalog.count(*)) "
         f"AS env FROM {call} AS t({', '.join(coldefs)})"
-    ), [name for name, _expr in pairs]
+    )

@@ -545,7 +545,7 @@ class _Worker:
                 try:
                     with _script(conn, "SAVEPOINT step", None if first else BATCH_LOCK_TIMEOUT,
                                  fused.query, "RELEASE SAVEPOINT step", SESSION_RESET,
-                                 "COMMIT" if commit else None, params=fused.params) as cur:
+                                 "COMMIT" if commit else None) as cur:
                         verdict = _checkpoint_verdict(cur)
                 except psycopg.Error as exc:
                     if conn.broken:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import random
 import re
 from dataclasses import dataclass
@@ -19,8 +18,10 @@ from typing import Any
 
 import psycopg
 from croniter import croniter
+from psycopg import sql
 
 from engine import http as http_steps
+from engine import jsonexact
 from engine.config import EngineConfig
 from engine.db import connect, scalar
 from engine.identity import (
@@ -90,10 +91,11 @@ CHECKPOINT_COLUMN = "checkpoint"
 
 @dataclass
 class FusedStep:
-    """A local SQL step and its checkpoint as one statement (see StepRunner.plan_sql)."""
+    """A local SQL step and its checkpoint as one statement (see StepRunner.plan_sql). The
+    statement is complete, every value in it a quoted literal: it takes no parameters and is
+    never %-formatted."""
 
     query: str
-    params: list[Any]
     text: str  # the step as run (recorded in history)
     key: tuple[int, str, str]  # describe-cache key
     cached: bool  # were the columns taken from the describe cache?
@@ -191,8 +193,8 @@ class StepRunner:
         try:
             conn.execute(
                 "SELECT df_internal.complete_task(%s, %s, %s, %s::jsonb, %s::jsonb, %s, %s, %s)",
-                (task.instance_id, task.node_id, task.gen, json.dumps(result),
-                 json.dumps(details) if details is not None else None, ran_sql, self.engine_id, started),
+                (task.instance_id, task.node_id, task.gen, jsonexact.dumps(result),
+                 jsonexact.dumps(details) if details is not None else None, ran_sql, self.engine_id, started),
             )
         except psycopg.Error as exc:
             raise EngineStatementError(str(exc), exc.sqlstate) from exc
@@ -338,13 +340,14 @@ class StepRunner:
             raise EngineStatementError("trampoline missing")  # ensured before BEGIN by the worker
         columns, cached, key = self._columns(conn, task, text, _cache_text(task.query or "", text))
         details = {"columns": [c.name for c in columns]} if columns else None
-        result_sql, result_params = self._result_expression(conn, task, text, columns, self.types,
-                                                            generic=key in self.generic_keys)
-        query = (f"SELECT df_internal.complete_task(%s, %s, %s, {result_sql}, %s::jsonb, %s, %s, %s) "
+        result_sql = self._result_expression(conn, task, text, columns, self.types,
+                                             generic=key in self.generic_keys)
+        args = ", ".join(_literal(conn, value) for value in (task.instance_id, task.node_id, task.gen))
+        rest = ", ".join(_literal(conn, value) for value in (text, self.engine_id, started))
+        query = (f"SELECT df_internal.complete_task({args}, {result_sql}, "
+                 f"{_literal(conn, jsonexact.dumps(details) if details else None)}::jsonb, {rest}) "
                  f"AS {CHECKPOINT_COLUMN}")
-        params: list[Any] = [task.instance_id, task.node_id, task.gen, *result_params,
-                             json.dumps(details) if details else None, text, self.engine_id, started]
-        return FusedStep(query, params, text, key, cached)
+        return FusedStep(query, text, key, cached)
 
     def fused_error(self, fused: FusedStep, exc: psycopg.Error) -> Exception:
         """What a failed fused statement means: the user's statement failed (StepFailure), or
@@ -377,22 +380,22 @@ class StepRunner:
 
     def _result_expression(self, conn: psycopg.Connection, task: Task, text: str,
                            columns: list[Column], types_cache: TypeCache,
-                           generic: bool = False) -> tuple[str, list[Any]]:
-        """SQL expression (and its parameters) that runs the step and yields the envelope."""
+                           generic: bool = False) -> str:
+        """SQL expression that runs the step and yields the envelope (no placeholders: the
+        step text is a literal in it)."""
+        step = f"{_literal(conn, text)}::pg_catalog.text"
         if not columns:
             return (f"(SELECT pg_catalog.jsonb_build_object('rows', '[]'::jsonb, 'row_count', 0) "
-                    f"FROM (SELECT {exec_function(task.role_oid)}(%s::pg_catalog.text)) AS x)"), [text]
+                    f"FROM (SELECT {exec_function(task.role_oid)}({step})) AS x)")
         types = types_cache.lookup(conn, {c.type_oid for c in columns})
-        names: list[str]  # the column names encoding_query binds as parameters
         try:
             if generic or needs_generic_rows(columns, types):
-                enc, names = generic_query(f"{rows_function(task.role_oid)}(%s::pg_catalog.text)"), []
+                enc = generic_query(f"{rows_function(task.role_oid)}({step})")
             else:
-                enc, names = encoding_query(columns, types,
-                                            f"{step_function(task.role_oid)}(%s::pg_catalog.text)")
+                enc = encoding_query(columns, types, f"{step_function(task.role_oid)}({step})", conn)
         except UnsupportedType as exc:
             raise StepFailure(str(exc), ran_sql=text) from exc
-        return f"({enc})", [*names, text]
+        return f"({enc})"
 
     def _describe(self, conn: psycopg.Connection, task: Task, text: str) -> list[Column]:
         """Result columns of the step, learnt without the engine parsing it as itself.
@@ -470,9 +473,8 @@ class StepRunner:
         try:
             conn.execute("BEGIN")
             columns = self._describe(conn, task, text)
-            result_sql, result_params = self._result_expression(
-                conn, task, text, columns, self.types_for(database))
-            result = scalar(conn, f"SELECT {result_sql}", result_params)
+            result_sql = self._result_expression(conn, task, text, columns, self.types_for(database))
+            result = scalar(conn, f"SELECT {result_sql}")  # no params: nothing is %-formatted
             conn.execute("COMMIT")
         except StepFailure:
             with contextlib.suppress(psycopg.Error):
@@ -506,7 +508,7 @@ class StepRunner:
         ).fetchone()
         if not allowed or not allowed[0]:
             raise StepFailure(f"role \"{role}\" does not have EXECUTE privilege on {fn}", kind="identity")
-        cfg = json.loads(task.query or "{}")
+        cfg = jsonexact.loads(task.query or "{}")
         named = parse_named(task.named_results)
 
         def sub(value: str | None) -> str | None:
@@ -518,7 +520,7 @@ class StepRunner:
         try:
             url = sub(cfg.get("url")) or ""
             body = cfg.get("body")
-            body = sub(body if isinstance(body, str) or body is None else json.dumps(body))
+            body = sub(body if isinstance(body, str) or body is None else jsonexact.dumps(body))
             headers = {str(k): sub(str(v)) or "" for k, v in (cfg.get("headers") or {}).items()}
             parts = [_resolve_part(p, named) for p in cfg["parts"]] if cfg.get("parts") else None
         except SubstitutionError as exc:
@@ -617,6 +619,11 @@ class DescribeCache:
 
     def drop(self, key: tuple[int, str, str]) -> None:
         self._items.pop(key, None)
+
+
+def _literal(conn: psycopg.Connection, value: Any) -> str:
+    """`value` as a SQL literal quoted for `conn` (NULL for None)."""
+    return sql.Literal(value).as_string(conn)
 
 
 def _message(exc: psycopg.Error) -> str:

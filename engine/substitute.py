@@ -8,10 +8,12 @@ Two passes, in this order:
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
+
+from engine import jsonexact
 
 _VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -45,7 +47,7 @@ class NamedResult:
 
 
 def substitute_vars(text: str, variables: dict[str, Any], instance_id: str, label: str | None) -> str:
-    values = {str(k): "" if v is None else str(v) for k, v in variables.items()}
+    values = {str(k): _raw(v) for k, v in variables.items()}  # text as is, other JSON exact
     values["sys_instance_id"] = instance_id
     values["sys_label"] = label or ""
 
@@ -62,11 +64,11 @@ def sql_literal(value: Any) -> str:
         return "NULL"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float):
-        return json.dumps(value)
+    if isinstance(value, int | float | Decimal):
+        return jsonexact.dumps(value)  # digit for digit (a Decimal from jsonb, exact)
     if isinstance(value, str):
         return "'" + value.replace("'", "''") + "'"
-    return "'" + json.dumps(value, separators=(",", ":")).replace("'", "''") + "'"
+    return "'" + jsonexact.dumps(value, compact=True).replace("'", "''") + "'"
 
 
 def _raw(value: Any) -> str:
@@ -76,7 +78,7 @@ def _raw(value: Any) -> str:
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
-    return json.dumps(value, separators=(",", ":"))
+    return jsonexact.dumps(value, compact=True)
 
 
 def _quote_ident(name: str) -> str:
@@ -161,7 +163,8 @@ def substitute_results(text: str, named: dict[str, NamedResult], *, raw: bool = 
         if not result.is_row_set and column is None:
             # HTTP, signal and JOIN results substitute as the whole JSON value.
             value = result.result
-            return _raw(value) if raw else sql_literal(value if isinstance(value, str) else json.dumps(value, separators=(",", ":")))
+            return _raw(value) if raw else sql_literal(
+                value if isinstance(value, str) else jsonexact.dumps(value, compact=True))
         value = _scalar(name, result, column, bool(optional))
         if raw:
             return _raw(value)

@@ -27,6 +27,7 @@ from dftui.screens.actions import Plan, names_text
 from dftui.vocabulary import is_composite
 from dftui.widgets.format import STATUS_STYLES, status_symbol
 from dftui.widgets.graph import display_status, node_summary
+from engine import jsonexact
 
 MAX_LISTED = 8
 
@@ -237,7 +238,7 @@ class SignalDialog(_Dialog):
         if not payload:
             return None
         try:
-            json.loads(payload)
+            jsonexact.loads(payload)
         except json.JSONDecodeError as exc:
             return f"payload is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
         return None
@@ -331,7 +332,7 @@ class StartDialog(_Dialog):
                 return client.explain(envelope)
             # No df.explain on this backend: show the evaluated node envelope instead.
             try:
-                return json.dumps(json.loads(envelope), indent=2)
+                return jsonexact.dumps(jsonexact.loads(envelope), indent=2)
             except ValueError:
                 return envelope
 

@@ -357,13 +357,13 @@ class InstanceScreen(AppScreenMixin, Screen):
         self.notify("Copied the step's SQL" if node.node_type == "SQL" else "Copied the step's text")
 
     def action_copy_result(self) -> None:
-        import json
+        from engine import jsonexact
 
         node = self._selected_node()
         if node is None or node.result is None:
             self.notify("The selected node has no result")
             return
-        self.app.copy_to_clipboard(json.dumps(node.result, indent=2))
+        self.app.copy_to_clipboard(jsonexact.dumps(node.result, indent=2))
         self.notify("Copied the result as JSON")
 
     def action_export(self) -> None:

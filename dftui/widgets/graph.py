@@ -7,7 +7,6 @@ shows condition/then/else; JOIN/RACE show their branches; LOOP shows body/while.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -22,6 +21,7 @@ from dftui.vocabulary import (
     status_symbol,
     step_text,
 )
+from engine import jsonexact
 
 from .format import format_duration, shorten
 
@@ -195,11 +195,11 @@ def to_dsl(nodes: list[NodeInfo], root_id: str) -> str:
             if body is None:
                 body_sql = "NULL"
             elif kind == "HTTP_MULTIPART" or not isinstance(body, str):
-                body_sql = quote_literal(json.dumps(body)) + ("::jsonb" if kind == "HTTP_MULTIPART" else "")
+                body_sql = quote_literal(jsonexact.dumps(body)) + ("::jsonb" if kind == "HTTP_MULTIPART" else "")
             else:
                 body_sql = quote_literal(body)
             headers = cfg.get("headers")
-            headers_sql = "NULL" if headers is None else quote_literal(json.dumps(headers)) + "::jsonb"
+            headers_sql = "NULL" if headers is None else quote_literal(jsonexact.dumps(headers)) + "::jsonb"
             out = call(
                 "http" if kind == "HTTP" else "http_multipart",
                 quote_literal(str(cfg.get("url", ""))),

@@ -7,12 +7,11 @@ widget update.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, tzinfo
 from typing import Any
 
 from rich.console import Group, RenderableType
-from rich.json import JSON
+from rich.highlighter import JSONHighlighter
 from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
@@ -20,6 +19,7 @@ from textual.widgets import Static
 
 from dftui.client import NodeInfo, parse_ts
 from dftui.vocabulary import if_rows_result
+from engine import jsonexact
 
 from .format import (
     STATUS_STYLES,
@@ -66,14 +66,21 @@ def result_renderable(result: Any) -> RenderableType:
             table.add_row(*[_cell(row.get(c)) for c in columns])
         more = f" (showing {MAX_RESULT_ROWS})" if len(rows) > MAX_RESULT_ROWS else ""
         return Group(table, Text(f"{count} row{'s' if count != 1 else ''}{more}", style="dim"))
-    return JSON.from_data(result, indent=2)
+    return json_renderable(result)
+
+
+def json_renderable(value: Any) -> Text:
+    """Pretty, highlighted JSON. Not rich's JSON, which re-parses and re-encodes with the
+    standard json module (digits lost, RecursionError on deep values): jsonexact is exact at any
+    depth."""
+    return JSONHighlighter()(Text(jsonexact.dumps(value, indent=2, ensure_ascii=False)))
 
 
 def _cell(value: Any) -> str:
     if value is None:
         return "NULL"
     if isinstance(value, (dict, list)):
-        return json.dumps(value)
+        return jsonexact.dumps(value)
     return str(value)
 
 
@@ -183,7 +190,7 @@ def node_details(
     if node.result is not None:
         parts += [_heading("Result"), result_renderable(node.result)]
     if node.status_details:
-        parts += [_heading("Status details"), JSON.from_data(node.status_details, indent=2)]
+        parts += [_heading("Status details"), json_renderable(node.status_details)]
     if node.loop_iterations:
         table = Table(show_edge=False, pad_edge=False, header_style="bold")
         for col in ("iteration", "finished", "steps"):
