@@ -29,9 +29,15 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
+from psycopg.types.json import set_json_dumps, set_json_loads
 
 from dftui.vocabulary import COMPOSITE_NODE_TYPES, STATUSES, TERMINAL_STATUSES, step_text
 from engine import jsonexact
+
+# The TUI's screens and widgets use the exact JSON codec through the client (they may not import
+# the engine): decode and encode user JSON (results, payloads) exactly, at any depth.
+json_loads = jsonexact.loads
+json_dumps = jsonexact.dumps
 
 APPLICATION_NAME = "dftui"
 # Status counts are exact up to this many rows per status; beyond it they are planner estimates.
@@ -407,7 +413,9 @@ class Client:
                 raise ClientError(_message(exc)) from None
             except psycopg.Error as exc:
                 raise ClientError(_message(exc)) from None
-            jsonexact.register(self._conn)  # results exactly as stored, at any depth
+            # results exactly as stored, at any depth (engine/jsonexact.py)
+            set_json_loads(jsonexact.loads, self._conn)
+            set_json_dumps(jsonexact.dumps, self._conn)
             self.info = self._detect()
             return self.info
 

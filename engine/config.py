@@ -32,6 +32,9 @@ class EngineConfig:
     shutdown_grace: float = 10.0
     retention_days: float | None = None  # delete terminal instances older than this (None = keep)
     stuck_after: float = 600.0  # a step running longer than this is reported as stuck
+    # times the engine tries a task it cannot process (an exception in its own handling, or its
+    # process dying while running it) before failing the node; tries back off 1 s, 2 s, 4 s, ...
+    max_task_faults: int = 3
     install: bool = True  # install/upgrade the df schema on start
     once: bool = False  # exit when no work is left (tests, cron-style runs)
     log_format: str = "text"  # text | json
@@ -50,6 +53,8 @@ class EngineConfig:
             raise ValueError("batch size must be between 1 and 1000")
         if self.http_policy not in HTTP_POLICIES:
             raise ValueError(f"http policy must be one of {', '.join(HTTP_POLICIES)}")
+        if self.max_task_faults < 1:
+            raise ValueError("max task faults must be at least 1")
         if self.metrics_addr is not None:
             parse_address(self.metrics_addr)
 
@@ -72,6 +77,8 @@ class EngineConfig:
             values["log_format"] = env["DFTUI_ENGINE_LOG_FORMAT"]
         if env.get("DFTUI_ENGINE_METRICS_ADDR"):
             values["metrics_addr"] = env["DFTUI_ENGINE_METRICS_ADDR"]
+        if "DFTUI_ENGINE_MAX_TASK_FAULTS" in env:
+            values["max_task_faults"] = int(env["DFTUI_ENGINE_MAX_TASK_FAULTS"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["explicit"] = frozenset(k for k in values if k != "dsn")
         return cls(**values)  # type: ignore[arg-type]

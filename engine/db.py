@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import set_json_dumps, set_json_loads
 
 from engine import jsonexact
 
@@ -34,8 +35,15 @@ def connect(dsn: str, purpose: str, dbname: str | None = None) -> psycopg.Connec
         dsn = psycopg.conninfo.make_conninfo(dsn, dbname=dbname)  # keywords override the DSN's
     conn = psycopg.connect(dsn, autocommit=True, application_name=f"dftui engine ({purpose})",
                            options=_OPTIONS, client_encoding="UTF8", prepare_threshold=None)
-    jsonexact.register(conn)  # jsonb exactly as stored, at any depth
+    register_json(conn)
     return conn
+
+
+def register_json(conn: psycopg.Connection) -> None:
+    """jsonb exactly as stored, at any depth (engine/jsonexact.py), on this connection: decoded
+    with jsonexact.loads, Json/Jsonb parameters encoded with jsonexact.dumps."""
+    set_json_loads(jsonexact.loads, conn)
+    set_json_dumps(jsonexact.dumps, conn)
 
 
 def scalar(conn: psycopg.Connection, query: str | sql.SQL | sql.Composed, params: Params = None) -> Any:

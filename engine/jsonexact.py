@@ -8,8 +8,8 @@ stops at its stack limit, thousands of levels): the standard library's decoder a
 and raise RecursionError about 1,000 levels down, so each falls back to the iterative
 implementation below when that happens. The fast C paths still serve every ordinary document.
 
-`register(conn)` makes psycopg decode json/jsonb on that connection with `loads` and encode
-`Json`/`Jsonb` parameters with `dumps`.
+Pure standard library (no psycopg), so dftui's screens can use it through dftui.client;
+engine.db.register_json and dftui.client install it on their connections.
 """
 
 from __future__ import annotations
@@ -19,9 +19,6 @@ import re
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
-
-import psycopg
-from psycopg.types.json import set_json_dumps, set_json_loads
 
 _WS = re.compile(r"[ \t\n\r]*")
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
@@ -232,8 +229,3 @@ def _iterencode(value: Any, indent: int | None, separators: tuple[str, str], ens
             yield prefix
         have_pending = True
 
-
-def register(conn: psycopg.Connection[Any]) -> None:
-    """Decode json/jsonb on `conn` with `loads`, encode Json/Jsonb parameters with `dumps`."""
-    set_json_loads(loads, conn)
-    set_json_dumps(dumps, conn)

@@ -28,11 +28,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from psycopg.types.string import TextLoader
 
-from engine import __version__, schema
+from engine import __version__, jsonexact, schema
 from engine.config import EngineConfig
-from engine.db import connect
+from engine.db import connect, scalar
 from engine.identity import SESSION_RESET, Trampolines, reset_session
+from engine.journal import Journal
+from engine.journal import reap as reap_inflight
 from engine.metrics import EngineMetrics
 from engine.pg_settings import apply_database_settings
 from engine.results import TypeCache
@@ -92,7 +95,7 @@ class Engine:
         self.workers: list[_Worker] = []
         self.steps_done = 0
         self._steps_lock = threading.Lock()
-        self._checkpoint_failures: dict[tuple[str, str, int], int] = {}
+        self.journal = Journal(config.dsn, self.id)
         self.started = threading.Event()
         self.fatal_error: str | None = None
         self.schema_level = schema.schema_level()
@@ -129,6 +132,12 @@ class Engine:
                 "SET schema_version = excluded.schema_version, initialized_at = now() "
                 "WHERE df_internal._worker_ready.schema_version <> excluded.schema_version",
                 (WORKER_SCHEMA_VERSION,))
+            # Before any claim: a task that was running when an engine died (perhaps killing it)
+            # is charged now, so it cannot take this engine down straight away as well.
+            reaped = reap_inflight(conn, self.config.max_task_faults)
+            if reaped:
+                log.warning("%d task(s) were running in an engine that died; retried later "
+                            "(failed once it happens %d times)", reaped, self.config.max_task_faults)
 
     def start(self) -> None:
         if self.config.metrics_addr is not None:
@@ -174,6 +183,7 @@ class Engine:
                 worker.cancel_statement()
         for worker in self.workers:
             worker.thread_done.wait(5)
+        self.journal.close()
         with contextlib.suppress(psycopg.Error), connect(self.config.dsn, "shutdown") as conn:
             conn.execute("UPDATE df_internal.engines SET stopped_at = now(), steps_done = %s "
                          "WHERE id = %s", (self.steps_done, self.id))
@@ -234,14 +244,6 @@ class Engine:
                     self.idle_workers -= 1
             if self._pending_wakeups > 0:
                 self._pending_wakeups -= 1
-
-    def checkpoint_failed(self, key: tuple[str, str, int]) -> bool:
-        """Count a failed checkpoint; True once the same task has failed three times."""
-        with self._steps_lock:
-            self._checkpoint_failures[key] = self._checkpoint_failures.get(key, 0) + 1
-            if len(self._checkpoint_failures) > 10000:
-                self._checkpoint_failures.clear()
-            return self._checkpoint_failures[key] >= 3
 
     def count_steps(self, n: int = 1) -> None:
         with self._steps_lock:
@@ -319,6 +321,9 @@ class Engine:
                              "WHERE id = %s", (self.steps_done, self.id))
                 conn.execute("UPDATE df._worker_epoch SET last_seen_at = now() WHERE epoch_id = %s",
                              (self.epoch_id,))
+                if reap_inflight(conn, self.config.max_task_faults):
+                    log.warning("tasks that were running in an engine that died were charged a "
+                                "fault; they are retried later")
                 interval = self.config.reconcile_interval
                 if self.config.retention_days is not None and interval != 0 and (
                         interval is None or time.monotonic() >= next_retention):
@@ -354,6 +359,7 @@ class _Worker:
         self.number = number
         self.conn: psycopg.Connection | None = None
         self.current: tuple[str, str] | None = None
+        self.task: Task | None = None  # the task being handled (charged if the handling blows up)
         self.busy = False
         self.thread_done = threading.Event()
         self.runner = StepRunner(engine.config, engine.id, engine.trampolines, engine.types)
@@ -399,9 +405,12 @@ class _Worker:
                     self._drop_connection()
                     time.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)
-                except Exception:  # noqa: BLE001 - a worker must survive anything
+                except Exception as exc:  # noqa: BLE001 - a worker must survive anything
                     log.exception("worker %d: unexpected error", self.number)
+                    task = self.task
                     self._drop_connection()
+                    if task is not None:  # never the same blow-up forever: charge the task
+                        self._fault_alone(task, exc)
                     time.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)
         finally:
@@ -415,6 +424,7 @@ class _Worker:
                 self.conn.close()
         self.conn = None
         self.current = None
+        self.task = None
         self.busy = False
 
     def _idle_timeout(self) -> float:
@@ -437,6 +447,7 @@ class _Worker:
         back to its savepoint and is recorded without disturbing the others. Tasks not reached
         within the time budget (a slow step) are released by the commit for any worker to take.
         """
+        self.task = None
         if self._needs_discard:
             reset_session(conn)
             self._needs_discard = False
@@ -444,14 +455,19 @@ class _Worker:
         # of its own; with a backlog (everyone busy) one commit serves many steps.
         claim = 1 if self.engine.idle_workers else self.batch
         claim_started = time.perf_counter()
+        # jsonb columns (vars, named results: user data) come as text and are decoded per task
+        # (_task_from_row), so one undecodable task is that task's fault, not the whole claim's.
+        cur = conn.cursor()
+        cur.adapters.register_loader("jsonb", TextLoader)
         with conn.pipeline():
             conn.execute("BEGIN")
-            cur = conn.execute(CLAIM, (self.engine.schema_level, self.engine.id, claim, self.number,
-                                       len(self.engine.workers)))
+            cur.execute(CLAIM, (self.engine.schema_level, self.engine.id, claim, self.number,
+                                len(self.engine.workers)))
         rows = cur.fetchall()
         self.engine.metrics.claimed(time.perf_counter() - claim_started, len(rows))
         if not rows:
             conn.execute("ROLLBACK")
+            self.engine.journal.clear(self.number)
             return False
         self.more_work = any(row[21] for row in rows)
         tasks = [_task_from_row(row) for row in rows if row[3] != "started"]
@@ -469,6 +485,14 @@ class _Worker:
             for role_oid in setup:
                 self.engine.trampolines.ensure(conn, role_oid)
             return True
+        if tasks:
+            try:
+                self.engine.journal.record(self.number, [(t.instance_id, t.node_id, t.gen)
+                                                         for t in tasks])
+            except psycopg.Error as exc:
+                # Unrecorded, a crash in these steps could not be charged to them: not now.
+                conn.execute("ROLLBACK")
+                raise psycopg.OperationalError(f"cannot record the tasks in flight: {exc}") from exc
         self.busy = True
         budget_end = time.monotonic() + BATCH_TIME_BUDGET
         ran = 0
@@ -480,6 +504,7 @@ class _Worker:
                     stopped_early = True
                     break
                 self.current = (task.instance_id, task.node_id)
+                self.task = task
                 kind = tally.started(task.node_type, task.kind)
                 self._outcome = None
                 outcome = self._run_task(conn, task, first=index == 0,
@@ -505,6 +530,7 @@ class _Worker:
         finally:
             self.busy = False
             self.current = None
+        self.task = None
         tally.publish()
         self.engine.count_steps(ran)
         self._adapt_batch(shrink=stopped_early)
@@ -532,6 +558,8 @@ class _Worker:
         in_savepoint = False
         sql_step = task.node_type == "SQL"
         try:
+            if task.load_error is not None:
+                raise EngineFault(task.load_error)
             if task.kind == "iterate":
                 in_savepoint = True
                 _script(conn, "SAVEPOINT step", "SELECT df_internal.loop_iterate(%s, %s)",
@@ -574,26 +602,83 @@ class _Worker:
             return self._in_savepoint(conn, task, self._record_failure, task, failure, started,
                                       sql_step)
         except EngineStatementError as exc:
-            if not self._rollback_step(conn, in_savepoint):
-                return _Outcome.ABORTED
             if exc.sqlstate == "55P03":
+                if not self._rollback_step(conn, in_savepoint):
+                    return _Outcome.ABORTED
                 return self._in_savepoint(conn, task, self._defer, task, str(exc))
-            if self.engine.checkpoint_failed((task.instance_id, task.node_id, task.gen)):
-                # The same checkpoint keeps failing: give up on the node rather than spin.
-                log.error("checkpoint of %s/%s keeps failing (%s); failing the node",
-                          task.instance_id, task.node_id, exc)
-                return self._in_savepoint(conn, task, self._record_failure, task,
-                                          StepFailure(str(exc)), started, False)
-            log.warning("checkpoint of %s/%s failed (%s); will retry", task.instance_id, task.node_id, exc)
-            return _Outcome.CONFLICT  # the task stays queued: a later claim retries it
+            if exc.retry_now:  # (self-healing, at most twice: see fused_error)
+                log.info("step %s/%s: %s", task.instance_id, task.node_id, exc)
+                return _Outcome.CONFLICT if self._rollback_step(conn, in_savepoint) else _Outcome.ABORTED
+            return self._fault(conn, task, exc, started, in_savepoint)
         except psycopg.Error as exc:
             if conn.broken:
                 raise
-            # An engine statement failed (e.g. cancelled by df.cancel while checkpointing).
-            log.info("step %s/%s interrupted: %s", task.instance_id, task.node_id, exc)
-            if self._rollback_step(conn, in_savepoint):
-                return _Outcome.CONFLICT
+            if exc.sqlstate in TRANSIENT_STATES:
+                # An engine statement was interrupted (df.cancel while checkpointing, a lock or
+                # serialization conflict): the task stays queued and runs again.
+                log.info("step %s/%s interrupted: %s", task.instance_id, task.node_id, exc)
+                if self._rollback_step(conn, in_savepoint):
+                    return _Outcome.CONFLICT
+                return _Outcome.ABORTED
+            return self._fault(conn, task, exc, started, in_savepoint)
+        except Exception as exc:  # noqa: BLE001 - the engine's own handling of this task failed
+            return self._fault(conn, task, exc, started, in_savepoint)
+
+    def _fault(self, conn: psycopg.Connection, task: Task, exc: BaseException,
+               started: datetime, in_savepoint: bool) -> _Outcome:
+        """The engine could not process this task (planning, describing, substitution, result
+        encoding, checkpoint: anything but the step's own failure). Undo it and charge the task
+        a fault (df_internal.task_fault): it is retried after a backoff, out of every claim in
+        the meantime, and its node fails with the reason once it has happened max_task_faults
+        times. Never an endless loop, never a silent pending, the worker free for other work."""
+        reason = fault_reason(exc)
+        log.error("cannot process step %s/%s: %s", task.instance_id, task.node_id, reason,
+                  exc_info=not isinstance(exc, EngineStatementError | psycopg.Error))
+        self._outcome = "fault"
+        if not self._rollback_step(conn, in_savepoint):
+            self._fault_alone(task, exc)  # the batch is gone: charge it in its own transaction
             return _Outcome.ABORTED
+        return self._in_savepoint(conn, task, self._record_fault, task, reason, started)
+
+    def _record_fault(self, conn: psycopg.Connection, task: Task, reason: str,
+                      started: datetime | None) -> None:
+        verdict = scalar(conn, "SELECT df_internal.task_fault(%s, %s, %s, %s, %s, %s, %s)",
+                         (task.instance_id, task.node_id, task.gen, reason, self.engine.id,
+                          started, self.engine.config.max_task_faults))
+        if verdict == "failed":
+            log.error("step %s/%s failed: the engine could not process it %d times",
+                      task.instance_id, task.node_id, self.engine.config.max_task_faults)
+        if task.node_type == "SQL":
+            conn.execute(SESSION_RESET)  # describing may have run user code
+
+    def _fault_alone(self, task: Task, exc: BaseException) -> None:
+        """Charge a fault outside any batch (the batch's transaction or connection is gone)."""
+        try:
+            with connect(self.engine.config.dsn, f"worker {self.number} fault") as conn:
+                conn.execute("BEGIN")
+                locked = conn.execute(
+                    "SELECT 1 FROM df_internal.tasks WHERE instance_id = %s AND node_id = %s "
+                    "AND gen = %s FOR UPDATE SKIP LOCKED", (task.instance_id, task.node_id, task.gen)
+                ).fetchone()
+                if locked is not None:
+                    conn.execute("SAVEPOINT fault")
+                    try:
+                        self._record_fault(conn, task, fault_reason(exc), None)
+                    except psycopg.Error as error:
+                        # Even failing the node fails (an error in the interpreter itself): keep
+                        # the task out of the way and say why, rather than retry it at once.
+                        conn.execute("ROLLBACK TO SAVEPOINT fault")
+                        log.error("could not record the fault of %s/%s (%s); retrying it in "
+                                  "5 minutes", task.instance_id, task.node_id, error)
+                        conn.execute(
+                            "UPDATE df_internal.tasks SET run_at = pg_catalog.now() + interval "
+                            "'5 minutes', last_fault = %s WHERE instance_id = %s AND node_id = %s",
+                            (f"{fault_reason(exc)}; recording it failed: {fault_reason(error)}",
+                             task.instance_id, task.node_id))
+                conn.execute("COMMIT")
+        except psycopg.Error as error:
+            log.warning("could not record the fault of %s/%s (%s)", task.instance_id,
+                        task.node_id, error)
 
     def _rollback_step(self, conn: psycopg.Connection, in_savepoint: bool) -> bool:
         """Undo the current task's work. When its savepoint cannot be rolled back to (the error
@@ -630,6 +715,8 @@ class _Worker:
             log.warning("could not record the outcome of %s/%s (%s); will retry",
                         task.instance_id, task.node_id, exc)
             self._abort(conn)
+            if action != self._record_fault:  # (never the same failure forever: a fault)
+                self._fault_alone(task, exc)
             return _Outcome.ABORTED
 
     def _abort(self, conn: psycopg.Connection) -> None:
@@ -700,13 +787,50 @@ SELECT c.*,
 """
 
 
+# SQLSTATEs of an engine statement that was interrupted rather than failed: cancelled (df.cancel,
+# shutdown), a lock or serialization conflict. The task simply runs again.
+TRANSIENT_STATES = frozenset({"57014", "55P03", "40001", "40P01"})
+
+
+class EngineFault(Exception):
+    """A task the engine cannot even load (see _task_from_row)."""
+
+
+def fault_reason(exc: BaseException) -> str:
+    """A readable one-line reason for a fault, bounded in size."""
+    if isinstance(exc, EngineStatementError | EngineFault):
+        text = str(exc)
+    elif isinstance(exc, psycopg.Error):
+        text = f"an engine statement failed: {exc.diag.message_primary or exc}"
+    else:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    text = " ".join(text.replace("\x00", "").split())
+    if len(text) > 500:
+        text = text[:500] + "…"
+    return f"the engine could not process this step: {text}"
+
+
+def _json_column(value: Any, default: Any) -> Any:
+    """A jsonb column of a claim row, read as text (see step_batch)."""
+    return default if value is None else jsonexact.loads(value)
+
+
 def _task_from_row(row: tuple[Any, ...]) -> Task:
-    """A row of df_internal.claim_tasks as a Task."""
+    """A row of df_internal.claim_tasks as a Task. A row whose user data cannot be decoded
+    still becomes a Task (its key), marked with load_error: _run_task charges it a fault."""
+    try:
+        vars_, named, policy = (_json_column(row[12], {}), _json_column(row[13], {}),
+                                _json_column(row[16], None))
+        load_error = None
+    except Exception as exc:  # noqa: BLE001 - whatever the data, the task gets a clear fault
+        vars_, named, policy = {}, {}, None
+        load_error = f"its variables or named results cannot be read: {type(exc).__name__}: {exc}"
     return Task(
         instance_id=row[0], node_id=row[1], gen=row[2], kind=row[3], phase=row[4],
         deadline=row[5], node_type=row[6], query=row[7], result_name=row[8],
-        submitted_by=str(row[9]), role_oid=int(row[10] or 0), database=row[11], vars=row[12] or {},
-        named_results=row[13] or {}, label=row[14], attempts=row[15], retry_policy=row[16],
+        submitted_by=str(row[9]), role_oid=int(row[10] or 0), database=row[11], vars=vars_ or {},
+        named_results=named or {}, label=row[14], attempts=row[15], retry_policy=policy,
+        load_error=load_error,
         role_name=row[17], role_can_login=bool(row[18]), role_is_super=bool(row[19]),
         superuser_allowed=bool(row[20]), role_has_usage=bool(row[22]),
         role_can_connect=None if row[23] is None else bool(row[23]),

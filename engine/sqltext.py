@@ -265,11 +265,12 @@ _ROWLESS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "CREATE", "ALTER", 
 def returns_no_rows(text: str) -> bool:
     """Certainly no result rows: the first statement is of a row-less kind and no RETURNING
     keyword token appears anywhere (strings and comments do not count). When unsure: False
-    (the step is described)."""
+    (the step is described). Several statements are described too: describing refuses them
+    (a step is one statement, see steps.MULTI_STATEMENT)."""
     try:
         stmts = statements(text)
     except LexError:
         return False
-    if not stmts or stmts[0][0].kind != WORD or stmts[0][0].value not in _ROWLESS:
+    if len(stmts) != 1 or stmts[0][0].kind != WORD or stmts[0][0].value not in _ROWLESS:
         return False
     return not any(t.kind == WORD and t.value == "RETURNING" for stmt in stmts for t in stmt)

@@ -79,6 +79,7 @@ class Task:
     role_has_usage: bool = False  # USAGE on schema df, now (df.revoke_usage stops the instance)
     # CONNECT on the database the step runs in, now (None: no such database)
     role_can_connect: bool | None = False
+    load_error: str | None = None  # the claim row's user data could not be decoded
 
     def database_elsewhere(self, home: str) -> str | None:
         """The instance's database when it is not the engine's own (steps run there)."""
@@ -113,11 +114,14 @@ class StepFailure(Exception):
 
 
 class EngineStatementError(Exception):
-    """The engine's own checkpoint statement failed: roll back everything, retry the task."""
+    """The engine's own checkpoint statement failed: roll back the step and charge the task a
+    fault (retried with backoff, failed at the limit: see _Worker._fault). `retry_now`: a
+    self-correcting condition (the result shape changed): run it again at once."""
 
-    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+    def __init__(self, message: str, sqlstate: str | None = None, *, retry_now: bool = False) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
+        self.retry_now = retry_now
 
 
 # -- retry policy -----------------------------------------------------------------------------
@@ -361,8 +365,8 @@ class StepRunner:
             if not fused.cached:
                 self.generic_keys.add(fused.key)
             self.describe_cache.drop(fused.key)
-            return EngineStatementError("result shape changed; re-describing")
-        return StepFailure(_message(exc), kind=failure_kind(exc.sqlstate),
+            return EngineStatementError("result shape changed; re-describing", retry_now=True)
+        return StepFailure(_message(exc, fused.text), kind=failure_kind(exc.sqlstate),
                            sqlstate=exc.sqlstate, ran_sql=fused.text)
 
     def _columns(self, conn: psycopg.Connection, task: Task, text: str,
@@ -411,9 +415,11 @@ class StepRunner:
                 conn.execute(f"SELECT {describe_function(task.role_oid)}(%s::pg_catalog.text)", (text,))
         except psycopg.Error as exc:
             conn.execute("ROLLBACK TO SAVEPOINT describe")
+            if exc.sqlstate == "42P11" and "multi-query" in str(exc):
+                raise StepFailure(MULTI_STATEMENT, ran_sql=text) from exc
             if exc.sqlstate == "42P11":
                 return []
-            raise StepFailure(_message(exc), sqlstate=exc.sqlstate,
+            raise StepFailure(_message(exc, text), sqlstate=exc.sqlstate,
                               kind=failure_kind(exc.sqlstate), ran_sql=text) from exc
         try:
             res = conn.pgconn.describe_portal(DESCRIBE_PORTAL.encode())
@@ -483,7 +489,7 @@ class StepRunner:
         except psycopg.Error as exc:
             with contextlib.suppress(psycopg.Error):
                 conn.execute("ROLLBACK")
-            raise StepFailure(_message(exc), kind=failure_kind(exc.sqlstate),
+            raise StepFailure(_message(exc, text), kind=failure_kind(exc.sqlstate),
                               sqlstate=exc.sqlstate, ran_sql=text) from exc
         finally:
             self.side_active = None
@@ -574,6 +580,20 @@ def refuse_non_transactional(text: str) -> None:
             kind="unsupported", ran_sql=text)
 
 
+# pg_durable runs a step as one prepared statement (sqlx), which PostgreSQL refuses for several
+# statements; here the describe cursor refuses them ("cannot open multi-query plan as cursor").
+MULTI_STATEMENT = ("a step must be a single SQL statement; this one has several (split it into "
+                   "steps with ~>, or wrap the statements in a DO block or a function)")
+# An unknown $reference is left in the text and PostgreSQL reports a syntax error at "$".
+_LEFT_OVER_REF = re.compile(r"(?<![\w$])\$([A-Za-z_][A-Za-z0-9_]*)(?![A-Za-z0-9_$])")
+
+
+def _unknown_reference(text: str) -> str | None:
+    """The first $name left in substituted step text (known names were all replaced)."""
+    match = _LEFT_OVER_REF.search(text)
+    return match.group(1) if match else None
+
+
 _WHOLE_REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)(?:\.([A-Za-z_][A-Za-z0-9_]*))?\??$")
 
 
@@ -626,11 +646,18 @@ def _literal(conn: psycopg.Connection, value: Any) -> str:
     return sql.Literal(value).as_string(conn)
 
 
-def _message(exc: psycopg.Error) -> str:
+def _message(exc: psycopg.Error, text: str | None = None) -> str:
+    """The error as one line. A syntax error at a `$` left in the step (`text`, substituted)
+    names the result it refers to: no earlier step was named that."""
     diag = exc.diag
     msg = diag.message_primary or str(exc).strip().splitlines()[0]
     if diag.message_detail:
         msg += f" ({diag.message_detail})"
+    if text is not None and exc.sqlstate == "42601" and 'at or near "$' in msg:
+        name = _unknown_reference(text)
+        if name is not None:
+            msg = (f"${name} refers to no named result: no earlier step of this workflow is named "
+                   f"\"{name}\" (name one with |=> '{name}' or df.as) [{msg}]")
     return msg
 
 

@@ -22,12 +22,11 @@ from textual.widgets import Button, Input, Label, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
 
 from dftui.app import SHORT_HEIGHT, AppScreenMixin
-from dftui.client import ActionResult, Client, ClientError, NodeInfo
+from dftui.client import ActionResult, Client, ClientError, NodeInfo, json_dumps, json_loads
 from dftui.screens.actions import Plan, names_text
 from dftui.vocabulary import is_composite
 from dftui.widgets.format import STATUS_STYLES, status_symbol
 from dftui.widgets.graph import display_status, node_summary
-from engine import jsonexact
 
 MAX_LISTED = 8
 
@@ -238,7 +237,7 @@ class SignalDialog(_Dialog):
         if not payload:
             return None
         try:
-            jsonexact.loads(payload)
+            json_loads(payload)
         except json.JSONDecodeError as exc:
             return f"payload is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
         return None
@@ -332,7 +331,7 @@ class StartDialog(_Dialog):
                 return client.explain(envelope)
             # No df.explain on this backend: show the evaluated node envelope instead.
             try:
-                return jsonexact.dumps(jsonexact.loads(envelope), indent=2)
+                return json_dumps(json_loads(envelope), indent=2)
             except ValueError:
                 return envelope
 

@@ -19,7 +19,7 @@ from textual.widgets import Static, Tree
 from textual.widgets.tree import TreeNode
 
 from dftui.app import CURSOR_BINDINGS, AppHeader, AppScreenMixin
-from dftui.client import Client, InstanceDetail, NodeInfo
+from dftui.client import Client, InstanceDetail, NodeInfo, json_dumps
 from dftui.screens.actions import Plan, Target, plan, report
 from dftui.timings import instance_end
 from dftui.vocabulary import TERMINAL_STATUSES, is_composite, signal_name
@@ -357,13 +357,11 @@ class InstanceScreen(AppScreenMixin, Screen):
         self.notify("Copied the step's SQL" if node.node_type == "SQL" else "Copied the step's text")
 
     def action_copy_result(self) -> None:
-        from engine import jsonexact
-
         node = self._selected_node()
         if node is None or node.result is None:
             self.notify("The selected node has no result")
             return
-        self.app.copy_to_clipboard(jsonexact.dumps(node.result, indent=2))
+        self.app.copy_to_clipboard(json_dumps(node.result, indent=2))
         self.notify("Copied the result as JSON")
 
     def action_export(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from dftui.client import NodeInfo
+from dftui.client import NodeInfo, json_dumps
 from dftui.vocabulary import (
     break_value,
     cron_text,
@@ -21,7 +21,6 @@ from dftui.vocabulary import (
     status_symbol,
     step_text,
 )
-from engine import jsonexact
 
 from .format import format_duration, shorten
 
@@ -195,11 +194,11 @@ def to_dsl(nodes: list[NodeInfo], root_id: str) -> str:
             if body is None:
                 body_sql = "NULL"
             elif kind == "HTTP_MULTIPART" or not isinstance(body, str):
-                body_sql = quote_literal(jsonexact.dumps(body)) + ("::jsonb" if kind == "HTTP_MULTIPART" else "")
+                body_sql = quote_literal(json_dumps(body)) + ("::jsonb" if kind == "HTTP_MULTIPART" else "")
             else:
                 body_sql = quote_literal(body)
             headers = cfg.get("headers")
-            headers_sql = "NULL" if headers is None else quote_literal(jsonexact.dumps(headers)) + "::jsonb"
+            headers_sql = "NULL" if headers is None else quote_literal(json_dumps(headers)) + "::jsonb"
             out = call(
                 "http" if kind == "HTTP" else "http_multipart",
                 quote_literal(str(cfg.get("url", ""))),

@@ -17,9 +17,8 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from dftui.client import NodeInfo, parse_ts
+from dftui.client import NodeInfo, json_dumps, parse_ts
 from dftui.vocabulary import if_rows_result
-from engine import jsonexact
 
 from .format import (
     STATUS_STYLES,
@@ -73,14 +72,14 @@ def json_renderable(value: Any) -> Text:
     """Pretty, highlighted JSON. Not rich's JSON, which re-parses and re-encodes with the
     standard json module (digits lost, RecursionError on deep values): jsonexact is exact at any
     depth."""
-    return JSONHighlighter()(Text(jsonexact.dumps(value, indent=2, ensure_ascii=False)))
+    return JSONHighlighter()(Text(json_dumps(value, indent=2, ensure_ascii=False)))
 
 
 def _cell(value: Any) -> str:
     if value is None:
         return "NULL"
     if isinstance(value, (dict, list)):
-        return jsonexact.dumps(value)
+        return json_dumps(value)
     return str(value)
 
 

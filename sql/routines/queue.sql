@@ -52,7 +52,9 @@ BEGIN
                    -- a per-row subquery, so the plan keeps walking the run_at index
                    COALESCE((SELECT n.node_type FROM df.nodes n
                               WHERE n.instance_id = x.instance_id AND n.id = x.node_id), '')
-                       IN ('HTTP', 'HTTP_MULTIPART') AS http
+                       IN ('HTTP', 'HTTP_MULTIPART')
+                   -- a suspect of an engine death is claimed alone too (see reap_inflight)
+                   OR x.suspect AS http
               FROM df_internal.tasks x
              WHERE x.run_at <= now()
                AND (pass = 2 OR (hashtext(x.instance_id) & 2147483647) % slices = p_slice)
