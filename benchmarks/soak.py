@@ -166,7 +166,8 @@ def _submit(cluster: Cluster, stop: threading.Event, stats: Stats, seed: int) ->
                     continue
                 else:
                     kind, expr, _ = WORKLOADS[rng.randrange(len(WORKLOADS))]
-                    iid = conn.execute(f"SELECT df.start({expr}, %s)", (kind,)).fetchone()[0]
+                    iid = conn.execute(f"SELECT df.start({expr.replace('%', '%%')}, %s)",
+                                       (kind,)).fetchone()[0]
                 stats.started[kind] = stats.started.get(kind, 0) + 1
             except psycopg.Error as exc:
                 stats.errors.append(f"df.start failed: {exc}")
