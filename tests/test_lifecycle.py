@@ -56,7 +56,8 @@ def error_of(db, role: str | None, query: str, params: tuple = ()) -> str:
 
 def test_cancel_own_instance_with_reason(db) -> None:
     iid = make_instance(db, "dftui_alice")
-    assert db.scalar("SELECT df.cancel(%s, 'operator said so')", (iid,), role="dftui_alice") == "OK"
+    assert db.scalar("SELECT df.cancel(%s, 'operator said so')", (iid,), role="dftui_alice") == (
+        f"Instance {iid} cancelled: operator said so")  # pg_durable's answer
     assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (iid,)) == "cancelled"
     assert db.scalar(
         "SELECT cancel_reason FROM df_internal.instance_state WHERE instance_id = %s", (iid,)
@@ -67,7 +68,8 @@ def test_cancel_own_instance_with_reason(db) -> None:
 
 def test_cancel_default_reason_and_quoted_role(db) -> None:
     iid = make_instance(db, "Quoted Role", status="pending")
-    assert db.scalar("SELECT df.cancel(%s)", (iid,), role="Quoted Role") == "OK"
+    assert db.scalar("SELECT df.cancel(%s)", (iid,), role="Quoted Role") == (
+        f"Instance {iid} cancelled: Cancelled by user")
     assert db.scalar(
         "SELECT cancel_reason FROM df_internal.instance_state WHERE instance_id = %s", (iid,)
     ) == "Cancelled by user"
@@ -88,7 +90,7 @@ def test_cancel_other_roles_instance_looks_missing(db) -> None:
     assert err_missing == f"{NOT_FOUND}: {missing}"
     assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (bobs,)) == "running"
     # The superuser sees (and may cancel) everything.
-    assert db.scalar("SELECT df.cancel(%s)", (bobs,)) == "OK"
+    assert db.scalar("SELECT df.cancel(%s)", (bobs,)).startswith(f"Instance {bobs} cancelled")
 
 
 def test_ungranted_role_cannot_call_lifecycle_functions(db) -> None:
@@ -397,7 +399,8 @@ def test_engine_cancel_is_final(db, eng) -> None:
 
     iid = start(db, "dftui_alice", "df.wait_for_signal('never') ~> 'SELECT 1'")
     with db.connect("dftui_alice") as conn:
-        assert conn.execute("SELECT df.cancel(%s, 'no longer needed')", (iid,)).fetchone()[0] == "OK"
+        assert conn.execute("SELECT df.cancel(%s, 'no longer needed')", (iid,)).fetchone()[0] == (
+            f"Instance {iid} cancelled: no longer needed")
         assert conn.execute("SELECT df.await_instance(%s, 30)", (iid,)).fetchone()[0] == "cancelled"
         # A late signal is accepted (queued) but cannot revive it.
         conn.execute("SELECT df.signal(%s, 'never')", (iid,))

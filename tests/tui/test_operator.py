@@ -43,7 +43,7 @@ async def test_signal_acts_on_the_selection_and_names_it(db):
     first = start(db, "dftui_alice", "df.wait_for_signal('go'), 'wait-one'")
     second = start(db, "dftui_alice", "df.wait_for_signal('go'), 'wait-two'")
     old = start(db, "dftui_alice", "df.wait_for_signal('go'), 'gone'")
-    assert db.scalar("SELECT df.cancel(%s)", (old,), role="dftui_alice") == "OK"
+    assert db.scalar("SELECT df.cancel(%s)", (old,), role="dftui_alice").startswith(f"Instance {old} cancelled")
     app = make_app(db, "dftui_alice")
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await _loaded(pilot, app)
@@ -85,7 +85,8 @@ async def test_noops_are_refused_with_the_reason(db):
 
         # The list still shows `racing` pending, but it was cancelled meanwhile: the dialog
         # opens, and the outcome says nothing was done (df.cancel answered 'already cancelled').
-        assert db.scalar("SELECT df.cancel(%s)", (racing,), role="dftui_alice") == "OK"
+        assert db.scalar("SELECT df.cancel(%s)", (racing,), role="dftui_alice").startswith(
+            f"Instance {racing} cancelled")
         await _cursor_to(pilot, screen, racing)
         await pilot.press("c")
         await wait_for(pilot, lambda: isinstance(app.screen, CancelDialog), what="cancel dialog")
