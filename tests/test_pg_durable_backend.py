@@ -145,7 +145,8 @@ def test_cli_list(capsys, pgd) -> None:
 
 
 def test_signal_cancel_and_retry(client, pgd) -> None:
-    assert client.signal("aaaa0003", "approve", {"ok": True}) == "OK"
+    (sent,) = client.signal("aaaa0003", "approve", {"ok": True})
+    assert sent.ok, sent.message
     with pgd.connect() as conn:
         assert conn.execute("SELECT instance_id, signal_name, signal_data::jsonb FROM"
                             " pgd_fixture.signals").fetchall() == [("aaaa0003", "approve", {"ok": True})]
@@ -155,8 +156,8 @@ def test_signal_cancel_and_retry(client, pgd) -> None:
     with pytest.raises(ClientError, match="df.retry is not available on this backend"):
         client.retry(["aaaa0002"])
     assert pgd.scalar("SELECT status FROM df.instances WHERE id = 'aaaa0002'") == "failed"
-    with pytest.raises(ClientError):
-        client.signal("bbbb0000", "approve")
+    (unknown,) = client.signal("bbbb0000", "approve")
+    assert not unknown.ok and "not found" in unknown.message
 
 
 async def test_tui_greys_retry_out_and_shows_the_node_panel(pgd) -> None:
