@@ -12,10 +12,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 from psycopg import sql
 
-from tests.engine_support import node_rows, running_engine, start, wait_terminal
+from tests.engine_support import node_rows, running_engine, start, wait_for, wait_terminal
 from tests.security_support import (
     ALICE,
     ENGINE_ROLE,
@@ -120,3 +121,172 @@ def test_alice_is_never_given_a_trampoline_once_she_is_a_superuser(db, attacker,
             conn.execute("ALTER ROLE dftui_alice NOSUPERUSER")
 
 
+
+
+# -- rows forged or rewritten by roles that skip RLS (class 4, issue 14 "tampered identity") -------
+
+@pytest.fixture
+def mallory(db, attacker) -> Iterator[str]:
+    """A granted BYPASSRLS role with table-wide UPDATE on df.instances / df.nodes (the broad
+    grants a managed-service admin role typically has)."""
+    name = f"dftui_mal_{uuid.uuid4().hex[:6]}"
+    ident = sql.Identifier(name)
+    with db.connect() as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN BYPASSRLS").format(ident))
+        conn.execute("SET client_min_messages = warning")
+        conn.execute("SELECT df.grant_usage(%s)", (name,))
+        conn.execute(sql.SQL("GRANT INSERT, UPDATE ON df.instances, df.nodes TO {}").format(ident))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA evil TO {}").format(ident))
+    try:
+        yield name
+    finally:
+        with db.connect() as conn:
+            conn.execute("DELETE FROM df.instances WHERE submitted_by::oid NOT IN "
+                         "(SELECT oid FROM pg_catalog.pg_roles)")
+            conn.execute(sql.SQL("DELETE FROM df.instances WHERE submitted_by = {}::regrole").format(
+                sql.Literal(name)))
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+            conn.execute(sql.SQL("DROP ROLE {}").format(ident))
+
+
+def _forge_graph(conn, iid: str, node: str, who: str, query: str) -> None:
+    conn.execute("INSERT INTO df.nodes (id, instance_id, node_type, query, submitted_by) "
+                 "VALUES (%s, %s, 'SQL', %s, %s)", (node, iid, query, who))
+    conn.execute("INSERT INTO df.instances (id, root_node, submitted_by) VALUES (%s, %s, %s)",
+                 (iid, node, who))
+
+
+def _counts(db) -> tuple[int, int, int]:
+    with db.connect() as conn:
+        return conn.execute("SELECT (SELECT count(*) FROM df.instances), (SELECT count(*) FROM df.nodes), "
+                            "(SELECT count(*) FROM df_internal.instance_state)").fetchone()
+
+
+@pytest.mark.parametrize("who", ["dftui_alice", "postgres"])
+def test_rows_inserted_in_another_roles_name_by_a_bypassrls_role_are_refused(db, mallory, who):
+    """A hand-made graph (instance + node, as df.start writes it) in another role's name, by a
+    BYPASSRLS role: refused at INSERT, nothing stored."""
+    before = _counts(db)
+    with db.connect(mallory, autocommit=False) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="must be the inserting role"):
+            _forge_graph(conn, "fa0000a1", "fa00000a", who, "SELECT evil.witness('forged insert')")
+        conn.rollback()
+        # the instance row alone (nodes later, as the deferred foreign keys allow)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="must be the inserting role"):
+            conn.execute("INSERT INTO df.instances (id, root_node, submitted_by) VALUES "
+                         "('fa0000a2', 'fa00000b', %s)", (who,))
+        conn.rollback()
+    assert _counts(db) == before
+    assert counters(db) == (0, 0)
+
+
+def test_rows_inserted_in_another_roles_name_by_the_owner_never_run(db, attacker, mode):
+    """The tables' owner (the installing superuser, or the least-privilege engine role) may write
+    rows in any name (history seeded or migrated from pg_durable), but such a pending instance
+    runs nothing: it fails as soon as it is claimed, because the identity frozen for execution
+    is the role that inserted it."""
+    with engine_in_mode(db, mode, concurrency=1):
+        owner = None if mode == "superuser" else ENGINE_ROLE
+        with db.connect(owner, autocommit=False) as conn:
+            _forge_graph(conn, "fc0000a1", "fc00000a", ALICE, "SELECT evil.witness('owner forgery') AS w")
+            conn.commit()
+        assert wait_terminal(db, "fc0000a1") == "failed"
+    message = db.scalar("SELECT error FROM df_internal.instance_state WHERE instance_id = 'fc0000a1'")
+    assert "is not the role that started it" in message
+    assert db.scalar("SELECT submitted_by::text FROM df_internal.instance_state "
+                     "WHERE instance_id = 'fc0000a1'") != ALICE
+    assert counters(db) == (0, 0)
+    assert db.scalar("SELECT count(*) FROM evil.log") == 0
+
+
+def test_nodes_cannot_be_slipped_into_another_roles_instance(db, mallory):
+    """Extra nodes in bob's name added to bob's instance by a BYPASSRLS role: refused."""
+    iid = start(db, "dftui_bob", "df.wait_for_signal('go') ~> 'SELECT 1 AS one'")
+    with db.connect(mallory) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("INSERT INTO df.nodes (id, instance_id, node_type, query, submitted_by) "
+                     "VALUES ('fb00000a', %s, 'SQL', 'SELECT 1', 'dftui_bob')", (iid,))
+    assert db.scalar("SELECT count(*) FROM df.nodes WHERE instance_id = %s AND id = 'fb00000a'", (iid,)) == 0
+
+
+@pytest.mark.parametrize("target", ["dftui_alice", "postgres"])
+@pytest.mark.parametrize("when", ["same transaction as df.start", "while it waits"])
+def test_rewritten_submitted_by_fails_the_instance_and_runs_nothing(db, mallory, mode, target, when):
+    """pg_durable lets a BYPASSRLS role's UPDATE of submitted_by through, then fails the instance
+    (no node marked failed). dftui does the same, and nothing ever runs as the new name (nor as
+    the old one) — whether the rewrite happens before the first step or while it waits."""
+    step = "SELECT evil.witness('tampered') AS w"
+    with engine_in_mode(db, mode, concurrency=1):
+        with db.connect(mallory, autocommit=False) as conn:
+            if when == "while it waits":
+                iid = conn.execute("SELECT df.start(df.wait_for_signal('go') ~> %s)", (step,)).fetchone()[0]
+                conn.commit()
+                wait_terminal_or_parked(db, iid)
+            else:
+                iid = conn.execute("SELECT df.start(df.sleep(1) ~> %s)", (step,)).fetchone()[0]
+            # both tables, as the composite foreign key (instance_id, submitted_by) requires
+            conn.execute("UPDATE df.nodes SET submitted_by = %s WHERE instance_id = %s", (target, iid))
+            conn.execute("UPDATE df.instances SET submitted_by = %s WHERE id = %s", (target, iid))
+            conn.commit()
+        if when == "while it waits":
+            with db.connect() as conn:
+                conn.execute("SELECT df.signal(%s, 'go')", (iid,))
+        assert wait_terminal(db, iid) == "failed"
+    message = db.scalar("SELECT error FROM df_internal.instance_state WHERE instance_id = %s", (iid,))
+    assert f"blocked instance {iid}" in message and "is not the role that started it" in message
+    statuses = [n["status"] for n in node_rows(db, iid)]
+    assert "failed" not in statuses, statuses
+    assert counters(db) == (0, 0), "the tampered instance's step ran"
+    assert db.scalar("SELECT count(*) FROM evil.log") == 0
+
+
+def wait_terminal_or_parked(db, iid: str) -> None:
+    wait_for(lambda: db.scalar("SELECT phase FROM df_internal.tasks WHERE instance_id = %s", (iid,))
+             == "waiting", what="the signal wait to park")
+
+
+def test_the_frozen_identity_cannot_be_written_by_anyone_but_the_engine(db, mallory):
+    """The copy the engine trusts lives where only the engine's owner writes."""
+    iid = start(db, mallory, "'SELECT 1 AS one'")
+    with db.connect(mallory) as conn:
+        for stmt in ("UPDATE df_internal.instance_state SET submitted_by = 'postgres' WHERE instance_id = %s",
+                     "SELECT df_internal.refuse_instance(%s, 'x')"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(stmt, (iid,))
+
+
+# -- audit fields come from the server session (class 6) ----------------------------------------
+
+def test_retry_and_signal_audit_cannot_be_forged(db, attacker):
+    """requested_by / sent_by / cancelled_by name the role that made the request, whatever the
+    client put into df.request, and even when it rewrites the hand-off from a RETURNING clause."""
+    with engine_in_mode(db, "superuser", concurrency=1):
+        iid = start(db, ALICE, "'SELECT 1/0'")
+        assert wait_terminal(db, iid) == "failed"
+        with db.connect(ALICE) as conn:
+            # the client writes the request itself, naming bob as the requester
+            conn.execute("SELECT set_config('df.request', %s, false)", (
+                f'{{"op": "retry", "instance_id": "{iid}", "requested_by": "dftui_bob"}}',))
+            conn.execute("UPDATE df.instances SET updated_at = now() WHERE id = %s", (iid,))
+        assert wait_terminal(db, iid) == "failed"
+        with db.connect(ALICE) as conn:
+            bob = conn.execute("SELECT 'dftui_bob'::regrole::oid::text").fetchone()[0]
+            conn.execute("SELECT set_config('df.request', %s, false)", (
+                f'{{"op": "retry", "instance_id": "{iid}"}}',))
+            # a RETURNING clause runs after the row is updated and before AFTER triggers fire
+            conn.execute("UPDATE df.instances SET updated_at = now() WHERE id = %s "
+                         "RETURNING set_config('df.requester', %s, true)", (iid, bob))
+        assert wait_terminal(db, iid) == "failed"
+        sig = start(db, ALICE, "df.wait_for_signal('go') ~> 'SELECT 1 AS one'")
+        with db.connect(ALICE) as conn:
+            conn.execute("SET pg_durable.signal_loopback = off")
+            conn.execute("SELECT set_config('df.requester', %s, false)", (bob,))
+            conn.execute("SELECT df.signal(%s, 'go')", (sig,))
+            conn.execute("SELECT set_config('df.requester', %s, false)", (bob,))
+            conn.execute("SELECT df.cancel(%s)", (start(db, ALICE, "df.wait_for_signal('never')"),))
+    with db.connect(ALICE) as conn:
+        who = [r[0] for r in conn.execute("SELECT requested_by::text FROM df.retry_history "
+                                          "WHERE instance_id = %s", (iid,))]
+    assert who == [ALICE, ALICE]
+    assert db.scalar("SELECT array_agg(DISTINCT sent_by::text) FROM df_internal.signals") == [ALICE]
+    assert db.scalar("SELECT array_agg(DISTINCT cancelled_by::text) FROM df_internal.instance_state "
+                     "WHERE cancelled_by IS NOT NULL") == [ALICE]

@@ -68,7 +68,9 @@ BEGIN
              FOR UPDATE SKIP LOCKED;
             CONTINUE WHEN NOT FOUND;
             verdict := df_internal.triage(t);
-            IF verdict = 'started' THEN
+            -- (a refused instance was failed inside this claim: reported like a started one,
+            -- so the engine commits the claim instead of rolling the refusal back)
+            IF verdict IN ('started', 'refused') THEN
                 started := started || t.instance_id::text;
             ELSIF verdict = 'ok' THEN
                 insts := insts || t.instance_id;
@@ -126,4 +128,52 @@ BEGIN
     RAISE EXCEPTION 'dftui engine schema level mismatch: this engine (dftui 0.1.0) is older than the df schema (%); stop it and upgrade dftui',
                     df_internal.schema_level()
           USING ERRCODE = 'object_not_in_prerequisite_state';
+END $$;
+
+-- What to do with a locked task: 'ok' (run it), 'stale' (deleted: its generation was fenced or its
+-- instance ended), 'started' (a hand-made instance's start task, processed here), 'refused' (its
+-- instance was failed here, see below) or 'busy' (leased by a live engine session, see lease_key). An instance whose recorded identity is not the one
+-- frozen at its start, or is a superuser while superuser instances are off, is failed here,
+-- before anything of it runs and before the engine prepares anything for its role
+-- (df_internal.identity_verdict).
+CREATE OR REPLACE FUNCTION df_internal.triage(t df_internal.tasks) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    inst_status text;
+    cur_gen integer;
+    suspect boolean;
+    reason text;
+BEGIN
+    IF t.phase = 'leased'
+       AND NOT pg_try_advisory_xact_lock(72629380, df_internal.lease_key(t.instance_id, t.node_id)) THEN
+        RETURN 'busy';
+    END IF;
+    -- (one lookup: the suspicion is cheap, the verdict only computed when there is one)
+    SELECT i.status, i.submitted_by IS DISTINCT FROM s.submitted_by OR COALESCE(r.rolsuper, false)
+      INTO inst_status, suspect
+      FROM df.instances i
+      LEFT JOIN df_internal.instance_state s ON s.instance_id = i.id
+      LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.submitted_by::oid
+     WHERE i.id = t.instance_id;
+    IF suspect AND inst_status IN ('pending', 'running') THEN
+        reason := df_internal.identity_verdict(t.instance_id);
+        IF reason IS NOT NULL THEN
+            PERFORM df_internal.refuse_instance(t.instance_id, reason);
+            RETURN 'refused';
+        END IF;
+    END IF;
+    IF t.kind = 'start' THEN
+        IF inst_status = 'pending' THEN
+            PERFORM df_internal.start_instance(t.instance_id);
+            RETURN 'started';
+        END IF;
+    ELSE
+        SELECT m.gen INTO cur_gen FROM df_internal.node_meta m
+         WHERE m.instance_id = t.instance_id AND m.node_id = t.node_id;
+        IF inst_status IN ('pending', 'running') AND cur_gen = t.gen THEN
+            RETURN 'ok';
+        END IF;
+    END IF;
+    DELETE FROM df_internal.tasks x WHERE x.instance_id = t.instance_id AND x.node_id = t.node_id;
+    RETURN 'stale';
 END $$;

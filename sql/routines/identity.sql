@@ -1,0 +1,233 @@
+-- Identity is enforced, not assumed (docs/security.md, issue 13 classes 4 and 6, issue 14
+-- "tampered identity").
+--
+-- Row-level security keeps ordinary roles to rows with their own submitted_by, but superusers,
+-- the tables' owner and BYPASSRLS roles skip it. So:
+--   * an INSERT into df.instances or df.nodes must name the inserting role (current_user) as
+--     submitted_by, checked by a SECURITY INVOKER trigger that sees the real inserter;
+--   * the identity the engine runs steps as is the copy frozen in df_internal.instance_state
+--     when the instance was inserted; an UPDATE of df.instances.submitted_by by a role allowed to
+--     make it goes through (as in pg_durable) and the engine then fails the *instance*, without
+--     running anything (df_internal.identity_verdict, called when a task is claimed);
+--   * who cancelled, signalled or retried comes from the session that made the UPDATE
+--     (current_user, captured by a SECURITY INVOKER trigger), never from a setting the client
+--     could have written (df.request's requested_by was one).
+
+-- BEFORE INSERT on df.instances and df.nodes. SECURITY INVOKER on purpose: current_user is the
+-- role that runs the INSERT (df.start is SECURITY INVOKER too), whatever RLS it bypasses.
+-- Another role's name is refused, except from the privileged (superusers and members of the df
+-- owner, who can act as any submitter anyway and seed or migrate history this way); for those
+-- rows the identity frozen for execution is still the inserter (df.inserter, read by
+-- on_instance_insert), so such an instance fails before anything of it runs.
+CREATE OR REPLACE FUNCTION df_internal.check_submitter() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    me pg_catalog.regrole := pg_catalog.quote_ident(current_user)::pg_catalog.regrole;
+BEGIN
+    IF NEW.submitted_by IS DISTINCT FROM me
+       AND NOT pg_catalog.pg_has_role(current_user,
+               (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'df'), 'MEMBER') THEN
+        RAISE EXCEPTION 'submitted_by of a new % row must be the inserting role "%", not %',
+                        CASE TG_TABLE_NAME WHEN 'instances' THEN 'df.instances' ELSE 'df.nodes' END,
+                        current_user, COALESCE(NEW.submitted_by::text, 'NULL')
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Start workflows with df.start() as the role that should run them (SET ROLE to it first).';
+    END IF;
+    IF TG_TABLE_NAME = 'instances' THEN
+        PERFORM pg_catalog.set_config('df.inserter', me::pg_catalog.oid::text, true);
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE TRIGGER instances_before_insert_submitter BEFORE INSERT ON df.instances
+    FOR EACH ROW EXECUTE FUNCTION df_internal.check_submitter();
+CREATE OR REPLACE TRIGGER nodes_before_insert_submitter BEFORE INSERT ON df.nodes
+    FOR EACH ROW EXECUTE FUNCTION df_internal.check_submitter();
+
+-- The frozen identity is the inserting role (see check_submitter), otherwise as in 0.1.0.
+CREATE OR REPLACE FUNCTION df_internal.on_instance_insert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    raw text := NULLIF(current_setting('df.start_meta', true), '');
+    meta jsonb := COALESCE(raw::jsonb, '{}');
+    -- the role that really inserted the row (check_submitter, a moment ago, for this row)
+    frozen regrole := COALESCE(NULLIF(current_setting('df.inserter', true), '')::oid::regrole,
+                               NEW.submitted_by);
+BEGIN
+    PERFORM set_config('df.start_meta', '', true);
+    PERFORM set_config('df.inserter', '', true);
+    INSERT INTO df_internal.instance_state
+        (instance_id, submitted_by, database, vars, start_meta, retry_policy)
+    VALUES (NEW.id, frozen, NEW.database,
+            COALESCE((SELECT jsonb_object_agg(v.name, v.value) FROM df.vars v
+                       WHERE v.owner = frozen), '{}'),
+            meta, NULLIF(meta -> 'instance_retry_policy', 'null'::jsonb));
+    IF raw IS NOT NULL THEN
+        -- df.start inserted a validated graph before this row: activate it now, in the caller's
+        -- transaction, so the first leaves are queued the moment df.start commits (no separate
+        -- start transaction in the engine). The instance reads 'pending' until its first
+        -- checkpoint. A hand-made graph that cannot be activated fails the caller's INSERT.
+        -- df.start_meta is an ordinary setting: anyone inserting rows by hand can set it, so
+        -- the graph and the retry policies are checked here too (cheap next to df.start's own
+        -- validation; a forged hand-off must not smuggle a cycle or a bad policy past it).
+        PERFORM df_internal.check_graph(NEW.id);
+        PERFORM df_internal.check_start_meta(meta);
+        PERFORM df_internal.build_node_meta(NEW.id);
+        UPDATE df_internal.instance_state s SET started_at = now() WHERE s.instance_id = NEW.id;
+        PERFORM df_internal.drive(NEW.id, jsonb_build_array(jsonb_build_object(
+            'op', 'activate', 'node', NEW.root_node)));
+    ELSE
+        -- Rows inserted by hand (nodes may follow under the deferred FKs): the engine validates
+        -- and starts the graph when it claims this task.
+        INSERT INTO df_internal.tasks (instance_id, node_id, gen, kind)
+        VALUES (NEW.id, NEW.root_node, 0, 'start');
+    END IF;
+    PERFORM pg_notify('df_work', NEW.id);
+    RETURN NULL;
+END $$;
+
+-- Ordinary roles may only move a non-terminal instance to 'cancelled'. Terminal states are never
+-- overwritten by anyone, except by df.retry (which sets df.retrying for its own update).
+-- SECURITY INVOKER on purpose: the check is about who runs the UPDATE. (As SECURITY DEFINER,
+-- current_user would always be the owner and every role could set any status.) A privileged
+-- caller is a superuser or a member of the df schema owner: the engine, and the SECURITY
+-- DEFINER df_internal functions df.retry reaches through the instances trigger. The check is
+
+-- Ordinary roles may only move a non-terminal instance to 'cancelled'. Terminal states are never
+-- overwritten by anyone, except by df.retry (which sets df.retrying for its own update).
+-- SECURITY INVOKER on purpose: the check is about who runs the UPDATE. (As SECURITY DEFINER,
+-- current_user would always be the owner and every role could set any status.) A privileged
+-- caller is a superuser or a member of the df schema owner: the engine, and the SECURITY
+-- DEFINER df_internal functions df.retry reaches through the instances trigger. The check is
+-- inlined because ordinary roles cannot execute df_internal functions.
+-- submitted_by: only a role that may UPDATE the column and skips RLS can change it at all
+-- (WITH CHECK keeps everyone else to their own name). pg_durable lets that UPDATE through, so
+-- does dftui; it changes nothing about who runs the steps (the frozen copy in instance_state),
+-- and the engine fails such an instance when it next claims one of its tasks.
+CREATE OR REPLACE FUNCTION df_internal.guard_instance_update() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    privileged boolean;
+BEGIN
+    IF NEW.status IS DISTINCT FROM OLD.status THEN
+        -- (Not current_setting('is_superuser'): it follows SET ROLE but not SECURITY DEFINER, so
+        -- inside a step it would report the engine. Superusers are members of every role.)
+        privileged := pg_catalog.pg_has_role(current_user,
+            (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'df'), 'MEMBER');
+        IF OLD.status IN ('completed', 'failed', 'cancelled')
+           AND NOT (privileged AND COALESCE(pg_catalog.current_setting('df.retrying', true), '') = NEW.id) THEN
+            NEW.status := OLD.status;          -- never overwritten
+            NEW.completed_at := OLD.completed_at;
+        ELSIF NEW.status <> 'cancelled' AND NOT privileged THEN
+            RAISE EXCEPTION 'only df.cancel may change an instance''s status'
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+    END IF;
+    NEW.updated_at := pg_catalog.now();
+    RETURN NEW;
+END $$;
+
+-- AFTER UPDATE, SECURITY INVOKER, fired right before instances_after_update for the same row
+-- (triggers of one event fire in name order, and no user code runs between two AFTER triggers
+-- of one row): hands the updating role to the SECURITY DEFINER trigger, which cannot see it.
+-- Same WHEN as instances_after_update, so whenever that one fires, this one has just run.
+CREATE OR REPLACE FUNCTION df_internal.capture_requester() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM pg_catalog.set_config('df.requester',
+        pg_catalog.quote_ident(current_user)::pg_catalog.regrole::pg_catalog.oid::text, true);
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION df_internal.on_instance_update() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    req jsonb;
+    reason text;
+    requester regrole;
+BEGIN
+    -- Set by capture_requester for this very row an instant ago; read once, then cleared.
+    requester := COALESCE(NULLIF(current_setting('df.requester', true), '')::oid::regrole,
+                          NEW.submitted_by);
+    PERFORM set_config('df.requester', '', true);
+    IF NEW.status = 'cancelled' AND OLD.status <> 'cancelled' THEN
+        reason := NULLIF(current_setting('df.cancel_reason', true), '');
+        PERFORM set_config('df.cancel_reason', '', true);
+        UPDATE df_internal.instance_state
+           SET cancel_reason = COALESCE(reason, 'Cancelled by user'), finished_at = now(),
+               error = COALESCE(reason, 'Cancelled by user'), cancelled_by = requester
+         WHERE instance_id = NEW.id;
+        -- Queued work goes now; tasks locked by a running step are dropped by its worker, which
+        -- the df_cancel notification tells to cancel the statement on the server.
+        DELETE FROM df_internal.tasks t
+         WHERE t.ctid IN (SELECT t2.ctid FROM df_internal.tasks t2
+                           WHERE t2.instance_id = NEW.id FOR UPDATE SKIP LOCKED);
+        PERFORM pg_notify('df_cancel', NEW.id);
+    END IF;
+
+    req := NULLIF(current_setting('df.request', true), '')::jsonb;
+    IF req IS NOT NULL AND req ->> 'instance_id' = NEW.id THEN
+        PERFORM set_config('df.request', '', true);
+        -- (req ->> 'requested_by' is ignored: the client can write df.request.)
+        IF req ->> 'op' = 'signal' THEN
+            PERFORM df_internal.enqueue_signal(NEW.id, req ->> 'name',
+                                               COALESCE(req -> 'data', '{}'), requester);
+        ELSIF req ->> 'op' = 'retry' THEN
+            PERFORM df_internal.retry_instance(NEW.id, req ->> 'from_node', requester::text);
+        END IF;
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE TRIGGER instances_after_capture_requester AFTER UPDATE ON df.instances
+    FOR EACH ROW
+    WHEN ((NEW.status = 'cancelled' AND OLD.status IS DISTINCT FROM 'cancelled')
+          OR COALESCE(pg_catalog.current_setting('df.request', true), '') <> '')
+    EXECUTE FUNCTION df_internal.capture_requester();
+
+-- Run when a task of an instance is claimed, before anything of it runs (df_internal.triage):
+-- NULL when the instance may go on, else why it must fail. The identity steps run as is the one
+-- frozen when the instance was inserted; the recorded one must still be the same (someone who
+-- skips RLS rewrote it), and it must not be a superuser unless superuser instances are enabled
+-- in the engine's own session (never the submitter's: pg_durable reads it in its worker too).
+CREATE OR REPLACE FUNCTION df_internal.identity_verdict(p_instance varchar) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    recorded regrole;
+    frozen regrole;
+    is_super boolean;
+    name text;
+BEGIN
+    SELECT i.submitted_by, s.submitted_by, r.rolsuper, r.rolname
+      INTO recorded, frozen, is_super, name
+      FROM df.instances i
+      JOIN df_internal.instance_state s ON s.instance_id = i.id
+      LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.submitted_by::oid
+     WHERE i.id = p_instance;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF recorded IS DISTINCT FROM frozen THEN
+        RETURN format('pg_durable blocked instance %s: submitted_by (%s) is not the role that started it (%s); '
+                      'an instance only ever runs as the role that started it', p_instance, recorded, frozen);
+    END IF;
+    IF is_super AND lower(COALESCE(current_setting('pg_durable.enable_superuser_instances', true), ''))
+                    NOT IN ('on', 'true', '1', 'yes') THEN
+        RETURN format('pg_durable blocked instance %s: submitted_by role "%s" is a superuser, but '
+                      'pg_durable.enable_superuser_instances is off', p_instance, name);
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- Fail an instance that must not run (identity_verdict): the instance fails with the reason, its
+-- queued tasks go, no node is marked failed and nothing of it runs (pg_durable fails the instance
+-- itself when its graph is refused at load).
+CREATE OR REPLACE FUNCTION df_internal.refuse_instance(p_instance varchar, p_reason text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM df_internal.lock_instance(p_instance);
+    UPDATE df_internal.instance_state s SET started_at = COALESCE(s.started_at, now())
+     WHERE s.instance_id = p_instance;
+    PERFORM df_internal.finish_instance(p_instance, 'failed', NULL, p_reason);
+    DELETE FROM df_internal.tasks t WHERE t.instance_id = p_instance;
+END $$;
