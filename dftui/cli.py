@@ -376,6 +376,23 @@ def engine(
             "Env: DFTUI_ENGINE_HTTP_ALLOW (comma-separated).",
         ),
     ] = None,
+    role_max_running: Annotated[
+        int | None,
+        typer.Option(
+            "--role-max-running", min=1,
+            help="Most steps of one role running at once, across all engines (df.set_role_limits "
+            "overrides it per role). Env: DFTUI_ENGINE_ROLE_MAX_RUNNING [all engines' workers - 1].",
+        ),
+    ] = None,
+    step_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--step-timeout", min=0,
+            help="Default statement_timeout of a step, in seconds (0 = none; per role: "
+            "df.set_role_limits, per workflow: SET df.step_timeout). Env: "
+            "DFTUI_ENGINE_STEP_TIMEOUT [3600].",
+        ),
+    ] = None,
     retention_days: Annotated[
         float | None,
         typer.Option(
@@ -419,6 +436,8 @@ def engine(
         "http_policy": http_policy.value if http_policy else None,
         "http_allow": list(http_allow) if http_allow else None,
         "retention_days": retention_days,
+        "role_max_running": role_max_running,
+        "step_timeout": step_timeout,
         "log_format": log_format.value if log_format else None,
         "metrics_addr": metrics_addr,
     }
@@ -764,6 +783,73 @@ def explain(
                      "lines": text.rstrip("\n").splitlines()})
         return
     typer.echo(text.rstrip("\n"))
+
+
+def _ms(value: Any) -> str:
+    if value is None:
+        return "-"
+    if int(value) == 0:
+        return "none"
+    seconds = int(value) / 1000
+    return f"{seconds:g}s"
+
+
+@app.command()
+def limits(
+    ctx: typer.Context,
+    role: Annotated[
+        str | None, typer.Argument(metavar="[ROLE]", help="Show (or set) this role's limits only.")
+    ] = None,
+    dsn: DsnOption = None,
+    max_running: Annotated[
+        int | None, typer.Option("--max-running", min=1, help="Set: most steps of ROLE running at once.")
+    ] = None,
+    max_pending: Annotated[
+        int | None, typer.Option("--max-pending", min=0, help="Set: most pending + running instances of ROLE.")
+    ] = None,
+    step_timeout: Annotated[
+        str | None, typer.Option("--step-timeout", metavar="DURATION",
+                                 help="Set: statement_timeout ceiling of ROLE's steps ('30s', '5min', 0 = none).")
+    ] = None,
+    reset: Annotated[bool, typer.Option("--reset", help="Remove ROLE's overrides (engine defaults apply).")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Fairness limits: the engines' defaults and per-role overrides (df.set_role_limits).
+
+    With --max-running / --max-pending / --step-timeout / --reset, set ROLE's overrides first
+    (administrators only); options not given are left at the engines' default."""
+    setting = reset or any(v is not None for v in (max_running, max_pending, step_timeout))
+    if setting and role is None:
+        fail("name the ROLE whose limits to set", 2)
+    if reset and any(v is not None for v in (max_running, max_pending, step_timeout)):
+        fail("--reset cannot be combined with new values", 2)
+    with _client(_resolve_dsn(ctx, dsn)) as client:
+        if setting:
+            assert role is not None
+            client.set_role_limits(role, max_running=max_running, max_pending=max_pending,
+                                   step_timeout=step_timeout)
+        overrides = [r for r in client.role_limits() if role is None or r["role"] == role]
+        engines = [e.data for e in client.engines()] if client.capabilities.has_engines else []
+    alive = [e for e in engines if e.get("state") == "alive"]
+    defaults = [{"engine": e.get("id"), "concurrency": e.get("concurrency"),
+                 "role_max_running": e.get("role_max_running"),
+                 "step_timeout_ms": e.get("step_timeout_ms")} for e in alive]
+    if as_json:
+        _print_json({"engines": _jsonable(defaults), "roles": _jsonable(overrides)})
+        return
+    typer.echo("engine defaults (alive engines):" if defaults else "no engine is running")
+    for d in defaults:
+        typer.echo(f"  {d['engine']}: concurrency {d['concurrency']}, per-role running steps "
+                   f"{d['role_max_running'] if d['role_max_running'] is not None else 'all workers - 1'}, "
+                   f"step timeout {_ms(d['step_timeout_ms'])}")
+    if not overrides:
+        typer.echo(f"no per-role overrides{' for ' + role if role else ''} (engine defaults apply)")
+        return
+    typer.echo(f"{'role':<24} {'max running':>11} {'max pending':>11} {'step timeout':>12}")
+    for r in overrides:
+        typer.echo(f"{r['role']:<24} {r['max_running'] if r['max_running'] is not None else '-':>11} "
+                   f"{r['max_pending'] if r['max_pending'] is not None else '-':>11} "
+                   f"{_ms(r['step_timeout_ms']):>12}")
 
 
 vars_app = typer.Typer(

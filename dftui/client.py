@@ -335,6 +335,7 @@ class Health:
     # From dftui's health views when present (None on other backends):
     step_rate: list[float] | None = None  # steps/s per 10-second bucket, last 15 min, oldest first
     queue: dict[str, Any] | None = None  # df.queue_depth: runnable, waiting, oldest_due
+    limits: list[dict[str, Any]] = field(default_factory=list)  # df.role_limits rows
 
 
 def _human_count(value: int) -> str:
@@ -1115,6 +1116,20 @@ class Client:
             return "No engine is running: new work stays pending. Start one: dftui engine"
         return "No engine has ever run here: instances stay pending. Start one: dftui engine"
 
+    def role_limits(self) -> list[dict[str, Any]]:
+        """Per-role limit overrides (df.role_limits: an ordinary role sees its own row only), []
+        on a backend without them."""
+        if not self._relation_usable("df", "role_limits"):
+            return []
+        return self._rows("SELECT role, max_running, max_pending, step_timeout_ms, updated_at "
+                          "FROM df.role_limits ORDER BY role")
+
+    def set_role_limits(self, role: str, *, max_running: int | None, max_pending: int | None,
+                        step_timeout: str | None) -> None:
+        """Set (or, all None, remove) a role's overrides: df.set_role_limits, administrators only."""
+        self._rows("SELECT df.set_role_limits(%s, %s, %s, %s)",
+                   (role, max_running, max_pending, step_timeout))
+
     def health(self, *, stuck_after_seconds: int = 600, limit: int = 50) -> Health:
         """Engines with heartbeats, waiting steps (signal/timer/cron), long-running steps, step
         rate and queue depth. Uses dftui's health views (df.waiting_instances, df.stuck_instances,
@@ -1200,7 +1215,8 @@ class Client:
         queue = None
         if self._relation_usable("df", "queue_depth"):
             queue = self._one("SELECT runnable, waiting, oldest_due FROM df.queue_depth")
-        return Health(engines, waiting, stuck, self.status_counts(), now, step_rate, queue)
+        return Health(engines, waiting, stuck, self.status_counts(), now, step_rate, queue,
+                      self.role_limits())
 
     def metrics(self) -> dict[str, Any]:
         if not self.capabilities.has_metrics:

@@ -31,6 +31,12 @@ class EngineConfig:
     engine_dead_after: float = 15.0
     shutdown_grace: float = 10.0
     retention_days: float | None = None  # delete terminal instances older than this (None = keep)
+    # Fairness (docs/operations.md "Limits"): most steps of one role running at once across all
+    # engines (None = all live engines' workers - 1, at least 1: one role never takes every worker), and
+    # the default statement_timeout of a step in seconds (0 = none). Both overridable per role
+    # (df.set_role_limits); the timeout also per workflow (df.step_timeout).
+    role_max_running: int | None = None
+    step_timeout: float = 3600.0
     stuck_after: float = 600.0  # a step running longer than this is reported as stuck
     # times the engine tries a task it cannot process (an exception in its own handling, or its
     # process dying while running it) before failing the node; tries back off 1 s, 2 s, 4 s, ...
@@ -51,6 +57,10 @@ class EngineConfig:
             raise ValueError("concurrency must be at least 1")
         if not 1 <= self.batch_size <= 1000:
             raise ValueError("batch size must be between 1 and 1000")
+        if self.role_max_running is not None and self.role_max_running < 1:
+            raise ValueError("role max running must be at least 1")
+        if self.step_timeout < 0:
+            raise ValueError("step timeout must not be negative")
         if self.http_policy not in HTTP_POLICIES:
             raise ValueError(f"http policy must be one of {', '.join(HTTP_POLICIES)}")
         if self.max_task_faults < 1:
@@ -71,6 +81,10 @@ class EngineConfig:
             values["http_policy"] = env["DFTUI_ENGINE_HTTP_POLICY"]
         if "DFTUI_ENGINE_HTTP_ALLOW" in env:
             values["http_allow"] = [s for s in env["DFTUI_ENGINE_HTTP_ALLOW"].split(",") if s]
+        if "DFTUI_ENGINE_ROLE_MAX_RUNNING" in env:
+            values["role_max_running"] = int(env["DFTUI_ENGINE_ROLE_MAX_RUNNING"])
+        if "DFTUI_ENGINE_STEP_TIMEOUT" in env:
+            values["step_timeout"] = float(env["DFTUI_ENGINE_STEP_TIMEOUT"])
         if "DFTUI_ENGINE_RETENTION_DAYS" in env:
             values["retention_days"] = float(env["DFTUI_ENGINE_RETENTION_DAYS"])
         if "DFTUI_ENGINE_LOG_FORMAT" in env:

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.types.string import TextLoader
 
 from engine import __version__, jsonexact, schema
@@ -82,6 +83,7 @@ class Engine:
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
+        self.step_timeout_ms = int(config.step_timeout * 1000)
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         # pg_durable's df._worker_epoch row of this engine (a uuid there, as pg_durable's).
         self.epoch_id = str(uuid.uuid4())
@@ -117,10 +119,12 @@ class Engine:
             # The HTTP policy is recorded so df.http() applies it when a graph is built.
             conn.execute(
                 "INSERT INTO df_internal.engines (id, host, pid, version, concurrency, http_policy,"
-                " http_allow, http_allow_private) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                " http_allow, http_allow_private, role_max_running, step_timeout_ms)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (self.id, socket.gethostname(), os.getpid(), __version__, self.config.concurrency,
                  self.config.http_policy, list(self.config.http_allow),
-                 self.config.http_allow_private),
+                 self.config.http_allow_private, self.config.role_max_running,
+                 self.step_timeout_ms),
             )
             conn.execute("INSERT INTO df._worker_epoch (epoch_id) VALUES (%s) ON CONFLICT DO NOTHING",
                          (self.epoch_id,))
@@ -572,6 +576,7 @@ class _Worker:
                 # One round trip; an error skips the rest of the script, COMMIT included.
                 try:
                     with _script(conn, "SAVEPOINT step", None if first else BATCH_LOCK_TIMEOUT,
+                                 _step_timeout(conn, task.instance_id, self.engine.step_timeout_ms),
                                  fused.query, "RELEASE SAVEPOINT step", SESSION_RESET,
                                  "COMMIT" if commit else None) as cur:
                         verdict = _checkpoint_verdict(cur)
@@ -750,6 +755,15 @@ class _Worker:
         self._outcome = "failed" if delay is None else "retried"
         if wipe:
             conn.execute(SESSION_RESET)
+
+
+def _step_timeout(conn: psycopg.Connection, instance_id: str, default_ms: int) -> str:
+    """The statement setting the step's statement_timeout (engine default, role ceiling, workflow
+    value: see df_internal.step_timeout_for) for the fused statement that follows it, as complete
+    SQL (values as literals); SESSION_RESET's RESET ALL takes it away before the next step."""
+    return sql.SQL("SELECT pg_catalog.set_config('statement_timeout', "
+                   "df_internal.step_timeout_for({}, {}), true)").format(
+        sql.Literal(instance_id), sql.Literal(int(default_ms))).as_string(conn)
 
 
 def _script(conn: psycopg.Connection, *statements: str | None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import deque
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from rich.console import Group
 from rich.table import Table
@@ -23,6 +24,13 @@ from dftui.widgets.format import STATUS_STYLES, age, format_time, shorten
 from dftui.widgets.keybar import KeyBar
 
 SAMPLES = 60  # throughput samples kept (one per refresh)
+
+
+def _timeout(ms: Any) -> str:
+    """A step timeout in milliseconds, for the engines table."""
+    if ms is None:
+        return "-"
+    return "none" if int(ms) == 0 else f"{int(ms) / 1000:g}s"
 
 
 def wait_due(step: WaitingStep, now: datetime) -> datetime | None:
@@ -109,7 +117,8 @@ class EnginesScreen(AppScreenMixin, Screen):
         reasons = self.dapp.client.capabilities.reasons
         table = Table(title="Engines", title_justify="left", title_style="bold", expand=True,
                       show_edge=False)
-        for col in ("id", "host:pid", "state", "heartbeat", "started", "concurrency", "steps"):
+        for col in ("id", "host:pid", "state", "heartbeat", "started", "concurrency",
+                    "per role", "step timeout", "steps"):
             table.add_column(col)
         for e in health.engines:
             d = e.data
@@ -123,12 +132,25 @@ class EnginesScreen(AppScreenMixin, Screen):
                 age(parse_ts(d.get("heartbeat_at")), now),
                 format_time(parse_ts(d.get("started_at")), self.dapp.tz, now, short=True),
                 str(d.get("concurrency") or ""),
+                str(d.get("role_max_running") or "all − 1"),
+                _timeout(d.get("step_timeout_ms")),
                 str(d.get("steps_done") or 0),
             )
         parts: list = [table]
         if not health.engines:
             parts = [Text(reasons.get("engines", "No engine has registered yet — start one with "
                                                  "`dftui engine`."), style="yellow")]
+        if health.limits:
+            limits = Table(title="Per-role limits", title_justify="left", title_style="bold",
+                           expand=True, show_edge=False)
+            for col in ("role", "max running", "max pending", "step timeout"):
+                limits.add_column(col)
+            for r in health.limits:
+                limits.add_row(str(r["role"]), str(r["max_running"] or "default"),
+                               str(r["max_pending"] if r["max_pending"] is not None else "-"),
+                               _timeout(r["step_timeout_ms"]) if r["step_timeout_ms"] is not None
+                               else "default")
+            parts.append(limits)
         rate = f"{self.rates[-1]:.1f} steps/s" if self.rates else "measuring…"
         parts.append(Text(f"now: {rate}", style="dim"))
         self.query_one("#engines", Static).update(Group(*parts))

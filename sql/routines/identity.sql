@@ -62,6 +62,8 @@ BEGIN
             COALESCE((SELECT jsonb_object_agg(v.name, v.value) FROM df.vars v
                        WHERE v.owner = frozen), '{}'),
             meta, NULLIF(meta -> 'instance_retry_policy', 'null'::jsonb));
+    -- slots, the pending-instances limit, the workflow's step timeout (sql/routines/role_limits.sql)
+    PERFORM df_internal.admit_instance(NEW.id, frozen);
     IF raw IS NOT NULL THEN
         -- df.start inserted a validated graph before this row: activate it now, in the caller's
         -- transaction, so the first leaves are queued the moment df.start commits (no separate

@@ -26,7 +26,8 @@ AS $fn$
 #variable_conflict use_column
 DECLARE
     v_max     integer;
-    v_setting text := current_setting('pg_durable.list_instances_max_limit', true);
+    -- (never the caller's own SET: a superuser-only setting in pg_durable, see settings.sql)
+    v_setting text := df._setting('pg_durable.list_instances_max_limit');
     v_limit   integer := coalesce(limit_count, 100);
     v_raw     text;
     v_parts   text[];
@@ -355,7 +356,8 @@ COMMENT ON FUNCTION df.instance_nodes(text, integer) IS
     'pg_durable compatibility: df.nodes rows of an instance in the pre-0.2.4 result shape';
 
 -- Engines and their heartbeats: visible to every granted role (no instance data in here), with
--- each engine's HTTP egress policy (df.http() reads it when a graph is built).
+-- each engine's HTTP egress policy (df.http() reads it when a graph is built) and its fairness
+-- defaults (role_limits.sql; role_max_running NULL = all live engines' workers minus one).
 CREATE OR REPLACE VIEW df.engines WITH (security_barrier = true) AS
 SELECT e.id,
        e.host,
@@ -371,5 +373,7 @@ SELECT e.id,
             ELSE 'stale' END AS state,
        e.http_policy,
        e.http_allow,
-       e.http_allow_private
+       e.http_allow_private,
+       e.role_max_running,
+       e.step_timeout_ms
   FROM df_internal.engines e;

@@ -36,6 +36,8 @@ DECLARE
     started text[] := '{}';
     lone boolean := false;
     slices integer := GREATEST(COALESCE(p_slices, 1), 1);
+    slotted oid[] := '{}';     -- roles this claim holds a running-step slot of
+    capped_out oid[] := '{}';  -- roles whose slots are all taken (skipped for this claim)
 BEGIN
     IF p_level IS DISTINCT FROM df_internal.schema_level() THEN
         RAISE EXCEPTION 'dftui engine schema level mismatch: the engine drives %, the df schema is at %',
@@ -49,13 +51,18 @@ BEGIN
     FOR pass IN CASE WHEN slices > 1 THEN 1 ELSE 2 END .. 2 LOOP
         FOR c IN
             SELECT x.instance_id, x.node_id,
-                   -- a per-row subquery, so the plan keeps walking the run_at index
-                   COALESCE((SELECT n.node_type FROM df.nodes n
-                              WHERE n.instance_id = x.instance_id AND n.id = x.node_id), '')
-                       IN ('HTTP', 'HTTP_MULTIPART')
+                   y.node_type IN ('HTTP', 'HTTP_MULTIPART')
                    -- a suspect of an engine death is claimed alone too (see reap_inflight)
-                   OR x.suspect AS http
+                   OR x.suspect AS http,
+                   -- steps that occupy a worker count against their role's running-step cap
+                   x.kind = 'run' AND y.node_type IN ('SQL', 'HTTP', 'HTTP_MULTIPART') AS capped,
+                   (SELECT s.submitted_by::oid FROM df_internal.instance_state s
+                     WHERE s.instance_id = x.instance_id) AS role_oid
               FROM df_internal.tasks x
+              -- per-row subqueries, so the plan keeps walking the run_at index
+              CROSS JOIN LATERAL (SELECT COALESCE((SELECT n.node_type FROM df.nodes n
+                                                   WHERE n.instance_id = x.instance_id
+                                                     AND n.id = x.node_id), '') AS node_type) y
              WHERE x.run_at <= now()
                AND (pass = 2 OR (hashtext(x.instance_id) & 2147483647) % slices = p_slice)
              ORDER BY x.run_at
@@ -63,6 +70,24 @@ BEGIN
         LOOP
             EXIT WHEN cardinality(insts) >= want OR lone;
             CONTINUE WHEN c.instance_id = ANY (insts) OR (c.http AND cardinality(insts) > 0);
+            -- Fairness: a worker-occupying step runs only in one of its role's slots (a row
+            -- lock held until this transaction ends, i.e. while the step runs), at most
+            -- role_cap of them at once across every engine; a role without slot rows (none
+            -- made yet) is not held back. Taken before the task so a capped task stays free.
+            IF c.capped AND c.role_oid IS NOT NULL AND NOT (c.role_oid = ANY (slotted)) THEN
+                CONTINUE WHEN c.role_oid = ANY (capped_out);
+                PERFORM 1 FROM df_internal.role_slots rs
+                  WHERE rs.role_oid = c.role_oid
+                    AND rs.slot < df_internal.role_cap(c.role_oid, p_engine)
+                  ORDER BY rs.slot LIMIT 1 FOR UPDATE SKIP LOCKED;
+                IF FOUND OR NOT EXISTS (SELECT 1 FROM df_internal.role_slots rs
+                                         WHERE rs.role_oid = c.role_oid) THEN
+                    slotted := slotted || c.role_oid;
+                ELSE
+                    capped_out := capped_out || c.role_oid;
+                    CONTINUE;
+                END IF;
+            END IF;
             SELECT * INTO t FROM df_internal.tasks x
              WHERE x.instance_id = c.instance_id AND x.node_id = c.node_id AND x.run_at <= now()
              FOR UPDATE SKIP LOCKED;
