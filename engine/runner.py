@@ -58,6 +58,12 @@ BATCH_TIME_BUDGET = 0.05
 # gives way and runs again alone (see _Worker._run_task).
 BATCH_CONFLICTS = frozenset({"55P03", "40P01", "40001"})
 BATCH_LOCK_TIMEOUT = "SET LOCAL lock_timeout = '50ms'"
+# pg_durable settings whose value in this engine's own session (server configuration, never a
+# user's SET) is published in df_internal.engines.settings for df._setting (settings.sql).
+PUBLISHED_SETTINGS = (
+    "pg_durable.enable_superuser_instances", "pg_durable.list_instances_max_limit",
+    "pg_durable.http_security", "pg_durable.http_allowed_domains",
+)
 # Failures no retry policy retries: the step can never run (identity, privileges, refused
 # statement kinds, the HTTP policy).
 NEVER_RETRIED = frozenset({"identity", "http_policy", "unsupported"})
@@ -119,12 +125,14 @@ class Engine:
             # The HTTP policy is recorded so df.http() applies it when a graph is built.
             conn.execute(
                 "INSERT INTO df_internal.engines (id, host, pid, version, concurrency, http_policy,"
-                " http_allow, http_allow_private, role_max_running, step_timeout_ms)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                " http_allow, http_allow_private, role_max_running, step_timeout_ms, settings)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                " (SELECT pg_catalog.jsonb_object_agg(n, pg_catalog.current_setting(n, true))"
+                "    FROM pg_catalog.unnest(%s::text[]) n))",
                 (self.id, socket.gethostname(), os.getpid(), __version__, self.config.concurrency,
                  self.config.http_policy, list(self.config.http_allow),
                  self.config.http_allow_private, self.config.role_max_running,
-                 self.step_timeout_ms),
+                 self.step_timeout_ms, list(PUBLISHED_SETTINGS)),
             )
             conn.execute("INSERT INTO df._worker_epoch (epoch_id) VALUES (%s) ON CONFLICT DO NOTHING",
                          (self.epoch_id,))

@@ -36,3 +36,8 @@ INSERT INTO df_internal.role_slots (role_oid, slot)
 SELECT DISTINCT s.submitted_by::oid, g
   FROM df_internal.instance_state s, generate_series(0, 63) g
 ON CONFLICT DO NOTHING;
+
+-- The security-relevant pg_durable.* settings as each engine's own session sees them (server
+-- configuration, ALTER DATABASE / ALTER ROLE values of superusers): df._setting reads them where
+-- an ordinary user's SET cannot reach (sql/routines/settings.sql).
+ALTER TABLE df_internal.engines ADD COLUMN IF NOT EXISTS settings jsonb;

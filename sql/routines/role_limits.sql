@@ -87,8 +87,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         (SELECT l.max_running FROM df_internal.role_limits l WHERE l.role_oid = p_role),
         (SELECT e.role_max_running FROM df_internal.engines e WHERE e.id = p_engine),
         (SELECT GREATEST(1, pg_catalog.sum(e.concurrency)::integer - 1) FROM df_internal.engines e
-          WHERE e.stopped_at IS NULL AND e.heartbeat_at > pg_catalog.now() - interval '60 seconds'),
-        1)
+          WHERE e.stopped_at IS NULL AND e.heartbeat_at > pg_catalog.now() - interval '60 seconds'
+         HAVING pg_catalog.count(*) > 0),
+        2147483647)  -- no live engine known (a claim outside any engine): nothing to share
 $$;
 
 -- Set a role's overrides (NULL = the engines' default). SECURITY INVOKER: only a superuser or a
