@@ -170,14 +170,24 @@ def test_list_instances_limit_cap(db) -> None:
         "df.list_instances: limit_count (1001) exceeds pg_durable.list_instances_max_limit (1000); ")
     with db.connect("dftui_alice") as conn:
         assert conn.execute("SELECT count(*) FROM df.list_instances(NULL, 1000)").fetchone()[0] == 0
+        # a superuser-only setting in pg_durable: an ordinary role's SET changes nothing
+        conn.execute("SET pg_durable.list_instances_max_limit = 100000")
+        with pytest.raises(psycopg.Error, match=r"exceeds pg_durable.list_instances_max_limit \(1000\)"):
+            conn.execute("SELECT * FROM df.list_instances(NULL, 1001)")
         conn.execute("SET pg_durable.list_instances_max_limit = 5")
-        with pytest.raises(psycopg.Error, match=r"limit_count \(6\) exceeds pg_durable.list_instances_max_limit \(5\)"):
-            conn.execute("SELECT * FROM df.list_instances(NULL, 6, NULL, NULL)")
-        conn.execute("SET pg_durable.list_instances_max_limit = ''")
-        conn.execute("SELECT * FROM df.list_instances(NULL, 1000)")
-        conn.execute("SET pg_durable.list_instances_max_limit = 'lots'")
-        with pytest.raises(psycopg.Error, match="must be a positive integer"):
-            conn.execute("SELECT * FROM df.list_instances()")
+        conn.execute("SELECT * FROM df.list_instances(NULL, 6, NULL, NULL)")
+    database = sql.Identifier(db.name)
+    with db.connect() as conn:  # an administrator's value counts
+        conn.execute(sql.SQL("ALTER DATABASE {} SET pg_durable.list_instances_max_limit = 5").format(database))
+    with db.connect("dftui_alice") as conn, pytest.raises(
+            psycopg.Error, match=r"limit_count \(6\) exceeds pg_durable.list_instances_max_limit \(5\)"):
+        conn.execute("SELECT * FROM df.list_instances(NULL, 6, NULL, NULL)")
+    with db.connect() as conn:
+        conn.execute(sql.SQL("ALTER DATABASE {} SET pg_durable.list_instances_max_limit = 'lots'").format(database))
+    with db.connect("dftui_alice") as conn, pytest.raises(psycopg.Error, match="must be a positive integer"):
+        conn.execute("SELECT * FROM df.list_instances()")
+    with db.connect() as conn:
+        conn.execute(sql.SQL("ALTER DATABASE {} RESET pg_durable.list_instances_max_limit").format(database))
     assert "at least 1" in error_of(db, "dftui_alice", "SELECT * FROM df.list_instances(NULL, 0)")
 
 

@@ -147,7 +147,7 @@ BEGIN
     END IF;
     PERFORM df_internal.ensure_role_slots(v_oid, GREATEST(64, COALESCE(max_running, 0)));
 END $fn$;
-REVOKE EXECUTE ON FUNCTION df.set_role_limits(text, integer, integer, text) FROM PUBLIC;
+-- (PUBLIC keeps EXECUTE, as every ordinary df function: the function checks the caller itself)
 
 -- Limits in force, one row per role that has an override or instances: what the TUI's engines
 -- screen and `dftui limits` show. An ordinary role sees only its own row.

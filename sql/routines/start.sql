@@ -576,7 +576,6 @@ DECLARE
     v_root      text;
     v_policies  jsonb;
     v_role      pg_catalog.pg_roles%ROWTYPE;
-    v_super     text := lower(coalesce(current_setting('pg_durable.enable_superuser_instances', true), ''));
     v_id        text;
     v_try       integer := 0;
     v_state     text;
@@ -628,7 +627,11 @@ BEGIN
     END IF;
 
     -- 5. superusers only when explicitly enabled
-    IF v_role.rolsuper AND v_super NOT IN ('on', 'true', 'yes', '1') THEN
+    -- (a superuser-only setting in pg_durable: df._setting honours the session's own value only
+    -- when the session user is a superuser, never a SET of an ordinary role that reached here
+    -- through a superuser's SECURITY DEFINER function; read only for superusers, off the hot path)
+    IF v_role.rolsuper AND lower(coalesce(df._setting('pg_durable.enable_superuser_instances'), ''))
+                           NOT IN ('on', 'true', 'yes', '1') THEN
         RAISE EXCEPTION 'pg_durable: superuser instances are disabled: current_user "%" is a superuser and pg_durable.enable_superuser_instances is off',
             current_user USING ERRCODE = 'insufficient_privilege',
             HINT = 'Start workflows as an ordinary role, or SET pg_durable.enable_superuser_instances = on.';
