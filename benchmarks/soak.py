@@ -147,8 +147,10 @@ def _submit(cluster: Cluster, stop: threading.Event, stats: Stats, seed: int) ->
                     time.sleep(0.2)
                     continue
                 if pick < 0.45:
-                    iid = conn.execute(f"SELECT df.start({chain}, 'chain')").fetchone()[0]
-                    conn.execute("INSERT INTO public.soak_hits (id) VALUES (%s)", (iid,))
+                    # the counter row commits with the instance: no step can run before it exists
+                    with conn.transaction():
+                        iid = conn.execute(f"SELECT df.start({chain}, 'chain')").fetchone()[0]
+                        conn.execute("INSERT INTO public.soak_hits (id) VALUES (%s)", (iid,))
                     kind = "chain"
                 elif pick < 0.55:
                     iid = conn.execute("SELECT df.start(df.wait_for_signal('go', 120) |=> 's' ~> "
