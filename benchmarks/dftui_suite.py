@@ -226,12 +226,19 @@ def backend_cpu(env: BenchEnv, engines: list[EngineProcess]) -> float:
 # -- latency ---------------------------------------------------------------------------------------
 
 class DoneListener:
-    """LISTEN df_done on a dedicated connection; remembers when each instance's note arrived."""
+    """LISTEN df_done on a dedicated connection; remembers when notes arrived.
+
+    df_done carries no payload (any role may LISTEN: payloads must not reveal instance ids), so
+    a note says "some instance finished". The latency benchmark runs one instance at a time:
+    the first note after the previous instance's is this instance's, confirmed in the database.
+    """
 
     def __init__(self, env: BenchEnv) -> None:
         self.conn = psycopg.connect(env.dsn(), autocommit=True)
         self.conn.execute("LISTEN df_done")
-        self.arrived: dict[str, float] = {}
+        self.check = psycopg.connect(env.dsn(), autocommit=True)
+        self.arrived: list[float] = []
+        self.consumed = 0
         self.cond = threading.Condition()
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -239,26 +246,33 @@ class DoneListener:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for note in self.conn.notifies(timeout=0.2):
+            for _note in self.conn.notifies(timeout=0.2):
                 now = time.perf_counter()
                 with self.cond:
-                    self.arrived[note.payload] = now
+                    self.arrived.append(now)
                     self.cond.notify_all()
 
     def wait(self, instance_id: str, timeout: float = 60.0) -> float:
         deadline = time.monotonic() + timeout
         with self.cond:
-            while instance_id not in self.arrived:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise BenchError(f"instance {instance_id} did not finish within {timeout:.0f}s")
-                self.cond.wait(left)
-            return self.arrived[instance_id]
+            while True:
+                while len(self.arrived) <= self.consumed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise BenchError(f"instance {instance_id} did not finish within {timeout:.0f}s")
+                    self.cond.wait(left)
+                at = self.arrived[self.consumed]
+                self.consumed += 1
+                row = self.check.execute("SELECT status IN ('completed', 'failed', 'cancelled') "
+                                         "FROM df.instances WHERE id = %s", (instance_id,)).fetchone()
+                if row and row[0]:
+                    return at
 
     def close(self) -> None:
         self._stop.set()
         self.thread.join(timeout=5)
         self.conn.close()
+        self.check.close()
 
 
 @dataclass

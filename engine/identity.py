@@ -17,9 +17,10 @@ SECURITY DEFINER *trampoline* owned by the submitter, in schema ``df_exec``:
   REASSIGN OWNED cannot move one: the new owner would need CREATE on ``df_exec``).
 * ``describe_<oid>`` lets the engine learn a step's result columns without parsing it as
   itself (parse analysis runs user code: domain checks in literal input functions).
-* Every trampoline takes a shared transaction-level advisory lock (``STEP_LOCK_KEYS``) first:
+* Every trampoline first locks ``df._step_marker`` (ACCESS SHARE, until the transaction ends):
   ``df_internal.in_engine_step()`` uses it to recognise, unforgeably, that user code runs inside
-  an engine step, where ``session_user`` is the engine rather than the caller.
+  an engine step, where ``session_user`` is the engine rather than the caller. (It used to be an
+  advisory lock; any role could take that key exclusively and freeze every step.)
 
 The trampoline's ``search_path`` is the submitter's configured default (role or database
 setting) or ``"$user", public``, so unqualified names resolve as they would in the submitter's
@@ -88,11 +89,18 @@ def describe_function(role_oid: int) -> str:
 # Portal name used by describe_<oid>; the engine sends a protocol Describe for it.
 DESCRIBE_PORTAL = "df_describe"
 
-# Every trampoline first takes this transaction-level advisory lock (shared, so workers never
-# wait on each other). A transaction-level lock cannot be released by the step (only session
-# locks can be), so df_internal.in_engine_step() can tell, unforgeably, that user code is
-# running inside an engine step, where session_user is the engine and not the caller.
-STEP_LOCK_KEYS = (72629379, 1)
+# Every trampoline first locks this table (ACCESS SHARE: conflicts only with ACCESS EXCLUSIVE,
+# which only its owner can take, so no role can make a step wait for it). A transaction-level
+# lock cannot be released by the step, so df_internal.in_engine_step() can tell, unforgeably,
+# that user code is running inside an engine step, where session_user is the engine and not the
+# caller. Only where df is installed (steps in other databases may have no df schema).
+STEP_MARKER = "df._step_marker"
+_LOCK_MARKER = f"""    IF pg_catalog.to_regnamespace('df') IS NOT NULL
+       AND pg_catalog.has_schema_privilege('df', 'USAGE')
+       AND pg_catalog.to_regclass('{STEP_MARKER}') IS NOT NULL THEN
+        LOCK TABLE {STEP_MARKER} IN ACCESS SHARE MODE;
+    END IF;
+"""
 # df.in_workflow = 'true' for the step. Set in the body rather than as a function SET clause: a
 # non-superuser engine (least-privilege mode) may not attach custom GUCs to functions.
 _IN_WORKFLOW = "    PERFORM pg_catalog.set_config('df.in_workflow', 'true', true);\n"
@@ -108,8 +116,7 @@ _OWNER_GUARD = """    IF pg_catalog.quote_ident(current_user)::pg_catalog.regrol
             USING ERRCODE = 'insufficient_privilege';
     END IF;
 """
-_MARK = _OWNER_GUARD + (f"    PERFORM pg_catalog.pg_advisory_xact_lock_shared({STEP_LOCK_KEYS[0]}, "
-                        f"{STEP_LOCK_KEYS[1]});\n")
+_MARK = _OWNER_GUARD + _LOCK_MARKER
 
 
 _STEP_BODY = """

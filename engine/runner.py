@@ -262,6 +262,12 @@ class Engine:
             self.steps_done += n
 
     # -- listener ----------------------------------------------------------------------------
+    # Any role can LISTEN on and NOTIFY any channel, so notifications are wake-up hints only: a
+    # payload is never trusted (nor needed). On df_cancel / df_abandon the listener asks the
+    # database which of the steps running in this engine right now belong to an instance that
+    # is no longer running or to a node generation that was fenced (abandoned race branches,
+    # superseded loop iterations), and cancels exactly those. A forged notification therefore
+    # costs one cheap query; a malformed one nothing. The listener survives any error.
     def _listen(self) -> None:
         backoff = 0.2
         while not self._stopping.is_set():
@@ -273,35 +279,54 @@ class Engine:
                     backoff = 0.2
                     self.wake(len(self.workers))  # catch up on anything missed while away
                     while not self._stopping.is_set():
-                        for note in conn.notifies(timeout=1.0):
-                            self._on_notify(note.channel, note.payload)
-            except psycopg.OperationalError as exc:
+                        # the first notification promptly, then whatever else is queued already:
+                        # a flood of (forged) notifications costs one check per round
+                        notes = list(conn.notifies(timeout=1.0, stop_after=1))
+                        if notes:
+                            notes += list(conn.notifies(timeout=0.001))
+                        check = False
+                        for note in notes:
+                            self.metrics.notification(note.channel)
+                            if note.channel == "df_work":
+                                self.wake(1)
+                            elif note.channel in ("df_cancel", "df_abandon"):
+                                check = True
+                        if check:
+                            self.cancel_dead_steps(conn)
+            except Exception as exc:  # noqa: BLE001 - the listener must survive anything
                 if self._stopping.is_set():
                     return
                 self.metrics.connection_error("listener")
-                log.warning("listener connection lost (%s); reconnecting in %.1fs", exc, backoff)
+                log.warning("listener: %s; reconnecting in %.1fs", exc, backoff)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 
-    def _on_notify(self, channel: str, payload: str) -> None:
-        self.metrics.notification(channel)
-        if channel == "df_work":
-            self.wake(1)
-        elif channel == "df_cancel":
-            for worker in self.workers:
-                if worker.current and worker.current[0] == payload:
-                    log.info("cancelling running step of cancelled instance %s", payload)
-                    worker.cancel_statement()
-        elif channel == "df_abandon":
-            try:
-                data = json.loads(payload)
-            except ValueError:
-                return
-            nodes = set(data.get("nodes") or [])
-            for worker in self.workers:
-                if worker.current and worker.current[0] == data.get("instance_id") and worker.current[1] in nodes:
-                    log.info("cancelling abandoned step %s/%s", *worker.current)
-                    worker.cancel_statement()
+    def cancel_dead_steps(self, conn: psycopg.Connection) -> int:
+        """Cancel the running steps of this engine whose instance is no longer running or whose
+        node generation is no longer the live one, as the database says. Returns how many."""
+        running = [(w, w.current) for w in self.workers if w.current is not None]
+        if not running:
+            return 0
+        keys = [cur for _w, cur in running if cur is not None]
+        rows = conn.execute(
+            """
+            SELECT k.i, k.n, k.g
+              FROM unnest(%s::text[], %s::text[], %s::int[]) AS k(i, n, g)  -- (multi-array form: unqualified)
+              LEFT JOIN df.instances x ON x.id OPERATOR(pg_catalog.=) k.i
+              LEFT JOIN df_internal.node_meta m
+                     ON m.instance_id OPERATOR(pg_catalog.=) k.i AND m.node_id OPERATOR(pg_catalog.=) k.n
+             WHERE x.id IS NULL OR x.status <> ALL ('{pending,running}'::text[])
+                OR m.gen IS DISTINCT FROM k.g
+            """, ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])).fetchall()
+        dead = {(r[0], r[1], r[2]) for r in rows}
+        cancelled = 0
+        for worker, cur in running:
+            if cur in dead and worker.current == cur:
+                log.info("cancelling the running step %s/%s (instance ended or node superseded)",
+                         cur[0], cur[1])
+                worker.cancel_statement()
+                cancelled += 1
+        return cancelled
 
     # -- housekeeping ------------------------------------------------------------------------
     def _housekeeping(self) -> None:
@@ -314,6 +339,10 @@ class Engine:
             try:
                 if conn is None or conn.closed:
                     conn = connect(self.config.dsn, "housekeeping")
+                    # A role may hold row locks on its own instances (e.g. FOR UPDATE on a
+                    # finished one the retention DELETE wants): never wait for them for long,
+                    # or the heartbeat would stop and this engine look dead.
+                    conn.execute("SET lock_timeout = '5s'")
                     can_vacuum = None
                 if can_vacuum is None:
                     row = conn.execute(
@@ -329,6 +358,9 @@ class Engine:
                 if time.monotonic() < next_beat:
                     continue
                 next_beat = time.monotonic() + self.config.heartbeat_interval
+                # The database is the truth, notifications only hints: a cancel whose
+                # notification was missed (listener reconnecting) is still acted on.
+                self.cancel_dead_steps(conn)
                 conn.execute("UPDATE df_internal.engines SET heartbeat_at = now(), steps_done = %s "
                              "WHERE id = %s", (self.steps_done, self.id))
                 conn.execute("UPDATE df._worker_epoch SET last_seen_at = now() WHERE epoch_id = %s",
@@ -370,7 +402,7 @@ class _Worker:
         self.engine = engine
         self.number = number
         self.conn: psycopg.Connection | None = None
-        self.current: tuple[str, str] | None = None
+        self.current: tuple[str, str, int] | None = None  # (instance, node, gen) running now
         self.task: Task | None = None  # the task being handled (charged if the handling blows up)
         self.busy = False
         self.thread_done = threading.Event()
@@ -515,7 +547,7 @@ class _Worker:
                 if index and time.monotonic() > budget_end:
                     stopped_early = True
                     break
-                self.current = (task.instance_id, task.node_id)
+                self.current = (task.instance_id, task.node_id, task.gen)
                 self.task = task
                 kind = tally.started(task.node_type, task.kind)
                 self._outcome = None

@@ -70,7 +70,7 @@ BEGIN
      WHERE t.instance_id = p_instance AND t.phase = 'waiting'
        AND n.instance_id = t.instance_id AND n.id = t.node_id AND n.node_type = 'SIGNAL'
        AND coalesce(n.query::jsonb ->> 'signal_name', n.query::jsonb ->> 'name') = p_name;
-    PERFORM pg_notify('df_work', p_instance);
+    PERFORM pg_notify('df_work', '');  -- a hint only: no instance ids (docs/security.md, class 7)
 END $$;
 
 -- The interpreter. Processes a work list of events until nothing is left:

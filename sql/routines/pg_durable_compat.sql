@@ -37,7 +37,7 @@ SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
-    PERFORM pg_catalog.pg_notify('df_work', coalesce(left(instance_id, 8), ''));
+    PERFORM pg_catalog.pg_notify('df_work', '');  -- a hint only: payloads carry no instance ids
     IF instance_id IS NULL THEN
         RETURN 'Triggered run for all pending instances';
     END IF;
