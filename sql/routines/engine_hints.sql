@@ -10,42 +10,6 @@
 -- statement idempotent (CREATE OR REPLACE) and schema-qualified.
 
 
-CREATE OR REPLACE FUNCTION df_internal.on_instance_insert() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    raw text := NULLIF(current_setting('df.start_meta', true), '');
-    meta jsonb := COALESCE(raw::jsonb, '{}');
-BEGIN
-    PERFORM set_config('df.start_meta', '', true);
-    INSERT INTO df_internal.instance_state
-        (instance_id, submitted_by, database, vars, start_meta, retry_policy)
-    VALUES (NEW.id, NEW.submitted_by, NEW.database,
-            COALESCE((SELECT jsonb_object_agg(v.name, v.value) FROM df.vars v
-                       WHERE v.owner = NEW.submitted_by), '{}'),
-            meta, NULLIF(meta -> 'instance_retry_policy', 'null'::jsonb));
-    IF raw IS NOT NULL THEN
-        -- df.start inserted a validated graph before this row: activate it now, in the caller's
-        -- transaction, so the first leaves are queued the moment df.start commits (no separate
-        -- start transaction in the engine). The instance reads 'pending' until its first
-        -- checkpoint. A hand-made graph that cannot be activated fails the caller's INSERT.
-        -- df.start_meta is an ordinary setting: anyone inserting rows by hand can set it, so
-        -- the graph and the retry policies are checked here too (cheap next to df.start's own
-        -- validation; a forged hand-off must not smuggle a cycle or a bad policy past it).
-        PERFORM df_internal.check_graph(NEW.id);
-        PERFORM df_internal.check_start_meta(meta);
-        PERFORM df_internal.build_node_meta(NEW.id);
-        UPDATE df_internal.instance_state s SET started_at = now() WHERE s.instance_id = NEW.id;
-        PERFORM df_internal.drive(NEW.id, jsonb_build_array(jsonb_build_object(
-            'op', 'activate', 'node', NEW.root_node)));
-    ELSE
-        -- Rows inserted by hand (nodes may follow under the deferred FKs): the engine validates
-        -- and starts the graph when it claims this task.
-        INSERT INTO df_internal.tasks (instance_id, node_id, gen, kind)
-        VALUES (NEW.id, NEW.root_node, 0, 'start');
-    END IF;
-    PERFORM pg_catalog.pg_notify('df_work', '');
-    RETURN NULL;
-END $$;
 
 
 -- Fence and drop everything under a node that is still in flight: queued tasks are deleted
@@ -194,38 +158,3 @@ BEGIN
     PERFORM pg_catalog.pg_notify('df_work', '');
 END $$;
 
--- Cancel bookkeeping (see 0.1.0); df_cancel tells engines to check their running steps.
-CREATE OR REPLACE FUNCTION df_internal.on_instance_update() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    req jsonb;
-    reason text;
-BEGIN
-    IF NEW.status = 'cancelled' AND OLD.status <> 'cancelled' THEN
-        reason := NULLIF(current_setting('df.cancel_reason', true), '');
-        PERFORM set_config('df.cancel_reason', '', true);
-        UPDATE df_internal.instance_state
-           SET cancel_reason = COALESCE(reason, 'Cancelled by user'), finished_at = now(),
-               error = COALESCE(reason, 'Cancelled by user')
-         WHERE instance_id = NEW.id;
-        -- Queued work goes now; tasks locked by a running step are dropped by its worker, which
-        -- the df_cancel notification tells to cancel the statement on the server.
-        DELETE FROM df_internal.tasks t
-         WHERE t.ctid IN (SELECT t2.ctid FROM df_internal.tasks t2
-                           WHERE t2.instance_id = NEW.id FOR UPDATE SKIP LOCKED);
-        PERFORM pg_catalog.pg_notify('df_cancel', '');
-    END IF;
-
-    req := NULLIF(current_setting('df.request', true), '')::jsonb;
-    IF req IS NOT NULL AND req ->> 'instance_id' = NEW.id THEN
-        PERFORM set_config('df.request', '', true);
-        IF req ->> 'op' = 'signal' THEN
-            PERFORM df_internal.enqueue_signal(NEW.id, req ->> 'name',
-                                               COALESCE(req -> 'data', '{}'), NEW.submitted_by);
-        ELSIF req ->> 'op' = 'retry' THEN
-            PERFORM df_internal.retry_instance(NEW.id, req ->> 'from_node',
-                                               COALESCE(req ->> 'requested_by', NEW.submitted_by::text));
-        END IF;
-    END IF;
-    RETURN NULL;
-END $$;

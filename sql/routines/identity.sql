@@ -84,7 +84,7 @@ BEGIN
         INSERT INTO df_internal.tasks (instance_id, node_id, gen, kind)
         VALUES (NEW.id, NEW.root_node, 0, 'start');
     END IF;
-    PERFORM pg_notify('df_work', NEW.id);
+    PERFORM pg_notify('df_work', '');  -- a hint only: no instance ids (docs/security.md, class 7)
     RETURN NULL;
 END $$;
 
@@ -164,7 +164,7 @@ BEGIN
         DELETE FROM df_internal.tasks t
          WHERE t.ctid IN (SELECT t2.ctid FROM df_internal.tasks t2
                            WHERE t2.instance_id = NEW.id FOR UPDATE SKIP LOCKED);
-        PERFORM pg_notify('df_cancel', NEW.id);
+        PERFORM pg_notify('df_cancel', '');  -- engines check the database (Engine.cancel_dead_steps)
     END IF;
 
     req := NULLIF(current_setting('df.request', true), '')::jsonb;
