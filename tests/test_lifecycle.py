@@ -407,3 +407,39 @@ def test_engine_cancel_is_final(db, eng) -> None:
         assert conn.execute("SELECT df.cancel(%s)", (iid,)).fetchone()[0] == "already cancelled"
         assert conn.execute("SELECT status, output FROM df.instance_info(%s)", (iid,)).fetchone() == (
             "cancelled", "no longer needed")
+
+
+def test_signal_sent_during_the_waits_first_pass_is_not_missed(db) -> None:
+    """An engine running a SIGNAL wait's first pass holds its task row and has seen no signal;
+    a df.signal arriving then must still wake the wait once it parks (not at its timeout)."""
+    import threading
+
+    from tests.engine_support import running_engine, start, wait_for, wait_terminal
+
+    with running_engine(db.dsn()):
+        iid = start(db, "dftui_alice", "df.wait_for_signal('go') ~> 'SELECT 1 AS one'")
+        wait_for(lambda: db.scalar(
+            "SELECT count(*) FROM df_internal.tasks t JOIN df.nodes n ON n.instance_id = "
+            "t.instance_id AND n.id = t.node_id WHERE t.instance_id = %s AND n.node_type = "
+            "'SIGNAL' AND t.phase = 'waiting'", (iid,)), what="the wait to park")
+    # Back to the moment before an engine's first pass of the wait ...
+    key = "instance_id = %s AND node_id = (SELECT id FROM df.nodes WHERE instance_id = %s " \
+          "AND node_type = 'SIGNAL')"
+    with db.connect() as conn:
+        conn.execute(f"UPDATE df_internal.tasks SET phase = 'run', run_at = now() WHERE {key}",
+                     (iid, iid))
+    # ... an "engine" takes the task row, the signal arrives, the pass parks the wait.
+    with db.connect(autocommit=False) as pass_:
+        pass_.execute(f"SELECT 1 FROM df_internal.tasks WHERE {key} FOR UPDATE", (iid, iid))
+        sender = threading.Thread(target=lambda: db.scalar(
+            "SELECT df.signal(%s, 'go')", (iid,), role="dftui_alice"))
+        sender.start()
+        wait_for(lambda: db.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND usename = 'dftui_alice'"), what="df.signal to wait for the pass")
+        pass_.execute(f"UPDATE df_internal.tasks SET phase = 'waiting', "
+                      f"run_at = now() + interval '1 day' WHERE {key}", (iid, iid))
+        pass_.commit()
+        sender.join(30)
+    with running_engine(db.dsn()):
+        assert wait_terminal(db, iid) == "completed"

@@ -58,7 +58,10 @@ BEGIN
     END;
 END $$;
 
--- Queue a signal and wake the instance's waiting SIGNAL tasks.
+-- Queue a signal and wake the instance's SIGNAL tasks of that name. Not only those already
+-- parked ('waiting'): a wait whose first pass an engine is running right now (task row locked,
+-- no signal seen yet) would park after this commits and miss it until its timeout. Matching it
+-- too makes this UPDATE wait for that pass to commit, then wake the parked task.
 CREATE OR REPLACE FUNCTION df_internal.enqueue_signal(p_instance varchar, p_name text, p_data jsonb,
                                            p_sent_by regrole)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -67,7 +70,7 @@ BEGIN
     VALUES (p_instance, p_name, p_data, p_sent_by);
     UPDATE df_internal.tasks t SET run_at = now()
       FROM df.nodes n
-     WHERE t.instance_id = p_instance AND t.phase = 'waiting'
+     WHERE t.instance_id = p_instance
        AND n.instance_id = t.instance_id AND n.id = t.node_id AND n.node_type = 'SIGNAL'
        AND coalesce(n.query::jsonb ->> 'signal_name', n.query::jsonb ->> 'name') = p_name;
     PERFORM pg_notify('df_work', '');  -- a hint only: no instance ids (docs/security.md, class 7)
