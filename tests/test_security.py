@@ -49,7 +49,10 @@ def start_many(db, role: str, exprs: dict[str, str]) -> dict[str, str]:
 
 
 def errors(db, iid: str) -> str:
-    return " | ".join(n["error"] for n in node_rows(db, iid) if n["error"])
+    """Every node error, and the instance's own (an identity refused at the claim fails the
+    instance before any node runs, as pg_durable does)."""
+    own = db.scalar("SELECT error FROM df_internal.instance_state WHERE instance_id = %s", (iid,))
+    return " | ".join([*([own] if own else []), *(n["error"] for n in node_rows(db, iid) if n["error"])])
 
 
 def alice_sql(db, statement: str) -> None:
