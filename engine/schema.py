@@ -105,9 +105,30 @@ def latest_version() -> str:
     return __version__
 
 
+def released_migrations(root: Path | None = None) -> dict[str, list[str]]:
+    """Each shipped release, oldest first, with the migrations it added (from ``sql/RELEASED``).
+
+    The record lets a database be named by the release it is at ("0.2.0") rather than by its
+    newest migration, and keeps a released migration from ever being edited (the suite checks).
+    """
+    path = (root or sql_root()) / "RELEASED"
+    releases: dict[str, list[str]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) != 3 or line.startswith("#"):
+                continue
+            release, _digest, file = parts
+            names = releases.setdefault(release, [])
+            if file.startswith("migrations/"):
+                names.append(Path(file).stem)
+    return releases
+
+
 def available_versions() -> list[str]:
-    """Releases a database can be at, oldest first (the baseline, then this build's)."""
-    return [BASELINE] if latest_version() == BASELINE else [BASELINE, latest_version()]
+    """Releases a database can be at, oldest first: the baseline, each shipped one, this build's."""
+    versions = [BASELINE, *released_migrations()]
+    return list(dict.fromkeys([*versions, latest_version()]))
 
 
 def version_sql(version: str) -> str:
@@ -160,11 +181,27 @@ def installed_version(conn: psycopg.Connection) -> str | None:
     if not state.applied:
         return BASELINE
     known = {m.name for m in migrations()}
-    if set(state.applied) == known:
-        return latest_version()
-    if set(state.applied) - known:
-        return f"newer than {latest_version()} ({max(set(state.applied) - known)})"
-    return f"{BASELINE}+{state.level()}"
+    applied = set(state.applied)
+    if applied == known:
+        # A release may change routines only: the release record then tells them apart.
+        recorded = {row[0] for row in conn.execute(
+            "SELECT version FROM df_internal.schema_version").fetchall()}
+        if latest_version() in recorded:
+            return latest_version()
+        earlier = [r for r in released_migrations() if r in recorded]
+        return earlier[-1] if earlier else latest_version()
+    if applied - known:
+        return f"newer than {latest_version()} ({max(applied - known)})"
+    # Between releases, or at an older one: the newest release whose migrations are all in.
+    at, shipped = BASELINE, set()
+    for release, names in released_migrations().items():
+        shipped |= set(names)
+        if not shipped <= applied:
+            break
+        at = release
+        if shipped == applied:
+            return release
+    return f"{at}+{state.level()}"
 
 
 def foreign_df_schema(conn: psycopg.Connection) -> str | None:
@@ -347,11 +384,15 @@ def _apply(conn: psycopg.Connection, root: Path | None, target: str | None) -> S
             (checksum,))
         if not applied:
             applied.append("routines")
+    if set(before_state.applied) | {m.name for m in todo} == {m.name for m in shipped}:
+        # The release record tools (and 0.1.0's readers) look at; it also tells releases that
+        # changed routines only apart.
+        recorded = conn.execute(
+            "INSERT INTO df_internal.schema_version (version) VALUES (%s) "
+            "ON CONFLICT (version) DO NOTHING", (latest_version(),)).rowcount
+        if recorded and not applied:
+            applied.append(f"release record {latest_version()}")
     after = installed_version(conn) or latest_version()
-    if after == latest_version():
-        # The release record tools (and 0.1.0's readers) look at.
-        conn.execute("INSERT INTO df_internal.schema_version (version) VALUES (%s) "
-                     "ON CONFLICT (version) DO NOTHING", (after,))
     return SchemaChange(before, after, applied, op_schema)
 
 

@@ -1,10 +1,11 @@
 """Schema versions: released files never change, upgrades carry in-flight instances, and the
 engine refuses (or stops on) a schema it cannot drive.
 
-The upgrade test is the real thing: the baseline is installed from its frozen files and driven by
-the engine of release 0.1.0 itself (tests/fixtures/dftui-0.1.0-engine.tar.gz, `git archive` of
-that release's engine/ and sql/), instances are left mid-flight, the schema is upgraded while that
-engine still runs, and the current engine finishes them.
+The upgrade tests are the real thing, once per earlier release: the release is installed by its
+own code and driven by its own engine (tests/fixtures/dftui-<release>-engine.tar.gz, `git archive`
+of that release's engine/ and sql/), instances are left mid-flight, the schema is upgraded while
+that engine still runs, the old engine stops touching anything, and the current engine finishes
+the instances exactly once.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from tests.conftest import GRANTED_ROLES
 from tests.engine_support import running_engine, start, wait_for, wait_terminal
 
 REPO = Path(__file__).resolve().parent.parent
-OLD_ENGINE = REPO / "tests" / "fixtures" / "dftui-0.1.0-engine.tar.gz"
+FIXTURES = REPO / "tests" / "fixtures"
+PREVIOUS_RELEASE = "0.2.0"
 ALICE = "dftui_alice"
 
 
@@ -69,12 +71,23 @@ def test_every_file_of_a_released_version_is_recorded():
 
 # -- the baseline, driven by its own engine, upgraded with work in flight ----------------------
 
-@pytest.fixture
-def baseline_db(empty_db) -> Iterator:
-    """empty_db with release 0.1.0 installed from its frozen files and the roles granted."""
-    with empty_db.connect() as conn:
-        change = schema.install(conn, target=schema.BASELINE)
-        assert change.after == schema.BASELINE
+def unpack_release(release: str, into: Path) -> Path:
+    """The engine/ and sql/ of an earlier release, extracted from its archive."""
+    target = into / f"dftui-{release}"
+    with tarfile.open(FIXTURES / f"dftui-{release}-engine.tar.gz") as archive:
+        archive.extractall(target, filter="data")
+    return target
+
+
+def release_env(code: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DFTUI_ENGINE")}
+    env["PYTHONPATH"] = str(code)
+    return env
+
+
+def prepare_app(db) -> None:
+    """Grant the test roles df usage (with the release's own function) and give alice tables."""
+    with db.connect() as conn:
         conn.execute("SET client_min_messages = warning")
         for role in GRANTED_ROLES:
             conn.execute("SELECT df.grant_usage(%s, %s)", (role, role == "dftui_dave"))
@@ -84,21 +97,48 @@ def baseline_db(empty_db) -> Iterator:
         conn.execute("GRANT USAGE, CREATE ON SCHEMA app TO dftui_alice")
         conn.execute("GRANT ALL ON ALL TABLES IN SCHEMA app TO dftui_alice")
         conn.execute("GRANT ALL ON ALL SEQUENCES IN SCHEMA app TO dftui_alice")
+
+
+@pytest.fixture
+def baseline_db(empty_db) -> Iterator:
+    """empty_db with release 0.1.0 installed from its frozen files and the roles granted."""
+    with empty_db.connect() as conn:
+        change = schema.install(conn, target=schema.BASELINE)
+        assert change.after == schema.BASELINE
+    prepare_app(empty_db)
     assert empty_db.scalar("SELECT to_regclass('df_internal.schema_migrations')") is None
     yield empty_db
 
 
+@pytest.fixture(params=[schema.BASELINE, PREVIOUS_RELEASE])
+def release_db(request, empty_db, tmp_path) -> Iterator:
+    """empty_db with an earlier release installed by that release's own installer."""
+    release = request.param
+    code = unpack_release(release, tmp_path)
+    if release == schema.BASELINE:  # 0.1.0 had no installer of its own outside the CLI
+        with empty_db.connect() as conn:
+            schema.install(conn, target=schema.BASELINE)
+    else:
+        subprocess.run(
+            [sys.executable, "-c", "import sys, psycopg; from engine import schema; "
+             "print(schema.install(psycopg.connect(sys.argv[1], autocommit=True)).after)",
+             empty_db.dsn()], cwd=code, env=release_env(code), check=True, capture_output=True)
+    prepare_app(empty_db)
+    with empty_db.connect() as conn:
+        assert schema.installed_version(conn) == release
+    empty_db.release = release
+    empty_db.release_code = code
+    yield empty_db
+
+
 @pytest.fixture
-def old_engine(baseline_db, tmp_path) -> Iterator[subprocess.Popen]:
-    """The 0.1.0 engine (its own code, from the release archive) running on baseline_db."""
-    with tarfile.open(OLD_ENGINE) as archive:
-        archive.extractall(tmp_path / "dftui-0.1.0", filter="data")
+def old_engine(release_db, tmp_path) -> Iterator[subprocess.Popen]:
+    """The earlier release's engine (its own code, from the release archive) on release_db."""
+    code = release_db.release_code
     log = open(tmp_path / "old-engine.log", "w+")  # noqa: SIM115 - read by the test
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DFTUI_ENGINE")}
-    env["PYTHONPATH"] = str(tmp_path / "dftui-0.1.0")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "--dsn", baseline_db.dsn(), "--concurrency", "2",
-         "--no-install"], cwd=tmp_path / "dftui-0.1.0", env=env, stdout=log, stderr=log)
+        [sys.executable, "-m", "engine", "--dsn", release_db.dsn(), "--concurrency", "2",
+         "--no-install"], cwd=code, env=release_env(code), stdout=log, stderr=log)
     proc.log = log  # type: ignore[attr-defined]
     try:
         yield proc
@@ -123,8 +163,8 @@ def instance_status(db, instance_id: str) -> str:
     return db.scalar("SELECT status FROM df.instances WHERE id = %s", (instance_id,))
 
 
-def test_upgrade_carries_in_flight_instances(baseline_db, old_engine, capsys):
-    db = baseline_db
+def test_upgrade_carries_in_flight_instances(release_db, old_engine, capsys):
+    db = release_db
     waiting = start(db, ALICE, "df.wait_for_signal('go') ~> 'SELECT 41 + 1 AS v'")
     sleeping = start(db, ALICE, "df.sleep(8) ~> 'SELECT 42 AS v'")
     looping = start(db, ALICE, "df.loop('INSERT INTO app.ticks DEFAULT VALUES RETURNING id' "
@@ -143,14 +183,24 @@ def test_upgrade_carries_in_flight_instances(baseline_db, old_engine, capsys):
     code = main(["upgrade", "--dsn", db.dsn()])
     out, err = capsys.readouterr()
     assert (code, err) == (0, ""), err
-    assert f"upgraded df schema {schema.BASELINE} -> {schema.latest_version()}" in out
+    assert f"upgraded df schema {db.release} -> {schema.latest_version()}" in out
     assert db.scalar("SELECT count(*) FROM df_internal.schema_migrations") == len(schema.migrations())
 
-    # The old engine cannot drive the new schema: it says so, and touches nothing.
-    wait_for(lambda: "older than the df schema" in Path(old_engine.log.name).read_text(),
-             what="the 0.1.0 engine to log the level mismatch")
-    old_engine.send_signal(signal.SIGTERM)
-    old_engine.wait(30)
+    # The old engine cannot drive the new schema: it says so, and touches nothing. 0.1.0's
+    # claim signature is a stub that refuses every call; from 0.2.0 on, each claim carries the
+    # engine's schema level and a mismatch stops the engine (exit 1).
+    log = Path(old_engine.log.name)
+    if db.release == schema.BASELINE:
+        wait_for(lambda: "older than the df schema" in log.read_text(),
+                 what="the 0.1.0 engine to log the level mismatch")
+        old_engine.send_signal(signal.SIGTERM)
+        old_engine.wait(30)
+    elif schema.schema_level() != max(schema.released_migrations()[db.release]):
+        assert old_engine.wait(60) == 1, log.read_text()
+        assert "schema level mismatch" in log.read_text()
+    else:  # no migration since that release: its engine may go on driving the schema
+        old_engine.send_signal(signal.SIGTERM)
+        assert old_engine.wait(30) == 0, log.read_text()
 
     with db.connect(ALICE) as conn:
         conn.execute("CREATE TABLE app.source AS SELECT 7 AS v")
