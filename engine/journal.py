@@ -48,8 +48,10 @@ class Journal:
             self._session = (row[0], row[1])
         return self._conn, self._session
 
-    def record(self, worker: int, keys: Sequence[tuple[str, str, int]]) -> None:
-        """Remember (committed) that `worker` is about to run these tasks.
+    def record(self, worker: int, keys: Sequence[tuple[str, str, int]],
+               worker_pid: int | None = None) -> None:
+        """Remember (committed) that `worker` is about to run these tasks, on the server session
+        `worker_pid` (the console finds a running step's session there: engine/activity.py).
 
         Raises psycopg errors: the worker then does not run the batch (it is rolled back and
         claimed again later), since a crash while running it could not be attributed."""
@@ -58,12 +60,16 @@ class Journal:
                 conn, (pid, started) = self._connection()
                 conn.execute(
                     "INSERT INTO df_internal.inflight AS f (engine_id, worker, backend_pid, "
-                    "backend_start, instance_ids, node_ids, gens) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                    "backend_start, instance_ids, node_ids, gens, worker_pid, worker_backend_start) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, (SELECT a.backend_start FROM "
+                    "pg_catalog.pg_stat_get_activity(%s) a)) "
                     "ON CONFLICT (engine_id, worker) DO UPDATE SET backend_pid = EXCLUDED.backend_pid, "
                     "backend_start = EXCLUDED.backend_start, instance_ids = EXCLUDED.instance_ids, "
-                    "node_ids = EXCLUDED.node_ids, gens = EXCLUDED.gens, recorded_at = pg_catalog.now()",
+                    "node_ids = EXCLUDED.node_ids, gens = EXCLUDED.gens, "
+                    "worker_pid = EXCLUDED.worker_pid, worker_backend_start = EXCLUDED.worker_backend_start, "
+                    "recorded_at = pg_catalog.now()",
                     (self._engine_id, worker, pid, started, [k[0] for k in keys],
-                     [k[1] for k in keys], [k[2] for k in keys]))
+                     [k[1] for k in keys], [k[2] for k in keys], worker_pid, worker_pid))
             except psycopg.Error:
                 self._close()
                 raise

@@ -32,6 +32,7 @@ from psycopg import sql
 from psycopg.types.string import TextLoader
 
 from engine import __version__, jsonexact, schema
+from engine.activity import step_marker
 from engine.config import EngineConfig
 from engine.db import connect, scalar
 from engine.identity import SESSION_RESET, Trampolines, reset_session
@@ -532,7 +533,7 @@ class _Worker:
         if tasks:
             try:
                 self.engine.journal.record(self.number, [(t.instance_id, t.node_id, t.gen)
-                                                         for t in tasks])
+                                                         for t in tasks], conn.info.backend_pid)
             except psycopg.Error as exc:
                 # Unrecorded, a crash in these steps could not be charged to them: not now.
                 conn.execute("ROLLBACK")
@@ -615,7 +616,9 @@ class _Worker:
                 in_savepoint = True
                 # One round trip; an error skips the rest of the script, COMMIT included.
                 try:
-                    with _script(conn, "SAVEPOINT step", None if first else BATCH_LOCK_TIMEOUT,
+                    # (the marker first: the console finds the running step by it, activity.py)
+                    marker = step_marker(task.instance_id, task.node_id, task.gen)
+                    with _script(conn, f"{marker} SAVEPOINT step", None if first else BATCH_LOCK_TIMEOUT,
                                  _step_timeout(conn, task.instance_id, self.engine.step_timeout_ms),
                                  fused.query, "RELEASE SAVEPOINT step", SESSION_RESET,
                                  "COMMIT" if commit else None) as cur:

@@ -22,6 +22,7 @@ from psycopg import sql
 
 from engine import http as http_steps
 from engine import jsonexact
+from engine.activity import step_marker
 from engine.config import EngineConfig
 from engine.db import connect, scalar
 from engine.identity import (
@@ -412,7 +413,10 @@ class StepRunner:
         try:
             with conn.pipeline():
                 conn.execute("SAVEPOINT describe")
-                conn.execute(f"SELECT {describe_function(task.role_oid)}(%s::pg_catalog.text)", (text,))
+                # (the marker first: the console finds the running step by it, activity.py)
+                marker = step_marker(task.instance_id, task.node_id, task.gen)
+                conn.execute(f"{marker} SELECT {describe_function(task.role_oid)}(%s::pg_catalog.text)",
+                             (text,))
         except psycopg.Error as exc:
             conn.execute("ROLLBACK TO SAVEPOINT describe")
             if exc.sqlstate == "42P11" and "multi-query" in str(exc):
