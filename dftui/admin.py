@@ -16,23 +16,12 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
+from dftui.client.errors import needs_password, user_message
 from engine import schema
 
 
 class AdminError(RuntimeError):
     """An administrative action was refused; the message is meant for the user as-is."""
-
-
-def one_line(exc: BaseException) -> str:
-    """A single-line description of an error (the server's primary message when there is one).
-
-    psycopg's texts for connection failures span several lines ("...\\n\\tIs the server
-    running...?"); the CLI promises one line per error, so the lines are joined.
-    """
-    diag = getattr(exc, "diag", None)
-    primary = getattr(diag, "message_primary", None) if diag is not None else None
-    text = primary or str(exc) or type(exc).__name__
-    return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def conninfo_has_password(conninfo: str) -> bool:
@@ -48,12 +37,7 @@ def check_conninfo(conninfo: str) -> None:
     try:
         psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError as exc:
-        raise AdminError(f"invalid connection string: {one_line(exc)}") from exc
-
-
-def _needs_password(exc: psycopg.OperationalError) -> bool:
-    text = str(exc)
-    return "no password supplied" in text or "password authentication failed" in text
+        raise AdminError(f"invalid connection string: {user_message(exc)}") from exc
 
 
 def connect(
@@ -71,7 +55,7 @@ def connect(
     try:
         return psycopg.connect(conninfo, autocommit=autocommit)
     except psycopg.OperationalError as exc:
-        if not _needs_password(exc):
+        if not needs_password(exc):
             raise
         if prompt is None:
             if not sys.stdin.isatty():
@@ -111,7 +95,7 @@ def install(conn: psycopg.Connection, *, upgrade: bool) -> schema.SchemaChange:
         try:
             return schema.install(conn, upgrade=upgrade)
         except schema.SchemaError as exc:
-            raise AdminError(one_line(exc)) from exc
+            raise AdminError(user_message(exc)) from exc
 
 
 def uninstall(conn: psycopg.Connection) -> Uninstalled | None:
@@ -127,7 +111,7 @@ def uninstall(conn: psycopg.Connection) -> Uninstalled | None:
     try:
         removed = schema.uninstall(conn)
     except schema.SchemaError as exc:
-        raise AdminError(one_line(exc)) from exc
+        raise AdminError(user_message(exc)) from exc
     if not removed:
         return None
     result = Uninstalled(before or "unknown")
@@ -178,7 +162,7 @@ def _remove_remote_exec_schemas(conn: psycopg.Connection, owner_oid: int,
                 other.execute("DROP SCHEMA df_exec CASCADE")
                 result.dropped.append(name)
         except psycopg.Error as exc:
-            result.left.append(f"{name} ({one_line(exc)})")
+            result.left.append(f"{name} ({user_message(exc)})")
 
 
 @dataclass

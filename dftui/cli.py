@@ -31,6 +31,7 @@ import typer
 from typer.core import TyperGroup
 
 from dftui import admin
+from dftui.client.errors import user_message
 from dftui.vocabulary import TERMINAL_STATUSES, InstanceStatus, status_symbol
 from engine import __version__, jsonexact
 
@@ -452,7 +453,7 @@ def engine(
     try:
         return int(run_engine(config) or 0)
     except (SchemaError, RuntimeError) as exc:  # e.g. schema missing and no right to install it
-        fail(admin.one_line(exc))
+        fail(user_message(exc))
 
 
 # --- scripting (through dftui.client, the same layer the TUI uses) ---------------------------
@@ -777,7 +778,7 @@ def explain(
             fail(client.capabilities.reasons.get("explain", "df.explain is not available")
                  + "; only instance ids can be explained here")
     if text.startswith("Invalid durable function graph"):
-        fail(admin.one_line(Exception(text)))
+        fail(user_message(Exception(text)))
     if as_json:
         _print_json({"source": source, "tree": text.rstrip("\n"),
                      "lines": text.rstrip("\n").splitlines()})
@@ -981,7 +982,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(str(exc))
         return 1
     except psycopg.Error as exc:
-        _report(admin.one_line(exc))
+        _report(user_message(exc))
         return 1
     except (KeyboardInterrupt, typer.Abort):
         _report("interrupted")
@@ -991,15 +992,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(code, int) and hasattr(exc, "format_message"):
             # click's usage errors (exit 2) and other click exceptions (exit 1).
             hint = _usage_hint(exc) if code == 2 else ""
-            _report(f"{admin.one_line(Exception(exc.format_message()))}{hint}")
+            _report(f"{user_message(Exception(exc.format_message()))}{hint}")
             return code
         client_error = _client_error_type()
         if client_error is not None and isinstance(exc, client_error):
-            _report(admin.one_line(exc))
+            _report(user_message(exc))
             from dftui.client import InputError
 
             return 2 if isinstance(exc, InputError) else 1
-        _report(f"unexpected error: {type(exc).__name__}: {admin.one_line(exc)}")
+        _report(f"unexpected error: {type(exc).__name__}: {user_message(exc)}")
         return 1
     return result if isinstance(result, int) else 0
 

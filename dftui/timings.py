@@ -13,12 +13,10 @@ its IF's condition finishes (then/else). Pure functions over client dataclasses;
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from dftui.client.models import Attempt, InstanceDetail, NodeInfo, parse_ts
 from dftui.vocabulary import TERMINAL_STATUSES
-
-if TYPE_CHECKING:
-    from dftui.client import Attempt, InstanceDetail, NodeInfo
 
 WAITS = frozenset({"SLEEP", "WAIT_SCHEDULE", "SIGNAL"})
 
@@ -160,6 +158,4 @@ def _seconds(query: str | None) -> timedelta:
 
 
 def _ts(value: Any) -> datetime | None:
-    from dftui.client import parse_ts
-
     return parse_ts(value)

@@ -15,6 +15,7 @@ import pytest
 
 from dftui.cli import main
 from dftui.client import Client, ClientError
+from dftui.client.backends import PgDurableBackend
 from dftui.vocabulary import node_children, step_text
 
 ALICE = "dftui_alice"
@@ -92,6 +93,7 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
 
 def test_detected_as_pg_durable_without_retry(client) -> None:
     assert client.info.backend == "pg_durable"
+    assert type(client.backend) is PgDurableBackend
     assert client.info.backend_version == "0.2.6"
     caps = client.capabilities
     assert caps.can_retry is False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dftui.client import Client, ClientError, ConnectionLost
+from dftui.client.backends import DftuiBackend
 
 from .conftest import Seed, seed_instances
 
@@ -21,6 +22,8 @@ def test_connection_info_and_backend(db):
         assert info.role == "dftui_alice"
         assert info.database == db.name
         assert info.backend == "dftui"
+        assert type(client.backend) is DftuiBackend
+        assert info.capabilities.has_node_runs and info.capabilities.has_waiting_instances
         assert not info.is_superuser
         assert not info.capabilities.can_see_others
 
