@@ -217,9 +217,8 @@ class StepTally:
 _QUEUE_SQL = """
 SELECT count(*) FILTER (WHERE t.phase = 'start'),
        count(*) FILTER (WHERE t.phase = 'waiting'),
-       count(*) FILTER (WHERE t.phase = 'leased'),
        pg_catalog.date_part('epoch', pg_catalog.now() OPERATOR(pg_catalog.-)
-                            pg_catalog.min(t.run_at) FILTER (WHERE t.phase <> 'leased')),
+                            pg_catalog.min(t.run_at)),
        (SELECT count(*) FROM df_internal.tasks f WHERE f.run_at > pg_catalog.now()),
        (SELECT count(*) FROM df_internal.engines e WHERE e.stopped_at IS NULL
            AND e.heartbeat_at > pg_catalog.now() OPERATOR(pg_catalog.-)
@@ -252,13 +251,11 @@ class _QueueCollector(Collector):
         yield up
         if row is None:
             return
-        ready, timers, leased, oldest, scheduled, alive = row
+        ready, timers, oldest, scheduled, alive = row
         for name, doc, value in (
             ("dftui_queue_ready_tasks", "Steps due to run and not yet claimed (whole database).", ready),
             ("dftui_queue_timers_due", "Timers, signal timeouts and cron waits that came due and "
              "are not yet handled (whole database).", timers),
-            ("dftui_queue_leased_tasks", "Statements running outside a transaction (VACUUM, "
-             "CREATE INDEX CONCURRENTLY) right now (whole database).", leased),
             ("dftui_queue_scheduled_tasks", "Tasks not due yet: future timers, retries in backoff, "
              "signal waits (whole database).", scheduled),
             ("dftui_queue_oldest_ready_age_seconds", "How long the oldest due task (step or timer) "

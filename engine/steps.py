@@ -316,7 +316,11 @@ class StepRunner:
         elsewhere = task.database_elsewhere(conn.info.dbname)
         if not elsewhere:
             raise EngineStatementError("a step in the engine's database must run through plan_sql")
-        result, details = self._run_in_database(elsewhere, task, role, text)
+        # The same per-step timeout as a local step (engine default, role ceiling, workflow),
+        # decided here in the home database, where the limits live.
+        timeout = scalar(conn, "SELECT df_internal.step_timeout_for(%s, %s)",
+                         (task.instance_id, int(self.config.step_timeout * 1000)))
+        result, details = self._run_in_database(elsewhere, task, role, text, str(timeout or "0"))
         self.complete(conn, task, result, details, text, started)
 
     def plan_sql(self, conn: psycopg.Connection, task: Task,
@@ -458,10 +462,11 @@ class StepRunner:
                 conn.close()
         self._side.clear()
 
-    def _run_in_database(self, database: str, task: Task, role: str,
-                         text: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    def _run_in_database(self, database: str, task: Task, role: str, text: str,
+                         timeout_ms: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Run the step in another database: its own transaction there, then the checkpoint
-        here. A crash between the two commits re-runs the step (documented at-least-once)."""
+        here. A crash between the two commits re-runs the step (documented at-least-once).
+        `timeout_ms` is the step's statement_timeout, for the whole transaction there."""
         conn = self.side_connection(database)
         allowed = conn.execute(
             "SELECT pg_catalog.has_database_privilege(%s::oid, pg_catalog.current_database(), 'CONNECT')",
@@ -482,6 +487,7 @@ class StepRunner:
         self.side_active = conn
         try:
             conn.execute("BEGIN")
+            conn.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true)", (timeout_ms,))
             columns = self._describe(conn, task, text)
             result_sql = self._result_expression(conn, task, text, columns, self.types_for(database))
             result = scalar(conn, f"SELECT {result_sql}")  # no params: nothing is %-formatted

@@ -196,7 +196,10 @@ def test_public_gets_what_pg_durable_gives_it(db) -> None:
             " ('df'::regnamespace, 'df_internal'::regnamespace) AND a.grantee = 0"
             # the step marker (sql/migrations/0150_engine_locks.sql): an empty table every
             # trampoline locks in ACCESS SHARE mode as its submitter; schema USAGE is the gate
-            " AND c.oid <> 'df._step_marker'::regclass")}
+            " AND c.oid <> 'df._step_marker'::regclass"
+            # the calling role's own vars (sql/routines/vars.sql), read by df.getvar only: a
+            # view filtering on current_user, unreachable by name without USAGE on df_internal
+            " AND c.oid <> 'df_internal.my_var_values'::regclass")}
         df_views = {r[0] for r in conn.execute(
             "SELECT relname FROM pg_class WHERE relnamespace = 'df'::regnamespace AND relkind = 'v'")}
         public_schema = conn.execute(

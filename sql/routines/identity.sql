@@ -59,7 +59,8 @@ BEGIN
     INSERT INTO df_internal.instance_state
         (instance_id, submitted_by, database, vars, start_meta, retry_policy)
     VALUES (NEW.id, frozen, NEW.database,
-            COALESCE((SELECT jsonb_object_agg(v.name, v.value) FROM df.vars v
+            -- (the lock-free copy of df.vars: sql/routines/vars.sql)
+            COALESCE((SELECT jsonb_object_agg(v.name, v.value) FROM df_internal.var_values v
                        WHERE v.owner = frozen), '{}'),
             meta, NULLIF(meta -> 'instance_retry_policy', 'null'::jsonb));
     -- slots, the pending-instances limit, the workflow's step timeout (sql/routines/role_limits.sql)

@@ -156,8 +156,9 @@ BEGIN
 END $$;
 
 -- What to do with a locked task: 'ok' (run it), 'stale' (deleted: its generation was fenced or its
--- instance ended), 'started' (a hand-made instance's start task, processed here), 'refused' (its
--- instance was failed here, see below) or 'busy' (leased by a live engine session, see lease_key). An instance whose recorded identity is not the one
+-- instance ended), 'started' (a hand-made instance's start task, processed here) or 'refused' (its
+-- instance was failed here, see below). (No task is 'leased' any more: migration 0410.) An
+-- instance whose recorded identity is not the one
 -- frozen at its start, or is a superuser while superuser instances are off, is failed here,
 -- before anything of it runs and before the engine prepares anything for its role
 -- (df_internal.identity_verdict).
@@ -169,10 +170,6 @@ DECLARE
     suspect boolean;
     reason text;
 BEGIN
-    IF t.phase = 'leased'
-       AND NOT pg_try_advisory_xact_lock(72629380, df_internal.lease_key(t.instance_id, t.node_id)) THEN
-        RETURN 'busy';
-    END IF;
     -- (one lookup: the suspicion is cheap, the verdict only computed when there is one)
     SELECT i.status, i.submitted_by IS DISTINCT FROM s.submitted_by OR COALESCE(r.rolsuper, false)
       INTO inst_status, suspect

@@ -1,0 +1,56 @@
+-- df.vars, readable without ever waiting on a lock another role holds (issue 13, availability).
+--
+-- pg_durable's grants (table-level UPDATE and DELETE on df.vars) let any granted role LOCK
+-- TABLE df.vars IN ACCESS EXCLUSIVE MODE. df.vars is therefore only written and read directly
+-- by users; everything that must not wait on such a lock reads df_internal.var_values, a copy
+-- the triggers below keep equal to df.vars in the writer's own transaction: df.start's vars
+-- snapshot (df_internal.on_instance_insert), df.getvar, the engine. Only the df owner can lock
+-- df_internal.var_values. df.setvar/unsetvar/clearvars write df.vars itself (they are refused
+-- inside workflows, so no step waits there).
+-- Routines are re-applied on every install and upgrade (engine/schema.py): idempotent, qualified.
+
+CREATE OR REPLACE FUNCTION df_internal.copy_var() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        DELETE FROM df_internal.var_values c WHERE c.owner = OLD.owner AND c.name = OLD.name;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        INSERT INTO df_internal.var_values AS c (owner, name, value)
+        VALUES (NEW.owner, NEW.name, NEW.value)
+        ON CONFLICT (owner, name) DO UPDATE SET value = EXCLUDED.value;
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION df_internal.copy_vars_truncate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM df_internal.var_values;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE TRIGGER vars_copy AFTER INSERT OR UPDATE OR DELETE ON df.vars
+    FOR EACH ROW EXECUTE FUNCTION df_internal.copy_var();
+CREATE OR REPLACE TRIGGER vars_copy_truncate AFTER TRUNCATE ON df.vars
+    FOR EACH STATEMENT EXECUTE FUNCTION df_internal.copy_vars_truncate();
+
+-- The calling role's own vars. A view (run with its owner's table privileges) filtering on
+-- current_user, the querying role: SELECT on it is harmless for anyone, and the strongest lock
+-- SELECT allows (ACCESS SHARE) blocks nobody. Only df.getvar names it (users have no USAGE on
+-- df_internal; getvar's body is resolved when it is created).
+CREATE OR REPLACE VIEW df_internal.my_var_values WITH (security_barrier) AS
+    SELECT c.name, c.value FROM df_internal.var_values c
+     WHERE c.owner OPERATOR(pg_catalog.=) pg_catalog.quote_ident(current_user)::pg_catalog.regrole;
+REVOKE ALL ON df_internal.my_var_values FROM PUBLIC;
+GRANT SELECT ON df_internal.my_var_values TO PUBLIC;
+
+CREATE OR REPLACE FUNCTION df.getvar(name text)
+RETURNS text
+LANGUAGE sql STABLE STRICT
+SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT v.value FROM df_internal.my_var_values v WHERE v.name OPERATOR(pg_catalog.=) getvar.name;
+END;
+COMMENT ON FUNCTION df.getvar(text) IS 'Value of a variable of the current role, else NULL';

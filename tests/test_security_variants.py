@@ -1,0 +1,165 @@
+"""Issue 13, round three: variants of every attack class, aimed at the engine's own surface.
+
+Each test fails if its route works, in both engine modes (`mode`). Availability tests start the
+attack, then require the victim's (bob's) work to complete while the attack is held: "stalled"
+means it does not finish within wait_terminal's deadline.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from conftest import TestDB
+from engine_support import node_rows, root_result, running_engine, wait_terminal
+from psycopg import sql
+from security_support import ALICE, BOB, ENGINE_ROLE, engine_in_mode, setup_engine_owner
+
+CAROL = "dftui_carol"  # no df usage at all
+
+LOCK_MODES = ["ACCESS EXCLUSIVE", "EXCLUSIVE", "SHARE ROW EXCLUSIVE", "SHARE",
+              "SHARE UPDATE EXCLUSIVE", "ROW EXCLUSIVE", "ROW SHARE", "ACCESS SHARE"]
+
+
+def errors(db, iid: str) -> str:
+    errs = [n["error"] for n in node_rows(db, iid) if n["error"]]
+    own = db.scalar("SELECT error FROM df_internal.instance_state WHERE instance_id = %s", (iid,))
+    return " | ".join([*errs, *([own] if own else [])])
+
+
+def _take_strongest_locks(conn: psycopg.Connection) -> dict[str, str]:
+    """In `conn`'s open transaction, the strongest lock the role can take on every relation of
+    the df schemas (and df_exec); returns {relation: mode} for those it got."""
+    held: dict[str, str] = {}
+    relations = [r[0] for r in conn.execute(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname IN ('df', 'df_internal', 'df_exec') AND c.relkind IN ('r', 'v', 'p', 'm', 'S') "
+        "ORDER BY 1").fetchall()]
+    conn.commit()
+    for rel in relations:
+        for lock in LOCK_MODES:
+            conn.execute("SAVEPOINT try_lock")
+            try:
+                conn.execute(f"LOCK TABLE {rel} IN {lock} MODE NOWAIT")
+            except psycopg.Error:
+                conn.execute("ROLLBACK TO SAVEPOINT try_lock")
+                continue
+            conn.execute("RELEASE SAVEPOINT try_lock")
+            held[rel] = lock
+            break
+    return held
+
+
+@pytest.mark.parametrize("holder", [ALICE, CAROL])
+def test_table_locks_any_role_can_take_stall_no_other_role(db, mode, holder):
+    """The holder takes the strongest lock it is allowed on every df relation (pg_durable's
+    grants let a granted role take ACCESS EXCLUSIVE on df.vars) and keeps the transaction open.
+    bob's df.start, df.getvar, var snapshot and steps all go on: was a stall of every df.start
+    while df.vars was locked (docs/security.md, residual of round two)."""
+    with db.connect(BOB) as conn:
+        conn.execute("SELECT df.setvar('colour', 'blue')")
+    # (the owner-mode setup changes table ownership: done before the locks are taken)
+    dsn = setup_engine_owner(db) if mode == "owner" else db.dsn()
+    with db.connect(holder, autocommit=False) as locker:
+        held = _take_strongest_locks(locker)
+        if holder == ALICE:
+            assert held.get("df.vars") == "ACCESS EXCLUSIVE", held  # the attack is really on
+        with running_engine(dsn, concurrency=2, install=False):
+            with db.connect(BOB) as conn:
+                conn.execute("SET lock_timeout = '20s'")  # a stall fails the test, not hangs it
+                assert conn.execute("SELECT df.getvar('colour')").fetchone()[0] == "blue"
+                iid = conn.execute(
+                    "SELECT df.start('SELECT ''{colour}'' AS c, df.getvar(''colour'') AS g' "
+                    "~> df.sleep(0) ~> 'SELECT 2 AS b')").fetchone()[0]
+            assert wait_terminal(db, iid, timeout=60) == "completed", errors(db, iid)
+            first = [n for n in node_rows(db, iid) if "getvar" in (n["query"] or "")]
+            assert first and first[0]["result"]["rows"] == [{"c": "blue", "g": "blue"}], first
+        locker.rollback()
+
+
+def test_the_lock_free_copy_of_vars_follows_every_write(db):
+    """df.getvar and df.start's snapshot read df_internal.var_values: every way of writing
+    df.vars (setvar, direct INSERT/UPDATE/DELETE, rename, clearvars) must show there, per role."""
+    with db.connect(ALICE) as conn:
+        conn.execute("SELECT df.setvar('a', '1')")
+        conn.execute("SELECT df.setvar('a', '2')")
+        conn.execute("INSERT INTO df.vars (name, value) VALUES ('b', 'x')")
+        conn.execute("UPDATE df.vars SET name = 'c' WHERE name = 'b'")
+        conn.execute("INSERT INTO df.vars (name, value) VALUES ('d', 'y') "
+                     "ON CONFLICT (owner, name) DO UPDATE SET value = 'z'")
+        conn.execute("INSERT INTO df.vars (name, value) VALUES ('d', 'y') "
+                     "ON CONFLICT (owner, name) DO UPDATE SET value = 'z'")
+    with db.connect(BOB) as conn:
+        conn.execute("SELECT df.setvar('a', 'bob')")
+        assert conn.execute("SELECT df.getvar('a')").fetchone()[0] == "bob"
+        assert conn.execute("SELECT df.getvar('c')").fetchone()[0] is None
+    with db.connect(ALICE) as conn:
+        got = {k: conn.execute("SELECT df.getvar(%s)", (k,)).fetchone()[0] for k in "abcd"}
+        assert got == {"a": "2", "b": None, "c": "x", "d": "z"}
+        assert conn.execute("SELECT df.getvar(NULL)").fetchone()[0] is None
+        conn.execute("DELETE FROM df.vars WHERE name = 'c'")
+        assert conn.execute("SELECT df.getvar('c')").fetchone()[0] is None
+        conn.execute("SELECT df.clearvars()")
+        assert conn.execute("SELECT df.getvar('a')").fetchone()[0] is None
+    with db.connect(BOB) as conn:
+        assert conn.execute("SELECT df.getvar('a')").fetchone()[0] == "bob"
+    copy = db.scalar("SELECT array_agg(owner::text || '=' || name || '=' || value ORDER BY 1) "
+                     "FROM df_internal.var_values")
+    real = db.scalar("SELECT array_agg(owner::text || '=' || name || '=' || value ORDER BY 1) "
+                     "FROM df.vars")
+    assert copy == real == ["dftui_bob=a=bob"]
+    # and nobody reaches the copy itself
+    with db.connect(ALICE) as conn:
+        for statement in ("SELECT * FROM df_internal.var_values",
+                          "SELECT * FROM df_internal.my_var_values",
+                          "LOCK TABLE df_internal.var_values"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+                conn.execute(statement)
+
+
+# -- the per-step timeout applies in every database ----------------------------------------------
+
+@pytest.fixture
+def other_database(db):
+    name = f"{db.name}_other"
+    ident = sql.Identifier(name)
+    with db.connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(ident))
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ENGINE_ROLE,)).fetchone():
+            conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+                ident, sql.Identifier(ENGINE_ROLE)))
+    yield TestDB(db.server, name)
+    with db.connect() as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+
+
+@pytest.mark.parametrize("source", ["engine", "role", "workflow"])
+def test_a_step_in_another_database_has_the_step_timeout(db, mode, other_database, source):
+    """Was a residual: a cross-database step ran without the per-step statement_timeout, so one
+    role could hold workers there for ever (past its cap's purpose). Every source of the
+    timeout (engine default, a role's ceiling, df.step_timeout) applies there too."""
+    overrides = {"concurrency": 2}
+    if source == "engine":
+        overrides["step_timeout"] = 1.0
+    elif source == "role":
+        with db.connect() as conn:
+            conn.execute("SELECT df.set_role_limits(%s, step_timeout => '1s')", (ALICE,))
+    if mode == "owner":
+        setup_engine_owner(db)
+        with db.connect() as conn:  # the grant above ran before the role existed, maybe
+            conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+                sql.Identifier(other_database.name), sql.Identifier(ENGINE_ROLE)))
+    with engine_in_mode(db, mode, **overrides):
+        with db.connect(ALICE) as conn:
+            if source == "workflow":
+                conn.execute("SET df.step_timeout = '1s'")
+            iid = conn.execute("SELECT df.start('SELECT pg_sleep(120) AS slept', database => %s)",
+                               (other_database.name,)).fetchone()[0]
+        assert wait_terminal(db, iid, timeout=60) == "failed", errors(db, iid)
+        assert "statement timeout" in errors(db, iid), errors(db, iid)
+        # and a quick step there is not affected by what the slow one left
+        with db.connect(ALICE) as conn:
+            ok = conn.execute("SELECT df.start('SELECT current_database()::text AS d', database => %s)",
+                              (other_database.name,)).fetchone()[0]
+        assert wait_terminal(db, ok, timeout=60) == "completed", errors(db, ok)
+        assert root_result(db, ok)["rows"] == [{"d": other_database.name}]
