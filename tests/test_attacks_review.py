@@ -1,0 +1,158 @@
+"""Independent white-box review of the engine and the df schema (issue 13): routes verified CLOSED.
+
+Variants of the issue's classes that the existing attack suites do not try. Each test asserts the
+safe outcome, so it fails if its route opens again. Execution tests run in both engine modes
+(`mode`: superuser engine, least-privilege owner engine). Availability tests use bounded waits
+for the victim's instance, never timing assertions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.engine_support import node_rows, root_result, start, wait_for, wait_terminal
+from tests.security_support import (
+    ALICE,
+    BOB,
+    ENGINE_ROLE,
+    assert_no_escalation,
+    engine_in_mode,
+)
+
+CAROL = "dftui_carol"  # no df usage at all
+
+
+def errors(db, iid: str) -> str:
+    return " | ".join(n["error"] for n in node_rows(db, iid) if n["error"])
+
+
+def engine_sessions_running(db, marker: str) -> int:
+    return db.scalar("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s "
+                     "AND application_name LIKE 'dftui engine%%'", (f"%{marker}%",))
+
+
+# -- class 1: role names are data -----------------------------------------------------------------
+
+ODD_ROLES = [
+    'x"; SELECT evil.witness(\'role\'); --',
+    "q'uote$$dollar%s",
+    "ünï-cødé ☃ role",
+    "r" * 63,
+]
+
+
+@pytest.mark.parametrize("name", ODD_ROLES, ids=["quote-injection", "quote-dollar-percent",
+                                                 "unicode", "63-bytes"])
+def test_unusual_role_names_run_steps_as_themselves(db, attacker, mode, name):
+    """A submitter whose name carries quotes, dollar quotes, psycopg placeholders, non-ASCII or
+    the full 63 bytes: the engine makes its trampolines and runs its steps as exactly that
+    role, and nothing in the name becomes SQL."""
+    ident = sql.Identifier(name)
+    with db.connect() as conn:
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(ident))
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(ident))
+        conn.execute("SET client_min_messages = warning")
+        conn.execute("SELECT df.grant_usage(%s)", (name,))
+    try:
+        with engine_in_mode(db, mode):
+            if mode == "owner":
+                with db.connect() as conn:
+                    conn.execute(sql.SQL("GRANT {} TO {}").format(ident, sql.Identifier(ENGINE_ROLE)))
+            iid = start(db, name, "'SELECT current_user::text AS me, session_user::text <> current_user::text AS definer'")
+            assert wait_terminal(db, iid) == "completed", errors(db, iid)
+            assert root_result(db, iid)["rows"] == [{"me": name, "definer": True}]
+    finally:
+        with db.connect() as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+            conn.execute(sql.SQL("DROP ROLE {}").format(ident))
+    assert_no_escalation(db)
+
+
+# -- class 5/7: the dblink loopback helper, called directly ----------------------------------------
+
+@pytest.mark.parametrize("as_role", ["postgres", BOB])
+def test_the_new_transaction_helper_cannot_start_as_another_role(db, as_role):
+    """df.start_in_new_transaction is SECURITY DEFINER and PUBLIC-executable: alice calls it
+    directly naming postgres or bob as the loopback login. Refused before any connection."""
+    with db.connect(ALICE) as conn, pytest.raises(psycopg.Error) as info:
+        conn.execute("SELECT df.start_in_new_transaction('SELECT 1', NULL, NULL, NULL, %s)", (as_role,))
+    assert info.value.sqlstate == "42501"
+    assert not db.scalar("SELECT count(*) FROM df.instances")
+
+
+# -- class 7: table locks a granted role could take -------------------------------------------------
+
+@pytest.mark.parametrize("table", ["df.instances", "df.nodes", "df._step_marker"])
+@pytest.mark.parametrize("lockmode", ["ROW EXCLUSIVE", "SHARE", "EXCLUSIVE", "ACCESS EXCLUSIVE"])
+def test_granted_roles_cannot_take_strong_locks_on_engine_tables(db, table, lockmode):
+    """Column-level INSERT/UPDATE grants do not allow LOCK TABLE beyond ACCESS SHARE, so a
+    granted role cannot block the engine's writes to these tables (df.vars is another story,
+    see the review report)."""
+    with db.connect(BOB, autocommit=False) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"LOCK TABLE {table} IN {lockmode} MODE")
+        conn.rollback()
+
+
+# -- leaks: what other roles see of a running step ------------------------------------------------
+
+def test_other_roles_see_nothing_of_a_running_step_in_pg_stat_activity(db, mode):
+    """While bob's step runs, alice and carol read pg_stat_activity: the engine's backends show
+    no query text, no timing (query_start, state), nothing of bob's step."""
+    marker = "bob_secret_7f3a"
+    with engine_in_mode(db, mode, concurrency=2):
+        iid = start(db, BOB, f"'SELECT pg_sleep(3) AS {marker}'")
+        wait_for(lambda: engine_sessions_running(db, marker) >= 1, 30, what="bob's step to run")
+        for role in (ALICE, CAROL):
+            with db.connect(role) as conn:
+                rows = conn.execute(
+                    "SELECT query, state, query_start, xact_start FROM pg_stat_activity "
+                    "WHERE application_name LIKE 'dftui engine%%'").fetchall()
+            assert rows, "the engine's sessions should at least be listed"
+            for query, state, query_start, xact_start in rows:
+                assert marker not in (query or "")
+                assert state is None and query_start is None and xact_start is None
+        assert wait_terminal(db, iid) == "completed", errors(db, iid)
+
+
+# -- availability: signalling the engine's backends -------------------------------------------------
+
+def test_no_role_can_cancel_or_terminate_the_engines_backends(db, attacker, mode):
+    """alice, from her own session and from inside one of her steps, calls pg_cancel_backend /
+    pg_terminate_backend on every engine backend while bob's step runs: refused (the backends
+    belong to the engine's login role, which no submitter is a member of)."""
+    with engine_in_mode(db, mode, concurrency=3):
+        victim = start(db, BOB, "'SELECT pg_sleep(3) AS bob_step' ~> 'SELECT 1 AS after'")
+        wait_for(lambda: engine_sessions_running(db, "bob_step") >= 1, 30, what="bob's step to run")
+        kill = ("SELECT count(*) FILTER (WHERE ok) FROM (SELECT pg_catalog.pg_cancel_backend(pid) AS ok "
+                "FROM pg_stat_activity WHERE application_name LIKE 'dftui engine%' "
+                "AND pid <> pg_backend_pid() UNION ALL SELECT pg_catalog.pg_terminate_backend(pid) "
+                "FROM pg_stat_activity WHERE application_name LIKE 'dftui engine%' "
+                "AND pid <> pg_backend_pid()) x")
+        with db.connect(ALICE) as conn, contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            assert conn.execute(kill).fetchone()[0] == 0
+        from_step = start(db, ALICE, "%s", kill)
+        wait_terminal(db, from_step)
+        assert wait_terminal(db, victim) == "completed", errors(db, victim)
+        assert node_rows(db, victim)[0]["error"] is None
+    assert_no_escalation(db)
+
+
+# -- availability: a flood of forged wake-ups -----------------------------------------------------
+
+def test_a_flood_of_notifications_stalls_nothing(db, mode):
+    """carol (no df usage) sends 20,000 notifications on every engine channel while bob's
+    two-step instance runs; it completes, and a later instance too (the listener survived)."""
+    with engine_in_mode(db, mode, concurrency=2):
+        victim = start(db, BOB, "'SELECT pg_sleep(1) AS a' ~> 'SELECT 2 AS b'")
+        with db.connect(CAROL) as conn:
+            conn.execute("SELECT pg_notify(c, g::text) FROM unnest(ARRAY['df_work', 'df_cancel', "
+                         "'df_abandon', 'df_done']) c, generate_series(1, 5000) g")
+        assert wait_terminal(db, victim, 90) == "completed", errors(db, victim)
+        late = start(db, BOB, "'SELECT 3 AS c'")
+        assert wait_terminal(db, late, 90) == "completed", errors(db, late)
+
