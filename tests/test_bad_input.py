@@ -12,8 +12,7 @@ import json
 import psycopg
 import pytest
 
-ALICE = "dftui_alice"
-DAVE = "dftui_dave"  # granted with HTTP
+from tests.support import ALICE, DAVE
 
 
 def _deep_then(depth: int) -> str:

@@ -16,11 +16,8 @@ import threading
 import pytest
 
 from engine.steps import returns_no_rows
-from tests.engine_support import running_engine, wait_for
+from tests.support import ALICE, BOB, DAVE, running_engine, wait_for
 
-ALICE = "dftui_alice"
-BOB = "dftui_bob"
-DAVE = "dftui_dave"  # granted df.http
 TERMINAL_COUNT = "SELECT count(*) FROM df.instances WHERE status IN ('completed', 'failed', 'cancelled')"
 
 

@@ -7,15 +7,12 @@ import io
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from dftui.cli import main
-
-ALICE = "dftui_alice"
-BOB = "dftui_bob"
+from tests.support import ALICE, BOB, running_engine, wait_terminal
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -33,28 +30,12 @@ def assert_one_line_error(err: str, *fragments: str) -> None:
 
 
 @pytest.fixture
-def running_engine(db) -> Iterator[object]:
-    from engine.config import EngineConfig
-    from engine.runner import Engine
-
-    eng = Engine(EngineConfig(dsn=db.dsn(), concurrency=2))
-    eng.start()
-    try:
-        yield eng
-    finally:
-        eng.stop(grace=1)
+def eng(db) -> Iterator[object]:
+    with running_engine(db.dsn(), concurrency=2) as engine:
+        yield engine
 
 
-def wait_status(db, instance_id: str, wanted: set[str], timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        status = db.scalar("SELECT status FROM df.instances WHERE id = %s", (instance_id,))
-        if status in wanted or time.monotonic() > deadline:
-            return status
-        time.sleep(0.05)
-
-
-def start(capsys, db, expression: str, role: str = ALICE, *extra: str) -> str:
+def cli_start(capsys, db, expression: str, role: str = ALICE, *extra: str) -> str:
     code, out, err = run(capsys, "start", expression, "--dsn", db.dsn(role), *extra)
     assert (code, err) == (0, ""), err
     instance_id = out.strip()
@@ -175,8 +156,8 @@ def test_grant_as_ordinary_role_fails_cleanly(capsys, db):
 
 
 def test_start_ls_show_json(capsys, db):
-    instance_id = start(capsys, db, "'SELECT 1 AS one' ~> 'SELECT 2 AS two'", ALICE,
-                        "--label", "cli-test")
+    instance_id = cli_start(capsys, db, "'SELECT 1 AS one' ~> 'SELECT 2 AS two'", ALICE,
+                            "--label", "cli-test")
     assert db.scalar("SELECT submitted_by::text FROM df.instances WHERE id = %s",
                      (instance_id,)) == ALICE
 
@@ -243,7 +224,7 @@ def test_explain_expression_and_instance(capsys, db):
     code, out, err = run(capsys, "explain", "'SELECT 1' ~> df.sleep(30)", "--dsn", db.dsn(ALICE))
     assert (code, err) == (0, "")
     assert "SQL: SELECT 1" in out and "SLEEP 30s" in out
-    instance_id = start(capsys, db, "'SELECT 7'")
+    instance_id = cli_start(capsys, db, "'SELECT 7'")
     code, out, err = run(capsys, "explain", instance_id, "--dsn", db.dsn(ALICE))
     assert (code, err) == (0, "")
     assert instance_id in out and "SELECT 7" in out
@@ -259,7 +240,7 @@ def test_explain_invalid_graph_is_an_error(capsys, db):
 
 @pytest.mark.parametrize("command", ["show", "cancel", "retry"])
 def test_unknown_and_foreign_ids(capsys, db, command):
-    foreign = start(capsys, db, "df.sleep(3600)", BOB)
+    foreign = cli_start(capsys, db, "df.sleep(3600)", BOB)
     for bad, fragment, want in (("0000abcd", "Instance not found or access denied", 1),
                                 (foreign, "Instance not found or access denied", 1),
                                 ("xyz", "invalid instance id", 2)):
@@ -273,8 +254,8 @@ def test_unknown_and_foreign_ids(capsys, db, command):
 
 
 def test_cancel_some_ok_some_not(capsys, db):
-    first = start(capsys, db, "df.sleep(3600)")
-    second = start(capsys, db, "df.sleep(3600)")
+    first = cli_start(capsys, db, "df.sleep(3600)")
+    second = cli_start(capsys, db, "df.sleep(3600)")
     code, out, err = run(capsys, "cancel", first, "0000abcd", second, "--reason", "not needed",
                          "--dsn", db.dsn(ALICE))
     assert code == 1
@@ -289,7 +270,7 @@ def test_cancel_some_ok_some_not(capsys, db):
 
 
 def test_cancel_json(capsys, db):
-    instance_id = start(capsys, db, "df.sleep(3600)")
+    instance_id = cli_start(capsys, db, "df.sleep(3600)")
     code, out, err = run(capsys, "cancel", instance_id, "--json", "--dsn", db.dsn(ALICE))
     assert (code, err) == (0, "")
     results = json.loads(out)
@@ -297,7 +278,7 @@ def test_cancel_json(capsys, db):
 
 
 def test_signal_validates_payload(capsys, db):
-    instance_id = start(capsys, db, "df.wait_for_signal('go')")
+    instance_id = cli_start(capsys, db, "df.wait_for_signal('go')")
     code, out, err = run(capsys, "signal", instance_id, "go", "{not json", "--dsn", db.dsn(ALICE))
     assert code == 2 and out == ""  # a usage error: nothing was sent
     assert_one_line_error(err, "JSON")
@@ -311,7 +292,7 @@ def test_signal_validates_payload(capsys, db):
     assert [(r["id"], r["ok"]) for r in json.loads(out)] == [(instance_id, True)]
 
 
-def test_start_wait_signal_and_retry_with_engine(capsys, db, running_engine):
+def test_start_wait_signal_and_retry_with_engine(capsys, db, eng):
     code, out, err = run(capsys, "start", "'SELECT 40 + 2 AS answer'", "--wait",
                          "--dsn", db.dsn(ALICE))
     assert (code, err) == (0, ""), err
@@ -333,14 +314,14 @@ def test_start_wait_signal_and_retry_with_engine(capsys, db, running_engine):
     code, out, err = run(capsys, "retry", instance_id, "--dsn", db.dsn(ALICE))
     assert (code, err) == (0, "")
     assert f"{instance_id}: retried" in out
-    assert wait_status(db, instance_id, {"completed", "failed"}) == "completed"
+    assert wait_terminal(db, instance_id) == "completed"
 
     # Signals: the CLI sends one to a waiting instance.
-    waiting = start(capsys, db, "df.wait_for_signal('approval') |=> 'd'")
+    waiting = cli_start(capsys, db, "df.wait_for_signal('approval') |=> 'd'")
     code, out, err = run(capsys, "signal", waiting, "approval", '{"approved": true}',
                          "--dsn", db.dsn(ALICE))
     assert code == 0
-    assert wait_status(db, waiting, {"completed", "failed"}) == "completed"
+    assert wait_terminal(db, waiting) == "completed"
     code, out, err = run(capsys, "show", waiting, "--json", "--dsn", db.dsn(ALICE))
     assert code == 0 and "approved" in out
 
@@ -356,7 +337,7 @@ def test_start_wait_timeout(capsys, db):
 
 
 def _seed_finished(db) -> tuple[str, str, str]:
-    from tests.tui.conftest import Seed, seed_instances
+    from tests.support.tui import Seed, seed_instances
 
     seed_instances(db, [Seed("00c0ffee", "completed", label="done-one"),
                         Seed("00fa11ed", "failed", label="broke"),
@@ -414,7 +395,7 @@ def test_json_on_explain_and_install(capsys, db):
     assert data["applied"] == [] and "already installed" in data["message"]
 
 
-def test_show_json_output_is_data_and_columns_keep_their_order(capsys, db, running_engine):
+def test_show_json_output_is_data_and_columns_keep_their_order(capsys, db, eng):
     code, out, err = run(capsys, "start", "'SELECT 2 AS zeta, 1 AS alpha, 3 AS mid'", "--wait",
                          "--dsn", db.dsn(ALICE))
     assert code == 0, err
@@ -459,7 +440,7 @@ def test_vars_set_list_mask_unset(capsys, db, monkeypatch):
 
 
 def test_engine_once_runs_pending_work_and_exits(capsys, db):
-    instance_id = start(capsys, db, "'SELECT 1' ~> 'SELECT 2'")
+    instance_id = cli_start(capsys, db, "'SELECT 1' ~> 'SELECT 2'")
     result = subprocess.run(
         [sys.executable, "-m", "dftui", "engine", "--once", "--concurrency", "1",
          "--dsn", db.dsn()],

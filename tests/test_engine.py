@@ -10,7 +10,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import psycopg
 import pytest
 
-from tests.engine_support import (
+from tests.support import (
+    ALICE,
     node_rows,
     root_result,
     running_engine,
@@ -19,7 +20,6 @@ from tests.engine_support import (
     wait_terminal,
 )
 
-ALICE = "dftui_alice"
 # An engine backend currently inside pg_sleep() (the step text itself is not in pg_stat_activity:
 # the engine runs it through the submitter's trampoline).
 SLEEPING = ("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'dftui engine%%' "

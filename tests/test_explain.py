@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.engine_support import nested_loops
+from tests.support import nested_loops
 
 
 def explain(db, text: str, role: str | None = "dftui_alice") -> str:

@@ -12,8 +12,7 @@ import json
 import psycopg
 import pytest
 
-from tests.engine_support import node_rows, start, wait_for, wait_terminal
-from tests.security_support import ALICE, BOB, engine_in_mode
+from tests.support import ALICE, BOB, engine_in_mode, node_rows, start, wait_for, wait_terminal
 
 LONG = "SELECT pg_sleep(300) AS slept"
 

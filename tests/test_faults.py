@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.engine_support import wait_for
+from tests.support import wait_for
 
 pytestmark = pytest.mark.fault
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from tests.engine_support import running_engine, start, wait_for, wait_terminal
-
-ALICE = "dftui_alice"
+from tests.support import ALICE, running_engine, start, wait_for, wait_terminal
 
 
 def test_waiting_stuck_and_rates(db):

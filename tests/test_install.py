@@ -173,7 +173,7 @@ def test_uninstall_removes_the_engines_df_exec_in_other_databases(empty_db, caps
     uninstall removes it there too, and a second database's own installation is left alone."""
     import uuid
 
-    from tests.engine_support import running_engine, start, wait_terminal
+    from tests.support import running_engine, start, wait_terminal
 
     dsn = empty_db.dsn()
     assert run(capsys, "install", "--dsn", dsn)[0] == 0

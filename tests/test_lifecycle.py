@@ -356,7 +356,7 @@ def test_version(db) -> None:
 
 @pytest.fixture
 def eng(db):
-    from tests.engine_support import running_engine
+    from tests.support import running_engine
 
     with running_engine(db.dsn()) as engine:
         yield engine
@@ -366,7 +366,7 @@ def test_engine_do_block_signals_then_awaits(db, eng) -> None:
     """The pg_durable idiom: one DO block signals a waiting instance and awaits its completion."""
     if not _loopback_available(db):
         pytest.skip("dblink is not available on this server")
-    from tests.engine_support import start, wait_for
+    from tests.support import start, wait_for
 
     iid = start(db, "dftui_alice", "df.wait_for_signal('go') ~> 'SELECT 42 AS answer'")
     wait_for(lambda: db.scalar("SELECT status FROM df.instances WHERE id = %s", (iid,)) == "running",
@@ -381,7 +381,7 @@ def test_engine_do_block_signals_then_awaits(db, eng) -> None:
 
 
 def test_engine_other_role_cannot_cancel_or_signal(db, eng) -> None:
-    from tests.engine_support import start, wait_terminal
+    from tests.support import start, wait_terminal
 
     iid = start(db, "dftui_alice", "df.wait_for_signal('go') ~> 'SELECT 1 AS one'")
     for query in ["SELECT df.cancel(%s)", "SELECT df.signal(%s, 'go')"]:
@@ -395,7 +395,7 @@ def test_engine_other_role_cannot_cancel_or_signal(db, eng) -> None:
 
 
 def test_engine_cancel_is_final(db, eng) -> None:
-    from tests.engine_support import start
+    from tests.support import start
 
     iid = start(db, "dftui_alice", "df.wait_for_signal('never') ~> 'SELECT 1'")
     with db.connect("dftui_alice") as conn:
@@ -414,7 +414,7 @@ def test_signal_sent_during_the_waits_first_pass_is_not_missed(db) -> None:
     a df.signal arriving then must still wake the wait once it parks (not at its timeout)."""
     import threading
 
-    from tests.engine_support import running_engine, start, wait_for, wait_terminal
+    from tests.support import running_engine, start, wait_for, wait_terminal
 
     with running_engine(db.dsn()):
         iid = start(db, "dftui_alice", "df.wait_for_signal('go') ~> 'SELECT 1 AS one'")

@@ -16,8 +16,7 @@ import pytest
 from psycopg import sql
 
 from dftui.cli import main
-from tests.conftest import Server
-from tests.engine_support import running_engine, wait_terminal
+from tests.support import Server, running_engine, wait_terminal
 
 
 @dataclass

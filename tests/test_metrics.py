@@ -17,10 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from engine.config import EngineConfig
 from engine.metrics import EngineMetrics, parse_address
 from engine.runner import Engine
-from tests.engine_support import running_engine, start, wait_for, wait_terminal
-from tests.security_support import engine_in_mode
+from tests.support import ALICE, engine_in_mode, running_engine, start, wait_for, wait_terminal
 
-ALICE = "dftui_alice"
 REPO = Path(__file__).resolve().parent.parent
 
 

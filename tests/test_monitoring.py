@@ -523,14 +523,14 @@ def test_duroxide_schema(db) -> None:
 
 @pytest.fixture
 def eng(db):
-    from tests.engine_support import running_engine
+    from tests.support import running_engine
 
     with running_engine(db.dsn()) as engine:
         yield engine
 
 
 def test_engine_run_is_reported_consistently(db, eng) -> None:
-    from tests.engine_support import start, wait_terminal
+    from tests.support import start, wait_terminal
 
     iid = start(db, "dftui_alice",
                 "('SELECT false AS go' ?> 'SELECT ''then'' AS arm' !> 'SELECT ''else'' AS arm')"
@@ -565,7 +565,7 @@ def test_engine_run_is_reported_consistently(db, eng) -> None:
 
 
 def test_engine_retry_adds_an_execution(db, eng) -> None:
-    from tests.engine_support import start, wait_terminal
+    from tests.support import start, wait_terminal
 
     with db.connect() as conn:
         conn.execute("CREATE TABLE public.flag (ok boolean)")

@@ -17,8 +17,8 @@ from dftui.cli import main
 from dftui.client import Client, ClientError
 from dftui.client.backends import PgDurableBackend
 from dftui.vocabulary import node_children, step_text
+from tests.support import ALICE
 
-ALICE = "dftui_alice"
 FIXTURE = Path(__file__).parent / "fixtures" / "pg_durable_0_2_6.sql"
 T0 = datetime(2026, 1, 15, 12, 0, 0, tzinfo=UTC)
 
@@ -163,12 +163,13 @@ def test_signal_cancel_and_retry(client, pgd) -> None:
 
 
 async def test_tui_greys_retry_out_and_shows_the_node_panel(pgd) -> None:
-    from tests.tui.conftest import make_app, wait_for
+    from tests.support import wait_for_app
+    from tests.support.tui import make_app
 
     app = make_app(pgd, ALICE)
     async with app.run_test(size=(160, 48)) as pilot:
         screen = app.screen
-        await wait_for(pilot, lambda: screen.loaded_once)
+        await wait_for_app(pilot, lambda: screen.loaded_once)
         assert {r.id for r in screen.rows} == {i[0] for i in INSTANCES}
         assert "retry disabled" in app.header_text(160).plain
         assert screen.active_bindings["r"].enabled is False
@@ -180,14 +181,15 @@ async def test_tui_instance_tree_and_node_panel(pgd) -> None:
 
     from dftui.screens.instance import InstanceScreen
     from dftui.widgets.node_panel import node_details
-    from tests.tui.conftest import BASE_TIME, make_app, wait_for
+    from tests.support import wait_for_app
+    from tests.support.tui import BASE_TIME, make_app
 
     app = make_app(pgd, ALICE)
     async with app.run_test(size=(160, 48)) as pilot:
-        await wait_for(pilot, lambda: app.screen.loaded_once)
+        await wait_for_app(pilot, lambda: app.screen.loaded_once)
         app.push_screen(InstanceScreen("aaaa0004"))
-        await wait_for(pilot, lambda: isinstance(app.screen, InstanceScreen)
-                       and app.screen.detail is not None and app.screen.nodes, what="detail")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, InstanceScreen)
+                           and app.screen.detail is not None and app.screen.nodes, what="detail")
         screen = app.screen
         labels = []
         stack = [screen.query_one("Tree").root]

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from engine_support import running_engine, wait_terminal
 
 from engine.config import EngineConfig
 from engine.http import HttpPolicyError, check_url
+from tests.support import DAVE, running_engine, wait_terminal
 
-DAVE = "dftui_dave"  # granted with HTTP
 MULTIPART = "df.http_multipart(%s, 'POST', '[{\"name\":\"f\",\"data_b64\":\"aA==\"}]')"
 
 

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from engine_support import running_engine, start, wait_for, wait_terminal
 from psycopg import sql
 
 from engine.config import EngineConfig
 from engine.pg_settings import apply_database_settings
-
-ALICE = "dftui_alice"
+from tests.support import ALICE, running_engine, start, wait_for, wait_terminal
 
 
 def _set(db, name: str, value: str) -> None:

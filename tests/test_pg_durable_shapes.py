@@ -13,12 +13,9 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from engine_support import running_engine, start, wait_for, wait_terminal
 
 from engine import schema
-from tests.conftest import GRANTED_ROLES
-
-ALICE = "dftui_alice"
+from tests.support import ALICE, GRANTED_ROLES, running_engine, start, wait_for, wait_terminal
 
 
 def _query(db, expr: str) -> str:

@@ -14,10 +14,9 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from engine_support import running_engine, wait_for, wait_terminal
 from psycopg import sql
 
-ALICE = "dftui_alice"
+from tests.support import ALICE, running_engine, wait_for, wait_terminal
 
 # (identity signature, arguments with defaults, result, STRICT)
 PG_DURABLE_FUNCTIONS = [

@@ -15,11 +15,16 @@ import pytest
 
 from dftui.cli import main as cli_main
 from engine import jsonexact
-from tests.engine_support import node_rows, root_result, start, wait_for, wait_terminal
-from tests.security_support import engine_in_mode
-
-ALICE = "dftui_alice"
-BOB = "dftui_bob"
+from tests.support import (
+    ALICE,
+    BOB,
+    engine_in_mode,
+    node_rows,
+    root_result,
+    start,
+    wait_for,
+    wait_terminal,
+)
 
 AMOUNT = "12345678901234567890.12345"
 RATE = "0.1000000000000000000001"
@@ -414,8 +419,8 @@ def test_a_task_that_kills_the_engine_is_quarantined_across_restarts(db, mode):
     import time
     from pathlib import Path
 
-    from tests.poison_crash import CRASH_MARK
-    from tests.security_support import setup_engine_owner
+    from tests.support import setup_engine_owner
+    from tests.support.poison_crash import CRASH_MARK
 
     dsn = setup_engine_owner(db) if mode == "owner" else db.dsn()
     iid = start(db, ALICE, f"'SELECT 1 AS v {CRASH_MARK}'")
@@ -424,7 +429,7 @@ def test_a_task_that_kills_the_engine_is_quarantined_across_restarts(db, mode):
     deaths = 0
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.poison_crash", dsn], cwd=root,
+        proc = subprocess.Popen([sys.executable, "-m", "tests.support.poison_crash", dsn], cwd=root,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             while proc.poll() is None and db.scalar(
@@ -444,7 +449,7 @@ def test_a_task_that_kills_the_engine_is_quarantined_across_restarts(db, mode):
     assert "the engine process running this step stopped" in error, error
     assert "(gave up after 3 tries)" in error
     assert 3 <= deaths <= 8
-    proc = subprocess.Popen([sys.executable, "-m", "tests.poison_crash", dsn], cwd=root,
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.poison_crash", dsn], cwd=root,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for control in controls:  # the other role's work is unharmed

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.engine_support import (
+from tests.support import (
+    ALICE,
     node_rows,
     root_result,
     running_engine,
@@ -12,8 +13,6 @@ from tests.engine_support import (
     wait_for,
     wait_terminal,
 )
-
-ALICE = "dftui_alice"
 
 
 @pytest.fixture

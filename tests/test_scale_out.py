@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine_support import wait_for
-from tests.security_support import ENGINE_ROLE, setup_engine_owner
+from tests.support import ENGINE_ROLE, setup_engine_owner, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 3

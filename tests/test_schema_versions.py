@@ -28,13 +28,11 @@ from dftui.cli import main
 from engine import schema
 from engine.config import EngineConfig
 from engine.runner import Engine
-from tests.conftest import GRANTED_ROLES
-from tests.engine_support import running_engine, start, wait_for, wait_terminal
+from tests.support import ALICE, GRANTED_ROLES, running_engine, start, wait_for, wait_terminal
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
 PREVIOUS_RELEASE = "0.2.0"
-ALICE = "dftui_alice"
 
 
 # -- released files are immutable --------------------------------------------------------------

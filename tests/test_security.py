@@ -4,7 +4,7 @@ submitter's, now or later (commit time, the engine's own statements, another rol
 Every workflow is submitted by an ordinary granted role (dftui_alice) through df.start and run by
 a real in-process engine, once connected as a superuser and once in least-privilege mode (a
 non-superuser role owning the df schemas, engine/privileges.py). Each test fails if its attack
-works; `evil.witness` (tests/security_support.py) records who really ran the attacker's code.
+works; `evil.witness` (tests/support/attack.py) records who really ran the attacker's code.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import re
 import psycopg
 import pytest
 
-from tests.engine_support import node_rows, root_result, start, wait_terminal
-from tests.security_support import (
+from tests.support import (
     ALICE,
     BOB,
     ENGINE_ROLE,
@@ -23,20 +22,11 @@ from tests.security_support import (
     counters,
     engine_in_mode,
     engine_user,
+    errors,
+    root_result,
+    start,
+    wait_terminal,
 )
-
-
-@pytest.fixture
-def eng(db, attacker, mode):
-    with engine_in_mode(db, mode) as engine:
-        yield engine
-
-
-@pytest.fixture
-def eng1(db, attacker, mode):
-    """One worker: the same connection serves every step in turn."""
-    with engine_in_mode(db, mode, concurrency=1) as engine:
-        yield engine
 
 
 def start_many(db, role: str, exprs: dict[str, str]) -> dict[str, str]:
@@ -48,11 +38,6 @@ def start_many(db, role: str, exprs: dict[str, str]) -> dict[str, str]:
     return ids
 
 
-def errors(db, iid: str) -> str:
-    """Every node error, and the instance's own (an identity refused at the claim fails the
-    instance before any node runs, as pg_durable does)."""
-    own = db.scalar("SELECT error FROM df_internal.instance_state WHERE instance_id = %s", (iid,))
-    return " | ".join([*([own] if own else []), *(n["error"] for n in node_rows(db, iid) if n["error"])])
 
 
 def alice_sql(db, statement: str) -> None:

@@ -13,14 +13,20 @@ import time
 
 import psycopg
 import pytest
-from engine_support import node_rows, running_engine, start, wait_for, wait_terminal
-from security_support import ALICE, BOB, engine_in_mode, setup_engine_owner
 
-CAROL = "dftui_carol"  # no df usage at all
-
-
-def errors(db, iid: str) -> str:
-    return " | ".join(n["error"] for n in node_rows(db, iid) if n["error"])
+from tests.support import (
+    ALICE,
+    BOB,
+    CAROL,
+    engine_in_mode,
+    errors,
+    node_rows,
+    running_engine,
+    setup_engine_owner,
+    start,
+    wait_for,
+    wait_terminal,
+)
 
 
 # Every advisory-lock key the engine has ever coordinated on (install, trampoline setup, the

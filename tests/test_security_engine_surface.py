@@ -3,38 +3,32 @@ reaching the engine's SQL, the non-transactional path, what the engine trusts in
 and privileges that change while an instance runs.
 
 Each test fails if its route works, in both engine modes (`mode`). `evil.witness`
-(tests/security_support.py) records who really ran the attacker's code.
+(tests/support/attack.py) records who really ran the attacker's code.
 """
 
 from __future__ import annotations
 
 import psycopg
 import pytest
-from conftest import TestDB
 from psycopg import sql
 
 from engine import sqltext
-from tests.engine_support import node_rows, root_result, start, wait_for, wait_terminal
-from tests.security_support import (
+from tests.support import (
     ALICE,
     BOB,
     ENGINE_ROLE,
+    TestDB,
     assert_no_escalation,
     counters,
     engine_in_mode,
+    errors,
     prepare_attacker,
     reset_attacker,
+    root_result,
+    start,
+    wait_for,
+    wait_terminal,
 )
-
-
-@pytest.fixture
-def eng(db, attacker, mode):
-    with engine_in_mode(db, mode) as engine:
-        yield engine
-
-
-def errors(db, iid: str) -> str:
-    return " | ".join(n["error"] for n in node_rows(db, iid) if n["error"])
 
 
 def alice_sql(db, *statements: str) -> None:

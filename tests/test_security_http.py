@@ -9,9 +9,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from tests.engine_support import node_rows, root_result, running_engine, start, wait_terminal
-
-DAVE = "dftui_dave"  # granted with HTTP
+from tests.support import DAVE, node_rows, root_result, running_engine, start, wait_terminal
 
 
 class _Counting(BaseHTTPRequestHandler):

@@ -16,21 +16,19 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.engine_support import node_rows, running_engine, start, wait_for, wait_terminal
-from tests.security_support import (
+from tests.support import (
     ALICE,
     ENGINE_ROLE,
     counters,
     engine_in_mode,
+    errors,
+    node_rows,
+    running_engine,
     setup_engine_owner,
+    start,
+    wait_for,
+    wait_terminal,
 )
-
-
-def instance_error(db, iid: str) -> str:
-    """The instance's own error (instance_state) and every node error, for messages."""
-    own = db.scalar("SELECT error FROM df_internal.instance_state WHERE instance_id = %s", (iid,))
-    nodes = [n["error"] for n in node_rows(db, iid) if n["error"]]
-    return " | ".join([own or "", *nodes])
 
 
 def superuser_trampolines(db) -> int:
@@ -73,7 +71,7 @@ def test_superuser_instance_makes_no_trampoline_and_leaves_df_exec_intact(db, at
             conn.execute("SET pg_durable.enable_superuser_instances = on")
             iid = conn.execute("SELECT df.start('SELECT nextval(''evil.escalated'') AS n')").fetchone()[0]
         assert wait_terminal(db, iid) == "failed"
-    assert "superuser" in instance_error(db, iid)
+    assert "superuser" in errors(db, iid)
     assert counters(db) == (0, 0)
     assert superuser_trampolines(db) == 0, "a SECURITY DEFINER trampoline owned by a superuser exists"
     assert exec_acl(db) == acl_before
@@ -83,7 +81,7 @@ def test_superuser_instance_makes_no_trampoline_and_leaves_df_exec_intact(db, at
         conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(fresh_role), sql.Identifier(ENGINE_ROLE)))
     with running_engine(dsn, concurrency=1, install=False):
         ok = start(db, fresh_role, "'SELECT current_user::text AS who'")
-        assert wait_terminal(db, ok) == "completed", instance_error(db, ok)
+        assert wait_terminal(db, ok) == "completed", errors(db, ok)
     assert superuser_trampolines(db) == 0
 
 
@@ -99,7 +97,7 @@ def test_setup_repairs_an_exec_schema_whose_owner_lost_create(db, fresh_role):
         conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(fresh_role), sql.Identifier(ENGINE_ROLE)))
     with running_engine(dsn, concurrency=1, install=False):
         ok = start(db, fresh_role, "'SELECT 1 AS one'")
-        assert wait_terminal(db, ok) == "completed", instance_error(db, ok)
+        assert wait_terminal(db, ok) == "completed", errors(db, ok)
 
 
 def test_alice_is_never_given_a_trampoline_once_she_is_a_superuser(db, attacker, mode):
@@ -113,7 +111,7 @@ def test_alice_is_never_given_a_trampoline_once_she_is_a_superuser(db, attacker,
             iid = conn.execute("SELECT df.start('SELECT nextval(''evil.as_alice'') AS n')").fetchone()[0]
         with engine_in_mode(db, mode, concurrency=1):
             assert wait_terminal(db, iid) == "failed"
-        assert "superuser" in instance_error(db, iid)
+        assert "superuser" in errors(db, iid)
         assert superuser_trampolines(db) == 0
         assert counters(db) == (0, 0)
     finally:

@@ -8,7 +8,9 @@ import json
 import psycopg
 import pytest
 
-from tests.engine_support import (
+from tests.support import (
+    ALICE,
+    BOB,
     node_rows,
     root_result,
     running_engine,
@@ -17,8 +19,6 @@ from tests.engine_support import (
     wait_terminal,
 )
 
-ALICE = "dftui_alice"
-BOB = "dftui_bob"
 SECRETS = ("alice-label-7f3", "alice-result-91c", "alice-signal-5d2", "alice-var-0e8", "alice-query-33a")
 
 

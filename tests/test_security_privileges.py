@@ -11,11 +11,18 @@ import pytest
 from psycopg import sql
 
 from engine import privileges
-from tests.engine_support import node_rows, root_result, running_engine, start, wait_terminal
-from tests.security_support import ENGINE_ROLE, SUBMITTERS, setup_engine_owner
-
-ALICE = "dftui_alice"
-BOB = "dftui_bob"
+from tests.support import (
+    ALICE,
+    BOB,
+    ENGINE_ROLE,
+    SUBMITTERS,
+    node_rows,
+    root_result,
+    running_engine,
+    setup_engine_owner,
+    start,
+    wait_terminal,
+)
 
 
 def _not_owned(db, role: str) -> list[str]:

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.security_support import ALICE, ENGINE_ROLE, engine_in_mode, setup_engine_owner
+from tests.support import ALICE, ENGINE_ROLE, engine_in_mode, setup_engine_owner
 
 LIMIT = "pg_durable.list_instances_max_limit"
 
@@ -81,7 +81,7 @@ def test_only_pg_durable_settings_can_be_read(db):
 def test_a_step_cannot_make_its_own_set_count(db, attacker, mode):
     """Inside a step session_user is the engine (a superuser in superuser mode): the step's own
     SET must still not count."""
-    from tests.engine_support import root_result, start, wait_terminal
+    from tests.support import root_result, start, wait_terminal
 
     with engine_in_mode(db, mode, concurrency=1):
         iid = start(db, ALICE, "'SELECT set_config(''pg_durable.list_instances_max_limit'', ''99999'', false) AS s, "

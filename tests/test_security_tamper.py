@@ -13,24 +13,19 @@ import json
 import psycopg
 import pytest
 
-from tests.engine_support import node_rows, root_result, start, wait_for, wait_terminal
-from tests.security_support import (
+from tests.support import (
     ALICE,
     BOB,
     assert_no_escalation,
     counters,
     engine_in_mode,
+    errors,
+    node_rows,
+    root_result,
+    start,
+    wait_for,
+    wait_terminal,
 )
-
-
-@pytest.fixture
-def eng1(db, attacker, mode):
-    with engine_in_mode(db, mode, concurrency=1) as engine:
-        yield engine
-
-
-def errors(db, iid: str) -> str:
-    return " | ".join(n["error"] for n in node_rows(db, iid) if n["error"])
 
 
 def counts(db) -> tuple[int, int, int]:

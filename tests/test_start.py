@@ -14,15 +14,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.engine_support import nested_loops
+from tests.support import ALICE, DAVE, nested_loops, start
 
 ID_RE = re.compile(r"^[0-9a-f]{8}$")
 SEQ2 = "'SELECT 1' ~> 'SELECT 2'"
-
-
-def start(db, expr: str, role: str = "dftui_alice", params: tuple | None = None) -> str:
-    """Start `expr` (a SQL expression yielding the graph) as `role`; return the instance id."""
-    return db.scalar(f"SELECT df.start({expr})", params, role)
 
 
 def error_of(db, query: str, params: tuple | None = None, role: str | None = "dftui_alice") -> str:
@@ -114,7 +109,7 @@ def test_set_role_and_security_definer_record_current_user(db):
 
 
 def test_label_and_database_are_stored(db):
-    iid = start(db, "'SELECT 1', 'nightly', current_database()")
+    iid = start(db, ALICE, "'SELECT 1', 'nightly', current_database()")
     row = (
         db.connect()
         .execute("SELECT label, database FROM df.instances WHERE id = %s", (iid,))
@@ -126,7 +121,7 @@ def test_label_and_database_are_stored(db):
 
 def test_seq_of_n_steps_stores_n_sql_rows_and_n_minus_1_then_rows(db):
     expr = " ~> ".join(f"'SELECT {i}'" for i in range(7))
-    iid = start(db, expr)
+    iid = start(db, ALICE, expr)
     types = sorted(n["node_type"] for n in nodes_of(db, iid).values())
     assert types == ["SQL"] * 7 + ["THEN"] * 6
 
@@ -137,7 +132,7 @@ def test_node_rows_follow_the_architecture_table(db):
         " ~> df.sleep(30) ~> df.wait_for_schedule('0 9 * * 1-5') ~> df.wait_for_signal('go', 60)"
         " ~> df.break('{\"k\": 1}') ~> df.race('p', 'q') |=> 'fin'"
     )
-    iid = start(db, graph)
+    iid = start(db, ALICE, graph)
     nodes = nodes_of(db, iid)
     by_type: dict[str, list[dict]] = {}
     for n in nodes.values():
@@ -173,7 +168,7 @@ def test_node_rows_follow_the_architecture_table(db):
 
 def test_http_nodes_need_the_http_grant(db):
     env = db.scalar("SELECT df.http('https://example.com/hook', 'GET')", role="dftui_dave")
-    iid = start(db, "%s", role="dftui_dave", params=(env,))
+    iid = start(db, DAVE, "%s", env)
     (node,) = nodes_of(db, iid).values()
     assert json.loads(node["query"])["url"] == "https://example.com/hook"
     assert "does not have EXECUTE privilege" in error_of(db, "SELECT df.start(%s)", (env,))
@@ -419,7 +414,7 @@ def balanced_join(leaves: int) -> str:
 
 
 def test_depth_limit_is_256(db):
-    iid = start(db, "%s", params=(nested_loops(256),))
+    iid = start(db, ALICE, "%s", nested_loops(256))
     assert len(nodes_of(db, iid)) == 257
     msg = error_of(db, "SELECT df.start(%s)", (nested_loops(257),))
     assert "maximum nesting depth of 256" in msg
@@ -433,7 +428,7 @@ def test_absurd_nesting_is_a_depth_error_not_a_crash(db):
 
 def test_node_limit_is_10000(db):
     ten_thousand = '{"node_type":"LOOP","left_node":' + balanced_join(5000) + "}"  # 1 + 9999
-    iid = start(db, "%s", params=(ten_thousand,))
+    iid = start(db, ALICE, "%s", ten_thousand)
     assert db.scalar("SELECT count(*) FROM df.nodes WHERE instance_id = %s", (iid,)) == 10000
     msg = error_of(db, "SELECT df.start(%s)", (balanced_join(5001),))  # 10001 nodes
     assert "maximum node count of 10000" in msg
@@ -467,7 +462,7 @@ def test_graph_nodes_preorder_slots_and_parents(db):
 
 def test_longest_left_nested_chain_fits_the_depth_limit(db):
     # a ~> b ~> c ... nests to the left, so 257 steps put the first leaf at depth 256.
-    iid = start(db, " ~> ".join(f"'SELECT {i}'" for i in range(257)))
+    iid = start(db, ALICE, " ~> ".join(f"'SELECT {i}'" for i in range(257)))
     assert db.scalar("SELECT count(*) FROM df.nodes WHERE instance_id = %s", (iid,)) == 257 + 256
     msg = error_of(db, "SELECT df.start(" + " ~> ".join(f"'SELECT {i}'" for i in range(258)) + ")")
     assert "maximum nesting depth of 256" in msg

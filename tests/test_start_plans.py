@@ -4,7 +4,8 @@ scans that grow with the tables (sql/routines/zz_plans.sql)."""
 
 from __future__ import annotations
 
-ALICE = "dftui_alice"
+from tests.support import ALICE
+
 HOT_TABLES = ("instances", "nodes", "instance_state", "node_meta", "tasks", "node_attempts")
 
 

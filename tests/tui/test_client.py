@@ -6,8 +6,7 @@ import pytest
 
 from dftui.client import Client, ClientError, ConnectionLost
 from dftui.client.backends import DftuiBackend
-
-from .conftest import Seed, seed_instances
+from tests.support.tui import Seed, seed_instances
 
 
 def _client(db, role):

@@ -7,10 +7,8 @@ from textual.widgets import DataTable, Input
 from dftui.screens.engines import EnginesScreen, wait_due
 from dftui.screens.help import HelpScreen
 from dftui.screens.variables import ConfirmDialog, VarDialog, VariablesScreen
-from tests.engine_support import running_engine, start
-from tests.engine_support import wait_for as wait_db
-
-from .conftest import make_app, wait_for
+from tests.support import running_engine, start, wait_for, wait_for_app
+from tests.support.tui import make_app
 
 
 def _vars(db, role):
@@ -25,10 +23,10 @@ async def test_variables_add_edit_delete_and_masking(db):
         conn.execute("SELECT df.setvar('bob_only', 'x')")
     app = make_app(db, "dftui_alice")
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.screen.loaded_once)
+        await wait_for_app(pilot, lambda: app.screen.loaded_once)
         await pilot.press("v")
-        await wait_for(pilot, lambda: isinstance(app.screen, VariablesScreen)
-                       and app.screen.loaded_once, what="variables screen")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, VariablesScreen)
+                           and app.screen.loaded_once, what="variables screen")
         screen = app.screen
         assert [v.name for v in screen.vars] == ["api_token"]  # bob's are invisible
         table = screen.query_one(DataTable)
@@ -39,15 +37,15 @@ async def test_variables_add_edit_delete_and_masking(db):
         assert "sk-live" not in str(table.get_cell("api_token", "value"))
 
         await pilot.press("a")
-        await wait_for(pilot, lambda: isinstance(app.screen, VarDialog), what="add dialog")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, VarDialog), what="add dialog")
         await pilot.press(*"region", "tab", *"eu-west-1", "enter")
-        await wait_for(pilot, lambda: [v.name for v in screen.vars] == ["api_token", "region"],
-                       what="var added")
+        await wait_for_app(pilot, lambda: [v.name for v in screen.vars] == ["api_token", "region"],
+                           what="var added")
         assert _vars(db, "dftui_alice")["region"] == "eu-west-1"
 
         # a bad name is refused inside the dialog, which stays open with the input kept
         await pilot.press("a")
-        await wait_for(pilot, lambda: isinstance(app.screen, VarDialog), what="add dialog")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, VarDialog), what="add dialog")
         dialog = app.screen
         await pilot.press(*"bad-name", "tab", *"v", "enter")
         await pilot.pause()
@@ -56,7 +54,7 @@ async def test_variables_add_edit_delete_and_masking(db):
         assert dialog.query_one("#name", Input).value == "bad-name"
         assert dialog.query_one("#value", Input).value == "v"
         await pilot.press("escape")
-        await wait_for(pilot, lambda: app.screen is screen, what="dialog closed")
+        await wait_for_app(pilot, lambda: app.screen is screen, what="dialog closed")
         assert "bad-name" not in _vars(db, "dftui_alice")
 
         # g / G move to the first / last variable
@@ -67,19 +65,19 @@ async def test_variables_add_edit_delete_and_masking(db):
 
         table.move_cursor(row=table.get_row_index("region"))
         await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, VarDialog), what="edit dialog")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, VarDialog), what="edit dialog")
         value = app.screen.query_one("#value", Input)
         value.value = "us-east-2"
         await pilot.press("enter")
-        await wait_for(pilot, lambda: _vars(db, "dftui_alice").get("region") == "us-east-2",
-                       what="var edited")
+        await wait_for_app(pilot, lambda: _vars(db, "dftui_alice").get("region") == "us-east-2",
+                           what="var edited")
 
-        await wait_for(pilot, lambda: app.screen is screen and len(screen.vars) == 2)
+        await wait_for_app(pilot, lambda: app.screen is screen and len(screen.vars) == 2)
         table.move_cursor(row=table.get_row_index("region"))
         await pilot.press("d")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmDialog), what="confirm")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, ConfirmDialog), what="confirm")
         await pilot.press("enter")
-        await wait_for(pilot, lambda: "region" not in _vars(db, "dftui_alice"), what="deleted")
+        await wait_for_app(pilot, lambda: "region" not in _vars(db, "dftui_alice"), what="deleted")
         assert _vars(db, "dftui_bob") == {"bob_only": "x"}
 
 
@@ -87,17 +85,17 @@ async def test_engines_screen_shows_engine_and_waits(db):
     with running_engine(db.dsn()):
         done = start(db, "dftui_alice", "'SELECT 1', 'quick'")
         waiting = start(db, "dftui_alice", "df.wait_for_signal('go', 3600), 'waiter'")
-        wait_db(lambda: db.scalar("SELECT status FROM df.instances WHERE id = %s", (done,))
-                == "completed", what="quick instance done")
-        wait_db(lambda: db.scalar("SELECT status FROM df.nodes WHERE instance_id = %s "
-                                  "AND node_type = 'SIGNAL'", (waiting,)) == "running",
-                what="signal wait running")
+        wait_for(lambda: db.scalar("SELECT status FROM df.instances WHERE id = %s", (done,))
+                 == "completed", what="quick instance done")
+        wait_for(lambda: db.scalar("SELECT status FROM df.nodes WHERE instance_id = %s "
+                                   "AND node_type = 'SIGNAL'", (waiting,)) == "running",
+                 what="signal wait running")
         app = make_app(db, "dftui_alice", clock=None)
         async with app.run_test(size=(160, 48)) as pilot:
-            await wait_for(pilot, lambda: app.screen.loaded_once)
+            await wait_for_app(pilot, lambda: app.screen.loaded_once)
             await pilot.press("e")
-            await wait_for(pilot, lambda: isinstance(app.screen, EnginesScreen)
-                           and app.screen.health is not None, what="health loaded")
+            await wait_for_app(pilot, lambda: isinstance(app.screen, EnginesScreen)
+                               and app.screen.health is not None, what="health loaded")
             health = app.screen.health
             assert any(e.data.get("state") == "alive" for e in health.engines)
             assert [w.instance_id for w in health.waiting] == [waiting]
@@ -112,9 +110,9 @@ async def test_engines_screen_shows_engine_and_waits(db):
 async def test_help_lists_bindings_and_read_only_reasons(db):
     app = make_app(db, "dftui_alice", read_only=True)
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.screen.loaded_once)
+        await wait_for_app(pilot, lambda: app.screen.loaded_once)
         await pilot.press("question_mark")
-        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
         text = "\n".join(app.screen.lines)
         for expected in ("Filter", "Select", "Refresh", "Copy id", "Open"):
             assert expected in text
@@ -126,10 +124,10 @@ async def test_help_lists_bindings_and_read_only_reasons(db):
 async def test_palette_offers_screen_actions(db):
     app = make_app(db, "dftui_alice")
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.screen.loaded_once)
+        await wait_for_app(pilot, lambda: app.screen.loaded_once)
         titles = [c.title for c in app.get_system_commands(app.screen)]
         assert "Cancel" in titles and "Filter" in titles and "Show failed instances" in titles
         assert "Cursor Down" not in titles
         await pilot.press("colon")
-        await wait_for(pilot, lambda: app.screen.__class__.__name__ == "CommandPalette",
-                       what="palette open")
+        await wait_for_app(pilot, lambda: app.screen.__class__.__name__ == "CommandPalette",
+                           what="palette open")

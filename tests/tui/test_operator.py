@@ -9,29 +9,14 @@ from textual.widgets import DataTable, Input, TextArea
 from dftui.screens.dialogs import CancelDialog, ConfirmDialog, SignalDialog, StartDialog
 from dftui.screens.help import HelpScreen
 from dftui.screens.instance import InstanceScreen
-from dftui.screens.instances import InstancesScreen
-from tests.engine_support import start
-
-from .conftest import Seed, make_app, seed_instances, wait_for
+from tests.support import start, wait_for_app
+from tests.support.tui import Seed, cursor_to, instances_loaded, make_app, seed_instances
 
 
 def _messages(app) -> str:
     return "\n".join(str(n.message) for n in app._notifications)
 
 
-async def _loaded(pilot, app) -> InstancesScreen:
-    screen = app.screen
-    assert isinstance(screen, InstancesScreen)
-    await wait_for(pilot, lambda: screen.loaded_once, what="instances loaded")
-    return screen
-
-
-async def _cursor_to(pilot, screen: InstancesScreen, instance_id: str) -> None:
-    await wait_for(pilot, lambda: any(r.id == instance_id for r in screen.rows),
-                   what=f"{instance_id} listed")
-    table = screen.query_one(DataTable)
-    table.move_cursor(row=table.get_row_index(instance_id))
-    await pilot.pause()
 
 
 def _signals(db, instance_id: str) -> int:
@@ -46,14 +31,14 @@ async def test_signal_acts_on_the_selection_and_names_it(db):
     assert db.scalar("SELECT df.cancel(%s)", (old,), role="dftui_alice").startswith(f"Instance {old} cancelled")
     app = make_app(db, "dftui_alice")
     async with app.run_test(size=(120, 40)) as pilot:
-        screen = await _loaded(pilot, app)
+        screen = await instances_loaded(pilot, app)
         for instance_id in (first, second, old):
-            await _cursor_to(pilot, screen, instance_id)
+            await cursor_to(pilot, screen, instance_id)
             await pilot.press("space")
         assert screen.selected == {first, second, old}
-        await _cursor_to(pilot, screen, old)  # the cursor is on the cancelled one
+        await cursor_to(pilot, screen, old)  # the cursor is on the cancelled one
         await pilot.press("s")
-        await wait_for(pilot, lambda: isinstance(app.screen, SignalDialog), what="signal dialog")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, SignalDialog), what="signal dialog")
         dialog = app.screen
         assert str(dialog.query_one(".dialog-title").render()) == "Signal 2 instances"
         listed = str(dialog.query_one(".dialog-ids").render())
@@ -61,8 +46,8 @@ async def test_signal_acts_on_the_selection_and_names_it(db):
         assert f"gone ({old})" in listed and "skipped 1" in listed and "cancelled" in listed
         assert dialog.query_one("#name", Input).value == "go"  # the signal both wait for
         await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: app.screen is screen, what="dialog closed")
-        await wait_for(pilot, lambda: "Signalled 2" in _messages(app), what="report")
+        await wait_for_app(pilot, lambda: app.screen is screen, what="dialog closed")
+        await wait_for_app(pilot, lambda: "Signalled 2" in _messages(app), what="report")
         assert screen.selected == set()
         assert str(screen.query_one(DataTable).get_cell(old, "sel")).strip() == ""
     assert _signals(db, first) == 1 and _signals(db, second) == 1
@@ -74,8 +59,8 @@ async def test_noops_are_refused_with_the_reason(db):
     racing = start(db, "dftui_alice", "df.sleep(600), 'racing'")
     app = make_app(db, "dftui_alice")
     async with app.run_test(size=(120, 40)) as pilot:
-        screen = await _loaded(pilot, app)
-        await _cursor_to(pilot, screen, "00c0ffee")
+        screen = await instances_loaded(pilot, app)
+        await cursor_to(pilot, screen, "00c0ffee")
         for key, words in (("c", "Nothing to cancel"), ("r", "Nothing to retry"),
                            ("s", "Nothing to signal")):
             await pilot.press(key)
@@ -87,11 +72,11 @@ async def test_noops_are_refused_with_the_reason(db):
         # opens, and the outcome says nothing was done (df.cancel answered 'already cancelled').
         assert db.scalar("SELECT df.cancel(%s)", (racing,), role="dftui_alice").startswith(
             f"Instance {racing} cancelled")
-        await _cursor_to(pilot, screen, racing)
+        await cursor_to(pilot, screen, racing)
         await pilot.press("c")
-        await wait_for(pilot, lambda: isinstance(app.screen, CancelDialog), what="cancel dialog")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, CancelDialog), what="cancel dialog")
         await pilot.press("enter")
-        await wait_for(pilot, lambda: "Nothing was cancelled" in _messages(app), what="report")
+        await wait_for_app(pilot, lambda: "Nothing was cancelled" in _messages(app), what="report")
         assert "already cancelled" in _messages(app)
         assert "Cancelled 1" not in _messages(app)
 
@@ -100,13 +85,13 @@ async def test_actions_while_disconnected_are_reported_not_lost(db):
     sleeper = start(db, "dftui_alice", "df.sleep(600), 'nap'")
     app = make_app(db, "dftui_alice", reconnect_delays=(3600,))
     async with app.run_test(size=(120, 40)) as pilot:
-        screen = await _loaded(pilot, app)
-        await _cursor_to(pilot, screen, sleeper)
+        screen = await instances_loaded(pilot, app)
+        await cursor_to(pilot, screen, sleeper)
         await pilot.press("c")
-        await wait_for(pilot, lambda: isinstance(app.screen, CancelDialog), what="cancel dialog")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, CancelDialog), what="cancel dialog")
         assert db.scalar("SELECT pg_terminate_backend(%s)", (app.client.backend_pid(),))
         await pilot.press("enter")  # confirmed after the connection died
-        await wait_for(pilot, lambda: "Cancel not done" in _messages(app), what="failure shown")
+        await wait_for_app(pilot, lambda: "Cancel not done" in _messages(app), what="failure shown")
         assert app.disconnected is not None
         # while disconnected the write keys are disabled and say why
         assert screen.active_bindings["c"].enabled is False
@@ -121,7 +106,7 @@ async def test_read_only_keys_say_why(db):
     seed_instances(db, [Seed("0000000b", "failed", label="broke")])
     app = make_app(db, "dftui_alice", read_only=True)
     async with app.run_test(size=(120, 40)) as pilot:
-        await _loaded(pilot, app)
+        await instances_loaded(pilot, app)
         await pilot.press("r")
         await pilot.pause()
         assert "Retry is disabled: read-only mode" in _messages(app)
@@ -131,21 +116,21 @@ async def test_q_goes_back_and_asks_before_stopping_the_demo(db):
     seed_instances(db, [Seed("0000000a", "completed", label="x")])
     app = make_app(db, "dftui_alice", quit_warning="This stops the demo's engine and server.")
     async with app.run_test(size=(120, 40)) as pilot:
-        screen = await _loaded(pilot, app)
+        screen = await instances_loaded(pilot, app)
         await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, InstanceScreen), what="detail")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, InstanceScreen), what="detail")
         await pilot.press("q")
-        await wait_for(pilot, lambda: app.screen is screen, what="back, not quit")
+        await wait_for_app(pilot, lambda: app.screen is screen, what="back, not quit")
         await pilot.press("v")
-        await wait_for(pilot, lambda: app.screen is not screen, what="variables")
+        await wait_for_app(pilot, lambda: app.screen is not screen, what="variables")
         await pilot.press("q")
-        await wait_for(pilot, lambda: app.screen is screen, what="back from variables")
+        await wait_for_app(pilot, lambda: app.screen is screen, what="back from variables")
         await pilot.press("question_mark")
-        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
         await pilot.press("q")
-        await wait_for(pilot, lambda: app.screen is screen, what="help closed")
+        await wait_for_app(pilot, lambda: app.screen is screen, what="help closed")
         await pilot.press("q")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmDialog), what="quit question")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, ConfirmDialog), what="quit question")
         assert "stops the demo" in str(app.screen.query_one(".dialog-title").render())
         await pilot.press("escape")
         assert app.screen is screen and app.is_running
@@ -157,7 +142,7 @@ async def test_q_goes_back_and_asks_before_stopping_the_demo(db):
 async def test_q_on_home_quits_at_once_when_nothing_else_stops(db):
     app = make_app(db, "dftui_alice")
     async with app.run_test(size=(120, 40)) as pilot:
-        await _loaded(pilot, app)
+        await instances_loaded(pilot, app)
         await pilot.press("q")
         await pilot.pause()
         assert not isinstance(app.screen, ConfirmDialog)
@@ -168,16 +153,16 @@ async def test_editors_replace_the_example_and_close_on_first_esc(db):
     seed_instances(db, [Seed("0000000c", "running", label="r")])
     app = make_app(db, "dftui_alice")
     async with app.run_test(size=(80, 24)) as pilot:
-        screen = await _loaded(pilot, app)
+        screen = await instances_loaded(pilot, app)
         await pilot.press("n")
-        await wait_for(pilot, lambda: isinstance(app.screen, StartDialog), what="start dialog")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, StartDialog), what="start dialog")
         await pilot.press(*"'SELECT 7'")
         assert app.screen.query_one("#source", TextArea).text == "'SELECT 7'"
         await pilot.press("escape")  # one esc, from inside the multi-line editor
         assert app.screen is screen
 
         await pilot.press("s")
-        await wait_for(pilot, lambda: isinstance(app.screen, SignalDialog), what="signal dialog")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, SignalDialog), what="signal dialog")
         dialog = app.screen
         dialog.query_one("#name", Input).value = "go"
         dialog.query_one("#payload", TextArea).focus()
@@ -192,7 +177,7 @@ async def test_editors_replace_the_example_and_close_on_first_esc(db):
 async def test_empty_list_hint_for_a_superuser(db):
     app = make_app(db, None)
     async with app.run_test(size=(120, 40)) as pilot:
-        screen = await _loaded(pilot, app)
+        screen = await instances_loaded(pilot, app)
         line = str(screen.query_one("#statusline").render())
         assert "superuser" in line and "press n" not in line
 
@@ -206,19 +191,19 @@ async def test_filter_as_you_type_searches_sql_and_errors_and_counts_follow(db):
     ])
     app = make_app(db, "dftui_alice")
     async with app.run_test(size=(120, 40)) as pilot:
-        screen = await _loaded(pilot, app)
+        screen = await instances_loaded(pilot, app)
         await pilot.press("slash", *"label:etl")  # the placeholder's own example, no enter
-        await wait_for(pilot, lambda: [r.id for r in screen.rows] == ["0000000a", "0000000b"],
-                       what="substring label filter applied while typing")
+        await wait_for_app(pilot, lambda: [r.id for r in screen.rows] == ["0000000a", "0000000b"],
+                           what="substring label filter applied while typing")
         assert screen.counts.counts["running"] == 0 and screen.counts.total == 2
         box = screen.query_one("#filter", Input)
         box.value = ""
         await pilot.press(*"docs")  # step SQL
-        await wait_for(pilot, lambda: [r.id for r in screen.rows] == ["0000000c"], what="SQL")
+        await wait_for_app(pilot, lambda: [r.id for r in screen.rows] == ["0000000c"], what="SQL")
         assert screen.counts.total == 1 and screen.counts.counts["running"] == 1
         box.value = ""
         await pilot.press(*"division")  # error text
-        await wait_for(pilot, lambda: [r.id for r in screen.rows] == ["0000000b"], what="error")
+        await wait_for_app(pilot, lambda: [r.id for r in screen.rows] == ["0000000b"], what="error")
         await pilot.press("enter")
         assert screen.query_one(DataTable).has_focus
 
@@ -228,33 +213,33 @@ async def test_wide_labels_and_keys_and_banner_at_80x24_and_200(db):
     seed_instances(db, [Seed("0000000a", "running", label=long_label)])
     app = make_app(db, "dftui_alice")
     async with app.run_test(size=(200, 50)) as pilot:
-        screen = await _loaded(pilot, app)
+        screen = await instances_loaded(pilot, app)
         table = screen.query_one(DataTable)
         assert table.columns["label"].width >= len(long_label)
         assert long_label in str(table.get_cell("0000000a", "label"))
-        await wait_for(pilot, lambda: app.engine_warning is not None, what="engine check")
+        await wait_for_app(pilot, lambda: app.engine_warning is not None, what="engine check")
         assert "No engine" in app.header_text(200).plain
         await pilot.resize_terminal(80, 24)
-        await wait_for(pilot, lambda: screen._width == 80, what="resize")
+        await wait_for_app(pilot, lambda: screen._width == 80, what="resize")
         bar = str(screen.query_one("KeyBar").render())
         for key in ("?", "q", "R", "c", "/"):
             assert f" {key} " in bar, (key, bar)
         # the signal dialog fits 80x24 with its buttons
         await pilot.press("s")
-        await wait_for(pilot, lambda: isinstance(app.screen, SignalDialog), what="dialog")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, SignalDialog), what="dialog")
         await pilot.pause()
         button = app.screen.query_one("#confirm")
         assert button.region.height > 0 and button.region.bottom <= 24
         await pilot.press("escape")
         await pilot.press("n")
-        await wait_for(pilot, lambda: isinstance(app.screen, StartDialog), what="start dialog")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, StartDialog), what="start dialog")
         await pilot.pause()
         button = app.screen.query_one("#confirm")
         assert button.region.height > 0 and button.region.bottom <= 24
         await pilot.press("escape")
         # every screen carries the banner
         await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, InstanceScreen), what="detail")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, InstanceScreen), what="detail")
         header = str(app.screen.query_one("AppHeader").render())
         assert "No engine" in header
 
@@ -263,11 +248,11 @@ async def test_help_lists_operator_words_only(db):
     seed_instances(db, [Seed("0000000a", "completed", label="x")])
     app = make_app(db, "dftui_alice")
     async with app.run_test(size=(120, 40)) as pilot:
-        await _loaded(pilot, app)
+        await instances_loaded(pilot, app)
         await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, InstanceScreen), what="detail")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, InstanceScreen), what="detail")
         await pilot.press("question_mark")
-        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
         text = "\n".join(app.screen.lines)
         assert "ancestor" not in text.lower() and "Cursor" not in text
         descriptions = [line.split("  ", 1)[1] for line in app.screen.lines]
@@ -285,7 +270,7 @@ def test_true_timings_and_distinct_attempts_across_a_retry(db):
     from dftui.client import Client
     from dftui.timings import instance_end
     from dftui.widgets.node_panel import node_details
-    from tests.engine_support import running_engine, wait_terminal
+    from tests.support import running_engine, wait_terminal
 
     with db.connect() as conn:
         conn.execute("CREATE TABLE public.fixme (v text)")
@@ -323,26 +308,26 @@ async def test_select_all_matching_then_bulk_cancel_names_them(db):
     keep = start(db, "dftui_alice", "df.sleep(600), 'other'")
     app = make_app(db, "dftui_alice")
     async with app.run_test(size=(120, 40)) as pilot:
-        screen = await _loaded(pilot, app)
+        screen = await instances_loaded(pilot, app)
         await pilot.press("slash", *"label:bulk", "enter")
-        await wait_for(pilot, lambda: {r.id for r in screen.rows} == {a, b}, what="filtered")
+        await wait_for_app(pilot, lambda: {r.id for r in screen.rows} == {a, b}, what="filtered")
         await pilot.press("asterisk")
         assert screen.selected == {a, b}
         await pilot.press("c")
-        await wait_for(pilot, lambda: isinstance(app.screen, CancelDialog), what="dialog")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, CancelDialog), what="dialog")
         dialog = app.screen
         assert "Cancel 2 instances?" in str(dialog.query_one(".dialog-title").render())
         listed = str(dialog.query_one(".dialog-ids").render())
         assert f"bulk-a ({a})" in listed and f"bulk-b ({b})" in listed and keep not in listed
         await pilot.press("enter")
-        await wait_for(pilot, lambda: "Cancelled 2" in _messages(app), what="report")
+        await wait_for_app(pilot, lambda: "Cancelled 2" in _messages(app), what="report")
     statuses = {i: db.scalar("SELECT status FROM df.instances WHERE id = %s", (i,))
                 for i in (a, b, keep)}
     assert statuses == {a: "cancelled", b: "cancelled", keep: "pending"}
 
 
 async def test_export_a_result_beyond_the_shown_rows(db, tmp_path, monkeypatch):
-    from .conftest import N, rows_result, seed_graph
+    from tests.support.tui import N, instances_loaded, rows_result, seed_graph
 
     rows = [{"zeta": i, "alpha": f"a{i}"} for i in range(120)]  # the panel shows 50
     seed_graph(db, "e0e0e0e0", "completed", [
@@ -355,13 +340,13 @@ async def test_export_a_result_beyond_the_shown_rows(db, tmp_path, monkeypatch):
     monkeypatch.setenv("DFTUI_EXPORT_DIR", str(tmp_path))
     app = make_app(db, "dftui_alice")
     async with app.run_test(size=(120, 40)) as pilot:
-        await _loaded(pilot, app)
+        await instances_loaded(pilot, app)
         await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, InstanceScreen)
-                       and app.screen.detail is not None, what="detail")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, InstanceScreen)
+                           and app.screen.detail is not None, what="detail")
         await pilot.pause()
         await pilot.press("E")
-        await wait_for(pilot, lambda: "Exported 120 rows" in _messages(app), what="exported")
+        await wait_for_app(pilot, lambda: "Exported 120 rows" in _messages(app), what="exported")
     lines = (tmp_path / "dftui-e0e0e0e0-e0000001.csv").read_text().splitlines()
     assert lines[0] == "zeta,alpha" and lines[1] == "0,a0" and len(lines) == 121
 

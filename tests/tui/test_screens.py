@@ -6,8 +6,8 @@ from textual.widgets import DataTable, Tree
 
 from dftui.screens.instance import InstanceScreen
 from dftui.screens.instances import InstancesScreen
-
-from .conftest import Seed, make_app, seed_instances, wait_for
+from tests.support import wait_for_app
+from tests.support.tui import Seed, make_app, seed_instances
 
 
 def _ids(screen: InstancesScreen) -> list[str]:
@@ -25,20 +25,20 @@ async def test_list_filter_open(db):
     async with app.run_test(size=(160, 48)) as pilot:
         screen = app.screen
         assert isinstance(screen, InstancesScreen)
-        await wait_for(pilot, lambda: screen.loaded_once, what="first page")
+        await wait_for_app(pilot, lambda: screen.loaded_once, what="first page")
         assert _ids(screen) == ["0000000a", "0000000b", "0000000c"]
         assert screen.counts.counts["failed"] == 1
         table = screen.query_one(DataTable)
         assert table.row_count == 3
         await pilot.press("3")  # failed only
-        await wait_for(pilot, lambda: _ids(screen) == ["0000000b"], what="status filter")
+        await wait_for_app(pilot, lambda: _ids(screen) == ["0000000b"], what="status filter")
         await pilot.press("1", "slash", *"label:embed", "enter")
-        await wait_for(pilot, lambda: _ids(screen) == ["0000000c"], what="label filter")
+        await wait_for_app(pilot, lambda: _ids(screen) == ["0000000c"], what="label filter")
         await pilot.press("escape")
-        await wait_for(pilot, lambda: len(screen.rows) == 3, what="cleared filter")
+        await wait_for_app(pilot, lambda: len(screen.rows) == 3, what="cleared filter")
         await pilot.press("j", "enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, InstanceScreen)
-                       and app.screen.detail is not None, what="detail screen")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, InstanceScreen)
+                           and app.screen.detail is not None, what="detail screen")
         detail = app.screen
         assert detail.instance_id == "0000000b"
         assert detail.detail.status == "failed"
@@ -54,13 +54,13 @@ async def test_keyset_paging_and_cursor_kept_on_refresh(db):
     app = make_app(db, "dftui_alice")
     async with app.run_test(size=(120, 40)) as pilot:
         screen = app.screen
-        await wait_for(pilot, lambda: screen.loaded_once, what="first page")
+        await wait_for_app(pilot, lambda: screen.loaded_once, what="first page")
         assert len(screen.rows) == 100 and screen.next_cursor is not None
         for _ in range(6):  # G goes to the last loaded row; nearing the end loads the next page
             await pilot.press("G")
             await pilot.pause()
-        await wait_for(pilot, lambda: len(screen.rows) == 250 and screen.next_cursor is None,
-                       what="all pages")
+        await wait_for_app(pilot, lambda: len(screen.rows) == 250 and screen.next_cursor is None,
+                           what="all pages")
         assert [r.id for r in screen.rows] == [f"{i:08x}" for i in range(1, 251)]
         assert screen.query_one(DataTable).row_count == 250
 
@@ -71,14 +71,14 @@ async def test_keyset_paging_and_cursor_kept_on_refresh(db):
         seed_instances(db, [Seed("ffff0001", "running", minutes_ago=0),
                             Seed("ffff0002", "pending", minutes_ago=0)])
         screen.live_refresh()
-        await wait_for(pilot, lambda: screen.rows[0].id in ("ffff0001", "ffff0002"),
-                       what="new rows on top")
+        await wait_for_app(pilot, lambda: screen.rows[0].id in ("ffff0001", "ffff0002"),
+                           what="new rows on top")
         assert screen.current_id == "00000064"
         assert len(screen.rows) == 252
 
 
 async def test_copy_follow_and_failed_jumps(db):
-    from .conftest import N, seed_graph
+    from tests.support.tui import N, seed_graph
 
     seed_graph(db, "abcdef01", "running", [
         N("20000001", "JOIN", left="20000002", right="20000003", status="running"),
@@ -91,12 +91,12 @@ async def test_copy_follow_and_failed_jumps(db):
     ], label="two-failures")
     app = make_app(db, "dftui_alice")
     async with app.run_test(size=(160, 48)) as pilot:
-        await wait_for(pilot, lambda: app.screen.loaded_once)
+        await wait_for_app(pilot, lambda: app.screen.loaded_once)
         await pilot.press("y")
         assert app.clipboard == "abcdef01"
         await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, InstanceScreen)
-                       and app.screen.detail is not None, what="detail")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, InstanceScreen)
+                           and app.screen.detail is not None, what="detail")
         detail = app.screen
         tree = detail.query_one(Tree)
 
@@ -115,7 +115,7 @@ async def test_copy_follow_and_failed_jumps(db):
         assert app.clipboard == "SELECT 'x'::int"
         await pilot.press("f")
         assert detail.follow
-        await wait_for(pilot, lambda: at() == "20000007", what="follow jumps to running step")
+        await wait_for_app(pilot, lambda: at() == "20000007", what="follow jumps to running step")
 
 
 def test_filter_syntax():
@@ -144,7 +144,7 @@ async def test_missing_retry_is_disabled_with_reason(db):
     app = make_app(db, "dftui_alice")
     async with app.run_test(size=(160, 48)) as pilot:
         screen = app.screen
-        await wait_for(pilot, lambda: screen.loaded_once)
+        await wait_for_app(pilot, lambda: screen.loaded_once)
         assert not app.client.capabilities.can_retry
         assert "retry disabled" in app.header_text(160).plain
         assert screen.active_bindings["r"].enabled is False
@@ -159,11 +159,11 @@ async def test_status_summary_is_clickable(db):
     app = make_app(db, "dftui_alice")
     async with app.run_test(size=(160, 48)) as pilot:
         screen = app.screen
-        await wait_for(pilot, lambda: screen.loaded_once and screen.counts is not None)
+        await wait_for_app(pilot, lambda: screen.loaded_once and screen.counts is not None)
         summary = screen.query_one("#summary")
         x = str(summary.render()).index("Failed")
         await pilot.click("#summary", offset=(x + 1, 0))
-        await wait_for(pilot, lambda: [r.id for r in screen.rows] == ["0000000b"], what="click filter")
+        await wait_for_app(pilot, lambda: [r.id for r in screen.rows] == ["0000000b"], what="click filter")
         assert screen.filters.status == "failed"
 
 
@@ -173,24 +173,24 @@ async def test_sort_oldest_first_and_label_picker(db):
     app = make_app(db, "dftui_alice")
     async with app.run_test(size=(120, 40)) as pilot:
         screen = app.screen
-        await wait_for(pilot, lambda: screen.loaded_once)
+        await wait_for_app(pilot, lambda: screen.loaded_once)
         await pilot.press("o")
-        await wait_for(pilot, lambda: screen.rows and screen.rows[0].id == f"{130:08x}",
-                       what="oldest first")
+        await wait_for_app(pilot, lambda: screen.rows and screen.rows[0].id == f"{130:08x}",
+                           what="oldest first")
         for _ in range(3):
             await pilot.press("G")
             await pilot.pause()
-        await wait_for(pilot, lambda: len(screen.rows) == 130 and screen.next_cursor is None,
-                       what="all pages oldest first")
+        await wait_for_app(pilot, lambda: len(screen.rows) == 130 and screen.next_cursor is None,
+                           what="all pages oldest first")
         assert [r.id for r in screen.rows] == [f"{i:08x}" for i in range(130, 0, -1)]
         await pilot.press("l")
         from dftui.screens.dialogs import LabelPicker
 
-        await wait_for(pilot, lambda: isinstance(app.screen, LabelPicker)
-                       and app.screen.query_one("#labels").option_count == 3, what="labels")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, LabelPicker)
+                           and app.screen.query_one("#labels").option_count == 3, what="labels")
         await pilot.press("down", "down", "enter")  # (all), batch-0, batch-1
-        await wait_for(pilot, lambda: screen.filters.label_exact == "batch-1" and len(screen.rows) == 65,
-                       what="label filter")
+        await wait_for_app(pilot, lambda: screen.filters.label_exact == "batch-1" and len(screen.rows) == 65,
+                           what="label filter")
         assert all(r.label == "batch-1" for r in screen.rows)
 
 
@@ -199,12 +199,12 @@ async def test_resize_keeps_cursor_and_adapts_columns(db):
     app = make_app(db, "dftui_alice")
     async with app.run_test(size=(160, 48)) as pilot:
         screen = app.screen
-        await wait_for(pilot, lambda: screen.loaded_once)
+        await wait_for_app(pilot, lambda: screen.loaded_once)
         table = screen.query_one(DataTable)
         table.move_cursor(row=table.get_row_index("0000000c"))
         await pilot.pause()
         wide_step = table.columns["step"].width
         await pilot.resize_terminal(80, 24)
-        await wait_for(pilot, lambda: screen._width == 80, what="resize handled")
+        await wait_for_app(pilot, lambda: screen._width == 80, what="resize handled")
         assert screen.current_id == "0000000c"
         assert table.columns["step"].width < wide_step

@@ -12,8 +12,8 @@ import pytest
 
 from dftui.screens.instance import InstanceScreen
 from dftui.screens.instances import InstancesScreen
-
-from .conftest import make_app, seed_showcase, wait_for
+from tests.support import wait_for_app
+from tests.support.tui import make_app, seed_showcase
 
 SIZES = [(80, 24), (160, 48)]
 
@@ -31,7 +31,7 @@ def test_instances_screen(snap_db, snap_compare, size):
 
     async def loaded(pilot):
         screen = app.screen
-        await wait_for(pilot, lambda: isinstance(screen, InstancesScreen) and screen.loaded_once)
+        await wait_for_app(pilot, lambda: isinstance(screen, InstancesScreen) and screen.loaded_once)
         await pilot.press("j")
 
     assert snap_compare(app, terminal_size=size, run_before=loaded)
@@ -43,10 +43,10 @@ def test_instance_screen(snap_db, snap_compare, size):
     app = make_app(snap_db, "dftui_alice")
 
     async def opened(pilot):
-        await wait_for(pilot, lambda: app.screen.loaded_once)
+        await wait_for_app(pilot, lambda: app.screen.loaded_once)
         app.push_screen(InstanceScreen("a1b2c3d4"))
-        await wait_for(pilot, lambda: isinstance(app.screen, InstanceScreen)
-                       and app.screen.detail is not None)
+        await wait_for_app(pilot, lambda: isinstance(app.screen, InstanceScreen)
+                           and app.screen.detail is not None)
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=size, run_before=opened)

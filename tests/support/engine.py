@@ -1,18 +1,17 @@
-"""Helpers shared by the engine tests: an in-process engine and polling helpers.
-
-Polling loops here wait for a *state*, with generous deadlines; they never assert on speed.
+"""Running workflows in tests: an in-process engine, starting instances, waiting for them and
+reading what they left (node rows, results, errors).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from dftui.vocabulary import TERMINAL_STATUSES
 from engine.config import EngineConfig
 from engine.runner import Engine
+from tests.support.wait import wait_for
 
 
 @contextmanager
@@ -25,18 +24,6 @@ def running_engine(dsn: str, **overrides: Any) -> Iterator[Engine]:
         yield engine
     finally:
         engine.stop()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05,
-             what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 def start(db: Any, role: str | None, expr: str, *params: Any) -> str:
@@ -60,6 +47,16 @@ def node_rows(db: Any, instance_id: str) -> list[dict[str, Any]]:
             "FROM df.nodes WHERE instance_id = %s ORDER BY created_at, id", (instance_id,))
         cols = [c.name for c in cur.description]
         return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+
+def errors(db: Any, instance_id: str) -> str:
+    """The instance's own error and every node error, joined — for assertion messages and
+    `in` checks (an identity refused at the claim fails the instance before any node runs, as
+    pg_durable does, so its reason is not on a node)."""
+    own = db.scalar("SELECT error FROM df_internal.instance_state WHERE instance_id = %s",
+                    (instance_id,))
+    nodes = [n["error"] for n in node_rows(db, instance_id) if n["error"]]
+    return " | ".join([*([own] if own else []), *nodes])
 
 
 def root_result(db: Any, instance_id: str) -> Any:

