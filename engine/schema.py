@@ -24,6 +24,7 @@ engine of another level, so an engine left running across an upgrade stops clean
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -75,23 +76,52 @@ def sql_root() -> Path:
     raise SchemaError("the dftui SQL files are missing from this installation")
 
 
+@dataclass(frozen=True)
+class SqlTree:
+    """The text of one SQL tree: the baseline, the migrations and the routines, each in order."""
+
+    baseline: str
+    migrations: tuple[Migration, ...]
+    routines: str
+
+
+def _read_tree(root: Path) -> SqlTree:
+    def texts(folder: Path) -> list[tuple[str, str]]:
+        files = sorted(folder.glob("*.sql")) if folder.is_dir() else []
+        return [(f.stem, f.read_text()) for f in files]
+
+    return SqlTree(
+        baseline="\n".join(text for _, text in texts(root / BASELINE)),
+        migrations=tuple(Migration(name, text) for name, text in texts(root / "migrations")),
+        routines="\n".join(text for _, text in texts(root / "routines")))
+
+
+@functools.cache
+def _shipped_tree() -> SqlTree:
+    # The files this build ships do not change while it runs: read them once per process (an
+    # engine calls schema_level() and the install path on every start; the CLI several times).
+    return _read_tree(sql_root())
+
+
+def sql_tree(root: Path | None = None) -> SqlTree:
+    """The shipped SQL (read once), or the tree at `root`, read afresh (tests point `root` at
+    trees they change between calls)."""
+    return _shipped_tree() if root is None else _read_tree(root)
+
+
 def baseline_sql(root: Path | None = None) -> str:
     """The frozen first release, its files concatenated in order."""
-    files = sorted(((root or sql_root()) / BASELINE).glob("*.sql"))
-    return "\n".join(f.read_text() for f in files)
+    return sql_tree(root).baseline
 
 
 def migrations(root: Path | None = None) -> list[Migration]:
     """Every migration this build ships, in the order they are applied."""
-    folder = (root or sql_root()) / "migrations"
-    files = sorted(folder.glob("*.sql")) if folder.is_dir() else []
-    return [Migration(f.stem, f.read_text()) for f in files]
+    return list(sql_tree(root).migrations)
 
 
 def routines_sql(root: Path | None = None) -> str:
-    folder = (root or sql_root()) / "routines"
-    files = sorted(folder.glob("*.sql")) if folder.is_dir() else []
-    return "\n".join(f.read_text() for f in files)
+    """Every routines file, concatenated in file-name order (re-applied on each install)."""
+    return sql_tree(root).routines
 
 
 def schema_level(root: Path | None = None) -> str:
