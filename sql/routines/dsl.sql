@@ -338,3 +338,393 @@ END;
 $fn$;
 COMMENT ON FUNCTION df.http_multipart(text, text, jsonb, jsonb, integer) IS
     'HTTP_MULTIPART node: a multipart/form-data request; parts: [{"name","data_b64","filename"?,"content_type"?}]';
+
+-- ---------------------------------------------------------------------------------------------
+-- The node envelope (df.ensure_durofut), the node builders and the helpers the DSL operators call (unchanged since 0.1.0)
+-- ---------------------------------------------------------------------------------------------
+
+-- * a JSON object whose node_type is a known node type is a node: it is re-emitted in canonical
+--   key order (children verbatim) after a shallow shape check; a malformed one raises;
+-- * the partial marker produced by `?>` raises (it is only meaningful as the left side of `!>`);
+-- * anything else (plain SQL, other JSON, unknown node types) becomes a SQL node. df.start is
+--   the strict entry point that rejects unknown node types.
+-- Optional overrides replace result_name / retry_policy (used by df.as and df.retry_policy).
+CREATE OR REPLACE FUNCTION df.ensure_durofut(val text, result_name text DEFAULT NULL,
+                                  retry_policy text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_keys   text[];
+    v_vals   json[];
+    v_nt     json;
+    v_q      json;
+    v_rn     json;
+    v_left   json;
+    v_right  json;
+    v_cond   json;
+    v_extra  json;
+    v_rp     json;
+    v_type   text;
+    v_query  text;
+    v_name   text;
+    v_out    text;
+    i        integer;
+BEGIN
+    IF val IS NULL THEN
+        RAISE EXCEPTION 'a workflow step must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+
+    -- One pass over the top-level members (children stay unparsed raw text), so wrapping a
+    -- large graph again costs one JSON scan, not one per field.
+    IF ltrim(val, E' \t\r\n') LIKE '{%' THEN
+        BEGIN
+            SELECT array_agg(e.key), array_agg(e.value) INTO v_keys, v_vals
+              FROM json_each(val::json) e;
+        EXCEPTION
+            WHEN invalid_text_representation THEN
+                v_keys := NULL;  -- not JSON: plain SQL that happens to start with a brace
+            WHEN statement_too_complex THEN
+                RAISE EXCEPTION 'workflow graph exceeds the maximum nesting depth of 256'
+                    USING ERRCODE = 'program_limit_exceeded';
+        END;
+    END IF;
+
+    FOR i IN 1 .. coalesce(cardinality(v_keys), 0) LOOP
+        CASE v_keys[i]
+            WHEN 'node_type' THEN v_nt := v_vals[i];
+            WHEN 'query' THEN v_q := v_vals[i];
+            WHEN 'result_name' THEN v_rn := v_vals[i];
+            WHEN 'left_node' THEN v_left := v_vals[i];
+            WHEN 'right_node' THEN v_right := v_vals[i];
+            WHEN 'condition_node' THEN v_cond := v_vals[i];
+            WHEN 'extra_nodes' THEN v_extra := v_vals[i];
+            WHEN 'retry_policy' THEN v_rp := v_vals[i];
+            ELSE NULL;
+        END CASE;
+    END LOOP;
+
+    IF v_nt IS NULL AND '_partial_if' = ANY (v_keys) THEN
+        RAISE EXCEPTION 'incomplete conditional: "cond ?> then" must be followed by "!> else"'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_nt IS NOT NULL THEN
+        IF json_typeof(v_nt) <> 'string' THEN
+            RAISE EXCEPTION 'Invalid Durofut JSON: node_type must be a string'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        v_type := v_nt #>> '{}';
+    END IF;
+
+    IF v_type IN ('SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE', 'SLEEP',
+                  'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL') THEN
+        -- Shallow shape check (json_typeof only reads the first token); df.start validates
+        -- the whole graph.
+        IF json_typeof(v_q) NOT IN ('string', 'null') THEN
+            RAISE EXCEPTION 'Invalid Durofut JSON: query must be a string'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF json_typeof(v_rn) NOT IN ('string', 'null') THEN
+            RAISE EXCEPTION 'Invalid Durofut JSON: result_name must be a string'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF json_typeof(v_left) NOT IN ('object', 'null') THEN
+            RAISE EXCEPTION 'Invalid Durofut JSON: Durofut children must be JSON objects (left_node is %)',
+                json_typeof(v_left) USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF json_typeof(v_right) NOT IN ('object', 'null') THEN
+            RAISE EXCEPTION 'Invalid Durofut JSON: Durofut children must be JSON objects (right_node is %)',
+                json_typeof(v_right) USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF json_typeof(v_cond) NOT IN ('object', 'null') THEN
+            RAISE EXCEPTION 'Invalid Durofut JSON: condition_node must be a Durofut JSON object'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF json_typeof(v_extra) = 'null' THEN
+            v_extra := NULL;
+        ELSIF v_extra IS NOT NULL THEN
+            IF json_typeof(v_extra) <> 'array'
+               OR EXISTS (SELECT 1 FROM json_array_elements(v_extra) e
+                           WHERE json_typeof(e) <> 'object') THEN
+                RAISE EXCEPTION 'Invalid Durofut JSON: extra_nodes entries must be Durofut JSON objects'
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            IF json_array_length(v_extra) = 0 THEN
+                v_extra := NULL;
+            END IF;
+        END IF;
+        IF json_typeof(v_rp) NOT IN ('object', 'null') THEN
+            RAISE EXCEPTION 'Invalid Durofut JSON: retry_policy must be a JSON object'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        v_query := v_q #>> '{}';
+        v_name := v_rn #>> '{}';
+        IF json_typeof(v_left) = 'null' THEN v_left := NULL; END IF;
+        IF json_typeof(v_right) = 'null' THEN v_right := NULL; END IF;
+        IF json_typeof(v_cond) = 'null' THEN v_cond := NULL; END IF;
+        IF json_typeof(v_rp) = 'null' THEN v_rp := NULL; END IF;
+    ELSE
+        -- plain SQL, non-envelope JSON, or an unknown node type: a SQL node
+        v_type := 'SQL';
+        v_query := val;
+        v_name := NULL;
+        v_left := NULL; v_right := NULL; v_cond := NULL; v_extra := NULL; v_rp := NULL;
+    END IF;
+
+    IF result_name IS NOT NULL THEN
+        v_name := result_name;
+    END IF;
+    IF retry_policy IS NOT NULL THEN
+        v_rp := retry_policy::json;
+    END IF;
+
+    v_out := '{"node_type":' || to_json(v_type)::text;
+    IF v_query IS NOT NULL THEN
+        v_out := v_out || ',"query":' || to_json(v_query)::text;
+    END IF;
+    IF v_name IS NOT NULL THEN
+        v_out := v_out || ',"result_name":' || to_json(v_name)::text;
+    END IF;
+    IF v_left IS NOT NULL THEN
+        v_out := v_out || ',"left_node":' || v_left::text;
+    END IF;
+    IF v_right IS NOT NULL THEN
+        v_out := v_out || ',"right_node":' || v_right::text;
+    END IF;
+    IF v_cond IS NOT NULL THEN
+        v_out := v_out || ',"condition_node":' || v_cond::text;
+    END IF;
+    IF v_extra IS NOT NULL THEN
+        v_out := v_out || ',"extra_nodes":' || v_extra::text;
+    END IF;
+    IF v_rp IS NOT NULL THEN
+        v_out := v_out || ',"retry_policy":' || v_rp::text;
+    END IF;
+    RETURN v_out || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.ensure_durofut(text, text, text) IS
+    'Canonical node envelope for a DSL value: envelopes pass through, anything else becomes a SQL node';
+
+CREATE OR REPLACE FUNCTION df.sql(query text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF query IS NULL THEN
+        RAISE EXCEPTION 'df.sql(): query must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    RETURN '{"node_type":"SQL","query":' || to_json(query)::text || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.sql(text) IS 'SQL node: one statement run as the submitting role';
+
+CREATE OR REPLACE FUNCTION df.seq(a text, b text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RETURN '{"node_type":"THEN","left_node":' || df.ensure_durofut(a)
+        || ',"right_node":' || df.ensure_durofut(b) || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.seq(text, text) IS 'THEN node (operator ~>): run a, then b; result is b''s';
+
+CREATE OR REPLACE FUNCTION df.as(fut text, name text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF name IS NULL OR name !~ '^[A-Za-z_][A-Za-z0-9_]*$' THEN
+        RAISE EXCEPTION '"%" is not a valid identifier: result names must match ^[A-Za-z_][A-Za-z0-9_]*$',
+            coalesce(name, 'NULL') USING ERRCODE = 'invalid_name';
+    END IF;
+    RETURN df.ensure_durofut(fut, name);
+END;
+$fn$;
+COMMENT ON FUNCTION df.as(text, text) IS 'Name a node''s result (operator |=>) so later steps can use $name';
+
+CREATE OR REPLACE FUNCTION df.join(a text, b text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RETURN '{"node_type":"JOIN","left_node":' || df.ensure_durofut(a)
+        || ',"right_node":' || df.ensure_durofut(b) || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.join(text, text) IS 'JOIN node (operator &): both branches in parallel; result is the JSON array of branch results';
+
+CREATE OR REPLACE FUNCTION df.join3(a text, b text, c text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RETURN '{"node_type":"JOIN","left_node":' || df.ensure_durofut(a)
+        || ',"right_node":' || df.ensure_durofut(b)
+        || ',"extra_nodes":[' || df.ensure_durofut(c) || ']}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.join3(text, text, text) IS 'JOIN node with three parallel branches';
+
+CREATE OR REPLACE FUNCTION df.race(a text, b text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RETURN '{"node_type":"RACE","left_node":' || df.ensure_durofut(a)
+        || ',"right_node":' || df.ensure_durofut(b) || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.race(text, text) IS 'RACE node (operator |): the first branch to finish decides';
+
+CREATE OR REPLACE FUNCTION df.if(condition text, then_branch text, else_branch text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    -- Wrapped in source order so an error points at the first bad operand.
+    v_cond text := df.ensure_durofut(condition);
+    v_then text := df.ensure_durofut(then_branch);
+    v_else text := df.ensure_durofut(else_branch);
+BEGIN
+    RETURN '{"node_type":"IF","left_node":' || v_then || ',"right_node":' || v_else
+        || ',"condition_node":' || v_cond || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.if(text, text, text) IS 'IF node (operators ?> !>): runs the condition node, then one arm';
+
+CREATE OR REPLACE FUNCTION df.loop(body text, condition text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_body text := df.ensure_durofut(body);
+BEGIN
+    IF condition IS NULL THEN
+        RETURN '{"node_type":"LOOP","left_node":' || v_body || '}';
+    END IF;
+    RETURN '{"node_type":"LOOP","left_node":' || v_body
+        || ',"condition_node":' || df.ensure_durofut(condition) || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.loop(text, text) IS
+    'LOOP node (prefix operator @>): repeat body; with a condition, do-while (body first)';
+
+CREATE OR REPLACE FUNCTION df.sleep(seconds bigint)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF seconds IS NULL THEN
+        RAISE EXCEPTION 'df.sleep(): seconds must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF seconds < 0 THEN
+        RAISE EXCEPTION 'sleep duration must be >= 0 seconds (got %)', seconds
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN '{"node_type":"SLEEP","query":"' || seconds::text || '"}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.sleep(bigint) IS 'SLEEP node: a durable timer of the given seconds (>= 0)';
+
+-- Retry policy for one node (and, through df.start's retry_policy argument, for a whole
+-- instance). Stored in the envelope under "retry_policy"; df.start hands it to the engine.
+CREATE OR REPLACE FUNCTION df.retry_policy(fut text, max_attempts integer,
+                                backoff_seconds double precision DEFAULT 1,
+                                max_backoff_seconds double precision DEFAULT 60,
+                                retry_on text[] DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF max_attempts IS NULL OR max_attempts < 1 THEN
+        RAISE EXCEPTION 'retry policy: max_attempts must be at least 1 (got %)',
+            coalesce(max_attempts::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF backoff_seconds IS NULL OR backoff_seconds < 0 OR backoff_seconds = 'Infinity'::float8
+       OR backoff_seconds = 'NaN'::float8 THEN
+        RAISE EXCEPTION 'retry policy: backoff_seconds must be a finite number >= 0 (got %)',
+            coalesce(backoff_seconds::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF max_backoff_seconds IS NULL OR max_backoff_seconds < backoff_seconds
+       OR max_backoff_seconds = 'Infinity'::float8 OR max_backoff_seconds = 'NaN'::float8 THEN
+        RAISE EXCEPTION 'retry policy: max_backoff_seconds must be a finite number >= backoff_seconds (got %)',
+            coalesce(max_backoff_seconds::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF retry_on IS NOT NULL AND EXISTS (SELECT 1 FROM unnest(retry_on) r
+                                         WHERE r IS NULL OR btrim(r) = '') THEN
+        RAISE EXCEPTION 'retry policy: retry_on entries must be non-empty strings'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN df.ensure_durofut(fut, NULL,
+        '{"max_attempts":' || max_attempts::text
+        || ',"backoff_seconds":' || to_json(backoff_seconds)::text
+        || ',"max_backoff_seconds":' || to_json(max_backoff_seconds)::text
+        || ',"retry_on":' || coalesce(to_json(retry_on)::text, 'null') || '}');
+END;
+$fn$;
+COMMENT ON FUNCTION df.retry_policy(text, integer, double precision, double precision, text[]) IS
+    'Attach a retry policy to a node: attempts, exponential backoff (seconds, capped) and retryable error classes';
+
+-- cond ?> then: a partial marker that only !> accepts.
+CREATE OR REPLACE FUNCTION df.if_then_op(condition text, then_branch text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RETURN '{"_partial_if":true,"condition":' || df.ensure_durofut(condition)
+        || ',"then_branch":' || df.ensure_durofut(then_branch) || '}';
+END;
+$fn$;
+COMMENT ON FUNCTION df.if_then_op(text, text) IS 'Operator ?>: the first half of cond ?> then !> else';
+
+CREATE OR REPLACE FUNCTION df.if_else_op(partial_if text, else_branch text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    j json;
+BEGIN
+    IF partial_if IS NOT NULL AND ltrim(partial_if) LIKE '{"_partial_if":%' THEN
+        BEGIN
+            j := partial_if::json;
+        EXCEPTION WHEN invalid_text_representation THEN
+            j := NULL;
+        END;
+    END IF;
+    IF j IS NULL OR json_typeof(j) <> 'object' OR j->'_partial_if' IS NULL
+       OR json_typeof(j->'condition') IS DISTINCT FROM 'object'
+       OR json_typeof(j->'then_branch') IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'Invalid if-then-else: left side of !> must be a ?> expression'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN df.if((j->'condition')::text, (j->'then_branch')::text, else_branch);
+END;
+$fn$;
+COMMENT ON FUNCTION df.if_else_op(text, text) IS 'Operator !>: completes cond ?> then !> else';
+
+CREATE OR REPLACE FUNCTION df.loop_prefix_op(body text)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RETURN df.loop(body);
+END;
+$fn$;
+COMMENT ON FUNCTION df.loop_prefix_op(text) IS 'Prefix operator @>: an infinite loop';

@@ -30,3 +30,69 @@ SELECT i.id AS instance_id, i.label, i.submitted_by, t.node_id, n.node_type,
  WHERE (t.run_at > now() OR t.phase = 'waiting')
    AND df_internal.visible(i.submitted_by);
 
+-- ---------------------------------------------------------------------------------------------
+-- Visibility and the health views (unchanged since 0.1.0)
+-- ---------------------------------------------------------------------------------------------
+
+-- Can the querying role see instances submitted by `p_owner`? Called from views, so
+-- current_user is the caller. Deliberately an inlinable SQL function (no SET clause: the planner
+-- folds it into the view's query and keeps index plans), hence every operator and type is
+-- schema-qualified: an inlined body is parsed under the caller's search_path.
+CREATE OR REPLACE FUNCTION df_internal.visible(p_owner regrole) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT p_owner OPERATOR(pg_catalog.=) pg_catalog.quote_ident(current_user)::pg_catalog.regrole
+        OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+                    WHERE r.rolname OPERATOR(pg_catalog.=) current_user AND r.rolsuper)
+        OR pg_catalog.pg_has_role(current_user,
+              (SELECT n.nspowner FROM pg_catalog.pg_namespace n
+                WHERE n.nspname OPERATOR(pg_catalog.=) 'df'), 'MEMBER')
+$$;
+
+-- Instances that look stuck: a step running longer than pg_durable.stuck_after (default 10 min),
+-- or work that has been due for over a minute while no engine has sent a heartbeat for 30 s.
+CREATE OR REPLACE VIEW df.stuck_instances WITH (security_barrier = true) AS
+SELECT i.id AS instance_id, i.label, i.submitted_by, m.node_id, n.node_type,
+       'step running since ' || to_char(m.started_at, 'YYYY-MM-DD HH24:MI:SS TZ') AS reason,
+       m.started_at AS since
+  FROM df_internal.node_meta m
+  JOIN df.instances i ON i.id = m.instance_id AND i.status IN ('pending', 'running')
+  JOIN df.nodes n ON n.instance_id = m.instance_id AND n.id = m.node_id
+ WHERE n.status = 'running'
+   AND n.node_type IN ('SQL', 'HTTP', 'HTTP_MULTIPART')
+   AND m.started_at < now() - COALESCE(NULLIF(current_setting('pg_durable.stuck_after', true), '')::interval,
+                                       interval '10 minutes')
+   AND NOT EXISTS (SELECT 1 FROM df_internal.tasks t
+                    WHERE t.instance_id = m.instance_id AND t.node_id = m.node_id
+                      AND t.phase = 'waiting')
+   AND df_internal.visible(i.submitted_by)
+UNION ALL
+SELECT i.id, i.label, i.submitted_by, t.node_id, n.node_type,
+       'due since ' || to_char(t.run_at, 'YYYY-MM-DD HH24:MI:SS TZ') || ' and no engine is alive',
+       t.run_at
+  FROM df_internal.tasks t
+  JOIN df.instances i ON i.id = t.instance_id
+  LEFT JOIN df.nodes n ON n.instance_id = t.instance_id AND n.id = t.node_id
+ WHERE t.run_at < now() - interval '1 minute'
+   AND NOT EXISTS (SELECT 1 FROM df_internal.engines e
+                    WHERE e.stopped_at IS NULL AND e.heartbeat_at > now() - interval '30 seconds')
+   AND df_internal.visible(i.submitted_by);
+
+-- Finished step attempts per 10-second bucket over the last 15 minutes (throughput sparkline).
+CREATE OR REPLACE VIEW df.step_rate WITH (security_barrier = true) AS
+SELECT to_timestamp(floor(extract(epoch FROM a.finished_at) / 10) * 10) AS bucket,
+       count(*) AS steps,
+       count(*) FILTER (WHERE a.status = 'failed') AS failed
+  FROM df_internal.node_attempts a
+  JOIN df.instances i ON i.id = a.instance_id
+ WHERE a.finished_at > now() - interval '15 minutes'
+   AND df_internal.visible(i.submitted_by)
+ GROUP BY 1;
+
+-- Queue depth: runnable now vs waiting, visible to the caller.
+CREATE OR REPLACE VIEW df.queue_depth WITH (security_barrier = true) AS
+SELECT count(*) FILTER (WHERE t.run_at <= now() AND t.phase <> 'waiting') AS runnable,
+       count(*) FILTER (WHERE t.run_at > now() OR t.phase = 'waiting') AS waiting,
+       min(t.run_at) FILTER (WHERE t.run_at <= now() AND t.phase <> 'waiting') AS oldest_due
+  FROM df_internal.tasks t
+  JOIN df.instances i ON i.id = t.instance_id
+ WHERE df_internal.visible(i.submitted_by);

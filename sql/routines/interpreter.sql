@@ -1,6 +1,7 @@
--- The interpreter (df_internal.drive), the graph check the engine runs before an instance
--- starts, and signal delivery: the parts of docs/architecture.md's state machine that read the
--- node configs stored in df.nodes.query.
+-- The interpreter (df_internal.drive), LOOP iterations and signal delivery: the parts of
+-- docs/architecture.md's state machine that read the node configs stored in df.nodes.query.
+-- (The graph check the engine runs before an instance starts is validation.sql; the tree walks
+-- are graph.sql.)
 --
 -- Node configs are pg_durable 0.2.6's (what its DSL writes, so a graph built for pg_durable or
 -- inserted by hand runs unchanged): SIGNAL {"signal_name","timeout_seconds"}, WAIT_SCHEDULE
@@ -345,110 +346,31 @@ BEGIN
     END LOOP;
 END $$;
 
--- Check the graph of an instance before it starts. df.start validates strictly, but a granted
--- role may also INSERT df.instances / df.nodes directly (pg_durable's column grants), so the
--- engine must not trust the rows: a cycle or a shared child would unfold forever, a malformed
--- config would make every claim of the instance fail. Raises with a description of the first
--- problem; start_instance turns that into a failed instance.
-CREATE OR REPLACE FUNCTION df_internal.check_graph(p_instance varchar) RETURNS void
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+-- Start the next LOOP iteration (the engine claims the 'iterate' task when it is due).
+CREATE OR REPLACE FUNCTION df_internal.loop_iterate(p_instance varchar, p_loop varchar)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+    SET lock_timeout = '2s'  -- a submitter holding its own instance row must not stall a worker
+AS $$
 DECLARE
-    root varchar;
-    bad text;
-    missing text;
-    total integer;
+    n df.nodes%ROWTYPE;
+    m df_internal.node_meta%ROWTYPE;
 BEGIN
-    SELECT i.root_node INTO root FROM df.instances i WHERE i.id = p_instance;
-    IF NOT EXISTS (SELECT 1 FROM df.nodes x WHERE x.instance_id = p_instance AND x.id = root) THEN
-        RAISE EXCEPTION 'the root node % does not exist', root;
+    PERFORM df_internal.lock_instance(p_instance);
+    DELETE FROM df_internal.tasks t WHERE t.instance_id = p_instance AND t.node_id = p_loop;
+    SELECT * INTO n FROM df.nodes x WHERE x.instance_id = p_instance AND x.id = p_loop;
+    SELECT * INTO m FROM df_internal.node_meta x WHERE x.instance_id = p_instance AND x.node_id = p_loop;
+    IF n.status <> 'running' THEN
+        RETURN;
     END IF;
-    SELECT string_agg(format('%s (%s)', x.id, x.node_type), ', ' ORDER BY x.id) INTO bad
-      FROM df.nodes x
-     WHERE x.instance_id = p_instance
-       AND x.node_type IN ('IF', 'JOIN', 'LOOP', 'SIGNAL', 'HTTP', 'HTTP_MULTIPART', 'BREAK')
-       AND x.query IS NOT NULL AND df_internal.try_jsonb(x.query) IS NULL;
-    IF bad IS NOT NULL THEN
-        RAISE EXCEPTION 'node config is not valid JSON: %', bad;
+    PERFORM df_internal.reset_subtree(p_instance, n.left_node, false);
+    IF n.query IS NOT NULL AND n.query::jsonb ? 'condition_node' THEN
+        PERFORM df_internal.reset_subtree(p_instance, n.query::jsonb ->> 'condition_node', false);
     END IF;
-    SELECT string_agg(format('%s (%s)', x.id, x.node_type), ', ' ORDER BY x.id) INTO bad
-      FROM df.nodes x
-     WHERE x.instance_id = p_instance AND x.node_type IN ('IF', 'JOIN', 'LOOP')
-       AND x.query IS NOT NULL
-       AND (jsonb_typeof(x.query::jsonb) <> 'object'
-            OR (x.query::jsonb ? 'condition_node'
-                AND jsonb_typeof(x.query::jsonb -> 'condition_node') <> 'string')
-            OR (x.query::jsonb ? 'extra_nodes'
-                AND jsonb_typeof(x.query::jsonb -> 'extra_nodes') <> 'array'));
-    IF bad IS NOT NULL THEN
-        RAISE EXCEPTION 'malformed child reference in the config of %', bad;
+    IF m.slot = 'root' THEN
+        DELETE FROM df_internal.named_results nr WHERE nr.instance_id = p_instance;
     END IF;
-
-    -- Every node has at most one parent and the root none: then what is reachable from the
-    -- root is a finite tree (a cycle would need a node with two parents to be reachable).
-    WITH refs AS (
-        SELECT r.parent, r.child FROM df_internal.child_refs(p_instance) r
-    ), twice AS (
-        SELECT r.child FROM refs r GROUP BY r.child HAVING count(*) > 1 OR r.child = root
-    )
-    SELECT (SELECT string_agg(t.child, ', ' ORDER BY t.child) FROM twice t),
-           (SELECT string_agg(DISTINCT r.child, ', ') FROM refs r
-             WHERE NOT EXISTS (SELECT 1 FROM df.nodes x WHERE x.instance_id = p_instance AND x.id = r.child))
-      INTO bad, missing;
-    IF bad IS NOT NULL THEN
-        RAISE EXCEPTION 'the graph is not a tree: node(s) % are referenced more than once', bad;
-    END IF;
-    IF missing IS NOT NULL THEN
-        RAISE EXCEPTION 'referenced node(s) % do not exist', missing;
-    END IF;
-
-    WITH RECURSIVE refs AS (
-        SELECT r.parent, r.child FROM df_internal.child_refs(p_instance) r
-    ), reach AS (
-        SELECT root::varchar AS id
-        UNION
-        SELECT r.child FROM reach JOIN refs r ON r.parent = reach.id
-    )
-    SELECT count(*),
-           string_agg(format('%s (%s)', x.id, x.node_type), ', ' ORDER BY x.id) FILTER (WHERE NOT CASE x.node_type
-        WHEN 'SQL' THEN btrim(x.query, E' \t\r\n;') <> ''
-        WHEN 'SLEEP' THEN x.query ~ '^\s*[0-9]{1,12}\s*$'
-        WHEN 'WAIT_SCHEDULE' THEN btrim(x.query) <> ''
-            AND (ltrim(x.query) NOT LIKE '{%'
-                 OR jsonb_typeof(df_internal.try_jsonb(x.query) -> 'cron_expr') = 'string')
-        WHEN 'BREAK' THEN true
-        WHEN 'SIGNAL' THEN jsonb_typeof(x.query::jsonb) = 'object'
-            AND jsonb_typeof(coalesce(x.query::jsonb -> 'signal_name', x.query::jsonb -> 'name')) = 'string'
-            AND COALESCE(jsonb_typeof(x.query::jsonb -> 'timeout_seconds'), 'null') IN ('null', 'number')
-        WHEN 'HTTP' THEN jsonb_typeof(x.query::jsonb) = 'object'
-            AND jsonb_typeof(x.query::jsonb -> 'url') = 'string'
-            AND COALESCE(jsonb_typeof(x.query::jsonb -> 'method'), 'null') IN ('null', 'string')
-            AND COALESCE(jsonb_typeof(x.query::jsonb -> 'headers'), 'null') IN ('null', 'object')
-            AND COALESCE(jsonb_typeof(x.query::jsonb -> 'timeout_seconds'), 'null') IN ('null', 'number')
-        WHEN 'HTTP_MULTIPART' THEN jsonb_typeof(x.query::jsonb) = 'object'
-            AND jsonb_typeof(x.query::jsonb -> 'url') = 'string'
-            AND COALESCE(jsonb_typeof(x.query::jsonb -> 'method'), 'null') IN ('null', 'string')
-            AND COALESCE(jsonb_typeof(x.query::jsonb -> 'headers'), 'null') IN ('null', 'object')
-            AND COALESCE(jsonb_typeof(x.query::jsonb -> 'timeout_seconds'), 'null') IN ('null', 'number')
-            AND jsonb_typeof(x.query::jsonb -> 'parts') = 'array'
-            AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(x.query::jsonb -> 'parts') p(v)
-                             WHERE jsonb_typeof(p.v) <> 'object'
-                                OR jsonb_typeof(p.v -> 'name') IS DISTINCT FROM 'string')
-        WHEN 'IF' THEN x.query IS NOT NULL
-            AND ((x.query::jsonb ? 'condition_node')
-                 <> (x.query::jsonb ? 'if_rows'
-                     OR coalesce(x.query::jsonb ->> 'condition_type' = 'result_has_rows', false)))
-            AND COALESCE(jsonb_typeof(coalesce(x.query::jsonb -> 'result_name', x.query::jsonb -> 'if_rows')),
-                         'string') = 'string'
-        ELSE true   -- THEN, JOIN, RACE, LOOP: shape checked by constraints and above
-     END)
-      INTO total, bad
-      FROM df.nodes x JOIN reach g ON g.id = x.id
-     WHERE x.instance_id = p_instance;
-    IF total > 10000 THEN
-        RAISE EXCEPTION 'Workflow exceeds maximum node count of 10000 (% nodes)', total;
-    END IF;
-    IF bad IS NOT NULL THEN
-        RAISE EXCEPTION 'invalid node configuration: %', bad;
-    END IF;
+    UPDATE df_internal.node_meta x SET iteration = x.iteration + 1, started_at = now()
+     WHERE x.instance_id = p_instance AND x.node_id = p_loop;
+    PERFORM df_internal.drive(p_instance, jsonb_build_array(
+        jsonb_build_object('op', 'activate', 'node', n.left_node)));
 END $$;
-

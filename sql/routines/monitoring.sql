@@ -377,3 +377,150 @@ SELECT e.id,
        e.role_max_running,
        e.step_timeout_ms
   FROM df_internal.engines e;
+
+-- ---------------------------------------------------------------------------------------------
+-- Engine-side monitoring views and the installation-wide counters (unchanged since 0.1.0)
+-- ---------------------------------------------------------------------------------------------
+
+-- Engine-side state of each instance: timing, current execution number (1 + retries), the
+-- final output/error and the cancel reason.
+CREATE OR REPLACE VIEW df.instance_runtime WITH (security_barrier = true) AS
+SELECT s.instance_id::text                    AS instance_id,
+       i.submitted_by,
+       i.status,
+       s.started_at,
+       s.finished_at,
+       s.execution,
+       s.output,
+       s.error,
+       s.cancel_reason,
+       s.retry_policy,
+       (SELECT count(*) FROM df_internal.signals g
+         WHERE g.instance_id = s.instance_id AND g.consumed_at IS NULL) AS pending_signals
+  FROM df_internal.instance_state s
+  JOIN df.instances i ON i.id = s.instance_id
+ WHERE i.submitted_by = pg_catalog.quote_ident(current_user)::regrole
+    OR (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+    OR (SELECT pg_catalog.pg_has_role(current_user, n.nspowner, 'MEMBER')
+          FROM pg_catalog.pg_namespace n WHERE n.nspname = 'df');
+
+-- Per-node engine data: parent link, generation, attempts, loop iteration, timing, the SQL that
+-- actually ran (after substitution).
+CREATE OR REPLACE VIEW df.node_runs WITH (security_barrier = true) AS
+SELECT m.instance_id::text AS instance_id,
+       m.node_id::text     AS node_id,
+       m.parent_id::text   AS parent_id,
+       m.slot,
+       n.node_type,
+       n.status,
+       n.error,
+       m.gen,
+       m.attempts,
+       m.iteration,
+       m.retry_policy,
+       m.started_at,
+       m.finished_at,
+       (extract(epoch FROM (m.finished_at - m.started_at)) * 1000)::bigint AS duration_ms,
+       m.ran_sql
+  FROM df_internal.node_meta m
+  JOIN df.instances i ON i.id = m.instance_id
+  JOIN df.nodes n ON n.instance_id = m.instance_id AND n.id = m.node_id
+ WHERE i.submitted_by = pg_catalog.quote_ident(current_user)::regrole
+    OR (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+    OR (SELECT pg_catalog.pg_has_role(current_user, ns.nspowner, 'MEMBER')
+          FROM pg_catalog.pg_namespace ns WHERE ns.nspname = 'df');
+
+-- Every execution attempt of a leaf node / loop iteration (kind 'attempt'), plus one row per
+-- df.retry (kind 'retry': who and when) on the node it resumed: the from_node, else the node
+-- whose failure was retried, else the root.
+CREATE OR REPLACE VIEW df.node_attempt_history WITH (security_barrier = true) AS
+SELECT h.*
+  FROM (
+    SELECT a.instance_id::text AS instance_id,
+           a.node_id::text     AS node_id,
+           'attempt'::text     AS kind,
+           a.iteration,
+           a.attempt,
+           a.status,
+           a.started_at,
+           a.finished_at,
+           (extract(epoch FROM (a.finished_at - a.started_at)) * 1000)::bigint AS duration_ms,
+           a.error,
+           a.ran_sql,
+           a.engine_id,
+           NULL::regrole       AS requested_by
+      FROM df_internal.node_attempts a
+    UNION ALL
+    SELECT r.instance_id::text,
+           coalesce(r.from_node,
+                    (SELECT a.node_id FROM df_internal.node_attempts a
+                      WHERE a.instance_id = r.instance_id AND a.status = 'failed'
+                        AND a.finished_at <= r.requested_at
+                      ORDER BY a.finished_at DESC, a.id DESC LIMIT 1),
+                    (SELECT i2.root_node FROM df.instances i2 WHERE i2.id = r.instance_id))::text,
+           'retry',
+           NULL::integer,
+           NULL::integer,
+           'retried from ' || r.previous_status,
+           r.requested_at,
+           r.requested_at,
+           0::bigint,
+           NULL::text,
+           NULL::text,
+           NULL::text,
+           r.requested_by
+      FROM df_internal.retries r
+  ) h
+  JOIN df.instances i ON i.id = h.instance_id
+ WHERE i.submitted_by = pg_catalog.quote_ident(current_user)::regrole
+    OR (SELECT rr.rolsuper FROM pg_catalog.pg_roles rr WHERE rr.rolname = current_user)
+    OR (SELECT pg_catalog.pg_has_role(current_user, ns.nspowner, 'MEMBER')
+          FROM pg_catalog.pg_namespace ns WHERE ns.nspname = 'df');
+
+-- Archived LOOP iterations: the body's node states before each new iteration began.
+CREATE OR REPLACE VIEW df.loop_history WITH (security_barrier = true) AS
+SELECT l.instance_id::text  AS instance_id,
+       l.loop_node_id::text AS loop_node_id,
+       l.iteration,
+       l.started_at,
+       l.finished_at,
+       l.nodes
+  FROM df_internal.loop_iterations l
+  JOIN df.instances i ON i.id = l.instance_id
+ WHERE i.submitted_by = pg_catalog.quote_ident(current_user)::regrole
+    OR (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+    OR (SELECT pg_catalog.pg_has_role(current_user, ns.nspowner, 'MEMBER')
+          FROM pg_catalog.pg_namespace ns WHERE ns.nspname = 'df');
+
+-- Who retried what and when (one row per df.retry).
+CREATE OR REPLACE VIEW df.retry_history WITH (security_barrier = true) AS
+SELECT r.instance_id::text AS instance_id,
+       (pg_catalog.row_number() OVER (PARTITION BY r.instance_id ORDER BY r.id) + 1)::integer
+                           AS execution,
+       r.requested_by,
+       r.requested_at,
+       r.from_node::text   AS from_node,
+       r.previous_status
+  FROM df_internal.retries r
+  JOIN df.instances i ON i.id = r.instance_id
+ WHERE i.submitted_by = pg_catalog.quote_ident(current_user)::regrole
+    OR (SELECT rr.rolsuper FROM pg_catalog.pg_roles rr WHERE rr.rolname = current_user)
+    OR (SELECT pg_catalog.pg_has_role(current_user, ns.nspowner, 'MEMBER')
+          FROM pg_catalog.pg_namespace ns WHERE ns.nspname = 'df');
+
+-- Whole-installation counters. SECURITY DEFINER because they span every role's instances; only
+-- superusers and delegated admins (df.grant_usage(..., with_grant => true)) may execute it.
+CREATE OR REPLACE FUNCTION df.metrics()
+RETURNS TABLE (total_instances bigint, running_instances bigint, completed_instances bigint,
+               failed_instances bigint, total_executions bigint, total_events bigint)
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT (SELECT count(*) FROM df.instances),
+           (SELECT count(*) FROM df.instances i WHERE i.status = 'running'),
+           (SELECT count(*) FROM df.instances i WHERE i.status = 'completed'),
+           (SELECT count(*) FROM df.instances i WHERE i.status = 'failed'),
+           (SELECT coalesce(sum(s.execution), 0)::bigint FROM df_internal.instance_state s),
+           (SELECT count(*) FROM df_internal.node_attempts)
+$fn$;

@@ -45,3 +45,32 @@ BEGIN
 END;
 $fn$;
 COMMENT ON FUNCTION df.run(text) IS 'pg_durable compatibility: wake the engines (returns what pg_durable returns)';
+
+-- ---------------------------------------------------------------------------------------------
+-- Versions (unchanged since 0.1.0)
+-- ---------------------------------------------------------------------------------------------
+
+-- SECURITY DEFINER only to read the installer's version table (users cannot).
+CREATE OR REPLACE FUNCTION df.version()
+RETURNS text
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT coalesce(
+        (SELECT s.version FROM df_internal.schema_version s
+          ORDER BY pg_catalog.string_to_array(s.version, '.')::int[] DESC LIMIT 1),
+        '0.1.0')
+$fn$;
+COMMENT ON FUNCTION df.version() IS 'Installed dftui schema version';
+
+CREATE OR REPLACE FUNCTION df.duroxide_schema()
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT 'df_internal'::text
+$fn$;
+COMMENT ON FUNCTION df.duroxide_schema() IS
+    'pg_durable compatibility: the schema holding engine state (_worker_ready lives there)';
