@@ -78,11 +78,13 @@ def sql_root() -> Path:
 
 @dataclass(frozen=True)
 class SqlTree:
-    """The text of one SQL tree: the baseline, the migrations and the routines, each in order."""
+    """The text of one SQL tree: the baseline, the migrations and the routines, each in order,
+    and the record of released files (``sql/RELEASED``, empty when there is none)."""
 
     baseline: str
     migrations: tuple[Migration, ...]
     routines: str
+    released: str
 
 
 def _read_tree(root: Path) -> SqlTree:
@@ -93,7 +95,8 @@ def _read_tree(root: Path) -> SqlTree:
     return SqlTree(
         baseline="\n".join(text for _, text in texts(root / BASELINE)),
         migrations=tuple(Migration(name, text) for name, text in texts(root / "migrations")),
-        routines="\n".join(text for _, text in texts(root / "routines")))
+        routines="\n".join(text for _, text in texts(root / "routines")),
+        released=(root / "RELEASED").read_text() if (root / "RELEASED").is_file() else "")
 
 
 @functools.cache
@@ -141,17 +144,15 @@ def released_migrations(root: Path | None = None) -> dict[str, list[str]]:
     The record lets a database be named by the release it is at ("0.2.0") rather than by its
     newest migration, and keeps a released migration from ever being edited (the suite checks).
     """
-    path = (root or sql_root()) / "RELEASED"
     releases: dict[str, list[str]] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            parts = line.split()
-            if len(parts) != 3 or line.startswith("#"):
-                continue
-            release, _digest, file = parts
-            names = releases.setdefault(release, [])
-            if file.startswith("migrations/"):
-                names.append(Path(file).stem)
+    for line in sql_tree(root).released.splitlines():
+        parts = line.split()
+        if len(parts) != 3 or line.startswith("#"):
+            continue
+        release, _digest, file = parts
+        names = releases.setdefault(release, [])
+        if file.startswith("migrations/"):
+            names.append(Path(file).stem)
     return releases
 
 

@@ -9,10 +9,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.engine_support import start, wait_for, wait_terminal
-from tests.security_support import engine_in_mode
+from tests.support import ALICE, BOB, engine_in_mode, start, wait_for, wait_terminal
 
-ALICE, BOB = "dftui_alice", "dftui_bob"
 NOT_FOUND = "Instance not found or access denied"
 
 

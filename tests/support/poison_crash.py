@@ -1,6 +1,6 @@
 """Test-only engine entry point: an engine process that dies on the spot (os._exit, as a native
 crash or the OOM killer would) when it starts a step carrying CRASH_MARK. Run as
-`python -m tests.poison_crash DSN` from the repository root; production never imports it."""
+`python -m tests.support.poison_crash DSN` from the repository root; production never imports it."""
 
 from __future__ import annotations
 
