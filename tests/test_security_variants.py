@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from conftest import TestDB
-from engine_support import node_rows, root_result, running_engine, wait_terminal
 from psycopg import sql
-from security_support import ALICE, BOB, ENGINE_ROLE, engine_in_mode, setup_engine_owner
 
-CAROL = "dftui_carol"  # no df usage at all
+from tests.support import (
+    ALICE,
+    BOB,
+    CAROL,
+    ENGINE_ROLE,
+    TestDB,
+    engine_in_mode,
+    errors,
+    node_rows,
+    root_result,
+    running_engine,
+    setup_engine_owner,
+    wait_terminal,
+)
 
 LOCK_MODES = ["ACCESS EXCLUSIVE", "EXCLUSIVE", "SHARE ROW EXCLUSIVE", "SHARE",
               "SHARE UPDATE EXCLUSIVE", "ROW EXCLUSIVE", "ROW SHARE", "ACCESS SHARE"]
-
-
-def errors(db, iid: str) -> str:
-    errs = [n["error"] for n in node_rows(db, iid) if n["error"]]
-    own = db.scalar("SELECT error FROM df_internal.instance_state WHERE instance_id = %s", (iid,))
-    return " | ".join([*errs, *([own] if own else [])])
 
 
 def _take_strongest_locks(conn: psycopg.Connection) -> dict[str, str]:
