@@ -10,7 +10,7 @@ SECURITY DEFINER *trampoline* owned by the submitter, in schema ``df_exec``:
   exclusion checks as the submitter, and ``CLOSE ALL`` drops holdable cursors before commit
   would materialise them.
 * Session state the step leaves behind (GUCs set with plain SET, temporary objects, prepared
-  statements, LISTEN, advisory locks) is wiped by ``SESSION_RESET`` (DISCARD ALL minus plans) after the step,
+  statements, LISTEN, advisory locks, dblink connections) is wiped by ``SESSION_RESET`` (DISCARD ALL minus plans) after the step,
   before the connection runs anything else; within the transaction the engine only calls
   schema-qualified ``df_internal`` functions that pin their own search_path.
 * Users have no USAGE on ``df_exec``, so they cannot name, alter or replace a trampoline (and
@@ -53,20 +53,58 @@ _DEFAULT_PATH = '"$user", public'
 # search_path or the objects they use change. Everything else a step can leave in the session
 # goes. Unlike DISCARD ALL, every statement here may run inside a transaction block, so the
 # engine also runs the script between the steps of one batch.
-SESSION_RESET = "; ".join((
+_RESET_STATEMENTS = (
     "RESET ALL",  # GUCs, including search_path (back to the pinned connection default)
     "DEALLOCATE ALL",  # prepared statements
     "CLOSE ALL",  # cursors
     "UNLISTEN *",
-    "SELECT pg_catalog.pg_advisory_unlock_all()",  # session-level advisory locks
     "DISCARD TEMP",  # temporary tables, functions, types
     "DISCARD SEQUENCES",
+)
+# ... plus session-level advisory locks and, outside DISCARD's reach, the connections a step
+# opened with dblink (named and unnamed: they live in the backend, and the next step on this
+# session, any role's, could run SQL through them as the role that opened them).
+SESSION_RESET = "; ".join((
+    *_RESET_STATEMENTS,
+    "SELECT pg_catalog.pg_advisory_unlock_all(), df_internal.close_step_connections()",
 ))
+
+# The same for a session in another database, where df (and close_step_connections) may not
+# be installed: the function's body, inline.
+_CLOSE_DBLINK_INLINE = """DO $reset$
+DECLARE
+    ns name;
+    c text;
+BEGIN
+    SELECT n.nspname INTO ns FROM pg_catalog.pg_extension e
+      JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
+     WHERE e.extname OPERATOR(pg_catalog.=) 'dblink';
+    IF ns IS NULL THEN
+        RETURN;
+    END IF;
+    BEGIN
+        FOR c IN EXECUTE pg_catalog.format(
+                'SELECT pg_catalog.unnest(%I.dblink_get_connections())', ns) LOOP
+            EXECUTE pg_catalog.format('SELECT %I.dblink_disconnect($1::pg_catalog.text)', ns) USING c;
+        END LOOP;
+        EXECUTE pg_catalog.format('SELECT %I.dblink_disconnect()', ns);
+    EXCEPTION WHEN OTHERS THEN
+        NULL;
+    END;
+END
+$reset$"""
+FOREIGN_SESSION_RESET = "; ".join((
+    *_RESET_STATEMENTS, "SELECT pg_catalog.pg_advisory_unlock_all()", _CLOSE_DBLINK_INLINE))
 
 
 def reset_session(conn: psycopg.Connection) -> None:
     """Wipe what a step may have left in this session, before the engine uses it again."""
     conn.execute(SESSION_RESET)  # no parameters: the simple protocol, one round trip
+
+
+def reset_foreign_session(conn: psycopg.Connection) -> None:
+    """reset_session for a session in another database (df need not be installed there)."""
+    conn.execute(FOREIGN_SESSION_RESET)
 
 
 def step_function(role_oid: int) -> str:

@@ -30,7 +30,7 @@ from engine.identity import (
     Trampolines,
     describe_function,
     exec_function,
-    reset_session,
+    reset_foreign_session,
     rows_function,
     step_function,
 )
@@ -504,7 +504,7 @@ class StepRunner:
         finally:
             self.side_active = None
             with contextlib.suppress(psycopg.Error):
-                reset_session(conn)
+                reset_foreign_session(conn)
         return result, ({"columns": [c.name for c in columns], "database": database}
                         if columns else {"database": database})
 

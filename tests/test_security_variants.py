@@ -7,6 +7,8 @@ means it does not finish within wait_terminal's deadline.
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
 from psycopg import sql
@@ -167,3 +169,159 @@ def test_a_step_in_another_database_has_the_step_timeout(db, mode, other_databas
                               (other_database.name,)).fetchone()[0]
         assert wait_terminal(db, ok, timeout=60) == "completed", errors(db, ok)
         assert root_result(db, ok)["rows"] == [{"d": other_database.name}]
+
+
+# -- session state a step leaves for the next role: dblink connections ----------------------------
+
+def _dblink_schema(db) -> str | None:
+    return db.scalar("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'dblink'")
+
+
+def test_dblink_connections_a_step_opens_do_not_outlive_it(db, mode):
+    """dblink keeps named and unnamed connections in the backend, outside any transaction: bob's
+    step opened them on the engine's session, and alice's next step on that session used them —
+    running SQL as bob. (dblink_connect_u granted to bob stands in for a password-authenticated
+    dblink_connect, which ordinary roles may use.) The session reset closes them."""
+    schema = _dblink_schema(db)
+    if schema is None:
+        pytest.skip("dblink is not installed")
+    with db.connect() as conn:
+        for sig in ("text", "text, text"):
+            conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {}.dblink_connect_u({}) TO dftui_bob").format(
+                sql.Identifier(schema), sql.SQL(sig)))
+    info = db.server.admin_conninfo
+    target = f"host={info.get('host', '')} port={info.get('port', '')} dbname={db.name} user={BOB}"
+    with engine_in_mode(db, mode, concurrency=1):
+        with db.connect(BOB) as conn:
+            iid = conn.execute(
+                "SELECT df.start(%s ~> %s)",
+                (f"SELECT {schema}.dblink_connect_u('leak', '{target}') AS named, "
+                 "pg_backend_pid() AS pid",
+                 f"SELECT {schema}.dblink_connect_u('{target}') AS unnamed")).fetchone()[0]
+        assert wait_terminal(db, iid) == "completed", errors(db, iid)
+        with db.connect(ALICE) as conn:
+            probes = {
+                "list": conn.execute("SELECT df.start(%s)", (
+                    f"SELECT coalesce({schema}.dblink_get_connections(), '{{}}')::text AS conns, "
+                    "pg_backend_pid() AS pid",)).fetchone()[0],
+                "named": conn.execute("SELECT df.start(%s)", (
+                    f"SELECT u FROM {schema}.dblink('leak', 'SELECT current_user::text') AS t(u text)",
+                )).fetchone()[0],
+                "unnamed": conn.execute("SELECT df.start(%s)", (
+                    f"SELECT u FROM {schema}.dblink('SELECT current_user::text') AS t(u text)",
+                )).fetchone()[0],
+            }
+        assert wait_terminal(db, probes["list"]) == "completed", errors(db, probes["list"])
+        bob_pid = [n for n in node_rows(db, iid) if "'leak'" in (n["query"] or "")][0]["result"]["rows"][0]["pid"]
+        listed = root_result(db, probes["list"])["rows"][0]
+        assert listed["pid"] == bob_pid, "not the same engine session: the test proves nothing"
+        assert listed["conns"] == "{}", f"bob's dblink connection is still open: {listed}"
+        for what in ("named", "unnamed"):
+            assert wait_terminal(db, probes[what]) == "failed", (
+                f"alice's step used bob's {what} dblink connection: {root_result(db, probes[what])}")
+
+
+# -- leaks: every df function PUBLIC may call, aimed at another role's instance ---------------------
+
+_SECRET = "bobsecret"
+
+
+def _probe_calls(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """(signature, call) for every df.* function alice may execute: each text-like argument is
+    bob's instance id (placeholder %(id)s), every other argument NULL of its type."""
+    rows = conn.execute(
+        """
+        SELECT p.oid::regprocedure::text, p.proname, p.proretset,
+               coalesce(array_agg(format_type(t.oid, NULL) ORDER BY a.ord)
+                        FILTER (WHERE a.ord IS NOT NULL), '{}')
+          FROM pg_proc p
+          LEFT JOIN LATERAL unnest(p.proargtypes::oid[]) WITH ORDINALITY AS a(typ, ord) ON true
+          LEFT JOIN pg_type t ON t.oid = a.typ
+         WHERE p.pronamespace = 'df'::regnamespace AND p.prokind = 'f'
+           AND p.prorettype <> 'trigger'::regtype
+           AND has_function_privilege('dftui_alice', p.oid, 'EXECUTE')
+         GROUP BY p.oid, p.proname, p.proretset
+        """).fetchall()
+    calls = []
+    for signature, name, _retset, types in rows:
+        if any(t in ("anyelement", "anyarray", "anycompatible", "\"any\"", "internal", "record")
+               for t in types):
+            continue
+        args = ["%(id)s::" + t if t in ("text", "character varying", "name") else f"NULL::{t}"
+                for t in types]
+        calls.append((signature, f"SELECT pg_catalog.array_agg(x::text) FROM df.{name}({', '.join(args)}) x"))
+    return calls
+
+
+def test_no_public_df_function_reveals_or_touches_another_roles_instance(db, mode):
+    """Every df function alice may execute, called with bob's instance id in each text argument
+    (while bob's step runs, and while it waits for a signal): nothing of bob's instance appears
+    in a result or an error, and bob's instance is not changed, cancelled or signalled."""
+    with engine_in_mode(db, mode, concurrency=2):
+        with db.connect(BOB) as conn:
+            conn.execute("SELECT df.setvar('k', %s)", (_SECRET + "var",))
+            victim = conn.execute(
+                "SELECT df.start(%s ~> df.wait_for_signal('go') ~> 'SELECT 1 AS done', label => %s)",
+                (f"SELECT '{_SECRET}query' AS s, pg_sleep(3) AS z", _SECRET + "label")).fetchone()[0]
+        seen: list[str] = []
+        with db.connect(ALICE) as conn:
+            calls = _probe_calls(conn)
+            assert len(calls) > 40, "the probe found too few functions to mean anything"
+            for phase in ("running", "waiting"):
+                if phase == "waiting":
+                    for _ in range(200):
+                        if db.scalar("SELECT count(*) FROM df.nodes WHERE instance_id = %s "
+                                     "AND node_type = 'SIGNAL' AND status = 'running'", (victim,)):
+                            break
+                        time.sleep(0.1)
+                for signature, call in calls:
+                    try:
+                        with conn.transaction():
+                            row = conn.execute(call, {"id": victim}).fetchone()
+                            seen.append(f"{signature} -> {row[0] if row else None}")
+                    except psycopg.Error as exc:
+                        seen.append(f"{signature} !! {exc.diag.message_primary} "
+                                    f"{exc.diag.message_detail or ''} {exc.diag.message_hint or ''}")
+        leaked = [s for s in seen if _SECRET in s]
+        assert not leaked, f"bob's data reached alice: {leaked[:5]}"
+        assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (victim,)) == "running"
+        assert db.scalar("SELECT count(*) FROM df_internal.signals WHERE instance_id = %s",
+                         (victim,)) == 0, "alice signalled bob's instance"
+        assert db.scalar("SELECT count(*) FROM df_internal.step_actions WHERE instance_id = %s",
+                         (victim,)) == 0, "alice acted on bob's running step"
+        with db.connect(BOB) as conn:
+            conn.execute("SELECT df.signal(%s, 'go')", (victim,))
+        assert wait_terminal(db, victim) == "completed", errors(db, victim)
+
+
+# -- role-controlled text: role names the engine composes SQL with ---------------------------------
+
+WEIRD_ROLE = "dftui_o'brien\"; DROP ROLE dftui_bob; -- ü"
+
+
+def test_a_role_named_like_sql_runs_its_steps_as_itself(db, mode):
+    """A submitter whose name is quotes, a statement terminator, a comment and non-ASCII: the
+    engine makes its trampolines, runs its steps as it, and nothing else happens."""
+    ident = sql.Identifier(WEIRD_ROLE)
+    with db.connect() as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (WEIRD_ROLE,)).fetchone():
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(ident))
+        conn.execute("SELECT df.grant_usage(%s)", (WEIRD_ROLE,))
+    if mode == "owner":
+        setup_engine_owner(db)
+        with db.connect() as conn:
+            conn.execute(sql.SQL("GRANT {} TO {}").format(ident, sql.Identifier(ENGINE_ROLE)))
+    try:
+        with engine_in_mode(db, mode, concurrency=2):
+            with db.connect(WEIRD_ROLE) as conn:
+                iid = conn.execute(
+                    "SELECT df.start('SELECT current_user::text AS who' ~> df.sleep(0) "
+                    "~> 'SELECT session_user::text <> current_user::text AS differs')").fetchone()[0]
+            assert wait_terminal(db, iid) == "completed", errors(db, iid)
+            who = [n for n in node_rows(db, iid) if "who" in (n["query"] or "")][0]["result"]
+            assert who["rows"] == [{"who": WEIRD_ROLE}]
+        assert db.scalar("SELECT count(*) FROM pg_roles WHERE rolname = %s", (BOB,)) == 1
+    finally:
+        with db.connect() as conn:
+            conn.execute("SELECT df.revoke_usage(%s)", (WEIRD_ROLE,))
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
