@@ -325,3 +325,60 @@ def test_a_role_named_like_sql_runs_its_steps_as_itself(db, mode):
         with db.connect() as conn:
             conn.execute("SELECT df.revoke_usage(%s)", (WEIRD_ROLE,))
             conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+
+
+# -- class 4: vars forged by a role that skips RLS ----------------------------------------------
+
+@pytest.fixture
+def bypassrls_role(db):
+    """A granted BYPASSRLS role: pg_durable's grants give it full DML on df.vars, every row."""
+    name = f"dftui_byp_{db.name[-6:]}"
+    ident = sql.Identifier(name)
+    with db.connect() as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN BYPASSRLS").format(ident))
+        conn.execute("SET client_min_messages = warning")
+        conn.execute("SELECT df.grant_usage(%s)", (name,))
+    try:
+        yield name
+    finally:
+        with db.connect() as conn:
+            conn.execute("DELETE FROM df.vars WHERE owner = %s::regrole", (name,))
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+            conn.execute(sql.SQL("DROP ROLE {}").format(ident))
+
+
+def test_another_roles_vars_cannot_be_written_by_a_role_that_skips_rls(db, mode, bypassrls_role):
+    """`{name}` puts a var's value raw into its owner's step SQL, which runs as the owner: a
+    BYPASSRLS role writing bob's vars would run SQL as bob. Every write of another role's var
+    row (insert, update of value or owner, delete) is refused; its own vars still work."""
+    with db.connect(BOB) as conn:
+        conn.execute("SELECT df.setvar('t', 'bob_table')")
+    inject = "1 AS x; SELECT 1"  # what a forged value would splice into bob's step
+    with db.connect(bypassrls_role) as conn:
+        attempts = {
+            "insert": ("INSERT INTO df.vars (name, value, owner) VALUES ('x', %s, %s::regrole)",
+                       (inject, BOB)),
+            "update": ("UPDATE df.vars SET value = %s WHERE owner = %s::regrole", (inject, BOB)),
+            "take over": ("UPDATE df.vars SET owner = %s::regrole WHERE owner = %s::regrole",
+                          (bypassrls_role, BOB)),
+            "give away": ("INSERT INTO df.vars (name, value) VALUES ('g', %s)", (inject,)),
+            "delete": ("DELETE FROM df.vars WHERE owner = %s::regrole", (BOB,)),
+        }
+        assert conn.execute("SELECT count(*) FROM df.vars WHERE owner = %s::regrole",
+                            (BOB,)).fetchone()[0] == 1, "the role does not skip RLS: proves nothing"
+        for what, (statement, params) in attempts.items():
+            if what == "give away":
+                conn.execute(statement, params)  # its own var: allowed
+                with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+                    conn.execute("UPDATE df.vars SET owner = %s::regrole WHERE name = 'g'", (BOB,))
+                continue
+            with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+                conn.execute(statement, params)
+        assert conn.execute("SELECT df.getvar('g')").fetchone()[0] == inject
+    assert db.scalar("SELECT array_agg(name || '=' || value) FROM df.vars WHERE owner = %s::regrole",
+                     (BOB,)) == ["t=bob_table"]
+    with engine_in_mode(db, mode, concurrency=1):
+        with db.connect(BOB) as conn:
+            iid = conn.execute("SELECT df.start('SELECT ''{t}'' AS t')").fetchone()[0]
+        assert wait_terminal(db, iid) == "completed", errors(db, iid)
+        assert root_result(db, iid)["rows"] == [{"t": "bob_table"}]

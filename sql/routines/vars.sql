@@ -54,3 +54,35 @@ BEGIN ATOMIC
     SELECT v.value FROM df_internal.my_var_values v WHERE v.name OPERATOR(pg_catalog.=) getvar.name;
 END;
 COMMENT ON FUNCTION df.getvar(text) IS 'Value of a variable of the current role, else NULL';
+
+-- A var is code for its owner's steps: `{name}` is replaced by its value, raw, in the step's SQL,
+-- which runs as the owner. RLS keeps ordinary roles to their own vars, but a BYPASSRLS role (or
+-- the owner of df.vars) skips it: with pg_durable's table grants it could write another role's
+-- vars and so run SQL as that role. A var row may therefore only be written or removed by its
+-- owner (current_user: this trigger is SECURITY INVOKER), or by the privileged (superusers and
+-- members of the df owner, who can act as any role anyway).
+CREATE OR REPLACE FUNCTION df_internal.check_var_owner() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    me pg_catalog.regrole := pg_catalog.quote_ident(current_user)::pg_catalog.regrole;
+    theirs pg_catalog.regrole;
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.owner IS DISTINCT FROM me THEN
+        theirs := OLD.owner;
+    ELSIF TG_OP IN ('INSERT', 'UPDATE') AND NEW.owner IS DISTINCT FROM me THEN
+        theirs := NEW.owner;
+    END IF;
+    IF theirs IS NOT NULL
+       AND NOT pg_catalog.pg_has_role(current_user,
+               (SELECT n.nspowner FROM pg_catalog.pg_namespace n
+                 WHERE n.nspname OPERATOR(pg_catalog.=) 'df'), 'MEMBER') THEN
+        RAISE EXCEPTION 'df.vars rows of role % can only be written by that role, not "%"',
+                        COALESCE(theirs::text, 'NULL'), current_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Set vars with df.setvar() as the role whose workflows use them.';
+    END IF;
+    RETURN CASE TG_OP WHEN 'DELETE' THEN OLD ELSE NEW END;
+END $$;
+
+CREATE OR REPLACE TRIGGER vars_owner_check BEFORE INSERT OR UPDATE OR DELETE ON df.vars
+    FOR EACH ROW EXECUTE FUNCTION df_internal.check_var_owner();
