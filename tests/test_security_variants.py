@@ -382,3 +382,33 @@ def test_another_roles_vars_cannot_be_written_by_a_role_that_skips_rls(db, mode,
             iid = conn.execute("SELECT df.start('SELECT ''{t}'' AS t')").fetchone()[0]
         assert wait_terminal(db, iid) == "completed", errors(db, iid)
         assert root_result(db, iid)["rows"] == [{"t": "bob_table"}]
+
+
+# -- objects an attacker creates that engine SQL could resolve --------------------------------------
+
+def test_every_df_function_pins_its_search_path(db):
+    """Every function of df and df_internal — SECURITY DEFINER ones above all, but also those the
+    engine calls inside a step's transaction — runs with search_path pg_catalog first and
+    pg_temp last, so no object a role creates (in public, in its own schema, in pg_temp) is
+    resolved by them; BEGIN ATOMIC bodies are resolved when created."""
+    rows = db.connect().execute(
+        """
+        SELECT p.oid::regprocedure::text, p.prosecdef,
+               (SELECT c FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%%')
+          FROM pg_proc p
+         WHERE p.pronamespace IN ('df'::regnamespace, 'df_internal'::regnamespace)
+           AND p.prolang NOT IN (SELECT oid FROM pg_language WHERE lanname IN ('c', 'internal'))
+           AND p.prosqlbody IS NULL
+        """).fetchall()
+    assert len(rows) > 50
+    # df_internal.visible: an invoker SQL function inlined into the df views (a SET clause
+    # would stop the inlining); every name in it is qualified, operators included.
+    rows = [r for r in rows if r[0] != "df_internal.visible(regrole)"]
+    bad = []
+    for signature, definer, path in rows:
+        parts = [x.strip() for x in (path or "").removeprefix("search_path=").split(",")]
+        if parts[0] != "pg_catalog" or parts[-1] != "pg_temp":
+            bad.append((signature, definer, path))
+    definers = [b for b in bad if b[1]]
+    assert not definers, f"SECURITY DEFINER functions without a pinned search_path: {definers}"
+    assert not bad, f"functions without a pinned search_path: {bad}"
