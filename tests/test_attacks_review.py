@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.conftest import TestDB
 from tests.engine_support import node_rows, root_result, start, wait_for, wait_terminal
 from tests.security_support import (
     ALICE,
@@ -28,6 +29,15 @@ CAROL = "dftui_carol"  # no df usage at all
 
 def errors(db, iid: str) -> str:
     return " | ".join(n["error"] for n in node_rows(db, iid) if n["error"])
+
+
+def cancel_everything(db) -> None:
+    """Teardown: end every unfinished instance and interrupt whatever the engine still runs."""
+    with db.connect() as conn:
+        conn.execute("UPDATE df.instances SET status = 'cancelled' WHERE status IN ('pending', 'running')")
+        conn.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+                     "WHERE application_name LIKE 'dftui engine%%' AND state = 'active' "
+                     "AND pid <> pg_backend_pid() AND datname = current_database()")
 
 
 def engine_sessions_running(db, marker: str) -> int:
@@ -117,6 +127,68 @@ def test_other_roles_see_nothing_of_a_running_step_in_pg_stat_activity(db, mode)
                 assert marker not in (query or "")
                 assert state is None and query_start is None and xact_start is None
         assert wait_terminal(db, iid) == "completed", errors(db, iid)
+
+
+# -- availability: table locks a granted role may take ------------------------------------------
+
+def test_a_granted_role_cannot_lock_df_vars_against_every_df_start(db):
+    """pg_durable's grants give every df user table-wide UPDATE/DELETE on df.vars, which is
+    what LOCK TABLE ... ACCESS EXCLUSIVE needs. While alice holds it, bob's df.start must not
+    wait (was open: on_instance_insert snapshotted df.vars; closed on main by 80ad236, which
+    snapshots an owner-only copy). Safe outcome: the lock is refused, or bob's df.start
+    completes within its bounded statement_timeout."""
+    with db.connect(ALICE, autocommit=False) as hog:
+        try:
+            hog.execute("LOCK TABLE df.vars IN ACCESS EXCLUSIVE MODE")
+        except psycopg.errors.InsufficientPrivilege:
+            return
+        try:
+            with db.connect(BOB) as conn:
+                conn.execute("SET statement_timeout = '15s'")
+                iid = conn.execute("SELECT df.start('SELECT 1 AS one')").fetchone()[0]
+            assert iid
+        finally:
+            hog.rollback()
+
+
+# -- fairness: the per-step timeout reaches steps in other databases -------------------------------
+
+@pytest.fixture
+def other_database(db):
+    """A second database (no df schema) every role may CONNECT to, as by default."""
+    name = f"{db.name}_other"
+    ident = sql.Identifier(name)
+    with db.connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(ident))
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ENGINE_ROLE,)).fetchone():
+            conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(ident, sql.Identifier(ENGINE_ROLE)))
+    yield TestDB(db.server, name)
+    with db.connect() as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+
+
+def test_a_step_in_another_database_obeys_the_step_timeout(db, mode, other_database):
+    """A step in another database (StepRunner._run_in_database) is bound by the same per-step
+    statement_timeout as a local one (was open: it slept its full 300 s with --step-timeout 2 s;
+    closed on main by 80ad236). Safe outcome: it fails with the step timeout."""
+    try:
+        with engine_in_mode(db, mode, concurrency=2, step_timeout=2.0):
+            if mode == "owner":  # (the engine role exists now)
+                with db.connect() as conn:
+                    conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+                        sql.Identifier(other_database.name), sql.Identifier(ENGINE_ROLE)))
+            iid = start(db, ALICE, "'SELECT pg_sleep(300) AS slept', database => %s", other_database.name)
+            try:
+                assert wait_terminal(db, iid, 45) == "failed"
+                assert "statement timeout" in errors(db, iid)
+            finally:
+                cancel_everything(db)
+                with other_database.connect() as conn:
+                    conn.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+                                 "WHERE application_name LIKE 'dftui engine%%' AND state = 'active' "
+                                 "AND datname = current_database()")
+    finally:
+        cancel_everything(db)
 
 
 # -- availability: signalling the engine's backends -------------------------------------------------
