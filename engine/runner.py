@@ -75,6 +75,11 @@ HOUSEKEEPING_TICK = 0.5
 # The readiness level written to df_internal._worker_ready, pg_durable's WORKER_SCHEMA_VERSION.
 WORKER_SCHEMA_VERSION = 1
 
+# A worker whose claim found due tasks it could not take waits this long before it looks again
+# (doubling up to the maximum while that goes on), unless a df_work notification comes first.
+BLOCKED_BACKOFF_MIN = 0.02
+BLOCKED_BACKOFF_MAX = 0.5
+
 # Vacuum the queue after this many steps of this engine (see _housekeeping).
 VACUUM_QUEUE_EVERY = 500
 
@@ -100,6 +105,14 @@ class Engine:
         self._wake = threading.Condition()
         self._pending_wakeups = 0
         self.idle_workers = 0  # workers waiting for work (read without the lock: a hint)
+        # Workers whose last claim found due tasks it could not take (its role's running-step
+        # slots all held, or the tasks row-locked by other batches): they back off here, woken
+        # only by df_work notifications (a new task, maybe of another role) or their timeout.
+        # Not counted as idle (others keep batching) and not chain-woken by every batch: each
+        # wake-up would be another fruitless scan of the queue (measured: a capped worker
+        # polling every 5 ms cost more server CPU than the steps themselves).
+        self._blocked = threading.Condition()
+        self._blocked_generation = 0
         self._threads: list[threading.Thread] = []
         self.workers: list[_Worker] = []
         self.steps_done = 0
@@ -188,6 +201,7 @@ class Engine:
         grace = self.config.shutdown_grace if grace is None else grace
         self._stopping.set()
         self.wake(len(self.workers) + 1)
+        self.wake_blocked()
         deadline = time.monotonic() + grace
         for worker in self.workers:
             worker.thread_done.wait(max(0.0, deadline - time.monotonic()))
@@ -216,6 +230,7 @@ class Engine:
             self.fatal_error = reason
         log.error("stopping: %s", reason)
         self.wake(len(self.workers) + 1)
+        self.wake_blocked()
 
     def run_forever(self) -> int:
         """Foreground mode for `dftui engine`: until SIGTERM/SIGINT (or no work, with --once)."""
@@ -258,6 +273,20 @@ class Engine:
             if self._pending_wakeups > 0:
                 self._pending_wakeups -= 1
 
+    def wait_blocked(self, timeout: float) -> None:
+        """Back off after a claim that found due tasks it could not take (see _blocked)."""
+        with self._blocked:
+            generation = self._blocked_generation
+            if not self._stopping.is_set():
+                self._blocked.wait_for(lambda: self._blocked_generation != generation
+                                       or self._stopping.is_set(), timeout)
+
+    def wake_blocked(self) -> None:
+        """Something new may be claimable (a df_work notification, shutdown)."""
+        with self._blocked:
+            self._blocked_generation += 1
+            self._blocked.notify_all()
+
     def count_steps(self, n: int = 1) -> None:
         with self._steps_lock:
             self.steps_done += n
@@ -286,12 +315,16 @@ class Engine:
                         if notes:
                             notes += list(conn.notifies(timeout=0.001))
                         check = False
+                        work = False
                         for note in notes:
                             self.metrics.notification(note.channel)
                             if note.channel == "df_work":
                                 self.wake(1)
+                                work = True
                             elif note.channel in ("df_cancel", "df_abandon"):
                                 check = True
+                        if work:
+                            self.wake_blocked()
                         if check:
                             self.cancel_dead_steps(conn)
             except Exception as exc:  # noqa: BLE001 - the listener must survive anything
@@ -421,6 +454,7 @@ class _Worker:
 
     def run(self) -> None:
         backoff = 0.2
+        blocked_backoff = BLOCKED_BACKOFF_MIN
         try:
             while not self.engine.stopping:
                 try:
@@ -431,10 +465,17 @@ class _Worker:
                     found = self.step_batch(self.conn)
                     backoff = 0.2
                     if found:
+                        blocked_backoff = BLOCKED_BACKOFF_MIN
                         if self.more_work:
                             self.engine.wake(1)  # more is due: chain-wake another worker
                     else:
-                        self.engine.wait_for_work(self._idle_timeout())
+                        timeout, blocked = self._idle_timeout()
+                        if blocked:
+                            self.engine.wait_blocked(blocked_backoff)
+                            blocked_backoff = min(blocked_backoff * 2, BLOCKED_BACKOFF_MAX)
+                        else:
+                            blocked_backoff = BLOCKED_BACKOFF_MIN
+                            self.engine.wait_for_work(timeout)
                 except psycopg.errors.ObjectNotInPrerequisiteState as exc:
                     if schema.LEVEL_MISMATCH_MESSAGE not in str(exc):
                         raise
@@ -472,7 +513,10 @@ class _Worker:
         self.task = None
         self.busy = False
 
-    def _idle_timeout(self) -> float:
+    def _idle_timeout(self) -> tuple[float, bool]:
+        """How long to wait after an empty claim, and whether tasks are due all the same (the
+        claim could take none of them: its role's slots are all held, or other batches hold
+        their rows), in which case the worker backs off (Engine.wait_blocked) instead."""
         timeout = self.engine.config.poll_interval
         conn = self.conn
         if conn is not None and not conn.closed:
@@ -481,8 +525,10 @@ class _Worker:
                     "SELECT pg_catalog.date_part('epoch', pg_catalog.min(run_at) "
                     "OPERATOR(pg_catalog.-) pg_catalog.now()) FROM df_internal.tasks").fetchone()
                 if row and row[0] is not None:
+                    if row[0] <= 0:
+                        return timeout, True
                     timeout = max(0.005, min(timeout, row[0] + 0.002))
-        return timeout
+        return timeout, False
 
     def step_batch(self, conn: psycopg.Connection) -> bool:
         """Claim due tasks (up to `batch`, see claim_tasks) and run them in one transaction, each

@@ -43,6 +43,28 @@ def test_a_role_flooding_long_steps_cannot_starve_another(db, mode, flood):
             cancel_all(db, ALICE, hogs)
 
 
+def test_queued_tasks_carry_their_routing_and_a_task_without_it_is_still_capped(db):
+    """The interpreter writes the node type and the frozen submitter on the task row (migration
+    0470: the claim routes and caps without looking them up). A task row without them (queued
+    before that migration, or by any other path) is looked up as before: still capped."""
+    hogs = [start(db, ALICE, f"'{LONG}'") for _ in range(4)]
+    try:
+        rows = db.scalar("SELECT pg_catalog.array_agg(DISTINCT (t.node_type, r.rolname)::text) "
+                         "FROM df_internal.tasks t JOIN pg_catalog.pg_roles r ON r.oid = t.role_oid "
+                         "WHERE t.instance_id = ANY (%s)", (hogs,))
+        assert rows == [f"(SQL,{ALICE})"]
+        with db.connect() as conn:
+            conn.execute("UPDATE df_internal.tasks SET node_type = NULL, role_oid = NULL "
+                         "WHERE instance_id = ANY (%s)", (hogs,))
+        with engine_in_mode(db, "superuser", concurrency=2):
+            wait_for(lambda: running_sleeps(db) >= 1, 30, what="alice's sleeps to start")
+            victim = start(db, BOB, "'SELECT 42 AS answer'")
+            assert wait_terminal(db, victim, 60) == "completed"
+            assert running_sleeps(db) == 1, "a task without routing columns escaped the cap"
+    finally:
+        cancel_all(db, ALICE, hogs)
+
+
 def sleeping(db, tag: str) -> int:
     return db.scalar("SELECT count(*) FROM pg_stat_activity WHERE query LIKE %s AND state = 'active' "
                      "AND application_name LIKE 'dftui engine%%'", (f"%pg_sleep(300) AS {tag}%",))

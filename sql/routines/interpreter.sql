@@ -161,15 +161,23 @@ BEGIN
             WHEN 'BREAK' THEN
                 work := work || jsonb_build_array(jsonb_build_object('op', 'break', 'node', nid));
             WHEN 'SLEEP' THEN
-                INSERT INTO df_internal.tasks AS t (instance_id, node_id, gen, kind, run_at, phase)
-                VALUES (p_instance, nid, m.gen, 'run', now() + make_interval(secs => n.query::bigint), 'waiting')
+                INSERT INTO df_internal.tasks AS t (instance_id, node_id, gen, kind, run_at, phase, node_type)
+                VALUES (p_instance, nid, m.gen, 'run', now() + make_interval(secs => n.query::bigint), 'waiting',
+                        n.node_type)
                 ON CONFLICT (instance_id, node_id) DO UPDATE
-                   SET gen = EXCLUDED.gen, kind = 'run', run_at = EXCLUDED.run_at, phase = 'waiting', deadline = NULL;
+                   SET gen = EXCLUDED.gen, kind = 'run', run_at = EXCLUDED.run_at, phase = 'waiting', deadline = NULL,
+                       node_type = EXCLUDED.node_type;
             ELSE   -- SQL, HTTP, HTTP_MULTIPART, SIGNAL, WAIT_SCHEDULE: the engine runs them
-                INSERT INTO df_internal.tasks AS t (instance_id, node_id, gen, kind, run_at, phase)
-                VALUES (p_instance, nid, m.gen, 'run', now(), 'start')
+                -- (node type and frozen submitter on the row: the claim routes and caps it
+                -- without looking them up, see migration 0470)
+                INSERT INTO df_internal.tasks AS t (instance_id, node_id, gen, kind, run_at, phase,
+                                                    node_type, role_oid)
+                VALUES (p_instance, nid, m.gen, 'run', now(), 'start', n.node_type,
+                        (SELECT s.submitted_by::oid FROM df_internal.instance_state s
+                          WHERE s.instance_id = p_instance))
                 ON CONFLICT (instance_id, node_id) DO UPDATE
-                   SET gen = EXCLUDED.gen, kind = 'run', run_at = now(), phase = 'start', deadline = NULL;
+                   SET gen = EXCLUDED.gen, kind = 'run', run_at = now(), phase = 'start', deadline = NULL,
+                       node_type = EXCLUDED.node_type, role_oid = EXCLUDED.role_oid;
             END CASE;
 
         ELSIF ev ->> 'op' = 'break' THEN

@@ -38,6 +38,9 @@ DECLARE
     slices integer := GREATEST(COALESCE(p_slices, 1), 1);
     slotted oid[] := '{}';     -- roles this claim holds a running-step slot of
     capped_out oid[] := '{}';  -- roles whose slots are all taken (skipped for this claim)
+    pass integer;
+    rescan boolean;
+    scans integer := 0;        -- scans restarted to leave out a role found capped out
 BEGIN
     IF p_level IS DISTINCT FROM df_internal.schema_level() THEN
         RAISE EXCEPTION 'dftui engine schema level mismatch: the engine drives %, the df schema is at %',
@@ -48,25 +51,37 @@ BEGIN
     -- Concurrent claimers all start at the head of the queue. Each first looks at its own slice
     -- of it (instances hashed over p_slices, the engine's workers), so they do not queue up on
     -- one another's row locks, then, if its batch is not full, at everything.
-    FOR pass IN CASE WHEN slices > 1 THEN 1 ELSE 2 END .. 2 LOOP
+    -- A role found capped out is filtered out of the rest of the scan (a new scan of the head,
+    -- at most a few times): a claim whose role has every slot taken otherwise walks up to 1,000
+    -- rows of that role, one by one in PL/pgSQL, to find none (issue 17: such claims cost more
+    -- server time than the steps). Nothing taken yet in pass 1 when that happens: straight to
+    -- pass 2, which looks at the head of the whole queue for other roles' tasks.
+    pass := CASE WHEN slices > 1 THEN 1 ELSE 2 END;
+    WHILE pass <= 2 LOOP
+        rescan := false;
         FOR c IN
+            SELECT q.* FROM (
             SELECT x.instance_id, x.node_id,
                    y.node_type IN ('HTTP', 'HTTP_MULTIPART')
                    -- a suspect of an engine death is claimed alone too (see reap_inflight)
                    OR x.suspect AS http,
                    -- steps that occupy a worker count against their role's running-step cap
                    x.kind = 'run' AND y.node_type IN ('SQL', 'HTTP', 'HTTP_MULTIPART') AS capped,
-                   (SELECT s.submitted_by::oid FROM df_internal.instance_state s
-                     WHERE s.instance_id = x.instance_id) AS role_oid
+                   -- (node type and role are on the row when the interpreter queued it, see
+                   -- migration 0470; looked up only when not, COALESCE evaluating lazily)
+                   COALESCE(x.role_oid, (SELECT s.submitted_by::oid FROM df_internal.instance_state s
+                                          WHERE s.instance_id = x.instance_id)) AS role_oid
               FROM df_internal.tasks x
               -- per-row subqueries, so the plan keeps walking the run_at index
-              CROSS JOIN LATERAL (SELECT COALESCE((SELECT n.node_type FROM df.nodes n
-                                                   WHERE n.instance_id = x.instance_id
-                                                     AND n.id = x.node_id), '') AS node_type) y
+              CROSS JOIN LATERAL (SELECT COALESCE(x.node_type,
+                                                  (SELECT n.node_type FROM df.nodes n
+                                                    WHERE n.instance_id = x.instance_id
+                                                      AND n.id = x.node_id), '') AS node_type) y
              WHERE x.run_at <= now()
                AND (pass = 2 OR (hashtext(x.instance_id) & 2147483647) % slices = p_slice)
              ORDER BY x.run_at
-             LIMIT 1000
+             LIMIT 1000) q
+             WHERE NOT (q.capped AND q.role_oid = ANY (capped_out))
         LOOP
             EXIT WHEN cardinality(insts) >= want OR lone;
             CONTINUE WHEN c.instance_id = ANY (insts) OR (c.http AND cardinality(insts) > 0);
@@ -85,6 +100,14 @@ BEGIN
                     slotted := slotted || c.role_oid;
                 ELSE
                     capped_out := capped_out || c.role_oid;
+                    IF pass = 1 AND cardinality(insts) = 0 THEN
+                        EXIT;  -- (to pass 2)
+                    END IF;
+                    IF scans < 4 THEN
+                        scans := scans + 1;
+                        rescan := true;
+                        EXIT;
+                    END IF;
                     CONTINUE;
                 END IF;
             END IF;
@@ -104,6 +127,9 @@ BEGIN
             END IF;
         END LOOP;
         EXIT WHEN cardinality(insts) >= want OR lone;
+        IF NOT rescan THEN
+            pass := pass + 1;
+        END IF;
     END LOOP;
 
     RETURN QUERY
