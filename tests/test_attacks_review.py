@@ -14,21 +14,21 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.conftest import TestDB
-from tests.engine_support import node_rows, root_result, start, wait_for, wait_terminal
-from tests.security_support import (
+from tests.support import (
     ALICE,
     BOB,
+    CAROL,
     ENGINE_ROLE,
+    TestDB,
     assert_no_escalation,
     engine_in_mode,
+    errors,
+    node_rows,
+    root_result,
+    start,
+    wait_for,
+    wait_terminal,
 )
-
-CAROL = "dftui_carol"  # no df usage at all
-
-
-def errors(db, iid: str) -> str:
-    return " | ".join(n["error"] for n in node_rows(db, iid) if n["error"])
 
 
 def cancel_everything(db) -> None:
