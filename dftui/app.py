@@ -22,7 +22,6 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.dom import DOMNode
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Static
 from textual.worker import Worker, get_current_worker
 
 from dftui.client import (
@@ -33,36 +32,19 @@ from dftui.client import (
     PasswordRequired,
     connect,
 )
+from dftui.screens.base import AppHeader, AppServices, BaseScreen, Reconnected, ThemeChanged
+from dftui.screens.dialogs import ConfirmDialog
+from dftui.screens.engines import EnginesScreen
+from dftui.screens.help import HelpScreen
+from dftui.screens.instances import InstancesScreen
+from dftui.screens.variables import VariablesScreen
 
 T = TypeVar("T")
 
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
-SHORT_HEIGHT = 32  # below this many rows dialogs use their compact layout (app.tcss: -short)
 WRITE_KEYS = ("c", "r", "s", "n", "a", "d", "e", "x", "T")
 DARK_THEME = "textual-dark"
 LIGHT_THEME = "textual-light"
-
-
-class AppHeader(Static):
-    """Who we are connected as (role@database, server version, backend), disabled features and
-    the connection-lost banner. Every screen composes one; the app refreshes them all."""
-
-    DEFAULT_CSS = """
-    AppHeader { dock: top; height: auto; background: $panel; color: $foreground; padding: 0 1; }
-    """
-
-    def on_mount(self) -> None:
-        self.refresh_state()
-
-    def refresh_state(self) -> None:
-        app = self.app
-        if not isinstance(app, DftuiApp):
-            return
-        self.update(app.header_text(self.size.width or app.size.width))
-        self.set_class(app.disconnected is not None, "-disconnected")
-
-    def on_resize(self) -> None:
-        self.refresh_state()
 
 
 class DftuiApp(App[int]):
@@ -116,8 +98,6 @@ class DftuiApp(App[int]):
     # -- lifecycle -----------------------------------------------------------------------------
 
     def on_mount(self) -> None:
-        from dftui.screens.instances import InstancesScreen
-
         self.push_screen(InstancesScreen())
         self.check_engines()
         self.set_interval(max(self.refresh_interval or 0, 10.0), self._engines_tick)
@@ -303,9 +283,7 @@ class DftuiApp(App[int]):
         self.refresh_headers()
         self.notify("Reconnected to the server", title="Connection")
         for screen in self.screen_stack:
-            refresh = getattr(screen, "reload", None)
-            if callable(refresh):
-                refresh()
+            screen.post_message(Reconnected())
 
     # -- permissions ---------------------------------------------------------------------------
 
@@ -343,8 +321,6 @@ class DftuiApp(App[int]):
     def action_back_or_quit(self) -> None:
         """`q`: back from inner screens; on the home screen quit, asking first when quitting
         stops more than the TUI (the demo's engine and server)."""
-        from dftui.screens.instances import InstancesScreen
-
         screen = self.screen
         if isinstance(screen, ModalScreen):
             screen.dismiss(None)
@@ -355,7 +331,6 @@ class DftuiApp(App[int]):
         if not self.quit_warning:
             self.exit(0)
             return
-        from dftui.screens.dialogs import ConfirmDialog
 
         def answered(ok: bool | None) -> None:
             if ok:
@@ -364,21 +339,15 @@ class DftuiApp(App[int]):
         self.push_screen(ConfirmDialog(f"Quit? {self.quit_warning}", "Quit"), answered)
 
     def action_help(self) -> None:
-        from dftui.screens.help import HelpScreen
-
         if isinstance(self.screen, HelpScreen):
             return
         self.push_screen(HelpScreen(self.screen))
 
     def action_variables(self) -> None:
-        from dftui.screens.variables import VariablesScreen
-
         if not isinstance(self.screen, VariablesScreen | ModalScreen):
             self.push_screen(VariablesScreen())
 
     def action_engines(self) -> None:
-        from dftui.screens.engines import EnginesScreen
-
         if not isinstance(self.screen, EnginesScreen | ModalScreen):
             self.push_screen(EnginesScreen())
 
@@ -387,9 +356,7 @@ class DftuiApp(App[int]):
 
     def watch_theme(self, theme: str) -> None:
         for screen in self.screen_stack:
-            hook = getattr(screen, "theme_changed", None)
-            if callable(hook):
-                hook()
+            screen.post_message(ThemeChanged())
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """The palette offers every enabled binding of the current screen, plus the system
@@ -411,29 +378,8 @@ class DftuiApp(App[int]):
                 f"key: {self.get_key_display(binding)}",
                 _action_runner(self, active.node, binding.action),
             )
-        extra = getattr(screen, "palette_commands", None)
-        if callable(extra):
-            yield from extra()
-
-
-class AppScreenMixin:
-    """For the screens and dialogs: `dapp` is the running app typed as DftuiApp, so they can use
-    its helpers (run_db, write_state, tz, ...) without repeating the isinstance check."""
-
-    @property
-    def dapp(self) -> DftuiApp:
-        app = self.app  # type: ignore[attr-defined]
-        assert isinstance(app, DftuiApp)
-        return app
-
-
-# Vim-style list navigation shared by the list screens (each implements the four actions).
-CURSOR_BINDINGS = [
-    Binding("j", "cursor_down", "Down", show=False),
-    Binding("k", "cursor_up", "Up", show=False),
-    Binding("g", "cursor_top", "Top", show=False),
-    Binding("G", "cursor_bottom", "Bottom", show=False),
-]
+        if isinstance(screen, BaseScreen):
+            yield from screen.palette_commands()
 
 
 def _action_runner(app: App, node: DOMNode, action: str) -> Callable[[], Any]:
@@ -449,6 +395,10 @@ def _prompt_password(target: str) -> str:
     if not sys.stdin.isatty():
         raise ClientError("the server requires a password (set PGPASSWORD or use ~/.pgpass)")
     return getpass.getpass(f"Password for {target}: ")
+
+
+# DftuiApp is what the screens see through AppServices (dftui/screens/base.py): checked here.
+_SERVICES: type[AppServices] = DftuiApp
 
 
 def run_app(conninfo: str, read_only: bool = False, quit_warning: str | None = None) -> int:

@@ -654,8 +654,8 @@ def show(
 
 def render_tree(nodes: list[NodeInfo], root: str, instance_status: str) -> str:
     """The instance graph as indented text, for backends without df.explain: the TUI's tree
-    (dftui.widgets.graph.build_graph), one `slot symbol text` line per node."""
-    from dftui.widgets.graph import GraphItem, build_graph, item_label
+    (dftui.graph.build_graph), one `slot symbol text` line per node."""
+    from dftui.graph import GraphItem, build_graph, item_label
 
     lines: list[str] = []
 

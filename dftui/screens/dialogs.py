@@ -16,17 +16,16 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import ModalScreen
 from textual.timer import Timer
 from textual.widgets import Button, Input, Label, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
 
-from dftui.app import SHORT_HEIGHT, AppScreenMixin
 from dftui.client import ActionResult, Client, ClientError, NodeInfo, json_dumps, json_loads
+from dftui.graph import display_status, node_summary
 from dftui.screens.actions import Plan, names_text
+from dftui.screens.base import Dialog
 from dftui.vocabulary import is_composite
 from dftui.widgets.format import STATUS_STYLES, status_symbol
-from dftui.widgets.graph import display_status, node_summary
 
 MAX_LISTED = 8
 
@@ -46,30 +45,7 @@ def _targets_text(planned: Plan) -> Text:
     return text
 
 
-class _Dialog(AppScreenMixin, ModalScreen):
-    """Common behaviour: esc closes without doing anything."""
-
-    BINDINGS = [Binding("escape", "close", "Close")]
-
-    def on_screen_resume(self) -> None:
-        self._fit()
-
-    def on_resize(self) -> None:
-        self._fit()
-
-    def _fit(self) -> None:
-        """The compact layout on short terminals (app.tcss `-short`): buttons always fit."""
-        self.set_class(self.app.size.height < SHORT_HEIGHT, "-short")
-
-    def action_close(self) -> None:
-        self.dismiss(None)
-
-    @on(Button.Pressed, "#back")
-    def _back(self) -> None:
-        self.dismiss(None)
-
-
-class CancelDialog(_Dialog):
+class CancelDialog(Dialog[str | None]):
     """Confirm cancelling one or more instances; returns the reason (None = abort)."""
 
     def __init__(self, planned: Plan) -> None:
@@ -97,8 +73,11 @@ class CancelDialog(_Dialog):
         self.dismiss(self.query_one("#reason", Input).value.strip() or "Cancelled by user")
 
 
-class ConfirmDialog(_Dialog):
-    """A yes/no question for destructive actions; returns True to proceed."""
+class ConfirmDialog(Dialog[bool]):
+    """A yes/no question for destructive actions; returns True to proceed, False (esc, Back)
+    not to."""
+
+    aborted = False
 
     def __init__(self, question: str, confirm: str = "Delete") -> None:
         super().__init__()
@@ -133,8 +112,10 @@ def rerun_preview(nodes: list[NodeInfo], instance_status: str) -> list[tuple[str
     return out
 
 
-class RetryDialog(_Dialog):
+class RetryDialog(Dialog[bool]):
     """Confirm retrying; shows the steps that will run again. Returns True to proceed."""
+
+    aborted = False
 
     def __init__(self, planned: Plan) -> None:
         super().__init__()
@@ -196,7 +177,7 @@ class RetryDialog(_Dialog):
         self.dismiss(True)
 
 
-class SignalDialog(_Dialog):
+class SignalDialog(Dialog[list[ActionResult] | None]):
     """Send a signal to the planned instances: name + JSON payload, validated before sending.
     A server error is shown inline (nothing to retype); once sent, the dialog closes with the
     per-instance results for the caller to report."""
@@ -277,7 +258,7 @@ class SignalDialog(_Dialog):
                          on_error=lambda exc: self._error(exc.message), what="Signal")
 
 
-class StartDialog(_Dialog):
+class StartDialog(Dialog[str | None]):
     """Start a new run: a DSL editor with a live df.explain preview; returns the new id."""
 
     BINDINGS = [Binding("ctrl+s", "start", "Start")]
@@ -363,7 +344,7 @@ class StartDialog(_Dialog):
                          on_error=failed)
 
 
-class LabelPicker(_Dialog):
+class LabelPicker(Dialog[str | None]):
     """Group by label: pick one of the labels in use (read through the label index, bounded);
     returns the label, "" for all labels, or None when closed."""
 

@@ -8,17 +8,17 @@ from collections import deque
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from croniter import croniter
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Sparkline, Static
 
-from dftui.app import AppHeader, AppScreenMixin
 from dftui.client import Health, WaitingStep, parse_ts
+from dftui.screens.base import AppHeader, BaseScreen
 from dftui.vocabulary import cron_text
 from dftui.widgets.format import STATUS_STYLES, age, format_time, shorten
 from dftui.widgets.keybar import KeyBar
@@ -44,15 +44,13 @@ def wait_due(step: WaitingStep, now: datetime) -> datetime | None:
         if step.node_type == "SLEEP" and step.since is not None:
             return step.since + timedelta(seconds=float(step.query or 0))
         if step.node_type == "WAIT_SCHEDULE" and step.query:
-            from croniter import croniter
-
             return croniter(cron_text(step.query), now.astimezone(UTC)).get_next(datetime)
     except (ValueError, KeyError):
         return None
     return None
 
 
-class EnginesScreen(AppScreenMixin, Screen):
+class EnginesScreen(BaseScreen):
     """Engines & health."""
 
     HELP_TITLE = "Engines & health"
@@ -79,17 +77,7 @@ class EnginesScreen(AppScreenMixin, Screen):
     def on_mount(self) -> None:
         self.query_one("#engines", Static).update(Text("loading…", style="dim"))
         self.reload()
-        self._schedule()
-
-    def _schedule(self) -> None:
-        interval = self.dapp.refresh_interval
-        if interval:
-            self.set_timer(interval, self._tick)
-
-    def _tick(self) -> None:
-        if self.app.screen is self and self.dapp.connected:
-            self.reload()
-        self._schedule()
+        self.start_live_refresh()
 
     def reload(self) -> None:
         self.dapp.run_db(self, lambda c: c.health(), self._apply, group="health")

@@ -11,7 +11,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Label, Static
 
-from dftui.app import DftuiApp
+from dftui.screens.base import BaseScreen, operator_description, services
 
 
 def binding_rows(screen: Screen) -> list[tuple[str, str, bool]]:
@@ -48,16 +48,7 @@ def binding_rows(screen: Screen) -> list[tuple[str, str, bool]]:
             for (ident, desc), keys in grouped.items()]
 
 
-def operator_description(screen: Screen, binding: Binding) -> str:
-    """`q` quits only from the home screen; everywhere else it goes back."""
-    from dftui.screens.instances import InstancesScreen
-
-    if binding.action == "back_or_quit" and not isinstance(screen, InstancesScreen):
-        return "Back"
-    return binding.description
-
-
-class HelpScreen(ModalScreen):
+class HelpScreen(ModalScreen[None]):
     """Key bindings of `target` (the screen that was on top when `?` was pressed)."""
 
     BINDINGS = [
@@ -71,7 +62,9 @@ class HelpScreen(ModalScreen):
         self.target = target
 
     def compose(self) -> ComposeResult:
-        title = getattr(self.target, "HELP_TITLE", None) or self.target.__class__.__name__.removesuffix("Screen")
+        target = self.target
+        title = (target.help_title() if isinstance(target, BaseScreen)
+                 else type(target).__name__.removesuffix("Screen"))
         with Vertical(classes="dialog dialog-wide", id="help"):
             yield Label(f"Keys — {title}", classes="dialog-title")
             with VerticalScroll():
@@ -80,9 +73,9 @@ class HelpScreen(ModalScreen):
                               "ctrl+t light/dark · esc back", style="dim"))
 
     def _table(self) -> Table:
-        app = self.app
-        reason = app.explain_disabled() if isinstance(app, DftuiApp) else None
-        retry_reason = app.explain_disabled("retry") if isinstance(app, DftuiApp) else None
+        app = services(self)
+        reason = app.explain_disabled()
+        retry_reason = app.explain_disabled("retry")
         table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
         table.add_column("key", style="bold cyan", no_wrap=True)
         table.add_column("action")
@@ -98,4 +91,4 @@ class HelpScreen(ModalScreen):
         return table
 
     async def action_dismiss(self, result: object = None) -> None:
-        self.dismiss(result)
+        self.dismiss(None)

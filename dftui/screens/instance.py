@@ -14,15 +14,17 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Static, Tree
 from textual.widgets.tree import TreeNode
 
-from dftui.app import CURSOR_BINDINGS, AppHeader, AppScreenMixin
 from dftui.client import Client, InstanceDetail, NodeInfo, json_dumps
+from dftui.graph import GraphItem, build_graph, display_status, item_label, to_dsl
 from dftui.screens.actions import Plan, Target, plan, report
+from dftui.screens.base import CURSOR_BINDINGS, AppHeader, BaseScreen, ThemeChanged
+from dftui.screens.dialogs import CancelDialog, RetryDialog, SignalDialog, StartDialog
 from dftui.timings import instance_end
 from dftui.vocabulary import TERMINAL_STATUSES, is_composite, signal_name
+from dftui.widgets.export import export_result
 from dftui.widgets.format import (
     STATUS_STYLES,
     duration_between,
@@ -30,12 +32,11 @@ from dftui.widgets.format import (
     shorten,
     status_text,
 )
-from dftui.widgets.graph import GraphItem, build_graph, display_status, item_label, to_dsl
 from dftui.widgets.keybar import KeyBar
 from dftui.widgets.node_panel import NodePanel
 
 
-class InstanceScreen(AppScreenMixin, Screen):
+class InstanceScreen(BaseScreen):
     """Details of one instance."""
 
     BINDINGS = [
@@ -66,7 +67,6 @@ class InstanceScreen(AppScreenMixin, Screen):
         self.follow = False
         self._tree_nodes: dict[str, TreeNode] = {}
         self._items: dict[int, GraphItem] = {}
-        self._refresh_cost = 0.0
 
     def compose(self) -> ComposeResult:
         yield AppHeader()
@@ -85,7 +85,7 @@ class InstanceScreen(AppScreenMixin, Screen):
             Text(f"instance {self.instance_id} — loading…", style="dim"))
         self.query_one(Tree).focus()
         self.reload()
-        self._schedule_refresh()
+        self.start_live_refresh()
 
     # -- data ----------------------------------------------------------------------------------
 
@@ -96,7 +96,7 @@ class InstanceScreen(AppScreenMixin, Screen):
             started = time.monotonic()
             detail = client.instance(instance_id)
             result = detail, client.nodes(instance_id, detail)
-            self._refresh_cost = time.monotonic() - started
+            self.refresh_cost = time.monotonic() - started
             return result
 
         self.dapp.run_db(self, call, self._apply, group="detail", on_error=self._failed)
@@ -123,19 +123,9 @@ class InstanceScreen(AppScreenMixin, Screen):
         self._show_selected()
         self.refresh_bindings()
 
-    def _schedule_refresh(self) -> None:
-        interval = self.dapp.refresh_interval
-        if interval:
-            # Finished instances change only through retry; huge graphs cost more to re-read.
-            if self.detail is not None and self.detail.status in TERMINAL_STATUSES:
-                interval *= 3
-            interval = max(interval, min(self._refresh_cost * 10, 60.0))
-            self.set_timer(interval, self._tick)
-
-    def _tick(self) -> None:
-        if self.app.screen is self and self.dapp.connected:
-            self.reload()
-        self._schedule_refresh()
+    def refresh_factor(self) -> float:
+        """Finished instances change only through retry: refreshed three times less often."""
+        return 3.0 if self.detail is not None and self.detail.status in TERMINAL_STATUSES else 1.0
 
     # -- rendering -----------------------------------------------------------------------------
 
@@ -248,6 +238,7 @@ class InstanceScreen(AppScreenMixin, Screen):
         panel.show_node(self._selected_node(), status, now=self.dapp.now(), tz=self.dapp.tz,
                         nodes=self.nodes)
 
+    @on(ThemeChanged)
     def theme_changed(self) -> None:
         if self.is_mounted:
             self._show_selected()
@@ -367,8 +358,6 @@ class InstanceScreen(AppScreenMixin, Screen):
     def action_export(self) -> None:
         """Write the selected node's whole result to a file (CSV for row sets, columns in the
         statement's order; JSON otherwise) in $DFTUI_EXPORT_DIR or the current directory."""
-        from dftui.widgets.export import export_result
-
         node = self._selected_node()
         if node is None or node.result is None:
             self.notify("The selected node has no result to export", severity="warning")
@@ -399,8 +388,6 @@ class InstanceScreen(AppScreenMixin, Screen):
         return planned
 
     def action_cancel(self) -> None:
-        from dftui.screens.dialogs import CancelDialog
-
         planned = self._plan("cancel")
         if planned is None:
             return
@@ -412,8 +399,6 @@ class InstanceScreen(AppScreenMixin, Screen):
         self.app.push_screen(CancelDialog(planned), confirmed)
 
     def action_retry(self) -> None:
-        from dftui.screens.dialogs import RetryDialog
-
         planned = self._plan("retry")
         if planned is None:
             return
@@ -425,8 +410,6 @@ class InstanceScreen(AppScreenMixin, Screen):
         self.app.push_screen(RetryDialog(planned), confirmed)
 
     def action_signal(self) -> None:
-        from dftui.screens.dialogs import SignalDialog
-
         planned = self._plan("signal")
         if planned is None:
             return
@@ -444,8 +427,6 @@ class InstanceScreen(AppScreenMixin, Screen):
         self.app.push_screen(SignalDialog(planned, waited), sent)
 
     def action_again(self) -> None:
-        from dftui.screens.dialogs import StartDialog
-
         if self.detail is None:
             return
         try:

@@ -11,19 +11,18 @@ from __future__ import annotations
 import re
 import shlex
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from rich.style import Style
 from rich.text import Text
 from textual import on
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Input, Static
 
-from dftui.app import CURSOR_BINDINGS, AppHeader, AppScreenMixin
 from dftui.client import (
     ActionResult,
     Client,
@@ -32,6 +31,9 @@ from dftui.client import (
     StatusCounts,
 )
 from dftui.screens.actions import Plan, Target, plan, report
+from dftui.screens.base import CURSOR_BINDINGS, AppHeader, BaseScreen, ThemeChanged
+from dftui.screens.dialogs import CancelDialog, LabelPicker, RetryDialog, SignalDialog, StartDialog
+from dftui.screens.instance import InstanceScreen
 from dftui.vocabulary import STATUSES
 from dftui.widgets.format import (
     STATUS_STYLES,
@@ -131,9 +133,10 @@ class InstanceTable(DataTable):
     BINDINGS = [Binding("enter", "select_cursor", "Open")]
 
 
-class InstancesScreen(AppScreenMixin, Screen):
-    """All instances the role can see, newest first."""
+class InstancesScreen(BaseScreen):
+    """All instances the role can see, newest first. The home screen."""
 
+    HOME = True
     BINDINGS = [
         Binding("slash", "filter", "Filter"),
         Binding("space", "toggle_select", "Select"),
@@ -169,8 +172,6 @@ class InstancesScreen(AppScreenMixin, Screen):
         self._columns: list[str] = []
         self._wide = False
         self._width = 0
-        self._refresh_timer: Timer | None = None
-        self._refresh_cost = 0.0  # seconds the last live refresh took in the database
         self._filter_timer: Timer | None = None
         self._health: dict | None = None
         self._filter_problem: str | None = None
@@ -195,7 +196,7 @@ class InstancesScreen(AppScreenMixin, Screen):
         self._setup_columns()
         self.query_one(DataTable).focus()
         self.reload()
-        self._schedule_refresh()
+        self.start_live_refresh()
 
     def on_resize(self) -> None:
         width = self.size.width
@@ -282,7 +283,7 @@ class InstancesScreen(AppScreenMixin, Screen):
             result = (client.list_instances(limit=limit, **args),
                       client.status_counts(**count_args))
             # Expensive filters (free text scans) back the poll off instead of hammering the server.
-            self._refresh_cost = time.monotonic() - started
+            self.refresh_cost = time.monotonic() - started
             return result
 
         self.dapp.run_db(self, call, lambda res: self._apply_reload(res, generation, True),
@@ -471,22 +472,9 @@ class InstancesScreen(AppScreenMixin, Screen):
                     "granted df usage (dftui grant ROLE) to start one")
         return "no instances yet — press n to start one"
 
+    @on(ThemeChanged)
     def theme_changed(self) -> None:
         self._render_rows(keep_id=self.current_id) if self.is_mounted else None
-
-    # -- live refresh --------------------------------------------------------------------------
-
-    def _schedule_refresh(self) -> None:
-        interval = self.dapp.refresh_interval
-        if interval:
-            interval = max(interval, min(self._refresh_cost * 10, 60.0))
-            self._refresh_timer = self.set_timer(interval, self._tick)
-
-    def _tick(self) -> None:
-        # Paused while another screen (a modal, the detail screen) is on top or while offline.
-        if self.app.screen is self and self.dapp.connected:
-            self.live_refresh()
-        self._schedule_refresh()
 
     # -- events --------------------------------------------------------------------------------
 
@@ -570,8 +558,6 @@ class InstancesScreen(AppScreenMixin, Screen):
         instance_id = self.current_id
         if instance_id is None:
             return
-        from dftui.screens.instance import InstanceScreen
-
         self.app.push_screen(InstanceScreen(instance_id))
 
     def action_filter(self) -> None:
@@ -607,8 +593,6 @@ class InstancesScreen(AppScreenMixin, Screen):
         self._filters_changed()
 
     def action_pick_label(self) -> None:
-        from dftui.screens.dialogs import LabelPicker
-
         def picked(label: str | None) -> None:
             if label is None:
                 return
@@ -674,8 +658,6 @@ class InstancesScreen(AppScreenMixin, Screen):
         planned = self._plan("cancel")
         if planned is None:
             return
-        from dftui.screens.dialogs import CancelDialog
-
         def confirmed(reason: str | None) -> None:
             if reason is not None:
                 self._bulk("cancel", lambda c: c.cancel(planned.ids, reason))
@@ -686,8 +668,6 @@ class InstancesScreen(AppScreenMixin, Screen):
         planned = self._plan("retry")
         if planned is None:
             return
-        from dftui.screens.dialogs import RetryDialog
-
         def confirmed(ok: bool | None) -> None:
             if ok:
                 self._bulk("retry", lambda c: c.retry(planned.ids))
@@ -698,8 +678,6 @@ class InstancesScreen(AppScreenMixin, Screen):
         planned = self._plan("signal")
         if planned is None:
             return
-        from dftui.screens.dialogs import SignalDialog
-
         waited = set()
         for target in planned.apply:
             step = next((r.current_step for r in self.rows if r.id == target.id), None) or ""
@@ -717,8 +695,6 @@ class InstancesScreen(AppScreenMixin, Screen):
         self.app.push_screen(SignalDialog(planned, name), sent)
 
     def action_new_run(self) -> None:
-        from dftui.screens.dialogs import StartDialog
-
         self.app.push_screen(StartDialog(), self._started)
 
     def _started(self, instance_id: str | None) -> None:
@@ -739,9 +715,8 @@ class InstancesScreen(AppScreenMixin, Screen):
         self.dapp.run_db(self, call, done, group="action", exclusive=False,
                          what=action.capitalize())
 
-    def palette_commands(self):
-        from textual.app import SystemCommand
-
+    def palette_commands(self) -> Iterator[SystemCommand]:
+        """One palette command per status tab."""
         for status, title in STATUS_TABS:
             yield SystemCommand(f"Show {title.lower()} instances", "status filter",
                                 _bind(self.action_status, status or "all"))

@@ -9,17 +9,16 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import Screen
 from textual.widgets import Button, DataTable, Input, Label, Static
 
-from dftui.app import CURSOR_BINDINGS, AppHeader, AppScreenMixin
 from dftui.client import Client, Var, mask_secret, var_name_problem
-from dftui.screens.dialogs import ConfirmDialog, _Dialog
+from dftui.screens.base import CURSOR_BINDINGS, AppHeader, BaseScreen, Dialog
+from dftui.screens.dialogs import ConfirmDialog
 from dftui.widgets.format import STATUS_STYLES, shorten
 from dftui.widgets.keybar import KeyBar
 
 
-class VarDialog(_Dialog):
+class VarDialog(Dialog[tuple[str, str] | None]):
     """Add or edit one variable; returns (name, value) or None."""
 
     def __init__(self, var: Var | None = None) -> None:
@@ -63,7 +62,7 @@ class VarTable(DataTable):
     BINDINGS = [Binding("enter", "select_cursor", "Edit", show=False)]
 
 
-class VariablesScreen(AppScreenMixin, Screen):
+class VariablesScreen(BaseScreen):
     """df.vars of the connected role."""
 
     HELP_TITLE = "Variables"

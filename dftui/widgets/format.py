@@ -10,7 +10,9 @@ from datetime import datetime, tzinfo
 
 from rich.text import Text
 
-# Re-exported: the symbols are vocabulary (the CLI uses them too); the colours are presentation.
+# Re-exported: the symbols are vocabulary (the CLI uses them too), durations and shortening are
+# plain text (the graph uses them too); the colours are presentation.
+from dftui.plaintext import format_duration, shorten
 from dftui.vocabulary import STATUS_SYMBOLS, status_symbol
 
 STATUS_STYLES: dict[str, str] = {
@@ -27,26 +29,6 @@ def status_text(status: str, *, word: bool = True) -> Text:
     """`✓ completed` in the status colour (just the symbol when word=False)."""
     label = f"{status_symbol(status)} {status}" if word else status_symbol(status)
     return Text(label, style=STATUS_STYLES.get(status, ""))
-
-
-def format_duration(seconds: float | None) -> str:
-    """Compact duration: `850ms`, `42s`, `3m05s`, `2h07m`, `3d04h`."""
-    if seconds is None:
-        return ""
-    if seconds < 0:
-        seconds = 0
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
-    minutes, sec = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{sec:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"
 
 
 def duration_between(start: datetime | None, end: datetime | None, now: datetime) -> str:
@@ -73,14 +55,6 @@ def age(value: datetime | None, now: datetime) -> str:
     if value is None:
         return ""
     return format_duration(max((now - value).total_seconds(), 0.0)) + " ago"
-
-
-def shorten(text: str | None, width: int) -> str:
-    """One line, at most `width` cells, with an ellipsis when cut."""
-    if not text:
-        return ""
-    line = " ".join(text.split())
-    return line if len(line) <= width else line[: max(width - 1, 0)] + "…"
 
 
 __all__ = [

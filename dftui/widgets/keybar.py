@@ -13,6 +13,8 @@ from textual.binding import Binding
 from textual.dom import NoScreen
 from textual.widgets import Static
 
+from dftui.screens.base import operator_description
+
 FIRST = ("help", "back_or_quit", "back")  # always shown first, so they never scroll away
 
 
@@ -39,8 +41,6 @@ class KeyBar(Static):
 
     def items(self) -> list[tuple[str, str, str, bool]]:
         """(key, key display, description, enabled) in display order, one per description."""
-        from dftui.screens.help import operator_description
-
         screen = self.screen
         seen: dict[str, int] = {}
         out: list[tuple[str, str, str, bool]] = []

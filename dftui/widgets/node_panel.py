@@ -18,6 +18,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from dftui.client import NodeInfo, json_dumps, parse_ts
+from dftui.graph import display_status, node_summary
 from dftui.vocabulary import if_rows_result
 
 from .format import (
@@ -27,7 +28,6 @@ from .format import (
     status_symbol,
     status_text,
 )
-from .graph import display_status, node_summary
 
 MAX_RESULT_ROWS = 50
 

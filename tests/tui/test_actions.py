@@ -147,6 +147,9 @@ async def test_connection_loss_banner_and_recovery(db):
     app = make_app(db, "dftui_alice", reconnect_delays=(1.5, 0.2))
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await instances_loaded(pilot, app)
+        # Started after the list was read, shown only by the reload the app's Reconnected
+        # message triggers (no live refresh here; the `R` below fails on the dead session).
+        start(db, "dftui_alice", "'SELECT 2', 'y'")
         pid = app.client.backend_pid()
         assert db.scalar("SELECT pg_terminate_backend(%s)", (pid,)) is True
         await pilot.press("R")
@@ -159,7 +162,7 @@ async def test_connection_loss_banner_and_recovery(db):
         assert app.client.backend_pid() != pid
         assert "Connection lost" not in app.header_text(120).plain
         assert not header.has_class("-disconnected")
-        await wait_for_app(pilot, lambda: len(screen.rows) == 1, what="list after reconnect")
+        await wait_for_app(pilot, lambda: len(screen.rows) == 2, what="list re-read after reconnect")
 
 
 async def test_loop_iterations_and_attempts_in_panel(db):

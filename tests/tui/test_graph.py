@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from dftui.client import Client
-from dftui.widgets.graph import build_graph, to_dsl
+from dftui.graph import build_graph, to_dsl
 
 EXPRESSIONS = [
     "'SELECT 1 AS one' |=> 'first' ~> 'SELECT $first + 1' ~> 'SELECT 3'",

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dftui.cli import render_tree
-from dftui.widgets.graph import build_graph, display_status, item_label, to_dsl
+from dftui.graph import build_graph, display_status, item_label, to_dsl
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from dftui.client import NodeInfo, json_dumps
+from dftui.client.models import NodeInfo, json_dumps
+from dftui.plaintext import format_duration, shorten
 from dftui.vocabulary import (
     break_value,
     cron_text,
@@ -21,8 +22,6 @@ from dftui.vocabulary import (
     status_symbol,
     step_text,
 )
-
-from .format import format_duration, shorten
 
 
 @dataclass

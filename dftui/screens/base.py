@@ -1,0 +1,217 @@
+"""What every dftui screen and dialog shares, without importing the app (no import circle).
+
+The app (dftui/app.py) imports the screens; the screens import this module, never the app.
+What a screen needs of the running app is the `AppServices` protocol below (run a client call
+in a worker, the write-permission rules, the clock, the refresh interval) — `DftuiApp`
+satisfies it, checked by mypy at the bottom of app.py. The app talks back to the screens with
+Textual messages (`Reconnected`, `ThemeChanged`), never by probing them with getattr.
+
+Also here: the header every screen composes (`AppHeader`), the vim-style cursor keys of the list
+screens, the one live-refresh helper (`BaseScreen.start_live_refresh`) and the typed base of
+the modal dialogs (`Dialog[T]`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime, tzinfo
+from typing import Any, ClassVar, Protocol, TypeVar, cast
+
+from rich.text import Text
+from textual import on
+from textual.app import SystemCommand
+from textual.binding import Binding, BindingType
+from textual.dom import DOMNode
+from textual.message import Message
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Button, Static
+from textual.worker import Worker
+
+from dftui.client import Client, ClientError, ConnectionInfo
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+SHORT_HEIGHT = 32  # below this many rows dialogs use their compact layout (-short)
+# Longest pause between two live refreshes, however slow the last one was.
+MAX_REFRESH_INTERVAL = 60.0
+
+# Vim-style list navigation shared by the list screens (each implements the four actions).
+CURSOR_BINDINGS: list[BindingType] = [
+    Binding("j", "cursor_down", "Down", show=False),
+    Binding("k", "cursor_up", "Up", show=False),
+    Binding("g", "cursor_top", "Top", show=False),
+    Binding("G", "cursor_bottom", "Bottom", show=False),
+]
+
+
+class AppServices(Protocol):
+    """What screens, dialogs and widgets use of the running app (DftuiApp)."""
+
+    client: Client
+    read_only: bool
+    tz: tzinfo | None
+    refresh_interval: float | None
+    disconnected: str | None
+
+    @property
+    def info(self) -> ConnectionInfo | None: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    def now(self) -> datetime: ...
+
+    def header_text(self, width: int) -> Text: ...
+
+    def run_db(self, owner: DOMNode, call: Callable[[Client], R], on_done: Callable[[R], Any],
+               *, group: str, on_error: Callable[[ClientError], Any] | None = None,
+               exclusive: bool = True, what: str | None = None) -> Worker[None]: ...
+
+    def notify_error(self, exc: ClientError | str) -> None: ...
+
+    def write_state(self, capability: str | None = None) -> bool | None: ...
+
+    def explain_disabled(self, capability: str | None = None) -> str | None: ...
+
+
+def services(node: DOMNode) -> AppServices:
+    """The running app as AppServices (every dftui screen runs inside DftuiApp)."""
+    return cast(AppServices, node.app)
+
+
+# -- messages from the app to its screens -------------------------------------------------------
+
+
+class Reconnected(Message):
+    """The connection came back after a loss: re-read what is shown."""
+
+
+class ThemeChanged(Message):
+    """The light/dark theme changed: re-render what carries theme colours."""
+
+
+# -- the header ---------------------------------------------------------------------------------
+
+
+class AppHeader(Static):
+    """Who we are connected as (role@database, server version, backend), disabled features and
+    the connection-lost banner. Every screen composes one; the app refreshes them all."""
+
+    DEFAULT_CSS = """
+    AppHeader { dock: top; height: auto; background: $panel; color: $foreground; padding: 0 1; }
+    AppHeader.-disconnected { background: $error 30%; }
+    """
+
+    def on_mount(self) -> None:
+        self.refresh_state()
+
+    def refresh_state(self) -> None:
+        app = services(self)
+        self.update(app.header_text(self.size.width or self.app.size.width))
+        self.set_class(app.disconnected is not None, "-disconnected")
+
+    def on_resize(self) -> None:
+        self.refresh_state()
+
+
+# -- screens ------------------------------------------------------------------------------------
+
+
+class BaseScreen(Screen[None]):
+    """A full screen of dftui: its help title, its extra palette commands, `reload` (called on
+    `R`, on reconnect and by the live refresh) and the one live-refresh schedule."""
+
+    HELP_TITLE: ClassVar[str | None] = None  # the help screen's title (default: the class name)
+    HOME: ClassVar[bool] = False  # the home screen: `q` quits here, goes back elsewhere
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refresh_cost = 0.0  # seconds the last live refresh took (slows the schedule down)
+
+    @property
+    def dapp(self) -> AppServices:
+        """The running app's services, typed (run_db, write_state, tz, ...)."""
+        return services(self)
+
+    def reload(self) -> None:
+        """Re-read everything shown. Subclasses override."""
+
+    def live_refresh(self) -> None:
+        """What the live refresh re-reads (default: everything, `reload`)."""
+        self.reload()
+
+    def refresh_factor(self) -> float:
+        """How much slower than the app's interval this screen refreshes now (default 1)."""
+        return 1.0
+
+    def palette_commands(self) -> Iterable[SystemCommand]:
+        """Commands this screen adds to the command palette besides its key bindings."""
+        return ()
+
+    def help_title(self) -> str:
+        return self.HELP_TITLE or type(self).__name__.removesuffix("Screen")
+
+    # -- the one live-refresh helper -------------------------------------------------------------
+
+    def start_live_refresh(self) -> None:
+        """Call `live_refresh` every refresh interval (the app's, times `refresh_factor`, and
+        at least ten times what the last refresh cost, at most a minute), paused while another
+        screen is on top or the connection is down. No interval (tests): never."""
+        interval = self.dapp.refresh_interval
+        if not interval:
+            return
+        interval *= self.refresh_factor()
+        interval = max(interval, min(self.refresh_cost * 10, MAX_REFRESH_INTERVAL))
+        self.set_timer(interval, self._live_tick)
+
+    def _live_tick(self) -> None:
+        if self.app.screen is self and self.dapp.connected:
+            self.live_refresh()
+        self.start_live_refresh()
+
+    @on(Reconnected)
+    def _reconnected(self) -> None:
+        self.reload()
+
+
+def operator_description(screen: Screen, binding: Binding) -> str:
+    """A binding's description as operators read it: `q` quits only from the home screen;
+    everywhere else it goes back."""
+    if binding.action == "back_or_quit" and not (isinstance(screen, BaseScreen) and screen.HOME):
+        return "Back"
+    return binding.description
+
+
+# -- dialogs ------------------------------------------------------------------------------------
+
+
+class Dialog(ModalScreen[T]):
+    """A modal dialog with one result type `T`: `esc` or Back dismisses with `aborted` (None
+    unless a dialog says otherwise: ConfirmDialog answers False), the confirm path with a T.
+    Callers pass push_screen a callback typed by that result."""
+
+    BINDINGS = [Binding("escape", "close", "Close")]
+    aborted: ClassVar[Any] = None
+
+    @property
+    def dapp(self) -> AppServices:
+        """The running app's services, typed (run_db, write_state, tz, ...)."""
+        return services(self)
+
+    def on_screen_resume(self) -> None:
+        self._fit()
+
+    def on_resize(self) -> None:
+        self._fit()
+
+    def _fit(self) -> None:
+        """The compact layout on short terminals (`-short`): buttons always fit."""
+        self.set_class(self.app.size.height < SHORT_HEIGHT, "-short")
+
+    def action_close(self) -> None:
+        self.dismiss(self.aborted)
+
+    @on(Button.Pressed, "#back")
+    def _back(self) -> None:
+        self.dismiss(self.aborted)
