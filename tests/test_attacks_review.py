@@ -82,6 +82,40 @@ def test_unusual_role_names_run_steps_as_themselves(db, attacker, mode, name):
     assert_no_escalation(db)
 
 
+# -- class 4 variant: a BYPASSRLS role writes ANOTHER role's df.vars ----------------------------
+
+def test_a_bypassrls_role_cannot_plant_sql_in_another_roles_vars(db, attacker, mode):
+    """df.grant_usage grants table-wide INSERT/UPDATE/DELETE on df.vars; only the RLS policy keeps
+    a role to its own rows. A BYPASSRLS role (the managed-service admin shape class 4 is about)
+    rewrites bob's var (or inserts one in bob's name); bob's next df.start snapshots it and the
+    engine splices it, raw as {name} substitution is, into bob's step: alice's SQL runs as bob
+    (was open in both modes: the witness ran as dftui_bob; closed on main by 091a5ea). Safe
+    outcome: the write is refused, or at least nothing of alice's runs as bob."""
+    with db.connect(BOB) as conn:
+        conn.execute("SELECT df.setvar('batch', '10')")
+    with db.connect() as conn:
+        conn.execute("ALTER ROLE dftui_alice BYPASSRLS")
+    planted = "10) g WHERE evil.witness('as bob') --"
+    with db.connect(ALICE) as conn:
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("UPDATE df.vars SET value = %s WHERE owner = 'dftui_bob'::regrole "
+                         "AND name = 'batch'", (planted,))
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("INSERT INTO df.vars (name, value, owner) VALUES ('extra', %s, 'dftui_bob')",
+                         (planted,))
+    with db.connect() as conn:
+        conn.execute("ALTER ROLE dftui_alice NOBYPASSRLS")
+    with engine_in_mode(db, mode):
+        iid = start(db, BOB, "'SELECT count(*) AS n FROM generate_series(1, {batch}) g'")
+        wait_terminal(db, iid)
+        iid2 = start(db, BOB, "'SELECT count(*) AS n FROM generate_series(1, {extra}) g'")
+        wait_terminal(db, iid2)
+    assert_no_escalation(db)
+    assert db.scalar("SELECT value FROM df.vars WHERE owner = 'dftui_bob'::regrole AND name = 'batch'") == "10"
+    assert not db.scalar("SELECT count(*) FROM df.vars WHERE owner = 'dftui_bob'::regrole "
+                         "AND name = 'extra'")
+
+
 # -- class 5/7: the dblink loopback helper, called directly ----------------------------------------
 
 @pytest.mark.parametrize("as_role", ["postgres", BOB])
