@@ -412,3 +412,31 @@ def test_every_df_function_pins_its_search_path(db):
     definers = [b for b in bad if b[1]]
     assert not definers, f"SECURITY DEFINER functions without a pinned search_path: {definers}"
     assert not bad, f"functions without a pinned search_path: {bad}"
+
+
+# -- availability: a backlog deeper than the claim's window ------------------------------------------
+
+def test_a_role_flooding_more_tasks_than_a_claim_looks_at_cannot_starve_another(db, mode):
+    """alice queues more long steps than a claim's candidate window (1,000 rows at the head of
+    the queue) while her running-step cap is reached: the window held only her tasks, so no
+    claim ever reached bob's, queued after them — bob waited for her whole backlog. bob's
+    instance must complete while alice's backlog is still there."""
+    flood = 1100
+    with db.connect(ALICE) as conn:
+        conn.execute("SELECT df.start('SELECT pg_sleep(30) AS slept') FROM generate_series(1, %s)",
+                     (flood,))
+    with engine_in_mode(db, mode, concurrency=2, step_timeout=40.0):
+        # (alice's first step holds her only slot: workers - 1 = 1)
+        iid = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if db.scalar("SELECT count(*) FROM pg_stat_activity WHERE query LIKE %s AND state = 'active' "
+                         "AND application_name LIKE 'dftui engine%%'", ("%pg_sleep(30)%",)):
+                break
+            time.sleep(0.1)
+        with db.connect(BOB) as conn:
+            iid = conn.execute("SELECT df.start('SELECT 1 AS ok')").fetchone()[0]
+        assert wait_terminal(db, iid, timeout=25) == "completed", errors(db, iid)
+        pending = db.scalar("SELECT count(*) FROM df.instances WHERE submitted_by = %s::regrole "
+                            "AND status IN ('pending', 'running')", (ALICE,))
+        assert pending >= flood - 2, "alice's backlog drained first: the test proves nothing"

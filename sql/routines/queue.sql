@@ -79,9 +79,17 @@ BEGIN
                                                       AND n.id = x.node_id), '') AS node_type) y
              WHERE x.run_at <= now()
                AND (pass = 2 OR (hashtext(x.instance_id) & 2147483647) % slices = p_slice)
+               -- a capped-out role's tasks are left out *before* the window is cut: filtered
+               -- after it, a role with more due tasks than the window (1,000) filled it and
+               -- hid every other role's task behind its backlog (issue 13, availability)
+               AND (cardinality(capped_out) = 0
+                    OR NOT (x.kind = 'run' AND y.node_type IN ('SQL', 'HTTP', 'HTTP_MULTIPART')
+                            AND COALESCE(x.role_oid, (SELECT s.submitted_by::oid
+                                                        FROM df_internal.instance_state s
+                                                       WHERE s.instance_id = x.instance_id))
+                                = ANY (capped_out)))
              ORDER BY x.run_at
              LIMIT 1000) q
-             WHERE NOT (q.capped AND q.role_oid = ANY (capped_out))
         LOOP
             EXIT WHEN cardinality(insts) >= want OR lone;
             CONTINUE WHEN c.instance_id = ANY (insts) OR (c.http AND cardinality(insts) > 0);
