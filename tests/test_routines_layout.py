@@ -9,11 +9,13 @@ while the file is applied over an installed schema exactly as engine/schema.py a
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
+from dftui.vocabulary import COMPOSITE_NODE_TYPES, NODE_TYPES, STATUSES, TERMINAL_STATUSES
 from engine import schema
 
 ROUTINES = Path(schema.sql_root()) / "routines"
@@ -22,13 +24,6 @@ TAGS = ("CREATE FUNCTION", "CREATE PROCEDURE", "CREATE VIEW", "CREATE TRIGGER", 
 ELSEWHERE = {
     # Written by engine/schema.py on every install: its body is the shipped migration level.
     "df_internal.schema_level()",
-    # Unchanged since sql/0.1.0/040_machine.sql; only the former non-transactional lease used it.
-    "df_internal.lease_key(character varying,character varying)",
-    # Unchanged since sql/0.1.0/050_lifecycle.sql; they move with the vars routines.
-    "df.setvar(pg_catalog.text,pg_catalog.text)",
-    "df.getvar(pg_catalog.text)",
-    "df.unsetvar(pg_catalog.text)",
-    "df.clearvars()",
 }
 
 RECORDER = """
@@ -126,3 +121,22 @@ def test_a_definition_in_two_files_is_seen_twice(db):
         found = record(conn, [("graph.sql", graph), ("twin.sql", graph)])
     assert found["df_internal.subtree(character varying,character varying)"] == [
         "graph.sql", "twin.sql"]
+
+
+def test_the_sql_vocabulary_agrees_with_the_python_one_and_the_table_checks(db):
+    """sql/routines/00_vocabulary.sql and dftui/vocabulary.py are one vocabulary in two languages;
+    the node types they know are the ones df.nodes accepts."""
+    with db.connect() as conn:
+        composite = {t for t in NODE_TYPES
+                     if conn.execute("SELECT df_internal.is_composite(%s)", (t,)).fetchone()[0]}
+        live = {s for s in STATUSES
+                if conn.execute("SELECT df_internal.is_live(%s)", (s,)).fetchone()[0]}
+        accepted = conn.execute(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conname = 'nodes_node_type_check'").fetchone()[0]
+        unknown = conn.execute("SELECT df_internal.is_composite('NOPE'), df_internal.has_config('SQL'),"
+                               " df_internal.is_live(NULL)").fetchone()
+    assert composite == COMPOSITE_NODE_TYPES
+    assert live == set(STATUSES) - TERMINAL_STATUSES
+    assert set(re.findall(r"'(\w+)'", accepted)) == NODE_TYPES
+    assert unknown == (False, False, None)  # NULL in, NULL out: as the IN lists they replace

@@ -20,7 +20,7 @@ RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT EXISTS (
         SELECT 1 FROM df_internal.node_meta m JOIN df.instances i ON i.id = m.instance_id
          WHERE m.instance_id = p_instance AND m.node_id = p_node AND m.gen = p_gen
-           AND i.status IN ('pending', 'running'))
+           AND df_internal.is_live(i.status))
 $$;
 
 -- Checkpoint a finished leaf: record the attempt, write the result, run the interpreter.
@@ -43,7 +43,7 @@ BEGIN
     PERFORM df_internal.lock_instance(p_instance);
     DELETE FROM df_internal.tasks t WHERE t.instance_id = p_instance AND t.node_id = p_node;
     SELECT i.status INTO inst_status FROM df.instances i WHERE i.id = p_instance;
-    IF inst_status IS NULL OR inst_status NOT IN ('pending', 'running') THEN
+    IF inst_status IS NULL OR NOT df_internal.is_live(inst_status) THEN
         RETURN 'stale';
     END IF;
     UPDATE df_internal.node_meta x SET attempts = x.attempts + 1, ran_sql = p_ran_sql,

@@ -28,7 +28,7 @@ BEGIN
     )
     SELECT array_agg(n.id) INTO running
       FROM df.nodes n JOIN bumped b ON n.instance_id = p_instance AND n.id = b.node_id
-     WHERE n.status = 'running' AND n.node_type NOT IN ('THEN', 'IF', 'JOIN', 'RACE', 'LOOP');
+     WHERE n.status = 'running' AND NOT df_internal.is_composite(n.node_type);
     DELETE FROM df_internal.tasks t
      WHERE t.ctid IN (SELECT t2.ctid FROM df_internal.tasks t2
                        WHERE t2.instance_id = p_instance
@@ -50,7 +50,7 @@ BEGIN
     UPDATE df.instances i
        SET status = p_status,
            completed_at = CASE WHEN p_status = 'completed' THEN now() END
-     WHERE i.id = p_instance AND i.status IN ('pending', 'running');
+     WHERE i.id = p_instance AND df_internal.is_live(i.status);
     UPDATE df_internal.instance_state s
        SET finished_at = now(), output = p_result, error = p_error
      WHERE s.instance_id = p_instance;
@@ -112,7 +112,7 @@ BEGIN
         RAISE EXCEPTION 'instance % is completed; only failed or cancelled instances can be retried', p_instance
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    IF i.status IN ('pending', 'running') THEN
+    IF df_internal.is_live(i.status) THEN
         RETURN;   -- already running again (a second df.retry is a no-op)
     END IF;
     IF p_from_node IS NOT NULL AND NOT EXISTS (
@@ -148,7 +148,7 @@ BEGIN
          WHERE n.instance_id = p_instance AND n.status = 'completed'
            AND n.updated_at >= (SELECT x.updated_at FROM df.nodes x
                                  WHERE x.instance_id = p_instance AND x.id = p_from_node)
-           AND n.node_type NOT IN ('THEN', 'IF', 'JOIN', 'RACE', 'LOOP');
+           AND NOT df_internal.is_composite(n.node_type);
     END IF;
     PERFORM set_config('df.retrying', p_instance, true);
     UPDATE df.instances x SET status = 'running', completed_at = NULL WHERE x.id = p_instance;

@@ -132,7 +132,7 @@ BEGIN
                    iteration = CASE WHEN n.node_type = 'LOOP' THEN 1 ELSE x.iteration END
              WHERE x.instance_id = p_instance AND x.node_id = nid
             RETURNING * INTO m;
-            cfg := CASE WHEN n.node_type IN ('IF', 'JOIN', 'LOOP', 'SIGNAL', 'HTTP', 'HTTP_MULTIPART', 'BREAK')
+            cfg := CASE WHEN df_internal.has_config(n.node_type)
                              AND n.query IS NOT NULL THEN n.query::jsonb END;
             CASE n.node_type
             WHEN 'THEN' THEN
@@ -221,7 +221,7 @@ BEGIN
             UPDATE df.nodes x SET status = 'completed', updated_at = now()
              WHERE x.instance_id = p_instance AND x.status = 'running' AND x.id <> anc
                AND x.id IN (SELECT s.node_id FROM df_internal.subtree(p_instance, anc) s)
-               AND x.node_type IN ('THEN', 'IF', 'JOIN', 'RACE', 'LOOP');
+               AND df_internal.is_composite(x.node_type);
             PERFORM df_internal.abandon(p_instance, anc_row.left_node, 'loop exited by BREAK');
             work := work || jsonb_build_array(jsonb_build_object('op', 'done', 'node', anc,
                 'status', 'completed', 'result', res, 'from_break', true));

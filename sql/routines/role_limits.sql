@@ -40,7 +40,7 @@ BEGIN
     PERFORM df_internal.ensure_role_slots(p_role::oid, GREATEST(64, COALESCE(lim.max_running, 0)));
     IF lim.max_pending IS NOT NULL THEN
         SELECT count(*) INTO active FROM df.instances i
-         WHERE i.submitted_by = p_role AND i.status IN ('pending', 'running');
+         WHERE i.submitted_by = p_role AND df_internal.is_live(i.status);
         IF active > lim.max_pending THEN
             RAISE EXCEPTION 'pg_durable: role % already has % pending or running instances, its limit is %; wait for some to finish (or ask an administrator: df.set_role_limits)',
                             p_role, active - 1, lim.max_pending

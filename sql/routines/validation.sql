@@ -59,7 +59,7 @@ BEGIN
     SELECT string_agg(format('%s (%s)', x.id, x.node_type), ', ' ORDER BY x.id) INTO bad
       FROM df.nodes x
      WHERE x.instance_id = p_instance
-       AND x.node_type IN ('IF', 'JOIN', 'LOOP', 'SIGNAL', 'HTTP', 'HTTP_MULTIPART', 'BREAK')
+       AND df_internal.has_config(x.node_type)
        AND x.query IS NOT NULL AND df_internal.try_jsonb(x.query) IS NULL;
     IF bad IS NOT NULL THEN
         RAISE EXCEPTION 'node config is not valid JSON: %', bad;

@@ -86,3 +86,67 @@ END $$;
 
 CREATE OR REPLACE TRIGGER vars_owner_check BEFORE INSERT OR UPDATE OR DELETE ON df.vars
     FOR EACH ROW EXECUTE FUNCTION df_internal.check_var_owner();
+
+-- ---------------------------------------------------------------------------------------------
+-- Writing vars: df.setvar, df.unsetvar, df.clearvars (unchanged since 0.1.0)
+-- ---------------------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION df.setvar(name text, value text)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+#variable_conflict use_variable
+BEGIN
+    IF pg_catalog.current_setting('df.in_workflow', true) = 'true' THEN
+        RAISE EXCEPTION 'df.setvar() cannot be called inside a workflow'
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    IF name IS NULL OR name = '' THEN
+        RAISE EXCEPTION 'df.setvar: variable name must not be empty'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO df.vars AS v (name, value, owner)
+    VALUES (name, value, pg_catalog.quote_ident(current_user)::regrole)
+    ON CONFLICT ON CONSTRAINT vars_pkey DO UPDATE SET value = EXCLUDED.value;
+    RETURN 'OK';
+END;
+$fn$;
+COMMENT ON FUNCTION df.setvar(text, text) IS 'Set a variable of the current role (snapshotted by df.start)';
+
+CREATE OR REPLACE FUNCTION df.unsetvar(name text)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+#variable_conflict use_variable
+BEGIN
+    IF pg_catalog.current_setting('df.in_workflow', true) = 'true' THEN
+        RAISE EXCEPTION 'df.unsetvar() cannot be called inside a workflow'
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    DELETE FROM df.vars v
+     WHERE v.owner = pg_catalog.quote_ident(current_user)::regrole AND v.name = name;
+    RETURN 'OK';
+END;
+$fn$;
+COMMENT ON FUNCTION df.unsetvar(text) IS 'Remove a variable of the current role';
+
+CREATE OR REPLACE FUNCTION df.clearvars()
+RETURNS text
+LANGUAGE plpgsql
+SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF pg_catalog.current_setting('df.in_workflow', true) = 'true' THEN
+        RAISE EXCEPTION 'df.clearvars() cannot be called inside a workflow'
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    DELETE FROM df.vars v WHERE v.owner = pg_catalog.quote_ident(current_user)::regrole;
+    RETURN 'OK';
+END;
+$fn$;
+COMMENT ON FUNCTION df.clearvars() IS 'Remove every variable of the current role';
