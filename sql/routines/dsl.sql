@@ -522,16 +522,25 @@ END;
 $fn$;
 COMMENT ON FUNCTION df.sql(text) IS 'SQL node: one statement run as the submitting role';
 
+-- The one builder of a node with branches (THEN, JOIN, RACE): the children wrapped in source
+-- order, in the canonical key order of the header. A SQL-standard body (RETURN ...) is resolved
+-- when it is created, so df.seq / df.join / df.join3 / df.race, SECURITY INVOKER builders whose
+-- callers have no USAGE on df_internal, can call it; it only builds text.
+CREATE OR REPLACE FUNCTION df_internal.branch_node(p_node_type text, p_left text, p_right text,
+                                                   p_extra text DEFAULT NULL)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN '{"node_type":' OPERATOR(pg_catalog.||) pg_catalog.to_json(p_node_type)::pg_catalog.text
+    OPERATOR(pg_catalog.||) ',"left_node":' OPERATOR(pg_catalog.||) df.ensure_durofut(p_left)
+    OPERATOR(pg_catalog.||) ',"right_node":' OPERATOR(pg_catalog.||) df.ensure_durofut(p_right)
+    OPERATOR(pg_catalog.||) CASE WHEN p_extra IS NULL THEN ''
+        ELSE ',"extra_nodes":[' OPERATOR(pg_catalog.||) df.ensure_durofut(p_extra) OPERATOR(pg_catalog.||) ']' END
+    OPERATOR(pg_catalog.||) '}';
+
 CREATE OR REPLACE FUNCTION df.seq(a text, b text)
 RETURNS text
-LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-BEGIN
-    RETURN '{"node_type":"THEN","left_node":' || df.ensure_durofut(a)
-        || ',"right_node":' || df.ensure_durofut(b) || '}';
-END;
-$fn$;
+LANGUAGE sql IMMUTABLE
+RETURN df_internal.branch_node('THEN', a, b);
 COMMENT ON FUNCTION df.seq(text, text) IS 'THEN node (operator ~>): run a, then b; result is b''s';
 
 CREATE OR REPLACE FUNCTION df.as(fut text, name text)
@@ -551,39 +560,20 @@ COMMENT ON FUNCTION df.as(text, text) IS 'Name a node''s result (operator |=>) s
 
 CREATE OR REPLACE FUNCTION df.join(a text, b text)
 RETURNS text
-LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-BEGIN
-    RETURN '{"node_type":"JOIN","left_node":' || df.ensure_durofut(a)
-        || ',"right_node":' || df.ensure_durofut(b) || '}';
-END;
-$fn$;
+LANGUAGE sql IMMUTABLE
+RETURN df_internal.branch_node('JOIN', a, b);
 COMMENT ON FUNCTION df.join(text, text) IS 'JOIN node (operator &): both branches in parallel; result is the JSON array of branch results';
 
 CREATE OR REPLACE FUNCTION df.join3(a text, b text, c text)
 RETURNS text
-LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-BEGIN
-    RETURN '{"node_type":"JOIN","left_node":' || df.ensure_durofut(a)
-        || ',"right_node":' || df.ensure_durofut(b)
-        || ',"extra_nodes":[' || df.ensure_durofut(c) || ']}';
-END;
-$fn$;
+LANGUAGE sql IMMUTABLE
+RETURN df_internal.branch_node('JOIN', a, b, c);
 COMMENT ON FUNCTION df.join3(text, text, text) IS 'JOIN node with three parallel branches';
 
 CREATE OR REPLACE FUNCTION df.race(a text, b text)
 RETURNS text
-LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-BEGIN
-    RETURN '{"node_type":"RACE","left_node":' || df.ensure_durofut(a)
-        || ',"right_node":' || df.ensure_durofut(b) || '}';
-END;
-$fn$;
+LANGUAGE sql IMMUTABLE
+RETURN df_internal.branch_node('RACE', a, b);
 COMMENT ON FUNCTION df.race(text, text) IS 'RACE node (operator |): the first branch to finish decides';
 
 CREATE OR REPLACE FUNCTION df.if(condition text, then_branch text, else_branch text)
