@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from contextlib import suppress
@@ -42,7 +43,8 @@ from dftui.screens.variables import VariablesScreen
 T = TypeVar("T")
 
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
-WRITE_KEYS = ("c", "r", "s", "n", "a", "d", "e", "x", "T")
+WRITE_KEYS = ("c", "r", "s", "n", "a", "d", "e", "x", "X", "T")
+HINT_MIN_GAP = 0.5  # seconds: the least time between two LISTEN-driven refreshes
 DARK_THEME = "textual-dark"
 LIGHT_THEME = "textual-light"
 
@@ -76,6 +78,7 @@ class DftuiApp(App[int]):
         reconnect_delays: Iterable[float] = RECONNECT_DELAYS,
         theme: str | None = None,
         quit_warning: str | None = None,
+        listen: bool = True,
     ) -> None:
         super().__init__()
         self.client = client
@@ -92,6 +95,13 @@ class DftuiApp(App[int]):
         self.engine_warning: str | None = None  # no live engine serves the database
         self._last_error: str | None = None
         self._last_error_at = 0.0
+        # LISTEN-driven refresh (a hint only; the poll stays as the fallback): see _listen.
+        self.listen = listen and bool(refresh_interval)
+        self.listening = False  # the LISTEN connection is up
+        self.hints = 0  # hints acted on (tests, logs)
+        self._last_hint = 0.0
+        self._hint_timer: Any = None
+        self._stop_listening = threading.Event()
         if theme:
             self.theme = theme
 
@@ -101,6 +111,56 @@ class DftuiApp(App[int]):
         self.push_screen(InstancesScreen())
         self.check_engines()
         self.set_interval(max(self.refresh_interval or 0, 10.0), self._engines_tick)
+        if self.listen:
+            self.run_worker(self._listen, thread=True, group="listen", exit_on_error=False)
+
+    def on_unmount(self) -> None:
+        self._stop_listening.set()
+
+    # -- live without polling: LISTEN ----------------------------------------------------------
+
+    def _listen(self) -> None:
+        """Thread: wait for the df schema's notifications (df_work, df_done, df_cancel) on a
+        connection of its own and hint the screen on top to refresh now. Payloads are empty by
+        design and anyone may NOTIFY: a hint only makes the screen re-read what it shows (RLS
+        applies), at most once per HINT_MIN_GAP. Connection trouble: back off and try again;
+        the poll carries on meanwhile."""
+        notes = self.client.notifications()
+        backoff = 1.0
+        try:
+            while not self._stop_listening.is_set():
+                try:
+                    if notes.wait(1.0):
+                        self._from_thread(self._hinted)
+                    if not self.listening:
+                        self.listening = True
+                    backoff = 1.0
+                except ClientError:
+                    self.listening = False
+                    if self._stop_listening.wait(backoff):
+                        return
+                    backoff = min(backoff * 2, 30.0)
+        finally:
+            notes.close()
+            self.listening = False
+
+    def _hinted(self) -> None:
+        """A hint arrived: refresh the screen on top now, or when the minimum gap has passed
+        (a burst of hints gives one refresh, never a refresh storm)."""
+        wait = self._last_hint + HINT_MIN_GAP - time.monotonic()
+        if wait > 0:
+            if self._hint_timer is None:
+                self._hint_timer = self.set_timer(wait, self._hint_now)
+            return
+        self._hint_now()
+
+    def _hint_now(self) -> None:
+        self._hint_timer = None
+        self._last_hint = time.monotonic()
+        hook = getattr(self.screen, "on_hint", None)
+        if callable(hook) and self.connected:
+            self.hints += 1
+            hook()
 
     def _engines_tick(self) -> None:
         if self.refresh_interval and self.connected:

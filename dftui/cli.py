@@ -786,6 +786,75 @@ def explain(
     typer.echo(text.rstrip("\n"))
 
 
+@app.command()
+def history(
+    ctx: typer.Context,
+    instance_id: Annotated[str, typer.Argument(metavar="ID", help="Instance id.")],
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every event of an instance in time order, kept across retries: submitted, started, each
+    attempt with its outcome, each execution's end, retries, cancels and signals with who asked."""
+    wanted = _ids([instance_id])[0]
+    with _client(_resolve_dsn(ctx, dsn)) as client:
+        events = client.history(wanted)
+    if as_json:
+        _print_json([e.as_json() for e in events])
+        return
+    for e in events:
+        where = f" {e.node_type or 'node'} {e.node_id}" if e.node_id else ""
+        if e.iteration:
+            where += f" iteration {e.iteration}"
+        if e.attempt:
+            where += f" attempt {e.attempt}"
+        who = f" by {e.actor}" if e.actor else ""
+        detail = f" — {e.detail}" if e.detail else ""
+        typer.echo(f"{_when(e.at)}  #{e.execution}  {e.event}{where}{who}{detail}")
+
+
+@app.command()
+def activity(
+    ctx: typer.Context,
+    instance_id: Annotated[str, typer.Argument(metavar="ID", help="Instance id.")],
+    dsn: DsnOption = None,
+    as_json: JsonOption = False,
+    cancel_backend: Annotated[bool, typer.Option(
+        "--cancel", help="Cancel the running step's statement (the step fails).")] = False,
+    terminate_backend: Annotated[bool, typer.Option(
+        "--terminate", help="Terminate the step's engine session (rolled back; runs again).")] = False,
+    node: Annotated[str | None, typer.Option(
+        "--node", help="Which running node (when several run).")] = None,
+) -> int:
+    """What the instance's running SQL steps are doing inside PostgreSQL: engine session, state,
+    wait event, duration, the locks they wait for and who blocks them. Exit 1 when none runs."""
+    wanted = _ids([instance_id])[0]
+    if cancel_backend and terminate_backend:
+        fail("use --cancel or --terminate, not both", 2)
+    with _client(_resolve_dsn(ctx, dsn)) as client:
+        if cancel_backend or terminate_backend:
+            typer.echo(client.signal_step_backend(wanted, node, terminate=terminate_backend))
+            return 0
+        steps = client.step_activity(wanted)
+    if as_json:
+        _print_json([_jsonable(s) | {"blocked_by": [_jsonable(b) for b in s.blocked_by]} for s in steps])
+        return 0 if steps else 1
+    if not steps:
+        _report(f"{wanted}: no step is executing in an engine session now")
+        return 1
+    for s in steps:
+        typer.echo(f"node {s.node_id} ({s.node_type})  backend pid {s.backend_pid}  {s.state or '-'}"
+                   f"  running {_ms(s.duration_ms)}" + (f"  waiting on {s.waiting}" if s.waiting else ""))
+        if s.query:
+            typer.echo(f"  sql: {s.query}")
+        for lock in s.waiting_for:
+            what = lock.get("relation") or lock.get("transactionid") or lock.get("virtualxid") or ""
+            typer.echo(f"  waits for {lock.get('mode')} on {lock.get('locktype')} {what}".rstrip())
+        for b in s.blocked_by:
+            extra = f"  {b.state}: {b.query}" if b.query else ""
+            typer.echo(f"  blocked by pid {b.pid} ({b.role or '?'}, {b.application_name or '-'}){extra}")
+    return 0
+
+
 def _ms(value: Any) -> str:
     if value is None:
         return "-"

@@ -156,3 +156,32 @@ def test_history_keeps_every_execution_who_asked_and_signals(db) -> None:
     assert (2, "failed") in names
     assert names[-1] == (3, "completed")
     assert [e["at"] for e in events] == sorted(e["at"] for e in events)
+
+
+def test_cli_history_and_activity(db, capsys) -> None:
+    import json
+
+    from dftui.cli import main
+
+    with engine_in_mode(db, "superuser"):
+        iid = start(db, ALICE, "'SELECT 1 AS one'")
+        assert wait_terminal(db, iid) == "completed"
+    code = main(["history", iid, "--dsn", db.dsn(ALICE), "--json"])
+    out, _err = capsys.readouterr()
+    assert code == 0
+    events = [e["event"] for e in json.loads(out)]
+    assert events[0] == "submitted" and "attempt completed" in events and events[-1] == "completed"
+    code = main(["history", iid, "--dsn", db.dsn(ALICE)])
+    out, _err = capsys.readouterr()
+    assert code == 0 and "#1  attempt completed SQL" in out
+    # Nothing runs: said, exit 1; another role: not found, exit 1; a bad id: usage, exit 2.
+    assert main(["activity", iid, "--dsn", db.dsn(ALICE)]) == 1
+    _out, err = capsys.readouterr()
+    assert "no step is executing" in err
+    assert main(["history", iid, "--dsn", db.dsn(BOB)]) == 1
+    _out, err = capsys.readouterr()
+    assert NOT_FOUND in err and "Traceback" not in err
+    assert main(["activity", iid, "--cancel", "--dsn", db.dsn(ALICE)]) == 1
+    _out, err = capsys.readouterr()
+    assert "has no step executing" in err
+    assert main(["history", "nope", "--dsn", db.dsn(ALICE)]) == 2

@@ -17,6 +17,7 @@ one job each:
 | `actions` | start, cancel, retry, signal |
 | `health` | engines, health, role limits, metrics |
 | `variables` | df.vars of the connected role |
+| `console` | running steps inside PostgreSQL, instance history, LISTEN hints |
 
 Backends: dftui's own `df` schema ("dftui") and Microsoft's pg_durable extension
 ("pg_durable") expose the same `df.instances` / `df.nodes` tables and user-facing functions;
@@ -33,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from dftui.client.actions import Actions, action_refusal
+from dftui.client.console import Blocker, Console, HistoryEvent, Notifications, StepActivity
 from dftui.client.errors import (
     ClientError,
     ConnectionLost,
@@ -70,6 +72,7 @@ from dftui.client.session import APPLICATION_NAME, PASSWORD_TRIES, open_with_pro
 from dftui.client.variables import Vars, var_name_problem
 
 __all__ = [
+    "Blocker", "Console", "HistoryEvent", "Notifications", "StepActivity",
     "APPLICATION_NAME", "COUNT_CAP", "PASSWORD_TRIES", "ActionResult", "Attempt",
     "Capabilities", "Client", "ClientError", "ConnectionInfo", "ConnectionLost", "EngineInfo",
     "Health", "InputError", "InstanceDetail", "InstancePage", "InstanceSummary", "NodeInfo",
@@ -80,7 +83,7 @@ __all__ = [
 ]
 
 
-class Client(HealthQueries, Actions, Vars):
+class Client(HealthQueries, Actions, Vars, Console):
     """A connection to one database as one role, with typed df.* operations: the jobs of the
     modules above on one `Session` (one connection, one lock, one error translation)."""
 

@@ -373,3 +373,29 @@ class LabelPicker(Dialog[str | None]):
     @on(OptionList.OptionSelected, "#labels")
     def _picked(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(event.option.id or "")
+
+
+class GotoDialog(_Dialog):
+    """Jump to an instance: type its id (or a unique prefix); returns the text or None."""
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label("Go to instance", classes="dialog-title")
+            yield Input(placeholder="instance id or its first characters", id="goto")
+            yield Static(Text("", style="dim"), id="goto-error", classes="dialog-note")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Open", variant="primary", id="confirm")
+                yield Button("Back", id="back")
+
+    def on_mount(self) -> None:
+        self.query_one("#goto", Input).focus()
+
+    @on(Input.Submitted, "#goto")
+    @on(Button.Pressed, "#confirm")
+    def _confirm(self) -> None:
+        text = self.query_one("#goto", Input).value.strip().lower()
+        if not text or not all(ch in "0123456789abcdef" for ch in text) or len(text) > 8:
+            self.query_one("#goto-error", Static).update(
+                Text("an instance id is up to 8 hex digits (0-9, a-f)", style=STATUS_STYLES["failed"]))
+            return
+        self.dismiss(text)

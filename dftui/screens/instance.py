@@ -48,6 +48,8 @@ class InstanceScreen(BaseScreen):
         Binding("r", "retry", "Retry"),
         Binding("s", "signal", "Signal"),
         Binding("a", "again", "Run again"),
+        Binding("w", "activity", "What is it doing"),
+        Binding("h", "history", "History"),
         Binding("y", "copy", "Copy SQL"),
         Binding("Y", "copy_result", "Copy result", show=False),
         Binding("E", "export", "Export result", show=False),
@@ -369,6 +371,23 @@ class InstanceScreen(BaseScreen):
             return
         rows = f"{count} row{'s' if count != 1 else ''} " if count is not None else ""
         self.notify(f"Exported {rows}to {path}", title="Export")
+
+    def action_activity(self) -> None:
+        """`w`: the running steps inside PostgreSQL (pid, waits, locks, blockers; cancel)."""
+        from dftui.screens.activity import ActivityScreen
+
+        self.app.push_screen(ActivityScreen(self.instance_id, self.detail.label if self.detail else None))
+
+    def action_history(self) -> None:
+        """`h`: every event of this instance, across retries."""
+        from dftui.screens.history import HistoryScreen
+
+        self.app.push_screen(HistoryScreen(self.instance_id, self.detail.label if self.detail else None))
+
+    def on_hint(self) -> None:
+        """The database hinted that something changed (LISTEN): re-read now."""
+        if self.app.screen is self and self.dapp.connected:
+            self.reload()
 
     def action_copy_id(self) -> None:
         self.app.copy_to_clipboard(self.instance_id)

@@ -47,6 +47,12 @@ from dftui.widgets.format import (
 from dftui.widgets.keybar import KeyBar
 
 PAGE_SIZE = 100
+SELECT_ALL_CAP = 10_000  # `*` selects at most this many matching instances (said when capped)
+# Sortable columns (`S` cycles, `o` reverses; a click on a header sorts by it): started is the
+# server's keyset order over all matching rows, the others order the rows loaded so far.
+SORT_KEYS: dict[str, str] = {"started": "started", "id": "id", "label": "label",
+                             "status": "status", "step": "current step", "duration": "took",
+                             "by": "submitted by"}
 FILTER_DEBOUNCE = 0.25  # seconds of no typing before the filter is applied
 LOAD_AHEAD = 20  # fetch the next page when the cursor is this close to the last loaded row
 REFRESH_WINDOW = 1000  # the live refresh re-reads at most this many rows from the top
@@ -141,13 +147,16 @@ class InstancesScreen(BaseScreen):
         Binding("slash", "filter", "Filter"),
         Binding("space", "toggle_select", "Select"),
         Binding("asterisk", "select_all", "Select all matching", show=False),
+        Binding("S", "cycle_sort", "Sort by next column", show=False),
+        Binding("h", "history", "History", show=False),
+        Binding("i", "goto_id", "Go to id", show=False),
         Binding("c", "cancel", "Cancel"),
         Binding("r", "retry", "Retry"),
         Binding("s", "signal", "Signal"),
         Binding("n", "new_run", "New run"),
         Binding("y", "copy", "Copy id"),
         Binding("R", "refresh", "Refresh"),
-        Binding("o", "toggle_sort", "Oldest/newest first", show=False),
+        Binding("o", "toggle_sort", "Reverse sort", show=False),
         Binding("l", "pick_label", "Labels", show=False),
         *CURSOR_BINDINGS,
         Binding("escape", "clear", "Clear filter/selection", show=False),
@@ -176,6 +185,11 @@ class InstancesScreen(BaseScreen):
         self._health: dict | None = None
         self._filter_problem: str | None = None
         self._label_width = 0
+        self.sort_key = "started"  # one of SORT_KEYS; "started" is the server's order
+        self.sort_reverse = False  # for "started": oldest first (Filters.oldest_first)
+        # Instances selected with `*` beyond the loaded rows: id -> (label, status), so the
+        # confirmation can name them and the actions can act on them.
+        self.matching: dict[str, tuple[str | None, str]] = {}
 
     # -- layout --------------------------------------------------------------------------------
 
@@ -232,6 +246,9 @@ class InstancesScreen(BaseScreen):
         cols.insert(4, ("step", "current step", max(flexible - label_width, 10)))
         self._columns = [key for key, _, _ in cols]
         for key, label, w in cols:
+            if key == self.sort_key:
+                down = self.filters.oldest_first if key == "started" else self.sort_reverse
+                label = f"{label} {'▲' if (key == 'started') == down else '▼'}"
             table.add_column(label, width=w, key=key)
 
     # -- data ----------------------------------------------------------------------------------
@@ -305,9 +322,10 @@ class InstancesScreen(BaseScreen):
                 rows += older
                 next_cursor = self.next_cursor if older else page.next_cursor
         visible = {r.id for r in rows}
-        self.selected &= visible
+        self.selected &= visible | set(self.matching)
         self.counts = counts
         self.next_cursor = next_cursor
+        rows = self._sorted(rows)
         changed = [r.id for r in rows] != [r.id for r in self.rows]
         old = {r.id: r for r in self.rows}
         self.rows = rows
@@ -342,8 +360,13 @@ class InstancesScreen(BaseScreen):
                 return
             known = {r.id for r in self.rows}
             new = [r for r in page.rows if r.id not in known]
-            self.rows += new
             self.next_cursor = page.next_cursor
+            if self.sort_key != "started":  # the loaded rows are re-sorted with the new ones
+                self.rows = self._sorted(self.rows + new)
+                self._render_rows(keep_id=self.current_id)
+                self._maybe_load_more()
+                return
+            self.rows += new
             for r in new:
                 table.add_row(*self._cells(r), key=r.id)
             self._render_status_line()
@@ -454,6 +477,9 @@ class InstancesScreen(BaseScreen):
         parts.append(f"{shown}{more} shown")
         if self.selected:
             parts.append(f"{len(self.selected)} selected (space toggles, esc clears)")
+        if self.sort_key != "started":
+            arrow = "▼" if self.sort_reverse else "▲"
+            parts.append(f"sort: {SORT_KEYS[self.sort_key]} {arrow} (loaded rows; S: next, o: reverse)")
         described = self.filters.describe()
         if described:
             parts.append(f"filter: {described}")
@@ -527,6 +553,7 @@ class InstancesScreen(BaseScreen):
         self.rows = []
         self.next_cursor = None
         self.selected.clear()
+        self.matching.clear()
         self.query_one(DataTable).clear()
         self._render_summary()
         self._render_status_line()
@@ -575,6 +602,7 @@ class InstancesScreen(BaseScreen):
             return
         if self.selected:
             self.selected.clear()
+            self.matching.clear()
             self._render_rows(keep_id=self.current_id)
             return
         if self.filters != Filters():
@@ -588,9 +616,70 @@ class InstancesScreen(BaseScreen):
         self._filters_changed()
 
     def action_toggle_sort(self) -> None:
-        self.filters = replace(self.filters, oldest_first=not self.filters.oldest_first)
-        self.notify("Oldest first" if self.filters.oldest_first else "Newest first")
-        self._filters_changed()
+        """`o`: reverse the sort — for "started" the server's order (oldest/newest first over
+        every matching row), for the other columns the loaded rows."""
+        if self.sort_key == "started":
+            self.filters = replace(self.filters, oldest_first=not self.filters.oldest_first)
+            self.notify("Oldest first" if self.filters.oldest_first else "Newest first")
+            self._setup_columns()
+            self._filters_changed()
+            return
+        self.sort_reverse = not self.sort_reverse
+        self._resort()
+
+    def action_cycle_sort(self) -> None:
+        """`S`: sort by the next column (started → id → label → status → …)."""
+        keys = [k for k in SORT_KEYS if k in self._columns]
+        index = keys.index(self.sort_key) if self.sort_key in keys else -1
+        self.set_sort(keys[(index + 1) % len(keys)])
+
+    def set_sort(self, key: str) -> None:
+        """Sort by `key` (a click on the same header again reverses it)."""
+        if key not in SORT_KEYS:
+            return
+        if key == self.sort_key:
+            self.action_toggle_sort()
+            return
+        self.sort_key = key
+        self.sort_reverse = False
+        if key == "started":
+            self.notify("Sorted by started (all matching rows, from the server)")
+            self._setup_columns()
+            self._render_rows(keep_id=self.current_id)
+            self.reload()  # the server's order again
+            return
+        else:
+            self.notify(f"Sorted by {SORT_KEYS[key]} (the loaded rows)")
+        self._resort()
+
+    def _resort(self) -> None:
+        keep = self.current_id
+        self.rows = self._sorted(self.rows)
+        self._setup_columns()
+        self._render_rows(keep_id=keep)
+
+    def _sorted(self, rows: list[InstanceSummary]) -> list[InstanceSummary]:
+        """`rows` in the chosen column's order (ties: the server's order); "started" is the
+        server's order already."""
+        key = self.sort_key
+        if key == "started":
+            return rows
+        now = self.dapp.now()
+
+        def value(row: InstanceSummary) -> tuple:
+            if key == "duration":
+                end = row.finished_at or now
+                return (0, (end - row.created_at).total_seconds())
+            text = {"id": row.id, "label": row.label, "status": row.status,
+                    "step": row.current_step, "by": row.submitted_by}[key]
+            return (0 if text else 1, (text or "").lower())  # empty values last
+
+        order = {r.id: i for i, r in enumerate(rows)}
+        return sorted(rows, key=lambda r: (value(r), order[r.id]), reverse=self.sort_reverse)
+
+    @on(DataTable.HeaderSelected, "#instances")
+    def _header_selected(self, event: DataTable.HeaderSelected) -> None:
+        self.set_sort(str(event.column_key.value))
 
     def action_pick_label(self) -> None:
         def picked(label: str | None) -> None:
@@ -617,21 +706,88 @@ class InstancesScreen(BaseScreen):
         self._render_status_line()
 
     def action_select_all(self) -> None:
-        """Select every instance matching the filter (as loaded; `+` in the status line means
-        more match than are loaded — scroll to load them), or clear when all are selected."""
-        ids = {r.id for r in self.rows}
-        self.selected = set() if ids and ids <= self.selected else ids
-        self._render_rows(keep_id=self.current_id)
-        more = " (more match: scroll down to load and include them)" if self.next_cursor else ""
-        self.notify(f"{len(self.selected)} selected{more}" if self.selected else "Selection cleared")
+        """Select every instance matching the filter — all of them, not only the loaded rows
+        (read from the server, up to SELECT_ALL_CAP) — or clear when all are selected."""
+        if self.selected and self.matching and set(self.matching) <= self.selected:
+            self.selected.clear()
+            self.matching.clear()
+            self._render_rows(keep_id=self.current_id)
+            self.notify("Selection cleared")
+            return
+        generation = self._generation
+        args = self._list_args()
+
+        def call(client: Client) -> InstancePage:
+            return client.list_instances(limit=SELECT_ALL_CAP, **args)
+
+        def done(page: InstancePage) -> None:
+            if generation != self._generation:
+                return
+            self.matching = {r.id: (r.label, r.status) for r in page.rows}
+            self.selected = set(self.matching)
+            self._render_rows(keep_id=self.current_id)
+            capped = (f" (the first {SELECT_ALL_CAP:,}; more match — narrow the filter)"
+                      if page.next_cursor else "")
+            self.notify(f"{len(self.selected):,} selected: all matching the filter{capped}"
+                        if self.selected else "Nothing matches the filter")
+
+        self.dapp.run_db(self, call, done, group="select-all")
 
     def _targets(self) -> list[Target]:
         """The selection when there is one (in list order), else the cursor row."""
         if self.selected:
-            rows = [r for r in self.rows if r.id in self.selected]
-        else:
-            rows = [r for r in self.rows if r.id == self.current_id]
+            loaded = [Target(r.id, r.label, r.status) for r in self.rows if r.id in self.selected]
+            known = {t.id for t in loaded}
+            others = [Target(i, label, status) for i, (label, status) in self.matching.items()
+                      if i in self.selected and i not in known]
+            return loaded + others
+        rows = [r for r in self.rows if r.id == self.current_id]
         return [Target(r.id, r.label, r.status) for r in rows]
+
+    def action_history(self) -> None:
+        instance_id = self.current_id
+        if instance_id is None:
+            return
+        from dftui.screens.history import HistoryScreen
+
+        label = next((r.label for r in self.rows if r.id == instance_id), None)
+        self.app.push_screen(HistoryScreen(instance_id, label))
+
+    def action_goto_id(self) -> None:
+        """`i`: jump to an instance by id (or a unique prefix of one) and open it."""
+        from dftui.screens.dialogs import GotoDialog
+
+        def chosen(text: str | None) -> None:
+            if text:
+                self._goto(text)
+
+        self.app.push_screen(GotoDialog(), chosen)
+
+    def _goto(self, text: str) -> None:
+        prefix = text.strip().lower()
+
+        def call(client: Client) -> InstancePage:
+            return client.list_instances(text=prefix, limit=50)
+
+        def done(page: InstancePage) -> None:
+            exact = [r for r in page.rows if r.id == prefix]
+            hits = exact or [r for r in page.rows if r.id.startswith(prefix)]
+            if len(hits) != 1:
+                self.notify(f"no instance id starts with {prefix!r}" if not hits
+                            else f"{len(hits)} instance ids start with {prefix!r}; type more of it",
+                            severity="warning")
+                return
+            from dftui.screens.instance import InstanceScreen
+
+            self.app.push_screen(InstanceScreen(hits[0].id))
+
+        self.dapp.run_db(self, call, done, group="goto")
+
+    def on_hint(self) -> None:
+        """The database hinted that something changed (LISTEN, see DftuiApp): refresh now
+        instead of at the next poll. Only when on top and idle, like the poll."""
+        if self.app.screen is self and self.dapp.connected and self.loaded_once:
+            self.live_refresh()
 
     def action_copy(self) -> None:
         instance_id = self.current_id
@@ -702,6 +858,7 @@ class InstancesScreen(BaseScreen):
             self.reload()
 
     def _clear_selection(self) -> None:
+        self.matching.clear()
         if self.selected:
             self.selected.clear()
             self._render_rows(keep_id=self.current_id)

@@ -50,3 +50,71 @@ def test_instance_screen(snap_db, snap_compare, size):
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=size, run_before=opened)
+
+
+def _seed_history(db) -> None:
+    """A fixed history for a1b2c3d4 (seed_showcase writes no engine state): it ran, failed,
+    was retried by alice, received a signal and failed again."""
+    from datetime import timedelta
+
+    from .conftest import BASE_TIME
+
+    t = BASE_TIME
+    with db.connect() as conn, conn.transaction():
+        conn.execute("SET LOCAL session_replication_role = replica")
+        conn.execute(
+            "INSERT INTO df_internal.instance_state (instance_id, submitted_by, started_at, "
+            "finished_at, error, execution) VALUES ('a1b2c3d4', 'dftui_alice', %s, %s, "
+            "'division by zero', 2)", (t + timedelta(seconds=1), t + timedelta(seconds=125)))
+        attempts = [("10000002", 1, "completed", 1, 2, None),
+                    ("10000008", 1, "failed", 3, 4, "division by zero"),
+                    ("10000008", 1, "failed", 120, 125, "division by zero")]
+        for node, attempt, status, start_s, end_s, error in attempts:
+            conn.execute(
+                "INSERT INTO df_internal.node_attempts (instance_id, node_id, attempt, status, "
+                "started_at, finished_at, error) VALUES ('a1b2c3d4', %s, %s, %s, %s, %s, %s)",
+                (node, attempt, status, t + timedelta(seconds=start_s), t + timedelta(seconds=end_s),
+                 error))
+        conn.execute(
+            "INSERT INTO df_internal.retries (instance_id, requested_by, requested_at, "
+            "previous_status, previous_error, previous_finished_at) VALUES ('a1b2c3d4', "
+            "'dftui_alice', %s, 'failed', 'division by zero', %s)",
+            (t + timedelta(seconds=100), t + timedelta(seconds=4)))
+        conn.execute(
+            "INSERT INTO df_internal.signals (instance_id, name, data, sent_by, sent_at) "
+            "VALUES ('a1b2c3d4', 'approve', '{\"ok\": true}', 'dftui_alice', %s)",
+            (t + timedelta(seconds=110),))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_history_screen(snap_db, snap_compare, size):
+    from dftui.screens.history import HistoryScreen
+
+    seed_showcase(snap_db)
+    _seed_history(snap_db)
+    app = make_app(snap_db, "dftui_alice")
+
+    async def opened(pilot):
+        await wait_for(pilot, lambda: app.screen.loaded_once)
+        app.push_screen(HistoryScreen("a1b2c3d4", "nightly-etl"))
+        await wait_for(pilot, lambda: isinstance(app.screen, HistoryScreen) and app.screen.events)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=size, run_before=opened)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_activity_screen_with_nothing_running(snap_db, snap_compare, size):
+    from dftui.screens.activity import ActivityScreen
+
+    seed_showcase(snap_db)
+    _seed_history(snap_db)
+    app = make_app(snap_db, "dftui_alice")
+
+    async def opened(pilot):
+        await wait_for(pilot, lambda: app.screen.loaded_once)
+        app.push_screen(ActivityScreen("a1b2c3d4", "nightly-etl"))
+        await wait_for(pilot, lambda: isinstance(app.screen, ActivityScreen) and app.screen.loaded)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=size, run_before=opened)

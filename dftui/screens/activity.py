@@ -1,0 +1,211 @@
+"""Screen 7: a running step, inside PostgreSQL — "what is this step doing right now?"
+
+For each SQL step of the instance that an engine session is executing: the session's pid,
+state, wait event, how long the statement has run, the locks it waits for and the sessions that
+block it (df.step_activity, which shows a role only its own steps and only what it could see of
+other sessions in pg_stat_activity itself). Refreshed every second while on top. `x` cancels
+the step's statement (the step fails, or retries under its policy), `X` terminates the engine
+session (its transaction rolls back and the step runs again); both ask first, and report what
+the server says it did.
+"""
+
+from __future__ import annotations
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Static
+
+from dftui.app import AppHeader, AppScreenMixin
+from dftui.client import Client, StepActivity
+from dftui.widgets.format import STATUS_STYLES, format_duration, shorten
+from dftui.widgets.keybar import KeyBar
+
+LIVE_INTERVAL = 1.0  # seconds between refreshes of a running step's activity
+
+
+class ActivityScreen(AppScreenMixin, Screen):
+    """The running steps of one instance, as PostgreSQL sees them."""
+
+    HELP_TITLE = "Running step activity"
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("x", "cancel_backend", "Cancel statement"),
+        Binding("X", "terminate_backend", "Terminate session"),
+        Binding("tab", "next_step", "Next step", show=False),
+        Binding("R", "refresh", "Refresh"),
+    ]
+
+    def __init__(self, instance_id: str, label: str | None = None) -> None:
+        super().__init__()
+        self.instance_id = instance_id
+        self.label = label
+        self.steps: list[StepActivity] = []
+        self.index = 0
+        self.loaded = False
+        self.problem: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield AppHeader()
+        with VerticalScroll(id="activity-scroll"):
+            yield Static(id="activity")
+        yield KeyBar()
+
+    def on_mount(self) -> None:
+        self.query_one("#activity", Static).update(Text("loading…", style="dim"))
+        self.reload()
+        self.set_interval(LIVE_INTERVAL, self._tick)
+
+    def _tick(self) -> None:
+        if self.app.screen is self and self.dapp.connected:
+            self.reload()
+
+    def reload(self) -> None:
+        instance_id = self.instance_id
+
+        def call(client: Client) -> list[StepActivity]:
+            return client.step_activity(instance_id)
+
+        self.dapp.run_db(self, call, self._apply, group="activity", on_error=self._failed)
+
+    def _failed(self, exc) -> None:
+        self.problem = str(exc)
+        self.loaded = True
+        self._redraw()
+
+    def _apply(self, steps: list[StepActivity]) -> None:
+        self.problem = None
+        self.loaded = True
+        current = self.current.node_id if self.current else None
+        self.steps = steps
+        ids = [s.node_id for s in steps]
+        self.index = ids.index(current) if current in ids else 0
+        self._redraw()
+        self.refresh_bindings()
+
+    @property
+    def current(self) -> StepActivity | None:
+        return self.steps[self.index] if 0 <= self.index < len(self.steps) else None
+
+    # -- rendering -----------------------------------------------------------------------------
+
+    def _title(self) -> Text:
+        name = f"{self.instance_id} ({self.label})" if self.label else self.instance_id
+        return Text(f"instance {name} — running steps inside PostgreSQL", style="bold")
+
+    def _redraw(self) -> None:
+        parts: list[RenderableType] = [self._title(), Text("")]
+        if self.problem:
+            parts.append(Text(self.problem, style=STATUS_STYLES["failed"]))
+        elif not self.steps:
+            parts.append(Text("No step of this instance is executing in an engine session now "
+                              "(it may be waiting for a timer, a signal or an engine, or finished).",
+                              style="dim"))
+        for i, step in enumerate(self.steps):
+            parts.extend(self._step(step, selected=i == self.index and len(self.steps) > 1))
+        self.query_one("#activity", Static).update(Group(*parts))
+
+    def _step(self, s: StepActivity, *, selected: bool) -> list[RenderableType]:
+        width = max((self.size.width or 80) - 4, 40)
+        head = Text()
+        head.append("▶ " if selected else "", style="bold cyan")
+        head.append(f"node {s.node_id} ", style="bold")
+        head.append(f"{s.node_type}  ")
+        head.append(f"backend pid {s.backend_pid}  ", style="bold")
+        head.append(s.state or "-", style="green" if s.state == "active" else "yellow")
+        head.append(f"  running {format_duration((s.duration_ms or 0) / 1000)}")
+        if s.waiting:
+            head.append(f"  waiting on {s.waiting}", style="bold yellow")
+        out: list[RenderableType] = [head]
+        if s.query:
+            out.append(Text(f"  {shorten(' '.join(s.query.split()), width * 2)}", style="dim"))
+        if s.waiting_for:
+            locks = Table(title="waits for", title_justify="left", show_edge=False, expand=False)
+            for col in ("lock", "mode", "on"):
+                locks.add_column(col)
+            for lock in s.waiting_for:
+                target = (lock.get("relation") or lock.get("transactionid")
+                          or lock.get("virtualxid") or "")
+                if lock.get("tuple"):
+                    target = f"{target} tuple {lock['tuple']}"
+                locks.add_row(str(lock.get("locktype") or ""), str(lock.get("mode") or ""),
+                              str(target))
+            out.append(locks)
+        if s.blocked_by:
+            blockers = Table(title="blocked by", title_justify="left", show_edge=False,
+                             expand=False)
+            for col in ("pid", "role", "application", "state", "query"):
+                blockers.add_column(col)
+            for b in s.blocked_by:
+                blockers.add_row(str(b.pid), b.role or "?", shorten(b.application_name or "-", 24),
+                                 b.state or "(not yours)",
+                                 shorten(" ".join((b.query or "").split()), max(width - 50, 20)))
+            out.append(blockers)
+        elif s.waiting_for:
+            out.append(Text("  (no blocking session found: the lock may be about to be granted)",
+                            style="dim"))
+        out.append(Text(""))
+        return out
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("cancel_backend", "terminate_backend"):
+            if self.current is None:
+                return False
+            return self.dapp.write_state()
+        return True
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+    def action_refresh(self) -> None:
+        self.reload()
+
+    def action_next_step(self) -> None:
+        if self.steps:
+            self.index = (self.index + 1) % len(self.steps)
+            self._redraw()
+
+    def action_cancel_backend(self) -> None:
+        self._signal(terminate=False)
+
+    def action_terminate_backend(self) -> None:
+        self._signal(terminate=True)
+
+    def _signal(self, *, terminate: bool) -> None:
+        step = self.current
+        if step is None:
+            self.notify("No step is executing now", severity="warning")
+            return
+        from dftui.screens.dialogs import ConfirmDialog
+
+        if terminate:
+            question = (f"Terminate engine session {step.backend_pid} running node {step.node_id}? "
+                        "Its transaction rolls back and the step runs again later.")
+            button = "Terminate session"
+        else:
+            question = (f"Cancel the statement of node {step.node_id} (engine session "
+                        f"{step.backend_pid})? The step fails unless its retry policy retries it.")
+            button = "Cancel statement"
+        instance_id, node_id = self.instance_id, step.node_id
+
+        def confirmed(ok: bool | None) -> None:
+            if not ok:
+                return
+
+            def call(client: Client) -> str:
+                return client.signal_step_backend(instance_id, node_id, terminate=terminate)
+
+            def done(message: str) -> None:
+                self.notify(message, timeout=10)
+                self.reload()
+
+            self.dapp.run_db(self, call, done, group="action", exclusive=False,
+                             what="Terminate" if terminate else "Cancel statement")
+
+        self.app.push_screen(ConfirmDialog(question, button), confirmed)
