@@ -11,6 +11,8 @@ the server says it did.
 
 from __future__ import annotations
 
+import time
+
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -26,6 +28,7 @@ from dftui.widgets.format import STATUS_STYLES, format_duration, shorten
 from dftui.widgets.keybar import KeyBar
 
 LIVE_INTERVAL = 1.0  # seconds between refreshes of a running step's activity
+BUSY_LIMIT = 10.0  # seconds after which a refresh that never answered is forgotten
 
 
 class ActivityScreen(AppScreenMixin, Screen):
@@ -48,6 +51,9 @@ class ActivityScreen(AppScreenMixin, Screen):
         self.index = 0
         self.loaded = False
         self.problem: str | None = None
+        # When the refresh in flight began (a slow server must not have each one cancelled by
+        # the next tick); 0 = none. Forgotten after BUSY_LIMIT (a lost connection drops it).
+        self._busy = 0.0
 
     def compose(self) -> ComposeResult:
         yield AppHeader()
@@ -61,7 +67,8 @@ class ActivityScreen(AppScreenMixin, Screen):
         self.set_interval(LIVE_INTERVAL, self._tick)
 
     def _tick(self) -> None:
-        if self.app.screen is self and self.dapp.connected:
+        idle = time.monotonic() - self._busy > BUSY_LIMIT
+        if self.app.screen is self and self.dapp.connected and idle:
             self.reload()
 
     def reload(self) -> None:
@@ -70,14 +77,17 @@ class ActivityScreen(AppScreenMixin, Screen):
         def call(client: Client) -> list[StepActivity]:
             return client.step_activity(instance_id)
 
+        self._busy = time.monotonic()
         self.dapp.run_db(self, call, self._apply, group="activity", on_error=self._failed)
 
     def _failed(self, exc) -> None:
+        self._busy = 0.0
         self.problem = str(exc)
         self.loaded = True
         self._redraw()
 
     def _apply(self, steps: list[StepActivity]) -> None:
+        self._busy = 0.0
         self.problem = None
         self.loaded = True
         current = self.current.node_id if self.current else None
@@ -185,12 +195,12 @@ class ActivityScreen(AppScreenMixin, Screen):
         from dftui.screens.dialogs import ConfirmDialog
 
         if terminate:
-            question = (f"Terminate engine session {step.backend_pid} running node {step.node_id}? "
-                        "Its transaction rolls back and the step runs again later.")
+            question = (f"Terminate session {step.backend_pid} (node {step.node_id})? "
+                        "It rolls back; the step runs again.")
             button = "Terminate session"
         else:
-            question = (f"Cancel the statement of node {step.node_id} (engine session "
-                        f"{step.backend_pid})? The step fails unless its retry policy retries it.")
+            question = (f"Cancel the statement of node {step.node_id} (pid {step.backend_pid})? "
+                        "The step fails.")
             button = "Cancel statement"
         instance_id, node_id = self.instance_id, step.node_id
 

@@ -15,10 +15,10 @@ from dftui.screens.dialogs import CancelDialog, ConfirmDialog, GotoDialog
 from dftui.screens.history import HistoryScreen
 from dftui.screens.instance import InstanceScreen
 from dftui.screens.instances import PAGE_SIZE, InstancesScreen
-from tests.engine_support import running_engine, start, wait_terminal
-from tests.engine_support import wait_for as wait_db
-
-from .conftest import Seed, make_app, seed_instances, wait_for
+from tests.support import running_engine, start, wait_terminal
+from tests.support import wait_for as wait_db
+from tests.support import wait_for_app as wait_for
+from tests.support.tui import Seed, make_app, seed_instances
 
 ALICE = "dftui_alice"
 

@@ -57,7 +57,7 @@ def _seed_history(db) -> None:
     was retried by alice, received a signal and failed again."""
     from datetime import timedelta
 
-    from .conftest import BASE_TIME
+    from tests.support.tui import BASE_TIME
 
     t = BASE_TIME
     with db.connect() as conn, conn.transaction():
@@ -95,9 +95,9 @@ def test_history_screen(snap_db, snap_compare, size):
     app = make_app(snap_db, "dftui_alice")
 
     async def opened(pilot):
-        await wait_for(pilot, lambda: app.screen.loaded_once)
+        await wait_for_app(pilot, lambda: app.screen.loaded_once)
         app.push_screen(HistoryScreen("a1b2c3d4", "nightly-etl"))
-        await wait_for(pilot, lambda: isinstance(app.screen, HistoryScreen) and app.screen.events)
+        await wait_for_app(pilot, lambda: isinstance(app.screen, HistoryScreen) and app.screen.events)
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=size, run_before=opened)
@@ -112,9 +112,9 @@ def test_activity_screen_with_nothing_running(snap_db, snap_compare, size):
     app = make_app(snap_db, "dftui_alice")
 
     async def opened(pilot):
-        await wait_for(pilot, lambda: app.screen.loaded_once)
+        await wait_for_app(pilot, lambda: app.screen.loaded_once)
         app.push_screen(ActivityScreen("a1b2c3d4", "nightly-etl"))
-        await wait_for(pilot, lambda: isinstance(app.screen, ActivityScreen) and app.screen.loaded)
+        await wait_for_app(pilot, lambda: isinstance(app.screen, ActivityScreen) and app.screen.loaded)
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=size, run_before=opened)
