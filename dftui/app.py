@@ -157,10 +157,9 @@ class DftuiApp(App[int]):
     def _hint_now(self) -> None:
         self._hint_timer = None
         self._last_hint = time.monotonic()
-        hook = getattr(self.screen, "on_hint", None)
-        if callable(hook) and self.connected:
+        screen = self.screen
+        if isinstance(screen, BaseScreen) and self.connected and screen.hint_refresh():
             self.hints += 1
-            hook()
 
     def _engines_tick(self) -> None:
         if self.refresh_interval and self.connected:

@@ -19,11 +19,11 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Static
 
-from dftui.app import AppHeader, AppScreenMixin
 from dftui.client import Client, StepActivity
+from dftui.screens.base import AppHeader, BaseScreen
+from dftui.screens.dialogs import ConfirmDialog
 from dftui.widgets.format import STATUS_STYLES, format_duration, shorten
 from dftui.widgets.keybar import KeyBar
 
@@ -31,7 +31,7 @@ LIVE_INTERVAL = 1.0  # seconds between refreshes of a running step's activity
 BUSY_LIMIT = 10.0  # seconds after which a refresh that never answered is forgotten
 
 
-class ActivityScreen(AppScreenMixin, Screen):
+class ActivityScreen(BaseScreen):
     """The running steps of one instance, as PostgreSQL sees them."""
 
     HELP_TITLE = "Running step activity"
@@ -192,8 +192,6 @@ class ActivityScreen(AppScreenMixin, Screen):
         if step is None:
             self.notify("No step is executing now", severity="warning")
             return
-        from dftui.screens.dialogs import ConfirmDialog
-
         if terminate:
             question = (f"Terminate session {step.backend_pid} (node {step.node_id})? "
                         "It rolls back; the step runs again.")

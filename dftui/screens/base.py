@@ -141,6 +141,14 @@ class BaseScreen(Screen[None]):
         """What the live refresh re-reads (default: everything, `reload`)."""
         self.reload()
 
+    def hint_refresh(self) -> bool:
+        """The database hinted that something changed (LISTEN, DftuiApp._listen): refresh now,
+        as the live refresh would, when this screen is on top. True when it did."""
+        if self.app.screen is not self or not self.dapp.connected:
+            return False
+        self.live_refresh()
+        return True
+
     def refresh_factor(self) -> float:
         """How much slower than the app's interval this screen refreshes now (default 1)."""
         return 1.0

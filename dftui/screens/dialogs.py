@@ -375,7 +375,7 @@ class LabelPicker(Dialog[str | None]):
         self.dismiss(event.option.id or "")
 
 
-class GotoDialog(_Dialog):
+class GotoDialog(Dialog[str | None]):
     """Jump to an instance: type its id (or a unique prefix); returns the text or None."""
 
     def compose(self) -> ComposeResult:

@@ -8,11 +8,10 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
-from dftui.app import CURSOR_BINDINGS, AppHeader, AppScreenMixin
 from dftui.client import Client, HistoryEvent
+from dftui.screens.base import CURSOR_BINDINGS, AppHeader, BaseScreen
 from dftui.widgets.format import STATUS_STYLES, format_time, shorten
 from dftui.widgets.keybar import KeyBar
 
@@ -21,7 +20,7 @@ _EVENT_STYLES = {"completed": "completed", "failed": "failed", "cancelled": "can
                  "attempt failed, retrying": "failed", "retried": "running"}
 
 
-class HistoryScreen(AppScreenMixin, Screen):
+class HistoryScreen(BaseScreen):
     """The timeline of one instance."""
 
     HELP_TITLE = "Instance history"
@@ -50,9 +49,7 @@ class HistoryScreen(AppScreenMixin, Screen):
         self._setup_columns()
         self.query_one(DataTable).focus()
         self.reload()
-        interval = self.dapp.refresh_interval
-        if interval:
-            self.set_interval(max(interval, 2.0), self._tick)
+        self.start_live_refresh()
 
     def on_resize(self) -> None:
         self._setup_columns()
@@ -72,10 +69,6 @@ class HistoryScreen(AppScreenMixin, Screen):
         cols.append(("detail", "detail", max(width - used, 12)))
         for key, title, w in cols:
             table.add_column(title, width=w, key=key)
-
-    def _tick(self) -> None:
-        if self.app.screen is self and self.dapp.connected:
-            self.reload()
 
     def reload(self) -> None:
         instance_id = self.instance_id

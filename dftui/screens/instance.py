@@ -20,8 +20,10 @@ from textual.widgets.tree import TreeNode
 from dftui.client import Client, InstanceDetail, NodeInfo, json_dumps
 from dftui.graph import GraphItem, build_graph, display_status, item_label, to_dsl
 from dftui.screens.actions import Plan, Target, plan, report
+from dftui.screens.activity import ActivityScreen
 from dftui.screens.base import CURSOR_BINDINGS, AppHeader, BaseScreen, ThemeChanged
 from dftui.screens.dialogs import CancelDialog, RetryDialog, SignalDialog, StartDialog
+from dftui.screens.history import HistoryScreen
 from dftui.timings import instance_end
 from dftui.vocabulary import TERMINAL_STATUSES, is_composite, signal_name
 from dftui.widgets.export import export_result
@@ -374,20 +376,11 @@ class InstanceScreen(BaseScreen):
 
     def action_activity(self) -> None:
         """`w`: the running steps inside PostgreSQL (pid, waits, locks, blockers; cancel)."""
-        from dftui.screens.activity import ActivityScreen
-
         self.app.push_screen(ActivityScreen(self.instance_id, self.detail.label if self.detail else None))
 
     def action_history(self) -> None:
         """`h`: every event of this instance, across retries."""
-        from dftui.screens.history import HistoryScreen
-
         self.app.push_screen(HistoryScreen(self.instance_id, self.detail.label if self.detail else None))
-
-    def on_hint(self) -> None:
-        """The database hinted that something changed (LISTEN): re-read now."""
-        if self.app.screen is self and self.dapp.connected:
-            self.reload()
 
     def action_copy_id(self) -> None:
         self.app.copy_to_clipboard(self.instance_id)

@@ -32,7 +32,15 @@ from dftui.client import (
 )
 from dftui.screens.actions import Plan, Target, plan, report
 from dftui.screens.base import CURSOR_BINDINGS, AppHeader, BaseScreen, ThemeChanged
-from dftui.screens.dialogs import CancelDialog, LabelPicker, RetryDialog, SignalDialog, StartDialog
+from dftui.screens.dialogs import (
+    CancelDialog,
+    GotoDialog,
+    LabelPicker,
+    RetryDialog,
+    SignalDialog,
+    StartDialog,
+)
+from dftui.screens.history import HistoryScreen
 from dftui.screens.instance import InstanceScreen
 from dftui.vocabulary import STATUSES
 from dftui.widgets.format import (
@@ -748,15 +756,11 @@ class InstancesScreen(BaseScreen):
         instance_id = self.current_id
         if instance_id is None:
             return
-        from dftui.screens.history import HistoryScreen
-
         label = next((r.label for r in self.rows if r.id == instance_id), None)
         self.app.push_screen(HistoryScreen(instance_id, label))
 
     def action_goto_id(self) -> None:
         """`i`: jump to an instance by id (or a unique prefix of one) and open it."""
-        from dftui.screens.dialogs import GotoDialog
-
         def chosen(text: str | None) -> None:
             if text:
                 self._goto(text)
@@ -777,17 +781,13 @@ class InstancesScreen(BaseScreen):
                             else f"{len(hits)} instance ids start with {prefix!r}; type more of it",
                             severity="warning")
                 return
-            from dftui.screens.instance import InstanceScreen
-
             self.app.push_screen(InstanceScreen(hits[0].id))
 
         self.dapp.run_db(self, call, done, group="goto")
 
-    def on_hint(self) -> None:
-        """The database hinted that something changed (LISTEN, see DftuiApp): refresh now
-        instead of at the next poll. Only when on top and idle, like the poll."""
-        if self.app.screen is self and self.dapp.connected and self.loaded_once:
-            self.live_refresh()
+    def hint_refresh(self) -> bool:
+        """A LISTEN hint: refresh the loaded window now (once the first load is done)."""
+        return self.loaded_once and super().hint_refresh()
 
     def action_copy(self) -> None:
         instance_id = self.current_id
