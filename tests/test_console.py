@@ -76,7 +76,7 @@ def test_a_blocked_step_shows_its_session_lock_and_blocker_and_is_cancelled(db, 
     error = db.scalar("SELECT error FROM df_internal.instance_state WHERE instance_id = %s", (iid,))
     assert "canceling statement due to user request" in error
     events = _history(db, ALICE, iid)
-    cancelled = [e for e in events if e["event"] == "step backend cancelled"]
+    cancelled = [e for e in events if e["event"] == "backend cancelled"]
     assert len(cancelled) == 1 and cancelled[0]["actor"] == ALICE
     assert [e["event"] for e in events][-1] == "failed"
     # Nothing runs any more: asking again says so, and changes nothing.
@@ -98,7 +98,7 @@ def test_terminate_rolls_the_step_back_and_it_runs_again(db, mode) -> None:
         assert wait_terminal(db, iid) == "completed"
     assert db.scalar("SELECT count(*) FROM public.held2") == 1  # exactly once
     events = [e["event"] for e in _history(db, ALICE, iid)]
-    assert "step backend terminated" in events and events[-1] == "completed"
+    assert "backend terminated" in events and events[-1] == "completed"
 
 
 def test_a_step_cannot_watch_or_cancel_steps(db, mode) -> None:

@@ -361,7 +361,7 @@ BEGIN
           FROM df_internal.retries r WHERE r.instance_id OPERATOR(pg_catalog.=) p_instance
         UNION ALL
         SELECT x.requested_at,
-               CASE x.action WHEN 'cancel' THEN 'step backend cancelled' ELSE 'step backend terminated' END,
+               CASE x.action WHEN 'cancel' THEN 'backend cancelled' ELSE 'backend terminated' END,
                x.node_id::text, NULL, NULL, NULL, x.requested_by::text,
                'engine session ' OPERATOR(pg_catalog.||) x.backend_pid::text
                OPERATOR(pg_catalog.||) CASE WHEN x.signalled THEN '' ELSE ' (had already ended)' END, 3
