@@ -242,11 +242,45 @@ def foreign_df_schema(conn: psycopg.Connection) -> str | None:
         "WHERE e.extname = 'pg_durable'").fetchone()
     if row:
         return f"the pg_durable extension {row[1]} is installed in this database"
-    has_df = conn.execute(
-        "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'df'").fetchone()
-    if has_df and not _exists(conn, "df_internal.schema_version"):
-        return "a schema named df exists that dftui did not install"
+    rows = conn.execute(
+        "SELECT n.nspname, pg_catalog.pg_get_userbyid(n.nspowner), "
+        "       r.rolsuper OR n.nspowner = (SELECT oid FROM pg_catalog.pg_roles "
+        "                                   WHERE rolname = current_user) "
+        "  FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner "
+        " WHERE n.nspname IN ('df', 'df_internal', 'df_exec')").fetchall()
+    owners = {name: owner for name, owner, _trusted in rows}
+    if not _exists(conn, "df_internal.schema_version"):
+        # Whoever owns a schema may drop and replace anything in it: installing into a schema
+        # a database user created first would run that user's code as the engine (a superuser).
+        # (df_exec made by a superuser engine for steps from another database is fine.)
+        for name, owner, trusted in rows:
+            if name == "df" or not trusted:
+                return (f"a schema named {name} exists that dftui did not install "
+                        f"(owned by {owner}); drop it first")
+        return None
+    if owners.get("df") != owners.get("df_internal"):
+        return (f"schema df is owned by {owners.get('df')} but df_internal by "
+                f"{owners.get('df_internal')}; the df schemas must have one owner")
     return None
+
+
+def untrusted_for_superuser(conn: psycopg.Connection) -> str | None:
+    """Why a superuser session must not run the df schema's code, or None.
+
+    A superuser engine calls df_internal's functions on every claim; if a role that is not a
+    superuser owns df_internal, that role can replace them and have them run as the superuser.
+    Such an installation is driven by an engine connected as its owner (least-privilege mode).
+    """
+    row = conn.execute(
+        "SELECT pg_catalog.pg_get_userbyid(n.nspowner) FROM pg_catalog.pg_namespace n "
+        "JOIN pg_catalog.pg_roles owner ON owner.oid = n.nspowner "
+        "JOIN pg_catalog.pg_roles me ON me.rolname = current_user "
+        "WHERE n.nspname = 'df_internal' AND me.rolsuper AND NOT owner.rolsuper").fetchone()
+    if row is None:
+        return None
+    return (f"the df schemas are owned by role {row[0]}, which is not a superuser and could "
+            f"change the code a superuser engine runs; connect the engine as {row[0]} "
+            "(least-privilege mode, docs/security.md)")
 
 
 def _problems(state: Installed, shipped: list[Migration]) -> tuple[list[str], list[Migration]]:
@@ -264,6 +298,9 @@ def check_compatible(conn: psycopg.Connection) -> None:
     reason = foreign_df_schema(conn)
     if reason:
         raise SchemaMismatch(f"{reason}; dftui cannot drive it")
+    reason = untrusted_for_superuser(conn)
+    if reason:
+        raise SchemaMismatch(f"refusing to run: {reason}")
     state = installed(conn)
     if state is None:
         raise SchemaMismatch("the df schema is not installed in this database (run `dftui install`)")
