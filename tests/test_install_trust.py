@@ -4,7 +4,7 @@ Whoever owns a schema may drop and re-create anything in it. A database user wit
 database (an application role owning its database on a managed service) could otherwise create
 `df_internal` or `df_exec` before `dftui install`, let the installer build the engine's
 internals inside it, then replace a function every claim calls — and have it run as the
-superuser engine. docs/security.md, "Install-time trust".
+superuser engine. docs/security.md, the attack catalogue (class 3).
 """
 
 from __future__ import annotations
