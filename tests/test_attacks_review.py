@@ -262,3 +262,66 @@ def test_a_flood_of_notifications_stalls_nothing(db, mode):
         late = start(db, BOB, "'SELECT 3 AS c'")
         assert wait_terminal(db, late, 90) == "completed", errors(db, late)
 
+
+
+# -- class 4 variant: a BYPASSRLS role acts on ANOTHER role's instance ----------------------------
+
+def _as_bypassrls_alice(db, statements: list[tuple[str, tuple]]) -> list[str]:
+    """Run each statement as alice with BYPASSRLS (each on its own, errors kept, not raised)."""
+    outcomes = []
+    with db.connect() as conn:
+        conn.execute("ALTER ROLE dftui_alice BYPASSRLS")
+    try:
+        with db.connect(ALICE) as conn:
+            for stmt, params in statements:
+                try:
+                    conn.execute(stmt, params)
+                    outcomes.append("done")
+                except psycopg.Error as exc:
+                    outcomes.append(type(exc).__name__)
+    finally:
+        with db.connect() as conn:
+            conn.execute("ALTER ROLE dftui_alice NOBYPASSRLS")
+    return outcomes
+
+
+def test_a_bypassrls_role_cannot_cancel_another_roles_instance(db, attacker, mode):
+    """RLS was the only ownership check of df.cancel and of the status UPDATE; BYPASSRLS skips it.
+    The instances trigger now applies RLS's rule to every role that is not privileged: alice's
+    cancel is refused with a clear error and bob's instance completes."""
+    with engine_in_mode(db, mode, concurrency=2):
+        victim = start(db, BOB, "'SELECT pg_sleep(3) AS slept' ~> 'SELECT 1 AS after'")
+        wait_for(lambda: db.scalar("SELECT status FROM df.instances WHERE id = %s", (victim,))
+                 in ("pending", "running"), what="the victim to start")
+        outcomes = _as_bypassrls_alice(db, [
+            ("SELECT df.cancel(%s)", (victim,)),
+            ("UPDATE df.instances SET status = 'cancelled' WHERE id = %s", (victim,)),
+            ("UPDATE df.instances SET updated_at = now() WHERE id = %s", (victim,)),
+        ])
+        assert outcomes == ["InsufficientPrivilege"] * 3, outcomes
+        assert wait_terminal(db, victim) == "completed", errors(db, victim)
+        assert db.scalar("SELECT cancelled_by FROM df_internal.instance_state WHERE instance_id = %s",
+                         (victim,)) is None
+
+
+def test_a_bypassrls_role_cannot_signal_or_retry_another_roles_instance(db, attacker, mode):
+    """df.signal and df.retry prove ownership with the same RLS-checked UPDATE as df.cancel: as
+    BYPASSRLS, alice's signal must not reach bob's waiting instance and her retry must not restart
+    his failed one. Bob's own signal still works afterwards."""
+    with engine_in_mode(db, mode, concurrency=2):
+        waiting = start(db, BOB, "df.wait_for_signal('go') ~> 'SELECT 1 AS after'")
+        failed = start(db, BOB, "'SELECT 1/0 AS boom'")
+        assert wait_terminal(db, failed) == "failed"
+        wait_for(lambda: db.scalar("SELECT phase FROM df_internal.tasks WHERE instance_id = %s",
+                                   (waiting,)) == "waiting", what="bob's signal wait to park")
+        outcomes = _as_bypassrls_alice(db, [
+            ("SELECT df.signal(%s, 'go')", (waiting,)),
+            ("SELECT df.retry(%s)", (failed,)),
+        ])
+        assert outcomes == ["InsufficientPrivilege"] * 2, outcomes
+        assert db.scalar("SELECT count(*) FROM df_internal.signals WHERE instance_id = %s", (waiting,)) == 0
+        assert db.scalar("SELECT count(*) FROM df_internal.retries WHERE instance_id = %s", (failed,)) == 0
+        assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (failed,)) == "failed"
+        with db.connect(BOB) as conn:
+            conn.execute("SELECT df.signal(%s, 'go')", (waiting,))
+        assert wait_terminal(db, waiting) == "completed", errors(db, waiting)

@@ -112,11 +112,29 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     privileged boolean;
 BEGIN
-    IF NEW.status IS DISTINCT FROM OLD.status THEN
+    -- Ownership first, for every UPDATE (a cancel, df.signal's and df.retry's request, any
+    -- column): RLS's rule (submitted_by = current_user) is the only check an ordinary role meets,
+    -- but BYPASSRLS roles skip RLS, so the same rule is enforced here for everyone who is not
+    -- privileged. (Without it a BYPASSRLS role cancelled, signalled or retried another role's
+    -- instance: docs/security.md, "BYPASSRLS acts on another role's instance".) submitted_by is
+    -- not writable by ordinary roles (column grants), and a rewrite by one allowed to make it
+    -- is refused here unless the row is its own (then the engine fails it: identity_verdict).
+    IF OLD.submitted_by IS DISTINCT FROM pg_catalog.quote_ident(current_user)::pg_catalog.regrole THEN
         -- (Not current_setting('is_superuser'): it follows SET ROLE but not SECURITY DEFINER, so
         -- inside a step it would report the engine. Superusers are members of every role.)
         privileged := pg_catalog.pg_has_role(current_user,
             (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'df'), 'MEMBER');
+        IF NOT privileged THEN
+            RAISE EXCEPTION 'Instance not found or access denied: %', OLD.id
+                USING ERRCODE = 'insufficient_privilege',
+                      DETAIL = 'Only the role that started an instance may cancel, signal, retry or change it.';
+        END IF;
+    END IF;
+    IF NEW.status IS DISTINCT FROM OLD.status THEN
+        IF privileged IS NULL THEN
+            privileged := pg_catalog.pg_has_role(current_user,
+                (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'df'), 'MEMBER');
+        END IF;
         IF OLD.status IN ('completed', 'failed', 'cancelled')
            AND NOT (privileged AND COALESCE(pg_catalog.current_setting('df.retrying', true), '') = NEW.id) THEN
             NEW.status := OLD.status;          -- never overwritten
