@@ -185,3 +185,21 @@ def test_cli_history_and_activity(db, capsys) -> None:
     _out, err = capsys.readouterr()
     assert "has no step executing" in err
     assert main(["history", "nope", "--dsn", db.dsn(ALICE)]) == 2
+
+
+def test_terminate_is_refused_when_the_session_also_runs_another_roles_steps(db) -> None:
+    """One engine worker, one batch with alice's and bob's steps: terminating that session
+    would roll bob's work back too, so alice may only cancel her statement."""
+    sleeper = start(db, ALICE, "'SELECT pg_sleep(60) AS z'")
+    other = start(db, BOB, "'SELECT 1 AS one'")
+    with engine_in_mode(db, "superuser", concurrency=1):
+        wait_for(lambda: _activity(db, ALICE, sleeper), what="alice's step to run")
+        batch = db.scalar("SELECT instance_ids FROM df_internal.inflight")
+        if set(batch) != {sleeper, other}:
+            pytest.skip(f"the engine did not batch both steps ({batch})")
+        message = _error(db, ALICE, "SELECT df.terminate_step_backend(%s)", (sleeper,))
+        assert "also runs other roles' steps" in message
+        with db.connect(ALICE) as conn:
+            conn.execute("SELECT df.cancel_step_backend(%s)", (sleeper,))
+        assert wait_terminal(db, sleeper) == "failed"
+        assert wait_terminal(db, other) == "completed"
