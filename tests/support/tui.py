@@ -81,6 +81,17 @@ async def cursor_to(pilot: Any, screen: Any, instance_id: str) -> None:
     assert screen.current_id == instance_id
 
 
+async def engines_health(pilot: Any, app: Any) -> Any:
+    """From the first screen, open the engines screen (`e`) and return its loaded health."""
+    from dftui.screens.engines import EnginesScreen
+
+    await wait_for_app(pilot, lambda: app.screen.loaded_once, what="first screen loaded")
+    await pilot.press("e")
+    await wait_for_app(pilot, lambda: isinstance(app.screen, EnginesScreen)
+                       and app.screen.health is not None, what="health loaded")
+    return app.screen.health
+
+
 def make_app(db, role: str | None, **kwargs):
     """A DftuiApp connected as `role`, with a frozen clock, UTC times and no auto-refresh
     unless asked for."""

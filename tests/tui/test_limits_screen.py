@@ -5,9 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from textual.widgets import Static
 
-from dftui.screens.engines import EnginesScreen
-from tests.support import running_engine, wait_for_app
-from tests.support.tui import make_app
+from tests.support import running_engine
+from tests.support.tui import engines_health, make_app
 
 
 async def test_engines_screen_shows_limits(db):
@@ -17,11 +16,7 @@ async def test_engines_screen_shows_limits(db):
     with running_engine(db.dsn(), concurrency=2, step_timeout=120, role_max_running=5):
         app = make_app(db, "dftui_alice", clock=None)
         async with app.run_test(size=(160, 48)) as pilot:
-            await wait_for_app(pilot, lambda: app.screen.loaded_once)
-            await pilot.press("e")
-            await wait_for_app(pilot, lambda: isinstance(app.screen, EnginesScreen)
-                               and app.screen.health is not None, what="health loaded")
-            health = app.screen.health
+            health = await engines_health(pilot, app)
             alive = [e.data for e in health.engines if e.data.get("state") == "alive"]
             assert alive and alive[0]["role_max_running"] == 5 and alive[0]["step_timeout_ms"] == 120000
             # alice sees her own override only, never bob's

@@ -8,7 +8,7 @@ from dftui.screens.engines import EnginesScreen, wait_due
 from dftui.screens.help import HelpScreen
 from dftui.screens.variables import ConfirmDialog, VarDialog, VariablesScreen
 from tests.support import running_engine, start, wait_for, wait_for_app
-from tests.support.tui import make_app
+from tests.support.tui import engines_health, make_app
 
 
 def _vars(db, role):
@@ -92,11 +92,7 @@ async def test_engines_screen_shows_engine_and_waits(db):
                  what="signal wait running")
         app = make_app(db, "dftui_alice", clock=None)
         async with app.run_test(size=(160, 48)) as pilot:
-            await wait_for_app(pilot, lambda: app.screen.loaded_once)
-            await pilot.press("e")
-            await wait_for_app(pilot, lambda: isinstance(app.screen, EnginesScreen)
-                               and app.screen.health is not None, what="health loaded")
-            health = app.screen.health
+            health = await engines_health(pilot, app)
             assert any(e.data.get("state") == "alive" for e in health.engines)
             assert [w.instance_id for w in health.waiting] == [waiting]
             assert "SIGNAL 'go'" in health.waiting[0].step
