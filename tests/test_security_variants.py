@@ -440,3 +440,37 @@ def test_a_role_flooding_more_tasks_than_a_claim_looks_at_cannot_starve_another(
         pending = db.scalar("SELECT count(*) FROM df.instances WHERE submitted_by = %s::regrole "
                             "AND status IN ('pending', 'running')", (ALICE,))
         assert pending >= flood - 2, "alice's backlog drained first: the test proves nothing"
+
+
+def test_a_role_that_skips_rls_cannot_signal_cancel_or_retry_another_roles_instance(
+        db, mode, bypassrls_role):
+    """df.cancel / df.signal / df.retry prove ownership with an RLS-checked UPDATE of the
+    instance row; a BYPASSRLS role skipped that check, so it could cancel bob's work, retry it,
+    or send it forged signals (whose data steers bob's workflow). All refused, nothing changed."""
+    with engine_in_mode(db, mode, concurrency=2):
+        with db.connect(BOB) as conn:
+            waiting = conn.execute("SELECT df.start(df.wait_for_signal('go') ~> 'SELECT 1 AS done')"
+                                   ).fetchone()[0]
+            failed = conn.execute("SELECT df.start('SELECT 1/0')").fetchone()[0]
+        assert wait_terminal(db, failed) == "failed"
+        for _ in range(200):
+            if db.scalar("SELECT count(*) FROM df.nodes WHERE instance_id = %s AND node_type = 'SIGNAL' "
+                         "AND status = 'running'", (waiting,)):
+                break
+            time.sleep(0.1)
+        with db.connect(bypassrls_role) as conn:
+            assert conn.execute("SELECT count(*) FROM df.instances WHERE id = %s",
+                                (waiting,)).fetchone()[0] == 1, "the role does not skip RLS"
+            for call, iid in (("SELECT df.signal(%s, 'go', '{\"forged\": true}')", waiting),
+                              ("SELECT df.cancel(%s)", waiting),
+                              ("SELECT df.retry(%s)", failed),
+                              ("UPDATE df.instances SET status = 'cancelled' WHERE id = %s", waiting),
+                              ("UPDATE df.instances SET updated_at = now() WHERE id = %s", waiting)):
+                with pytest.raises(psycopg.Error), conn.transaction():
+                    conn.execute(call, (iid,))
+        assert db.scalar("SELECT count(*) FROM df_internal.signals WHERE instance_id = %s", (waiting,)) == 0
+        assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (waiting,)) == "running"
+        assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (failed,)) == "failed"
+        with db.connect(BOB) as conn:
+            conn.execute("SELECT df.signal(%s, 'go')", (waiting,))
+        assert wait_terminal(db, waiting) == "completed", errors(db, waiting)
