@@ -105,7 +105,7 @@ def _parse(frame: str) -> tuple[str, str, str]:
 
 
 def _name(func: str) -> str:
-    """`_Worker.step_batch` -> `step_batch` (py-spy qualifies methods with their class)."""
+    """`Worker.step_batch` -> `step_batch` (py-spy qualifies methods with their class)."""
     return func.rsplit(".", 1)[-1]
 
 
@@ -132,7 +132,7 @@ def summarise(raw: Path) -> Summary:
         count = int(count_text)
         frames = [_parse(f) for f in stack.split(";") if f.strip()]
         summary.total += count
-        if not any(_name(func) == "step_batch" or (_name(func) == "run" and "runner.py" in file)
+        if not any(_name(func) == "step_batch" or (_name(func) == "run" and "worker.py" in file)
                    for func, file, _ in frames):
             continue
         summary.worker_total += count

@@ -42,6 +42,7 @@ import psycopg
 from psycopg import sql
 
 from engine.db import scalar
+from engine.keys import DESCRIBE_PORTAL, SETUP_LOCK_TIMEOUT, STEP_MARKER
 
 EXEC_SCHEMA = "df_exec"
 _DEFAULT_PATH = '"$user", public'
@@ -124,15 +125,12 @@ def describe_function(role_oid: int) -> str:
     return f"{EXEC_SCHEMA}.describe_{role_oid}"
 
 
-# Portal name used by describe_<oid>; the engine sends a protocol Describe for it.
-DESCRIBE_PORTAL = "df_describe"
-
 # Every trampoline first locks this table (ACCESS SHARE: conflicts only with ACCESS EXCLUSIVE,
 # which only its owner can take, so no role can make a step wait for it). A transaction-level
 # lock cannot be released by the step, so df_internal.in_engine_step() can tell, unforgeably,
 # that user code is running inside an engine step, where session_user is the engine and not the
 # caller. Only where df is installed (steps in other databases may have no df schema).
-STEP_MARKER = "df._step_marker"
+# (STEP_MARKER and DESCRIBE_PORTAL: engine/keys.py, the registry of coordination names)
 _LOCK_MARKER = f"""    IF pg_catalog.to_regnamespace('df') IS NOT NULL
        AND pg_catalog.has_schema_privilege('df', 'USAGE')
        AND pg_catalog.to_regclass('{STEP_MARKER}') IS NOT NULL THEN
@@ -283,7 +281,7 @@ class Trampolines:
 
     def _create_once(self, conn: psycopg.Connection, role_oid: int) -> str:
         # Bounded waits only: nothing a user does may park this worker.
-        conn.execute("SET LOCAL lock_timeout = '5s'")
+        conn.execute(f"SET LOCAL lock_timeout = '{SETUP_LOCK_TIMEOUT}'")
         conn.execute("SET LOCAL check_function_bodies = off")
         row = conn.execute(
             "SELECT r.rolname, r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = %s", (role_oid,)

@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector
 
 from engine import __version__
 from engine.db import connect
+from engine.keys import LISTENED_CHANNELS
 
 log = logging.getLogger("dftui.engine")
 
@@ -51,7 +52,7 @@ _TYPES = {"SQL": "sql", "HTTP": "http", "HTTP_MULTIPART": "http", "SLEEP": "slee
           "WAIT_SCHEDULE": "schedule", "SIGNAL": "signal"}
 # Threads whose connections the engine keeps (the `thread` label of connection errors).
 THREADS = ("worker", "listener", "housekeeping", "metrics")
-CHANNELS = ("df_work", "df_cancel", "df_abandon")
+CHANNELS = LISTENED_CHANNELS
 
 # Durations of steps: from a sub-millisecond UPDATE to a multi-minute HTTP call.
 STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

@@ -35,6 +35,7 @@ import psycopg
 from psycopg import sql
 
 from engine import __version__
+from engine.keys import SCHEMA_LOCK
 
 INTERNAL_SCHEMA = "df_internal"
 BASELINE = "0.1.0"
@@ -391,7 +392,7 @@ def _lock(conn: psycopg.Connection) -> None:
     if _exists(conn, "df_internal.schema_version"):
         # An upgrade by another installer may take a while: wait for it longer than for others.
         conn.execute("SET LOCAL lock_timeout = '120s'")
-        conn.execute("LOCK TABLE df_internal.schema_version IN SHARE ROW EXCLUSIVE MODE")
+        conn.execute(f"LOCK TABLE {SCHEMA_LOCK} IN SHARE ROW EXCLUSIVE MODE")
         conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(UPGRADE_LOCK_TIMEOUT)))
 
 

@@ -202,7 +202,7 @@ def other_database(db):
 
 
 def test_a_step_in_another_database_obeys_the_step_timeout(db, mode, other_database):
-    """A step in another database (StepRunner._run_in_database) is bound by the same per-step
+    """A step in another database (SqlSteps.run_elsewhere) is bound by the same per-step
     statement_timeout as a local one (was open: it slept its full 300 s with --step-timeout 2 s;
     closed on main by 80ad236). Safe outcome: it fails with the step timeout."""
     try:

@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from engine.steps import returns_no_rows
+from engine.sqltext import returns_no_rows
 from tests.support import ALICE, BOB, DAVE, running_engine, wait_for
 
 TERMINAL_COUNT = "SELECT count(*) FROM df.instances WHERE status IN ('completed', 'failed', 'cancelled')"

@@ -94,14 +94,14 @@ def test_bad_arguments_get_one_line_errors() -> None:
 
 def test_profile_summary_buckets_worker_time(tmp_path: Path) -> None:
     raw = tmp_path / "stacks.collapsed"
-    worker = ("Thread.run (threading.py:982);_Worker.run (engine/runner.py:277);"
-              "_Worker.step_batch (engine/runner.py:325)")
+    worker = ("Thread.run (threading.py:982);Worker.run (engine/worker.py:71);"
+              "Worker.step_batch (engine/worker.py:140)")
     raw.write_text("\n".join([
         f"{worker};Connection.execute (psycopg/connection.py:302);Connection.wait (psycopg/connection.py:495) 60",
-        f"{worker};StepRunner._describe (engine/steps.py:297) 30",
-        "Thread.run (threading.py:982);_Worker.run (engine/runner.py:277);"
+        f"{worker};SqlSteps._describe (engine/sql_steps.py:215) 30",
+        "Thread.run (threading.py:982);Worker.run (engine/worker.py:71);"
         "Engine.wait_for_work (engine/runner.py:150);Condition.wait (threading.py:327) 10",
-        "Thread.run (threading.py:982);Engine._listen (engine/runner.py:170);"
+        "Thread.run (threading.py:982);listen (engine/listener.py:40);"
         "Connection.notifies (psycopg/connection.py:400) 500",
         "not a stack line",
     ]) + "\n")
@@ -111,7 +111,7 @@ def test_profile_summary_buckets_worker_time(tmp_path: Path) -> None:
     assert summary.buckets["server round trip (waiting in psycopg for PostgreSQL)"] == 60
     assert summary.buckets["Python (engine + psycopg client code)"] == 30
     assert summary.buckets["idle (waiting for a wake-up)"] == 10
-    assert summary.waits_by_call.most_common(1)[0][0].startswith("_Worker.step_batch (engine/runner.py:325)")
+    assert summary.waits_by_call.most_common(1)[0][0].startswith("Worker.step_batch (engine/worker.py:140)")
     lines = summary.lines()
     assert lines[0].startswith("worker-thread samples: 100")
 

@@ -161,48 +161,48 @@ def _boom(stage: str) -> RuntimeError:
 def _inject(monkeypatch, stage: str) -> None:
     """Make one stage of the engine's handling blow up for steps carrying MARK (test-only: the
     hooks are monkeypatched into this process's engine, nothing in production reaches them)."""
-    from engine import metrics, runner, steps
+    from engine import claim, metrics, sql_steps
 
     if stage == "planning":
-        original = steps.StepRunner.plan_sql
+        original = sql_steps.SqlSteps.plan
 
-        def plan_sql(self, conn, task, started):
+        def plan(self, conn, task, started):
             if MARK in (task.query or ""):
                 raise _boom(stage)
             return original(self, conn, task, started)
-        monkeypatch.setattr(steps.StepRunner, "plan_sql", plan_sql)
+        monkeypatch.setattr(sql_steps.SqlSteps, "plan", plan)
     elif stage == "describing":
-        original_describe = steps.StepRunner._describe
+        original_describe = sql_steps.SqlSteps._describe
 
         def describe(self, conn, task, text):
             if MARK in text:
                 raise _boom(stage)
             return original_describe(self, conn, task, text)
-        monkeypatch.setattr(steps.StepRunner, "_describe", describe)
+        monkeypatch.setattr(sql_steps.SqlSteps, "_describe", describe)
     elif stage == "substitution":
-        original_sub = steps.substitute_results
+        original_sub = sql_steps.substitute_results
 
         def substitute(text, named, *, raw=False):
             if MARK in text:
                 raise _boom(stage)
             return original_sub(text, named, raw=raw)
-        monkeypatch.setattr(steps, "substitute_results", substitute)
+        monkeypatch.setattr(sql_steps, "substitute_results", substitute)
     elif stage == "encoding":
-        original_enc = steps.encoding_query
+        original_enc = sql_steps.encoding_query
 
         def encoding(columns, types, call, conn):
             if MARK in call:
                 raise _boom(stage)
             return original_enc(columns, types, call, conn)
-        monkeypatch.setattr(steps, "encoding_query", encoding)
+        monkeypatch.setattr(sql_steps, "encoding_query", encoding)
     elif stage == "loading":  # decoding the claimed row's user data
-        original_load = runner._json_column
+        original_load = claim._json_column
 
         def load(value, default):
             if value is not None and "poison" in value:
                 raise _boom(stage)
             return original_load(value, default)
-        monkeypatch.setattr(runner, "_json_column", load)
+        monkeypatch.setattr(claim, "_json_column", load)
     elif stage == "bookkeeping":  # outside the task's handler, inside its batch
         original_started = metrics.StepTally.started
 

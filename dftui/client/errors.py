@@ -1,7 +1,8 @@
 """The UI side's one error translation: every failure becomes a one-line message for the user.
 
-Why here and not shared with the engine: engine/steps.py formats *step* failures for the node's
-error column (and names an unknown `$name`), a different audience and contract; the client layer
+Why here and not shared with the engine: engine/errors.py (step_message) formats *step*
+failures for the node's error column (and names an unknown `$name`), a different audience and
+contract; the client layer
 may not import engine internals beyond the JSON codec. Everything user-facing in dftui — the TUI,
 the scripting CLI and the admin commands (dftui/admin.py) — goes through `user_message`, and the
 one rule for "the server wants a password we do not have" is `needs_password`.

@@ -1,7 +1,7 @@
 -- Notifications are wake-up hints only (issue 13, class 7): any role may LISTEN on df_work /
 -- df_done / df_cancel / df_abandon, so payloads carry nothing (they used to carry instance ids of
 -- every role). The engine acts on a notification only after checking the database (see
--- Engine.cancel_dead_steps in engine/runner.py); clients waiting for an instance check its status.
+-- cancel_dead_steps in engine/listener.py); clients waiting for an instance check its status.
 -- These are the 0.1.0 definitions with the payloads removed. (This file sorts before the other
 -- routines on purpose: a later routine file that redefines one of these functions wins; it must
 -- keep the payload empty.)

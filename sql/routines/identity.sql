@@ -183,7 +183,7 @@ BEGIN
         DELETE FROM df_internal.tasks t
          WHERE t.ctid IN (SELECT t2.ctid FROM df_internal.tasks t2
                            WHERE t2.instance_id = NEW.id FOR UPDATE SKIP LOCKED);
-        PERFORM pg_notify('df_cancel', '');  -- engines check the database (Engine.cancel_dead_steps)
+        PERFORM pg_notify('df_cancel', '');  -- engines check the database (listener.cancel_dead_steps)
     END IF;
 
     req := NULLIF(current_setting('df.request', true), '')::jsonb;

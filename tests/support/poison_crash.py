@@ -7,21 +7,21 @@ from __future__ import annotations
 import os
 import sys
 
-from engine import steps
+from engine import sql_steps
 from engine.config import EngineConfig
 from engine.runner import main
 
 CRASH_MARK = "/*crash*/"
-_plan_sql = steps.StepRunner.plan_sql
+_plan = sql_steps.SqlSteps.plan
 
 
-def _plan_sql_or_die(self, conn, task, started):  # type: ignore[no-untyped-def]
+def _plan_or_die(self, conn, task, started):  # type: ignore[no-untyped-def]
     if CRASH_MARK in (task.query or ""):
         os._exit(137)
-    return _plan_sql(self, conn, task, started)
+    return _plan(self, conn, task, started)
 
 
-steps.StepRunner.plan_sql = _plan_sql_or_die  # type: ignore[method-assign]
+sql_steps.SqlSteps.plan = _plan_or_die  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     sys.exit(main(EngineConfig.from_env(dsn=sys.argv[1], concurrency=2, install=False,

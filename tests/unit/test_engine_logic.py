@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.steps import StepFailure, failure_kind, retry_delay
+from engine.claim import ClaimRow, load_task
+from engine.errors import CONFLICTS, INTERRUPTED, StepFailure, is_error
+from engine.retry import failure_kind, retry_delay
 from engine.substitute import sql_literal
 
 
@@ -68,3 +70,64 @@ def test_backoff_is_capped_and_zero_is_allowed():
 )
 def test_sql_literal(value, literal):
     assert sql_literal(value) == literal
+
+
+@pytest.mark.parametrize("kind", ["identity", "http_policy", "unsupported"])
+def test_a_step_that_can_never_run_is_never_retried_even_with_retry_on_any(kind):
+    failure = StepFailure("cannot run", kind=kind)
+    assert retry_delay({"max_attempts": 5, "retry_on": ["any"]}, 1, failure) is None
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "conflict", "interrupted"),
+    [("55P03", True, True), ("40P01", True, True), ("40001", True, True),
+     ("57014", False, True), ("23505", False, False), ("XX999", False, False), (None, False, False)],
+)
+def test_error_classes_replace_sqlstate_literals(sqlstate, conflict, interrupted):
+    assert is_error(sqlstate, CONFLICTS) is conflict
+    assert is_error(sqlstate, INTERRUPTED) is interrupted
+
+
+def _claim_row(**changes):
+    row = dict(instance_id="i1", node_id="n1", gen=3, kind="run", phase="start", deadline=None,
+               node_type="SQL", query="SELECT 1", result_name=None, submitted_by="alice",
+               role_oid=16384, database=None, vars='{"x": 1.10}', named_results=None, label=None,
+               attempts=0, retry_policy='{"max_attempts": 2}', role_name="alice",
+               role_can_login=True, role_is_super=False, superuser_allowed=False, more=False,
+               role_has_usage=True, role_can_connect=True)
+    row.update(changes)
+    return ClaimRow(**row)
+
+
+def test_a_claim_row_becomes_a_typed_task_with_exact_json():
+    task = load_task(_claim_row())
+    assert task.key == ("i1", "n1", 3)
+    assert str(task.vars["x"]) == "1.10" and task.named_results == {}
+    assert task.retry_policy == {"max_attempts": 2} and task.load_error is None
+    assert task.identity_problem() is None
+    assert task.check_identity(database="db") == "alice"
+
+
+def test_an_undecodable_claim_row_is_still_a_task_marked_with_its_load_error():
+    task = load_task(_claim_row(vars="{not json"))
+    assert task.key == ("i1", "n1", 3) and task.vars == {}
+    assert task.load_error is not None and "cannot be read" in task.load_error
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [({"role_name": None}, "no longer exists"), ({"role_can_login": False}, "LOGIN"),
+     ({"role_is_super": True}, "superuser"), ({"role_has_usage": False}, "USAGE")],
+)
+def test_the_claimed_identity_is_rechecked_for_every_step(changes, problem):
+    task = load_task(_claim_row(**changes))
+    with pytest.raises(StepFailure, match=problem) as failure:
+        task.check_identity(database="db")
+    assert failure.value.kind == "identity"
+
+
+def test_a_step_whose_submitter_lost_connect_is_refused():
+    task = load_task(_claim_row(role_can_connect=False))
+    with pytest.raises(StepFailure, match="CONNECT privilege on database \"db\""):
+        task.check_identity(database="db")
+    assert task.check_identity() == "alice"  # (an HTTP step needs no database)

@@ -1,0 +1,248 @@
+"""A worker: one thread, one connection, and the batch policy around each claim.
+
+The loop: claim (engine/claim.py) → make missing trampolines (outside the transaction) →
+journal the batch (engine/journal.py) → run each task (engine/transaction.py) → commit → adapt
+the next claim's size. Batch policy:
+
+* claim a batch (up to --batch-size) only when no other worker of this engine is idle — with a
+  short queue every task gets a worker of its own, with a backlog one commit serves many steps;
+* a batch stops taking on its claimed tasks after BATCH_TIME_BUDGET (the rest are released by
+  its commit), and a batch that stopped early (slow steps, steps that gave way to the batch's
+  locks) halves the next claim, one that ran to the end doubles it;
+* a task whose checkpoint shares its instance's lock with parallel branches commits at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import psycopg
+
+from engine import schema
+from engine.claim import Task, claim
+from engine.db import connect
+from engine.identity import reset_session
+from engine.sql_steps import SqlSteps
+from engine.transaction import Outcome, StepTransaction
+
+if TYPE_CHECKING:
+    from engine.runner import Engine
+
+log = logging.getLogger("dftui.engine")
+
+# A batch stops taking on more of its claimed tasks after this long (the rest are released by its
+# commit), so one slow step holds at most the tasks claimed behind it, and only while it runs.
+BATCH_TIME_BUDGET = 0.05
+# A worker whose claim found due tasks it could not take waits this long before it looks again
+# (doubling up to the maximum while that goes on), unless a df_work notification comes first.
+BLOCKED_BACKOFF_MIN = 0.02
+BLOCKED_BACKOFF_MAX = 0.5
+
+
+class Worker:
+    """One worker thread and its connection."""
+
+    def __init__(self, engine: Engine, number: int) -> None:
+        self.engine = engine
+        self.number = number
+        self.conn: psycopg.Connection | None = None
+        self.current: tuple[str, str, int] | None = None  # (instance, node, gen) running now
+        self.task: Task | None = None  # the task being handled (charged if the handling blows up)
+        self.busy = False
+        self.thread_done = threading.Event()
+        self.sql = SqlSteps(engine.config, engine.id, engine.trampolines, engine.types)
+        self.steps = StepTransaction(engine.config, engine.id, number, self.sql)
+        self.more_work = True
+        self.batch = engine.config.batch_size
+
+    def cancel_statement(self) -> None:
+        for conn in (self.conn, self.sql.side_active):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.cancel_safe(timeout=2.0)
+
+    def run(self) -> None:
+        backoff = 0.2
+        blocked_backoff = BLOCKED_BACKOFF_MIN
+        try:
+            while not self.engine.stopping:
+                try:
+                    if self.conn is None or self.conn.closed:
+                        self.conn = connect(self.engine.config.dsn, f"worker {self.number}")
+                        self.steps.needs_discard = False  # a fresh session holds nothing
+                    self.more_work = True
+                    found = self.step_batch(self.conn)
+                    backoff = 0.2
+                    if found:
+                        blocked_backoff = BLOCKED_BACKOFF_MIN
+                        if self.more_work:
+                            self.engine.wake(1)  # more is due: chain-wake another worker
+                    else:
+                        timeout, blocked = self._idle_timeout()
+                        if blocked:
+                            self.engine.wait_blocked(blocked_backoff)
+                            blocked_backoff = min(blocked_backoff * 2, BLOCKED_BACKOFF_MAX)
+                        else:
+                            blocked_backoff = BLOCKED_BACKOFF_MIN
+                            self.engine.wait_for_work(timeout)
+                except psycopg.errors.ObjectNotInPrerequisiteState as exc:
+                    if schema.LEVEL_MISMATCH_MESSAGE not in str(exc):
+                        raise
+                    # The schema was upgraded (or downgraded) under this engine: stop cleanly.
+                    self.engine.fail(exc.diag.message_primary or str(exc))
+                    break
+                except psycopg.OperationalError as exc:
+                    if self.engine.stopping:
+                        break
+                    self.engine.metrics.connection_error("worker")
+                    log.warning("worker %d: connection problem (%s); retrying in %.1fs",
+                                self.number, exc, backoff)
+                    self._drop_connection()
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                except Exception as exc:  # noqa: BLE001 - a worker must survive anything
+                    log.exception("worker %d: unexpected error", self.number)
+                    task = self.task
+                    self._drop_connection()
+                    if task is not None:  # never the same blow-up forever: charge the task
+                        self.steps.fault_alone(task, exc)
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+        finally:
+            self._drop_connection()
+            self.thread_done.set()
+
+    def _drop_connection(self) -> None:
+        self.sql.close_side_connections()
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+        self.conn = None
+        self.current = None
+        self.task = None
+        self.busy = False
+
+    def _idle_timeout(self) -> tuple[float, bool]:
+        """How long to wait after an empty claim (until the next timer is due, or the safety
+        poll), and whether tasks are due all the same (the claim could take none of them: its
+        role's slots are all held, or other batches hold their rows), in which case the worker
+        backs off (Engine.wait_blocked) instead."""
+        timeout = self.engine.config.poll_interval
+        conn = self.conn
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                row = conn.execute(
+                    "SELECT pg_catalog.date_part('epoch', pg_catalog.min(run_at) "
+                    "OPERATOR(pg_catalog.-) pg_catalog.now()) FROM df_internal.tasks").fetchone()
+                if row and row[0] is not None:
+                    if row[0] <= 0:
+                        return timeout, True
+                    timeout = max(0.005, min(timeout, row[0] + 0.002))
+        return timeout, False
+
+    def step_batch(self, conn: psycopg.Connection) -> bool:
+        """Claim due tasks (up to `batch`, see claim_tasks) and run them in one transaction, each
+        behind its own savepoint, then commit them together. Returns False when nothing was due.
+
+        Each step and its checkpoint still commit atomically (exactly-once); a failed step rolls
+        back to its savepoint and is recorded without disturbing the others. Tasks not reached
+        within the time budget (a slow step) are released by the commit for any worker to take.
+        """
+        engine = self.engine
+        self.task = None
+        if self.steps.needs_discard:
+            reset_session(conn)
+            self.steps.needs_discard = False
+        # Batch only when no other worker is idle: with a short queue every task gets a worker
+        # of its own; with a backlog (everyone busy) one commit serves many steps.
+        limit = 1 if engine.idle_workers else self.batch
+        claim_started = time.perf_counter()
+        claimed = claim(conn, engine.schema_level, engine.id, limit, self.number,
+                        len(engine.workers))
+        engine.metrics.claimed(time.perf_counter() - claim_started, claimed.rows)
+        if not claimed.rows:
+            engine.journal.clear(self.number)
+            return False
+        self.more_work = claimed.more
+        tasks = claimed.tasks
+        if self._set_up_trampolines(conn, tasks):
+            return True
+        if tasks:
+            try:
+                engine.journal.record(self.number, [t.key for t in tasks], conn.info.backend_pid)
+            except psycopg.Error as exc:
+                # Unrecorded, a crash in these steps could not be charged to them: not now.
+                conn.execute("ROLLBACK")
+                raise psycopg.OperationalError(f"cannot record the tasks in flight: {exc}") from exc
+        self.busy = True
+        budget_end = time.monotonic() + BATCH_TIME_BUDGET
+        ran = 0
+        stopped_early = False
+        tally = engine.metrics.tally()  # outcomes, published once the transaction ended
+        try:
+            for index, task in enumerate(tasks):
+                if index and time.monotonic() > budget_end:
+                    stopped_early = True
+                    break
+                self.current = task.key
+                self.task = task
+                kind = tally.started(task.node_type, task.kind)
+                outcome = self.steps.run(conn, task, first=index == 0,
+                                         commit=index == len(tasks) - 1)
+                tally.finished(kind, self.steps.outcome, outcome in (Outcome.RAN, Outcome.RAN_LAST))
+                if outcome is Outcome.ABORTED:
+                    tally.roll_back()
+                    self.batch = 1
+                    return True  # the whole transaction was rolled back; its tasks stay queued
+                if outcome in (Outcome.RAN, Outcome.RAN_LAST):
+                    ran += 1
+                if outcome is Outcome.RAN_LAST and index < len(tasks) - 1:
+                    self.more_work = True
+                    break
+                if outcome is Outcome.CONFLICT:
+                    stopped_early = True
+                    break
+            if conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.execute("COMMIT")  # (a last fused step commits in its own round trip)
+        except BaseException:
+            tally.roll_back()
+            raise
+        finally:
+            self.busy = False
+            self.current = None
+        self.task = None
+        tally.publish()
+        engine.count_steps(ran)
+        self._adapt_batch(shrink=stopped_early)
+        if stopped_early:
+            self.more_work = True
+        return True
+
+    def _set_up_trampolines(self, conn: psycopg.Connection, tasks: list[Task]) -> bool:
+        """Create the submitters' trampolines this batch still needs, outside the steps'
+        transaction (once per role and process): the claim is rolled back and True returned
+        (claim again). Only for submitters that may run steps at all: a superuser (with
+        superuser instances off), a role that cannot log in or a dropped role fails in
+        check_identity without a SECURITY DEFINER function ever being created for it."""
+        home = conn.info.dbname
+        trampolines = self.engine.trampolines
+        setup = {t.role_oid for t in tasks if t.node_type == "SQL" and not t.database_elsewhere(home)
+                 and t.identity_problem() is None and trampolines.needs_setup(home, t.role_oid)}
+        if not setup:
+            return False
+        conn.execute("ROLLBACK")
+        for role_oid in setup:
+            trampolines.ensure(conn, role_oid)  # a dropped role is remembered: a clear failure
+        return True
+
+    def _adapt_batch(self, shrink: bool) -> None:
+        """Grow the claim while batches run to the end within the time budget; shrink it when
+        one did not (slow steps, or steps conflicting with the batch's locks), so such steps
+        are claimed, and hold others back, one or two at a time."""
+        limit = self.engine.config.batch_size
+        self.batch = max(1, self.batch // 2) if shrink else min(limit, self.batch * 2)
+
