@@ -2,10 +2,9 @@
 
 Why here and not shared with the engine: engine/errors.py (step_message) formats *step*
 failures for the node's error column (and names an unknown `$name`), a different audience and
-contract; the client layer
-may not import engine internals beyond the JSON codec. Everything user-facing in dftui — the TUI,
-the scripting CLI and the admin commands (dftui/admin.py) — goes through `user_message`, and the
-one rule for "the server wants a password we do not have" is `needs_password`.
+contract; the client layer may not import engine internals beyond the JSON codec. Everything
+user-facing in dftui — the TUI, the scripting CLI and the admin commands (dftui/admin.py) — goes
+through `user_message`, and the one rule for "the server wants a password we do not have" is `needs_password`.
 
 Pure: no psycopg import (errors are read through their `diag` attribute when they have one).
 """
