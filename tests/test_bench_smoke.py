@@ -57,6 +57,11 @@ def test_quick_run_measures_every_phase(tmp_path: Path) -> None:
     assert _number(_cell(text, "drain 50 one-step", 1)) > 0
     # The physical limit was measured in the same run.
     assert _number(_cell(text, "drain 50 one-step", 3)) > 0
+    # Every target of issue 17 is judged in the same run (met or not, never left blank).
+    for prefix in ("df.start, 8 sessions", "df.start: first 80", "drain 50 one-step",
+                   "JOIN of 10: branch steps/s", "one-step start → done p50",
+                   "one-step start → done p99", "scaling: 2 engine processes"):
+        assert _cell(text, prefix, 6)[:1] in ("✓", "✗"), prefix
     # The machine description and the reproduce command are recorded.
     assert "| cores |" in text and "| PostgreSQL | 18" in text
     assert "python -m benchmarks --quick" in text
@@ -64,6 +69,8 @@ def test_quick_run_measures_every_phase(tmp_path: Path) -> None:
     if importlib.util.find_spec("dbos") is not None:
         assert _number(_cell(text, "3-step workflows (20)", 2)) > 0
         assert _cell(text, "3-step workflows (20)", 4).endswith("×")
+        assert _cell(text, "3-step workflows (20)", 6)[:1] in ("✓", "✗")
+        assert _cell(text, "drain ÷ DBOS, against the run before", 6)[:1] in ("✓", "✗")
     else:
         assert "DBOS Transact is not installed" in text
         assert _cell(text, "3-step workflows (20)", 2) == "—"
