@@ -439,6 +439,10 @@ def test_trampoline_ownership_cannot_be_hijacked(db, eng):
         conn.execute("GRANT dftui_alice_group TO dftui_alice")
         # the group may own alice's schema too (REASSIGN moves everything she owns)
         conn.execute(f'GRANT CREATE ON DATABASE "{db.name}" TO dftui_alice_group')
+        # (the `eng` fixture gives alice her schema evil: let the group take what is in it, so
+        # that only df_exec can refuse the REASSIGN — else which refusal comes first depends
+        # on the order PostgreSQL visits alice's objects)
+        conn.execute("GRANT CREATE ON SCHEMA evil TO dftui_alice_group")
     try:
         warm = start(db, ALICE, "'SELECT 1'")
         assert wait_terminal(db, warm) == "completed"
