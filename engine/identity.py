@@ -202,6 +202,37 @@ BEGIN
 END
 """
 
+# A superuser's steps (only when pg_durable.enable_superuser_instances is on in the engine's own
+# session, and only on an engine that is itself a superuser): the same four functions, but
+# SECURITY INVOKER and owned by the engine. No privilege changes hands — the engine already has
+# every privilege the submitter has — so nothing here is a trampoline: the function becomes the
+# submitter with SET LOCAL ROLE (looked up by oid, so a rename cannot misdirect it), runs the
+# text, and goes back to the engine's own identity (role and session authorization) before the
+# engine's checkpoint runs. EXECUTE is revoked from PUBLIC and nobody else has USAGE on df_exec.
+# (The alias is not `r`: that is the rows body's record variable, which PL/pgSQL would take.)
+_AS_SUPERUSER = """    PERFORM pg_catalog.set_config('role', (SELECT su.rolname FROM pg_catalog.pg_roles su
+                                             WHERE su.oid OPERATOR(pg_catalog.=) '__ROLE_OID__'::pg_catalog.oid),
+                                  true);
+"""
+# Session-level on purpose: the function's SET clause reverts local settings when it returns,
+# but not a session-level SET ROLE / SET SESSION AUTHORIZATION the step itself made.
+_BACK_TO_ENGINE = """    RESET SESSION AUTHORIZATION;
+    PERFORM pg_catalog.set_config('role', 'none', false);
+"""
+
+
+def _superuser_body(body: str) -> str:
+    """A trampoline body turned into a superuser's invoker step body (see _AS_SUPERUSER)."""
+    head, sep, tail = body.partition("BEGIN\n")
+    body = head + sep + _AS_SUPERUSER + tail
+    # back before anything returns (exec_ ends with RETURN n), else before the final END
+    close = "    EXECUTE 'CLOSE ALL';\n"
+    if close in body:
+        return body.replace(close, close + _BACK_TO_ENGINE, 1)
+    end = body.rindex("END")
+    return body[:end] + _BACK_TO_ENGINE + body[end:]
+
+
 class Trampolines:
     """Creates (once per role and engine process) and names the per-role trampolines."""
 
@@ -289,13 +320,17 @@ class Trampolines:
         if row is None:
             raise RoleGone(f"role with oid {role_oid} no longer exists")
         role, is_super = row
-        if is_super:
-            # A SECURITY DEFINER function owned by a superuser that executes any text it is
-            # given must never exist, whether or not superuser instances are enabled.
-            raise RoleRefused(f'role "{role}" is a superuser; the engine never creates step '
-                              "trampolines for superusers")
+        # A SECURITY DEFINER function owned by a superuser that executes any text it is given
+        # must never exist, whether or not superuser instances are enabled. Only an engine that
+        # is a superuser itself runs a superuser's steps, as invoker functions it owns (callers
+        # only get here when superuser instances are enabled).
+        if is_super and not scalar(conn, "SELECT r.rolsuper FROM pg_catalog.pg_roles r "
+                                         "WHERE r.rolname = session_user"):
+            raise RoleRefused(f'role "{role}" is a superuser; only an engine connected as a '
+                              "superuser runs superuser instances, and this one is not")
         ensure_exec_schema(conn)
         configured = self._configured_path(conn, role_oid)
+        definer = "SECURITY INVOKER" if is_super else "SECURITY DEFINER"
         for name, args, returns, body in (
             (f"step_{role_oid}", "q pg_catalog.text", "SETOF pg_catalog.record", _STEP_BODY),
             (f"exec_{role_oid}", "q pg_catalog.text", "pg_catalog.int8", _EXEC_BODY),
@@ -311,15 +346,20 @@ class Trampolines:
             # The submitter's search_path, applied as data: set_config validates it (an invalid
             # value falls back to the default) and FROM CURRENT copies it into the function.
             _apply_path(conn, configured)
+            if is_super:
+                body = _superuser_body(body)
             conn.execute(
                 sql.SQL(
                     "CREATE FUNCTION {fn}({args}) RETURNS {returns} LANGUAGE plpgsql "
-                    "SECURITY DEFINER SET search_path FROM CURRENT AS {body}"
+                    "{definer} SET search_path FROM CURRENT AS {body}"
                 ).format(fn=fn, args=sql.SQL(args), returns=sql.SQL(returns),
+                         definer=sql.SQL(definer),
                          body=sql.Literal(body.replace("__ROLE_OID__", str(int(role_oid)))))
             )
             conn.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)")
             conn.execute(sql.SQL("REVOKE ALL ON FUNCTION {}({}) FROM PUBLIC").format(fn, argtypes))
+            if is_super:
+                continue  # the engine's own function: no hand-over to the submitter
             # ALTER OWNER needs the new owner to have CREATE on the schema; grant it only for
             # the duration of this transaction (matters in least-privilege mode). Never for
             # a role that has CREATE already (the schema's owner): revoking it afterwards

@@ -9,7 +9,10 @@ from tests.support import nested_loops
 
 
 def explain(db, text: str, role: str | None = "dftui_alice") -> str:
-    return db.scalar("SELECT df.explain(%s)", (text,), role)
+    """df.explain's text without the padding pg_durable adds to every tree line (checked in
+    test_tree_lines_are_padded_as_pg_durable_pads_them)."""
+    out = db.scalar("SELECT df.explain(%s)", (text,), role)
+    return "\n".join(line.rstrip(" ") for line in out.split("\n"))
 
 
 def error_of(db, text: str, role: str | None = "dftui_alice") -> str:
@@ -35,8 +38,20 @@ def test_plain_sql_is_a_single_sql_node_truncated_to_50_chars(db):
     long_sql = "SELECT * FROM orders WHERE created_at > now() - interval '1 day' AND x = 1"
     out = explain(db, long_sql)
     assert out == "SQL: " + long_sql[:47] + "..."
-    # whitespace runs are collapsed so the tree stays one line per node
-    assert explain(db, "select\n  1,\n  2") == "SQL: select 1, 2"
+    # as pg_durable prints it: the query as stored, its own line breaks included
+    assert explain(db, "select\n  1,\n  2") == "SQL: select\n  1,\n  2"
+
+
+def test_tree_lines_are_padded_as_pg_durable_pads_them(db):
+    """pg_durable pads every line of the tree to the longest one plus four spaces."""
+    out = db.scalar("SELECT df.explain(%s)", ("'SELECT 1' ~> df.sleep(30)",), "dftui_alice")
+    assert out.split("\n") == ["SQL: SELECT 1".ljust(17), "→ SLEEP 30s".ljust(17)]
+    iid = start_if_graph(db)
+    header, tree = db.scalar("SELECT df.explain(%s)", (iid,), "dftui_alice").split("\n\n", 1)
+    assert header.split("\n")[0] == f"Instance: {iid} (nightly)"  # the header is not padded
+    lines = tree.split("\n")
+    width = max(len(line.rstrip(" ")) for line in lines) + 4
+    assert all(len(line) == width for line in lines), lines
 
 
 def test_blocks_for_every_composite_node(db):
@@ -65,19 +80,19 @@ IF
                 ? while:
                   └─SQL: cond
     ✗ else:
-      └─IF rows of $r
+      └─IF
           ✓ then:
             └─SQL: x
           ✗ else:
             └─SQL: y
-→ SIGNAL 'go' (timeout 60s)
+→ SIGNAL 'go' (60s)
 → BREAK '{"k":1}'
-→ RACE (2)
+→ RACE
     ║ branch 1:
       ├─SQL: p
     ║ branch 2:
       └─HTTP GET https://example.com/hook
-→ WAIT_SCHEDULE '0 9 * * 1-5'
+→ WAIT '0 9 * * 1-5'
 → LOOP (infinite)
     ↻ body:
       └─SQL: tick"""
@@ -148,9 +163,10 @@ def test_pending_instance_has_header_and_markers(db):
 
 
 def test_other_roles_cannot_explain_an_instance(db):
+    """As pg_durable, whose explain answers for an id the caller cannot see (no error)."""
     iid = start_if_graph(db)
-    assert "Instance not found or access denied" in error_of(db, iid, role="dftui_bob")
-    assert "Instance not found or access denied" in error_of(db, "0badc0de")
+    assert explain(db, iid, role="dftui_bob") == f"Instance '{iid}' not found"
+    assert explain(db, "0badc0de") == "Instance '0badc0de' not found"
 
 
 def set_statuses(db, iid: str, statuses: dict[str, str], instance_status: str) -> None:
@@ -202,3 +218,28 @@ def test_running_instance_markers(db):
     assert "Status:   ⏳ running" in out
     assert "SQL: SELECT true ⏳" in out
     assert "SQL: SELECT 3 ○" in out
+
+
+def test_leaf_labels_are_pg_durable_s(db):
+    """The labels of pg_durable's explain (src/explain.rs, format_node_display)."""
+    url = "https://hooks.example.com/services/T000/B000/XXXXXXXXXXXX"
+    out = explain(
+        db,
+        f"df.http('{url}', 'GET') ~> df.http_multipart('https://example.com/u', 'PUT',"
+        " '[{\"name\": \"f\", \"content\": \"x\"}]'::jsonb) ~> df.wait_for_signal('s')"
+        " ~> df.break() ~> df.break(repeat('v', 30)) ~> ('a' & 'b') ~> df.sleep(5)",
+        role="dftui_dave",
+    )
+    assert out.split("\n") == [
+        f"HTTP GET {url[:37]}...",
+        "→ HTTP_MULTIPART PUT https://example.com/u",
+        "→ SIGNAL 's'",
+        "→ BREAK",
+        "→ BREAK '" + "v" * 17 + "...'",
+        "→ JOIN (2)",
+        "    ║ branch 1:",
+        "      ├─SQL: a",
+        "    ║ branch 2:",
+        "      └─SQL: b",
+        "→ SLEEP 5s",
+    ]

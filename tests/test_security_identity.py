@@ -206,28 +206,27 @@ def test_nodes_cannot_be_slipped_into_another_roles_instance(db, mallory):
     assert db.scalar("SELECT count(*) FROM df.nodes WHERE instance_id = %s AND id = 'fb00000a'", (iid,)) == 0
 
 
+def _rewrite_identity(conn, iid: str, target: str) -> None:
+    # both tables, as the composite foreign key (instance_id, submitted_by) requires
+    conn.execute("UPDATE df.nodes SET submitted_by = %s WHERE instance_id = %s", (target, iid))
+    conn.execute("UPDATE df.instances SET submitted_by = %s WHERE id = %s", (target, iid))
+
+
 @pytest.mark.parametrize("target", ["dftui_alice", "postgres"])
-@pytest.mark.parametrize("when", ["same transaction as df.start", "while it waits"])
-def test_rewritten_submitted_by_fails_the_instance_and_runs_nothing(db, mallory, mode, target, when):
-    """pg_durable lets a BYPASSRLS role's UPDATE of submitted_by through, then fails the instance
-    (no node marked failed). dftui does the same, and nothing ever runs as the new name (nor as
-    the old one) — whether the rewrite happens before the first step or while it waits."""
+@pytest.mark.parametrize("first", ["'SELECT 1 AS one'", "df.sleep(1)"])
+def test_rewritten_submitted_by_before_pickup_fails_the_instance_and_runs_nothing(
+        db, mallory, mode, target, first):
+    """pg_durable lets a BYPASSRLS role's UPDATE of submitted_by through; made before its worker
+    loaded the instance, the instance then fails (no node marked failed; its e2e test 17, test 3).
+    dftui does the same when the rewrite precedes the instance's first claim — here in the very
+    transaction of df.start, also when the first step is a timer (taken up at commit) — and
+    nothing ever runs as the new name (nor as the old one)."""
     step = "SELECT evil.witness('tampered') AS w"
     with engine_in_mode(db, mode, concurrency=1):
         with db.connect(mallory, autocommit=False) as conn:
-            if when == "while it waits":
-                iid = conn.execute("SELECT df.start(df.wait_for_signal('go') ~> %s)", (step,)).fetchone()[0]
-                conn.commit()
-                wait_terminal_or_parked(db, iid)
-            else:
-                iid = conn.execute("SELECT df.start(df.sleep(1) ~> %s)", (step,)).fetchone()[0]
-            # both tables, as the composite foreign key (instance_id, submitted_by) requires
-            conn.execute("UPDATE df.nodes SET submitted_by = %s WHERE instance_id = %s", (target, iid))
-            conn.execute("UPDATE df.instances SET submitted_by = %s WHERE id = %s", (target, iid))
+            iid = conn.execute(f"SELECT df.start({first} ~> %s)", (step,)).fetchone()[0]
+            _rewrite_identity(conn, iid, target)
             conn.commit()
-        if when == "while it waits":
-            with db.connect() as conn:
-                conn.execute("SELECT df.signal(%s, 'go')", (iid,))
         assert wait_terminal(db, iid) == "failed"
     message = db.scalar("SELECT error FROM df_internal.instance_state WHERE instance_id = %s", (iid,))
     assert f"blocked instance {iid}" in message and "is not the role that started it" in message
@@ -235,6 +234,36 @@ def test_rewritten_submitted_by_fails_the_instance_and_runs_nothing(db, mallory,
     assert "failed" not in statuses, statuses
     assert counters(db) == (0, 0), "the tampered instance's step ran"
     assert db.scalar("SELECT count(*) FROM evil.log") == 0
+
+
+@pytest.mark.parametrize("target", ["dftui_alice", "postgres"])
+@pytest.mark.parametrize("first", ["df.wait_for_signal('go')", "df.sleep(2)"])
+def test_rewritten_submitted_by_after_pickup_changes_nothing(db, mallory, mode, target, first):
+    """Made after the engine took the instance up (a parked signal wait; a leading timer, taken
+    up when df.start committed), the rewrite changes nothing: as pg_durable, which runs on the
+    graph it loaded (e2e test 17, tests 4 and 5), the instance completes, and every step runs as
+    the identity frozen at its start — never as the rewritten name."""
+    step = "SELECT evil.witness('after pickup') AS w"
+    with engine_in_mode(db, mode, concurrency=1):
+        if mode == "owner":  # a least-privilege engine runs steps only for roles granted to it
+            with db.connect() as conn:
+                conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(mallory),
+                                                              sql.Identifier(ENGINE_ROLE)))
+        with db.connect(mallory, autocommit=False) as conn:
+            iid = conn.execute(f"SELECT df.start({first} ~> %s)", (step,)).fetchone()[0]
+            conn.commit()
+            if "signal" in first:
+                wait_terminal_or_parked(db, iid)
+            _rewrite_identity(conn, iid, target)
+            conn.commit()
+        if "signal" in first:
+            with db.connect() as conn:
+                conn.execute("SELECT df.signal(%s, 'go')", (iid,))
+        assert wait_terminal(db, iid) == "completed", db.scalar(
+            "SELECT error FROM df_internal.instance_state WHERE instance_id = %s", (iid,))
+    assert db.scalar("SELECT array_agg(who) FROM evil.log") == [mallory]
+    assert db.scalar("SELECT submitted_by::text FROM df_internal.instance_state "
+                     "WHERE instance_id = %s", (iid,)) == mallory
 
 
 def wait_terminal_or_parked(db, iid: str) -> None:

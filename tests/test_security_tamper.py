@@ -94,9 +94,10 @@ def test_own_instance_cannot_be_rewritten_after_start(db, eng1):
 
 
 def test_identity_is_frozen_at_start(db, eng1):
-    """A privileged role rewriting submitted_by after start never makes anything run as the new
-    name: the instance fails (pg_durable's observable behaviour), no node runs or fails.
-    (More variants in test_security_identity.py.)"""
+    """A privileged role rewriting submitted_by after the engine took the instance up never makes
+    anything run as the new name: as pg_durable (which runs on the graph it loaded), the rewrite
+    changes nothing and the steps run as the submitter. (Before pickup the instance fails, as
+    pg_durable's load refuses it: test_security_identity.py has both.)"""
     iid = start(db, ALICE, "df.wait_for_signal('go') ~> 'SELECT evil.witness(''after tamper'') AS w'")
     wait_for(lambda: db.scalar("SELECT phase FROM df_internal.tasks WHERE instance_id = %s", (iid,)) == "waiting",
              what="signal wait parked")
@@ -107,12 +108,10 @@ def test_identity_is_frozen_at_start(db, eng1):
         conn.commit()
     with db.connect() as conn:
         conn.execute("SELECT df.signal(%s, 'go')", (iid,))
-    assert wait_terminal(db, iid) == "failed"
-    assert "is not the role that started it" in db.scalar(
-        "SELECT error FROM df_internal.instance_state WHERE instance_id = %s", (iid,))
+    assert wait_terminal(db, iid) == "completed", errors(db, iid)
     assert not [n for n in node_rows(db, iid) if n["status"] == "failed"]
     assert_no_escalation(db)
-    assert counters(db) == (0, 0)
+    assert counters(db) == (0, 1), "the step ran as someone else, or not at all"
 
 
 # -- graphs that bypass df.start's validation ---------------------------------------------------

@@ -57,7 +57,8 @@ BEGIN
         SELECT i.id, i.label, i.status, i.root_node INTO v_inst
           FROM df.instances i WHERE i.id = v_in;
         IF NOT FOUND THEN
-            RAISE EXCEPTION 'Instance not found or access denied: %', v_in USING ERRCODE = 'no_data_found';
+            -- pg_durable answers (it does not raise) for an id the caller cannot see
+            RETURN format('Instance ''%s'' not found', v_in);
         END IF;
         v_root := v_inst.root_node;
         -- Node statuses as df.instance_nodes infers them (skipped arms, superseded iterations);
@@ -199,21 +200,23 @@ BEGIN
                     cfg := NULL;
                 END;
             END IF;
+            -- Labels as pg_durable's explain prints them (src/explain.rs, format_node_display):
+            -- the query as stored, cut at 50 characters; a URL at 40; a string break value at
+            -- 20; the cron expression and the signal timeout in its words.
             IF v_type = 'SQL' THEN
-                v_text := regexp_replace(btrim(coalesce(q, '')), '\s+', ' ', 'g');
+                v_text := coalesce(q, '?');
                 v_label := 'SQL: ' || CASE WHEN length(v_text) > 50 THEN left(v_text, 47) || '...'
                                            ELSE v_text END;
             ELSIF v_type IN ('HTTP', 'HTTP_MULTIPART') THEN
                 v_text := coalesce(cfg->>'url', '?');
                 v_label := v_type || ' ' || coalesce(cfg->>'method', 'POST') || ' '
-                    || CASE WHEN length(v_text) > 60 THEN left(v_text, 57) || '...' ELSE v_text END
-                    || CASE WHEN v_type = 'HTTP_MULTIPART' AND jsonb_typeof(cfg->'parts') = 'array'
-                            THEN ' (' || jsonb_array_length(cfg->'parts') || ' parts)' ELSE '' END;
+                    || CASE WHEN length(v_text) > 40 THEN left(v_text, 37) || '...' ELSE v_text END;
             ELSIF v_type = 'BREAK' THEN
-                -- pg_durable's {"break_value": ...}, as pg_durable prints it; 0.1.0 stored the
-                -- value's JSON itself.
+                -- pg_durable's {"break_value": ...}: shown when it is a string, as pg_durable
+                -- does; 0.1.0 stored the value's JSON itself.
                 v_text := CASE WHEN jsonb_typeof(cfg) = 'object' AND cfg ? 'break_value'
-                               THEN cfg->>'break_value'
+                               THEN CASE WHEN jsonb_typeof(cfg->'break_value') = 'string'
+                                         THEN cfg->>'break_value' END
                                ELSE nullif(coalesce(cfg #>> '{}', q), 'null') END;
                 v_label := 'BREAK' || CASE WHEN v_text IS NULL THEN ''
                                            WHEN length(v_text) > 20 THEN ' ''' || left(v_text, 17) || '...'''
@@ -221,20 +224,20 @@ BEGIN
             ELSE
                 v_label := CASE v_type
                     WHEN 'SLEEP' THEN 'SLEEP ' || coalesce(q, '?') || 's'
-                    WHEN 'WAIT_SCHEDULE' THEN 'WAIT_SCHEDULE ''' || coalesce(cfg->>'cron_expr',
+                    WHEN 'WAIT_SCHEDULE' THEN 'WAIT ''' || coalesce(cfg->>'cron_expr',
                         CASE WHEN cfg IS NULL THEN q END, '?') || ''''
                     WHEN 'SIGNAL' THEN 'SIGNAL ''' || coalesce(cfg->>'signal_name', cfg->>'name', '?')
-                        || '''' || coalesce(' (timeout ' || (cfg->>'timeout_seconds') || 's)', '')
+                        || '''' || CASE WHEN jsonb_typeof(cfg->'timeout_seconds') = 'number'
+                                        THEN ' (' || (cfg->>'timeout_seconds') || 's)' ELSE '' END
                     WHEN 'LOOP' THEN CASE WHEN cfg ? 'condition_node' THEN 'LOOP (while)'
                                           ELSE 'LOOP (infinite)' END
-                    WHEN 'IF' THEN CASE WHEN cfg->>'condition_type' = 'result_has_rows'
-                                        THEN 'IF rows of $' || (cfg->>'result_name')
-                                        WHEN cfg ? 'if_rows' THEN 'IF rows of $' || (cfg->>'if_rows')
-                                        ELSE 'IF' END
-                    WHEN 'JOIN' THEN 'JOIN (' || (2 + CASE WHEN jsonb_typeof(cfg->'extra_nodes') = 'array'
-                                                           THEN jsonb_array_length(cfg->'extra_nodes')
-                                                           ELSE 0 END) || ')'
-                    WHEN 'RACE' THEN 'RACE (2)'
+                    WHEN 'IF' THEN 'IF'  -- df.if_rows too: pg_durable names no result there
+                    WHEN 'JOIN' THEN 'JOIN (' || ((n->>'l' IS NOT NULL)::integer
+                                                  + (n->>'r' IS NOT NULL)::integer
+                                                  + CASE WHEN jsonb_typeof(cfg->'extra_nodes') = 'array'
+                                                         THEN jsonb_array_length(cfg->'extra_nodes')
+                                                         ELSE 0 END) || ')'
+                    WHEN 'THEN' THEN 'SEQUENCE'
                     ELSE coalesce(v_type, '?')
                 END;
             END IF;
@@ -295,7 +298,12 @@ BEGIN
         END LOOP;
     END LOOP;
 
-    RETURN v_header || array_to_string(lines, E'\n');
+    -- As pg_durable: the tree's text split into lines (a query's own line breaks included), each
+    -- padded with spaces to the longest line plus four.
+    v_text := rtrim(array_to_string(lines, E'\n'), E' \t\r\n');
+    SELECT max(length(l)) + 4 INTO j FROM regexp_split_to_table(v_text, E'\r?\n') AS l;
+    RETURN v_header || (SELECT string_agg(rpad(l, j), E'\n' ORDER BY o)
+                          FROM regexp_split_to_table(v_text, E'\r?\n') WITH ORDINALITY AS t(l, o));
 END;
 $fn$;
 COMMENT ON FUNCTION df.explain(text) IS

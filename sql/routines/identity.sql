@@ -7,8 +7,10 @@
 --     submitted_by, checked by a SECURITY INVOKER trigger that sees the real inserter;
 --   * the identity the engine runs steps as is the copy frozen in df_internal.instance_state
 --     when the instance was inserted; an UPDATE of df.instances.submitted_by by a role allowed to
---     make it goes through (as in pg_durable) and the engine then fails the *instance*, without
---     running anything (df_internal.identity_verdict, called when a task is claimed);
+--     make it goes through (as in pg_durable); made before an engine took the instance up, the
+--     engine then fails the *instance*, without running anything (df_internal.identity_verdict,
+--     called when a task is claimed); made later, it changes nothing (as pg_durable, which runs
+--     on the graph it loaded);
 --   * who cancelled, signalled or retried comes from the session that made the UPDATE
 --     (current_user, captured by a SECURITY INVOKER trigger), never from a setting the client
 --     could have written (df.request's requested_by was one).
@@ -79,6 +81,14 @@ BEGIN
         UPDATE df_internal.instance_state s SET started_at = now() WHERE s.instance_id = NEW.id;
         PERFORM df_internal.drive(NEW.id, jsonb_build_array(jsonb_build_object(
             'op', 'activate', 'node', NEW.root_node)));
+        -- Nothing due now (its first leaves are timers): no engine claims anything of it until
+        -- the first fires, yet pg_durable's worker would have loaded it right away. Taken up at
+        -- the commit of df.start, then (a rewrite in this very transaction still counts as
+        -- before, see on_identity_rewrite; df_internal.instance_pickups).
+        IF NOT EXISTS (SELECT 1 FROM df_internal.tasks t
+                        WHERE t.instance_id = NEW.id AND t.run_at <= now()) THEN
+            INSERT INTO df_internal.instance_pickups (instance_id) VALUES (NEW.id);
+        END IF;
     ELSE
         -- Rows inserted by hand (nodes may follow under the deferred FKs): the engine validates
         -- and starts the graph when it claims this task.
@@ -200,6 +210,24 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- AFTER UPDATE OF submitted_by (it changed): a rewrite in the transaction that started the
+-- instance happened before any engine could take it up, so the instance is refused at its first
+-- claim (identity_verdict) even if df.start counted it as taken up at commit: df.start wrote
+-- picked_up_at = now(), the start time of this very transaction. (Another transaction that started
+-- in the same microsecond and took it up could be mistaken for this one: the instance would then
+-- be refused, which is safe too — nothing ever runs as the rewritten name either way.)
+CREATE OR REPLACE FUNCTION df_internal.on_identity_rewrite() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM df_internal.instance_pickups p
+     WHERE p.instance_id = NEW.id AND p.picked_up_at OPERATOR(pg_catalog.=) pg_catalog.now();
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE TRIGGER instances_after_identity_rewrite AFTER UPDATE OF submitted_by ON df.instances
+    FOR EACH ROW WHEN (OLD.submitted_by IS DISTINCT FROM NEW.submitted_by)
+    EXECUTE FUNCTION df_internal.on_identity_rewrite();
+
 CREATE OR REPLACE TRIGGER instances_after_capture_requester AFTER UPDATE ON df.instances
     FOR EACH ROW
     WHEN ((NEW.status = 'cancelled' AND OLD.status IS DISTINCT FROM 'cancelled')
@@ -208,9 +236,11 @@ CREATE OR REPLACE TRIGGER instances_after_capture_requester AFTER UPDATE ON df.i
 
 -- Run when a task of an instance is claimed, before anything of it runs (df_internal.triage):
 -- NULL when the instance may go on, else why it must fail. The identity steps run as is the one
--- frozen when the instance was inserted; the recorded one must still be the same (someone who
--- skips RLS rewrote it), and it must not be a superuser unless superuser instances are enabled
--- in the engine's own session (never the submitter's: pg_durable reads it in its worker too).
+-- frozen when the instance was inserted; the recorded one must still be the same when an engine
+-- first takes the instance up (someone who skips RLS rewrote it; later rewrites change nothing,
+-- see df_internal.instance_pickups), and it must not be a superuser unless superuser instances are enabled
+-- in the engine's own session (never the submitter's: pg_durable reads it in its worker too)
+-- and the engine is a superuser itself.
 CREATE OR REPLACE FUNCTION df_internal.identity_verdict(p_instance varchar) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -218,9 +248,11 @@ DECLARE
     frozen regrole;
     is_super boolean;
     name text;
+    loaded boolean;
 BEGIN
-    SELECT i.submitted_by, s.submitted_by, r.rolsuper, r.rolname
-      INTO recorded, frozen, is_super, name
+    SELECT i.submitted_by, s.submitted_by, r.rolsuper, r.rolname,
+           EXISTS (SELECT 1 FROM df_internal.instance_pickups p WHERE p.instance_id = i.id)
+      INTO recorded, frozen, is_super, name, loaded
       FROM df.instances i
       JOIN df_internal.instance_state s ON s.instance_id = i.id
       LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.submitted_by::oid
@@ -228,7 +260,10 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    IF recorded IS DISTINCT FROM frozen THEN
+    -- Rewritten before an engine took the instance up: refused, as pg_durable's load refuses
+    -- it. Rewritten later: ignored, the steps keep running as the frozen identity (pg_durable
+    -- runs on the graph it loaded; its e2e test 17 checks both).
+    IF recorded IS DISTINCT FROM frozen AND NOT loaded THEN
         RETURN format('pg_durable blocked instance %s: submitted_by (%s) is not the role that started it (%s); '
                       'an instance only ever runs as the role that started it', p_instance, recorded, frozen);
     END IF;
@@ -236,6 +271,14 @@ BEGIN
                     NOT IN ('on', 'true', '1', 'yes') THEN
         RETURN format('pg_durable blocked instance %s: submitted_by role "%s" is a superuser, but '
                       'pg_durable.enable_superuser_instances is off', p_instance, name);
+    END IF;
+    -- Enabled, but only an engine that is a superuser itself runs a superuser's steps (as
+    -- pg_durable's worker, whose worker_role must be one); a least-privilege engine cannot.
+    IF is_super AND NOT COALESCE((SELECT e.rolsuper FROM pg_catalog.pg_roles e
+                                   WHERE e.rolname = session_user), false) THEN
+        RETURN format('pg_durable blocked instance %s: submitted_by role "%s" is a superuser, but '
+                      'the engine (role "%s") is not a superuser and cannot run superuser instances',
+                      p_instance, name, session_user);
     END IF;
     RETURN NULL;
 END $$;

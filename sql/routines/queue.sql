@@ -203,10 +203,12 @@ DECLARE
     cur_gen integer;
     suspect boolean;
     reason text;
+    loaded boolean;
 BEGIN
     -- (one lookup: the suspicion is cheap, the verdict only computed when there is one)
-    SELECT i.status, i.submitted_by IS DISTINCT FROM s.submitted_by OR COALESCE(r.rolsuper, false)
-      INTO inst_status, suspect
+    SELECT i.status, i.submitted_by IS DISTINCT FROM s.submitted_by OR COALESCE(r.rolsuper, false),
+           EXISTS (SELECT 1 FROM df_internal.instance_pickups p WHERE p.instance_id = i.id)
+      INTO inst_status, suspect, loaded
       FROM df.instances i
       LEFT JOIN df_internal.instance_state s ON s.instance_id = i.id
       LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.submitted_by::oid
@@ -217,6 +219,12 @@ BEGIN
             PERFORM df_internal.refuse_instance(t.instance_id, reason);
             RETURN 'refused';
         END IF;
+    END IF;
+    -- The first claim takes the instance up (pg_durable loads its graph once): from now on a
+    -- rewrite of submitted_by changes nothing (identity_verdict). Once per instance (twice at
+    -- most when two workers claim two of its branches at once: no unique key to wait on).
+    IF NOT loaded AND inst_status IN ('pending', 'running') THEN
+        INSERT INTO df_internal.instance_pickups (instance_id) VALUES (t.instance_id);
     END IF;
     IF t.kind = 'start' THEN
         IF inst_status = 'pending' THEN
