@@ -226,7 +226,7 @@ def test_leaf_labels_are_pg_durable_s(db):
     out = explain(
         db,
         f"df.http('{url}', 'GET') ~> df.http_multipart('https://example.com/u', 'PUT',"
-        " '[{\"name\": \"f\", \"content\": \"x\"}]'::jsonb) ~> df.wait_for_signal('s')"
+        " '[{\"name\": \"f\", \"data_b64\": \"eA==\"}]'::jsonb) ~> df.wait_for_signal('s')"
         " ~> df.break() ~> df.break(repeat('v', 30)) ~> ('a' & 'b') ~> df.sleep(5)",
         role="dftui_dave",
     )

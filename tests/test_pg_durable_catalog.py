@@ -36,6 +36,7 @@ DEFINER_DIFFERENCES = {
 ADDED_FUNCTIONS = {
     "retry", "retry_policy", "start_with_retry", "graph_nodes", "set_role_limits",
     "_setting", "ensure_durofut", "signal_loopback", "start_in_new_transaction",
+    "step_activity", "cancel_step_backend", "terminate_step_backend", "instance_history",
 }
 ADDED_RELATIONS = {
     "engines", "instance_runtime", "loop_history", "node_attempt_history", "node_runs",

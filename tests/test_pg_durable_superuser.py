@@ -13,10 +13,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from tests.engine_support import node_rows, root_result, wait_terminal
-from tests.security_support import engine_in_mode, engine_user
-
-ALICE = "dftui_alice"
+from tests.support import ALICE, engine_in_mode, engine_user, node_rows, root_result, wait_terminal
 
 
 def _enable(db) -> None:
