@@ -57,8 +57,7 @@ BEGIN
         SELECT i.id, i.label, i.status, i.root_node INTO v_inst
           FROM df.instances i WHERE i.id = v_in;
         IF NOT FOUND THEN
-            -- pg_durable answers (it does not raise) for an id the caller cannot see
-            RETURN format('Instance ''%s'' not found', v_in);
+            RAISE EXCEPTION 'Instance not found or access denied: %', v_in USING ERRCODE = 'no_data_found';
         END IF;
         v_root := v_inst.root_node;
         -- Node statuses as df.instance_nodes infers them (skipped arms, superseded iterations);
