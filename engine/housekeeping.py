@@ -71,6 +71,7 @@ def housekeeping(engine: Engine) -> None:
                          "WHERE id = %s", (engine.steps_done, engine.id))
             conn.execute("UPDATE df._worker_epoch SET last_seen_at = now() WHERE epoch_id = %s",
                          (engine.epoch_id,))
+            engine.refresh_slices(conn)
             if reap_inflight(conn, config.max_task_faults):
                 log.warning("tasks that were running in an engine that died were charged a "
                             "fault; they are retried later")

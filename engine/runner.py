@@ -83,6 +83,10 @@ class Engine:
         self.started = threading.Event()
         self.fatal_error: str | None = None
         self.schema_level = schema.schema_level()
+        # This engine's workers' first slices of the queue among every live engine's workers
+        # (claim_tasks looks there first): refreshed every heartbeat (see refresh_slices).
+        self.slice_base = 0
+        self.slices = config.concurrency
         self.metrics = EngineMetrics(config.dsn, self.id, config.concurrency,
                                      lambda: sum(w.busy for w in self.workers),
                                      config.engine_dead_after)
@@ -120,12 +124,29 @@ class Engine:
                 "SET schema_version = excluded.schema_version, initialized_at = now() "
                 "WHERE df_internal._worker_ready.schema_version <> excluded.schema_version",
                 (WORKER_SCHEMA_VERSION,))
+            self.refresh_slices(conn)
             # Before any claim: a task that was running when an engine died (perhaps killing it)
             # is charged now, so it cannot take this engine down straight away as well.
             reaped = reap_inflight(conn, self.config.max_task_faults)
             if reaped:
                 log.warning("%d task(s) were running in an engine that died; retried later "
                             "(failed once it happens %d times)", reaped, self.config.max_task_faults)
+
+    def refresh_slices(self, conn: psycopg.Connection) -> None:
+        """Number this engine's workers among the workers of every live engine, so that each
+        worker of every engine first looks at a slice of the queue of its own (claim_tasks):
+        workers of two engines would otherwise share slices and contend for the same rows.
+        Only a hint — engines that disagree for a heartbeat merely contend a little; every
+        claim still looks at the whole queue when its own slice runs dry."""
+        row = conn.execute(
+            "SELECT COALESCE(sum(e.concurrency) FILTER (WHERE e.id < %s), 0), "
+            "COALESCE(sum(e.concurrency), 0) FROM df_internal.engines e "
+            "WHERE e.id = %s OR (e.stopped_at IS NULL AND e.heartbeat_at > "
+            "pg_catalog.now() - pg_catalog.make_interval(secs => %s))",
+            (self.id, self.id, float(self.config.engine_dead_after))).fetchone()
+        if row is not None:
+            base, total = int(row[0]), int(row[1])
+            self.slice_base, self.slices = base, max(total, base + self.config.concurrency)
 
     def start(self) -> None:
         if self.config.metrics_addr is not None:

@@ -146,6 +146,14 @@ class SqlSteps:
                  f"AS {CHECKPOINT_COLUMN}")
         return FusedStep(query, text, key, cached)
 
+    @staticmethod
+    def live_only(conn: psycopg.Connection, fused: FusedStep, task: Task) -> str:
+        """The fused statement, run only while its task is live: a one-time filter PostgreSQL
+        evaluates before the statement's subqueries, so a step fenced earlier in its batch (a
+        lost RACE, a failed JOIN) is not run at all; the statement then returns no row."""
+        args = ", ".join(_literal(conn, v) for v in (task.instance_id, task.node_id, task.gen))
+        return f"{fused.query} WHERE df_internal.task_is_live({args})"
+
     def fused_error(self, fused: FusedStep, exc: psycopg.Error) -> Exception:
         """What a failed fused statement means: the user's statement failed (StepFailure), or
         the engine's part did (EngineStatementError: roll back and try the task again)."""

@@ -78,10 +78,13 @@ class StepTransaction:
         self.needs_discard = False  # the transaction was rolled back: reset the session first
 
     # -- 1–5: one task ---------------------------------------------------------------------------
-    def run(self, conn: psycopg.Connection, task: Task, *, first: bool, commit: bool) -> Outcome:
+    def run(self, conn: psycopg.Connection, task: Task, *, first: bool, commit: bool,
+            sibling: bool = False) -> Outcome:
         """Run one claimed task inside the batch's transaction, behind savepoint `step`.
 
-        `commit` rides on the last task's round trip. A step after the first of a batch runs
+        `commit` rides on the last task's round trip. `sibling`: an earlier task of this batch
+        belongs to the same instance, and its checkpoint may have fenced this one (a RACE won,
+        a JOIN failed): a SQL step then runs only if its task is still live. A step after the first of a batch runs
         with a short lock_timeout: alone it would not wait behind the locks this batch (or
         another) holds for earlier steps, so rather than wait (or deadlock) there it gives way
         (CONFLICT) and runs again, unbatched, in a later transaction.
@@ -102,7 +105,8 @@ class StepTransaction:
             plan = self.sql.plan(conn, task, started) if sql_step else None
             if isinstance(plan, FusedStep):  # the exactly-once path
                 in_savepoint = True
-                return self._run_fused(conn, task, plan, first=first, commit=commit)
+                return self._run_fused(conn, task, plan, first=first, commit=commit,
+                                       sibling=sibling)
             conn.execute("SAVEPOINT step")
             in_savepoint = True
             checkpoint = (self.leaves.run(conn, task) if plan is None
@@ -144,22 +148,24 @@ class StepTransaction:
             return self.fault(conn, task, exc, started, in_savepoint)
 
     def _run_fused(self, conn: psycopg.Connection, task: Task, fused: FusedStep, *, first: bool,
-                   commit: bool) -> Outcome:
+                   commit: bool, sibling: bool) -> Outcome:
         """The step and its checkpoint in one round trip; an error skips the rest of the
-        script, COMMIT included."""
+        script, COMMIT included. A sibling's statement is gated on its task being live (a
+        one-time filter, evaluated before the step: a fenced step does not run at all)."""
         # (the marker first: the console finds the running step by it, activity.py)
         marker = step_marker(task.instance_id, task.node_id, task.gen)
         try:
             with _script(conn, f"{marker} SAVEPOINT step", None if first else _BATCH_LOCK_TIMEOUT,
                          _step_timeout(conn, task.instance_id, self.step_timeout_ms),
-                         fused.query, "RELEASE SAVEPOINT step", SESSION_RESET,
+                         self.sql.live_only(conn, fused, task) if sibling else fused.query,
+                         "RELEASE SAVEPOINT step", SESSION_RESET,
                          "COMMIT" if commit else None) as cur:
                 verdict = _checkpoint_verdict(cur)
         except psycopg.Error as exc:
             if conn.broken:
                 raise
             raise self.sql.fused_error(fused, exc) from exc
-        if verdict == "stale":
+        if verdict == "stale" or (sibling and verdict is None):  # (None: gated out: fenced)
             self.outcome = "stale"
         # Parallel branches of this instance will want its lock, now held by this
         # transaction: commit now rather than at the end of the batch.

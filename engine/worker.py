@@ -161,8 +161,8 @@ class Worker:
         # of its own; with a backlog (everyone busy) one commit serves many steps.
         limit = 1 if engine.idle_workers else self.batch
         claim_started = time.perf_counter()
-        claimed = claim(conn, engine.schema_level, engine.id, limit, self.number,
-                        len(engine.workers))
+        claimed = claim(conn, engine.schema_level, engine.id, limit,
+                        engine.slice_base + self.number, engine.slices)
         engine.metrics.claimed(time.perf_counter() - claim_started, claimed.rows)
         if not claimed.rows:
             engine.journal.clear(self.number)
@@ -183,6 +183,7 @@ class Worker:
         ran = 0
         stopped_early = False
         tally = engine.metrics.tally()  # outcomes, published once the transaction ended
+        seen: set[str] = set()  # instances with a task earlier in this batch
         try:
             for index, task in enumerate(tasks):
                 if index and time.monotonic() > budget_end:
@@ -192,7 +193,9 @@ class Worker:
                 self.task = task
                 kind = tally.started(task.node_type, task.kind)
                 outcome = self.steps.run(conn, task, first=index == 0,
-                                         commit=index == len(tasks) - 1)
+                                         commit=index == len(tasks) - 1,
+                                         sibling=task.instance_id in seen)
+                seen.add(task.instance_id)
                 tally.finished(kind, self.steps.outcome, outcome in (Outcome.RAN, Outcome.RAN_LAST))
                 if outcome is Outcome.ABORTED:
                     tally.roll_back()
@@ -200,7 +203,10 @@ class Worker:
                     return True  # the whole transaction was rolled back; its tasks stay queued
                 if outcome in (Outcome.RAN, Outcome.RAN_LAST):
                     ran += 1
-                if outcome is Outcome.RAN_LAST and index < len(tasks) - 1:
+                # (tasks of one instance are claimed next to each other: commit after the
+                # last of them, while siblings outside the batch wait for its lock)
+                if (outcome is Outcome.RAN_LAST and index < len(tasks) - 1
+                        and tasks[index + 1].instance_id != task.instance_id):
                     self.more_work = True
                     break
                 if outcome is Outcome.CONFLICT:

@@ -11,6 +11,7 @@ batched (a test of batching that never batches would pass vacuously).
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import pytest
@@ -122,7 +123,7 @@ def test_a_batched_step_gives_way_to_locks_instead_of_failing(counters):
     assert db.scalar("SELECT count(*) FROM df_internal.node_attempts WHERE status <> 'completed'") == 0
 
 
-def test_claim_holds_one_task_per_instance_and_http_alone(db):
+def test_claim_takes_an_instances_tasks_together_and_http_alone(db):
     with db.connect(ALICE) as conn:
         join = conn.execute("SELECT df.start('SELECT 1' & 'SELECT 2' & 'SELECT 3')").fetchone()[0]
         for _ in range(3):
@@ -135,22 +136,62 @@ def test_claim_holds_one_task_per_instance_and_http_alone(db):
             conn = db.connect()
             claimers.append(conn)
             conn.execute("BEGIN")
-            rows = conn.execute("SELECT instance_id, node_type "
-                                "FROM df_internal.claim_tasks(df_internal.schema_level(), 't', 50)").fetchall()
+            rows = conn.execute("SELECT instance_id, node_id, node_type FROM "
+                                "df_internal.claim_tasks(df_internal.schema_level(), 't', 50)").fetchall()
             if not rows:
                 break
             claims.append(rows)
     finally:
         for conn in claimers:
             conn.close()
-    assert [len(c) for c in claims][0] == 4  # one JOIN branch, the three one-step instances
+    assert len(claims[0]) == 6  # the JOIN's three branches and the three one-step instances
     for claim in claims:
-        assert len({instance for instance, _ in claim}) == len(claim)  # one task per instance
-        if "HTTP" in {node_type for _, node_type in claim}:
+        instances = [instance for instance, _, _ in claim]
+        # an instance's tasks come next to each other (the engine commits after the last one)
+        runs = [instance for instance, _ in itertools.groupby(instances)]
+        assert len(runs) == len(set(instances))
+        if "HTTP" in {node_type for _, _, node_type in claim}:
             assert len(claim) == 1  # an HTTP step is claimed alone
-    claimed = [row for claim in claims for row in claim]
-    assert len(claimed) == 7  # 3 branches + 3 one-step + 1 HTTP, each exactly once
+    claimed = [(instance, node) for claim in claims for instance, node, _ in claim]
+    assert len(claimed) == len(set(claimed)) == 7  # 3 branches + 3 one-step + 1 HTTP, once each
     assert sum(1 for instance, _ in claimed if instance == join) == 3
+
+
+def _branch_transactions(db, instance: str) -> int:
+    """Transactions that checkpointed an instance's leaves (node_attempts rows are only ever
+    inserted, by the checkpoint: their xmin is its transaction)."""
+    return db.scalar("SELECT count(DISTINCT xmin::text) FROM df_internal.node_attempts "
+                     "WHERE instance_id = %s", (instance,))
+
+
+def test_the_branches_of_a_join_share_one_transaction_exactly_once(counters):
+    db = counters
+    branches = " & ".join(f"'UPDATE public.counter SET n = n + 1 WHERE id = {k}'" for k in range(10))
+    with db.connect(ALICE) as conn:
+        joins = [conn.execute(f"SELECT df.start({branches})").fetchone()[0] for _ in range(3)]
+    drain(db, 3)
+    assert db.scalar("SELECT count(*) FROM df.instances WHERE status = 'completed'") == 3
+    assert db.scalar("SELECT array_agg(DISTINCT n) FROM public.counter WHERE id < 10") == [3]
+    assert db.scalar("SELECT count(*) FROM df_internal.node_attempts") == 30
+    # one commit for an instance's ten branches, instead of one each behind the instance lock
+    assert [_branch_transactions(db, j) for j in joins] == [1, 1, 1]
+
+
+def test_a_race_loser_fenced_earlier_in_its_batch_does_not_run(counters):
+    db = counters
+    with db.connect() as conn:
+        conn.execute("CREATE TABLE public.race_log (branch int)")
+        conn.execute("GRANT ALL ON public.race_log TO PUBLIC")
+    with db.connect(ALICE) as conn:
+        races = [conn.execute("SELECT df.start('INSERT INTO public.race_log VALUES (1)' | "
+                              "'INSERT INTO public.race_log VALUES (2)')").fetchone()[0]
+                 for _ in range(4)]
+    drain(db, 4)
+    assert db.scalar("SELECT count(*) FROM df.instances WHERE status = 'completed'") == 4
+    # both branches of each race were claimed together; the winner's checkpoint fenced the
+    # loser, whose statement therefore never ran (gated on its task being live)
+    assert db.scalar("SELECT count(*) FROM public.race_log") == 4
+    assert [_branch_transactions(db, r) for r in races] == [1, 1, 1, 1]
 
 
 @pytest.mark.parametrize(("text", "rowless"), [

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ENGINE_ROLE, setup_engine_owner, wait_for
+from tests.support import ENGINE_ROLE, running_engine, setup_engine_owner, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 3
@@ -101,3 +101,17 @@ def test_an_unreachable_spelling_fails_alone(db):
     assert result.stderr.startswith("python -m engine: ") and result.stderr.count("\n") == 1, \
         result.stderr
     assert "no-such-socket-dir" in result.stderr
+
+
+def test_engines_number_their_workers_across_engines_so_claims_start_apart(db):
+    """Each worker of every live engine first looks at a slice of the queue of its own
+    (claim_tasks's slice/slices): the engines' worker ranges are disjoint and cover them all,
+    also for the engine that registered first (it learns of the second at a heartbeat)."""
+    with running_engine(db.dsn(), concurrency=2, heartbeat_interval=0.2) as first, \
+            running_engine(db.dsn(), concurrency=3, heartbeat_interval=0.2) as second:
+        wait_for(lambda: first.slices == second.slices == 5, 30, what="both engines to see 5 workers")
+        ranges = sorted((e.slice_base, e.slice_base + e.config.concurrency) for e in (first, second))
+        assert ranges in ([(0, 2), (2, 5)], [(0, 3), (3, 5)])
+    # a stopped engine's workers no longer count
+    with running_engine(db.dsn(), concurrency=2) as alone:
+        assert (alone.slice_base, alone.slices) == (0, 2)

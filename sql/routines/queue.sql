@@ -5,9 +5,13 @@
 
 -- Claim up to p_limit due tasks, row-locked until the caller's transaction ends. The engine runs
 -- them one after another in that transaction, each behind its own savepoint, and commits them
--- together: one queue scan and one commit for many steps, each still exactly-once. A batch holds
--- at most one task per instance, so parallel branches (JOIN, RACE) never wait for each other
--- inside one batch, and an HTTP step (a network wait) is only ever claimed alone. Candidates are
+-- together: one queue scan and one commit for many steps, each still exactly-once. The due tasks
+-- of one instance (parallel branches of a JOIN or RACE) are claimed together and returned next
+-- to each other: their checkpoints share the batch's transaction, so they take the instance's
+-- lock (df_internal.lock_instance) once and commit once, instead of each branch queueing for
+-- that lock behind a sibling's commit in another worker. (Batches only form when every worker of
+-- the engine is busy, and stop taking on tasks after 50 ms, so an idle engine still runs each
+-- branch on a worker of its own.) An HTTP step (a network wait) is only ever claimed alone. Candidates are
 -- read without locks and locked one by one (FOR UPDATE SKIP LOCKED on the key), so a task this
 -- call passes over is never held. Stale tasks (generation fenced, instance terminal) are deleted
 -- on the way. A due 'start' task of a hand-made instance is processed inline (the instance is
@@ -92,7 +96,11 @@ BEGIN
              LIMIT 1000) q
         LOOP
             EXIT WHEN cardinality(insts) >= want OR lone;
-            CONTINUE WHEN c.instance_id = ANY (insts) OR (c.http AND cardinality(insts) > 0);
+            CONTINUE WHEN c.http AND cardinality(insts) > 0;
+            -- (pass 2 meets pass 1's candidates again: a task this claim holds is not taken twice)
+            CONTINUE WHEN c.instance_id = ANY (insts) AND EXISTS (
+                SELECT 1 FROM unnest(insts, nodes) AS h(i, n)
+                 WHERE h.i = c.instance_id AND h.n = c.node_id);
             -- Fairness: a worker-occupying step runs only in one of its role's slots (a row
             -- lock held until this transaction ends, i.e. while the step runs), at most
             -- role_cap of them at once across every engine; a role without slot rows (none
@@ -168,7 +176,8 @@ BEGIN
       LEFT JOIN df.nodes n ON n.instance_id = t2.instance_id AND n.id = t2.node_id
       LEFT JOIN df_internal.node_meta m ON m.instance_id = t2.instance_id AND m.node_id = t2.node_id
       LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.submitted_by::oid
-     ORDER BY k.ord;
+     -- an instance's tasks next to each other, in the order their first one was claimed
+     ORDER BY pg_catalog.min(k.ord) OVER (PARTITION BY k.instance_id), k.ord;
 END $$;
 
 -- Engines of release 0.1.0 call this signature. They cannot drive a newer schema: say so in the
