@@ -79,10 +79,15 @@ def housekeeping(engine: Engine) -> None:
             if config.retention_days is not None and interval != 0 and (
                     interval is None or time.monotonic() >= next_retention):
                 next_retention = time.monotonic() + (interval or 0)
+                # Only rows it can lock now: a role may hold FOR UPDATE on its own finished
+                # instance (UPDATE(status) is granted), and waiting for it made the whole
+                # DELETE time out on every pass, so nobody's history was ever purged. A
+                # skipped row goes on a later pass, once its holder lets go.
                 conn.execute(
                     "DELETE FROM df.instances WHERE id IN (SELECT id FROM df.instances "
                     "WHERE status IN ('completed', 'failed', 'cancelled') "
-                    "AND updated_at < now() - make_interval(secs => %s) LIMIT 500)",
+                    "AND updated_at < now() - make_interval(secs => %s) "
+                    "LIMIT 500 FOR UPDATE SKIP LOCKED)",
                     (config.retention_days * 86400,),
                 )
             # Timers that came due wake the workers even without a notification.

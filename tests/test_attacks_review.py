@@ -325,3 +325,27 @@ def test_a_bypassrls_role_cannot_signal_or_retry_another_roles_instance(db, atta
         with db.connect(BOB) as conn:
             conn.execute("SELECT df.signal(%s, 'go')", (waiting,))
         assert wait_terminal(db, waiting) == "completed", errors(db, waiting)
+
+
+# -- availability: retention -------------------------------------------------------------------
+
+def test_a_row_lock_on_ones_own_finished_instance_does_not_stop_retention(db, mode):
+    """Housekeeping deletes finished instances older than --retention-days, 500 per statement.
+    alice holds FOR UPDATE on one of her own finished instances (UPDATE(status) is granted); the
+    DELETE used to wait for it (lock_timeout 5 s) and fail on every pass, so nobody's history was
+    ever purged. It now deletes only rows it can lock (SKIP LOCKED): bob's finished instance goes
+    while alice holds her lock, and hers once she lets go."""
+    with engine_in_mode(db, mode, concurrency=2, retention_days=0.00002, reconcile_interval=1.0):
+        mine = start(db, ALICE, "'SELECT 1 AS a'")
+        assert wait_terminal(db, mine) == "completed"
+        with db.connect(ALICE, autocommit=False) as hog:
+            assert hog.execute("SELECT id FROM df.instances WHERE id = %s FOR UPDATE", (mine,)).fetchone()
+            victim = start(db, BOB, "'SELECT 2 AS b'")
+            assert wait_terminal(db, victim) == "completed"
+            wait_for(lambda: not db.scalar("SELECT count(*) FROM df.instances WHERE id = %s", (victim,)),
+                     60, what="bob's finished instance to be purged by retention")
+            assert db.scalar("SELECT count(*) FROM df.instances WHERE id = %s", (mine,)) == 1
+            hog.rollback()
+        wait_for(lambda: not db.scalar("SELECT count(*) FROM df.instances WHERE id = %s", (mine,)),
+                 60, what="alice's instance to be purged once unlocked")
+
