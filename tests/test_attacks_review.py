@@ -349,3 +349,62 @@ def test_a_row_lock_on_ones_own_finished_instance_does_not_stop_retention(db, mo
         wait_for(lambda: not db.scalar("SELECT count(*) FROM df.instances WHERE id = %s", (mine,)),
                  60, what="alice's instance to be purged once unlocked")
 
+
+# -- availability: hand-made graphs validated inside the claim ----------------------------------
+
+def _insert_chain(conn: psycopg.Connection, iid: str, length: int) -> None:
+    """A hand-made instance (the grants allow direct INSERT) whose graph is one THEN chain of
+    `length` THEN nodes and length + 1 SQL leaves; without df.start_meta its validation happens
+    in the engine's claim (start_instance)."""
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO df.nodes (id, instance_id, node_type, left_node, right_node, submitted_by) "
+            "SELECT 't' || g, %(i)s, 'THEN', 's' || g, "
+            "       CASE WHEN g = %(n)s THEN 'end' ELSE 't' || (g + 1) END, current_user::regrole "
+            "  FROM generate_series(1, %(n)s) g", {"i": iid, "n": length})
+        conn.execute(
+            "INSERT INTO df.nodes (id, instance_id, node_type, query, submitted_by) "
+            "SELECT 's' || g, %(i)s, 'SQL', 'SELECT 1', current_user::regrole "
+            "  FROM generate_series(1, %(n)s) g "
+            "UNION ALL SELECT 'end', %(i)s, 'SQL', 'SELECT 1', current_user::regrole",
+            {"i": iid, "n": length})
+        conn.execute("INSERT INTO df.instances (id, root_node, submitted_by) "
+                     "VALUES (%s, 't1', current_user::regrole)", (iid,))
+
+
+def test_hand_made_long_graphs_cannot_hold_every_worker(db, mode):
+    """check_graph walked the tree with a recursive CTE that rescanned every edge per level
+    (quadratic: 19 s for 8,000 nodes) and only then compared the count with the 10,000-node
+    limit, inside the claim. Three hand-made 32,001-node chains held both workers for many
+    minutes. Now the instance's rows are counted first: they are refused at once, with the
+    limit's message, and bob's instance completes."""
+    chains = [f"c00000{n:02d}" for n in range(3)]
+    with db.connect(ALICE) as conn:
+        for iid in chains:
+            _insert_chain(conn, iid, 16000)
+    try:
+        with engine_in_mode(db, mode, concurrency=2):
+            victim = start(db, BOB, "'SELECT 42 AS answer'")
+            assert wait_terminal(db, victim, 90) == "completed", errors(db, victim)
+            for iid in chains:
+                assert wait_terminal(db, iid, 90) == "failed"
+                assert "exceeds maximum node count of 10000 (32001 nodes)" in errors(db, iid)
+    finally:
+        cancel_everything(db)
+
+
+def test_the_graph_check_walks_a_chain_at_the_node_limit_and_refuses_one_past_it(db):
+    """The linear walk still sees the whole tree: a hand-made chain of exactly 10,000 nodes is
+    valid, one of 10,001 rows is refused, and an invalid leaf at the far end of a long chain is
+    still found (the walk reaches the last level)."""
+    with db.connect(ALICE) as conn:
+        _insert_chain(conn, "c1000000", 4999)          # 4,999 THEN + 5,000 leaves + 'end'
+        _insert_chain(conn, "c1000001", 5000)          # 10,001 rows
+        _insert_chain(conn, "c1000002", 3000)
+    with db.connect() as conn:
+        conn.execute("UPDATE df.nodes SET query = ' ; ' WHERE instance_id = 'c1000002' AND id = 'end'")
+        conn.execute("SELECT df_internal.check_graph('c1000000')")
+        with pytest.raises(psycopg.Error, match=r"maximum node count of 10000 \(10001 nodes\)"):
+            conn.execute("SELECT df_internal.check_graph('c1000001')")
+        with pytest.raises(psycopg.Error, match=r"invalid node configuration: end \(SQL\)"):
+            conn.execute("SELECT df_internal.check_graph('c1000002')")
