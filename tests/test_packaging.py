@@ -146,3 +146,11 @@ def test_ci_runs_the_static_checks_after_the_tests_and_fails_on_any(tmp_path: Pa
     assert _fake_ci(tmp_path / "green", set()) == (0, everything)
     for culprit in ("pytest", "ruff", "mypy", "lint-imports"):
         assert _fake_ci(tmp_path / culprit, {culprit}) == (1, everything), culprit
+
+
+def test_wheel_contains_every_stylesheet(wheel: Path):
+    """The screens' styles live beside them (dftui/screens/*.tcss): they must travel too."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    sheets = {p.relative_to(REPO).as_posix() for p in (REPO / "dftui").rglob("*.tcss")}
+    assert "dftui/app.tcss" in sheets and "dftui/screens/dialogs.tcss" in sheets
+    assert sheets <= names, sheets - names

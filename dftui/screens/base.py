@@ -199,6 +199,7 @@ class Dialog(ModalScreen[T]):
     unless a dialog says otherwise: ConfirmDialog answers False), the confirm path with a T.
     Callers pass push_screen a callback typed by that result."""
 
+    CSS_PATH = "dialogs.tcss"  # beside this module, as are the dialogs that extend it
     BINDINGS = [Binding("escape", "close", "Close")]
     aborted: ClassVar[Any] = None
 

@@ -54,6 +54,7 @@ class EnginesScreen(BaseScreen):
     """Engines & health."""
 
     HELP_TITLE = "Engines & health"
+    CSS_PATH = "engines.tcss"
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("R", "refresh", "Refresh"),

@@ -51,6 +51,8 @@ def binding_rows(screen: Screen) -> list[tuple[str, str, bool]]:
 class HelpScreen(ModalScreen[None]):
     """Key bindings of `target` (the screen that was on top when `?` was pressed)."""
 
+    CSS_PATH = ["dialogs.tcss", "help.tcss"]  # the dialogs' frame, and its own height
+
     BINDINGS = [
         Binding("escape", "dismiss", "Close"),
         Binding("question_mark", "dismiss", "Close", show=False),

@@ -14,6 +14,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
+from textual.reactive import reactive
 from textual.widgets import Static, Tree
 from textual.widgets.tree import TreeNode
 
@@ -41,6 +42,9 @@ from dftui.widgets.node_panel import NodePanel
 class InstanceScreen(BaseScreen):
     """Details of one instance."""
 
+    CSS_PATH = "instance.tcss"
+    # Follow mode: the header shows FOLLOW and the cursor tracks the running step (watch_follow).
+    follow: reactive[bool] = reactive(False, init=False)
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("n", "next_failed", "Next failed"),
@@ -68,7 +72,6 @@ class InstanceScreen(BaseScreen):
         self.detail: InstanceDetail | None = None
         self.nodes: dict[str, NodeInfo] = {}
         self.graph: GraphItem | None = None
-        self.follow = False
         self._tree_nodes: dict[str, TreeNode] = {}
         self._items: dict[int, GraphItem] = {}
 
@@ -336,8 +339,10 @@ class InstanceScreen(BaseScreen):
         self.follow = not self.follow
         self.notify("Follow mode on: the cursor tracks the running step" if self.follow
                     else "Follow mode off")
+
+    def watch_follow(self, follow: bool) -> None:
         self._render_header()
-        if self.follow:
+        if follow:
             self._jump_to_running()
 
     def action_refresh(self) -> None:

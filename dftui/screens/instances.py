@@ -151,6 +151,7 @@ class InstancesScreen(BaseScreen):
     """All instances the role can see, newest first. The home screen."""
 
     HOME = True
+    CSS_PATH = "instances.tcss"
     BINDINGS = [
         Binding("slash", "filter", "Filter"),
         Binding("space", "toggle_select", "Select"),

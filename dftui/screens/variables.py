@@ -66,6 +66,7 @@ class VariablesScreen(BaseScreen):
     """df.vars of the connected role."""
 
     HELP_TITLE = "Variables"
+    CSS_PATH = "variables.tcss"
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("a", "add", "Add"),

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dftui.cli import render_tree
+from dftui.cli.scripting import render_tree
 from dftui.graph import build_graph, display_status, item_label, to_dsl
 
 

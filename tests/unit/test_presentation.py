@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from dftui.cli import _route
+from dftui.cli.common import _route
 from dftui.widgets.format import age, duration_between, format_duration, format_time, shorten
 
 COMMANDS = {"ls", "show", "tui", "engine"}
