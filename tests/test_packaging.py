@@ -64,7 +64,7 @@ def test_wheel_contains_every_sql_file(wheel: Path):
     }
     assert expected, "no SQL files in the checkout?"
     assert expected <= names, sorted(expected - names)
-    assert "dftui/cli.py" in names and "engine/schema.py" in names
+    assert "dftui/cli/__init__.py" in names and "engine/schema.py" in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "dftui = dftui.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
