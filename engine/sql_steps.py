@@ -179,7 +179,7 @@ class SqlSteps:
             return columns, True, key
         if returns_no_rows(text):
             return [], True, key
-        columns = self._describe(conn, task, text)
+        columns = self._describe(conn, task, text, local_timeout=True)
         self.describe_cache.put(key, columns)
         return columns, False, key
 
@@ -203,17 +203,28 @@ class SqlSteps:
             raise StepFailure(str(exc), ran_sql=text) from exc
         return f"({enc})"
 
-    def _describe(self, conn: psycopg.Connection, task: Task, text: str) -> list[Column]:
+    def _describe(self, conn: psycopg.Connection, task: Task, text: str, *,
+                  local_timeout: bool = False) -> list[Column]:
         """Result columns of the step, learnt without the engine parsing it as itself.
 
         describe_<oid> opens a cursor over the step as the submitter (parse analysis and
         planning can run user code); the engine describes that portal, then rolls the savepoint
         back, discarding the portal and anything planning did. Statements that return no rows
         cannot be opened as a cursor (InvalidCursorDefinition): they have no columns.
+
+        Planning is part of the step: it folds IMMUTABLE functions with constant arguments, so
+        a step can sleep while it is described. `local_timeout` (a step in the engine's
+        database) sets the step's statement_timeout inside the savepoint first, in the same
+        pipeline (its rollback takes it away again); a step in another database has it for its
+        whole transaction there.
         """
         try:
             with conn.pipeline():
                 conn.execute("SAVEPOINT describe")
+                if local_timeout:
+                    conn.execute("SELECT pg_catalog.set_config('statement_timeout', "
+                                 "df_internal.step_timeout_for(%s, %s), true)",
+                                 (task.instance_id, int(self.config.step_timeout * 1000)))
                 # (the marker first: the console finds the running step by it, activity.py)
                 marker = step_marker(task.instance_id, task.node_id, task.gen)
                 conn.execute(f"{marker} SELECT {describe_function(task.role_oid)}(%s::pg_catalog.text)",

@@ -9,6 +9,7 @@ for the victim's instance, never timing assertions.
 from __future__ import annotations
 
 import contextlib
+import time
 
 import psycopg
 import pytest
@@ -18,7 +19,9 @@ from tests.support import (
     ALICE,
     BOB,
     CAROL,
+    DAVE,
     ENGINE_ROLE,
+    QUOTED,
     TestDB,
     assert_no_escalation,
     engine_in_mode,
@@ -408,3 +411,26 @@ def test_the_graph_check_walks_a_chain_at_the_node_limit_and_refuses_one_past_it
             conn.execute("SELECT df_internal.check_graph('c1000001')")
         with pytest.raises(psycopg.Error, match=r"invalid node configuration: end \(SQL\)"):
             conn.execute("SELECT df_internal.check_graph('c1000002')")
+
+
+# -- fairness: the per-step statement_timeout covers describing the step ------------------------
+
+def test_describing_a_step_obeys_the_step_timeout(db, attacker, mode):
+    """The engine describes a step (describe_<oid>: planning, which folds IMMUTABLE functions
+    with constant arguments) before running it; the step's statement_timeout was only set for
+    the run, so a step whose planning sleeps escaped --step-timeout. The timeout now covers
+    the describe too: the step fails with it."""
+    with db.connect(ALICE) as conn:
+        conn.execute("CREATE FUNCTION evil.slow_plan(s float8) RETURNS int LANGUAGE plpgsql "
+                     "IMMUTABLE AS $$ BEGIN PERFORM pg_sleep(s); RETURN 1; END $$")
+    try:
+        with engine_in_mode(db, mode, concurrency=2, step_timeout=2.0):
+            iid = start(db, ALICE, "'SELECT evil.slow_plan(300) AS x'")
+            try:
+                assert wait_terminal(db, iid, 45) == "failed"
+                assert "statement timeout" in errors(db, iid)
+            finally:
+                cancel_everything(db)
+    finally:
+        cancel_everything(db)
+
