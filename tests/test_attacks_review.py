@@ -434,3 +434,49 @@ def test_describing_a_step_obeys_the_step_timeout(db, attacker, mode):
     finally:
         cancel_everything(db)
 
+
+# -- availability: a batch couples one role's long step to other roles' tasks -------------------
+
+def test_a_batch_does_not_hold_another_roles_task_behind_a_long_step(db, mode):
+    """When no worker is idle, a worker claims a batch and runs it in one transaction, every
+    task row-locked and every checkpoint uncommitted until it commits; the time budget is only
+    checked between steps. alice's long step claimed in a batch with bob's tasks held them for
+    the whole step. A batch now holds one role's tasks only: bob's instances complete while
+    alice's step runs."""
+    with engine_in_mode(db, mode, concurrency=2):
+        # keep both workers busy (two other roles, within their caps), the second one longer
+        start(db, DAVE, "'SELECT pg_sleep(3) AS busy1'")
+        start(db, QUOTED, "'SELECT pg_sleep(15) AS busy2'")
+        wait_for(lambda: engine_sessions_running(db, "AS busy") >= 2, 30, what="both workers to be busy")
+        hog = start(db, ALICE, "'SELECT pg_sleep(300) AS hog'")
+        time.sleep(0.2)  # (only orders the two run_at values; asserts nothing)
+        # several victims: whichever side of alice's task a batch would put them on, they
+        # would wait for her step, locked behind it or with their checkpoint uncommitted
+        victims = [start(db, BOB, "'SELECT 42 AS answer'") for _ in range(6)]
+        try:
+            wait_for(lambda: engine_sessions_running(db, "AS hog") >= 1, 60, what="alice's long step to run")
+            for victim in victims:
+                assert wait_terminal(db, victim, 60) == "completed", errors(db, victim)
+        finally:
+            cancel_everything(db)
+        assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (hog,)) in (
+            "cancelled", "failed", "completed")
+
+
+def test_a_batch_takes_the_tasks_of_one_role_only(db):
+    """The claim itself (no engine running): with due tasks of alice and bob interleaved, one
+    claim of up to 16 returns one role's tasks, and the next claim the other's."""
+    for _ in range(4):
+        start(db, ALICE, "'SELECT 1 AS a'")
+        start(db, BOB, "'SELECT 2 AS b'")
+    level = db.scalar("SELECT df_internal.schema_level()")
+    claim = ("SELECT submitted_by::text FROM df_internal.claim_tasks(%s, 'test', 16) "
+             "WHERE kind <> 'started'")
+    with db.connect(autocommit=False) as first, db.connect(autocommit=False) as second:
+        roles = [r[0] for r in first.execute(claim, (level,))]
+        assert len(roles) == 4 and len(set(roles)) == 1, roles
+        other = [r[0] for r in second.execute(claim, (level,))]  # (skips first's locked rows)
+        assert len(other) == 4 and set(other) == {ALICE, BOB} - set(roles), other
+        first.rollback()
+        second.rollback()
+

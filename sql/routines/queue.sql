@@ -45,6 +45,8 @@ DECLARE
     pass integer;
     rescan boolean;
     scans integer := 0;        -- scans restarted to leave out a role found capped out
+    batch_role oid;            -- the one role whose tasks this claim takes (see below)
+    other_roles boolean := false;  -- due tasks of other roles were passed over
 BEGIN
     IF p_level IS DISTINCT FROM df_internal.schema_level() THEN
         RAISE EXCEPTION 'dftui engine schema level mismatch: the engine drives %, the df schema is at %',
@@ -101,6 +103,14 @@ BEGIN
             CONTINUE WHEN c.instance_id = ANY (insts) AND EXISTS (
                 SELECT 1 FROM unnest(insts, nodes) AS h(i, n)
                  WHERE h.i = c.instance_id AND h.n = c.node_id);
+            -- A batch holds the tasks of one role only: they stay row-locked, their checkpoints
+            -- uncommitted, until the batch's transaction ends, and the time budget is checked
+            -- only between steps, so one role's long step would hold another role's tasks
+            -- claimed with it (issue 13, availability). Tasks of one role batch just as well.
+            IF batch_role IS NOT NULL AND c.role_oid IS DISTINCT FROM batch_role THEN
+                other_roles := true;  -- (reported as "more": another worker is woken for them)
+                CONTINUE;
+            END IF;
             -- Fairness: a worker-occupying step runs only in one of its role's slots (a row
             -- lock held until this transaction ends, i.e. while the step runs), at most
             -- role_cap of them at once across every engine; a role without slot rows (none
@@ -131,6 +141,7 @@ BEGIN
              WHERE x.instance_id = c.instance_id AND x.node_id = c.node_id AND x.run_at <= now()
              FOR UPDATE SKIP LOCKED;
             CONTINUE WHEN NOT FOUND;
+            batch_role := c.role_oid;
             verdict := df_internal.triage(t);
             -- (a refused instance was failed inside this claim: reported like a started one,
             -- so the engine commits the claim instead of rolling the refusal back)
@@ -166,9 +177,10 @@ BEGIN
            r.rolname, r.rolcanlogin, r.rolsuper,
            COALESCE(current_setting('pg_durable.enable_superuser_instances', true), '')
                IN ('on', 'true', '1', 'yes'),
-           -- "more may be due" (the batch is full, or an HTTP step was taken alone): the engine
+           -- "more may be due" (the batch is full, an HTTP step was taken alone, or other roles'
+           -- due tasks were left for other claims): the engine
            -- chain-wakes another worker. (An EXISTS probe here walked the queue's dead tuples.)
-           cardinality(insts) >= want OR lone
+           cardinality(insts) >= want OR lone OR other_roles
       FROM unnest(insts, nodes) WITH ORDINALITY AS k(instance_id, node_id, ord)
       JOIN df_internal.tasks t2 ON t2.instance_id = k.instance_id AND t2.node_id = k.node_id
       JOIN df_internal.instance_state s ON s.instance_id = t2.instance_id
