@@ -480,3 +480,24 @@ def test_a_batch_takes_the_tasks_of_one_role_only(db):
         first.rollback()
         second.rollback()
 
+
+def test_retention_of_instances_at_the_node_limit_is_prompt(db, mode):
+    """df.nodes' self-referencing foreign keys (left_node, right_node; ON DELETE CASCADE) had
+    no index: deleting a node looked up its referrers by scanning every node of the instance,
+    so retention deleting a 10,000-node instance made ~10^8 row visits (minutes in the
+    housekeeping thread, heartbeat stopped). Migration 0420 indexes them: two finished
+    instances at the node limit are purged within a bounded wait, and bob's with them."""
+    big = ["c2000000", "c2000001"]
+    with db.connect(ALICE) as conn:
+        for iid in big:
+            _insert_chain(conn, iid, 4999)
+    with db.connect() as conn:
+        conn.execute("DELETE FROM df_internal.tasks WHERE instance_id = ANY (%s)", (big,))
+        conn.execute("UPDATE df.instances SET status = 'cancelled' WHERE id = ANY (%s)", (big,))
+    with engine_in_mode(db, mode, concurrency=2, retention_days=0.00002, reconcile_interval=1.0):
+        victim = start(db, BOB, "'SELECT 2 AS b'")
+        assert wait_terminal(db, victim) == "completed"
+        wait_for(lambda: not db.scalar("SELECT count(*) FROM df.instances WHERE id = ANY (%s)",
+                                       ([*big, victim],)),
+                 90, what="the finished instances to be purged by retention")
+        assert not db.scalar("SELECT count(*) FROM df.nodes WHERE instance_id = ANY (%s)", (big,))
