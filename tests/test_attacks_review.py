@@ -501,3 +501,27 @@ def test_retention_of_instances_at_the_node_limit_is_prompt(db, mode):
                                        ([*big, victim],)),
                  90, what="the finished instances to be purged by retention")
         assert not db.scalar("SELECT count(*) FROM df.nodes WHERE instance_id = ANY (%s)", (big,))
+
+
+# -- availability: the claim's candidate window (verified closed after f22062d) -----------------
+
+def test_a_flood_of_capped_tasks_cannot_hide_another_roles_work(db, mode):
+    """claim_tasks reads the 1000 oldest due tasks (of the worker's slice in pass 1, of all in
+    pass 2). alice (cap: 1 of 2 workers) queues 2600 long steps, more than 1000 in each worker's
+    slice; her capped-out tasks used to be skipped only after the window was cut, so every
+    claim saw only hers and bob's task was never looked at. Safe outcome: bob's instance
+    completes while alice's backlog waits."""
+    with db.connect(ALICE) as conn, conn.transaction():
+        for _ in range(2600):
+            conn.execute("SELECT df.start('SELECT pg_sleep(300) AS hog')")
+    try:
+        with engine_in_mode(db, mode, concurrency=2):
+            wait_for(lambda: engine_sessions_running(db, "pg_sleep(300)") >= 1, 60,
+                     what="alice's first step to run")
+            victim = start(db, BOB, "'SELECT 42 AS answer'")
+            try:
+                assert wait_terminal(db, victim, 90) == "completed", errors(db, victim)
+            finally:
+                cancel_everything(db)
+    finally:
+        cancel_everything(db)
