@@ -174,10 +174,10 @@ def _inject(monkeypatch, stage: str) -> None:
     elif stage == "describing":
         original_describe = sql_steps.SqlSteps._describe
 
-        def describe(self, conn, task, text):
+        def describe(self, conn, task, text, **options):
             if MARK in text:
                 raise _boom(stage)
-            return original_describe(self, conn, task, text)
+            return original_describe(self, conn, task, text, **options)
         monkeypatch.setattr(sql_steps.SqlSteps, "_describe", describe)
     elif stage == "substitution":
         original_sub = sql_steps.substitute_results
