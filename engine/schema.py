@@ -453,14 +453,14 @@ def _apply(conn: psycopg.Connection, root: Path | None, target: str | None) -> S
             (checksum,))
         if not applied:
             applied.append("routines")
-    if set(before_state.applied) | {m.name for m in todo} == {m.name for m in shipped}:
-        # The release record tools (and 0.1.0's readers) look at; it also tells releases that
-        # changed routines only apart.
-        recorded = conn.execute(
-            "INSERT INTO df_internal.schema_version (version) VALUES (%s) "
-            "ON CONFLICT (version) DO NOTHING", (latest_version(),)).rowcount
-        if recorded and not applied:
-            applied.append(f"release record {latest_version()}")
+    # Every shipped migration is applied now (_problems refused anything else): record the
+    # release, which tools (and 0.1.0's readers) look at and which tells releases that changed
+    # routines only apart.
+    recorded = conn.execute(
+        "INSERT INTO df_internal.schema_version (version) VALUES (%s) "
+        "ON CONFLICT (version) DO NOTHING", (latest_version(),)).rowcount
+    if recorded and not applied:
+        applied.append(f"release record {latest_version()}")
     after = installed_version(conn) or latest_version()
     return SchemaChange(before, after, applied, op_schema)
 
