@@ -1,3 +1,3 @@
 """dftui engine: the executor that runs df.* durable workflows (no UI imports here)."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

@@ -1,7 +1,7 @@
 """Schema versions: released files never change, upgrades carry in-flight instances, and the
 engine refuses (or stops on) a schema it cannot drive.
 
-The upgrade tests are the real thing, once per earlier release: the release is installed by its
+The upgrade tests are the real thing, once per earlier release (0.1.0, 0.2.0 and 0.3.0): the release is installed by its
 own code and driven by its own engine (tests/fixtures/dftui-<release>-engine.tar.gz, `git archive`
 of that release's engine/ and sql/), instances are left mid-flight, the schema is upgraded while
 that engine still runs, the old engine stops touching anything, and the current engine finishes
@@ -32,7 +32,10 @@ from tests.support import ALICE, GRANTED_ROLES, running_engine, start, wait_for,
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
-PREVIOUS_RELEASE = "0.2.0"
+PREVIOUS_RELEASE = "0.3.0"
+# Every earlier release with an installer of its own is upgraded from, not only the last one:
+# a database can skip releases.
+EARLIER_RELEASES = ["0.2.0", PREVIOUS_RELEASE]
 
 
 # -- released files are immutable --------------------------------------------------------------
@@ -108,7 +111,7 @@ def baseline_db(empty_db) -> Iterator:
     yield empty_db
 
 
-@pytest.fixture(params=[schema.BASELINE, PREVIOUS_RELEASE])
+@pytest.fixture(params=[schema.BASELINE, *EARLIER_RELEASES])
 def release_db(request, empty_db, tmp_path) -> Iterator:
     """empty_db with an earlier release installed by that release's own installer."""
     release = request.param
