@@ -20,10 +20,11 @@ from textual.widgets.tree import TreeNode
 
 from dftui.client import Client, InstanceDetail, NodeInfo, json_dumps
 from dftui.graph import GraphItem, build_graph, display_status, item_label, to_dsl
-from dftui.screens.actions import Plan, Target, plan, report
+from dftui.screens.action_flow import ActionFlow
+from dftui.screens.actions import Target
 from dftui.screens.activity import ActivityScreen
 from dftui.screens.base import CURSOR_BINDINGS, AppHeader, BaseScreen, ThemeChanged
-from dftui.screens.dialogs import CancelDialog, RetryDialog, SignalDialog, StartDialog
+from dftui.screens.dialogs import StartDialog
 from dftui.screens.history import HistoryScreen
 from dftui.timings import instance_end
 from dftui.vocabulary import TERMINAL_STATUSES, is_composite, signal_name
@@ -74,6 +75,7 @@ class InstanceScreen(BaseScreen):
         self.graph: GraphItem | None = None
         self._tree_nodes: dict[str, TreeNode] = {}
         self._items: dict[int, GraphItem] = {}
+        self.actions = ActionFlow(self, self._targets, nothing="Still loading this instance")
 
     def compose(self) -> ComposeResult:
         yield AppHeader()
@@ -391,57 +393,28 @@ class InstanceScreen(BaseScreen):
         self.app.copy_to_clipboard(self.instance_id)
         self.notify(f"Copied {self.instance_id}")
 
-    def _plan(self, action: str) -> Plan | None:
-        """This instance as the action's target; None (after saying why) when the action would
-        do nothing to it."""
+    def _targets(self) -> list[Target]:
+        """This instance, once loaded (the actions' target)."""
         d = self.detail
-        if d is None:
-            self.notify("Still loading this instance", severity="warning")
-            return None
-        planned = plan(action, [Target(d.id, d.label, d.status)])
-        if not planned.apply:
-            self.notify(planned.nothing_text(), severity="warning", timeout=8)
-            return None
-        return planned
+        return [Target(d.id, d.label, d.status)] if d is not None else []
 
     def action_cancel(self) -> None:
-        planned = self._plan("cancel")
-        if planned is None:
-            return
-
-        def confirmed(reason: str | None) -> None:
-            if reason is not None:
-                self._act("cancel", lambda c: c.cancel(planned.ids, reason))
-
-        self.app.push_screen(CancelDialog(planned), confirmed)
+        self.actions.cancel()
 
     def action_retry(self) -> None:
-        planned = self._plan("retry")
-        if planned is None:
-            return
-
-        def confirmed(ok: bool | None) -> None:
-            if ok:
-                self._act("retry", lambda c: c.retry(planned.ids))
-
-        self.app.push_screen(RetryDialog(planned), confirmed)
+        self.actions.retry()
 
     def action_signal(self) -> None:
-        planned = self._plan("signal")
-        if planned is None:
-            return
+        self.actions.signal(lambda _planned: self._waited_signal())
+
+    def _waited_signal(self) -> str:
+        """The name of the signal a running SIGNAL step of this instance waits for ("")."""
         waited = ""
         for node in self.nodes.values():
             if node.node_type == "SIGNAL" and display_status(node, self.detail.status
                                                              if self.detail else "") == "running":
                 waited = signal_name(node.config) or ""
-
-        def sent(results) -> None:
-            if results is not None:
-                report(self.app, "signal", results)
-            self.reload()
-
-        self.app.push_screen(SignalDialog(planned, waited), sent)
+        return waited
 
     def action_again(self) -> None:
         if self.detail is None:
@@ -457,11 +430,3 @@ class InstanceScreen(BaseScreen):
                 self.app.switch_screen(InstanceScreen(new_id))
 
         self.app.push_screen(StartDialog(source, self.detail.label), started)
-
-    def _act(self, action: str, call) -> None:
-        def done(results) -> None:
-            report(self.app, action, results)
-            self.reload()
-
-        self.dapp.run_db(self, call, done, group="action", exclusive=False,
-                         what=action.capitalize())

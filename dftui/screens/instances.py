@@ -4,147 +4,57 @@ Scales to millions of rows: rows are fetched in keyset pages (the next page is r
 cursor nears the end), status counts are capped index counts or planner estimates, and the live
 refresh re-reads only the window already loaded. The cursor stays on the same instance id across
 refreshes.
+
+This module is the screen: which rows are loaded and when, keys and the status line. Each other
+job has a module of its own — what the `/` box means (`instance_filters`), how rows sort
+(`instance_order`), what is selected (`selection`), acting on instances (`action_flow`), and the
+widgets: the table (`widgets/instance_table`), the filter box (`widgets/filter_bar`), the status
+tabs (`widgets/status_tabs`), the health line (`widgets/health_line`) and the status line
+(`widgets/list_status`).
 """
 
 from __future__ import annotations
 
 import re
-import shlex
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import datetime
 
-from rich.style import Style
-from rich.text import Text
 from textual import on
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.timer import Timer
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import DataTable
 
-from dftui.client import (
-    ActionResult,
-    Client,
-    InstancePage,
-    InstanceSummary,
-    StatusCounts,
-)
-from dftui.screens.actions import Plan, Target, plan, report
+from dftui.client import Client, InstancePage, InstanceSummary, StatusCounts
+from dftui.screens.action_flow import ActionFlow
+from dftui.screens.actions import Plan
 from dftui.screens.base import CURSOR_BINDINGS, AppHeader, BaseScreen, ThemeChanged
-from dftui.screens.dialogs import (
-    CancelDialog,
-    GotoDialog,
-    LabelPicker,
-    RetryDialog,
-    SignalDialog,
-    StartDialog,
-)
+from dftui.screens.dialogs import GotoDialog, LabelPicker, StartDialog
 from dftui.screens.history import HistoryScreen
 from dftui.screens.instance import InstanceScreen
-from dftui.vocabulary import STATUSES
-from dftui.widgets.format import (
-    STATUS_STYLES,
-    duration_between,
-    format_duration,
-    format_time,
-    shorten,
-    status_symbol,
-    status_text,
+from dftui.screens.instance_filters import Filters, parse_filter
+from dftui.screens.instance_order import SERVER_ORDER, SORT_KEYS, is_after, sort_rows
+from dftui.screens.selection import Selection
+from dftui.widgets.filter_bar import FilterBar
+from dftui.widgets.health_line import HealthLine
+from dftui.widgets.instance_table import (
+    WIDE,
+    InstanceTable,
+    plan_columns,
+    row_cells,
+    wanted_label_width,
 )
 from dftui.widgets.keybar import KeyBar
+from dftui.widgets.list_status import ListStatus, StatusLine
+from dftui.widgets.status_tabs import NARROW, STATUS_TABS, StatusTabs
+
+__all__ = ["PAGE_SIZE", "Filters", "InstancesScreen", "parse_filter"]
 
 PAGE_SIZE = 100
 SELECT_ALL_CAP = 10_000  # `*` selects at most this many matching instances (said when capped)
-# Sortable columns (`S` cycles, `o` reverses; a click on a header sorts by it): started is the
-# server's keyset order over all matching rows, the others order the rows loaded so far.
-SORT_KEYS: dict[str, str] = {"started": "started", "id": "id", "label": "label",
-                             "status": "status", "step": "current step", "duration": "took",
-                             "by": "submitted by"}
-FILTER_DEBOUNCE = 0.25  # seconds of no typing before the filter is applied
 LOAD_AHEAD = 20  # fetch the next page when the cursor is this close to the last loaded row
 REFRESH_WINDOW = 1000  # the live refresh re-reads at most this many rows from the top
-STATUS_TABS: list[tuple[str | None, str]] = [
-    (None, "All"),
-    ("running", "Running"),
-    ("failed", "Failed"),
-    ("pending", "Pending"),
-    ("completed", "Completed"),
-    ("cancelled", "Cancelled"),
-]
-_SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-@dataclass(frozen=True)
-class Filters:
-    """What the list shows. Parsed from the `/` box: `status:failed label:etl since:2h words`.
-
-    `label:etl` matches labels containing "etl" (any case); `label:=etl` only the label "etl".
-    Free words match the id (prefix), label, submitter, any step's SQL and any error text."""
-
-    status: str | None = None
-    label: str | None = None
-    text: str | None = None
-    since: timedelta | None = None
-    oldest_first: bool = False
-
-    @property
-    def label_exact(self) -> str | None:
-        return self.label[1:] if self.label and self.label.startswith("=") else None
-
-    @property
-    def label_like(self) -> str | None:
-        return self.label if self.label and not self.label.startswith("=") else None
-
-    def describe(self) -> str:
-        parts = ["sort:oldest"] if self.oldest_first else []
-        if self.status:
-            parts.append(f"status:{self.status}")
-        if self.label:
-            parts.append(f"label:{shlex.quote(self.label)}")
-        if self.since:
-            parts.append(f"since:{int(self.since.total_seconds())}s")
-        if self.text:
-            parts.append(shlex.quote(self.text))
-        return " ".join(parts)
-
-
-def parse_filter(text: str, current: Filters) -> Filters:
-    """Parse the filter box. Raises ValueError with a user-facing message on bad input."""
-    try:
-        tokens = shlex.split(text)
-    except ValueError as exc:
-        raise ValueError(f"filter: {exc}") from None
-    status, label, since, words = None, None, None, []
-    oldest = False
-    for token in tokens:
-        key, sep, value = token.partition(":")
-        if sep and key == "status":
-            if value not in STATUSES:
-                raise ValueError(f"unknown status {value!r}; use one of {', '.join(STATUSES)}")
-            status = value
-        elif sep and key == "label":
-            label = value or None
-        elif sep and key == "sort":
-            if value not in ("oldest", "newest"):
-                raise ValueError(f"sort:{value} — use sort:oldest or sort:newest")
-            oldest = value == "oldest"
-        elif sep and key == "since":
-            unit = value[-1:] if value[-1:] in _SINCE_UNITS else "s"
-            number = value[:-1] if value[-1:] in _SINCE_UNITS else value
-            if not number.isdigit():
-                raise ValueError(f"since:{value} — use a number with s, m, h, d or w (e.g. since:2h)")
-            since = timedelta(seconds=int(number) * _SINCE_UNITS[unit])
-        else:
-            words.append(token)
-    return Filters(status=status if status else current.status if not tokens else None,
-                   label=label, text=" ".join(words) or None, since=since, oldest_first=oldest)
-
-
-class InstanceTable(DataTable):
-    """The instances table: `enter` is described as Open (it emits RowSelected)."""
-
-    BINDINGS = [Binding("enter", "select_cursor", "Open")]
 
 
 class InstancesScreen(BaseScreen):
@@ -182,7 +92,7 @@ class InstancesScreen(BaseScreen):
         self.filters = Filters()
         self.rows: list[InstanceSummary] = []
         self.next_cursor: tuple[datetime, str] | None = None
-        self.selected: set[str] = set()
+        self.selection = Selection()
         self.counts: StatusCounts | None = None
         self.loading_more = False
         self.loaded_once = False
@@ -190,34 +100,37 @@ class InstancesScreen(BaseScreen):
         self._columns: list[str] = []
         self._wide = False
         self._width = 0
-        self._filter_timer: Timer | None = None
         self._health: dict | None = None
         self._filter_problem: str | None = None
         self._label_width = 0
-        self.sort_key = "started"  # one of SORT_KEYS; "started" is the server's order
+        self.sort_key = SERVER_ORDER  # one of SORT_KEYS; "started" is the server's order
         self.sort_reverse = False  # for "started": oldest first (Filters.oldest_first)
-        # Instances selected with `*` beyond the loaded rows: id -> (label, status), so the
-        # confirmation can name them and the actions can act on them.
-        self.matching: dict[str, tuple[str | None, str]] = {}
+        self.actions = ActionFlow(self, lambda: self.selection.targets(self.rows, self.current_id),
+                                  after=self._clear_selection)
+
+    @property
+    def selected(self) -> set[str]:
+        """The selected instance ids (loaded or brought in by `*`)."""
+        return self.selection.ids
 
     # -- layout --------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
         yield AppHeader()
-        yield Static(id="summary")
-        yield Static(id="health-line")
-        yield Input(placeholder="filter as you type: words (id, label, SQL, error)  status:failed  "
-                                "label:etl  since:2h  sort:oldest  — enter: to the list, esc: clear",
-                    id="filter")
-        table = InstanceTable(id="instances", cursor_type="row", zebra_stripes=True)
-        yield table
-        yield Static(id="statusline")
+        yield StatusTabs(id="summary")
+        yield HealthLine(id="health-line")
+        yield FilterBar(id="filter")
+        yield InstanceTable(id="instances", cursor_type="row", zebra_stripes=True)
+        yield StatusLine(id="statusline")
         yield KeyBar()
 
+    @property
+    def table(self) -> InstanceTable:
+        return self.query_one(InstanceTable)
+
     def on_mount(self) -> None:
-        self.query_one("#filter", Input).display = False
         self._setup_columns()
-        self.query_one(DataTable).focus()
+        self.table.focus()
         self.reload()
         self.start_live_refresh()
 
@@ -232,39 +145,20 @@ class InstancesScreen(BaseScreen):
     def _setup_columns(self) -> None:
         width = self.size.width or self.app.size.width
         self._width = width
-        self._wide = width >= 120
-        see_others = bool(self.dapp.info and self.dapp.info.capabilities.can_see_others)
-        table = self.query_one(DataTable)
-        table.clear(columns=True)
-        # Fixed columns; the label and the current step share what is left (cell padding is 2
-        # per column): the label gets what its longest loaded value needs, up to half of it.
-        cols: list[tuple[str, str, int]] = [
-            ("sel", " ", 1),
-            ("id", "id", 8),
-            ("status", "status", 11),
-            ("started", "started", 19 if self._wide else 11),
-            ("duration", "took", 7),
-        ]
-        if see_others:
-            cols.append(("by", "submitted by", 14 if self._wide else 10))
-        used = sum(w + 2 for _, _, w in cols) + 2 + 4  # + the label and step columns' padding
-        flexible = max(width - used - 2, 20)
-        self._label_width = self._wanted_label_width()
-        label_width = max(min(self._label_width, int(flexible * 0.5)), 8)
-        cols.insert(3, ("label", "label", label_width))
-        cols.insert(4, ("step", "current step", max(flexible - label_width, 10)))
-        self._columns = [key for key, _, _ in cols]
-        for key, label, w in cols:
-            if key == self.sort_key:
-                down = self.filters.oldest_first if key == "started" else self.sort_reverse
-                label = f"{label} {'▲' if (key == 'started') == down else '▼'}"
-            table.add_column(label, width=w, key=key)
+        self._wide = width >= WIDE
+        self._label_width = wanted_label_width(self.rows)
+        columns = plan_columns(
+            width, see_others=bool(self.dapp.info and self.dapp.info.capabilities.can_see_others),
+            wanted_label=self._label_width, sort_key=self.sort_key,
+            oldest_first=self.filters.oldest_first, sort_reverse=self.sort_reverse)
+        self._columns = [c.key for c in columns]
+        self.table.set_columns(columns)
 
     # -- data ----------------------------------------------------------------------------------
 
     @property
     def current_id(self) -> str | None:
-        table = self.query_one(DataTable)
+        table = self.table
         if not self.rows or table.cursor_row < 0 or table.cursor_row >= len(self.rows):
             return None
         return self.rows[table.cursor_row].id
@@ -284,20 +178,16 @@ class InstancesScreen(BaseScreen):
     def reload(self) -> None:
         """Re-read from the top (filter change, R, reconnect); keeps the cursor's instance."""
         self._generation += 1
-        generation = self._generation
-        args = self._list_args()
-        count_args = self._count_args()
-        limit = min(max(len(self.rows), PAGE_SIZE), REFRESH_WINDOW)
-
-        def call(client: Client) -> tuple[InstancePage, StatusCounts]:
-            self._health = client.health_line()
-            return client.list_instances(limit=limit, **args), client.status_counts(**count_args)
-
-        self.dapp.run_db(self, call, lambda res: self._apply_reload(res, generation, False),
-                         group="list")
+        self._read_window(merge=False)
 
     def live_refresh(self) -> None:
         """The periodic refresh: the loaded window from the top, older loaded rows kept."""
+        self._read_window(merge=True)
+
+    def _read_window(self, *, merge: bool) -> None:
+        """Read the loaded window from the top (at most REFRESH_WINDOW rows), the counts and
+        the health line. A live refresh (`merge`) keeps older loaded rows and measures itself:
+        expensive filters (free text scans) back the poll off instead of hammering the server."""
         generation = self._generation
         args = self._list_args()
         count_args = self._count_args()
@@ -308,11 +198,11 @@ class InstancesScreen(BaseScreen):
             self._health = client.health_line()
             result = (client.list_instances(limit=limit, **args),
                       client.status_counts(**count_args))
-            # Expensive filters (free text scans) back the poll off instead of hammering the server.
-            self.refresh_cost = time.monotonic() - started
+            if merge:
+                self.refresh_cost = time.monotonic() - started
             return result
 
-        self.dapp.run_db(self, call, lambda res: self._apply_reload(res, generation, True),
+        self.dapp.run_db(self, call, lambda res: self._apply_reload(res, generation, merge),
                          group="list")
 
     def _apply_reload(self, result: tuple[InstancePage, StatusCounts], generation: int,
@@ -327,11 +217,10 @@ class InstancesScreen(BaseScreen):
             # Keep the already-loaded rows older than the refreshed window (and their cursor).
             last = (page.rows[-1].created_at, page.rows[-1].id) if page.rows else None
             if last is not None:
-                older = [r for r in self.rows if _is_after(r, last, self.filters.oldest_first)]
+                older = [r for r in self.rows if is_after(r, last, self.filters.oldest_first)]
                 rows += older
                 next_cursor = self.next_cursor if older else page.next_cursor
-        visible = {r.id for r in rows}
-        self.selected &= visible | set(self.matching)
+        self.selection.keep_only({r.id for r in rows})
         self.counts = counts
         self.next_cursor = next_cursor
         rows = self._sorted(rows)
@@ -339,18 +228,19 @@ class InstancesScreen(BaseScreen):
         old = {r.id: r for r in self.rows}
         self.rows = rows
         self.loaded_once = True
-        if self._wanted_label_width() != self._label_width:
+        if wanted_label_width(self.rows) != self._label_width:
             self._setup_columns()  # a longer (or no longer any) label: share the width again
             changed = True
         if changed:
             self._render_rows(keep_id=keep)
         else:
-            self._update_changed(old)
+            self.table.update_changed(self.rows, old, self._columns, self._cells)
+            self._render_status_line()
         self._render_summary()
         self._maybe_load_more()
 
     def _maybe_load_more(self) -> None:
-        table = self.query_one(DataTable)
+        table = self.table
         if self.loading_more or self.next_cursor is None:
             return
         if table.cursor_row < len(self.rows) - LOAD_AHEAD:
@@ -370,7 +260,7 @@ class InstancesScreen(BaseScreen):
             known = {r.id for r in self.rows}
             new = [r for r in page.rows if r.id not in known]
             self.next_cursor = page.next_cursor
-            if self.sort_key != "started":  # the loaded rows are re-sorted with the new ones
+            if self.sort_key != SERVER_ORDER:  # the loaded rows are re-sorted with the new ones
                 self.rows = self._sorted(self.rows + new)
                 self._render_rows(keep_id=self.current_id)
                 self._maybe_load_more()
@@ -390,113 +280,27 @@ class InstancesScreen(BaseScreen):
     # -- rendering -----------------------------------------------------------------------------
 
     def _cells(self, row: InstanceSummary) -> list:
-        app = self.dapp
-        now = app.now()
-        values = {
-            "sel": Text("●", style="bold cyan") if row.id in self.selected else " ",
-            "id": row.id,
-            "status": status_text(row.status),
-            "label": shorten(row.label, 60) if row.label else Text("—", style="dim"),
-            "step": Text(shorten(row.current_step, 200) if row.current_step else "",
-                         style=STATUS_STYLES["failed"] if row.status == "failed" else ""),
-            "started": format_time(row.created_at, app.tz, now, short=not self._wide),
-            "duration": duration_between(
-                row.created_at, row.finished_at, now) if row.status != "pending" else "",
-            "by": row.submitted_by,
-        }
-        return [values[c] for c in self._columns]
-
-    def _wanted_label_width(self) -> int:
-        """What the longest loaded label needs (at least the header's width, at most 60)."""
-        longest = max((len(r.label) for r in self.rows if r.label), default=0)
-        return min(max(longest, len("label"), 12), 60)
+        return row_cells(row, self._columns, selected=row.id in self.selection,
+                         now=self.dapp.now(), tz=self.dapp.tz, wide=self._wide)
 
     def _render_rows(self, keep_id: str | None) -> None:
-        table = self.query_one(DataTable)
-        offset = table.cursor_row - round(table.scroll_y)
-        table.clear()
-        for row in self.rows:
-            table.add_row(*self._cells(row), key=row.id)
-        if keep_id is not None and any(r.id == keep_id for r in self.rows):
-            index = table.get_row_index(keep_id)
-            table.move_cursor(row=index, animate=False, scroll=False)
-            table.scroll_to(y=max(index - offset, 0), animate=False, immediate=True)
+        self.table.fill(self.rows, self._cells, keep_id)
         self._render_status_line()
-
-    def _update_changed(self, old: dict[str, InstanceSummary]) -> None:
-        table = self.query_one(DataTable)
-        for row in self.rows:
-            before = old.get(row.id)
-            if before == row and row.status not in ("running",):
-                continue
-            for key, value in zip(self._columns, self._cells(row), strict=True):
-                table.update_cell(row.id, key, value)
-        self._render_status_line()
-
-    def _render_health(self) -> None:
-        """engines 1/1 alive · 3 ready (oldest 2s) · 0 stuck — a click (or e) opens the detail."""
-        h = self._health or {}
-        text = Text()
-        click = Style(meta={"@click": "app.engines"})
-        parts: list[tuple[str, str]] = []
-        if h.get("engines") is not None:
-            bad = not h.get("alive")
-            parts.append((f"engines {h['alive']}/{h['engines']} alive",
-                          "bold red" if bad else "green"))
-        if h.get("runnable") is not None:
-            oldest = h.get("oldest_s")
-            age = f" (oldest {format_duration(oldest)})" if oldest is not None else ""
-            slow = oldest is not None and oldest > 60
-            parts.append((f"{h['runnable']} ready{age}", "yellow" if slow else ""))
-        if h.get("stuck") is not None:
-            parts.append((f"{h['stuck']} stuck", "bold red" if h["stuck"] else ""))
-        for i, (chunk, style) in enumerate(parts):
-            if i:
-                text.append(" · ", style="dim")
-            text.append(chunk, style=Style.parse(style or "none") + click)
-        if parts:
-            text.append("   (e: engines & health)", style=Style.parse("dim") + click)
-        line = self.query_one("#health-line", Static)
-        line.display = bool(parts)
-        line.update(text)
 
     def _render_summary(self) -> None:
-        self._render_health()
-        counts = self.counts
-        text = Text()
-        narrow = (self.size.width or 80) < 100
-        for status, title in STATUS_TABS:
-            active = status == self.filters.status
-            number = counts.label(status) if counts else "…"
-            symbol = "" if status is None else status_symbol(status) + " "
-            name = title if not narrow or status is None else ""
-            chunk = f" {symbol}{name}{' ' if name else ''}{number} "
-            style = Style.parse("bold reverse" if active else STATUS_STYLES.get(status or "", "") or "none")
-            # Clickable: the mouse works too (keys 1-6 do the same).
-            style += Style(meta={"@click": f"screen.status('{status or 'all'}')"})
-            if text:
-                text.append("·", style="dim")
-            text.append(chunk, style=style)
-        self.query_one("#summary", Static).update(text)
+        """The health line and the status tabs: assigning their state redraws them."""
+        self.query_one(HealthLine).health = self._health
+        tabs = self.query_one(StatusTabs)
+        tabs.counts = self.counts
+        tabs.active = self.filters.status
+        tabs.narrow = (self.size.width or 80) < NARROW
 
     def _render_status_line(self) -> None:
-        parts = []
-        shown = len(self.rows)
-        more = "+" if self.next_cursor else ""
-        parts.append(f"{shown}{more} shown")
-        if self.selected:
-            parts.append(f"{len(self.selected)} selected (space toggles, esc clears)")
-        if self.sort_key != "started":
-            arrow = "▼" if self.sort_reverse else "▲"
-            parts.append(f"sort: {SORT_KEYS[self.sort_key]} {arrow} (loaded rows; S: next, o: reverse)")
-        described = self.filters.describe()
-        if described:
-            parts.append(f"filter: {described}")
-        if self._filter_problem:
-            parts.append(self._filter_problem)
-        if self.loaded_once and not self.rows:
-            parts.append("no instances match" if described else self._empty_hint())
-        self.query_one("#statusline", Static).update(Text("  ·  ".join(parts), style="dim"))
+        sort = None if self.sort_key == SERVER_ORDER else (SORT_KEYS[self.sort_key], self.sort_reverse)
+        self.query_one(StatusLine).status = ListStatus(
+            shown=len(self.rows), more=self.next_cursor is not None, selected=len(self.selection),
+            sort=sort, filter=self.filters.describe(), problem=self._filter_problem,
+            loaded=self.loaded_once, empty=self._empty_hint())
 
     def _empty_hint(self) -> str:
         info = self.dapp.info
@@ -521,16 +325,14 @@ class InstancesScreen(BaseScreen):
     def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self._maybe_load_more()
 
-    @on(Input.Changed, "#filter")
-    def _filter_typed(self, event: Input.Changed) -> None:
-        """Filter as you type: applied once typing pauses; an unfinished term (`status:fa`)
-        shows its problem in the status line instead of a notification per key."""
-        if not event.input.has_focus:
+    @on(FilterBar.Settled)
+    def _filter_settled(self, event: FilterBar.Settled) -> None:
+        """Typing paused (or enter): apply the box. An unfinished term (`status:fa`) shows its
+        problem in the status line; on enter it is also notified, and the list keeps focus."""
+        if not self._apply_filter(event.value, loud=event.submitted) or not event.submitted:
             return
-        if self._filter_timer is not None:
-            self._filter_timer.stop()
-        value = event.value
-        self._filter_timer = self.set_timer(FILTER_DEBOUNCE, lambda: self._apply_filter(value))
+        self.query_one(FilterBar).display = bool(event.value)
+        self.table.focus()
 
     def _apply_filter(self, value: str, *, loud: bool = False) -> bool:
         try:
@@ -549,21 +351,11 @@ class InstancesScreen(BaseScreen):
             self._render_status_line()
         return True
 
-    @on(Input.Submitted, "#filter")
-    def _filter_submitted(self, event: Input.Submitted) -> None:
-        if self._filter_timer is not None:
-            self._filter_timer.stop()
-        if not self._apply_filter(event.value, loud=True):
-            return
-        event.input.display = bool(event.value)
-        self.query_one(DataTable).focus()
-
     def _filters_changed(self) -> None:
         self.rows = []
         self.next_cursor = None
-        self.selected.clear()
-        self.matching.clear()
-        self.query_one(DataTable).clear()
+        self.selection.clear()
+        self.table.clear()
         self._render_summary()
         self._render_status_line()
         self.reload()
@@ -578,17 +370,16 @@ class InstancesScreen(BaseScreen):
         return True
 
     def action_cursor_down(self) -> None:
-        self.query_one(DataTable).action_cursor_down()
+        self.table.action_cursor_down()
 
     def action_cursor_up(self) -> None:
-        self.query_one(DataTable).action_cursor_up()
+        self.table.action_cursor_up()
 
     def action_cursor_top(self) -> None:
-        self.query_one(DataTable).move_cursor(row=0)
+        self.table.move_cursor(row=0)
 
     def action_cursor_bottom(self) -> None:
-        table = self.query_one(DataTable)
-        table.move_cursor(row=max(len(self.rows) - 1, 0))
+        self.table.move_cursor(row=max(len(self.rows) - 1, 0))
 
     def action_open(self) -> None:
         instance_id = self.current_id
@@ -597,21 +388,17 @@ class InstancesScreen(BaseScreen):
         self.app.push_screen(InstanceScreen(instance_id))
 
     def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        box.display = True
-        box.value = self.filters.describe()
-        box.focus()
+        self.query_one(FilterBar).open(self.filters.describe())
 
     def action_clear(self) -> None:
-        box = self.query_one("#filter", Input)
+        box = self.query_one(FilterBar)
         if box.has_focus:
             box.value = ""
             box.display = bool(self.filters.describe())
-            self.query_one(DataTable).focus()
+            self.table.focus()
             return
-        if self.selected:
-            self.selected.clear()
-            self.matching.clear()
+        if self.selection:
+            self.selection.clear()
             self._render_rows(keep_id=self.current_id)
             return
         if self.filters != Filters():
@@ -627,7 +414,7 @@ class InstancesScreen(BaseScreen):
     def action_toggle_sort(self) -> None:
         """`o`: reverse the sort — for "started" the server's order (oldest/newest first over
         every matching row), for the other columns the loaded rows."""
-        if self.sort_key == "started":
+        if self.sort_key == SERVER_ORDER:
             self.filters = replace(self.filters, oldest_first=not self.filters.oldest_first)
             self.notify("Oldest first" if self.filters.oldest_first else "Newest first")
             self._setup_columns()
@@ -651,14 +438,13 @@ class InstancesScreen(BaseScreen):
             return
         self.sort_key = key
         self.sort_reverse = False
-        if key == "started":
+        if key == SERVER_ORDER:
             self.notify("Sorted by started (all matching rows, from the server)")
             self._setup_columns()
             self._render_rows(keep_id=self.current_id)
             self.reload()  # the server's order again
             return
-        else:
-            self.notify(f"Sorted by {SORT_KEYS[key]} (the loaded rows)")
+        self.notify(f"Sorted by {SORT_KEYS[key]} (the loaded rows)")
         self._resort()
 
     def _resort(self) -> None:
@@ -668,23 +454,7 @@ class InstancesScreen(BaseScreen):
         self._render_rows(keep_id=keep)
 
     def _sorted(self, rows: list[InstanceSummary]) -> list[InstanceSummary]:
-        """`rows` in the chosen column's order (ties: the server's order); "started" is the
-        server's order already."""
-        key = self.sort_key
-        if key == "started":
-            return rows
-        now = self.dapp.now()
-
-        def value(row: InstanceSummary) -> tuple:
-            if key == "duration":
-                end = row.finished_at or now
-                return (0, (end - row.created_at).total_seconds())
-            text = {"id": row.id, "label": row.label, "status": row.status,
-                    "step": row.current_step, "by": row.submitted_by}[key]
-            return (0 if text else 1, (text or "").lower())  # empty values last
-
-        order = {r.id: i for i, r in enumerate(rows)}
-        return sorted(rows, key=lambda r: (value(r), order[r.id]), reverse=self.sort_reverse)
+        return sort_rows(rows, self.sort_key, self.sort_reverse, self.dapp.now())
 
     @on(DataTable.HeaderSelected, "#instances")
     def _header_selected(self, event: DataTable.HeaderSelected) -> None:
@@ -703,13 +473,8 @@ class InstancesScreen(BaseScreen):
         instance_id = self.current_id
         if instance_id is None:
             return
-        if instance_id in self.selected:
-            self.selected.discard(instance_id)
-        else:
-            self.selected.add(instance_id)
-        table = self.query_one(DataTable)
-        table.update_cell(instance_id, "sel",
-                          Text("●", style="bold cyan") if instance_id in self.selected else " ")
+        table = self.table
+        table.mark(instance_id, self.selection.toggle(instance_id))
         if table.cursor_row < len(self.rows) - 1:
             table.action_cursor_down()
         self._render_status_line()
@@ -717,9 +482,8 @@ class InstancesScreen(BaseScreen):
     def action_select_all(self) -> None:
         """Select every instance matching the filter — all of them, not only the loaded rows
         (read from the server, up to SELECT_ALL_CAP) — or clear when all are selected."""
-        if self.selected and self.matching and set(self.matching) <= self.selected:
-            self.selected.clear()
-            self.matching.clear()
+        if self.selection.all_matching:
+            self.selection.clear()
             self._render_rows(keep_id=self.current_id)
             self.notify("Selection cleared")
             return
@@ -732,26 +496,14 @@ class InstancesScreen(BaseScreen):
         def done(page: InstancePage) -> None:
             if generation != self._generation:
                 return
-            self.matching = {r.id: (r.label, r.status) for r in page.rows}
-            self.selected = set(self.matching)
+            self.selection.select_matching(page.rows)
             self._render_rows(keep_id=self.current_id)
             capped = (f" (the first {SELECT_ALL_CAP:,}; more match — narrow the filter)"
                       if page.next_cursor else "")
-            self.notify(f"{len(self.selected):,} selected: all matching the filter{capped}"
-                        if self.selected else "Nothing matches the filter")
+            self.notify(f"{len(self.selection):,} selected: all matching the filter{capped}"
+                        if self.selection else "Nothing matches the filter")
 
         self.dapp.run_db(self, call, done, group="select-all")
-
-    def _targets(self) -> list[Target]:
-        """The selection when there is one (in list order), else the cursor row."""
-        if self.selected:
-            loaded = [Target(r.id, r.label, r.status) for r in self.rows if r.id in self.selected]
-            known = {t.id for t in loaded}
-            others = [Target(i, label, status) for i, (label, status) in self.matching.items()
-                      if i in self.selected and i not in known]
-            return loaded + others
-        rows = [r for r in self.rows if r.id == self.current_id]
-        return [Target(r.id, r.label, r.status) for r in rows]
 
     def action_history(self) -> None:
         instance_id = self.current_id
@@ -799,57 +551,24 @@ class InstancesScreen(BaseScreen):
     def action_refresh(self) -> None:
         self.reload()
 
-    def _plan(self, action: str) -> Plan | None:
-        """What `action` will touch; None (after saying why) when it would touch nothing."""
-        targets = self._targets()
-        if not targets:
-            self.notify(f"No instance to {action}", severity="warning")
-            return None
-        planned = plan(action, targets)
-        if not planned.apply:
-            self.notify(planned.nothing_text(), severity="warning", timeout=8)
-            return None
-        return planned
-
     def action_cancel(self) -> None:
-        planned = self._plan("cancel")
-        if planned is None:
-            return
-        def confirmed(reason: str | None) -> None:
-            if reason is not None:
-                self._bulk("cancel", lambda c: c.cancel(planned.ids, reason))
-
-        self.app.push_screen(CancelDialog(planned), confirmed)
+        self.actions.cancel()
 
     def action_retry(self) -> None:
-        planned = self._plan("retry")
-        if planned is None:
-            return
-        def confirmed(ok: bool | None) -> None:
-            if ok:
-                self._bulk("retry", lambda c: c.retry(planned.ids))
-
-        self.app.push_screen(RetryDialog(planned), confirmed)
+        self.actions.retry()
 
     def action_signal(self) -> None:
-        planned = self._plan("signal")
-        if planned is None:
-            return
+        self.actions.signal(self._waited_signal)
+
+    def _waited_signal(self, planned: Plan) -> str:
+        """The signal the planned instances wait for, when they all wait for the same one."""
         waited = set()
         for target in planned.apply:
             step = next((r.current_step for r in self.rows if r.id == target.id), None) or ""
             match = re.match(r"SIGNAL '([^']+)'", step)
             if match:
                 waited.add(match.group(1))
-        name = waited.pop() if len(waited) == 1 else ""
-
-        def sent(results: list[ActionResult] | None) -> None:
-            if results is not None:
-                report(self.app, "signal", results)
-                self._clear_selection()
-            self.reload()
-
-        self.app.push_screen(SignalDialog(planned, name), sent)
+        return waited.pop() if len(waited) == 1 else ""
 
     def action_new_run(self) -> None:
         self.app.push_screen(StartDialog(), self._started)
@@ -859,19 +578,11 @@ class InstancesScreen(BaseScreen):
             self.reload()
 
     def _clear_selection(self) -> None:
-        self.matching.clear()
-        if self.selected:
-            self.selected.clear()
+        """After an action: nothing stays selected."""
+        had = bool(self.selection)
+        self.selection.clear()
+        if had:
             self._render_rows(keep_id=self.current_id)
-
-    def _bulk(self, action: str, call) -> None:
-        def done(results: list[ActionResult]) -> None:
-            report(self.app, action, results)
-            self._clear_selection()
-            self.reload()
-
-        self.dapp.run_db(self, call, done, group="action", exclusive=False,
-                         what=action.capitalize())
 
     def palette_commands(self) -> Iterator[SystemCommand]:
         """One palette command per status tab."""
@@ -882,11 +593,3 @@ class InstancesScreen(BaseScreen):
 
 def _bind(fn, *args):
     return lambda: fn(*args)
-
-
-def _is_after(row: InstanceSummary, cursor: tuple[datetime, str], oldest_first: bool) -> bool:
-    """True when `row` comes after the keyset cursor in `created_at DESC, id ASC` order (or in
-    the reverse order when sorting oldest first)."""
-    if oldest_first:
-        return row.created_at > cursor[0] or (row.created_at == cursor[0] and row.id < cursor[1])
-    return row.created_at < cursor[0] or (row.created_at == cursor[0] and row.id > cursor[1])

@@ -118,24 +118,6 @@ async def test_copy_follow_and_failed_jumps(db):
         await wait_for_app(pilot, lambda: at() == "20000007", what="follow jumps to running step")
 
 
-def test_filter_syntax():
-    from datetime import timedelta
-
-    import pytest
-
-    from dftui.screens.instances import Filters, parse_filter
-
-    f = parse_filter('status:failed label:"nightly etl" since:2h disk full', Filters())
-    assert f == Filters(status="failed", label="nightly etl", text="disk full",
-                        since=timedelta(hours=2))
-    with pytest.raises(ValueError, match="unknown status"):
-        parse_filter("status:broken", Filters())
-    with pytest.raises(ValueError, match="since:"):
-        parse_filter("since:soon", Filters())
-    with pytest.raises(ValueError, match="filter:"):
-        parse_filter('label:"unterminated', Filters())
-
-
 async def test_missing_retry_is_disabled_with_reason(db):
     """A backend without df.retry (like pg_durable) greys retry out and says why."""
     with db.connect() as conn:
