@@ -22,6 +22,7 @@ from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.dom import DOMNode
+from textual.reactive import var
 from textual.screen import ModalScreen, Screen
 from textual.worker import Worker, get_current_worker
 
@@ -33,7 +34,14 @@ from dftui.client import (
     PasswordRequired,
     connect,
 )
-from dftui.screens.base import AppHeader, AppServices, BaseScreen, Reconnected, ThemeChanged
+from dftui.screens.base import (
+    AppServices,
+    BaseScreen,
+    HeaderState,
+    Reconnected,
+    ThemeChanged,
+    header_text,
+)
 from dftui.screens.dialogs import ConfirmDialog
 from dftui.screens.engines import EnginesScreen
 from dftui.screens.help import HelpScreen
@@ -50,7 +58,10 @@ LIGHT_THEME = "textual-light"
 
 
 class DftuiApp(App[int]):
-    """The TUI. `client` must already be connected (see `run_app`)."""
+    """The TUI. `client` must already be connected (see `run_app`).
+
+    The connection's state is reactive: assigning `disconnected`, `reconnect_attempt` or
+    `engine_warning` publishes a new `header_state`, which every screen's header follows."""
 
     CSS_PATH = "app.tcss"
     TITLE = "dftui"
@@ -89,10 +100,7 @@ class DftuiApp(App[int]):
         self.tz = tz
         self.refresh_interval = refresh_interval
         self.reconnect_delays = tuple(reconnect_delays)
-        self.disconnected: str | None = None  # the loss message while reconnecting
-        self.reconnect_attempt = 0
         self.disconnections = 0  # how many times the connection was lost (shown in tests/logs)
-        self.engine_warning: str | None = None  # no live engine serves the database
         self._last_error: str | None = None
         self._last_error_at = 0.0
         # LISTEN-driven refresh (a hint only; the poll stays as the fallback): see _listen.
@@ -107,7 +115,15 @@ class DftuiApp(App[int]):
 
     # -- lifecycle -----------------------------------------------------------------------------
 
+    # The loss message while reconnecting (None: connected), the reconnect attempt, and why new
+    # work would not run (no live engine serves the database).
+    disconnected: var[str | None] = var(None, init=False)
+    reconnect_attempt: var[int] = var(0, init=False)
+    engine_warning: var[str | None] = var(None, init=False)
+    header_state: var[HeaderState] = var(HeaderState, init=False)
+
     def on_mount(self) -> None:
+        self._publish_header()
         self.push_screen(InstancesScreen())
         self.check_engines()
         self.set_interval(max(self.refresh_interval or 0, 10.0), self._engines_tick)
@@ -169,9 +185,7 @@ class DftuiApp(App[int]):
         """Refresh the no-engine banner (every screen's header shows it)."""
 
         def done(warning: str | None) -> None:
-            if warning != self.engine_warning:
-                self.engine_warning = warning
-                self.refresh_headers()
+            self.engine_warning = warning
 
         self.run_db(self, lambda c: c.engine_warning(), done, group="engines-check",
                     on_error=lambda exc: None)
@@ -186,44 +200,30 @@ class DftuiApp(App[int]):
     # -- header --------------------------------------------------------------------------------
 
     def header_text(self, width: int) -> Text:
-        info = self.info
-        text = Text()
-        text.append("dftui ", style="bold")
-        if info is None:
-            text.append("not connected", style="red")
-            return text
-        text.append(f" {info.role}@{info.database} ", style="bold reverse")
-        text.append(f"  PostgreSQL {info.server_version}")
-        backend = info.backend + (f" {info.backend_version}" if info.backend_version else "")
-        text.append(f"  backend {backend}")
-        if info.is_superuser:
-            text.append("  superuser", style="bold yellow")
-        if self.read_only:
-            text.append("  READ-ONLY", style="bold reverse yellow")
-        reasons = info.capabilities.reasons
-        if "retry" in reasons:
-            text.append("\n" if width < 120 else "  ")
-            text.append(f"retry disabled: {reasons['retry']}", style="dim")
-        if self.engine_warning and self.disconnected is None:
-            text.append("\n")
-            text.append(f"⚠ {self.engine_warning}", style="bold black on yellow")
-        if self.disconnected is not None:
-            text.append("\n")
-            wait = ""
-            if self.reconnect_attempt:
-                wait = f" (attempt {self.reconnect_attempt})"
-            text.append(
-                f"⚠ Connection lost: {self.disconnected} — reconnecting{wait}…",
-                style="bold white on red",
-            )
-        return text
+        """The header every screen shows now, at `width` columns."""
+        return header_text(self.header_state, width)
 
-    def refresh_headers(self) -> None:
-        """Re-render every header and re-check every screen's keys (writes are disabled while
-        the connection is down)."""
+    def _header_now(self) -> HeaderState:
+        return HeaderState(info=self.info, read_only=self.read_only,
+                           engine_warning=self.engine_warning, disconnected=self.disconnected,
+                           reconnect_attempt=self.reconnect_attempt)
+
+    def _publish_header(self) -> None:
+        """One of the header's inputs changed: a new header_state (every header follows)."""
+        self.header_state = self._header_now()
+
+    def watch_disconnected(self) -> None:
+        self._publish_header()
+
+    def watch_reconnect_attempt(self) -> None:
+        self._publish_header()
+
+    def watch_engine_warning(self) -> None:
+        self._publish_header()
+
+    def watch_header_state(self) -> None:
+        """Writes are disabled while the connection is down: re-check every screen's keys."""
         for screen in self.screen_stack:
-            for header in screen.query(AppHeader):
-                header.refresh_state()
             screen.refresh_bindings()
 
     # -- database workers ----------------------------------------------------------------------
@@ -303,7 +303,6 @@ class DftuiApp(App[int]):
         self.disconnected = message.removeprefix("connection lost: ")
         self.disconnections += 1
         self.reconnect_attempt = 0
-        self.refresh_headers()
         self._reconnect()
 
     @work(thread=True, exclusive=True, group="reconnect", exit_on_error=False)
@@ -334,12 +333,11 @@ class DftuiApp(App[int]):
         self.reconnect_attempt = attempt
         if message and self.disconnected is not None:
             self.disconnected = message
-        self.refresh_headers()
 
     def connection_restored(self) -> None:
-        self.disconnected = None
         self.reconnect_attempt = 0
-        self.refresh_headers()
+        self.disconnected = None
+        self._publish_header()  # the reconnected session's info (role, capabilities) too
         self.notify("Reconnected to the server", title="Connection")
         for screen in self.screen_stack:
             screen.post_message(Reconnected())

@@ -27,7 +27,6 @@ from dftui.screens.dialogs import ConfirmDialog
 from dftui.widgets.format import STATUS_STYLES, format_duration, shorten
 from dftui.widgets.keybar import KeyBar
 
-LIVE_INTERVAL = 1.0  # seconds between refreshes of a running step's activity
 BUSY_LIMIT = 10.0  # seconds after which a refresh that never answered is forgotten
 
 
@@ -35,6 +34,7 @@ class ActivityScreen(BaseScreen):
     """The running steps of one instance, as PostgreSQL sees them."""
 
     HELP_TITLE = "Running step activity"
+    LIVE_INTERVAL = 1.0  # seconds between refreshes of a running step's activity
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("x", "cancel_backend", "Cancel statement"),
@@ -64,11 +64,12 @@ class ActivityScreen(BaseScreen):
     def on_mount(self) -> None:
         self.query_one("#activity", Static).update(Text("loading…", style="dim"))
         self.reload()
-        self.set_interval(LIVE_INTERVAL, self._tick)
+        self.start_live_refresh()
 
-    def _tick(self) -> None:
-        idle = time.monotonic() - self._busy > BUSY_LIMIT
-        if self.app.screen is self and self.dapp.connected and idle:
+    def live_refresh(self) -> None:
+        """Every LIVE_INTERVAL (BaseScreen's live refresh), unless the last refresh has not
+        answered yet: a slow server must not have each one cancelled by the next."""
+        if time.monotonic() - self._busy > BUSY_LIMIT:
             self.reload()
 
     def reload(self) -> None:

@@ -14,6 +14,7 @@ the modal dialogs (`Dialog[T]`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import Any, ClassVar, Protocol, TypeVar, cast
 
@@ -23,6 +24,7 @@ from textual.app import SystemCommand
 from textual.binding import Binding, BindingType
 from textual.dom import DOMNode
 from textual.message import Message
+from textual.reactive import reactive
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Static
 from textual.worker import Worker
@@ -52,7 +54,7 @@ class AppServices(Protocol):
     read_only: bool
     tz: tzinfo | None
     refresh_interval: float | None
-    disconnected: str | None
+    header_state: HeaderState
 
     @property
     def info(self) -> ConnectionInfo | None: ...
@@ -61,8 +63,6 @@ class AppServices(Protocol):
     def connected(self) -> bool: ...
 
     def now(self) -> datetime: ...
-
-    def header_text(self, width: int) -> Text: ...
 
     def run_db(self, owner: DOMNode, call: Callable[[Client], R], on_done: Callable[[R], Any],
                *, group: str, on_error: Callable[[ClientError], Any] | None = None,
@@ -94,25 +94,77 @@ class ThemeChanged(Message):
 # -- the header ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class HeaderState:
+    """Everything the header shows: the connection, read-only mode, the no-engine warning and
+    the connection-lost banner (with the reconnect attempt). The app holds the current one
+    (`DftuiApp.header_state`, a reactive attribute) and every header follows it."""
+
+    info: ConnectionInfo | None = None
+    read_only: bool = False
+    engine_warning: str | None = None
+    disconnected: str | None = None  # the loss message while reconnecting
+    reconnect_attempt: int = 0
+
+
+def header_text(state: HeaderState, width: int) -> Text:
+    """The header for `state` at `width` columns (the retry reason wraps below 120)."""
+    info = state.info
+    text = Text()
+    text.append("dftui ", style="bold")
+    if info is None:
+        text.append("not connected", style="red")
+        return text
+    text.append(f" {info.role}@{info.database} ", style="bold reverse")
+    text.append(f"  PostgreSQL {info.server_version}")
+    backend = info.backend + (f" {info.backend_version}" if info.backend_version else "")
+    text.append(f"  backend {backend}")
+    if info.is_superuser:
+        text.append("  superuser", style="bold yellow")
+    if state.read_only:
+        text.append("  READ-ONLY", style="bold reverse yellow")
+    reasons = info.capabilities.reasons
+    if "retry" in reasons:
+        text.append("\n" if width < 120 else "  ")
+        text.append(f"retry disabled: {reasons['retry']}", style="dim")
+    if state.engine_warning and state.disconnected is None:
+        text.append("\n")
+        text.append(f"⚠ {state.engine_warning}", style="bold black on yellow")
+    if state.disconnected is not None:
+        text.append("\n")
+        wait = f" (attempt {state.reconnect_attempt})" if state.reconnect_attempt else ""
+        text.append(f"⚠ Connection lost: {state.disconnected} — reconnecting{wait}…",
+                    style="bold white on red")
+    return text
+
+
 class AppHeader(Static):
     """Who we are connected as (role@database, server version, backend), disabled features and
-    the connection-lost banner. Every screen composes one; the app refreshes them all."""
+    the connection-lost banner. Every screen composes one; each follows the app's
+    `header_state` (a reactive attribute: a change redraws every header, nobody calls them)."""
 
     DEFAULT_CSS = """
     AppHeader { dock: top; height: auto; background: $panel; color: $foreground; padding: 0 1; }
     AppHeader.-disconnected { background: $error 30%; }
     """
 
-    def on_mount(self) -> None:
-        self.refresh_state()
+    state: reactive[HeaderState] = reactive(HeaderState, init=False)
 
-    def refresh_state(self) -> None:
-        app = services(self)
-        self.update(app.header_text(self.size.width or self.app.size.width))
-        self.set_class(app.disconnected is not None, "-disconnected")
+    def on_mount(self) -> None:
+        self.watch(self.app, "header_state", self._follow)
+
+    def _follow(self, state: HeaderState) -> None:
+        self.state = state
+
+    def watch_state(self) -> None:
+        self._redraw()
 
     def on_resize(self) -> None:
-        self.refresh_state()
+        self._redraw()
+
+    def _redraw(self) -> None:
+        self.update(header_text(self.state, self.size.width or self.app.size.width))
+        self.set_class(self.state.disconnected is not None, "-disconnected")
 
 
 # -- screens ------------------------------------------------------------------------------------
@@ -124,6 +176,9 @@ class BaseScreen(Screen[None]):
 
     HELP_TITLE: ClassVar[str | None] = None  # the help screen's title (default: the class name)
     HOME: ClassVar[bool] = False  # the home screen: `q` quits here, goes back elsewhere
+    # A screen whose content changes by the second (a running step's waits) refreshes at this
+    # fixed interval instead of the app's refresh interval (and also where the app has none).
+    LIVE_INTERVAL: ClassVar[float | None] = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -163,10 +218,11 @@ class BaseScreen(Screen[None]):
     # -- the one live-refresh helper -------------------------------------------------------------
 
     def start_live_refresh(self) -> None:
-        """Call `live_refresh` every refresh interval (the app's, times `refresh_factor`, and
-        at least ten times what the last refresh cost, at most a minute), paused while another
-        screen is on top or the connection is down. No interval (tests): never."""
-        interval = self.dapp.refresh_interval
+        """Call `live_refresh` every refresh interval (the app's, or the screen's own
+        LIVE_INTERVAL, times `refresh_factor`, and at least ten times what the last refresh
+        cost, at most a minute), paused while another screen is on top or the connection is
+        down. No interval (tests, where the app has none): never."""
+        interval = self.LIVE_INTERVAL or self.dapp.refresh_interval
         if not interval:
             return
         interval *= self.refresh_factor()

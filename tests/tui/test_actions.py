@@ -158,10 +158,12 @@ async def test_connection_loss_banner_and_recovery(db):
         if app.disconnected is not None:  # still in the first back-off delay: banner is up
             assert "Connection lost" in app.header_text(120).plain
             assert header.has_class("-disconnected")
+            assert "Connection lost" in str(header.render())  # the widget follows header_state
         await wait_for_app(pilot, lambda: app.disconnected is None, what="reconnected")
         assert app.client.backend_pid() != pid
         assert "Connection lost" not in app.header_text(120).plain
         assert not header.has_class("-disconnected")
+        assert "Connection lost" not in str(header.render())
         await wait_for_app(pilot, lambda: len(screen.rows) == 2, what="list re-read after reconnect")
 
 

@@ -40,3 +40,20 @@ def test_the_scan_finds_a_deferred_import(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text("import sys\n\ndef f():\n    import os\n    return os\n")
     assert _deferred_imports(sample) == ["sample.py:4"]
+
+
+SCREENS = sorted(DFTUI.glob("screens/*.py"))
+
+
+@pytest.mark.parametrize("path", SCREENS, ids=lambda p: str(p.relative_to(DFTUI)))
+def test_screens_refresh_through_the_one_live_refresh_helper(path: Path) -> None:
+    """A screen re-reads on a schedule only through BaseScreen.start_live_refresh (its own
+    pace is LIVE_INTERVAL or refresh_factor), never an interval timer of its own."""
+    assert "set_interval(" not in path.read_text()
+
+
+def test_the_header_is_reactive() -> None:
+    """The header follows the app's reactive header_state; nobody pushes text into it."""
+    app = (DFTUI / "app.py").read_text()
+    assert "header_state: var[HeaderState]" in app
+    assert "refresh_state" not in app and "refresh_headers" not in app
