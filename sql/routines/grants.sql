@@ -11,6 +11,31 @@
 -- Routines are re-applied on every install and upgrade (engine/schema.py): keep every statement
 -- idempotent (CREATE OR REPLACE) and schema-qualified.
 
+-- The one lookup of a role named by an administrator (df.grant_usage, df.revoke_usage,
+-- df.set_role_limits): the raw name ('labUser', 'role with space') or a quoted identifier
+-- ('"labUser"', '"role""with""quote"'); a clear error for an empty or unknown name. In schema df
+-- (not df_internal) and executable by PUBLIC (zz_settings.sql) because a delegated admin calls
+-- these functions with no access to df_internal; it reads only pg_roles, which anyone may read.
+CREATE OR REPLACE FUNCTION df._role_name(p_role text) RETURNS text
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    v_role text;
+BEGIN
+    IF p_role IS NULL OR p_role = '' THEN
+        RAISE EXCEPTION 'role name must not be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT pr.rolname INTO v_role FROM pg_catalog.pg_roles pr WHERE pr.rolname = p_role;
+    IF v_role IS NULL AND length(p_role) >= 2 AND left(p_role, 1) = '"' AND right(p_role, 1) = '"' THEN
+        SELECT pr.rolname INTO v_role FROM pg_catalog.pg_roles pr
+         WHERE pr.rolname = replace(substr(p_role, 2, length(p_role) - 2), '""', '"');
+    END IF;
+    IF v_role IS NULL THEN
+        RAISE EXCEPTION 'role "%" does not exist', p_role USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN v_role;
+END;
+$fn$;
+
 CREATE OR REPLACE FUNCTION df.grant_usage(p_role text, include_http boolean DEFAULT false,
                                           with_grant boolean DEFAULT false)
 RETURNS void
@@ -23,20 +48,7 @@ DECLARE
     v_opt  text := CASE WHEN coalesce(with_grant, false) THEN ' WITH GRANT OPTION' ELSE '' END;
     r      record;
 BEGIN
-    -- Accept the raw name ('labUser', 'role with space') or a quoted identifier
-    -- ('"labUser"', '"role""with""quote"'). Inlined (no helper) because a delegated admin has
-    -- no access to df_internal.
-    IF p_role IS NULL OR p_role = '' THEN
-        RAISE EXCEPTION 'role name must not be empty' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    SELECT pr.rolname INTO v_role FROM pg_catalog.pg_roles pr WHERE pr.rolname = p_role;
-    IF v_role IS NULL AND length(p_role) >= 2 AND left(p_role, 1) = '"' AND right(p_role, 1) = '"' THEN
-        SELECT pr.rolname INTO v_role FROM pg_catalog.pg_roles pr
-         WHERE pr.rolname = replace(substr(p_role, 2, length(p_role) - 2), '""', '"');
-    END IF;
-    IF v_role IS NULL THEN
-        RAISE EXCEPTION 'role "%" does not exist', p_role USING ERRCODE = 'undefined_object';
-    END IF;
+    v_role := df._role_name(p_role);
     EXECUTE format('GRANT USAGE ON SCHEMA df TO %I', v_role) || v_opt;
 
     EXECUTE format('GRANT SELECT ON df.instances TO %I', v_role) || v_opt;
@@ -82,20 +94,7 @@ DECLARE
     v_role text;
     r      record;
 BEGIN
-    -- Accept the raw name ('labUser', 'role with space') or a quoted identifier
-    -- ('"labUser"', '"role""with""quote"'). Inlined (no helper) because a delegated admin has
-    -- no access to df_internal.
-    IF p_role IS NULL OR p_role = '' THEN
-        RAISE EXCEPTION 'role name must not be empty' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    SELECT pr.rolname INTO v_role FROM pg_catalog.pg_roles pr WHERE pr.rolname = p_role;
-    IF v_role IS NULL AND length(p_role) >= 2 AND left(p_role, 1) = '"' AND right(p_role, 1) = '"' THEN
-        SELECT pr.rolname INTO v_role FROM pg_catalog.pg_roles pr
-         WHERE pr.rolname = replace(substr(p_role, 2, length(p_role) - 2), '""', '"');
-    END IF;
-    IF v_role IS NULL THEN
-        RAISE EXCEPTION 'role "%" does not exist', p_role USING ERRCODE = 'undefined_object';
-    END IF;
+    v_role := df._role_name(p_role);
     -- Refuse to cut off the caller's own access through a role it is a member of; superusers
     -- are exempt because they keep access regardless. Revoking from itself is left to
     -- PostgreSQL, as in pg_durable: REVOKE removes only what the caller granted, so a delegated
@@ -110,15 +109,7 @@ BEGIN
     -- Per-function so a delegated admin lacking some privilege (e.g. df.http) still revokes the
     -- rest. CASCADE also removes what the role re-granted WITH GRANT OPTION.
     FOR r IN
-        SELECT p.oid::pg_catalog.regprocedure AS signature,
-               CASE
-                   WHEN p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype
-                     OR p.prorettype = 'pg_catalog.event_trigger'::pg_catalog.regtype
-                     OR p.proname LIKE '\_%' THEN 'internal'
-                   WHEN p.proname IN ('grant_usage', 'revoke_usage', 'metrics') THEN 'admin'
-                   WHEN p.proname IN ('http', 'http_multipart') THEN 'http'
-                   ELSE 'user'
-               END AS kind
+        SELECT p.oid::pg_catalog.regprocedure AS signature
           FROM pg_catalog.pg_proc p
          WHERE p.pronamespace = 'df'::pg_catalog.regnamespace
          ORDER BY p.oid

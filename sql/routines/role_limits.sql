@@ -100,6 +100,7 @@ CREATE OR REPLACE FUNCTION df.set_role_limits(p_role text, max_running integer D
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 #variable_conflict use_variable
 DECLARE
+    v_name text;
     v_oid oid;
     v_ms bigint;
 BEGIN
@@ -108,14 +109,8 @@ BEGIN
         RAISE EXCEPTION 'df.set_role_limits: only a superuser or the owner of the df schemas may set limits'
             USING ERRCODE = 'insufficient_privilege';
     END IF;
-    SELECT r.oid INTO v_oid FROM pg_catalog.pg_roles r WHERE r.rolname = p_role;
-    IF v_oid IS NULL AND length(p_role) >= 2 AND left(p_role, 1) = '"' AND right(p_role, 1) = '"' THEN
-        SELECT r.oid INTO v_oid FROM pg_catalog.pg_roles r
-         WHERE r.rolname = replace(substr(p_role, 2, length(p_role) - 2), '""', '"');
-    END IF;
-    IF v_oid IS NULL THEN
-        RAISE EXCEPTION 'role "%" does not exist', p_role USING ERRCODE = 'undefined_object';
-    END IF;
+    v_name := df._role_name(p_role);
+    SELECT r.oid INTO v_oid FROM pg_catalog.pg_roles r WHERE r.rolname = v_name;
     IF max_running IS NOT NULL AND max_running < 1 THEN
         RAISE EXCEPTION 'max_running must be at least 1, got %', max_running USING ERRCODE = 'invalid_parameter_value';
     END IF;

@@ -3,3 +3,8 @@
 -- pg_durable.* settings through, so every caller of those must be able to execute it. It only
 -- returns values of pg_durable.* settings (nothing secret) and never one a caller could forge.
 GRANT EXECUTE ON FUNCTION df._setting(text) TO PUBLIC;
+
+-- df._role_name is the role lookup of df.grant_usage, df.revoke_usage and df.set_role_limits
+-- (SECURITY INVOKER), which a delegated admin calls: it must be able to execute it. It reads
+-- only pg_roles, which every role may read.
+GRANT EXECUTE ON FUNCTION df._role_name(text) TO PUBLIC;
