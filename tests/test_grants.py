@@ -161,9 +161,10 @@ def test_function_classes(db, make_role) -> None:
         user = not internal and name not in ADMIN_FUNCS | HTTP_FUNCS
         if name == "probe_user":
             user = False  # the probe revoked PUBLIC itself and nobody granted it back
-        if name == "_setting":
-            # The one callable "_" function (sql/routines/zz_settings.sql): the SECURITY INVOKER
-            # df functions read pg_durable.* settings through it, so their callers need it.
+        if name in ("_setting", "_role_name"):
+            # The callable "_" functions (sql/routines/zz_settings.sql): the SECURITY INVOKER
+            # df functions read pg_durable.* settings through one, and a delegated admin's
+            # df.grant_usage / df.revoke_usage look the role up through the other.
             user = True
         assert _callable(db, plain, signature) is user, signature
         assert _callable(db, http, signature) is (user or name in HTTP_FUNCS), signature
