@@ -188,8 +188,9 @@ def test_public_gets_what_pg_durable_gives_it(db) -> None:
             "SELECT p.oid::regprocedure::text FROM pg_proc p, aclexplode(coalesce(p.proacl,"
             " acldefault('f', p.proowner))) a WHERE p.pronamespace = 'df'::regnamespace"
             " AND a.grantee = 0 AND (p.proname LIKE '\\_%%' OR p.prorettype = 'trigger'::regtype)"
-            # df._setting: see test_function_classes
+            # df._setting and df._role_name: see test_function_classes
             " AND p.oid <> 'df._setting(text)'::regprocedure"
+            " AND p.oid <> 'df._role_name(text)'::regprocedure"
         ).fetchall()
         public_rels = {r[0]: r[1] for r in conn.execute(
             "SELECT c.relname, c.relkind FROM pg_class c, aclexplode(coalesce(c.relacl,"
