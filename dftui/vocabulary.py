@@ -17,6 +17,7 @@ import json
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 
 class InstanceStatus(StrEnum):
@@ -109,6 +110,22 @@ def signal_name(cfg: dict[str, Any]) -> str | None:
     """The name a SIGNAL node waits for."""
     name = cfg.get("signal_name", cfg.get("name"))
     return name if isinstance(name, str) else None
+
+
+def signal_target(query: str | None) -> str | None:
+    """The name a SIGNAL node (given its config text) waits for."""
+    return signal_name(_config(query))
+
+
+def http_target(query: str | None) -> str | None:
+    """`METHOD host` of an HTTP node's call (the host only: its path and query may carry
+    tokens)."""
+    cfg = _config(query)
+    url = cfg.get("url")
+    if not isinstance(url, str):
+        return None
+    host = urlsplit(url).hostname or url
+    return f"{cfg.get('method', 'POST')} {host}"
 
 
 def if_rows_result(cfg: dict[str, Any]) -> str | None:

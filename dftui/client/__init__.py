@@ -34,7 +34,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from dftui.client.actions import Actions, action_refusal
-from dftui.client.console import Blocker, Console, HistoryEvent, Notifications, StepActivity
+from dftui.client.console import (
+    Blocker,
+    Console,
+    HistoryEvent,
+    Notifications,
+    StepActivity,
+    StepWait,
+)
 from dftui.client.errors import (
     ClientError,
     ConnectionLost,
@@ -72,7 +79,7 @@ from dftui.client.session import APPLICATION_NAME, PASSWORD_TRIES, open_with_pro
 from dftui.client.variables import Vars, var_name_problem
 
 __all__ = [
-    "Blocker", "Console", "HistoryEvent", "Notifications", "StepActivity",
+    "Blocker", "Console", "HistoryEvent", "Notifications", "StepActivity", "StepWait",
     "APPLICATION_NAME", "COUNT_CAP", "PASSWORD_TRIES", "ActionResult", "Attempt",
     "Capabilities", "Client", "ClientError", "ConnectionInfo", "ConnectionLost", "EngineInfo",
     "Health", "InputError", "InstanceDetail", "InstancePage", "InstanceSummary", "NodeInfo",

@@ -137,6 +137,11 @@ class Backend:
             )
         return info["output"] if info else None
 
+    def step_running_sql(self, s: Session) -> str:
+        """A SQL expression over list row `i`: is a step of this pending instance executing
+        now? Unknowable from the public API alone."""
+        return "false"
+
     def runtime(self, s: Session, instance_id: str) -> dict[str, Any] | None:
         """Engine-side runtime of an instance (start, end, error, cancel reason): none here."""
         return None
@@ -257,6 +262,16 @@ class DftuiBackend(Backend):
             has_queue_depth="queue_depth" in usable,
             has_role_limits="role_limits" in usable,
         )
+
+    def step_running_sql(self, s: Session) -> str:
+        """df.instance_runtime.step_running of list row `i`, read through to_jsonb so a schema
+        from before the column (0.3.0) answers false instead of failing the list; looked up
+        only for 'pending' rows (CASE evaluates in order)."""
+        if not s.capabilities.has_instance_runtime:
+            return super().step_running_sql(s)
+        return ("CASE WHEN i.status = 'pending' THEN COALESCE((SELECT (pg_catalog.to_jsonb(r)"
+                " ->> 'step_running')::boolean FROM df.instance_runtime r"
+                " WHERE r.instance_id = i.id::text), false) ELSE false END")
 
     def runtime(self, s: Session, instance_id: str) -> dict[str, Any] | None:
         if not s.capabilities.has_instance_runtime:

@@ -15,10 +15,12 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg.rows import kwargs_row
 
 from dftui.client.errors import ClientError, ConnectionLost, user_message
 from dftui.client.instances import check_id
 from dftui.client.session import APPLICATION_NAME, Session
+from dftui.vocabulary import COMPOSITE_NODE_TYPES, cron_text, http_target, signal_target
 
 # -- the console: running steps inside PostgreSQL, instance history (sql/routines/console.sql) --
 
@@ -58,6 +60,39 @@ class StepActivity:
         if not self.wait_event_type:
             return ""
         return f"{self.wait_event_type}/{self.wait_event}" if self.wait_event else self.wait_event_type
+
+
+@dataclass(frozen=True)
+class StepWait:
+    """A running leaf step of an instance as the queue sees it, for the steps no engine session
+    of this database is executing (df.step_activity lists those): a timer, a signal or cron
+    wait, a queued or retrying step, an HTTP call, a step running in another database.
+
+    `waiting_for` is df.waiting_instances' word ('timer', 'signal', 'schedule', 'queued',
+    'retry backoff', 'loop iteration') or None when the step is not waiting in the queue (an
+    engine holds it: it runs, or is being claimed or checkpointed). `target` is what it waits
+    for or calls: the signal's name, the cron text, `METHOD host` of an HTTP call."""
+
+    node_id: str
+    node_type: str
+    target: str | None
+    waiting_for: str | None
+    due_at: datetime | None
+    deadline: datetime | None
+    since: datetime | None
+    database: str | None  # the database a SQL step runs in, when not this one
+
+
+def _step_wait(*, node_id: str, node_type: str, query: str | None, waiting_for: str | None,
+               due_at: datetime | None, deadline: datetime | None, since: datetime | None,
+               database: str | None) -> StepWait:
+    """Row factory target: a running leaf with its queue entry, its target read from its
+    config (both config shapes, dftui.vocabulary)."""
+    target = {"SIGNAL": lambda: signal_target(query), "WAIT_SCHEDULE": lambda: cron_text(query),
+              "HTTP": lambda: http_target(query),
+              "HTTP_MULTIPART": lambda: http_target(query)}.get(node_type, lambda: None)()
+    return StepWait(node_id, node_type, target or None, waiting_for, due_at, deadline, since,
+                    database)
 
 
 @dataclass(frozen=True)
@@ -162,6 +197,30 @@ class Console(Session):
             raise _console_missing(exc, "df.step_activity") from None
         return [StepActivity(**{**r, "blocked_by": _blockers(r["blocked_by"]),
                                 "waiting_for": list(r["waiting_for"] or [])}) for r in rows]
+
+    def step_waits(self, instance_id: str) -> list[StepWait]:
+        """Every running leaf step of the instance with what the queue says of it (for the
+        steps df.step_activity does not show: see StepWait). RLS applies: another role's
+        instance has none."""
+        composites = ", ".join(f"'{t}'" for t in sorted(COMPOSITE_NODE_TYPES))
+        waits = ("LEFT JOIN df.waiting_instances w ON w.instance_id = n.instance_id"
+                 " AND w.node_id = n.id" if self.capabilities.has_waiting_instances else
+                 "LEFT JOIN (SELECT NULL::text AS waiting_for, NULL::timestamptz AS due_at,"
+                 " NULL::timestamptz AS deadline, NULL::timestamptz AS waiting_since) w ON TRUE")
+        return self._fetch(kwargs_row(_step_wait), f"""
+            SELECT n.id AS node_id, n.node_type, n.query, w.waiting_for, w.due_at, w.deadline,
+                   COALESCE(w.waiting_since, n.updated_at) AS since,
+                   CASE WHEN n.node_type = 'SQL' AND i.database IS NOT NULL
+                             AND i.database <> pg_catalog.current_database()
+                        THEN i.database END AS database
+              FROM df.nodes n
+              JOIN df.instances i ON i.id = n.instance_id
+              {waits}
+             WHERE n.instance_id = %s AND n.status = 'running'
+               AND i.status IN ('pending', 'running')
+               AND n.node_type NOT IN ({composites})
+             ORDER BY n.id
+            """, (check_id(instance_id),))
 
     def signal_step_backend(self, instance_id: str, node_id: str | None, *,
                             terminate: bool) -> str:

@@ -28,6 +28,21 @@ from dftui.vocabulary import COMPOSITE_NODE_TYPES, STATUSES, step_text
 from engine import jsonexact
 
 _ID_RE = re.compile(r"^[0-9a-f]{8}$")
+# The list's server-side orders besides "started" (created_at): each column as the SQL key(s)
+# rows are ordered by, over list row `i` and its current leaf step `s`, never NULL (a row
+# comparison with a NULL is NULL, which would end the keyset walk); empty values sort last.
+# Ties are broken by (created_at, id), so every order is total and pages never overlap.
+SORT_KEYS: dict[str, tuple[str, ...]] = {
+    "id": ("i.id",),
+    "label": ("i.label IS NULL", "COALESCE(pg_catalog.lower(i.label), '')"),
+    "status": ("i.status",),
+    "step": ("s.node_type IS NULL", "COALESCE(s.node_type, '')",
+             "COALESCE(pg_catalog.lower(s.query), '')"),
+    "duration": ("pg_catalog.date_part('epoch', COALESCE(i.completed_at, CASE WHEN i.status IN"
+                 " ('completed', 'failed', 'cancelled') THEN i.updated_at END, pg_catalog.now())"
+                 " - i.created_at)",),
+    "by": ("i.submitted_by::text",),
+}
 # The composite node types as a SQL list, for "the current leaf step" queries.
 _COMPOSITE_SQL = ", ".join(f"'{t}'" for t in sorted(COMPOSITE_NODE_TYPES))
 
@@ -61,8 +76,12 @@ class Instances(Session):
         limit: int = 100,
         oldest_first: bool = False,
         label_like: str | None = None,
+        sort: str | None = None,
+        descending: bool = False,
     ) -> InstancePage:
-        """One keyset page, newest first (`created_at DESC, id ASC`, like df.list_instances).
+        """One keyset page, newest first (`created_at DESC, id ASC`, like df.list_instances),
+        or ordered by another column (`sort`, one of SORT_KEYS; `descending` reverses it) over
+        every matching row — the server sorts, so page 2 continues page 1's order.
 
         Reads df.instances directly (RLS applies) because the UI needs submitted_by and free-text
         filters that df.list_instances lacks (`label` is exact, `label_like` a case-insensitive
@@ -74,9 +93,13 @@ class Instances(Session):
             raise ClientError(f"unknown status {status!r} (expected one of {', '.join(STATUSES)})")
         if limit < 1 or limit > 10_000:
             raise ClientError("limit must be between 1 and 10000")
+        if sort is not None and sort not in SORT_KEYS:
+            raise ClientError(f"unknown sort {sort!r} (expected one of {', '.join(SORT_KEYS)})")
         params: dict[str, Any] = {"limit": limit + 1}
         where = _filter_where(params, status=status, label=label, label_like=label_like,
                               text=text, since=since)
+        if sort is not None:
+            return self._sorted_page(where, params, sort, descending, after, limit)
         if after is not None and not oldest_first:
             where.append(
                 "i.created_at <= %(cts)s AND (i.created_at < %(cts)s OR i.id > %(cid)s)"
@@ -90,20 +113,7 @@ class Instances(Session):
         order = "i.created_at, i.id DESC" if oldest_first else "i.created_at DESC, i.id"
         rows = self._fetch(
             kwargs_row(_summary),
-            f"""
-            SELECT i.id, i.label, i.status, i.submitted_by::text AS submitted_by, i.created_at,
-                   i.updated_at, i.completed_at,
-                   s.node_type AS step_type, s.query AS step_query,
-                   s.result_name AS step_name
-              FROM df.instances i
-              LEFT JOIN LATERAL (
-                    SELECT n.node_type, pg_catalog.left(n.query, 300) AS query, n.result_name
-                      FROM df.nodes n
-                     WHERE i.status IN ('running', 'pending', 'failed')
-                       AND n.instance_id = i.id
-                       AND n.status = CASE i.status WHEN 'failed' THEN 'failed' ELSE 'running' END
-                       AND n.node_type NOT IN ({_COMPOSITE_SQL})
-                     ORDER BY n.updated_at DESC LIMIT 1) s ON TRUE
+            f"""{self._list_select()}
              WHERE {" AND ".join(where)}
              ORDER BY {order}
              LIMIT %(limit)s
@@ -112,6 +122,56 @@ class Instances(Session):
         )
         page = rows[:limit]
         next_cursor = (page[-1].created_at, page[-1].id) if len(rows) > limit else None
+        return InstancePage(page, next_cursor)
+
+    def _list_select(self, extra: str = "") -> str:
+        """The list's SELECT … FROM: each row with its current leaf step `s` (the running one,
+        or the failed one of a failed instance)."""
+        step_running = self._adapter().step_running_sql(self)
+        return f"""
+            SELECT i.id, i.label, i.status, i.submitted_by::text AS submitted_by, i.created_at,
+                   i.updated_at, i.completed_at,
+                   s.node_type AS step_type, s.query AS step_query,
+                   s.result_name AS step_name, {step_running} AS step_running{extra}
+              FROM df.instances i
+              LEFT JOIN LATERAL (
+                    SELECT n.node_type, pg_catalog.left(n.query, 300) AS query, n.result_name
+                      FROM df.nodes n
+                     WHERE i.status IN ('running', 'pending', 'failed')
+                       AND n.instance_id = i.id
+                       AND n.status = CASE i.status WHEN 'failed' THEN 'failed' ELSE 'running' END
+                       AND n.node_type NOT IN ({_COMPOSITE_SQL})
+                     ORDER BY n.updated_at DESC LIMIT 1) s ON TRUE"""
+
+    def _sorted_page(self, where: list[str], params: dict[str, Any], sort: str,
+                     descending: bool, after: tuple[Any, ...] | None,
+                     limit: int) -> InstancePage:
+        """A keyset page in `sort`'s order: the row (keys…, created_at, id) ascending, or all
+        of it descending. The cursor is that row of the page's last instance."""
+        keys = [*SORT_KEYS[sort], "i.created_at", "i.id"]
+        names = [f"sort_k{n}" for n in range(len(keys))]
+        direction = "DESC" if descending else "ASC"
+        outer = []
+        if after is not None:
+            if len(after) != len(keys):
+                raise ClientError("the list's position does not match its order; reload it")
+            marks = ", ".join(f"%(after{n})s" for n in range(len(keys)))
+            outer.append(f"({', '.join(names)}) {'<' if descending else '>'} ({marks})")
+            params.update({f"after{n}": value for n, value in enumerate(after)})
+        extra = "".join(f", {key} AS {name}" for key, name in zip(keys, names, strict=True))
+        rows = self._rows(
+            f"""SELECT * FROM ({self._list_select(extra)}
+             WHERE {" AND ".join(where)}) q
+             WHERE {" AND ".join(outer) or "TRUE"}
+             ORDER BY {", ".join(f"{name} {direction}" for name in names)}
+             LIMIT %(limit)s
+            """,
+            params,
+        )
+        page = [_summary(**{k: v for k, v in r.items() if not k.startswith("sort_k")})
+                for r in rows[:limit]]
+        last = rows[limit - 1] if len(rows) > limit else None
+        next_cursor = tuple(last[name] for name in names) if last is not None else None
         return InstancePage(page, next_cursor)
 
     def refresh_instances(self, ids: list[str]) -> dict[str, InstanceSummary]:
@@ -214,6 +274,7 @@ class Instances(Session):
                 error=runtime.get("error"),
                 cancel_reason=runtime.get("cancel_reason"),
                 execution=runtime.get("execution"),
+                step_running=bool(runtime.get("step_running")),
             )
         if row.status == "failed" and not row.error:
             row = replace(row, error=row.output)

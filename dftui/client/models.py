@@ -81,6 +81,14 @@ class InstanceSummary:
     updated_at: datetime
     completed_at: datetime | None
     current_step: str | None = None
+    # A step of this 'pending' instance is executing right now (df.instance_runtime.step_running)
+    step_running: bool = False
+
+    @property
+    def shown_status(self) -> str:
+        """What the console shows: 'running' while the first step of a 'pending' instance
+        executes (df.status reads 'pending' until that step's checkpoint commits)."""
+        return "running" if self.step_running and self.status == "pending" else self.status
 
     @property
     def finished_at(self) -> datetime | None:
@@ -92,10 +100,11 @@ class InstanceSummary:
 
 @dataclass(frozen=True)
 class InstancePage:
-    """A keyset page. `next_cursor` is None on the last page."""
+    """A keyset page. `next_cursor` is None on the last page: (created_at, id) of the last row
+    in the list's default order, the last row's sort keys then (created_at, id) in another."""
 
     rows: list[InstanceSummary]
-    next_cursor: tuple[datetime, str] | None
+    next_cursor: tuple[Any, ...] | None
 
 
 @dataclass(frozen=True)
@@ -137,6 +146,12 @@ class InstanceDetail:
     finished_at: datetime | None = None
     cancel_reason: str | None = None
     execution: int | None = None
+    step_running: bool = False  # as InstanceSummary.step_running
+
+    @property
+    def shown_status(self) -> str:
+        """As InstanceSummary.shown_status."""
+        return "running" if self.step_running and self.status == "pending" else self.status
 
 
 @dataclass

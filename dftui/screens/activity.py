@@ -7,11 +7,17 @@ other sessions in pg_stat_activity itself). Refreshed every second while on top.
 the step's statement (the step fails, or retries under its policy), `X` terminates the engine
 session (its transaction rolls back and the step runs again); both ask first, and report what
 the server says it did.
+
+Every other running step of the instance is listed with what it is doing instead: sleeping
+until a time, waiting for a signal or a cron schedule, queued for an engine worker, waiting
+out a retry backoff, an HTTP call in flight, or a SQL step that runs in another database —
+whose engine session is not shown, and the view says why.
 """
 
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -21,10 +27,10 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from dftui.client import Client, StepActivity
+from dftui.client import Client, StepActivity, StepWait
 from dftui.screens.base import AppHeader, BaseScreen
 from dftui.screens.dialogs import ConfirmDialog
-from dftui.widgets.format import STATUS_STYLES, format_duration, shorten
+from dftui.widgets.format import STATUS_STYLES, format_duration, format_time, shorten
 from dftui.widgets.keybar import KeyBar
 
 BUSY_LIMIT = 10.0  # seconds after which a refresh that never answered is forgotten
@@ -48,6 +54,7 @@ class ActivityScreen(BaseScreen):
         self.instance_id = instance_id
         self.label = label
         self.steps: list[StepActivity] = []
+        self.waits: list[StepWait] = []  # the running steps no engine session executes now
         self.index = 0
         self.loaded = False
         self.problem: str | None = None
@@ -75,8 +82,8 @@ class ActivityScreen(BaseScreen):
     def reload(self) -> None:
         instance_id = self.instance_id
 
-        def call(client: Client) -> list[StepActivity]:
-            return client.step_activity(instance_id)
+        def call(client: Client) -> tuple[list[StepActivity], list[StepWait]]:
+            return client.step_activity(instance_id), client.step_waits(instance_id)
 
         self._busy = time.monotonic()
         self.dapp.run_db(self, call, self._apply, group="activity", on_error=self._failed)
@@ -87,12 +94,15 @@ class ActivityScreen(BaseScreen):
         self.loaded = True
         self._redraw()
 
-    def _apply(self, steps: list[StepActivity]) -> None:
+    def _apply(self, result: tuple[list[StepActivity], list[StepWait]]) -> None:
+        steps, waits = result
         self._busy = 0.0
         self.problem = None
         self.loaded = True
         current = self.current.node_id if self.current else None
         self.steps = steps
+        executing = {s.node_id for s in steps}
+        self.waits = [w for w in waits if w.node_id not in executing]
         ids = [s.node_id for s in steps]
         self.index = ids.index(current) if current in ids else 0
         self._redraw()
@@ -112,13 +122,60 @@ class ActivityScreen(BaseScreen):
         parts: list[RenderableType] = [self._title(), Text("")]
         if self.problem:
             parts.append(Text(self.problem, style=STATUS_STYLES["failed"]))
+        elif not self.steps and not self.waits:
+            parts.append(Text("No step of this instance is running (it finished, or has not "
+                              "started).", style="dim"))
         elif not self.steps:
-            parts.append(Text("No step of this instance is executing in an engine session now "
-                              "(it may be waiting for a timer, a signal or an engine, or finished).",
+            parts.append(Text("No step of this instance is executing in an engine session now.",
                               style="dim"))
         for i, step in enumerate(self.steps):
             parts.extend(self._step(step, selected=i == self.index and len(self.steps) > 1))
+        if self.waits and not self.problem:
+            parts.append(Text(""))
+            for wait in self.waits:
+                line = Text()
+                line.append(f"node {wait.node_id} ", style="bold")
+                line.append(f"{wait.node_type}  ")
+                line.append(self._doing(wait), style="yellow")
+                parts.append(line)
         self.query_one("#activity", Static).update(Group(*parts))
+
+    def _when(self, moment: datetime | None) -> str:
+        """`12:00:03 (in 2m)` / `11:58:01 (3m ago)` in the app's time zone."""
+        if moment is None:
+            return "?"
+        now = self.dapp.now()
+        seconds = (moment - now).total_seconds()
+        relative = (f"in {format_duration(seconds)}" if seconds >= 0
+                    else f"{format_duration(-seconds)} ago")
+        return f"{format_time(moment, self.dapp.tz, now)} ({relative})"
+
+    def _doing(self, w: StepWait) -> str:
+        """What a running step that no engine session executes here is doing, in words."""
+        if w.database:
+            return (f"runs in database {w.database!r} on the engine's connection there: its "
+                    "session is not shown (this view reads the engine's sessions in this "
+                    "database only)")
+        if w.waiting_for == "timer":
+            return f"sleeping until {self._when(w.due_at)}"
+        if w.waiting_for == "signal":
+            timeout = (f", times out at {self._when(w.deadline or w.due_at)}"
+                       if (w.deadline or w.due_at) else ", no timeout")
+            return f"waiting for the signal {w.target or '?'!r}{timeout}"
+        if w.waiting_for == "schedule":
+            return f"waiting for the schedule {w.target or '?'!r}, next at {self._when(w.due_at)}"
+        if w.waiting_for == "retry backoff":
+            return f"failed; retried at {self._when(w.due_at)} (its retry policy)"
+        if w.waiting_for == "loop iteration":
+            return f"the loop's next iteration at {self._when(w.due_at)}"
+        if w.waiting_for == "queued":  # (not due yet: put back after a lock conflict)
+            return f"queued, due at {self._when(w.due_at)}"
+        if w.node_type.startswith("HTTP"):
+            return (f"HTTP call {w.target or '?'}: in flight in an engine worker, or ready and "
+                    f"waiting for one (since {self._when(w.since)}; an HTTP call has no "
+                    "database session to show)")
+        return (f"ready since {self._when(w.since)}: waiting for a free engine worker (or "
+                "being claimed or checkpointed this moment)")
 
     def _step(self, s: StepActivity, *, selected: bool) -> list[RenderableType]:
         width = max((self.size.width or 80) - 4, 40)

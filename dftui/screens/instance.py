@@ -146,7 +146,7 @@ class InstanceScreen(BaseScreen):
         now = app.now()
         text = Text()
         text.append(f"{d.id} ", style="bold")
-        text.append_text(status_text(d.status))
+        text.append_text(status_text(d.shown_status))
         text.append(f"  {d.label}" if d.label else "  (no label)", style="bold" if d.label else "dim")
         text.append(f"  by {d.submitted_by}", style="dim")
         if self.follow:
@@ -160,8 +160,11 @@ class InstanceScreen(BaseScreen):
             text.append(f" · started {format_time(d.started_at, app.tz, now)}")
         if end:
             text.append(f" · finished {format_time(end, app.tz, now)}")
-        if d.status != "pending":
+        if d.shown_status != "pending":
             text.append(f" · took {duration_between(start, end, now)}")
+        if d.shown_status != d.status:
+            text.append("\n(its first step is running: df.status reads 'pending' until that "
+                        "step's checkpoint commits)", style="dim")
         if d.status == "failed" and d.error:
             text.append("\nerror: ", style="bold")
             text.append(shorten(d.error, 300), style=STATUS_STYLES["failed"])

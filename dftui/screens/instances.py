@@ -19,7 +19,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import datetime
+from typing import Any
 
 from textual import on
 from textual.app import ComposeResult, SystemCommand
@@ -34,7 +34,7 @@ from dftui.screens.dialogs import GotoDialog, LabelPicker, StartDialog
 from dftui.screens.history import HistoryScreen
 from dftui.screens.instance import InstanceScreen
 from dftui.screens.instance_filters import Filters, parse_filter
-from dftui.screens.instance_order import SERVER_ORDER, SORT_KEYS, is_after, sort_rows
+from dftui.screens.instance_order import SERVER_ORDER, SORT_KEYS, is_after
 from dftui.screens.selection import Selection
 from dftui.widgets.filter_bar import FilterBar
 from dftui.widgets.health_line import HealthLine
@@ -91,7 +91,7 @@ class InstancesScreen(BaseScreen):
         super().__init__()
         self.filters = Filters()
         self.rows: list[InstanceSummary] = []
-        self.next_cursor: tuple[datetime, str] | None = None
+        self.next_cursor: tuple[Any, ...] | None = None
         self.selection = Selection()
         self.counts: StatusCounts | None = None
         self.loading_more = False
@@ -105,6 +105,9 @@ class InstancesScreen(BaseScreen):
         self._label_width = 0
         self.sort_key = SERVER_ORDER  # one of SORT_KEYS; "started" is the server's order
         self.sort_reverse = False  # for "started": oldest first (Filters.oldest_first)
+        # After a re-sort: the instance the cursor was on, until the pages of the new order
+        # that hold it are loaded (at most REFRESH_WINDOW rows are read to find it).
+        self._seek: str | None = None
         self.actions = ActionFlow(self, lambda: self.selection.targets(self.rows, self.current_id),
                                   after=self._clear_selection)
 
@@ -166,13 +169,15 @@ class InstancesScreen(BaseScreen):
     def _list_args(self) -> dict:
         f = self.filters
         since = self.dapp.now() - f.since if f.since else None
+        sort = None if self.sort_key == SERVER_ORDER else self.sort_key
         return {"status": f.status, "label": f.label_exact, "label_like": f.label_like,
-                "text": f.text, "since": since, "oldest_first": f.oldest_first}
+                "text": f.text, "since": since, "oldest_first": f.oldest_first,
+                "sort": sort, "descending": self.sort_reverse}
 
     def _count_args(self) -> dict:
         """The list's filters minus status and order: the tab counts follow the filter."""
         args = self._list_args()
-        del args["status"], args["oldest_first"]
+        del args["status"], args["oldest_first"], args["sort"], args["descending"]
         return args
 
     def reload(self) -> None:
@@ -210,11 +215,13 @@ class InstancesScreen(BaseScreen):
         if generation != self._generation:
             return
         page, counts = result
-        keep = self.current_id
+        keep = self._seek or self.current_id
         rows = list(page.rows)
         next_cursor = page.next_cursor
-        if merge and page.next_cursor is not None and len(self.rows) >= len(page.rows):
+        if (merge and self.sort_key == SERVER_ORDER and page.next_cursor is not None
+                and len(self.rows) >= len(page.rows)):
             # Keep the already-loaded rows older than the refreshed window (and their cursor).
+            # (In another order the window re-read is every loaded row, up to REFRESH_WINDOW.)
             last = (page.rows[-1].created_at, page.rows[-1].id) if page.rows else None
             if last is not None:
                 older = [r for r in self.rows if is_after(r, last, self.filters.oldest_first)]
@@ -223,7 +230,6 @@ class InstancesScreen(BaseScreen):
         self.selection.keep_only({r.id for r in rows})
         self.counts = counts
         self.next_cursor = next_cursor
-        rows = self._sorted(rows)
         changed = [r.id for r in rows] != [r.id for r in self.rows]
         old = {r.id: r for r in self.rows}
         self.rows = rows
@@ -237,13 +243,25 @@ class InstancesScreen(BaseScreen):
             self.table.update_changed(self.rows, old, self._columns, self._cells)
             self._render_status_line()
         self._render_summary()
+        self._found_seek()
         self._maybe_load_more()
+
+    def _found_seek(self) -> None:
+        """Put the cursor on the instance sought after a re-sort once it is loaded; give up
+        when it is not within REFRESH_WINDOW rows (or no longer matches)."""
+        if self._seek is None:
+            return
+        if any(r.id == self._seek for r in self.rows):
+            self.table.move_cursor(row=self.table.get_row_index(self._seek), animate=False)
+            self._seek = None
+        elif self.next_cursor is None or len(self.rows) >= REFRESH_WINDOW:
+            self._seek = None
 
     def _maybe_load_more(self) -> None:
         table = self.table
         if self.loading_more or self.next_cursor is None:
             return
-        if table.cursor_row < len(self.rows) - LOAD_AHEAD:
+        if table.cursor_row < len(self.rows) - LOAD_AHEAD and self._seek is None:
             return
         self.loading_more = True
         generation = self._generation
@@ -260,15 +278,11 @@ class InstancesScreen(BaseScreen):
             known = {r.id for r in self.rows}
             new = [r for r in page.rows if r.id not in known]
             self.next_cursor = page.next_cursor
-            if self.sort_key != SERVER_ORDER:  # the loaded rows are re-sorted with the new ones
-                self.rows = self._sorted(self.rows + new)
-                self._render_rows(keep_id=self.current_id)
-                self._maybe_load_more()
-                return
             self.rows += new
             for r in new:
                 table.add_row(*self._cells(r), key=r.id)
             self._render_status_line()
+            self._found_seek()
             self._maybe_load_more()
 
         def failed(exc) -> None:
@@ -412,15 +426,13 @@ class InstancesScreen(BaseScreen):
         self._filters_changed()
 
     def action_toggle_sort(self) -> None:
-        """`o`: reverse the sort — for "started" the server's order (oldest/newest first over
-        every matching row), for the other columns the loaded rows."""
+        """`o`: reverse the sort (for "started": oldest/newest first), over every matching
+        row: the server re-orders, the selection stays."""
         if self.sort_key == SERVER_ORDER:
             self.filters = replace(self.filters, oldest_first=not self.filters.oldest_first)
             self.notify("Oldest first" if self.filters.oldest_first else "Newest first")
-            self._setup_columns()
-            self._filters_changed()
-            return
-        self.sort_reverse = not self.sort_reverse
+        else:
+            self.sort_reverse = not self.sort_reverse
         self._resort()
 
     def action_cycle_sort(self) -> None:
@@ -438,23 +450,17 @@ class InstancesScreen(BaseScreen):
             return
         self.sort_key = key
         self.sort_reverse = False
-        if key == SERVER_ORDER:
-            self.notify("Sorted by started (all matching rows, from the server)")
-            self._setup_columns()
-            self._render_rows(keep_id=self.current_id)
-            self.reload()  # the server's order again
-            return
-        self.notify(f"Sorted by {SORT_KEYS[key]} (the loaded rows)")
+        self.notify(f"Sorted by {SORT_KEYS[key]} (every matching instance)")
         self._resort()
 
     def _resort(self) -> None:
-        keep = self.current_id
-        self.rows = self._sorted(self.rows)
-        self._setup_columns()
-        self._render_rows(keep_id=keep)
-
-    def _sorted(self, rows: list[InstanceSummary]) -> list[InstanceSummary]:
-        return sort_rows(rows, self.sort_key, self.sort_reverse, self.dapp.now())
+        """Re-read the loaded window in the new order (the server sorts every matching row);
+        the cursor stays on its instance (the pages holding it are loaded, up to
+        REFRESH_WINDOW rows), the selection stays."""
+        self._seek = self.current_id
+        self._setup_columns()  # (the header's arrow; it empties the table: refill it till then)
+        self._render_rows(keep_id=self._seek)
+        self.reload()  # (a page of the old order arriving later is dropped: a new generation)
 
     @on(DataTable.HeaderSelected, "#instances")
     def _header_selected(self, event: DataTable.HeaderSelected) -> None:

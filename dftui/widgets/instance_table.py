@@ -79,13 +79,13 @@ def row_cells(row: InstanceSummary, keys: Sequence[str], *, selected: bool, now:
     values = {
         "sel": selected_mark(selected),
         "id": row.id,
-        "status": status_text(row.status),
+        "status": status_text(row.shown_status),
         "label": shorten(row.label, 60) if row.label else Text("—", style="dim"),
         "step": Text(shorten(row.current_step, 200) if row.current_step else "",
                      style=STATUS_STYLES["failed"] if row.status == "failed" else ""),
         "started": format_time(row.created_at, tz, now, short=not wide),
         "duration": duration_between(
-            row.created_at, row.finished_at, now) if row.status != "pending" else "",
+            row.created_at, row.finished_at, now) if row.shown_status != "pending" else "",
         "by": row.submitted_by,
     }
     return [values[k] for k in keys]

@@ -16,7 +16,8 @@ from textual.widgets import Static
 
 @dataclass(frozen=True)
 class ListStatus:
-    """What the status line says. `sort` is the loaded-rows sort (None: the server's order),
+    """What the status line says. `sort` is the column the list is sorted by (None: the
+    default order, newest first),
     `empty` what to say when the first load found nothing and no filter is set."""
 
     shown: int = 0
@@ -34,7 +35,7 @@ class ListStatus:
             parts.append(f"{self.selected} selected (space toggles, esc clears)")
         if self.sort is not None:
             name, reverse = self.sort
-            parts.append(f"sort: {name} {'▼' if reverse else '▲'} (loaded rows; S: next, o: reverse)")
+            parts.append(f"sort: {name} {'▼' if reverse else '▲'} (S: next, o: reverse)")
         if self.filter:
             parts.append(f"filter: {self.filter}")
         if self.problem:

@@ -49,10 +49,10 @@ RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     UPDATE df.instances i
        SET status = p_status,
-           completed_at = CASE WHEN p_status = 'completed' THEN now() END
+           completed_at = CASE WHEN p_status = 'completed' THEN clock_timestamp() END
      WHERE i.id = p_instance AND df_internal.is_live(i.status);
     UPDATE df_internal.instance_state s
-       SET finished_at = now(), output = p_result, error = p_error
+       SET finished_at = clock_timestamp(), output = p_result, error = p_error
      WHERE s.instance_id = p_instance;
     DELETE FROM df_internal.tasks t
      WHERE t.ctid IN (SELECT t2.ctid FROM df_internal.tasks t2

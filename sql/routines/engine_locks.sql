@@ -64,7 +64,7 @@ BEGIN
         PERFORM df_internal.check_graph(p_instance);
         PERFORM df_internal.build_node_meta(p_instance);
         UPDATE df.instances i SET status = 'running' WHERE i.id = p_instance;
-        UPDATE df_internal.instance_state s SET started_at = COALESCE(s.started_at, now())
+        UPDATE df_internal.instance_state s SET started_at = COALESCE(s.started_at, clock_timestamp())
          WHERE s.instance_id = p_instance;
         PERFORM df_internal.drive(p_instance, jsonb_build_array(jsonb_build_object('op', 'activate', 'node', root)));
     EXCEPTION

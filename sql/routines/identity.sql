@@ -163,7 +163,9 @@ BEGIN
                 USING ERRCODE = 'insufficient_privilege';
         END IF;
     END IF;
-    NEW.updated_at := pg_catalog.now();
+    -- (the moment of the change, not its transaction's start: an instance finished by a long
+    -- step's checkpoint, or in a batch, ended then — its "took" must include the step)
+    NEW.updated_at := pg_catalog.clock_timestamp();
     RETURN NEW;
 END $$;
 
@@ -194,7 +196,7 @@ BEGIN
         reason := NULLIF(current_setting('df.cancel_reason', true), '');
         PERFORM set_config('df.cancel_reason', '', true);
         UPDATE df_internal.instance_state
-           SET cancel_reason = COALESCE(reason, 'Cancelled by user'), finished_at = now(),
+           SET cancel_reason = COALESCE(reason, 'Cancelled by user'), finished_at = clock_timestamp(),
                error = COALESCE(reason, 'Cancelled by user'), cancelled_by = requester
          WHERE instance_id = NEW.id;
         -- Queued work goes now; tasks locked by a running step are dropped by its worker, which

@@ -128,7 +128,10 @@ BEGIN
             END IF;
             UPDATE df.nodes x SET status = 'running', result = NULL, error = NULL, updated_at = now()
              WHERE x.instance_id = p_instance AND x.id = nid;
-            UPDATE df_internal.node_meta x SET started_at = now(), finished_at = NULL, gen = x.gen + 1,
+            -- (clock_timestamp: a checkpoint activates the next node long after its transaction
+            -- began, e.g. a batch's or a long first step's claim; now() would date it before
+            -- the step that led to it even ran — defect 5 of issue 15)
+            UPDATE df_internal.node_meta x SET started_at = clock_timestamp(), finished_at = NULL, gen = x.gen + 1,
                    iteration = CASE WHEN n.node_type = 'LOOP' THEN 1 ELSE x.iteration END
              WHERE x.instance_id = p_instance AND x.node_id = nid
             RETURNING * INTO m;
@@ -162,7 +165,9 @@ BEGIN
                 work := work || jsonb_build_array(jsonb_build_object('op', 'break', 'node', nid));
             WHEN 'SLEEP' THEN
                 INSERT INTO df_internal.tasks AS t (instance_id, node_id, gen, kind, run_at, phase, node_type)
-                VALUES (p_instance, nid, m.gen, 'run', now() + make_interval(secs => n.query::bigint), 'waiting',
+                -- (due its seconds after it was reached, not after its transaction began: a
+                -- sleep after a long step would otherwise end early, or at once)
+                VALUES (p_instance, nid, m.gen, 'run', clock_timestamp() + make_interval(secs => n.query::bigint), 'waiting',
                         n.node_type)
                 ON CONFLICT (instance_id, node_id) DO UPDATE
                    SET gen = EXCLUDED.gen, kind = 'run', run_at = EXCLUDED.run_at, phase = 'waiting', deadline = NULL,
@@ -215,7 +220,7 @@ BEGIN
                    END;
             UPDATE df.nodes x SET status = 'completed', result = res, updated_at = now()
              WHERE x.instance_id = p_instance AND x.id = nid;
-            UPDATE df_internal.node_meta x SET finished_at = now()
+            UPDATE df_internal.node_meta x SET finished_at = clock_timestamp()
              WHERE x.instance_id = p_instance AND x.node_id = nid;
             -- Every still-running node between the BREAK and the loop ends with it.
             UPDATE df.nodes x SET status = 'completed', updated_at = now()
@@ -377,7 +382,7 @@ BEGIN
     IF m.slot = 'root' THEN
         DELETE FROM df_internal.named_results nr WHERE nr.instance_id = p_instance;
     END IF;
-    UPDATE df_internal.node_meta x SET iteration = x.iteration + 1, started_at = now()
+    UPDATE df_internal.node_meta x SET iteration = x.iteration + 1, started_at = clock_timestamp()
      WHERE x.instance_id = p_instance AND x.node_id = p_loop;
     PERFORM df_internal.drive(p_instance, jsonb_build_array(
         jsonb_build_object('op', 'activate', 'node', n.left_node)));

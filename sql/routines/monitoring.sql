@@ -396,7 +396,19 @@ SELECT s.instance_id::text                    AS instance_id,
        s.cancel_reason,
        s.retry_policy,
        (SELECT count(*) FROM df_internal.signals g
-         WHERE g.instance_id = s.instance_id AND g.consumed_at IS NULL) AS pending_signals
+         WHERE g.instance_id = s.instance_id AND g.consumed_at IS NULL) AS pending_signals,
+       -- A step of a 'pending' instance is executing now: the status reads 'pending' until the
+       -- first checkpoint commits (the claim, the step and its checkpoint are one transaction),
+       -- so a long first step would look queued. The engine commits each batch's task keys to
+       -- df_internal.inflight before running it (engine/journal.py); the task still queued and
+       -- due at that generation means its batch has not committed yet. (Appended last: views
+       -- may only gain columns at the end.)
+       i.status = 'pending' AND EXISTS (
+           SELECT 1 FROM df_internal.inflight f
+            CROSS JOIN LATERAL unnest(f.instance_ids, f.node_ids, f.gens) AS k(i, n, g)
+             JOIN df_internal.tasks t ON t.instance_id = k.i AND t.node_id = k.n AND t.gen = k.g
+            WHERE s.instance_id = ANY (f.instance_ids) AND k.i = s.instance_id
+              AND t.run_at <= now()) AS step_running
   FROM df_internal.instance_state s
   JOIN df.instances i ON i.id = s.instance_id
  WHERE i.submitted_by = pg_catalog.quote_ident(current_user)::regrole

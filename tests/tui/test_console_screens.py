@@ -84,6 +84,43 @@ async def test_activity_of_another_roles_instance_is_not_found(db):
             assert not screen.check_action("cancel_backend", ())
 
 
+async def test_activity_says_what_every_other_running_step_is_doing(db):
+    """The running-step view names what a step no engine session executes is doing: sleeping
+    until when, waiting for which signal (and its timeout), for which cron schedule, queued for
+    a worker; and says why a step running in another database shows no session."""
+    with running_engine(db.dsn()):
+        iid = start(db, ALICE, "df.join3(df.sleep(600), df.wait_for_signal('approval', 900), "
+                               "df.wait_for_schedule('0 0 1 1 *')), 'waits'")
+        wait_db(lambda: db.scalar("SELECT count(*) FROM df.waiting_instances WHERE instance_id = %s",
+                                  (iid,)) == 3, what="three parked steps")
+    # No engine now: a new step stays queued. One more instance, shown as running in another
+    # database (the engine runs such steps on a connection of its own there).
+    queued = start(db, ALICE, "'SELECT 1 AS one', 'queued'")
+    elsewhere = start(db, ALICE, "'SELECT 2 AS two', 'elsewhere'")
+    with db.connect() as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("UPDATE df.instances SET database = 'postgres', status = 'running' WHERE id = %s",
+                     (elsewhere,))
+        conn.execute("DELETE FROM df_internal.tasks WHERE instance_id = %s", (elsewhere,))
+    app = make_app(db, ALICE, clock=None)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await _loaded(pilot, app)
+        texts = {}
+        for target in (iid, queued, elsewhere):
+            app.push_screen(ActivityScreen(target))
+            screen = app.screen
+            await wait_for(pilot, lambda screen=screen: screen.loaded, what="activity answered")
+            texts[target] = " ".join(_text(screen.query_one("#activity").render()).split())
+            app.pop_screen()
+    waits = texts[iid]
+    assert "SLEEP sleeping until " in waits and "(in 9m" in waits
+    assert "SIGNAL waiting for the signal 'approval', times out at " in waits
+    assert "WAIT_SCHEDULE waiting for the schedule '0 0 1 1 *', next at " in waits
+    assert "SQL ready since " in texts[queued] and "waiting for a free engine worker" in texts[queued]
+    assert "runs in database 'postgres'" in texts[elsewhere]
+    assert "its session is not shown" in texts[elsewhere]
+
+
 async def test_history_screen_keeps_the_failed_execution_after_a_retry(db):
     with db.connect() as conn:
         conn.execute("CREATE TABLE public.gate2 (x int)")
@@ -151,21 +188,68 @@ async def test_sort_by_any_column_with_indicator(db):
         table = screen.query_one(DataTable)
         assert "▼" in str(table.columns["started"].label)
         screen.set_sort("label")
-        await pilot.pause()
-        assert [r.label for r in screen.rows] == ["alpha", "mango", "zebra"]
+        await wait_for(pilot, lambda: [r.label for r in screen.rows] == ["alpha", "mango", "zebra"],
+                       what="sorted by label")
         assert "▲" in str(table.columns["label"].label)
         assert "▼" not in str(table.columns["started"].label)
         await pilot.press("o")  # reverse
-        assert [r.label for r in screen.rows] == ["zebra", "mango", "alpha"]
+        await wait_for(pilot, lambda: [r.label for r in screen.rows] == ["zebra", "mango", "alpha"],
+                       what="reversed")
         assert "▼" in str(table.columns["label"].label)
         await pilot.press("S")  # the next column after label: status, ascending
-        await pilot.pause()
+        await wait_for(pilot, lambda: [r.status for r in screen.rows] == ["completed", "failed", "running"],
+                       what="sorted by status")
         assert screen.sort_key == "status"
-        assert [r.status for r in screen.rows] == ["completed", "failed", "running"]
         assert "sort: status ▲" in str(screen.query_one("#statusline").render())
-        screen.set_sort("started")  # back to the server's order, newest first
+        screen.set_sort("started")  # back to the default order, newest first
         await wait_for(pilot, lambda: [r.id for r in screen.rows] == ["0000000a", "0000000b", "0000000c"],
                        what="the server's order again")
+
+
+async def test_sort_orders_every_matching_row_not_only_the_loaded_ones(db):
+    """Sorting by a column is the server's order over every row matching the filter: the
+    alphabetically first label belongs to the oldest instance, far beyond the first page, yet
+    it comes first; the pages that follow continue the order; the cursor stays on its
+    instance and the filter still applies."""
+    count = PAGE_SIZE + 60
+    # labels a permutation of job-0000..job-0159 across the creation order; job-0000 the oldest
+    label = {i: f"job-{i * 37 % count:04d}" for i in range(1, count + 1)}
+    seeds = [Seed(f"{i:08x}", "completed", label=label[i], minutes_ago=i)
+             for i in range(1, count + 1)]
+    seeds.append(Seed("ffffffff", "completed", label="zz-other", minutes_ago=0))
+    seed_instances(db, seeds)
+    app = make_app(db, ALICE)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _loaded(pilot, app)
+        await pilot.press("slash", *"label:job", "enter")
+        await wait_for(pilot, lambda: len(screen.rows) == PAGE_SIZE and screen.rows[0].id == "00000001",
+                       what="the first page of the filter, newest first")
+        assert f"{count:08x}" not in {r.id for r in screen.rows}  # the oldest is not loaded
+        table = screen.query_one(DataTable)
+        # (the loaded row whose label sorts first among the loaded ones: a sort of the loaded
+        # rows alone would put it on top and load nothing more)
+        first_loaded = min((r for r in screen.rows), key=lambda r: r.label).id
+        table.move_cursor(row=table.get_row_index(first_loaded))
+        await pilot.pause()
+        screen.set_sort("label")
+        await wait_for(pilot, lambda: screen.rows and screen.rows[0].id == f"{count:08x}",
+                       what="the oldest instance's label first")
+        assert screen.current_id == first_loaded  # the cursor stays on its instance
+        for _ in range(6):  # nearing the end of the loaded rows loads the next page
+            await pilot.press("G")
+            await pilot.pause()
+        await wait_for(pilot, lambda: len(screen.rows) == count and screen.next_cursor is None,
+                       what="every page, in label order")
+        labels = [r.label for r in screen.rows]
+        assert labels == sorted(labels) and len(set(labels)) == count
+        assert "zz-other" not in labels
+        table.move_cursor(row=0)  # the oldest instance: last once reversed, beyond a page
+        await pilot.pause()
+        await pilot.press("o")  # reversed: the newest instance's label first, from the server
+        await wait_for(pilot, lambda: screen.rows[0].label == f"job-{count - 1:04d}"
+                       and screen.current_id == f"{count:08x}",
+                       what="reversed over every row, the cursor still on its instance")
+        assert "ffffffff" not in {r.id for r in screen.rows}
 
 
 async def test_go_to_id(db):

@@ -32,6 +32,9 @@ def test_instances_screen(snap_db, snap_compare, size):
     async def loaded(pilot):
         screen = app.screen
         await wait_for_app(pilot, lambda: isinstance(screen, InstancesScreen) and screen.loaded_once)
+        # (the no-engine banner is part of the picture: its own query must have answered)
+        await wait_for_app(pilot, lambda: app.engine_warning is not None)
+        await pilot.pause()  # (and the header it re-rendered laid out)
         await pilot.press("j")
 
     assert snap_compare(app, terminal_size=size, run_before=loaded)

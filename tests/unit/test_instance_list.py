@@ -1,5 +1,5 @@
 """The instance list's pure pieces (dftui/screens/instance_*.py, selection.py and the list's
-widgets' text): the filter box, the loaded-rows sort, the keyset order, what an action targets,
+widgets' text): the filter box, the keyset order, what an action targets,
 the column widths and what the status tabs, health line and status line say."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from dftui.client import InstanceSummary, StatusCounts
 from dftui.screens.instance_filters import Filters, parse_filter
-from dftui.screens.instance_order import SERVER_ORDER, is_after, sort_rows
+from dftui.screens.instance_order import is_after
 from dftui.screens.selection import Selection
 from dftui.widgets.health_line import health_text
 from dftui.widgets.instance_table import plan_columns, row_cells, wanted_label_width
@@ -42,15 +42,6 @@ def test_filter_syntax():
         parse_filter("since:soon", Filters())
     with pytest.raises(ValueError, match="filter:"):
         parse_filter('label:"unterminated', Filters())
-
-
-def test_loaded_rows_sort_by_a_column_with_empty_values_last_and_ties_in_server_order():
-    rows = [row("a", label="beta"), row("b"), row("c", label="Alpha"), row("d", label="beta")]
-    assert [r.id for r in sort_rows(rows, "label", False, NOW)] == ["c", "a", "d", "b"]
-    assert [r.id for r in sort_rows(rows, "label", True, NOW)] == ["b", "d", "a", "c"]
-    assert sort_rows(rows, SERVER_ORDER, True, NOW) is rows  # the server's order, untouched
-    timed = [row("x", took=30), row("y", minutes_ago=2), row("z", took=5)]
-    assert [r.id for r in sort_rows(timed, "duration", False, NOW)] == ["z", "x", "y"]
 
 
 def test_keyset_order_newest_first_then_id():
@@ -118,7 +109,7 @@ def test_status_tabs_health_line_and_status_line_text():
     status = ListStatus(shown=100, more=True, selected=2, sort=("took", True),
                         filter="status:failed", loaded=True).text().plain
     assert status == ("100+ shown  ·  2 selected (space toggles, esc clears)  ·  sort: took ▼ "
-                      "(loaded rows; S: next, o: reverse)  ·  filter: status:failed")
+                      "(S: next, o: reverse)  ·  filter: status:failed")
     assert ListStatus(loaded=True, empty="no instances yet").text().plain.endswith("no instances yet")
     assert ListStatus(loaded=True, filter="x").text().plain.endswith("no instances match")
 
