@@ -207,7 +207,7 @@ def test_list_instances_limit_cap(db) -> None:
 )
 def test_malformed_cursor_raises(db, cursor: str) -> None:
     msg = error_of(db, "dftui_alice", "SELECT * FROM df.list_instances(NULL, 10, NULL, %s)", (cursor,))
-    assert "malformed after_cursor" in msg
+    assert msg.splitlines()[0] == "df.list_instances: invalid after_cursor"  # pg_durable's text
 
 
 def test_well_formed_cursor_without_fraction(db) -> None:
@@ -218,6 +218,38 @@ def test_well_formed_cursor_without_fraction(db) -> None:
             "SELECT instance_id FROM df.list_instances(NULL, 10, NULL, %s)", (cursor,))]
     # created_at DESC, id ASC after (00:00:01, 00000003): 00000004, 00000005 share 00:00:01.
     assert ids == ["00000004", "00000005", "00000001", "00000002"]
+
+
+def test_next_cursor_is_pg_durable_s_page_token(db) -> None:
+    """As pg_durable (src/monitoring.rs): one token per page, on every row, NULL on the last
+    page; the hex of 'v1|<created_at as YYYY-MM-DD"T"HH24:MI:SS.USOF>|<id>' of the page's last
+    row, so a cursor pg_durable issued pages here too."""
+    bulk_instances(db, 5)
+    with db.connect("dftui_alice") as conn:
+        conn.execute("SET TimeZone = 'Asia/Kolkata'")  # OF renders +05:30, as pg_durable's
+        first = conn.execute("SELECT instance_id, next_cursor FROM df.list_instances(NULL, 2, NULL)"
+                             ).fetchall()
+        assert len(first) == 2 and len({r[1] for r in first}) == 1
+        last_id = first[-1][0]
+        created = conn.execute("SELECT to_char(created_at, 'YYYY-MM-DD\"T\"HH24:MI:SS.USOF')"
+                               " FROM df.instances WHERE id = %s", (last_id,)).fetchone()[0]
+        assert bytes.fromhex(first[0][1]).decode() == f"v1|{created}|{last_id}"
+        assert created.endswith("+05:30")
+        second = conn.execute("SELECT instance_id, next_cursor FROM df.list_instances(NULL, 2,"
+                              " NULL, %s)", (first[0][1],)).fetchall()
+        assert len(second) == 2 and len({r[1] for r in second}) == 1 and second[0][1] is not None
+        third = conn.execute("SELECT instance_id, next_cursor FROM df.list_instances(NULL, 2,"
+                             " NULL, %s)", (second[0][1],)).fetchall()
+        assert [r[1] for r in third] == [None]  # the last page
+        ordered = [r[0] for r in conn.execute("SELECT instance_id FROM df.list_instances(NULL, 10)")]
+        assert [r[0] for r in first + second + third] == ordered
+        # pg_durable's own rendering in UTC (+00) is accepted too
+        conn.execute("SET TimeZone = 'UTC'")
+        utc = conn.execute("SELECT to_char(created_at, 'YYYY-MM-DD\"T\"HH24:MI:SS.USOF')"
+                           " FROM df.instances WHERE id = %s", (last_id,)).fetchone()[0]
+        token = f"v1|{utc}|{last_id}".encode().hex()
+        assert [r[0] for r in conn.execute("SELECT instance_id FROM df.list_instances(NULL, 2,"
+                                           " NULL, %s)", (token,))] == [r[0] for r in second]
 
 
 def test_a_status_that_matches_nothing_returns_no_rows(db) -> None:

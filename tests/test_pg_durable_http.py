@@ -75,7 +75,11 @@ def test_engines_record_their_policy(db) -> None:
 
 
 def test_http_multipart_messages_name_it(db) -> None:
-    msg = _refused(db, "df.http_multipart('https://example.com/', 'POST',"
-                       " '[{\"name\":\"f\",\"data_b64\":\"aA==\"}]', NULL, 0)")
-    assert "df.http_multipart(): timeout_seconds must be positive" in msg
-    assert "df.http()" not in msg
+    """pg_durable's text ("Timeout must be positive", src/dsl.rs), and the detail names
+    df.http_multipart(), never df.http() (tests/test_pg_durable_messages.py has the rest)."""
+    with db.connect(DAVE) as conn, pytest.raises(psycopg.Error) as info:
+        conn.execute("SELECT df.http_multipart('https://example.com/', 'POST',"
+                     " '[{\"name\":\"f\",\"data_b64\":\"aA==\"}]', NULL, 0)")
+    assert info.value.diag.message_primary == "Timeout must be positive"
+    assert info.value.diag.message_detail == "df.http_multipart(): timeout_seconds was 0."
+    assert "df.http()" not in str(info.value)

@@ -95,11 +95,13 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
     IF name IS NULL OR btrim(name) = '' THEN
-        RAISE EXCEPTION 'signal name must not be empty' USING ERRCODE = 'invalid_parameter_value';
+        -- pg_durable's texts (src/dsl.rs), word for word; dftui's specifics in the detail
+        RAISE EXCEPTION 'Signal name cannot be empty' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = 'df.wait_for_signal(): the signal name must not be empty or blank.';
     END IF;
     IF timeout_seconds IS NOT NULL AND timeout_seconds <= 0 THEN
-        RAISE EXCEPTION 'signal timeout_seconds must be positive (got %)', timeout_seconds
-            USING ERRCODE = 'invalid_parameter_value';
+        RAISE EXCEPTION 'Timeout must be positive' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = format('df.wait_for_signal(): timeout_seconds was %s.', timeout_seconds);
     END IF;
     RETURN '{"node_type":"SIGNAL","query":'
         || to_json('{"signal_name":' || to_json(name)::text || ',"timeout_seconds":'
@@ -191,23 +193,14 @@ BEGIN
     IF url IS NULL OR btrim(url) = '' THEN
         RAISE EXCEPTION 'df.http(): url must not be empty' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF v_method NOT IN ('GET', 'POST', 'PUT', 'DELETE', 'PATCH') THEN
-        RAISE EXCEPTION 'invalid HTTP method "%": must be GET, POST, PUT, DELETE or PATCH', method
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF timeout_seconds IS NULL OR timeout_seconds <= 0 THEN
-        RAISE EXCEPTION 'df.http(): timeout_seconds must be positive (got %)',
-            coalesce(timeout_seconds::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF headers IS NOT NULL AND jsonb_typeof(headers) NOT IN ('object', 'null') THEN
-        RAISE EXCEPTION 'df.http(): headers must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
     IF strpos(url, '{') = 0 AND strpos(url, '$') = 0 THEN
         v_scheme := lower((regexp_match(btrim(url), '^([A-Za-z][A-Za-z0-9+.-]*):'))[1]);
         IF v_scheme IS NULL OR v_scheme NOT IN ('http', 'https')
            OR btrim(url) !~* '^https?://[^/?#]' THEN
-            RAISE EXCEPTION 'Blocked: unsupported URL scheme "%" in "%": only http and https URLs are allowed',
-                coalesce(v_scheme, ''), url USING ERRCODE = 'invalid_parameter_value';
+            -- pg_durable's text (src/ssrf.rs), its scheme being what precedes "://"
+            RAISE EXCEPTION 'Blocked: unsupported URL scheme ''%''. Only http and https are allowed.',
+                lower(split_part(btrim(url), '://', 1)) USING ERRCODE = 'invalid_parameter_value',
+                DETAIL = format('The URL was "%s"; it needs http:// or https:// and a host.', url);
         END IF;
         -- authority without userinfo and port
         v_host := (regexp_match(btrim(url), '^[A-Za-z]+://(?:[^/?#@]*@)?(\[[^\]]*\]|[^/?#:]*)'))[1];
@@ -232,6 +225,18 @@ BEGIN
                 END IF;
             END IF;
         END IF;
+    END IF;
+    -- (after the URL, as pg_durable checks them)
+    IF v_method NOT IN ('GET', 'POST', 'PUT', 'DELETE', 'PATCH') THEN
+        RAISE EXCEPTION 'Invalid HTTP method: %. Must be GET, POST, PUT, DELETE, or PATCH', method
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF timeout_seconds IS NULL OR timeout_seconds <= 0 THEN
+        RAISE EXCEPTION 'Timeout must be positive' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = format('df.http(): timeout_seconds was %s.', coalesce(timeout_seconds::text, 'NULL'));
+    END IF;
+    IF headers IS NOT NULL AND jsonb_typeof(headers) NOT IN ('object', 'null') THEN
+        RAISE EXCEPTION 'df.http(): headers must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     RETURN '{"node_type":"HTTP","query":'
         || to_json('{"url":' || to_json(url)::text
@@ -259,39 +264,51 @@ DECLARE
     v_state  text;
     v_msg    text;
     v_hint   text;
+    v_detail text;
 BEGIN
-    IF v_method NOT IN ('POST', 'PUT', 'PATCH') THEN
-        RAISE EXCEPTION 'invalid HTTP method for multipart "%": must be POST, PUT or PATCH', method
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF timeout_seconds IS NULL OR timeout_seconds <= 0 THEN
-        RAISE EXCEPTION 'df.http_multipart(): timeout_seconds must be positive (got %)',
-            coalesce(timeout_seconds::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    -- The policy, URL and header checks are df.http's; its messages name df.http_multipart().
+    -- In pg_durable's order: the HTTP policy and the URL first (df.http's checks, with a valid
+    -- method and timeout so only they can fail; their messages then name df.http_multipart()),
+    -- the method, the timeout, then the parts.
     BEGIN
-        PERFORM df.http(url, v_method, NULL, headers, timeout_seconds);
+        PERFORM df.http(url, 'POST', NULL, headers, 30);
     EXCEPTION WHEN OTHERS THEN
-        GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT, v_hint = PG_EXCEPTION_HINT;
+        GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT,
+                                v_hint = PG_EXCEPTION_HINT, v_detail = PG_EXCEPTION_DETAIL;
         v_msg := CASE WHEN v_msg LIKE 'df.http() is disabled%'
                       THEN replace(v_msg, 'df.http() is disabled', 'df.http_multipart() is disabled (df.http() is disabled)')
                       ELSE replace(v_msg, 'df.http()', 'df.http_multipart()') END;
-        IF v_hint IS NULL THEN
-            RAISE EXCEPTION USING ERRCODE = v_state, MESSAGE = v_msg;
+        v_detail := replace(nullif(v_detail, ''), 'df.http()', 'df.http_multipart()');
+        v_hint := nullif(v_hint, '');
+        IF v_hint IS NOT NULL AND v_detail IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = v_state, MESSAGE = v_msg, HINT = v_hint, DETAIL = v_detail;
+        ELSIF v_hint IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = v_state, MESSAGE = v_msg, HINT = v_hint;
+        ELSIF v_detail IS NOT NULL THEN
+            RAISE EXCEPTION USING ERRCODE = v_state, MESSAGE = v_msg, DETAIL = v_detail;
         END IF;
-        RAISE EXCEPTION USING ERRCODE = v_state, HINT = v_hint, MESSAGE = v_msg;
+        RAISE EXCEPTION USING ERRCODE = v_state, MESSAGE = v_msg;
     END;
+    IF v_method NOT IN ('POST', 'PUT', 'PATCH') THEN
+        RAISE EXCEPTION 'Invalid HTTP method for multipart: %. Must be POST, PUT, or PATCH', method
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF timeout_seconds IS NULL OR timeout_seconds <= 0 THEN
+        RAISE EXCEPTION 'Timeout must be positive' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = format('df.http_multipart(): timeout_seconds was %s.',
+                            coalesce(timeout_seconds::text, 'NULL'));
+    END IF;
     IF parts IS NULL OR jsonb_typeof(parts) = 'null' THEN
-        RAISE EXCEPTION 'df.http_multipart(): parts is required and must not be NULL'
-            USING ERRCODE = 'null_value_not_allowed';
+        RAISE EXCEPTION 'parts is required and cannot be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'df.http_multipart() needs a JSON array of parts.';
     END IF;
     IF jsonb_typeof(parts) <> 'array' THEN
-        RAISE EXCEPTION 'df.http_multipart(): parts must be a JSON array of part objects'
-            USING ERRCODE = 'invalid_parameter_value';
+        RAISE EXCEPTION 'parts must be a JSON array of part objects'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('df.http_multipart(): parts was a JSON %s.', jsonb_typeof(parts));
     END IF;
     IF jsonb_array_length(parts) = 0 THEN
-        RAISE EXCEPTION 'df.http_multipart(): parts must contain at least one part'
-            USING ERRCODE = 'invalid_parameter_value';
+        RAISE EXCEPTION 'parts must contain at least one part'
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'df.http_multipart(): parts was [].';
     END IF;
     FOR p IN SELECT e FROM jsonb_array_elements(parts) e LOOP
         n := n + 1;
@@ -621,8 +638,8 @@ BEGIN
         RAISE EXCEPTION 'df.sleep(): seconds must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
     IF seconds < 0 THEN
-        RAISE EXCEPTION 'sleep duration must be >= 0 seconds (got %)', seconds
-            USING ERRCODE = 'invalid_parameter_value';
+        RAISE EXCEPTION 'Sleep duration must be non-negative' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = format('df.sleep(): seconds was %s.', seconds);
     END IF;
     RETURN '{"node_type":"SLEEP","query":"' || seconds::text || '"}';
 END;

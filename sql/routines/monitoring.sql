@@ -44,8 +44,9 @@ BEGIN
             v_setting USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF v_limit < 1 THEN
-        RAISE EXCEPTION 'df.list_instances: limit_count must be at least 1, got %', v_limit
-            USING ERRCODE = 'invalid_parameter_value';
+        RAISE EXCEPTION 'limit_count must be at least 1'  -- pg_durable's text
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('df.list_instances(): limit_count was %s.', v_limit);
     END IF;
     IF v_limit > v_max THEN
         RAISE EXCEPTION 'df.list_instances: limit_count (%) exceeds pg_durable.list_instances_max_limit (%); request fewer rows, or use the paginated df.list_instances overload (after_cursor/next_cursor) for large result sets',
@@ -58,22 +59,27 @@ BEGIN
         v_where := v_where || format('i.label = %L', label_filter);
     END IF;
     IF after_cursor IS NOT NULL THEN
-        -- Opaque cursor: hex of 'v1|<created_at, UTC ISO>|<id>'.
+        -- Opaque cursor, pg_durable's: hex of 'v1|<created_at as
+        -- YYYY-MM-DD"T"HH24:MI:SS.USOF>|<id>' (so a cursor either side issued pages here too;
+        -- dftui 0.2/0.3 wrote the instant in UTC with a trailing Z, still accepted).
         BEGIN
-            IF after_cursor !~ '^([0-9a-fA-F]{2})+$' THEN
+            IF length(after_cursor) > 512 OR after_cursor !~ '^([0-9a-fA-F]{2})+$' THEN
                 RAISE EXCEPTION 'not hex';
             END IF;
             v_raw := convert_from(decode(after_cursor, 'hex'), 'UTF8');
             v_parts := string_to_array(v_raw, '|');
             IF cardinality(v_parts) <> 3 OR v_parts[1] <> 'v1' OR v_parts[3] !~ '^[0-9a-f]{8}$'
-               OR v_parts[2] !~ '^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$' THEN
+               OR v_parts[2] !~ '^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}(:\d{2})?)$' THEN
                 RAISE EXCEPTION 'bad shape';
             END IF;
             v_ts := v_parts[2]::timestamptz;
             v_id := v_parts[3];
         EXCEPTION WHEN OTHERS THEN
-            RAISE EXCEPTION 'df.list_instances: malformed after_cursor "%"; pass the next_cursor value of a previous call',
-                left(after_cursor, 80) USING ERRCODE = 'invalid_parameter_value';
+            -- pg_durable's message, word for word; what to do in the hint.
+            RAISE EXCEPTION 'df.list_instances: invalid after_cursor'
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = format('after_cursor was "%s".', left(after_cursor, 80)),
+                      HINT = 'Pass the next_cursor value of a previous call verbatim.';
         END;
         -- created_at DESC, id ASC: rows strictly after (v_ts, v_id). The redundant upper bound
         -- lets the index scan start at the cursor.
@@ -96,7 +102,7 @@ BEGIN
               FROM page p
         ), cursor AS (
             SELECT encode(convert_to(
-                       'v1|' || to_char(p.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+                       'v1|' || to_char(p.created_at, 'YYYY-MM-DD"T"HH24:MI:SS.USOF')
                        || '|' || p.id, 'UTF8'), 'hex') AS next_cursor
               FROM numbered p
              WHERE p.rn = %s AND EXISTS (SELECT 1 FROM numbered q WHERE q.rn > %s)
@@ -181,8 +187,9 @@ DECLARE
     v_inst df.instances%ROWTYPE;
 BEGIN
     IF limit_count < 1 THEN
-        RAISE EXCEPTION 'df.instance_executions: limit_count must be at least 1, got %', limit_count
-            USING ERRCODE = 'invalid_parameter_value';
+        RAISE EXCEPTION 'limit_count must be at least 1'  -- pg_durable's text
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('df.instance_executions(): limit_count was %s.', limit_count);
     END IF;
     SELECT * INTO v_inst FROM df.instances i WHERE i.id = v_id;
     IF NOT FOUND THEN
