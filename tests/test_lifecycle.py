@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from engine import schema
+from tests.support import wait_for
 
 NOT_FOUND = "Instance not found or access denied"
 
@@ -122,7 +123,7 @@ def test_signal_other_roles_instance_looks_missing(db) -> None:
 
 def test_signal_bad_name_raises(db) -> None:
     iid = make_instance(db, "dftui_alice")
-    assert "must not be empty" in error_of(db, "dftui_alice", "SELECT df.signal(%s, '')", (iid,))
+    assert error_of(db, "dftui_alice", "SELECT df.signal(%s, '')", (iid,)) == "Signal name cannot be empty"
     # df.signal is STRICT, as pg_durable's: a NULL argument does nothing and returns NULL.
     assert db.scalar("SELECT df.signal(%s, NULL)", (iid,), role="dftui_alice") is None
     assert db.scalar("SELECT df.signal(%s, 'go', NULL)", (iid,), role="dftui_alice") is None
@@ -223,6 +224,41 @@ def test_do_block_can_signal_then_await(db) -> None:
     worker.join()
     assert errors == []
     assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (iid,)) == "completed"
+
+
+def test_a_signal_racing_the_engines_first_checkpoint_still_commits_at_once(db) -> None:
+    """The engine's checkpoint holds the SIGNAL task and marks the instance running; a signal
+    sent then holds the instance row and wants the task: a deadlock, in which PostgreSQL aborts
+    the signal's loopback (it waited first). df.signal tries it again, so the signal is still
+    committed at once, not left in the caller's transaction, where a DO block waiting for it to
+    be consumed (pg_durable's e2e test 07, test 3) would wait for ever."""
+    if not _loopback_available(db):
+        pytest.skip("dblink is not available on this server")
+    iid = db.scalar("SELECT df.start(df.wait_for_signal('go') ~> 'SELECT 1')", role="dftui_alice")
+    outcome: dict[str, object] = {}
+
+    def send() -> None:
+        try:
+            with db.connect("dftui_alice", autocommit=False) as conn:
+                outcome["answer"] = conn.execute("SELECT df.signal(%s, 'go')", (iid,)).fetchone()[0]
+                outcome["seen before commit"] = signals(db, iid)
+                conn.rollback()
+        except BaseException as exc:  # surfaced by the assertion below
+            outcome["error"] = exc
+
+    with db.connect(autocommit=False) as engine:  # what the engine's checkpoint locks, in order
+        engine.execute("SELECT 1 FROM df_internal.tasks WHERE instance_id = %s FOR UPDATE", (iid,))
+        sender = threading.Thread(target=send)
+        sender.start()
+        wait_for(lambda: db.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dftui signal loopback'"
+            " AND wait_event_type = 'Lock'"), 30, what="the signal to wait for the SIGNAL task")
+        engine.execute("UPDATE df.instances SET status = 'running' WHERE id = %s AND status = 'pending'",
+                       (iid,))  # df_internal.mark_running: the deadlock
+        engine.commit()
+        sender.join(60)
+    assert outcome == {"answer": "OK", "seen before commit": [("go", {})]}
+    assert signals(db, iid) == [("go", {})]  # the caller's rollback did not take it back
 
 
 def test_signal_inside_workflow_uses_callers_transaction(db) -> None:

@@ -51,10 +51,15 @@ AS $fn$
 #variable_conflict use_variable
 DECLARE
     v_data jsonb;
+    v_attempt integer;
 BEGIN
+    -- pg_durable's checks and texts (src/dsl.rs), in its order
+    IF instance_id = '' THEN
+        RAISE EXCEPTION 'Instance ID cannot be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF signal_name IS NULL OR signal_name = '' THEN
-        RAISE EXCEPTION 'df.signal: signal name must not be empty'
-            USING ERRCODE = 'invalid_parameter_value';
+        RAISE EXCEPTION 'Signal name cannot be empty' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = 'df.signal(): the signal name must not be empty.';
     END IF;
     -- Kept as JSON when it parses, else stored as a JSON string.
     IF signal_data IS NULL THEN
@@ -80,17 +85,29 @@ BEGIN
         RETURN 'OK';
     END IF;
 
-    -- In the caller's transaction: the AFTER UPDATE trigger queues the signal.
-    PERFORM pg_catalog.set_config('df.request', pg_catalog.json_build_object(
-        'op', 'signal', 'instance_id', instance_id, 'name', signal_name, 'data', v_data)::text, true);
-    UPDATE df.instances i SET updated_at = pg_catalog.now() WHERE i.id = instance_id;
-    IF NOT FOUND THEN
-        PERFORM pg_catalog.set_config('df.request', '', true);
-        RAISE EXCEPTION 'Instance not found or access denied: %', instance_id
-            USING ERRCODE = 'no_data_found';
-    END IF;
-    PERFORM pg_catalog.set_config('df.request', '', true);
-    RETURN 'OK';
+    -- In the caller's transaction: the AFTER UPDATE trigger queues the signal. A deadlock with
+    -- the engine's checkpoint (see df.signal_loopback) aborts only this attempt's savepoint:
+    -- try again rather than fail the caller's statement (pg_durable's df.signal never does).
+    FOR v_attempt IN 1..5 LOOP
+        BEGIN
+            PERFORM pg_catalog.set_config('df.request', pg_catalog.json_build_object(
+                'op', 'signal', 'instance_id', instance_id, 'name', signal_name, 'data', v_data)::text, true);
+            UPDATE df.instances i SET updated_at = pg_catalog.now() WHERE i.id = instance_id;
+            IF NOT FOUND THEN
+                PERFORM pg_catalog.set_config('df.request', '', true);
+                RAISE EXCEPTION 'Instance not found or access denied: %', instance_id
+                    USING ERRCODE = 'no_data_found';
+            END IF;
+            PERFORM pg_catalog.set_config('df.request', '', true);
+            RETURN 'OK';
+        EXCEPTION WHEN deadlock_detected THEN
+            IF v_attempt = 5 THEN
+                RAISE;
+            END IF;
+            PERFORM pg_catalog.pg_sleep(0.05 * v_attempt);
+        END;
+    END LOOP;
+    RETURN 'OK';  -- not reached
 END;
 $fn$;
 COMMENT ON FUNCTION df.signal(text, text, text) IS
@@ -113,6 +130,7 @@ DECLARE
     v_sql     text;
     v_result  text;
     v_can_set boolean;
+    v_attempt integer;
 BEGIN
     -- Inside a workflow step session_user is the engine: never borrow its memberships; the
     -- caller falls back to queueing the signal in its own transaction.
@@ -155,15 +173,28 @@ BEGIN
         'SET statement_timeout = ''30s''; SET pg_durable.signal_loopback = off; '
         'SET ROLE %I; SELECT df.signal(%L, %L, %L)',
         p_role, instance_id, signal_name, signal_data);
-    BEGIN
-        EXECUTE pg_catalog.format('SELECT t.r FROM %I.dblink($1, $2) AS t(r text)', v_schema)
-           INTO v_result USING v_conn, v_sql;
-    EXCEPTION WHEN OTHERS THEN
-        -- Not reachable, not visible there yet, row locked by the caller, ...: the caller's own
-        -- transaction decides (and reports the authoritative error, if any).
-        RETURN false;
-    END;
-    RETURN v_result = 'OK';
+    -- A signal sent as an instance takes its first steps can deadlock with the engine (the
+    -- signal locks the instance row, then the SIGNAL task; the engine's checkpoint holds the
+    -- task and marks the instance running): PostgreSQL aborts one of the two, and the engine
+    -- retries its side. So does this, a few times: falling back to the caller's transaction
+    -- would hold the instance row until the caller commits, and a caller that waits for the
+    -- signal to be consumed in that same transaction (a DO block, as pg_durable's own tests
+    -- do) would then wait for ever.
+    FOR v_attempt IN 1..5 LOOP
+        BEGIN
+            EXECUTE pg_catalog.format('SELECT t.r FROM %I.dblink($1, $2) AS t(r text)', v_schema)
+               INTO v_result USING v_conn, v_sql;
+            RETURN v_result = 'OK';
+        EXCEPTION
+            WHEN deadlock_detected OR lock_not_available OR serialization_failure THEN
+                PERFORM pg_catalog.pg_sleep(0.05 * v_attempt);
+            WHEN OTHERS THEN
+                -- Not reachable, not visible there yet, row locked by the caller, ...: the
+                -- caller's own transaction decides (and reports the authoritative error).
+                RETURN false;
+        END;
+    END LOOP;
+    RETURN false;
 END;
 $fn$;
 COMMENT ON FUNCTION df.signal_loopback(text, text, text, text) IS
