@@ -21,6 +21,7 @@ from engine.db import connect
 from engine.journal import reap as reap_inflight
 from engine.keys import HOUSEKEEPING_LOCK_TIMEOUT
 from engine.listener import cancel_dead_steps
+from engine.retention import Retention
 
 if TYPE_CHECKING:
     from engine.runner import Engine
@@ -39,6 +40,7 @@ def housekeeping(engine: Engine) -> None:
     conn: psycopg.Connection | None = None
     next_beat = 0.0
     next_retention = 0.0
+    retention = Retention()
     vacuumed_at_steps = 0
     can_vacuum: bool | None = None
     while not engine.wait_stopping(HOUSEKEEPING_TICK):
@@ -79,17 +81,7 @@ def housekeeping(engine: Engine) -> None:
             if config.retention_days is not None and interval != 0 and (
                     interval is None or time.monotonic() >= next_retention):
                 next_retention = time.monotonic() + (interval or 0)
-                # Only rows it can lock now: a role may hold FOR UPDATE on its own finished
-                # instance (UPDATE(status) is granted), and waiting for it made the whole
-                # DELETE time out on every pass, so nobody's history was ever purged. A
-                # skipped row goes on a later pass, once its holder lets go.
-                conn.execute(
-                    "DELETE FROM df.instances WHERE id IN (SELECT id FROM df.instances "
-                    "WHERE status IN ('completed', 'failed', 'cancelled') "
-                    "AND updated_at < now() - make_interval(secs => %s) "
-                    "LIMIT 500 FOR UPDATE SKIP LOCKED)",
-                    (config.retention_days * 86400,),
-                )
+                retention.run(conn, config.retention_days)  # pg_durable's rules: engine/retention.py
             # Timers that came due wake the workers even without a notification.
             row = conn.execute("SELECT EXISTS (SELECT 1 FROM df_internal.tasks "
                                "WHERE run_at <= now())").fetchone()

@@ -32,20 +32,59 @@ def test_max_user_connections_is_the_engine_concurrency(db) -> None:
     assert explicit.concurrency == 5  # the operator's flag wins
 
 
+def _age(db, iid: str, **columns: timedelta) -> None:
+    """Move an instance's timestamps into the past (past the update trigger)."""
+    with db.connect() as conn:
+        conn.execute("SET session_replication_role = replica")
+        for column, ago in columns.items():
+            conn.execute(sql.SQL("UPDATE df.instances SET {} = now() - %s WHERE id = %s").format(
+                sql.Identifier(column)), (ago, iid))
+
+
 def test_retention_days_removes_old_terminal_instances(db) -> None:
+    """pg_durable's rules (USER_GUIDE "Automatic Reconciliation"): the age runs from
+    completed_at, else created_at; updated_at, which the role may write itself, never counts."""
     _set(db, "pg_durable.retention_days", "1")
-    old = start(db, ALICE, "'SELECT 1'")
+    two_days = timedelta(days=2)
     with running_engine(db.dsn()):
-        assert wait_terminal(db, old) == "completed"
-        recent = start(db, ALICE, "'SELECT 2'")
-        assert wait_terminal(db, recent) == "completed"
-        with db.connect() as conn:  # make the first one two days old (past the update trigger)
-            conn.execute("SET session_replication_role = replica")
-            conn.execute("UPDATE df.instances SET updated_at = now() - %s WHERE id = %s",
-                         (timedelta(days=2), old))
-        wait_for(lambda: db.scalar("SELECT count(*) FROM df.instances WHERE id = %s", (old,)) == 0,
-                 what="retention to remove the old instance")
-    assert db.scalar("SELECT count(*) FROM df.instances WHERE id = %s", (recent,)) == 1
+        done = [start(db, ALICE, f"'SELECT {n}'") for n in range(4)]
+        failed = start(db, ALICE, "'SELECT 1/0'")
+        for iid in [*done, failed]:
+            wait_terminal(db, iid)
+        old, recent_completion, touched, recent = done
+        _age(db, old, created_at=two_days, completed_at=two_days)
+        _age(db, recent_completion, created_at=two_days)  # completed within the window: kept
+        _age(db, touched, updated_at=two_days)  # a role's own UPDATE of updated_at: kept
+        _age(db, failed, created_at=two_days)  # no completed_at: its age is created_at's
+        wait_for(lambda: db.scalar("SELECT count(*) FROM df.instances WHERE id = ANY(%s)",
+                                   ([old, failed],)) == 0,
+                 what="retention to remove the old instances")
+    assert db.scalar("SELECT count(*) FROM df.instances WHERE id = ANY(%s)",
+                     ([recent_completion, touched, recent],)) == 3
+
+
+def test_retention_keeps_at_most_the_newest_10000_finished_instances(db) -> None:
+    """pg_durable's fixed cap (src/worker.rs TERMINAL_INSTANCE_MAX_KEEP): beyond the newest
+    10,000 terminal instances, older ones go whatever their age; running ones never."""
+    with db.connect(autocommit=False) as conn:
+        conn.execute("SET LOCAL session_replication_role = replica")  # rows as history, no engine
+        conn.execute(
+            "INSERT INTO df.instances (id, root_node, status, submitted_by, created_at, completed_at)"
+            " SELECT lpad(to_hex(g), 8, '0'), 'aaaa0001',"
+            "        CASE WHEN g <= 3 THEN 'running' WHEN g %% 2 = 0 THEN 'completed' ELSE 'failed' END,"
+            "        %s::regrole, now() - make_interval(secs => 20000 - g),"
+            "        CASE WHEN g > 3 AND g %% 2 = 0 THEN now() - make_interval(secs => 20000 - g) END"
+            " FROM generate_series(1, 10010) g", (ALICE,))
+        conn.commit()
+    with running_engine(db.dsn(), retention_days=30.0, reconcile_interval=1.0):
+        wait_for(lambda: db.scalar("SELECT count(*) FROM df.instances WHERE status <> 'running'")
+                 == 10000, what="retention to cut the finished instances to 10,000")
+    with db.connect() as conn:
+        gone = [r[0] for r in conn.execute(
+            "SELECT lpad(to_hex(g), 8, '0') FROM generate_series(1, 10010) g"
+            " WHERE NOT EXISTS (SELECT 1 FROM df.instances i WHERE i.id = lpad(to_hex(g), 8, '0'))")]
+    # the 7 oldest finished ones (ids 4..10); the 3 oldest, still running, stay
+    assert gone == [f"{g:08x}" for g in range(4, 11)]
 
 
 def test_settings_are_read_and_bad_values_ignored(db) -> None:
