@@ -171,7 +171,7 @@ async def test_tui_greys_retry_out_and_shows_the_node_panel(pgd) -> None:
         screen = app.screen
         await wait_for_app(pilot, lambda: screen.loaded_once)
         assert {r.id for r in screen.rows} == {i[0] for i in INSTANCES}
-        assert "retry disabled" in app.header_text(160).plain
+        assert "retry disabled: df.retry is not available on this backend" in app.header_text(160).plain
         assert screen.active_bindings["r"].enabled is False
         assert screen.active_bindings["c"].enabled is True
 
@@ -205,3 +205,25 @@ async def test_tui_instance_tree_and_node_panel(pgd) -> None:
         console.print(node_details(screen.nodes["a000000d"], "completed", now=BASE_TIME, tz=UTC))
         panel = console.export_text()
         assert "done" in panel and '"\\"done\\""' not in panel and '""done""' not in panel
+
+
+def test_failed_node_text_and_status_details_are_not_double_encoded(capsys, pgd) -> None:
+    """pg_durable stores a failed node's error as a JSON string in df.nodes.result (its
+    update_node_status activity; df.nodes.error stays NULL) and stamps status_details with
+    {"execution_id": "<orchestration>::<execution>"}: shown as text, once."""
+    with pgd.connect() as conn:
+        conn.execute("UPDATE df.nodes SET result = to_jsonb('division by zero'::text),"
+                     " status_details = '{\"execution_id\": \"aaaa0002::1\"}'"
+                     " WHERE instance_id = 'aaaa0002'")
+    c = Client(pgd.dsn(ALICE))
+    c.connect()
+    try:
+        (node,) = c.nodes("aaaa0002")
+    finally:
+        c.close()
+    assert node.result == "division by zero"
+    assert node.status_details == {"execution_id": "aaaa0002::1"}
+    code, out, err = run(capsys, "show", "aaaa0002", "--dsn", pgd.dsn(ALICE))
+    assert code == 0, err
+    assert "division by zero" in out
+    assert '"division by zero"' not in out and '\\"' not in out
