@@ -51,6 +51,51 @@ def test_list_pages_and_rls(db):
             client.instance("00000001")
 
 
+def test_sorted_pages_walk_every_matching_row_in_the_column_order(db):
+    """Each sortable column is the server's keyset order: paging through it (both ways) meets
+    every visible row exactly once, in order, empty values last; the filter and RLS apply."""
+    labels = ["delta", None, "Alpha", "charlie", None, "bravo", "echo", "alpha2"]
+    statuses = ["completed", "failed", "running", "pending", "cancelled", "completed",
+                "failed", "running"]
+    seeds = [Seed(f"{i:08x}", statuses[i - 1], label=labels[i - 1], minutes_ago=i)
+             for i in range(1, 9)]
+    seeds.append(Seed("000000bb", "failed", label="aaa-bobs", role="dftui_bob"))
+    seed_instances(db, seeds)
+    expected = {  # the primary key of each order, as the rows' own values give it
+        "id": lambda r: r.id,
+        "label": lambda r: (r.label is None, (r.label or "").lower()),
+        "status": lambda r: r.status,
+        "by": lambda r: r.submitted_by,
+    }
+    with _client(db, "dftui_alice") as client:
+        for sort, key in expected.items():
+            for descending in (False, True):
+                seen, cursor = [], None
+                while True:
+                    page = client.list_instances(after=cursor, limit=3, sort=sort,
+                                                 descending=descending)
+                    seen += page.rows
+                    cursor = page.next_cursor
+                    if cursor is None:
+                        break
+                ids = [r.id for r in seen]
+                assert sorted(ids) == [f"{i:08x}" for i in range(1, 9)], (sort, descending)
+                values = [key(r) for r in seen]
+                assert values == sorted(values, reverse=descending), (sort, descending)
+        by_label = [r.label for r in client.list_instances(sort="label").rows]
+        assert by_label == ["Alpha", "alpha2", "bravo", "charlie", "delta", "echo", None, None]
+        steps = client.list_instances(sort="step", limit=100).rows  # running/failed first
+        assert {r.id for r in steps} == {f"{i:08x}" for i in range(1, 9)}
+        assert [r.current_step is None for r in steps] == sorted(r.current_step is None for r in steps)
+        took = client.list_instances(sort="duration", status="running").rows
+        assert {r.id for r in took} == {"00000003", "00000008"}
+        assert [r.id for r in took] == ["00000003", "00000008"]  # the younger has run less
+        assert [r.id for r in client.list_instances(sort="label", label_like="alpha").rows] == [
+            "00000003", "00000008"]
+        with pytest.raises(ClientError, match="unknown sort"):
+            client.list_instances(sort="nonsense")
+
+
 def test_status_count_estimates_above_cap(db):
     seed_instances(db, [Seed(f"{i:08x}", "completed", minutes_ago=i) for i in range(1, 8)])
     with _client(db, "dftui_alice") as client:
