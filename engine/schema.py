@@ -227,8 +227,9 @@ def install(conn: psycopg.Connection, *, upgrade: bool = True, root: Path | None
                 raise
         except psycopg.errors.LockNotAvailable as exc:
             raise SchemaError(
-                f"the upgrade waited {UPGRADE_LOCK_TIMEOUT} for a lock held by a running "
-                f"session ({exc.diag.message_primary}); nothing changed — rerun it") from exc
+                f"the upgrade waited {UPGRADE_LOCK_TIMEOUT} for a lock held by another session "
+                f"({exc.diag.message_primary}){_blockers(conn)}; nothing changed (the upgrade is "
+                f"one transaction) — end that session or wait for it, then rerun") from exc
         except psycopg.errors.InsufficientPrivilege as exc:
             user = conn.execute("SELECT current_user").fetchone()
             raise SchemaError(
@@ -237,6 +238,41 @@ def install(conn: psycopg.Connection, *, upgrade: bool = True, root: Path | None
                 f"schemas in this database such as its owner; nothing changed; see "
                 f"docs/operations.md, 'Managed PostgreSQL')") from exc
     raise AssertionError("unreachable")
+
+
+def _blockers(conn: psycopg.Connection) -> str:
+    """Who holds locks on the df schemas' relations, for the message of a timed-out upgrade.
+
+    Any session that has read a df view in a still-open transaction (an idle psql, a stuck
+    application) holds a lock that CREATE OR REPLACE VIEW must wait for. The upgrade waits a
+    bounded time, because while it waits every new reader of that view queues behind it; the
+    operator then needs to know which session to end. Read after the failed transaction is
+    rolled back; pid and role are visible to every installer (state and age only with
+    pg_read_all_stats or to a superuser)."""
+    try:
+        with conn.transaction():
+            rows = conn.execute(
+                "SELECT l.pid, pg_catalog.pg_get_userbyid(a.usesysid), a.state, "
+                "       pg_catalog.to_char(pg_catalog.now() - a.xact_start, 'HH24:MI:SS'), "
+                "       pg_catalog.string_agg(DISTINCT c.oid::pg_catalog.regclass::text, ', ') "
+                "  FROM pg_catalog.pg_locks l "
+                "  JOIN pg_catalog.pg_class c ON c.oid = l.relation "
+                "  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                "  LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid "
+                " WHERE l.granted AND l.pid <> pg_catalog.pg_backend_pid() "
+                "   AND n.nspname IN ('df', 'df_internal', 'df_exec') "
+                " GROUP BY 1, 2, 3, 4 ORDER BY 1 LIMIT 5").fetchall()
+    except psycopg.Error:
+        return ""
+    if not rows:
+        return ""
+    held = "; ".join(
+        f"pid {pid} (role {role or '?'}"
+        + (f", {state}" if state else "")
+        + (f" for {age}" if age else "")
+        + f") holds {relations}"
+        for pid, role, state, age, relations in rows)
+    return f" — {held} (SELECT pg_terminate_backend(pid) ends a session)"
 
 
 def uninstall(conn: psycopg.Connection) -> bool:

@@ -13,11 +13,12 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from dftui.embedded import Cluster, embedded_bindir
 from engine import schema
@@ -109,3 +110,53 @@ def eng1(db: TestDB, attacker: TestDB, mode: str) -> Iterator[object]:
     """Like `eng` with one worker: the same connection serves every step in turn."""
     with engine_in_mode(db, mode, concurrency=1) as engine:
         yield engine
+
+
+@pytest.fixture
+def mallory(db, attacker) -> Iterator[str]:
+    """A granted BYPASSRLS role with table-wide UPDATE on df.instances / df.nodes (the broad
+    grants a managed-service admin role typically has)."""
+    name = f"dftui_mal_{uuid.uuid4().hex[:6]}"
+    ident = sql.Identifier(name)
+    with db.connect() as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN BYPASSRLS").format(ident))
+        conn.execute("SET client_min_messages = warning")
+        conn.execute("SELECT df.grant_usage(%s)", (name,))
+        conn.execute(sql.SQL("GRANT INSERT, UPDATE ON df.instances, df.nodes TO {}").format(ident))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA evil TO {}").format(ident))
+    try:
+        yield name
+    finally:
+        with db.connect() as conn:
+            conn.execute("DELETE FROM df.instances WHERE submitted_by::oid NOT IN "
+                         "(SELECT oid FROM pg_catalog.pg_roles)")
+            conn.execute(sql.SQL("DELETE FROM df.instances WHERE submitted_by = {}::regrole").format(
+                sql.Literal(name)))
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+            conn.execute(sql.SQL("DROP ROLE {}").format(ident))
+
+
+@pytest.fixture
+def granted_roles(db: TestDB) -> Iterator[Callable[[int], list[str]]]:
+    """make(n): n fresh LOGIN roles granted df usage (roles are cluster-wide: dropped, with their
+    instances, after the test)."""
+    made: list[str] = []
+
+    def make(n: int) -> list[str]:
+        names = [f"dftui_r{uuid.uuid4().hex[:8]}" for _ in range(n)]
+        with db.connect() as conn:
+            conn.execute("SET client_min_messages = warning")
+            for name in names:
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+                made.append(name)
+                conn.execute("SELECT df.grant_usage(%s)", (name,))
+        return names
+
+    try:
+        yield make
+    finally:
+        with db.connect() as conn:
+            for name in made:
+                conn.execute("DELETE FROM df.instances WHERE submitted_by = %s::regrole", (name,))
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+                conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))

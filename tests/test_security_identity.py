@@ -123,30 +123,6 @@ def test_alice_is_never_given_a_trampoline_once_she_is_a_superuser(db, attacker,
 
 # -- rows forged or rewritten by roles that skip RLS (class 4, issue 14 "tampered identity") -------
 
-@pytest.fixture
-def mallory(db, attacker) -> Iterator[str]:
-    """A granted BYPASSRLS role with table-wide UPDATE on df.instances / df.nodes (the broad
-    grants a managed-service admin role typically has)."""
-    name = f"dftui_mal_{uuid.uuid4().hex[:6]}"
-    ident = sql.Identifier(name)
-    with db.connect() as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN BYPASSRLS").format(ident))
-        conn.execute("SET client_min_messages = warning")
-        conn.execute("SELECT df.grant_usage(%s)", (name,))
-        conn.execute(sql.SQL("GRANT INSERT, UPDATE ON df.instances, df.nodes TO {}").format(ident))
-        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA evil TO {}").format(ident))
-    try:
-        yield name
-    finally:
-        with db.connect() as conn:
-            conn.execute("DELETE FROM df.instances WHERE submitted_by::oid NOT IN "
-                         "(SELECT oid FROM pg_catalog.pg_roles)")
-            conn.execute(sql.SQL("DELETE FROM df.instances WHERE submitted_by = {}::regrole").format(
-                sql.Literal(name)))
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
-            conn.execute(sql.SQL("DROP ROLE {}").format(ident))
-
-
 def _forge_graph(conn, iid: str, node: str, who: str, query: str) -> None:
     conn.execute("INSERT INTO df.nodes (id, instance_id, node_type, query, submitted_by) "
                  "VALUES (%s, %s, 'SQL', %s, %s)", (node, iid, query, who))

@@ -123,7 +123,8 @@ class EnginesScreen(BaseScreen):
                 str(d.get("concurrency") or ""),
                 str(d.get("role_max_running") or "all − 1"),
                 _timeout(d.get("step_timeout_ms")),
-                str(d.get("steps_done") or 0),
+                # (NULL for an ordinary role: it counts every role's steps)
+                "–" if d.get("steps_done") is None else str(d["steps_done"]),
             )
         parts: list = [table]
         if not health.engines:

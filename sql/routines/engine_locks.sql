@@ -44,6 +44,41 @@ BEGIN
     RETURN (SELECT i.status FROM df.instances i WHERE i.id OPERATOR(pg_catalog.=) p_instance);
 END $$;
 
+-- The non-waiting form of lock_instance, for work done inside a claim (start_instance, the
+-- refusal in triage) and by the reaper: nothing there may wait for a lock a role holds.
+-- Takes the orchestration lock and the instance row itself (FOR NO KEY UPDATE, what an UPDATE
+-- of its status takes; the foreign keys of the engine's own inserts then need nothing more),
+-- both SKIP LOCKED. The submitter can lock its own instance row in every mode that blocks the
+-- engine (FOR UPDATE / FOR SHARE: UPDATE(status) is granted), and holding it in an idle open
+-- transaction must delay nobody's work but its own: the caller postpones the task instead of
+-- waiting (issue 13, availability). Returns false when either is held by someone else (or the
+-- instance is gone); the locks are this transaction's until it ends.
+CREATE OR REPLACE FUNCTION df_internal.try_lock_instance(p_instance varchar) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM 1 FROM df_internal.instance_locks l
+     WHERE l.instance_id OPERATOR(pg_catalog.=) p_instance FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        IF EXISTS (SELECT 1 FROM df_internal.instance_locks l
+                    WHERE l.instance_id OPERATOR(pg_catalog.=) p_instance) THEN
+            RETURN false;  -- held by another engine transaction
+        END IF;
+        INSERT INTO df_internal.instance_locks (instance_id)
+        SELECT s.instance_id FROM df_internal.instance_state s
+         WHERE s.instance_id OPERATOR(pg_catalog.=) p_instance
+        ON CONFLICT DO NOTHING;
+        PERFORM 1 FROM df_internal.instance_locks l
+         WHERE l.instance_id OPERATOR(pg_catalog.=) p_instance FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            RETURN false;
+        END IF;
+    END IF;
+    PERFORM 1 FROM df.instances i WHERE i.id OPERATOR(pg_catalog.=) p_instance
+        FOR NO KEY UPDATE SKIP LOCKED;
+    RETURN FOUND;
+END $$;
+REVOKE ALL ON FUNCTION df_internal.try_lock_instance(varchar) FROM PUBLIC;
+
 -- Begin an instance (see 0.1.0). Runs inside a claim: every wait is bounded, and a start blocked
 -- by a lock somebody else holds is retried later instead of failing (or stalling) the claim.
 CREATE OR REPLACE FUNCTION df_internal.start_instance(p_instance varchar) RETURNS void
@@ -54,7 +89,17 @@ DECLARE
     root varchar;
     msg text;
 BEGIN
-    IF df_internal.lock_instance(p_instance) IS DISTINCT FROM 'pending' THEN
+    -- Never wait for the submitter's lock on its instance row (it may hold it for as long as it
+    -- likes, on as many instances as it likes: each claim would wait lock_timeout for each):
+    -- the start is postponed instead.
+    IF NOT df_internal.try_lock_instance(p_instance) THEN
+        IF EXISTS (SELECT 1 FROM df.instances i WHERE i.id = p_instance) THEN
+            UPDATE df_internal.tasks t SET run_at = now() + interval '5 seconds'
+             WHERE t.instance_id = p_instance AND t.kind = 'start';
+            RETURN;
+        END IF;
+    END IF;
+    IF (SELECT i.status FROM df.instances i WHERE i.id = p_instance) IS DISTINCT FROM 'pending' THEN
         DELETE FROM df_internal.tasks t WHERE t.instance_id = p_instance AND t.kind = 'start';
         RETURN;
     END IF;

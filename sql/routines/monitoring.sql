@@ -365,6 +365,10 @@ COMMENT ON FUNCTION df.instance_nodes(text, integer) IS
 -- Engines and their heartbeats: visible to every granted role (no instance data in here), with
 -- each engine's HTTP egress policy (df.http() reads it when a graph is built) and its fairness
 -- defaults (role_limits.sql; role_max_running NULL = all live engines' workers minus one).
+-- steps_done counts every role's steps, so an ordinary role watching it would see other roles'
+-- activity (when and how much they run): it is NULL unless the caller is a superuser or a
+-- member of the df owner (issue 13, "no role can watch another's work"); an ordinary role's
+-- own throughput is df.step_rate, which counts its own steps only.
 CREATE OR REPLACE VIEW df.engines WITH (security_barrier = true) AS
 SELECT e.id,
        e.host,
@@ -374,7 +378,12 @@ SELECT e.id,
        e.heartbeat_at,
        e.stopped_at,
        e.concurrency,
-       e.steps_done,
+       CASE WHEN (SELECT r.rolsuper FROM pg_catalog.pg_roles r
+                   WHERE r.rolname OPERATOR(pg_catalog.=) current_user)
+              OR pg_catalog.pg_has_role(current_user,
+                     (SELECT n.nspowner FROM pg_catalog.pg_namespace n
+                       WHERE n.nspname OPERATOR(pg_catalog.=) 'df'), 'MEMBER')
+            THEN e.steps_done END AS steps_done,
        CASE WHEN e.stopped_at IS NOT NULL THEN 'stopped'
             WHEN e.heartbeat_at > pg_catalog.now() - interval '60 seconds' THEN 'alive'
             ELSE 'stale' END AS state,

@@ -74,7 +74,13 @@ BEGIN
             PERFORM 1 FROM df_internal.tasks t
              WHERE t.instance_id = k.i AND t.node_id = k.nd AND t.gen = k.g
                FOR UPDATE SKIP LOCKED;
-            IF NOT FOUND THEN
+            -- Never wait for a lock a role holds: a fault at the limit fails the node and the
+            -- instance (writes its row), and the submitter may hold its own instance row FOR
+            -- UPDATE for as long as it likes. Waiting made this whole call time out on every
+            -- heartbeat, so no dead engine's tasks were charged for anyone (a task that kills
+            -- every engine ran for ever) and the housekeeping after it (retention, timer
+            -- wake-ups) never ran. A held instance is left for a later call.
+            IF NOT FOUND OR NOT df_internal.try_lock_instance(k.i) THEN
                 left_over := true;
                 CONTINUE;
             END IF;

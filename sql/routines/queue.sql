@@ -44,7 +44,7 @@ DECLARE
     capped_out oid[] := '{}';  -- roles whose slots are all taken (skipped for this claim)
     pass integer;
     rescan boolean;
-    scans integer := 0;        -- scans restarted to leave out a role found capped out
+    resume_at timestamptz := '-infinity';  -- where a restarted scan picks up (see below)
     batch_role oid;            -- the one role whose tasks this claim takes (see below)
     other_roles boolean := false;  -- due tasks of other roles were passed over
 BEGIN
@@ -57,22 +57,31 @@ BEGIN
     -- Concurrent claimers all start at the head of the queue. Each first looks at its own slice
     -- of it (instances hashed over p_slices, the engine's workers), so they do not queue up on
     -- one another's row locks, then, if its batch is not full, at everything.
-    -- A role found capped out is filtered out of the rest of the scan (a new scan of the head,
-    -- at most a few times): a claim whose role has every slot taken otherwise walks up to 1,000
-    -- rows of that role, one by one in PL/pgSQL, to find none (issue 17: such claims cost more
-    -- server time than the steps). Nothing taken yet in pass 1 when that happens: straight to
-    -- pass 2, which looks at the head of the whole queue for other roles' tasks.
+    -- A role found capped out is filtered out of the rest of the scan: the scan is restarted
+    -- with the role in its filter, from where it stopped (run_at of the row that revealed it;
+    -- rows before it were already looked at). Filtered in the scan, before its 1,000-row window
+    -- is cut, so capped roles' backlogs never fill the window, however many such roles there
+    -- are (issue 13: with a fixed number of restarts, five colluding roles at their caps hid
+    -- every other role's task behind their backlogs). It terminates: each restart adds a role to
+    -- capped_out, and a role is capped out only while its cap's slots are held by running
+    -- claims, so there are never more such roles than workers in all engines. Rows of capped
+    -- roles are walked by the index scan, not one by one in PL/pgSQL (issue 17). Nothing taken
+    -- yet in pass 1 when that happens: straight to pass 2, which looks at the head of the whole
+    -- queue for other roles' tasks.
     pass := CASE WHEN slices > 1 THEN 1 ELSE 2 END;
     WHILE pass <= 2 LOOP
         rescan := false;
         FOR c IN
             SELECT q.* FROM (
-            SELECT x.instance_id, x.node_id,
+            SELECT x.instance_id, x.node_id, x.run_at,
                    y.node_type IN ('HTTP', 'HTTP_MULTIPART')
                    -- a suspect of an engine death is claimed alone too (see reap_inflight)
                    OR x.suspect AS http,
-                   -- steps that occupy a worker count against their role's running-step cap
-                   x.kind = 'run' AND y.node_type IN ('SQL', 'HTTP', 'HTTP_MULTIPART') AS capped,
+                   -- work that occupies a worker counts against its role's running-step cap:
+                   -- steps, and the start of a hand-made instance (its graph is validated and
+                   -- activated inside the claim: up to 10,000 nodes)
+                   (x.kind = 'run' AND y.node_type IN ('SQL', 'HTTP', 'HTTP_MULTIPART'))
+                   OR x.kind = 'start' AS capped,
                    -- (node type and role are on the row when the interpreter queued it, see
                    -- migration 0470; looked up only when not, COALESCE evaluating lazily)
                    COALESCE(x.role_oid, (SELECT s.submitted_by::oid FROM df_internal.instance_state s
@@ -83,13 +92,14 @@ BEGIN
                                                   (SELECT n.node_type FROM df.nodes n
                                                     WHERE n.instance_id = x.instance_id
                                                       AND n.id = x.node_id), '') AS node_type) y
-             WHERE x.run_at <= now()
+             WHERE x.run_at <= now() AND x.run_at >= resume_at
                AND (pass = 2 OR (hashtext(x.instance_id) & 2147483647) % slices = p_slice)
                -- a capped-out role's tasks are left out *before* the window is cut: filtered
                -- after it, a role with more due tasks than the window (1,000) filled it and
                -- hid every other role's task behind its backlog (issue 13, availability)
                AND (cardinality(capped_out) = 0
-                    OR NOT (x.kind = 'run' AND y.node_type IN ('SQL', 'HTTP', 'HTTP_MULTIPART')
+                    OR NOT (((x.kind = 'run' AND y.node_type IN ('SQL', 'HTTP', 'HTTP_MULTIPART'))
+                             OR x.kind = 'start')
                             AND COALESCE(x.role_oid, (SELECT s.submitted_by::oid
                                                         FROM df_internal.instance_state s
                                                        WHERE s.instance_id = x.instance_id))
@@ -97,7 +107,9 @@ BEGIN
              ORDER BY x.run_at
              LIMIT 1000) q
         LOOP
-            EXIT WHEN cardinality(insts) >= want OR lone;
+            -- (a start processed here is work done: it counts, so one claim starts at most
+            -- `want` hand-made instances, not every one in its window)
+            EXIT WHEN cardinality(insts) + cardinality(started) >= want OR lone;
             CONTINUE WHEN c.http AND cardinality(insts) > 0;
             -- (pass 2 meets pass 1's candidates again: a task this claim holds is not taken twice)
             CONTINUE WHEN c.instance_id = ANY (insts) AND EXISTS (
@@ -129,12 +141,9 @@ BEGIN
                     IF pass = 1 AND cardinality(insts) = 0 THEN
                         EXIT;  -- (to pass 2)
                     END IF;
-                    IF scans < 4 THEN
-                        scans := scans + 1;
-                        rescan := true;
-                        EXIT;
-                    END IF;
-                    CONTINUE;
+                    resume_at := c.run_at;
+                    rescan := true;
+                    EXIT;
                 END IF;
             END IF;
             SELECT * INTO t FROM df_internal.tasks x
@@ -143,9 +152,10 @@ BEGIN
             CONTINUE WHEN NOT FOUND;
             batch_role := c.role_oid;
             verdict := df_internal.triage(t);
-            -- (a refused instance was failed inside this claim: reported like a started one,
-            -- so the engine commits the claim instead of rolling the refusal back)
-            IF verdict IN ('started', 'refused') THEN
+            -- (a refused instance was failed inside this claim, a postponed task moved on:
+            -- reported like a started one, so the engine commits the claim instead of rolling
+            -- the change back)
+            IF verdict IN ('started', 'refused', 'postponed') THEN
                 started := started || t.instance_id::text;
             ELSIF verdict = 'ok' THEN
                 insts := insts || t.instance_id;
@@ -153,9 +163,10 @@ BEGIN
                 lone := c.http;
             END IF;
         END LOOP;
-        EXIT WHEN cardinality(insts) >= want OR lone;
+        EXIT WHEN cardinality(insts) + cardinality(started) >= want OR lone;
         IF NOT rescan THEN
             pass := pass + 1;
+            resume_at := '-infinity';
         END IF;
     END LOOP;
 
@@ -211,8 +222,9 @@ BEGIN
 END $$;
 
 -- What to do with a locked task: 'ok' (run it), 'stale' (deleted: its generation was fenced or its
--- instance ended), 'started' (a hand-made instance's start task, processed here) or 'refused' (its
--- instance was failed here, see below). (No task is 'leased' any more: migration 0410.) An
+-- instance ended), 'started' (a hand-made instance's start task, processed here), 'refused' (its
+-- instance was failed here, see below) or 'postponed' (its instance row is locked by someone
+-- else: tried again in a few seconds, never waited for). (No task is 'leased' any more: migration 0410.) An
 -- instance whose recorded identity is not the one
 -- frozen at its start, or is a superuser while superuser instances are off, is failed here,
 -- before anything of it runs and before the engine prepares anything for its role
@@ -237,6 +249,14 @@ BEGIN
     IF suspect AND inst_status IN ('pending', 'running') THEN
         reason := df_internal.identity_verdict(t.instance_id);
         IF reason IS NOT NULL THEN
+            -- Failing it writes the instance row, which a role that may rewrite submitted_by can
+            -- also hold FOR UPDATE: the claim never waits for that (it would for ever: a claim
+            -- has no lock_timeout of its own), the task is postponed instead.
+            IF NOT df_internal.try_lock_instance(t.instance_id) THEN
+                UPDATE df_internal.tasks x SET run_at = now() + interval '5 seconds'
+                 WHERE x.instance_id = t.instance_id AND x.node_id = t.node_id;
+                RETURN 'postponed';
+            END IF;
             PERFORM df_internal.refuse_instance(t.instance_id, reason);
             RETURN 'refused';
         END IF;
