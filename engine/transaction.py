@@ -44,7 +44,7 @@ from engine.errors import (
     fault_reason,
     is_error,
 )
-from engine.identity import SESSION_RESET
+from engine.identity import SESSION_RESET, STEP_RESET
 from engine.keys import BATCH_LOCK_TIMEOUT
 from engine.leaves import Checkpoint, Complete, Leaves, Park
 from engine.retry import retry_delay
@@ -75,7 +75,10 @@ class StepTransaction:
         self.leaves = Leaves(config)
         # what became of the last task, when not obvious from the Outcome (metrics label)
         self.outcome: str | None = None
-        self.needs_discard = False  # the transaction was rolled back: reset the session first
+        # The session may hold what a step left in it (the transaction was rolled back, or a
+        # step's dblink connections, which only SESSION_RESET closes, see STEP_RESET): the
+        # worker resets it before its batch commits, or before the next claim at the latest.
+        self.needs_discard = False
 
     # -- 1–5: one task ---------------------------------------------------------------------------
     def run(self, conn: psycopg.Connection, task: Task, *, first: bool, commit: bool,
@@ -93,6 +96,8 @@ class StepTransaction:
         started = datetime.now(UTC)
         in_savepoint = False
         sql_step = task.node_type == "SQL"
+        if sql_step:
+            self.needs_discard = True  # user code may run from here on (describing runs it)
         try:
             if task.load_error is not None:
                 raise EngineFault(task.load_error)
@@ -113,6 +118,8 @@ class StepTransaction:
                           else self.sql.run_elsewhere(conn, plan, task))
             self._write_checkpoint(conn, task, checkpoint, started)
             _script(conn, "RELEASE SAVEPOINT step", SESSION_RESET if sql_step else None)
+            if sql_step:
+                self.needs_discard = False
             return Outcome.RAN
         except StepFailure as failure:
             if not self._rollback_step(conn, in_savepoint):
@@ -151,16 +158,20 @@ class StepTransaction:
                    commit: bool, sibling: bool) -> Outcome:
         """The step and its checkpoint in one round trip; an error skips the rest of the
         script, COMMIT included. A sibling's statement is gated on its task being live (a
-        one-time filter, evaluated before the step: a fenced step does not run at all)."""
+        one-time filter, evaluated before the step: a fenced step does not run at all). The
+        batch's last step wipes the whole session (SESSION_RESET) before its COMMIT; the others
+        leave their dblink connections for the batch's end (STEP_RESET)."""
         # (the marker first: the console finds the running step by it, activity.py)
         marker = step_marker(task.instance_id, task.node_id, task.gen)
         try:
             with _script(conn, f"{marker} SAVEPOINT step", None if first else _BATCH_LOCK_TIMEOUT,
                          _step_timeout(conn, task.instance_id, self.step_timeout_ms),
                          self.sql.live_only(conn, fused, task) if sibling else fused.query,
-                         "RELEASE SAVEPOINT step", SESSION_RESET,
+                         "RELEASE SAVEPOINT step", SESSION_RESET if commit else STEP_RESET,
                          "COMMIT" if commit else None) as cur:
                 verdict = _checkpoint_verdict(cur)
+            if commit:
+                self.needs_discard = False
         except psycopg.Error as exc:
             if conn.broken:
                 raise
@@ -210,6 +221,7 @@ class StepTransaction:
         self.outcome = "failed" if delay is None else "retried"
         if wipe:
             conn.execute(SESSION_RESET)
+            self.needs_discard = False
 
     def _defer(self, conn: psycopg.Connection, task: Task, why: str) -> None:
         """Somebody (normally the submitter) holds a lock the checkpoint needs: put the task back
@@ -248,6 +260,7 @@ class StepTransaction:
                       task.instance_id, task.node_id, self.config.max_task_faults)
         if task.node_type == "SQL":
             conn.execute(SESSION_RESET)  # describing may have run user code
+            self.needs_discard = False
 
     def fault_alone(self, task: Task, exc: BaseException) -> None:
         """Charge a fault outside any batch (the batch's transaction or connection is gone)."""

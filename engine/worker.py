@@ -25,7 +25,7 @@ import psycopg
 from engine import schema
 from engine.claim import Task, claim
 from engine.db import connect
-from engine.identity import reset_session
+from engine.identity import SESSION_RESET, reset_session
 from engine.sql_steps import SqlSteps
 from engine.transaction import Outcome, StepTransaction
 
@@ -213,7 +213,14 @@ class Worker:
                     stopped_early = True
                     break
             if conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                conn.execute("COMMIT")  # (a last fused step commits in its own round trip)
+                # (a last fused step commits in its own round trip; a batch that stopped before
+                # its last task wipes the steps' session state, dblink connections included,
+                # before it commits: one round trip either way)
+                if self.steps.needs_discard:
+                    conn.execute(f"{SESSION_RESET}; COMMIT")
+                    self.steps.needs_discard = False
+                else:
+                    conn.execute("COMMIT")
         except BaseException:
             tally.roll_back()
             raise

@@ -221,6 +221,49 @@ def test_dblink_connections_a_step_opens_do_not_outlive_it(db, mode):
                 f"alice's step used bob's {what} dblink connection: {root_result(db, probes[what])}")
 
 
+
+def test_dblink_connections_of_a_batch_are_closed_before_its_next_batch(db, mode):
+    """Between the steps of one batch (one role's tasks only) the engine leaves the dblink
+    connections open and closes them before the batch commits (the close costs a caught error
+    per call: issue 17). A batch that stops early — its first step outlasts the batch's time
+    budget, so the tasks claimed behind it go back to the queue — must close them too: bob's
+    tasks claimed with the step that opened them run in a later batch of the same session and
+    find nothing."""
+    schema = _dblink_schema(db)
+    if schema is None:
+        pytest.skip("dblink is not installed")
+    with db.connect() as conn:
+        for sig in ("text", "text, text"):
+            conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {}.dblink_connect_u({}) TO dftui_bob").format(
+                sql.Identifier(schema), sql.SQL(sig)))
+    info = db.server.admin_conninfo
+    target = f"host={info.get('host', '')} port={info.get('port', '')} dbname={db.name} user={BOB}"
+    with db.connect(BOB) as conn:  # queued before the engine starts: one claim takes them all
+        opener = conn.execute("SELECT df.start(%s)", (
+            f"SELECT {schema}.dblink_connect_u('leak', '{target}') AS named, "
+            f"{schema}.dblink_connect_u('{target}') AS unnamed, pg_backend_pid() AS pid, "
+            "pg_sleep(0.3) AS outlasts_the_budget",)).fetchone()[0]
+        lister = conn.execute("SELECT df.start(%s)", (
+            f"SELECT coalesce({schema}.dblink_get_connections(), '{{}}')::text AS conns, "
+            "pg_backend_pid() AS pid",)).fetchone()[0]
+        unnamed = conn.execute("SELECT df.start(%s)", (
+            f"SELECT u FROM {schema}.dblink('SELECT current_user::text') AS t(u text)",)).fetchone()[0]
+    with engine_in_mode(db, mode, concurrency=1):
+        for iid in (opener, lister, unnamed):
+            wait_terminal(db, iid)
+    assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (opener,)) == "completed", \
+        errors(db, opener)
+    picked = db.scalar("SELECT count(DISTINCT picked_up_at) FROM df_internal.instance_pickups "
+                       "WHERE instance_id IN (%s, %s, %s)", (opener, lister, unnamed))
+    assert picked == 1, "the three were not claimed by one batch: the test proves nothing"
+    opened_in = root_result(db, opener)["rows"][0]["pid"]
+    listed = root_result(db, lister)["rows"][0]
+    assert listed["pid"] == opened_in, "not the same engine session: the test proves nothing"
+    assert listed["conns"] == "{}", f"the named dblink connection outlived its batch: {listed}"
+    assert wait_terminal(db, unnamed) == "failed", (
+        f"the unnamed dblink connection outlived its batch: {root_result(db, unnamed)}")
+
+
 # -- leaks: every df function PUBLIC may call, aimed at another role's instance ---------------------
 
 _SECRET = "bobsecret"
