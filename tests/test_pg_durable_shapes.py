@@ -119,6 +119,32 @@ def test_signal_wait_reads_signal_name(db, eng) -> None:
                                                  "data": {"ok": True}}
 
 
+def test_the_user_guides_waiting_queries_work(db, eng) -> None:
+    """pg_durable's USER_GUIDE, "Detecting What an Instance is Waiting On": its three queries,
+    verbatim but for the id, find what a running instance waits on."""
+    signal = start(db, ALICE, "'SELECT 1' ~> df.wait_for_signal('approve')")
+    schedule = start(db, ALICE, "df.wait_for_schedule('0 9 * * 1')")
+    sleep = start(db, ALICE, "df.sleep(3600)")
+    queries = {
+        signal: "SELECT n.node_id, n.query::jsonb->>'signal_name' AS signal_name, n.inferred_status"
+                " FROM df.instance_nodes(%s) AS n WHERE n.node_type = 'SIGNAL'"
+                " AND n.inferred_status = 'running'",
+        schedule: "SELECT n.node_id, n.query::jsonb->>'cron_expr' AS cron_schedule, n.inferred_status"
+                  " FROM df.instance_nodes(%s) AS n WHERE n.node_type = 'WAIT_SCHEDULE'"
+                  " AND n.inferred_status = 'running'",
+        sleep: "SELECT n.node_id, n.query::text AS duration_seconds, n.inferred_status"
+               " FROM df.instance_nodes(%s) AS n WHERE n.node_type = 'SLEEP'"
+               " AND n.inferred_status = 'running'",
+    }
+    with db.connect(ALICE) as conn:
+        for iid, query in queries.items():
+            wait_for(lambda iid=iid, query=query: conn.execute(query, (iid,)).fetchall(),
+                     what=f"{iid} to be waiting")
+        assert [r[1:] for r in conn.execute(queries[signal], (signal,))] == [("approve", "running")]
+        assert [r[1:] for r in conn.execute(queries[schedule], (schedule,))] == [("0 9 * * 1", "running")]
+        assert [r[1:] for r in conn.execute(queries[sleep], (sleep,))] == [("3600", "running")]
+
+
 @pytest.mark.parametrize("prefix", ["", "'SELECT ''prefix''' ~> "], ids=["root", "non-root"])
 def test_break_in_a_loop_condition_completes_the_loop(db, eng, prefix) -> None:
     """pg_durable's tests/e2e/sql/58: the loop (root or not) completes with the break value."""
@@ -133,6 +159,7 @@ def test_break_in_a_loop_condition_completes_the_loop(db, eng, prefix) -> None:
 @pytest.mark.parametrize(("value", "arm"), [
     ("0.0::numeric", "else"), ("0.0::float8", "else"), ("'0.0'", "else"), ("' 0 '", "else"),
     ("'-0'", "else"), ("' '", "else"), ("'No'", "else"), ("'F'", "else"), ("'0e3'", "else"),
+    ("E'\\t0\\n'", "else"), ("E'\\n no \\r'", "else"), ("E'\\tyes'", "then"), ("'nan'", "then"),
     ("'yes'", "then"), ("' TRUE '", "then"), ("'0.1'", "then"), ("'abc'", "then"),
     ("2.5::numeric", "then"), ("'t'", "then"),
 ])

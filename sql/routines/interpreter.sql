@@ -20,6 +20,7 @@ DECLARE
     v jsonb;
     first_row jsonb;
     col text;
+    str text;
 BEGIN
     IF p_result IS NULL OR jsonb_typeof(p_result) = 'null' THEN
         RETURN false;
@@ -40,6 +41,12 @@ BEGIN
     IF v IS NULL THEN
         RETURN false;
     END IF;
+    IF jsonb_typeof(v) = 'string' THEN
+        -- trimmed of whitespace as Rust's str::trim does (tabs, newlines, Unicode spaces too)
+        str := lower(regexp_replace(v #>> '{}',
+            '^[\s\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+|[\s\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$',
+            '', 'g'));
+    END IF;
     RETURN CASE jsonb_typeof(v)
         WHEN 'null' THEN false
         WHEN 'boolean' THEN v::text::boolean
@@ -48,10 +55,10 @@ BEGIN
         -- '' false, a number (numeric columns arrive as strings: '0.0') by its value, any other
         -- text true.
         WHEN 'string' THEN CASE
-            WHEN lower(btrim(v #>> '{}')) IN ('true', 't', 'yes') THEN true
-            WHEN lower(btrim(v #>> '{}')) IN ('', 'false', 'f', 'no') THEN false
-            WHEN btrim(v #>> '{}') ~ '^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,4})?$'
-                THEN btrim(v #>> '{}')::numeric <> 0
+            WHEN str IN ('true', 't', 'yes') THEN true
+            WHEN str IN ('', 'false', 'f', 'no') THEN false
+            WHEN str ~ '^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)(e[+-]?[0-9]{1,4})?$'
+                THEN str::numeric <> 0
             ELSE true END
         WHEN 'array' THEN jsonb_array_length(v) > 0
         WHEN 'object' THEN v <> '{}'::jsonb
