@@ -21,7 +21,8 @@ Files that test what dftui does not have (the extension's lifecycle, duroxide's 
 worker's connection pools) are run too and reported as "n/a" with the reason when they fail;
 a file failing for a documented difference says "known", one that needs httpbingo.org while the
 internet is unreachable "offline", one failing with the exact message of a check that races
-pg_durable's own worker (RACES) "race" — so the summary separates real regressions from
+pg_durable's own worker (RACES) "race", one a least-privilege engine fails for what it cannot do
+(OWNER_MODE: superuser instances, roles not granted to it, dblink loopbacks) "owner" — so the summary separates real regressions from
 documented non-applicability (docs/pg_durable.md). Any other failure is "FAIL" (exit status 1).
 A file that aborts leaves behind what its own clean-up would have removed (variables it set,
 instances still running): that is removed before the next file, so one abort cannot fail
@@ -151,6 +152,27 @@ RACES = {
         "load: its tests 4 and 5)"),
 }
 
+# With a least-privilege engine (--engine-mode owner), what docs/security.md and docs/pg_durable.md
+# say it cannot do, by the failure it gives: a file failing with one of these is labelled "owner".
+OWNER_MODE = {
+    "cannot run superuser instances":
+        "the file submits as the superuser postgres; a least-privilege engine cannot run a "
+        "superuser's instances (pg_durable's worker is a superuser)",
+    "must be able to SET ROLE":
+        "the file creates a role and grants it df usage; a least-privilege engine runs steps "
+        "only for roles granted to it (GRANT role TO engine role)",
+    "password or GSSAPI delegated credentials required":
+        "transaction_mode => 'new' needs dblink from a superuser-owned function",
+}
+# ... and file-specific ones (the exact failure, why).
+OWNER_MODE_FILES = {
+    "07_signals": (
+        "Timeout after 10 seconds waiting for instance",
+        "its DO block signals and waits for the signal's effect in one transaction; without a "
+        "superuser owner the dblink loopback is unavailable, so a signal takes effect only when "
+        "the caller's transaction commits"),
+}
+
 # Files that call httpbingo.org (pg_durable's test build allows it): they need the internet.
 NEEDS_INTERNET = {"04_variables_and_results", "06_http_and_ssrf"}
 
@@ -175,6 +197,18 @@ class Outcome:
     seconds: float = 0.0
 
     offline: bool = False
+    engine_mode: str = "superuser"
+
+    @property
+    def owner_reason(self) -> str:
+        """Why a least-privilege engine fails this file, when the failure is one it must give."""
+        if self.engine_mode != "owner" or self.passed:
+            return ""
+        for fragment, why in OWNER_MODE.items():
+            if fragment in self.excerpt:
+                return why
+        fragment, why = OWNER_MODE_FILES.get(self.name, ("\0", ""))
+        return why if fragment in self.excerpt else ""
 
     @property
     def label(self) -> str:
@@ -188,6 +222,8 @@ class Outcome:
             return "offline"
         if self.name in RACES and RACES[self.name][0] in self.excerpt:
             return "race"
+        if self.owner_reason:
+            return "owner"
         return "FAIL"
 
     @property
@@ -195,6 +231,7 @@ class Outcome:
         return {"n/a": NOT_APPLICABLE.get(self.name, ""),
                 "known": KNOWN_DIFFERENCES.get(self.name, ""),
                 "race": RACES.get(self.name, ("", ""))[1],
+                "owner": self.owner_reason,
                 "offline": "needs the internet (httpbingo.org), unreachable here"}.get(self.label, "")
 
 
@@ -510,6 +547,7 @@ def main(argv: list[str] | None = None) -> int:
                         outcome = harness.run_file(phase, path)
                         harness.outcomes.append(outcome)
                         outcome.offline = offline
+                        outcome.engine_mode = args.engine_mode
                         why = f"  ({outcome.reason})" if outcome.reason else ""
                         print(f"  {path.stem:<45} {outcome.label}{why}  [{outcome.seconds:.1f}s]",
                               flush=True)
@@ -531,10 +569,11 @@ def main(argv: list[str] | None = None) -> int:
     known = sum(o.label == "known" for o in outcomes)
     off = sum(o.label == "offline" for o in outcomes)
     races = sum(o.label == "race" for o in outcomes)
+    owner = sum(o.label == "owner" for o in outcomes)
     failed = [o for o in outcomes if o.label == "FAIL"]
     print(f"\n{passed} passed, {len(failed)} failed, {na} not applicable, {known} known "
-          f"difference(s), {off} needing the internet, {races} lost race(s) "
-          f"(of {len(outcomes)} files)")
+          f"difference(s), {off} needing the internet, {races} lost race(s), {owner} beyond a "
+          f"least-privilege engine (of {len(outcomes)} files)")
     for o in failed:
         print(f"  FAIL {o.phase}/{o.name}")
     return 1 if failed else 0
