@@ -9,6 +9,8 @@ role's. Each test fails if its route works, in both engine modes (`mode`).
 
 from __future__ import annotations
 
+import threading
+
 import psycopg
 import pytest
 
@@ -21,6 +23,7 @@ from tests.support import (
     running_engine,
     setup_engine_owner,
     start,
+    wait_for,
     wait_terminal,
 )
 
@@ -226,3 +229,33 @@ def test_an_upgrade_held_up_by_an_open_transaction_names_it_and_changes_nothing(
     with db.connect() as conn:
         schema.install(conn)
     assert db.scalar("SELECT checksum FROM df_internal.schema_routines") != "stale"
+
+
+def test_the_pending_limit_holds_for_concurrent_starts(db):
+    """bob's limit is one live instance. His first df.start is not committed yet when a second
+    session of his calls df.start: that one counted only committed instances and got in too
+    (six open transactions all got past a limit of 2). Admissions of one role are serialised
+    now: the second waits for the first to end, then is refused with the limit's message."""
+    with db.connect() as conn:
+        conn.execute("SELECT df.set_role_limits(%s, max_pending => 1)", (BOB,))
+    outcome: list[str] = []
+    with db.connect(BOB, autocommit=False) as first, db.connect(BOB) as second:
+        first.execute("SELECT df.start('SELECT 1 AS first')")
+        pid = second.info.backend_pid
+
+        def start_second() -> None:
+            try:
+                second.execute("SELECT df.start('SELECT 2 AS second')")
+                outcome.append("started")
+            except psycopg.errors.ConfigurationLimitExceeded as exc:
+                outcome.append(exc.diag.message_primary or "")
+
+        thread = threading.Thread(target=start_second)
+        thread.start()
+        wait_for(lambda: outcome or db.scalar(
+            "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s", (pid,)),
+            30, what="the second df.start to finish or wait for the first")
+        first.commit()
+        thread.join(30)
+    assert len(outcome) == 1 and "limit is 1" in outcome[0], outcome
+    assert db.scalar("SELECT count(*) FROM df.instances WHERE submitted_by = %s::regrole", (BOB,)) == 1

@@ -39,6 +39,14 @@ BEGIN
     SELECT * INTO lim FROM df_internal.role_limits l WHERE l.role_oid = p_role::oid;
     PERFORM df_internal.ensure_role_slots(p_role::oid, GREATEST(64, COALESCE(lim.max_running, 0)));
     IF lim.max_pending IS NOT NULL THEN
+        -- One admission of the role at a time: concurrent df.start calls of one role each counted
+        -- the others' uncommitted instances as absent, so six open transactions of a role with a
+        -- limit of 2 all got in. The role's own row of role_limits, locked until the inserting
+        -- transaction ends: it delays only that role's next df.start (the engine reads the row
+        -- without locking it), and the count below, a new statement, sees what the previous
+        -- admission committed (exact under READ COMMITTED, the default; a REPEATABLE READ
+        -- caller counts from its own snapshot).
+        PERFORM 1 FROM df_internal.role_limits l WHERE l.role_oid = p_role::oid FOR UPDATE;
         SELECT count(*) INTO active FROM df.instances i
          WHERE i.submitted_by = p_role AND df_internal.is_live(i.status);
         IF active > lim.max_pending THEN

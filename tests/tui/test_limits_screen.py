@@ -19,6 +19,8 @@ async def test_engines_screen_shows_limits(db):
             health = await engines_health(pilot, app)
             alive = [e.data for e in health.engines if e.data.get("state") == "alive"]
             assert alive and alive[0]["role_max_running"] == 5 and alive[0]["step_timeout_ms"] == 120000
+            # every role's step count is for administrators only (docs/security.md, leaks)
+            assert alive[0]["steps_done"] is None
             # alice sees her own override only, never bob's
             assert [(r["role"], r["max_running"], r["step_timeout_ms"]) for r in health.limits] == [
                 ("dftui_alice", 3, 90000)]
@@ -26,3 +28,5 @@ async def test_engines_screen_shows_limits(db):
             console.print(app.screen.query_one("#engines", Static).content)
             rendered = console.export_text()
             assert "Per-role limits" in rendered and "90s" in rendered and "120s" in rendered
+            engine_row = next(line for line in rendered.splitlines() if "alive" in line)
+            assert engine_row.rstrip().endswith("–"), engine_row
