@@ -139,6 +139,24 @@ async def test_q_goes_back_and_asks_before_stopping_the_demo(db):
     assert app.return_code == 0
 
 
+async def test_a_long_confirmation_wraps_inside_its_dialog_at_80x24(db):
+    """The demo's quit question (and any long dialog title) wraps within the dialog at 80
+    columns instead of being cut mid-sentence."""
+    warning = ("Quitting stops the demo's engine and PostgreSQL server (the data stays: "
+               "`dftui demo` starts them again).")
+    app = make_app(db, "dftui_alice", quit_warning=warning)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await instances_loaded(pilot, app)
+        await pilot.press("q")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, ConfirmDialog), what="quit question")
+        await pilot.pause()
+        title = app.screen.query_one(".dialog-title")
+        frame = app.screen.query_one(".dialog")
+        assert title.region.right <= frame.content_region.right
+        assert title.region.height >= 2  # wrapped: every word of it on screen
+        assert title.region.width * title.region.height >= len(f"Quit? {warning}")
+
+
 async def test_q_on_home_quits_at_once_when_nothing_else_stops(db):
     app = make_app(db, "dftui_alice")
     async with app.run_test(size=(120, 40)) as pilot:
