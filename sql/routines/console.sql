@@ -46,15 +46,12 @@ BEGIN
 END $$;
 REVOKE ALL ON FUNCTION df_internal.console_caller(text, text) FROM PUBLIC;
 
--- May `p_caller` see (and act on) an instance submitted by `p_submitter`? The df views' rule.
+-- May `p_caller` see (and act on) an instance submitted by `p_submitter`? The df views' rule
+-- (01_visibility.sql), for a caller named by oid (these functions run as the schema owner).
 CREATE OR REPLACE FUNCTION df_internal.console_may_see(p_caller pg_catalog.oid, p_submitter pg_catalog.oid)
 RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT p_caller OPERATOR(pg_catalog.=) p_submitter
-        OR COALESCE((SELECT r.rolsuper FROM pg_catalog.pg_roles r
-                      WHERE r.oid OPERATOR(pg_catalog.=) p_caller), false)
-        OR COALESCE((SELECT pg_catalog.pg_has_role(p_caller, ns.nspowner, 'MEMBER')
-                       FROM pg_catalog.pg_namespace ns
-                      WHERE ns.nspname OPERATOR(pg_catalog.=) 'df'), false)
+        OR df_internal.sees_every_instance(p_caller)
 $$;
 REVOKE ALL ON FUNCTION df_internal.console_may_see(pg_catalog.oid, pg_catalog.oid) FROM PUBLIC;
 

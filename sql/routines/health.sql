@@ -34,19 +34,7 @@ SELECT i.id AS instance_id, i.label, i.submitted_by, t.node_id, n.node_type,
 -- Visibility and the health views (unchanged since 0.1.0)
 -- ---------------------------------------------------------------------------------------------
 
--- Can the querying role see instances submitted by `p_owner`? Called from views, so
--- current_user is the caller. Deliberately an inlinable SQL function (no SET clause: the planner
--- folds it into the view's query and keeps index plans), hence every operator and type is
--- schema-qualified: an inlined body is parsed under the caller's search_path.
-CREATE OR REPLACE FUNCTION df_internal.visible(p_owner regrole) RETURNS boolean
-LANGUAGE sql STABLE AS $$
-    SELECT p_owner OPERATOR(pg_catalog.=) pg_catalog.quote_ident(current_user)::pg_catalog.regrole
-        OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
-                    WHERE r.rolname OPERATOR(pg_catalog.=) current_user AND r.rolsuper)
-        OR pg_catalog.pg_has_role(current_user,
-              (SELECT n.nspowner FROM pg_catalog.pg_namespace n
-                WHERE n.nspname OPERATOR(pg_catalog.=) 'df'), 'MEMBER')
-$$;
+-- (df_internal.visible, which these views filter by, is in 01_visibility.sql.)
 
 -- Instances that look stuck: a step running longer than pg_durable.stuck_after (default 10 min),
 -- or work that has been due for over a minute while no engine has sent a heartbeat for 30 s.

@@ -120,8 +120,10 @@ BEGIN
                (SELECT c.next_cursor FROM cursor c)
           FROM numbered p
           LEFT JOIN LATERAL (
+              -- OFFSET 0: one index lookup per listed row; pulled up into the join, the view
+              -- was joined whole (every instance's state, to list a page of them).
               SELECT r.execution, r.output, r.error, r.cancel_reason
-                FROM df.instance_runtime r WHERE r.instance_id = p.id::text
+                FROM df.instance_runtime r WHERE r.instance_id = p.id::text OFFSET 0
           ) rt ON true
           LEFT JOIN LATERAL (
               SELECT n.result, n.error FROM df.nodes n
@@ -428,9 +430,8 @@ SELECT s.instance_id::text                    AS instance_id,
   FROM df_internal.instance_state s
   JOIN df.instances i ON i.id = s.instance_id
  WHERE i.submitted_by = pg_catalog.quote_ident(current_user)::regrole
-    OR (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
-    OR (SELECT pg_catalog.pg_has_role(current_user, n.nspowner, 'MEMBER')
-          FROM pg_catalog.pg_namespace n WHERE n.nspname = 'df');
+    OR (SELECT df_internal.sees_every_instance(r.oid)
+          FROM pg_catalog.pg_roles r WHERE r.rolname = current_user);
 
 -- Per-node engine data: parent link, generation, attempts, loop iteration, timing, the SQL that
 -- actually ran (after substitution).
@@ -454,9 +455,8 @@ SELECT m.instance_id::text AS instance_id,
   JOIN df.instances i ON i.id = m.instance_id
   JOIN df.nodes n ON n.instance_id = m.instance_id AND n.id = m.node_id
  WHERE i.submitted_by = pg_catalog.quote_ident(current_user)::regrole
-    OR (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
-    OR (SELECT pg_catalog.pg_has_role(current_user, ns.nspowner, 'MEMBER')
-          FROM pg_catalog.pg_namespace ns WHERE ns.nspname = 'df');
+    OR (SELECT df_internal.sees_every_instance(r.oid)
+          FROM pg_catalog.pg_roles r WHERE r.rolname = current_user);
 
 -- Every execution attempt of a leaf node / loop iteration (kind 'attempt'), plus one row per
 -- df.retry (kind 'retry': who and when) on the node it resumed: the from_node, else the node
@@ -501,9 +501,8 @@ SELECT h.*
   ) h
   JOIN df.instances i ON i.id = h.instance_id
  WHERE i.submitted_by = pg_catalog.quote_ident(current_user)::regrole
-    OR (SELECT rr.rolsuper FROM pg_catalog.pg_roles rr WHERE rr.rolname = current_user)
-    OR (SELECT pg_catalog.pg_has_role(current_user, ns.nspowner, 'MEMBER')
-          FROM pg_catalog.pg_namespace ns WHERE ns.nspname = 'df');
+    OR (SELECT df_internal.sees_every_instance(rr.oid)
+          FROM pg_catalog.pg_roles rr WHERE rr.rolname = current_user);
 
 -- Archived LOOP iterations: the body's node states before each new iteration began.
 CREATE OR REPLACE VIEW df.loop_history WITH (security_barrier = true) AS
@@ -516,9 +515,8 @@ SELECT l.instance_id::text  AS instance_id,
   FROM df_internal.loop_iterations l
   JOIN df.instances i ON i.id = l.instance_id
  WHERE i.submitted_by = pg_catalog.quote_ident(current_user)::regrole
-    OR (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
-    OR (SELECT pg_catalog.pg_has_role(current_user, ns.nspowner, 'MEMBER')
-          FROM pg_catalog.pg_namespace ns WHERE ns.nspname = 'df');
+    OR (SELECT df_internal.sees_every_instance(r.oid)
+          FROM pg_catalog.pg_roles r WHERE r.rolname = current_user);
 
 -- Who retried what and when (one row per df.retry).
 CREATE OR REPLACE VIEW df.retry_history WITH (security_barrier = true) AS
@@ -532,9 +530,8 @@ SELECT r.instance_id::text AS instance_id,
   FROM df_internal.retries r
   JOIN df.instances i ON i.id = r.instance_id
  WHERE i.submitted_by = pg_catalog.quote_ident(current_user)::regrole
-    OR (SELECT rr.rolsuper FROM pg_catalog.pg_roles rr WHERE rr.rolname = current_user)
-    OR (SELECT pg_catalog.pg_has_role(current_user, ns.nspowner, 'MEMBER')
-          FROM pg_catalog.pg_namespace ns WHERE ns.nspname = 'df');
+    OR (SELECT df_internal.sees_every_instance(rr.oid)
+          FROM pg_catalog.pg_roles rr WHERE rr.rolname = current_user);
 
 -- Whole-installation counters. SECURITY DEFINER because they span every role's instances; only
 -- superusers and delegated admins (df.grant_usage(..., with_grant => true)) may execute it.
