@@ -25,6 +25,28 @@ BEGIN
     END IF;
 END $$;
 
+-- A step timeout as milliseconds: a bare number is milliseconds (as statement_timeout), else
+-- any interval ('30s', '5min'). `p_what` names the setting in the error: the one parser of
+-- df.step_timeout (admit_instance) and of df.set_role_limits' step_timeout.
+CREATE OR REPLACE FUNCTION df_internal.duration_ms(p_value text, p_what text) RETURNS bigint
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_ms bigint;
+BEGIN
+    BEGIN
+        v_ms := (EXTRACT(EPOCH FROM CASE WHEN p_value ~ '^\s*[0-9]+\s*$' THEN (p_value || ' ms')::interval
+                                         ELSE p_value::interval END) * 1000)::bigint;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE EXCEPTION '% must be a duration such as ''30s'' or ''5min'', got "%"', p_what, p_value
+            USING ERRCODE = 'invalid_parameter_value';
+    END;
+    IF v_ms < 0 THEN
+        RAISE EXCEPTION '% must not be negative, got "%"', p_what, p_value
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN v_ms;
+END $$;
+
 -- Called by on_instance_insert for the frozen identity: slots, the pending limit, and the
 -- workflow's own step timeout (df.step_timeout, an ordinary setting: it can only lower the
 -- role's ceiling, see step_timeout_for).
@@ -56,17 +78,7 @@ BEGIN
         END IF;
     END IF;
     IF wf IS NOT NULL THEN
-        BEGIN
-            wf_ms := (EXTRACT(EPOCH FROM CASE WHEN wf ~ '^\s*[0-9]+\s*$' THEN (wf || ' ms')::interval
-                                              ELSE wf::interval END) * 1000)::bigint;
-        EXCEPTION WHEN OTHERS THEN
-            RAISE EXCEPTION 'df.step_timeout must be a duration such as ''30s'' or ''5min'', got "%"', wf
-                USING ERRCODE = 'invalid_parameter_value';
-        END;
-        IF wf_ms < 0 THEN
-            RAISE EXCEPTION 'df.step_timeout must not be negative, got "%"', wf
-                USING ERRCODE = 'invalid_parameter_value';
-        END IF;
+        wf_ms := df_internal.duration_ms(wf, 'df.step_timeout');
         UPDATE df_internal.instance_state s SET step_timeout_ms = wf_ms WHERE s.instance_id = p_instance;
     END IF;
 END $$;
@@ -126,18 +138,7 @@ BEGIN
         RAISE EXCEPTION 'max_pending must not be negative, got %', max_pending USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF step_timeout IS NOT NULL THEN
-        BEGIN
-            v_ms := (EXTRACT(EPOCH FROM CASE WHEN step_timeout ~ '^\s*[0-9]+\s*$'
-                                             THEN (step_timeout || ' ms')::interval
-                                             ELSE step_timeout::interval END) * 1000)::bigint;
-        EXCEPTION WHEN OTHERS THEN
-            RAISE EXCEPTION 'step_timeout must be a duration such as ''30s'' or ''5min'', got "%"', step_timeout
-                USING ERRCODE = 'invalid_parameter_value';
-        END;
-        IF v_ms < 0 THEN
-            RAISE EXCEPTION 'step_timeout must not be negative, got "%"', step_timeout
-                USING ERRCODE = 'invalid_parameter_value';
-        END IF;
+        v_ms := df_internal.duration_ms(step_timeout, 'step_timeout');
     END IF;
     IF max_running IS NULL AND max_pending IS NULL AND v_ms IS NULL THEN
         DELETE FROM df_internal.role_limits l WHERE l.role_oid = v_oid;
@@ -162,9 +163,8 @@ SELECT r.rolname::text AS role,
   FROM df_internal.role_limits l
   JOIN pg_catalog.pg_roles r ON r.oid = l.role_oid
  WHERE r.rolname = current_user
-    OR (SELECT rr.rolsuper FROM pg_catalog.pg_roles rr WHERE rr.rolname = current_user)
-    OR (SELECT pg_catalog.pg_has_role(current_user, ns.nspowner, 'MEMBER')
-          FROM pg_catalog.pg_namespace ns WHERE ns.nspname = 'df');
+    OR (SELECT df_internal.sees_every_instance(rr.oid)
+          FROM pg_catalog.pg_roles rr WHERE rr.rolname = current_user);
 REVOKE ALL ON df.role_limits FROM PUBLIC;
 
 -- (df.engines, in monitoring.sql, shows each engine's role_max_running and step_timeout_ms.)
