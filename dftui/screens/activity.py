@@ -228,12 +228,6 @@ class ActivityScreen(BaseScreen):
             return self.dapp.write_state()
         return True
 
-    def action_back(self) -> None:
-        self.app.pop_screen()
-
-    def action_refresh(self) -> None:
-        self.reload()
-
     def action_next_step(self) -> None:
         if self.steps:
             self.index = (self.index + 1) % len(self.steps)

@@ -26,7 +26,7 @@ from textual.dom import DOMNode
 from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, Static
+from textual.widgets import Button, DataTable, Static
 from textual.worker import Worker
 
 from dftui.client import Client, ClientError, ConnectionInfo
@@ -215,6 +215,14 @@ class BaseScreen(Screen[None]):
     def help_title(self) -> str:
         return self.HELP_TITLE or type(self).__name__.removesuffix("Screen")
 
+    def action_refresh(self) -> None:
+        """`R` on every screen that binds it: re-read now."""
+        self.reload()
+
+    def action_back(self) -> None:
+        """Back (escape) on every screen but the home screen."""
+        self.app.pop_screen()
+
     # -- the one live-refresh helper -------------------------------------------------------------
 
     def start_live_refresh(self) -> None:
@@ -237,6 +245,28 @@ class BaseScreen(Screen[None]):
     @on(Reconnected)
     def _reconnected(self) -> None:
         self.reload()
+
+
+class TableScreen(BaseScreen):
+    """A list screen around one DataTable, which the vim-style cursor keys (CURSOR_BINDINGS)
+    move: the four cursor actions, once (they were written in each list screen)."""
+
+    def cursor_table(self) -> DataTable:
+        """The table the cursor keys move (the screen's only one)."""
+        return self.query_one(DataTable)
+
+    def action_cursor_down(self) -> None:
+        self.cursor_table().action_cursor_down()
+
+    def action_cursor_up(self) -> None:
+        self.cursor_table().action_cursor_up()
+
+    def action_cursor_top(self) -> None:
+        self.cursor_table().move_cursor(row=0)
+
+    def action_cursor_bottom(self) -> None:
+        table = self.cursor_table()
+        table.move_cursor(row=max(table.row_count - 1, 0))
 
 
 def operator_description(screen: Screen, binding: Binding) -> str:

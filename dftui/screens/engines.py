@@ -83,12 +83,6 @@ class EnginesScreen(BaseScreen):
     def reload(self) -> None:
         self.dapp.run_db(self, lambda c: c.health(), self._apply, group="health")
 
-    def action_refresh(self) -> None:
-        self.reload()
-
-    def action_back(self) -> None:
-        self.app.pop_screen()
-
     def _apply(self, health: Health) -> None:
         self.health = health
         now = health.server_now

@@ -11,7 +11,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Static
 
 from dftui.client import Client, HistoryEvent
-from dftui.screens.base import CURSOR_BINDINGS, AppHeader, BaseScreen
+from dftui.screens.base import CURSOR_BINDINGS, AppHeader, TableScreen
 from dftui.widgets.format import STATUS_STYLES, format_time, shorten
 from dftui.widgets.keybar import KeyBar
 
@@ -20,7 +20,7 @@ _EVENT_STYLES = {"completed": "completed", "failed": "failed", "cancelled": "can
                  "attempt failed, retrying": "failed", "retried": "running"}
 
 
-class HistoryScreen(BaseScreen):
+class HistoryScreen(TableScreen):
     """The timeline of one instance."""
 
     HELP_TITLE = "Instance history"
@@ -119,21 +119,3 @@ class HistoryScreen(BaseScreen):
             table.add_row(*cells, shorten(detail, 400), key=str(i))
         if self.events:
             table.move_cursor(row=min(max(keep, 0), len(self.events) - 1), animate=False)
-
-    def action_back(self) -> None:
-        self.app.pop_screen()
-
-    def action_refresh(self) -> None:
-        self.reload()
-
-    def action_cursor_down(self) -> None:
-        self.query_one(DataTable).action_cursor_down()
-
-    def action_cursor_up(self) -> None:
-        self.query_one(DataTable).action_cursor_up()
-
-    def action_cursor_top(self) -> None:
-        self.query_one(DataTable).move_cursor(row=0)
-
-    def action_cursor_bottom(self) -> None:
-        self.query_one(DataTable).move_cursor(row=max(len(self.events) - 1, 0))

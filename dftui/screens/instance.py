@@ -318,9 +318,6 @@ class InstanceScreen(BaseScreen):
             return self.dapp.write_state("retry")
         return True
 
-    def action_back(self) -> None:
-        self.app.pop_screen()
-
     def action_cursor_down(self) -> None:
         self.query_one(Tree).action_cursor_down()
 
@@ -349,9 +346,6 @@ class InstanceScreen(BaseScreen):
         self._render_header()
         if follow:
             self._jump_to_running()
-
-    def action_refresh(self) -> None:
-        self.reload()
 
     def action_copy(self) -> None:
         node = self._selected_node()

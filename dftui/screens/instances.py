@@ -29,7 +29,7 @@ from textual.widgets import DataTable
 from dftui.client import Client, InstancePage, InstanceSummary, StatusCounts
 from dftui.screens.action_flow import ActionFlow
 from dftui.screens.actions import Plan
-from dftui.screens.base import CURSOR_BINDINGS, AppHeader, BaseScreen, ThemeChanged
+from dftui.screens.base import CURSOR_BINDINGS, AppHeader, TableScreen, ThemeChanged
 from dftui.screens.dialogs import GotoDialog, LabelPicker, StartDialog
 from dftui.screens.history import HistoryScreen
 from dftui.screens.instance import InstanceScreen
@@ -57,7 +57,7 @@ LOAD_AHEAD = 20  # fetch the next page when the cursor is this close to the last
 REFRESH_WINDOW = 1000  # the live refresh re-reads at most this many rows from the top
 
 
-class InstancesScreen(BaseScreen):
+class InstancesScreen(TableScreen):
     """All instances the role can see, newest first. The home screen."""
 
     HOME = True
@@ -383,18 +383,6 @@ class InstancesScreen(BaseScreen):
             return self.dapp.write_state("retry")
         return True
 
-    def action_cursor_down(self) -> None:
-        self.table.action_cursor_down()
-
-    def action_cursor_up(self) -> None:
-        self.table.action_cursor_up()
-
-    def action_cursor_top(self) -> None:
-        self.table.move_cursor(row=0)
-
-    def action_cursor_bottom(self) -> None:
-        self.table.move_cursor(row=max(len(self.rows) - 1, 0))
-
     def action_open(self) -> None:
         instance_id = self.current_id
         if instance_id is None:
@@ -553,9 +541,6 @@ class InstancesScreen(BaseScreen):
         if instance_id:
             self.app.copy_to_clipboard(instance_id)
             self.notify(f"Copied {instance_id}")
-
-    def action_refresh(self) -> None:
-        self.reload()
 
     def action_cancel(self) -> None:
         self.actions.cancel()

@@ -12,7 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, DataTable, Input, Label, Static
 
 from dftui.client import Client, Var, mask_secret, var_name_problem
-from dftui.screens.base import CURSOR_BINDINGS, AppHeader, BaseScreen, Dialog
+from dftui.screens.base import CURSOR_BINDINGS, AppHeader, Dialog, TableScreen
 from dftui.screens.dialogs import ConfirmDialog
 from dftui.widgets.format import STATUS_STYLES, shorten
 from dftui.widgets.keybar import KeyBar
@@ -62,7 +62,7 @@ class VarTable(DataTable):
     BINDINGS = [Binding("enter", "select_cursor", "Edit", show=False)]
 
 
-class VariablesScreen(BaseScreen):
+class VariablesScreen(TableScreen):
     """df.vars of the connected role."""
 
     HELP_TITLE = "Variables"
@@ -135,24 +135,6 @@ class VariablesScreen(BaseScreen):
         if action in ("add", "edit", "delete"):
             return self.dapp.write_state()
         return True
-
-    def action_back(self) -> None:
-        self.app.pop_screen()
-
-    def action_cursor_down(self) -> None:
-        self.query_one(DataTable).action_cursor_down()
-
-    def action_cursor_up(self) -> None:
-        self.query_one(DataTable).action_cursor_up()
-
-    def action_cursor_top(self) -> None:
-        self.query_one(DataTable).move_cursor(row=0)
-
-    def action_cursor_bottom(self) -> None:
-        self.query_one(DataTable).move_cursor(row=max(len(self.vars) - 1, 0))
-
-    def action_refresh(self) -> None:
-        self.reload()
 
     def action_reveal(self) -> None:
         var = self.current
