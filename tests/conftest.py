@@ -22,7 +22,7 @@ from psycopg import sql
 
 from dftui.embedded import Cluster, embedded_bindir
 from engine import schema
-from tests.support.attack import engine_in_mode, prepare_attacker, reset_attacker
+from tests.support.attack import ENGINE_ROLE, engine_in_mode, prepare_attacker, reset_attacker
 from tests.support.cluster import (
     DAVE,
     GRANTED_ROLES,
@@ -83,6 +83,22 @@ def empty_db(pg_server: Server) -> Iterator[TestDB]:
 
 
 # -- shared by the attack suites (tests/test_security*.py) -----------------------------------------
+
+@pytest.fixture
+def other_database(db: TestDB) -> Iterator[TestDB]:
+    """A second database (no df schema) every role may CONNECT to, as by default; the engine
+    role (when it exists: least-privilege mode) may create its df_exec there."""
+    name = f"{db.name}_other"
+    ident = sql.Identifier(name)
+    with db.connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(ident))
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ENGINE_ROLE,)).fetchone():
+            conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+                ident, sql.Identifier(ENGINE_ROLE)))
+    yield TestDB(db.server, name)
+    with db.connect() as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+
 
 @pytest.fixture(params=["superuser", "owner"])
 def mode(request: pytest.FixtureRequest) -> str:

@@ -22,7 +22,6 @@ from tests.support import (
     DAVE,
     ENGINE_ROLE,
     QUOTED,
-    TestDB,
     assert_no_escalation,
     engine_in_mode,
     errors,
@@ -189,20 +188,6 @@ def test_a_granted_role_cannot_lock_df_vars_against_every_df_start(db):
 
 
 # -- fairness: the per-step timeout reaches steps in other databases -------------------------------
-
-@pytest.fixture
-def other_database(db):
-    """A second database (no df schema) every role may CONNECT to, as by default."""
-    name = f"{db.name}_other"
-    ident = sql.Identifier(name)
-    with db.connect() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(ident))
-        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ENGINE_ROLE,)).fetchone():
-            conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(ident, sql.Identifier(ENGINE_ROLE)))
-    yield TestDB(db.server, name)
-    with db.connect() as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
-
 
 def test_a_step_in_another_database_obeys_the_step_timeout(db, mode, other_database):
     """A step in another database (SqlSteps.run_elsewhere) is bound by the same per-step

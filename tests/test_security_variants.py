@@ -18,7 +18,6 @@ from tests.support import (
     BOB,
     CAROL,
     ENGINE_ROLE,
-    TestDB,
     engine_in_mode,
     errors,
     node_rows,
@@ -124,20 +123,6 @@ def test_the_lock_free_copy_of_vars_follows_every_write(db):
 
 
 # -- the per-step timeout applies in every database ----------------------------------------------
-
-@pytest.fixture
-def other_database(db):
-    name = f"{db.name}_other"
-    ident = sql.Identifier(name)
-    with db.connect() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(ident))
-        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ENGINE_ROLE,)).fetchone():
-            conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
-                ident, sql.Identifier(ENGINE_ROLE)))
-    yield TestDB(db.server, name)
-    with db.connect() as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
-
 
 @pytest.mark.parametrize("source", ["engine", "role", "workflow"])
 def test_a_step_in_another_database_has_the_step_timeout(db, mode, other_database, source):
