@@ -402,3 +402,68 @@ def test_demo_keeps_its_port_and_names_real_ids_on_reuse(db, tmp_path, monkeypat
         known = demo._seeded_ids(conn)
     assert known["expense-approval-1042"] == "0a0a0a0a"
     assert known["import-payments"] == "0b0b0b0b"
+
+
+def test_node_panel_speaks_operators_words_not_internal_state(db):
+    """An IF's panel names its condition, never the stored config (`{"condition_node": …}`)
+    nor how the status was inferred ("stored pending, decided by …")."""
+    import io
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+
+    from dftui.client import Client
+    from dftui.widgets.node_panel import node_details
+    from tests.support.tui import N, seed_graph
+
+    seed_graph(db, "1f1f1f1f", "completed", [
+        N("10000001", "IF", '{"condition_node": "10000002"}', left="10000003", right="10000004",
+          status="completed"),
+        N("10000002", "SQL", "SELECT true AS ok", status="completed"),
+        N("10000003", "SQL", "SELECT 'then' AS arm", status="completed"),
+        N("10000004", "SQL", "SELECT 'else' AS arm"),  # stored pending: skipped, in words
+    ], label="if-words")
+    with Client(db.dsn("dftui_alice")) as client:
+        nodes = {n.id: n for n in client.nodes("1f1f1f1f")}
+    for node in nodes.values():
+        console = Console(width=100, record=True, file=io.StringIO())
+        console.print(node_details(node, "completed", now=datetime.now(UTC), tz=UTC, nodes=nodes))
+        text = console.export_text()
+        assert "condition_node" not in text and "decided by" not in text, text
+        assert "stored" not in text, text
+
+
+def test_banner_when_every_engine_is_stale(db):
+    """No live engine: the banner names it whether none ever ran, all stopped, or all are
+    stale (registered, running, but no heartbeat)."""
+    from dftui.client import Client
+
+    with Client(db.dsn("dftui_alice")) as client:
+        assert client.engine_warning().startswith("No engine has ever run here")
+        with db.connect() as conn:
+            conn.execute("INSERT INTO df_internal.engines (id, host, pid, version, concurrency, "
+                         "started_at, heartbeat_at) VALUES ('stale-1', 'h', 1, 'x', 1, "
+                         "now() - interval '1 hour', now() - interval '10 minutes')")
+        assert client.engine_warning().startswith("All engines are stale (no heartbeat for")
+        with db.connect() as conn:
+            conn.execute("UPDATE df_internal.engines SET stopped_at = now() WHERE id = 'stale-1'")
+        assert client.engine_warning().startswith("No engine is running")
+        with db.connect() as conn:
+            conn.execute("UPDATE df_internal.engines SET stopped_at = NULL, heartbeat_at = now() "
+                         "WHERE id = 'stale-1'")
+        assert client.engine_warning() is None
+
+
+def test_engine_as_a_non_owner_of_an_installed_schema_says_what_it_lacks(db):
+    """The schema is installed; an engine started as an ordinary role is refused in one line
+    that does not claim the schema still needs installing."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "dftui", "engine", "--once", "--dsn", db.dsn("dftui_alice")],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "installing the df schema" not in lines[0], lines[0]
