@@ -45,6 +45,7 @@ from psycopg import sql
 
 from engine.db import scalar
 from engine.keys import DESCRIBE_PORTAL, SETUP_LOCK_TIMEOUT, STEP_MARKER
+from engine.schema_files import sql_root
 
 EXEC_SCHEMA = "df_exec"
 _DEFAULT_PATH = '"$user", public'
@@ -80,29 +81,18 @@ SESSION_RESET = "; ".join((
 STEP_RESET = "; ".join((*_RESET_STATEMENTS, "SELECT pg_catalog.pg_advisory_unlock_all()"))
 
 # The same for a session in another database, where df (and close_step_connections) may not
-# be installed: the function's body, inline.
-_CLOSE_DBLINK_INLINE = """DO $reset$
-DECLARE
-    ns name;
-    c text;
-BEGIN
-    SELECT n.nspname INTO ns FROM pg_catalog.pg_extension e
-      JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
-     WHERE e.extname OPERATOR(pg_catalog.=) 'dblink';
-    IF ns IS NULL THEN
-        RETURN;
-    END IF;
-    BEGIN
-        FOR c IN EXECUTE pg_catalog.format(
-                'SELECT pg_catalog.unnest(%I.dblink_get_connections())', ns) LOOP
-            EXECUTE pg_catalog.format('SELECT %I.dblink_disconnect($1::pg_catalog.text)', ns) USING c;
-        END LOOP;
-        EXECUTE pg_catalog.format('SELECT %I.dblink_disconnect()', ns);
-    EXCEPTION WHEN OTHERS THEN
-        NULL;
-    END;
-END
-$reset$"""
+# be installed: the function's body, inline — read from its one definition in
+# sql/routines/session_hygiene.sql, so the two cannot drift apart.
+def _inline_routine_body(file: str, function: str) -> str:
+    """The body of `function` in routines `file`, as a DO block (no df schema needed)."""
+    text = (sql_root() / "routines" / file).read_text()
+    start = text.index(f"CREATE OR REPLACE FUNCTION {function}(")
+    body = text[text.index("AS $$", start) + len("AS $$"):text.index("$$;", start)]
+    return f"DO $reset$\n{body.strip()}\n$reset$"
+
+
+_CLOSE_DBLINK_INLINE = _inline_routine_body("session_hygiene.sql",
+                                            "df_internal.close_step_connections")
 FOREIGN_SESSION_RESET = "; ".join((
     *_RESET_STATEMENTS, "SELECT pg_catalog.pg_advisory_unlock_all()", _CLOSE_DBLINK_INLINE))
 

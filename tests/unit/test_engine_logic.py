@@ -131,3 +131,18 @@ def test_a_step_whose_submitter_lost_connect_is_refused():
     with pytest.raises(StepFailure, match="CONNECT privilege on database \"db\""):
         task.check_identity(database="db")
     assert task.check_identity() == "alice"  # (an HTTP step needs no database)
+
+
+def test_the_foreign_session_reset_inlines_the_one_dblink_clean_up() -> None:
+    """A step's session in another database (no df schema there) is reset with the body of
+    df_internal.close_step_connections itself, read from sql/routines/session_hygiene.sql:
+    one definition, inlined as a DO block after the DISCARD-like statements."""
+    from engine import identity, schema
+
+    routine = (schema.sql_root() / "routines" / "session_hygiene.sql").read_text()
+    block = identity.FOREIGN_SESSION_RESET.split("; DO $reset$", 1)[1]
+    body = block.removesuffix("$reset$").strip()
+    assert body and body in routine
+    assert "dblink_disconnect()" in body and body.rstrip().endswith("END")
+    assert "close_step_connections" not in identity.FOREIGN_SESSION_RESET
+    assert identity.SESSION_RESET.endswith("df_internal.close_step_connections()")
