@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from dftui.screens.activity import ActivityScreen
+from dftui.screens.history import HistoryScreen
 from dftui.screens.instance import InstanceScreen
 from dftui.screens.instances import InstancesScreen
 from tests.support import wait_for_app
@@ -89,35 +91,30 @@ def _seed_history(db) -> None:
             (t + timedelta(seconds=110),))
 
 
-@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_history_screen(snap_db, snap_compare, size):
-    from dftui.screens.history import HistoryScreen
-
+def _over_the_list(snap_db, snap_compare, size, make_screen, ready) -> bool:
+    """The snapshot of the screen `make_screen()` builds, pushed over the seeded list (with its
+    history), once `ready(screen)`."""
     seed_showcase(snap_db)
     _seed_history(snap_db)
     app = make_app(snap_db, "dftui_alice")
 
     async def opened(pilot):
         await wait_for_app(pilot, lambda: app.screen.loaded_once)
-        app.push_screen(HistoryScreen("a1b2c3d4", "nightly-etl"))
-        await wait_for_app(pilot, lambda: isinstance(app.screen, HistoryScreen) and app.screen.events)
+        screen = make_screen()
+        app.push_screen(screen)
+        await wait_for_app(pilot, lambda: app.screen is screen and ready(screen))
         await pilot.pause()
 
-    assert snap_compare(app, terminal_size=size, run_before=opened)
+    return snap_compare(app, terminal_size=size, run_before=opened)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_history_screen(snap_db, snap_compare, size):
+    assert _over_the_list(snap_db, snap_compare, size,
+                          lambda: HistoryScreen("a1b2c3d4", "nightly-etl"), lambda s: s.events)
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_activity_screen_with_nothing_running(snap_db, snap_compare, size):
-    from dftui.screens.activity import ActivityScreen
-
-    seed_showcase(snap_db)
-    _seed_history(snap_db)
-    app = make_app(snap_db, "dftui_alice")
-
-    async def opened(pilot):
-        await wait_for_app(pilot, lambda: app.screen.loaded_once)
-        app.push_screen(ActivityScreen("a1b2c3d4", "nightly-etl"))
-        await wait_for_app(pilot, lambda: isinstance(app.screen, ActivityScreen) and app.screen.loaded)
-        await pilot.pause()
-
-    assert snap_compare(app, terminal_size=size, run_before=opened)
+    assert _over_the_list(snap_db, snap_compare, size,
+                          lambda: ActivityScreen("a1b2c3d4", "nightly-etl"), lambda s: s.loaded)
