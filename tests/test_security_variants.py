@@ -162,11 +162,10 @@ def _dblink_schema(db) -> str | None:
     return db.scalar("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'dblink'")
 
 
-def test_dblink_connections_a_step_opens_do_not_outlive_it(db, mode):
-    """dblink keeps named and unnamed connections in the backend, outside any transaction: bob's
-    step opened them on the engine's session, and alice's next step on that session used them —
-    running SQL as bob. (dblink_connect_u granted to bob stands in for a password-authenticated
-    dblink_connect, which ordinary roles may use.) The session reset closes them."""
+def _bob_may_open_dblink(db) -> tuple[str, str]:
+    """dblink's schema (the test is skipped without dblink) and a conninfo of this database as
+    bob, whom dblink_connect_u is granted to: a stand-in for a password-authenticated
+    dblink_connect, which ordinary roles may use."""
     schema = _dblink_schema(db)
     if schema is None:
         pytest.skip("dblink is not installed")
@@ -175,7 +174,15 @@ def test_dblink_connections_a_step_opens_do_not_outlive_it(db, mode):
             conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {}.dblink_connect_u({}) TO dftui_bob").format(
                 sql.Identifier(schema), sql.SQL(sig)))
     info = db.server.admin_conninfo
-    target = f"host={info.get('host', '')} port={info.get('port', '')} dbname={db.name} user={BOB}"
+    return schema, f"host={info.get('host', '')} port={info.get('port', '')} dbname={db.name} user={BOB}"
+
+
+def test_dblink_connections_a_step_opens_do_not_outlive_it(db, mode):
+    """dblink keeps named and unnamed connections in the backend, outside any transaction: bob's
+    step opened them on the engine's session, and alice's next step on that session used them —
+    running SQL as bob. (dblink_connect_u granted to bob stands in for a password-authenticated
+    dblink_connect, which ordinary roles may use.) The session reset closes them."""
+    schema, target = _bob_may_open_dblink(db)
     with engine_in_mode(db, mode, concurrency=1):
         with db.connect(BOB) as conn:
             iid = conn.execute(
@@ -214,15 +221,7 @@ def test_dblink_connections_of_a_batch_are_closed_before_its_next_batch(db, mode
     budget, so the tasks claimed behind it go back to the queue — must close them too: bob's
     tasks claimed with the step that opened them run in a later batch of the same session and
     find nothing."""
-    schema = _dblink_schema(db)
-    if schema is None:
-        pytest.skip("dblink is not installed")
-    with db.connect() as conn:
-        for sig in ("text", "text, text"):
-            conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {}.dblink_connect_u({}) TO dftui_bob").format(
-                sql.Identifier(schema), sql.SQL(sig)))
-    info = db.server.admin_conninfo
-    target = f"host={info.get('host', '')} port={info.get('port', '')} dbname={db.name} user={BOB}"
+    schema, target = _bob_may_open_dblink(db)
     with db.connect(BOB) as conn:  # queued before the engine starts: one claim takes them all
         opener = conn.execute("SELECT df.start(%s)", (
             f"SELECT {schema}.dblink_connect_u('leak', '{target}') AS named, "
