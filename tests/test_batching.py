@@ -4,9 +4,11 @@ a failing step undone without disturbing its neighbours, no session state leakin
 submitter's step to the next, no step failing because of locks its batch holds.
 
 The engine here has a single worker and starts after the backlog is queued, so its claims are
-full batches. An instance's updated_at is now() of the transaction that finished it: instances
-sharing one finished in one transaction. That is how the tests see that steps really were
-batched (a test of batching that never batches would pass vacuously).
+full batches. A finished node's updated_at is now() of the transaction that checkpointed it
+(the instance's own updated_at is the moment, clock_timestamp(), since b0abaea; xmin would
+name each step's savepoint): one-step instances whose root shares one finished in one
+transaction. That is how the tests see that steps really
+were batched (a test of batching that never batches would pass vacuously).
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def drain(db, total: int, **engine_options) -> None:
 
 def transactions(db) -> int:
     """Distinct transactions that finished the instances (see the module's docstring)."""
-    return db.scalar("SELECT count(DISTINCT updated_at) FROM df.instances")
+    return db.scalar("SELECT count(DISTINCT n.updated_at) FROM df.instances i "
+                     "JOIN df.nodes n ON n.instance_id = i.id AND n.id = i.root_node")
 
 
 def test_backlog_runs_in_batches_exactly_once(counters):
@@ -100,8 +103,8 @@ def test_session_state_does_not_leak_between_batched_steps(counters):
         "JOIN df.instances i ON i.id = n.instance_id AND n.id = i.root_node "
         "WHERE n.query LIKE 'SELECT current_setting%%'")
     assert seen == [{"work_mem": db.scalar("SHOW work_mem"), "no_temp_table": True, "my_locks": 0}]
-    batches = "SELECT count(*) FROM (SELECT i.updated_at FROM df.instances i " \
-              "JOIN df.nodes n ON n.instance_id = i.id AND n.id = i.root_node GROUP BY i.updated_at " \
+    batches = "SELECT count(*) FROM (SELECT n.updated_at FROM df.instances i " \
+              "JOIN df.nodes n ON n.instance_id = i.id AND n.id = i.root_node GROUP BY n.updated_at " \
               "HAVING count(DISTINCT {}) = 2) s"
     assert db.scalar(batches.format("left(n.query, 2)")) > 0, (
         "leaky and probe steps never shared a batch: the test proved nothing")
@@ -166,7 +169,7 @@ def test_claim_takes_an_instances_tasks_together_and_http_alone(db):
 
 def _branch_transactions(db, instance: str) -> int:
     """Transactions that checkpointed an instance's leaves: a leaf's updated_at is now() of the
-    transaction that finished it (see the module's docstring)."""
+    transaction that checkpointed it (see the module's docstring)."""
     return db.scalar("SELECT count(DISTINCT updated_at) FROM df.nodes "
                      "WHERE instance_id = %s AND node_type = 'SQL'", (instance,))
 
