@@ -380,11 +380,8 @@ SELECT e.id,
        e.heartbeat_at,
        e.stopped_at,
        e.concurrency,
-       CASE WHEN (SELECT r.rolsuper FROM pg_catalog.pg_roles r
+       CASE WHEN (SELECT df_internal.sees_every_instance(r.oid) FROM pg_catalog.pg_roles r
                    WHERE r.rolname OPERATOR(pg_catalog.=) current_user)
-              OR pg_catalog.pg_has_role(current_user,
-                     (SELECT n.nspowner FROM pg_catalog.pg_namespace n
-                       WHERE n.nspname OPERATOR(pg_catalog.=) 'df'), 'MEMBER')
             THEN e.steps_done END AS steps_done,
        CASE WHEN e.stopped_at IS NOT NULL THEN 'stopped'
             WHEN e.heartbeat_at > pg_catalog.now() - interval '60 seconds' THEN 'alive'
