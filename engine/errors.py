@@ -17,12 +17,15 @@ import psycopg
 from psycopg import errors as pg_errors
 
 # A batched step that met a lock (held by its batch's earlier steps, another batch or anyone):
-# it gives way and runs again alone (see StepTransaction.run).
-CONFLICTS: tuple[type[psycopg.Error], ...] = (
-    pg_errors.LockNotAvailable, pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
+# it gives way and runs again alone, not charged as an attempt (see StepTransaction.run). Only
+# the errors batching itself can cause: the batch's lock_timeout and a deadlock with the batch's
+# own locks. A serialization failure is not one of them (steps run at READ COMMITTED, so it can
+# only come from the step's own code) and counts against the retry policy like any error.
+CONFLICTS: tuple[type[psycopg.Error], ...] = (pg_errors.LockNotAvailable, pg_errors.DeadlockDetected)
 # An engine statement that was interrupted rather than failed: cancelled (df.cancel, shutdown)
-# or a conflict. The task simply stays queued and runs again.
-INTERRUPTED: tuple[type[psycopg.Error], ...] = (pg_errors.QueryCanceled, *CONFLICTS)
+# or a lock or serialization conflict. The task simply stays queued and runs again.
+INTERRUPTED: tuple[type[psycopg.Error], ...] = (
+    pg_errors.QueryCanceled, *CONFLICTS, pg_errors.SerializationFailure)
 
 
 def error_class(sqlstate: str | None) -> type[psycopg.Error] | None:

@@ -222,3 +222,22 @@ def test_a_race_loser_fenced_earlier_in_its_batch_does_not_run(counters):
 ])
 def test_statements_known_to_return_no_rows_skip_describing(text, rowless):
     assert returns_no_rows(text) is rowless
+
+
+def test_a_serialization_failure_in_a_batched_step_counts_as_an_attempt(counters):
+    """A step whose own code raises serialization_failure (40001) is charged an attempt like any
+    error, batched or not: only the lock conflicts batching itself causes give way uncharged.
+    (It was treated as a batch conflict and re-run alone for free: the retry policy's limit was
+    exceeded by one, visibly, as every run advances the step's sequence.)"""
+    db = counters
+    with db.connect() as conn:
+        conn.execute("CREATE SEQUENCE public.tries; GRANT ALL ON SEQUENCE public.tries TO PUBLIC")
+    with db.connect(ALICE) as conn:
+        conn.execute(
+            "SELECT df.start(df.retry_policy('DO $$ BEGIN PERFORM nextval(''public.tries''); "
+            "RAISE EXCEPTION ''conflict'' USING ERRCODE = ''40001''; END $$', 2, 0.01)) "
+            "FROM generate_series(1, 20)")
+    drain(db, 20)
+    assert db.scalar("SELECT array_agg(DISTINCT status) FROM df.instances") == ["failed"]
+    assert db.scalar("SELECT last_value FROM public.tries") == 40, "two runs per step, no more"
+    assert db.scalar("SELECT count(*) FROM df_internal.node_attempts") == 40

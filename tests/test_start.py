@@ -367,7 +367,7 @@ VALIDATION_CASES = [
         "take no child nodes",
     ),
     ('\'{"node_type":"SQL","query":"x","result_name":"no-way"}\'', "not a valid identifier"),
-    ('\'{"node_type":"SLEEP","query":"-5"}\'', "must be >= 0"),
+    ('\'{"node_type":"SLEEP","query":"-5"}\'', "must be non-negative"),
     ('\'{"node_type":"SLEEP","query":"soon"}\'', "whole number of seconds"),
     ('\'{"node_type":"WAIT_SCHEDULE","query":"61 * * * *"}\'', "Invalid cron expression"),
     ('\'{"node_type":"WAIT_SCHEDULE","query":"* * *"}\'', "expected 5 fields"),

@@ -80,7 +80,7 @@ def test_a_step_that_can_never_run_is_never_retried_even_with_retry_on_any(kind)
 
 @pytest.mark.parametrize(
     ("sqlstate", "conflict", "interrupted"),
-    [("55P03", True, True), ("40P01", True, True), ("40001", True, True),
+    [("55P03", True, True), ("40P01", True, True), ("40001", False, True),
      ("57014", False, True), ("23505", False, False), ("XX999", False, False), (None, False, False)],
 )
 def test_error_classes_replace_sqlstate_literals(sqlstate, conflict, interrupted):
