@@ -8,7 +8,7 @@ from tests.support import ALICE, running_engine, start, wait_for, wait_terminal
 def test_waiting_stuck_and_rates(db):
     with running_engine(db.dsn()):
         waiting = start(db, ALICE, "df.wait_for_signal('approve', 3600)")
-        slow = start(db, ALICE, "'SELECT pg_sleep(3)'")
+        slow = start(db, ALICE, "'SELECT pg_sleep(600)'")  # (still running when looked at)
         quick = start(db, ALICE, "'SELECT 1'")
         assert wait_terminal(db, quick) == "completed"
         with db.connect(ALICE) as conn:
@@ -26,4 +26,6 @@ def test_waiting_stuck_and_rates(db):
         with db.connect("dftui_bob") as conn:  # another role sees none of it
             assert conn.execute("SELECT count(*) FROM df.waiting_instances").fetchone()[0] == 0
             assert conn.execute("SELECT count(*) FROM df.step_rate").fetchone()[0] == 0
-        assert wait_terminal(db, slow) == "completed"
+        with db.connect(ALICE) as conn:
+            conn.execute("SELECT df.cancel(%s)", (slow,))
+        assert wait_terminal(db, slow) == "cancelled"
