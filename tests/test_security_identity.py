@@ -19,8 +19,10 @@ from psycopg import sql
 from tests.support import (
     ALICE,
     ENGINE_ROLE,
+    assert_no_escalation,
     counters,
     engine_in_mode,
+    engine_user,
     errors,
     node_rows,
     running_engine,
@@ -293,3 +295,45 @@ def test_retry_and_signal_audit_cannot_be_forged(db, attacker):
     assert db.scalar("SELECT array_agg(DISTINCT sent_by::text) FROM df_internal.signals") == [ALICE]
     assert db.scalar("SELECT array_agg(DISTINCT cancelled_by::text) FROM df_internal.instance_state "
                      "WHERE cancelled_by IS NOT NULL") == [ALICE]
+
+
+# -- the hand-over of the inserting role between the row's triggers (class 4, variant) -----------
+
+def _bob_or_engine(db, mode: str, target: str) -> str:
+    return engine_user(mode, db) if target == "engine" else target
+
+
+@pytest.mark.parametrize("target", ["dftui_bob", "engine"])
+@pytest.mark.parametrize("first", ["SLEEP", "SQL"])
+def test_the_inserting_role_cannot_be_rewritten_before_the_insert_trigger_reads_it(
+        db, attacker, mode, target, first):
+    """The identity frozen for an instance is the role that inserted it. It used to reach the
+    AFTER INSERT trigger through a setting written by the BEFORE trigger; a data-modifying CTE
+    lets the rest of the attacker's statement run between the two (AFTER triggers fire at the
+    end of the whole statement), so `set_config('df.inserter', <bob's oid>)` there made bob the
+    frozen identity of alice's instance — and with a forged df.start_meta and a leading timer
+    (taken up at once) the steps ran as bob, or as the least-privilege engine role itself."""
+    victim = _bob_or_engine(db, mode, target)
+    step = "SELECT evil.witness('steered inserter') AS w"
+    with engine_in_mode(db, mode, concurrency=1):
+        with db.connect(ALICE, autocommit=False) as conn:
+            victim_oid = conn.execute("SELECT %s::regrole::oid::text", (victim,)).fetchone()[0]
+            conn.execute("SELECT set_config('df.start_meta', '{}', true)")
+            nodes = [("5e000001", "THEN", None, "5e000002", "5e000003"),
+                     ("5e000002", first, "1" if first == "SLEEP" else "SELECT 1 AS one", None, None),
+                     ("5e000003", "SQL", step, None, None)]
+            for node_id, node_type, query, left, right in nodes:
+                conn.execute("INSERT INTO df.nodes (id, instance_id, node_type, query, left_node, "
+                             "right_node, submitted_by) VALUES (%s, '5e0000aa', %s, %s, %s, %s, "
+                             "'dftui_alice')", (node_id, node_type, query, left, right))
+            conn.execute(
+                "WITH ins AS (INSERT INTO df.instances (id, root_node, submitted_by) "
+                "             VALUES ('5e0000aa', '5e000001', 'dftui_alice') RETURNING id) "
+                "SELECT pg_catalog.set_config('df.inserter', %s, true) FROM ins", (victim_oid,))
+            conn.commit()
+        assert wait_terminal(db, "5e0000aa") == "completed", errors(db, "5e0000aa")
+    frozen = db.scalar("SELECT submitted_by::text FROM df_internal.instance_state "
+                       "WHERE instance_id = '5e0000aa'")
+    assert_no_escalation(db)
+    assert frozen == ALICE, f"alice's instance was frozen as {frozen}"
+    assert db.scalar("SELECT array_agg(who) FROM evil.log") == [ALICE]  # it ran, as alice

@@ -19,8 +19,8 @@
 -- role that runs the INSERT (df.start is SECURITY INVOKER too), whatever RLS it bypasses.
 -- Another role's name is refused, except from the privileged (superusers and members of the df
 -- owner, who can act as any submitter anyway and seed or migrate history this way); for those
--- rows the identity frozen for execution is still the inserter (df.inserter, read by
--- on_instance_insert), so such an instance fails before anything of it runs.
+-- rows the identity frozen for execution is still the inserter (capture_inserter, below), so
+-- such an instance fails before anything of it runs.
 CREATE OR REPLACE FUNCTION df_internal.check_submitter() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -35,9 +35,6 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Start workflows with df.start() as the role that should run them (SET ROLE to it first).';
     END IF;
-    IF TG_TABLE_NAME = 'instances' THEN
-        PERFORM pg_catalog.set_config('df.inserter', me::pg_catalog.oid::text, true);
-    END IF;
     RETURN NEW;
 END $$;
 
@@ -46,18 +43,40 @@ CREATE OR REPLACE TRIGGER instances_before_insert_submitter BEFORE INSERT ON df.
 CREATE OR REPLACE TRIGGER nodes_before_insert_submitter BEFORE INSERT ON df.nodes
     FOR EACH ROW EXECUTE FUNCTION df_internal.check_submitter();
 
+-- AFTER INSERT, SECURITY INVOKER, fired right before instances_after_insert for the same row
+-- (AFTER triggers of one row fire in name order, one after the other, with no user code between
+-- them): hands the inserting role to on_instance_insert, which as SECURITY DEFINER cannot see it.
+-- Not from the BEFORE trigger: AFTER triggers fire at the end of the whole statement, and the
+-- rest of the inserter's statement runs in between (a data-modifying CTE's outer query, its
+-- RETURNING), so a setting written there could be rewritten with another role's oid (that made
+-- the other role, or the least-privilege engine role, the identity alice's steps ran as).
+CREATE OR REPLACE FUNCTION df_internal.capture_inserter() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM pg_catalog.set_config('df.inserter',
+        pg_catalog.quote_ident(current_user)::pg_catalog.regrole::pg_catalog.oid::pg_catalog.text, true);
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE TRIGGER instances_after_capture_inserter AFTER INSERT ON df.instances
+    FOR EACH ROW EXECUTE FUNCTION df_internal.capture_inserter();
+
 -- The frozen identity is the inserting role (see check_submitter), otherwise as in 0.1.0.
 CREATE OR REPLACE FUNCTION df_internal.on_instance_insert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     raw text := NULLIF(current_setting('df.start_meta', true), '');
     meta jsonb := COALESCE(raw::jsonb, '{}');
-    -- the role that really inserted the row (check_submitter, a moment ago, for this row)
-    frozen regrole := COALESCE(NULLIF(current_setting('df.inserter', true), '')::oid::regrole,
-                               NEW.submitted_by);
+    -- the role that really inserted the row (capture_inserter, an instant ago, for this row;
+    -- it always fires first, so the setting is never one the inserter wrote)
+    frozen regrole := NULLIF(current_setting('df.inserter', true), '')::oid::regrole;
 BEGIN
     PERFORM set_config('df.start_meta', '', true);
     PERFORM set_config('df.inserter', '', true);
+    IF frozen IS NULL THEN  -- capture_inserter did not run: never guess
+        RAISE EXCEPTION 'df.instances: the inserting role of instance % is unknown', NEW.id
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     INSERT INTO df_internal.instance_state
         (instance_id, submitted_by, database, vars, start_meta, retry_policy)
     VALUES (NEW.id, frozen, NEW.database,
@@ -85,8 +104,11 @@ BEGIN
         -- the first fires, yet pg_durable's worker would have loaded it right away. Taken up at
         -- the commit of df.start, then (a rewrite in this very transaction still counts as
         -- before, see on_identity_rewrite; df_internal.instance_pickups).
-        IF NOT EXISTS (SELECT 1 FROM df_internal.tasks t
-                        WHERE t.instance_id = NEW.id AND t.run_at <= now()) THEN
+        -- (Not one inserted in another role's name by a privileged role: that one is refused at
+        -- its first claim, identity_verdict, before anything of it runs.)
+        IF NEW.submitted_by OPERATOR(pg_catalog.=) frozen
+           AND NOT EXISTS (SELECT 1 FROM df_internal.tasks t
+                            WHERE t.instance_id = NEW.id AND t.run_at <= now()) THEN
             INSERT INTO df_internal.instance_pickups (instance_id) VALUES (NEW.id);
         END IF;
     ELSE
