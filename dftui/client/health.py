@@ -32,14 +32,18 @@ class HealthQueries(Instances):
         return self._fetch(kwargs_row(_engine), "SELECT to_jsonb(e) AS j FROM df.engines e")
 
     def health_line(self) -> dict[str, Any]:
-        """The home screen's compact health: engines alive/total, runnable steps, age of the
+        """The home screen's compact health: engines alive/running (stopped ones not counted),
+        runnable steps, age of the
         oldest ready step (seconds), stuck instances — each None when this backend or role
         cannot see it. Bounded queries only (the views are indexed / capped)."""
         out: dict[str, Any] = {"alive": None, "engines": None, "runnable": None,
                                "oldest_s": None, "stuck": None}
         if self.capabilities.has_engines:
+            # A cleanly stopped engine (an earlier run, a demo's) is gone, not dead: only the
+            # engines still registered as running count, alive or stale.
             row = self._one("SELECT count(*) FILTER (WHERE e.state = 'alive') AS alive,"
-                            " count(*) AS total FROM df.engines e")
+                            " count(*) FILTER (WHERE e.state <> 'stopped') AS total"
+                            " FROM df.engines e")
             if row:
                 out["alive"], out["engines"] = int(row["alive"]), int(row["total"])
         backend = self._adapter()

@@ -27,8 +27,9 @@ def health_text(health: dict[str, Any] | None) -> Text:
     parts: list[tuple[str, str]] = []
     if h.get("engines") is not None:
         bad = not h.get("alive")
-        parts.append((f"engines {h['alive']}/{h['engines']} alive",
-                      "bold red" if bad else "green"))
+        line = (f"engines {h['alive']}/{h['engines']} alive" if h["engines"]
+                else "no engine running")  # (stopped engines are not counted)
+        parts.append((line, "bold red" if bad else "green"))
     if h.get("runnable") is not None:
         oldest = h.get("oldest_s")
         age = f" (oldest {format_duration(oldest)})" if oldest is not None else ""

@@ -454,6 +454,36 @@ def test_banner_when_every_engine_is_stale(db):
         assert client.engine_warning() is None
 
 
+def test_health_line_does_not_count_a_cleanly_stopped_engine(db):
+    """An engine of an earlier run that stopped cleanly is gone, not dead: with one live engine
+    beside it the line says 1/1 alive (it said 1/2: one engine down)."""
+    from dftui.client import Client
+    from dftui.widgets.health_line import health_text
+
+    with db.connect() as conn:
+        conn.execute("INSERT INTO df_internal.engines (id, host, pid, version, concurrency, "
+                     "started_at, heartbeat_at, stopped_at) VALUES ('old-1', 'h', 1, 'x', 1, "
+                     "now() - interval '1 hour', now() - interval '50 minutes', "
+                     "now() - interval '50 minutes')")
+    with Client(db.dsn("dftui_alice")) as client:
+        health = client.health_line()
+        assert (health["alive"], health["engines"]) == (0, 0)
+        assert health_text(health).plain.startswith("no engine running")
+        with db.connect() as conn:
+            conn.execute("INSERT INTO df_internal.engines (id, host, pid, version, concurrency, "
+                         "started_at, heartbeat_at) VALUES ('live-1', 'h', 2, 'x', 1, now(), "
+                         "now())")
+        health = client.health_line()
+        assert (health["alive"], health["engines"]) == (1, 1)
+        assert health_text(health).plain.startswith("engines 1/1 alive")
+        with db.connect() as conn:  # a registered engine without heartbeats still counts
+            conn.execute("INSERT INTO df_internal.engines (id, host, pid, version, concurrency, "
+                         "started_at, heartbeat_at) VALUES ('stale-1', 'h', 3, 'x', 1, "
+                         "now() - interval '1 hour', now() - interval '10 minutes')")
+        health = client.health_line()
+        assert (health["alive"], health["engines"]) == (1, 2)
+
+
 def test_engine_as_a_non_owner_of_an_installed_schema_says_what_it_lacks(db):
     """The schema is installed; an engine started as an ordinary role is refused in one line
     that does not claim the schema still needs installing."""
