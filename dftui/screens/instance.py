@@ -59,7 +59,7 @@ class InstanceScreen(BaseScreen):
         Binding("h", "history", "History"),
         Binding("y", "copy", "Copy SQL"),
         Binding("Y", "copy_result", "Copy result", show=False),
-        Binding("E", "export", "Export result", show=False),
+        Binding("E", "export", "Export result"),
         Binding("i", "copy_id", "Copy id", show=False),
         Binding("R", "refresh", "Refresh"),
         *CURSOR_BINDINGS,

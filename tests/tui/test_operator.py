@@ -260,6 +260,11 @@ async def test_wide_labels_and_keys_and_banner_at_80x24_and_200(db):
         await wait_for_app(pilot, lambda: isinstance(app.screen, InstanceScreen), what="detail")
         header = str(app.screen.query_one("AppHeader").render())
         assert "No engine" in header
+        # the detail screen's essential keys fit at 80 columns too
+        await wait_for_app(pilot, lambda: app.screen.detail is not None, what="detail loaded")
+        bar = str(app.screen.query_one("KeyBar").render())
+        for key in ("?", "esc/q", "E", "w", "h", "c", "r", "s", "R"):
+            assert f" {key} " in bar, (key, bar)
 
 
 async def test_help_lists_operator_words_only(db):
