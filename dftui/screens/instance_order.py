@@ -2,9 +2,9 @@
 
 Why a module of its own: every column is the server's keyset order over every matching row
 (dftui.client.instances.SORT_KEYS says how each is ordered there; a reversal re-reads from the
-server), and the screen, its header arrows and its status line must agree on the names. Only
-the default order ("started") is merged with older loaded rows on a live refresh, by
-`is_after`. Pure: no Textual.
+server), and the screen, its header arrows and its status line must agree on the names. In the
+default order ("started") a live refresh keeps the loaded rows older than its window by
+`is_after`; in another order, by their position after the window's last row. Pure: no Textual.
 """
 
 from __future__ import annotations

@@ -60,6 +60,8 @@ PAGE_SIZE = 100
 SELECT_ALL_CAP = 10_000  # `*` selects at most this many matching instances (said when capped)
 LOAD_AHEAD = 20  # fetch the next page when the cursor is this close to the last loaded row
 REFRESH_WINDOW = 1000  # the live refresh re-reads at most this many rows from the top
+SEEK_LIMIT = 10_000  # after a re-sort, pages are read (REFRESH_WINDOW rows each) to find the
+# cursor's instance in the new order up to this many rows; beyond it the cursor goes to the top
 
 
 class InstancesScreen(TableScreen):
@@ -111,7 +113,7 @@ class InstancesScreen(TableScreen):
         self.sort_key = SERVER_ORDER  # one of SORT_KEYS; "started" is the server's order
         self.sort_reverse = False  # for "started": oldest first (Filters.oldest_first)
         # After a re-sort: the instance the cursor was on, until the pages of the new order
-        # that hold it are loaded (at most REFRESH_WINDOW rows are read to find it).
+        # that hold it are loaded (at most SEEK_LIMIT rows are read to find it).
         self._seek: str | None = None
         self.actions = ActionFlow(self, lambda: self.selection.targets(self.rows, self.current_id),
                                   after=self._clear_selection)
@@ -223,15 +225,14 @@ class InstancesScreen(TableScreen):
         keep = self._seek or self.current_id
         rows = list(page.rows)
         next_cursor = page.next_cursor
-        if (merge and self.sort_key == SERVER_ORDER and page.next_cursor is not None
-                and len(self.rows) >= len(page.rows)):
-            # Keep the already-loaded rows older than the refreshed window (and their cursor).
-            # (In another order the window re-read is every loaded row, up to REFRESH_WINDOW.)
-            last = (page.rows[-1].created_at, page.rows[-1].id) if page.rows else None
-            if last is not None:
-                older = [r for r in self.rows if is_after(r, last, self.filters.oldest_first)]
-                rows += older
-                next_cursor = self.next_cursor if older else page.next_cursor
+        if merge and page.next_cursor is not None and len(self.rows) >= len(page.rows) and rows:
+            # Keep the already-loaded rows beyond the refreshed window (and their cursor: a
+            # cursor on row 1,500 stays there). In the default order they are the rows older
+            # than the window's last; in another order, those loaded after the window's last
+            # row (by position: the server's keys are not kept per row).
+            older = self._beyond(rows)
+            rows += older
+            next_cursor = self.next_cursor if older else page.next_cursor
         self.selection.keep_only({r.id for r in rows})
         self.counts = counts
         self.next_cursor = next_cursor
@@ -251,15 +252,27 @@ class InstancesScreen(TableScreen):
         self._found_seek()
         self._maybe_load_more()
 
+    def _beyond(self, window: list[InstanceSummary]) -> list[InstanceSummary]:
+        """The loaded rows that come after a refreshed `window` (read from the top)."""
+        last = window[-1]
+        shown = {r.id for r in window}
+        if self.sort_key == SERVER_ORDER:
+            key = (last.created_at, last.id)
+            return [r for r in self.rows
+                    if r.id not in shown and is_after(r, key, self.filters.oldest_first)]
+        ids = [r.id for r in self.rows]
+        start = ids.index(last.id) + 1 if last.id in ids else len(window)
+        return [r for r in self.rows[start:] if r.id not in shown]
+
     def _found_seek(self) -> None:
         """Put the cursor on the instance sought after a re-sort once it is loaded; give up
-        when it is not within REFRESH_WINDOW rows (or no longer matches)."""
+        when it is not within SEEK_LIMIT rows (or no longer matches)."""
         if self._seek is None:
             return
         if any(r.id == self._seek for r in self.rows):
             self.table.move_cursor(row=self.table.get_row_index(self._seek), animate=False)
             self._seek = None
-        elif self.next_cursor is None or len(self.rows) >= REFRESH_WINDOW:
+        elif self.next_cursor is None or len(self.rows) >= SEEK_LIMIT:
             self._seek = None
 
     def _maybe_load_more(self) -> None:
@@ -272,9 +285,10 @@ class InstancesScreen(TableScreen):
         generation = self._generation
         args = self._list_args()
         after = self.next_cursor
+        size = REFRESH_WINDOW if self._seek is not None else PAGE_SIZE  # seeking: big pages
 
         def call(client: Client) -> InstancePage:
-            return client.list_instances(limit=PAGE_SIZE, after=after, **args)
+            return client.list_instances(limit=size, after=after, **args)
 
         def done(page: InstancePage) -> None:
             self.loading_more = False
@@ -448,8 +462,8 @@ class InstancesScreen(TableScreen):
 
     def _resort(self) -> None:
         """Re-read the loaded window in the new order (the server sorts every matching row);
-        the cursor stays on its instance (the pages holding it are loaded, up to
-        REFRESH_WINDOW rows), the selection stays."""
+        the cursor stays on its instance (the pages holding it are loaded, up to SEEK_LIMIT
+        rows), the selection stays."""
         self._seek = self.current_id
         self._setup_columns()  # (the header's arrow; it empties the table: refill it till then)
         self._render_rows(keep_id=self._seek)

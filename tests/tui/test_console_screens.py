@@ -252,6 +252,37 @@ async def test_sort_orders_every_matching_row_not_only_the_loaded_ones(db):
         assert "ffffffff" not in {r.id for r in screen.rows}
 
 
+async def test_the_cursor_stays_on_its_instance_beyond_a_thousand_rows_after_a_resort(db):
+    """The newest instance's label sorts last among 1,200: after sorting by label the cursor
+    follows it to row 1,200 (the pages holding it are loaded), and a live refresh, which
+    re-reads only the top 1,000, keeps the rows beyond them and the cursor where it is."""
+    from dftui.screens.instances import REFRESH_WINDOW
+
+    count = REFRESH_WINDOW + 200
+    seeds = [Seed(f"{i:08x}", "completed", label=f"job-{i:05d}", minutes_ago=i)
+             for i in range(1, count)]
+    seeds.append(Seed("ffffffff", "completed", label="zz-last", minutes_ago=0))
+    seed_instances(db, seeds)
+    app = make_app(db, ALICE)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _loaded(pilot, app)
+        assert screen.current_id == "ffffffff"  # the newest, on top
+        screen.set_sort("label")
+        await wait_for(pilot, lambda: screen.rows and screen.rows[0].label == "job-00001"
+                       and screen.current_id == "ffffffff",
+                       what="sorted by label, the cursor on its instance at the end")
+        table = screen.query_one(DataTable)
+        assert table.cursor_row == count - 1 and len(screen.rows) == count
+        with db.connect() as conn:  # a change in the top window shows the refresh arrived
+            conn.execute("UPDATE df.instances SET label = 'job-00002b' WHERE id = '00000002'")
+        screen.live_refresh()
+        await wait_for(pilot, lambda: screen.rows[1].label == "job-00002b", what="refreshed")
+        await pilot.pause()
+        assert len(screen.rows) == count and screen.current_id == "ffffffff"
+        assert table.cursor_row == count - 1
+        assert [r.label for r in screen.rows] == sorted(r.label for r in screen.rows)
+
+
 async def test_go_to_id(db):
     seed_instances(db, [Seed("abc12345", "completed", label="target"),
                         Seed("abd99999", "completed", label="other", minutes_ago=1)])
