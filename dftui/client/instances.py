@@ -96,8 +96,9 @@ class Instances(Session):
         if sort is not None and sort not in SORT_KEYS:
             raise ClientError(f"unknown sort {sort!r} (expected one of {', '.join(SORT_KEYS)})")
         params: dict[str, Any] = {"limit": limit + 1}
-        where = _filter_where(params, status=status, label=label, label_like=label_like,
-                              text=text, since=since)
+        where = _filter_where(params, label=label, label_like=label_like, text=text, since=since)
+        if status is not None:
+            where.append(self._status_where(status, where, params))
         if sort is not None:
             return self._sorted_page(where, params, sort, descending, after, limit)
         if after is not None and not oldest_first:
@@ -189,6 +190,36 @@ class Instances(Session):
         )
         return {r.id: r for r in rows}
 
+    def shown_running(self, where: list[str], params: dict[str, Any]) -> list[str]:
+        """The 'pending' instances matching `where` whose first step is executing now: the
+        console shows them running (InstanceSummary.shown_status), so the Running tab lists
+        and counts them and the Pending tab does not. Looked for among the COUNT_CAP oldest
+        pending ones (a bounded index scan; claims favour the oldest work); none where the
+        backend cannot tell (pg_durable)."""
+        expr = self._adapter().step_running_sql(self)
+        if expr == "false":
+            return []
+        rows = self._rows(
+            f"""SELECT i.id FROM (SELECT i.* FROM df.instances i
+                 WHERE i.status = 'pending' AND {" AND ".join(where)}
+                 ORDER BY i.created_at LIMIT %(shown_scan)s) i
+               WHERE {expr}""",
+            {**params, "shown_scan": COUNT_CAP},
+        )
+        return [r["id"] for r in rows]
+
+    def _status_where(self, status: str, where: list[str], params: dict[str, Any]) -> str:
+        """The WHERE term of a status filter as the console shows statuses: 'running' takes in
+        the pending instances shown running (`shown_running`), 'pending' leaves them out."""
+        params["status"] = status
+        shown = self.shown_running(where, params) if status in ("running", "pending") else []
+        if not shown:
+            return "i.status = %(status)s"
+        params["shown_running"] = shown
+        if status == "running":
+            return "(i.status = %(status)s OR i.id = ANY(%(shown_running)s))"
+        return "i.status = %(status)s AND i.id <> ALL(%(shown_running)s)"
+
     def status_counts(self, *, label: str | None = None, cap: int = COUNT_CAP,
                       label_like: str | None = None, text: str | None = None,
                       since: datetime | None = None) -> StatusCounts:
@@ -198,6 +229,8 @@ class Instances(Session):
         Each status is counted exactly up to `cap` rows through the (status, created_at, id)
         index; a status above the cap gets the planner's row estimate instead (RLS-aware, since
         the policy is part of the plan). Cost stays bounded with millions of instances.
+        A pending instance shown running (`shown_running`) is counted as running, as the
+        Running tab lists it.
         """
         params: dict[str, Any] = {"cap": cap}
         where = _filter_where(params, label=label, label_like=label_like, text=text, since=since)
@@ -216,6 +249,10 @@ class Instances(Session):
             if n > cap:
                 counts[status] = max(self._estimate(status, extra, params), cap + 1)
                 estimated.add(status)
+        moved = len(self.shown_running(where, params)) if counts.get("pending") else 0
+        if moved:
+            counts["pending"] = max(counts["pending"] - moved, 0)
+            counts["running"] = counts.get("running", 0) + moved
         return StatusCounts(counts, frozenset(estimated))
 
     def _estimate(self, status: str, extra: str, params: dict[str, Any]) -> int:
@@ -308,15 +345,13 @@ def _like(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def _filter_where(params: dict[str, Any], *, status: str | None = None, label: str | None = None,
+def _filter_where(params: dict[str, Any], *, label: str | None = None,
                   label_like: str | None = None, text: str | None = None,
                   since: datetime | None = None) -> list[str]:
     """The WHERE terms (and their parameters, added to `params`) shared by the list and the
-    status counts, so the counts always follow the filter."""
+    status counts, so the counts always follow the filter (the status term is the list's:
+    `Instances._status_where`)."""
     where = ["TRUE"]
-    if status:
-        where.append("i.status = %(status)s")
-        params["status"] = status
     if label:
         where.append("i.label = %(label)s")
         params["label"] = label

@@ -502,3 +502,50 @@ def test_engine_as_a_non_owner_of_an_installed_schema_says_what_it_lacks(db):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert "installing the df schema" not in lines[0], lines[0]
+
+
+async def test_status_tabs_count_a_first_step_shown_running_as_running(db):
+    """A pending instance whose first step executes shows running (its checkpoint has not
+    committed): the Running tab counts and lists it, the Pending tab neither — the tab counts
+    agree with the rows they open (it was counted under Pending and listed under neither)."""
+    from dftui.client import Client
+    from tests.support import running_engine, wait_for, wait_terminal
+
+    with running_engine(db.dsn()):
+        busy = start(db, "dftui_alice", "'SELECT pg_sleep(600)', 'first-step-busy'")
+        # beside it an instance stored 'running' (asleep), counted and listed with it
+        queued = start(db, "dftui_alice", "'SELECT 1' ~> df.sleep(3600), 'sleeping'")
+        with Client(db.dsn("dftui_alice")) as client:
+            def shown_running() -> bool:
+                rows = {r.id: r for r in client.list_instances().rows}
+                return busy in rows and rows[busy].shown_status == "running"
+
+            wait_for(shown_running, what="the first step seen running")
+            wait_for(lambda: db.scalar("SELECT status FROM df.instances WHERE id = %s",
+                                       (queued,)) == "running", what="the sleeper running")
+            assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (busy,)) == "pending"
+            counts = client.status_counts()
+            running = {r.id for r in client.list_instances(status="running").rows}
+            pending = {r.id for r in client.list_instances(status="pending").rows}
+            assert busy in running and busy not in pending
+            assert counts.counts.get("running", 0) == len(running)
+            assert counts.counts.get("pending", 0) == len(pending)
+            for sort in (None, "label"):  # the server's other orders filter alike
+                assert busy in {r.id for r in client.list_instances(status="running",
+                                                                     sort=sort).rows}
+            app = make_app(db, "dftui_alice")
+            async with app.run_test(size=(120, 40)) as pilot:
+                screen = await instances_loaded(pilot, app)
+                await pilot.press("2")  # the Running tab
+                await wait_for_app(pilot, lambda: screen.filters.status == "running"
+                                   and busy in {r.id for r in screen.rows}, what="running tab")
+                assert screen.counts.counts.get("running") == len(screen.rows)
+                await pilot.press("4")  # the Pending tab
+                await wait_for_app(pilot, lambda: screen.filters.status == "pending"
+                                   and screen.loaded_once and busy not in {r.id for r in screen.rows}
+                                   and screen.counts is not None
+                                   and screen.counts.counts.get("pending", 0) == len(screen.rows),
+                                   what="pending tab")
+        with db.connect("dftui_alice") as conn:
+            conn.execute("SELECT df.cancel(%s)", (busy,))
+        assert wait_terminal(db, busy) == "cancelled"
