@@ -117,10 +117,11 @@ def list_instances(
         f"{'ID':<8}  {'STATUS':<11}  {'LABEL':<28}  {'CREATED':<19}  {'DURATION':>8}  SUBMITTED_BY"
     )
     for r in rows:
-        symbol = status_symbol(r.status)
+        shown = r.shown_status  # as the TUI and --status say: running while its first step runs
+        symbol = status_symbol(shown)
         label_text = (r.label or "")[:28]
         typer.echo(
-            f"{r.id:<8}  {symbol} {r.status:<9}  {label_text:<28}  {_when(r.created_at):<19}  "
+            f"{r.id:<8}  {symbol} {shown:<9}  {label_text:<28}  {_when(r.created_at):<19}  "
             f"{_duration(r.created_at, r.finished_at):>8}  {r.submitted_by}"
         )
     if page.next_cursor is not None:

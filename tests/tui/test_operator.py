@@ -4,8 +4,12 @@ behave like editors. Real PostgreSQL, real roles, checked in the database afterw
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 from textual.widgets import DataTable, Input, TextArea
 
+from dftui.cli import main as cli
 from dftui.screens.dialogs import CancelDialog, ConfirmDialog, SignalDialog, StartDialog
 from dftui.screens.help import HelpScreen
 from dftui.screens.instance import InstanceScreen
@@ -533,6 +537,11 @@ async def test_status_tabs_count_a_first_step_shown_running_as_running(db):
             for sort in (None, "label"):  # the server's other orders filter alike
                 assert busy in {r.id for r in client.list_instances(status="running",
                                                                      sort=sort).rows}
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                assert cli(["ls", "--status", "running", "--dsn", db.dsn("dftui_alice")]) == 0
+            line = next(x for x in out.getvalue().splitlines() if x.startswith(busy))
+            assert "running" in line and "pending" not in line, out.getvalue()
             app = make_app(db, "dftui_alice")
             async with app.run_test(size=(120, 40)) as pilot:
                 screen = await instances_loaded(pilot, app)
