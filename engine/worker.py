@@ -58,6 +58,10 @@ class Worker:
         self.steps = StepTransaction(engine.config, engine.id, number, self.sql)
         self.more_work = True
         self.batch = engine.config.batch_size
+        # While backing off after a claim that could take none of the due tasks: the roles of
+        # those tasks (their slots or rows are held elsewhere). Another role's work it could run.
+        self.blocked_on: frozenset[int] | None = None
+        self.claim_alone = False  # the next claim takes one task (see _free_worker_for)
 
     def cancel_statement(self) -> None:
         for conn in (self.conn, self.sql.side_active):
@@ -83,8 +87,15 @@ class Worker:
                             self.engine.wake(1)  # more is due: chain-wake another worker
                     else:
                         timeout, blocked = self._idle_timeout()
-                        if blocked:
-                            self.engine.wait_blocked(blocked_backoff)
+                        if blocked is not None:
+                            self.blocked_on = blocked
+                            try:
+                                self.engine.wait_blocked(blocked_backoff)
+                            finally:
+                                self.blocked_on = None
+                            # (the other workers backing off with it are free as well, and may
+                            # be claiming right now, unseen by _free_worker_for: take one task)
+                            self.claim_alone = True
                             blocked_backoff = min(blocked_backoff * 2, BLOCKED_BACKOFF_MAX)
                         else:
                             blocked_backoff = BLOCKED_BACKOFF_MIN
@@ -126,23 +137,35 @@ class Worker:
         self.task = None
         self.busy = False
 
-    def _idle_timeout(self) -> tuple[float, bool]:
+    def _idle_timeout(self) -> tuple[float, frozenset[int] | None]:
         """How long to wait after an empty claim (until the next timer is due, or the safety
-        poll), and whether tasks are due all the same (the claim could take none of them: its
-        role's slots are all held, or other batches hold their rows), in which case the worker
-        backs off (Engine.wait_blocked) instead."""
+        poll), and, when tasks are due all the same (the claim could take none of them: their
+        role's slots are all held, or other batches hold their rows), the roles of those tasks:
+        the worker then backs off (Engine.wait_blocked) instead."""
         timeout = self.engine.config.poll_interval
         conn = self.conn
         if conn is not None and not conn.closed:
             with contextlib.suppress(psycopg.Error):
                 row = conn.execute(
                     "SELECT pg_catalog.date_part('epoch', pg_catalog.min(run_at) "
-                    "OPERATOR(pg_catalog.-) pg_catalog.now()) FROM df_internal.tasks").fetchone()
+                    "OPERATOR(pg_catalog.-) pg_catalog.now()), "
+                    "pg_catalog.array_agg(DISTINCT role_oid) FILTER (WHERE run_at OPERATOR(pg_catalog.<=) "
+                    "pg_catalog.now() AND role_oid IS NOT NULL) FROM df_internal.tasks").fetchone()
                 if row and row[0] is not None:
                     if row[0] <= 0:
-                        return timeout, True
+                        return timeout, frozenset(int(oid) for oid in row[1] or ())
                     timeout = max(0.005, min(timeout, row[0] + 0.002))
-        return timeout, False
+        return timeout, None
+
+    def _free_worker_for(self, role_oid: int) -> bool:
+        """Is another worker of this engine free to run this role's steps now? One backing off
+        on other roles' tasks is (it waits on the blocked condition, so it is not counted as
+        idle). A batch would run this role's claimed steps one after another on this worker
+        while it stays free: a role with long steps, two free slots and two free workers got
+        one. One blocked on this role's own tasks (its cap, rows held by other batches), or one
+        that could not tell which roles blocked it, is not: a one-role backlog still batches."""
+        return any(w is not self and w.blocked_on and role_oid not in w.blocked_on
+                   for w in self.engine.workers)
 
     def step_batch(self, conn: psycopg.Connection) -> bool:
         """Claim due tasks (up to `batch`, see claim_tasks) and run them in one transaction, each
@@ -159,7 +182,9 @@ class Worker:
             self.steps.needs_discard = False
         # Batch only when no other worker is idle: with a short queue every task gets a worker
         # of its own; with a backlog (everyone busy) one commit serves many steps.
-        limit = 1 if engine.idle_workers else self.batch
+        # (and, see _free_worker_for, when another worker would take this role's work)
+        limit = 1 if engine.idle_workers or self.claim_alone else self.batch
+        self.claim_alone = False
         claim_started = time.perf_counter()
         claimed = claim(conn, engine.schema_level, engine.id, limit,
                         engine.slice_base + self.number, engine.slices)
@@ -170,6 +195,10 @@ class Worker:
         self.more_work = claimed.more
         tasks = claimed.tasks
         if self._set_up_trampolines(conn, tasks):
+            return True
+        if len(tasks) > 1 and self._free_worker_for(tasks[0].role_oid):
+            conn.execute("ROLLBACK")  # (the claim's tasks are free again: claim one of them)
+            self.claim_alone = True
             return True
         if tasks:
             try:
