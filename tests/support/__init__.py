@@ -33,6 +33,7 @@ from tests.support.cluster import (
     QUOTED,
     Server,
     TestDB,
+    password_role,
 )
 from tests.support.engine import (
     errors,
@@ -48,7 +49,8 @@ from tests.support.wait import wait_for, wait_for_app
 __all__ = [
     "ALICE", "ALL_ROLES", "BOB", "CAROL", "DAVE", "ENGINE_ROLE", "GRANTED_ROLES", "QUOTED",
     "SUBMITTERS", "Server", "TestDB", "assert_no_escalation", "counters", "engine_in_mode",
-    "engine_user", "errors", "nested_loops", "node_rows", "prepare_attacker", "reset_attacker",
+    "engine_user", "errors", "nested_loops", "node_rows", "password_role", "prepare_attacker",
+    "reset_attacker",
     "root_result", "running_engine", "setup_engine_owner", "start", "wait_for", "wait_for_app",
     "wait_terminal",
 ]

@@ -115,3 +115,51 @@ def scratch_database(server: Server, name: str, template: str | None = None) -> 
     finally:
         with server.admin() as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@contextmanager
+def password_role(db: TestDB, name: str, password: str) -> Iterator[str]:
+    """A LOGIN role `name`, granted df usage in `db`, that must give `password`
+    (scram-sha-256 over TCP): one pg_hba.conf line for it alone is put first in the self-started
+    cluster's file (every other role keeps trust auth) and removed afterwards, with the role.
+    Skips on a server given by DSN (its pg_hba.conf is not ours to edit)."""
+    import pytest
+
+    server = db.server
+    if server.cluster is None:
+        pytest.skip("needs a self-started cluster (its pg_hba.conf is edited)")
+    line = f"host all {name} 127.0.0.1/32 scram-sha-256  # dftui test: password_role\n"
+    ident = sql.Identifier(name)
+    with server.admin() as conn:
+        hba = Path(conn.execute("SHOW hba_file").fetchone()[0])
+        conn.execute("SET password_encryption = 'scram-sha-256'")
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            ident, sql.Literal(password)))
+        hba.write_text(line + hba.read_text())
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        _wait_password_asked(db, name)  # (the server re-reads its files after it returned)
+        with db.connect() as conn:
+            conn.execute("SET client_min_messages = warning")
+            conn.execute("SELECT df.grant_usage(%s)", (name,))
+        yield name
+    finally:
+        hba.write_text(hba.read_text().replace(line, ""))
+        with db.connect() as conn:
+            conn.execute("SELECT pg_reload_conf()")
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+        with server.admin() as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(ident))
+
+
+def _wait_password_asked(db: TestDB, name: str) -> None:
+    from tests.support.wait import wait_for
+
+    def asked() -> bool:
+        try:
+            psycopg.connect(db.dsn(name), connect_timeout=10).close()
+        except psycopg.OperationalError as exc:
+            return "password" in str(exc)
+        return False
+
+    wait_for(asked, what=f"the server to ask {name} for a password")

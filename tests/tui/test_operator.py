@@ -442,6 +442,52 @@ def test_node_panel_speaks_operators_words_not_internal_state(db):
         assert "stored" not in text, text
 
 
+def test_a_wrong_password_is_asked_again_then_accepted(db, monkeypatch, capsys):
+    """Against a role that must give a password: a wrong one is asked again, naming whose it
+    is, and the right one connects (the client, and the CLI on a terminal); every try wrong
+    ends after PASSWORD_TRIES in one clear error, never a traceback."""
+    import getpass
+    import sys
+    import uuid
+
+    import pytest
+
+    from dftui.client import PASSWORD_TRIES, ClientError, connect
+    from tests.support import password_role
+
+    name = f"dftui_pw_{uuid.uuid4().hex[:6]}"
+    with password_role(db, name, "right-one") as role:
+        target = f"{role}@127.0.0.1:{db.server.admin_conninfo['port']}/{db.name}"
+        asked: list[str] = []
+        answers = iter(["wrong", "right-one"])
+
+        def prompt(whose: str) -> str:
+            asked.append(whose)
+            return next(answers)
+
+        with connect(db.dsn(role), password_prompt=prompt) as client:
+            assert client.info is not None and client.info.role == role
+            assert client.list_instances().rows == []
+        assert asked == [target, target]
+        err = capsys.readouterr().err
+        assert f"wrong password for {target}; try again" in err
+
+        asked.clear()
+        with pytest.raises(ClientError) as refused:
+            connect(db.dsn(role), password_prompt=lambda whose: asked.append(whose) or "nope")
+        assert len(asked) == PASSWORD_TRIES
+        assert "password authentication failed" in refused.value.message
+
+        tries = iter(["wrong", "right-one"])  # the CLI on a terminal prompts (hidden) the same
+        monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
+        monkeypatch.setattr(getpass, "getpass", lambda text: next(tries))
+        capsys.readouterr()
+        assert cli(["ls", "--dsn", db.dsn(role)]) == 0
+        out = capsys.readouterr()
+        assert "wrong password" in out.err and "no instances" in out.err
+        assert "Traceback" not in out.err
+
+
 def test_banner_when_every_engine_is_stale(db):
     """No live engine: the banner names it whether none ever ran, all stopped, or all are
     stale (registered, running, but no heartbeat)."""
