@@ -241,3 +241,59 @@ def test_a_serialization_failure_in_a_batched_step_counts_as_an_attempt(counters
     assert db.scalar("SELECT array_agg(DISTINCT status) FROM df.instances") == ["failed"]
     assert db.scalar("SELECT last_value FROM public.tries") == 40, "two runs per step, no more"
     assert db.scalar("SELECT count(*) FROM df_internal.node_attempts") == 40
+
+
+def _claim_all(db, limit: int = 50) -> list[list[tuple[str, str, bool]]]:
+    """Claim with fresh connections, each keeping its claim's transaction open, until a claim
+    finds nothing: the claims, as (instance, node, more) rows."""
+    claimers, claims = [], []
+    try:
+        while True:
+            conn = db.connect()
+            claimers.append(conn)
+            conn.execute("BEGIN")
+            rows = conn.execute("SELECT instance_id, node_id, more FROM df_internal.claim_tasks("
+                                "df_internal.schema_level(), 't', %s)", (limit,)).fetchall()
+            if not rows:
+                return claims
+            claims.append(rows)
+    finally:
+        for conn in claimers:
+            conn.close()
+
+
+def test_claim_never_batches_the_rival_branches_of_a_race(db):
+    # A batch runs its steps one after another: the two branches of a race in one batch would
+    # make the second wait for the first, and a slow first branch win (pg_durable e2e 56).
+    with db.connect(ALICE) as conn:
+        race = conn.execute("SELECT df.start('SELECT pg_sleep(30)' | 'SELECT 1')").fetchone()[0]
+        nested = conn.execute("SELECT df.start(df.race(('SELECT 2' & 'SELECT 3'), 'SELECT 4'))"
+                              ).fetchone()[0]
+        join = conn.execute("SELECT df.start('SELECT 5' & 'SELECT 6')").fetchone()[0]
+    claims = _claim_all(db)
+    for instance, branches in ((race, 2), (nested, 3)):
+        per_claim = [sum(1 for i, _, _ in claim if i == instance) for claim in claims]
+        assert sum(per_claim) == branches and max(per_claim) == 1, (instance, claims)
+    # a claim that left a rival branch behind says more is due (the engine wakes a worker)
+    first = next(claim for claim in claims if any(i == race for i, _, _ in claim))
+    assert all(more for _, _, more in first)
+    # without a RACE above them, an instance's branches still share a batch
+    assert max(sum(1 for i, _, _ in claim if i == join) for claim in claims) == 2
+
+
+def test_a_slow_race_branch_does_not_beat_a_fast_one_on_a_busy_engine(db):
+    # pg_durable e2e 56 test 2 (seen on PostgreSQL 15): with every worker busy, one claim took
+    # both branches of a race, pg_sleep first; 'SELECT 1' ran only after it, so the sleep won
+    # every iteration and the loop never reached its break. Here the engine starts with the race
+    # already queued, so its first claims batch (no worker is idle yet). (Three workers: a role
+    # may hold all but one of them, role_cap, so both branches can run at once.)
+    with db.connect(ALICE) as conn:
+        race = conn.execute("SELECT df.start('SELECT pg_sleep(20) AS slow' | 'SELECT 1 AS fast')"
+                            ).fetchone()[0]
+    with running_engine(db.dsn(), concurrency=3, batch_size=16):
+        wait_for(lambda: db.scalar("SELECT status FROM df.instances WHERE id = %s", (race,))
+                 in ('completed', 'failed', 'cancelled'), 120, what="the race to finish")
+    assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (race,)) == "completed"
+    assert db.scalar("SELECT n.result -> 'rows' FROM df.instances i JOIN df.nodes n "
+                     "ON n.instance_id = i.id AND n.id = i.root_node WHERE i.id = %s",
+                     (race,)) == [{"fast": 1}]

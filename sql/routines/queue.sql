@@ -18,6 +18,22 @@
 -- started, its first leaves queued) and reported as kind 'started'. No rows: nothing is due.
 -- p_level is the schema level the calling engine drives (engine/schema.py): an engine of another
 -- level is refused, so one left running across an upgrade stops instead of misreading state.
+-- Whether a RACE is an ancestor of any of these nodes of an instance (walking node_meta's parent
+-- links up to the root, by primary key). claim_tasks asks it only when a second task of an
+-- instance is a candidate for the same batch.
+CREATE OR REPLACE FUNCTION df_internal.race_above(p_instance varchar, p_nodes varchar[])
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE up(node_id) AS (
+        SELECT m.parent_id FROM df_internal.node_meta m
+         WHERE m.instance_id = p_instance AND m.node_id = ANY (p_nodes) AND m.parent_id IS NOT NULL
+        UNION
+        SELECT m.parent_id FROM up JOIN df_internal.node_meta m
+            ON m.instance_id = p_instance AND m.node_id = up.node_id
+         WHERE m.parent_id IS NOT NULL)
+    SELECT EXISTS (SELECT 1 FROM up JOIN df.nodes n ON n.instance_id = p_instance AND n.id = up.node_id
+                    WHERE n.node_type = 'RACE')
+$$;
+
 CREATE OR REPLACE FUNCTION df_internal.claim_tasks(p_level text, p_engine text,
                                                    p_limit integer DEFAULT 1,
                                                    p_slice integer DEFAULT 0,
@@ -47,6 +63,7 @@ DECLARE
     resume_at timestamptz := '-infinity';  -- where a restarted scan picks up (see below)
     batch_role oid;            -- the one role whose tasks this claim takes (see below)
     other_roles boolean := false;  -- due tasks of other roles were passed over
+    raced boolean := false;    -- tasks of an instance under a RACE were left for other workers
 BEGIN
     IF p_level IS DISTINCT FROM df_internal.schema_level() THEN
         RAISE EXCEPTION 'dftui engine schema level mismatch: the engine drives %, the df schema is at %',
@@ -123,6 +140,18 @@ BEGIN
                 other_roles := true;  -- (reported as "more": another worker is woken for them)
                 CONTINUE;
             END IF;
+            -- Under a RACE, an instance's tasks never share a batch: the batch runs its steps one
+            -- after another, so a branch claimed behind a slow rival (or behind a step whose
+            -- checkpoint already holds the instance's lock) could not finish until the rival did,
+            -- and the slow branch would win the race (pg_durable e2e 56: a loop whose body races
+            -- 'SELECT 1' against pg_sleep(30) never ended on a busy engine). Left for another
+            -- worker ("more" below wakes one); the branches then run in parallel.
+            IF c.instance_id = ANY (insts) AND df_internal.race_above(c.instance_id,
+                    c.node_id || ARRAY(SELECT h.n FROM unnest(insts, nodes) AS h(i, n)
+                                        WHERE h.i = c.instance_id)) THEN
+                raced := true;
+                CONTINUE;
+            END IF;
             -- Fairness: a worker-occupying step runs only in one of its role's slots (a row
             -- lock held until this transaction ends, i.e. while the step runs), at most
             -- role_cap of them at once across every engine; a role without slot rows (none
@@ -189,9 +218,9 @@ BEGIN
            COALESCE(current_setting('pg_durable.enable_superuser_instances', true), '')
                IN ('on', 'true', '1', 'yes'),
            -- "more may be due" (the batch is full, an HTTP step was taken alone, or other roles'
-           -- due tasks were left for other claims): the engine
+           -- due tasks or an instance's rival RACE branches were left for other claims): the engine
            -- chain-wakes another worker. (An EXISTS probe here walked the queue's dead tuples.)
-           cardinality(insts) >= want OR lone OR other_roles
+           cardinality(insts) >= want OR lone OR other_roles OR raced
       FROM unnest(insts, nodes) WITH ORDINALITY AS k(instance_id, node_id, ord)
       JOIN df_internal.tasks t2 ON t2.instance_id = k.instance_id AND t2.node_id = k.node_id
       JOIN df_internal.instance_state s ON s.instance_id = t2.instance_id
