@@ -164,6 +164,9 @@ OWNER_MODE = {
     "password or GSSAPI delegated credentials required":
         "transaction_mode => 'new' needs dblink from a superuser-owned function",
 }
+# PostgreSQL 15 words the same two refusals differently (16 reworded them): the same reasons.
+OWNER_MODE["must be member of role"] = OWNER_MODE["must be able to SET ROLE"]
+OWNER_MODE["password is required"] = OWNER_MODE["password or GSSAPI delegated credentials required"]
 # ... and file-specific ones (the exact failure, why).
 OWNER_MODE_FILES = {
     "07_signals": (
