@@ -230,6 +230,14 @@ def test_explain_expression_and_instance(capsys, db):
     assert instance_id in out and "SELECT 7" in out
 
 
+def test_explain_of_an_unknown_or_foreign_id_is_an_error(capsys, db):
+    foreign = cli_start(capsys, db, "df.sleep(3600)", BOB)
+    for bad in ("0000abcd", foreign):
+        code, out, err = run(capsys, "explain", bad, "--dsn", db.dsn(ALICE))
+        assert code == 1 and out == ""
+        assert_one_line_error(err, f"Instance '{bad}' not found")
+
+
 def test_explain_invalid_graph_is_an_error(capsys, db):
     code, out, err = run(
         capsys, "explain", '{"node_type": "NOPE", "query": "x"}', "--dsn", db.dsn(ALICE)

@@ -305,6 +305,9 @@ def explain(
                  + "; only instance ids can be explained here")
     if text.startswith("Invalid durable function graph"):
         fail(user_message(Exception(text)))
+    # df.explain answers an id it cannot show with a text, as pg_durable's does: an error here
+    if re.fullmatch(r"(Instance|No nodes found for instance) '[0-9A-Fa-f]{8}'( not found)?", text):
+        fail(text)
     if as_json:
         _print_json({"source": source, "tree": text.rstrip("\n"),
                      "lines": text.rstrip("\n").splitlines()})

@@ -53,12 +53,14 @@ BEGIN
 
     IF v_in ~ '^[0-9A-Fa-f]{8}$' THEN
         ------------------------------------------------------------------ a live instance
-        v_in := lower(v_in);
+        -- An id the caller cannot see (row-level security) reads exactly as one that does not
+        -- exist, and, as pg_durable's explain_instance, is answered with a text, not an error.
         SELECT i.id, i.label, i.status, i.root_node INTO v_inst
-          FROM df.instances i WHERE i.id = v_in;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'Instance not found or access denied: %', v_in USING ERRCODE = 'no_data_found';
+          FROM df.instances i WHERE i.id = lower(v_in);
+        IF NOT FOUND OR v_inst.root_node IS NULL THEN
+            RETURN format('Instance ''%s'' not found', v_in);
         END IF;
+        v_in := lower(v_in);
         v_root := v_inst.root_node;
         -- Node statuses as df.instance_nodes infers them (skipped arms, superseded iterations);
         -- fall back to the stored status if that function is unavailable.
@@ -75,6 +77,9 @@ BEGIN
                    'r', nd.right_node, 's', coalesce(v_status->>nd.id, nd.status)))
           INTO v_map
           FROM df.nodes nd WHERE nd.instance_id = v_in;
+        IF v_map IS NULL THEN
+            RETURN format('No nodes found for instance ''%s''', v_in);  -- (pg_durable's text)
+        END IF;
         IF to_regprocedure('df.instance_info(text)') IS NOT NULL THEN
             BEGIN
                 EXECUTE 'SELECT x.output::text FROM df.instance_info($1) x' INTO v_out USING v_in;
