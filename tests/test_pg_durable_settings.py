@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import psycopg
+import pytest
 from psycopg import sql
 
 from engine.config import EngineConfig
@@ -95,3 +97,33 @@ def test_settings_are_read_and_bad_values_ignored(db) -> None:
         applied = apply_database_settings(conn, config)
     assert applied == ["pg_durable.reconcile_interval = 0 sets reconcile_interval"]
     assert config.reconcile_interval == 0 and config.retention_days is None
+
+
+def test_alter_system_of_a_pg_durable_setting_and_the_way_that_works_on_15(db) -> None:
+    """Without a library defining them, pg_durable.* settings are placeholders. PostgreSQL 17+
+    lets ALTER SYSTEM SET one; 15 refuses it (42704) unless the session already has that
+    placeholder: SET it first in the same session (docs/pg_durable.md, "PostgreSQL 15")."""
+    name = "pg_durable.max_management_connections"  # a setting dftui reads nowhere: harmless
+    with db.connect() as conn:
+        major = conn.info.server_version // 10000
+        try:
+            if major < 17:
+                with pytest.raises(psycopg.errors.UndefinedObject,
+                                   match="unrecognized configuration parameter"):
+                    conn.execute(f"ALTER SYSTEM SET {name} = 7")
+            else:
+                conn.execute(f"ALTER SYSTEM SET {name} = 7")
+            # the way that works on every version: the placeholder first, then ALTER SYSTEM
+            with db.connect() as fresh:
+                fresh.execute(f"SELECT set_config('{name}', '', false)")
+                fresh.execute(f"ALTER SYSTEM SET {name} = 8")
+                fresh.execute("SELECT pg_reload_conf()")
+            wait_for(lambda: db.scalar(f"SELECT current_setting('{name}', true)") == "8", 60,
+                     what="new sessions to see the ALTER SYSTEM value")
+        finally:
+            with db.connect() as fresh:  # (a placeholder again: the file now names it)
+                fresh.execute(f"SELECT set_config('{name}', '', false)")
+                fresh.execute(f"ALTER SYSTEM RESET {name}")
+                fresh.execute("SELECT pg_reload_conf()")
+    wait_for(lambda: db.scalar(f"SELECT current_setting('{name}', true)") in (None, ""), 60,
+             what="the setting to be gone again")
