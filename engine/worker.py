@@ -4,11 +4,13 @@ The loop: claim (engine/claim.py) → make missing trampolines (outside the tran
 journal the batch (engine/journal.py) → run each task (engine/transaction.py) → commit → adapt
 the next claim's size. Batch policy:
 
-* claim a batch (up to --batch-size) only when no other worker of this engine is idle — with a
-  short queue every task gets a worker of its own, with a backlog one commit serves many steps;
-* a batch stops taking on its claimed tasks after BATCH_TIME_BUDGET (the rest are released by
-  its commit), and a batch that stopped early (slow steps, steps that gave way to the batch's
-  locks) halves the next claim, one that ran to the end doubles it;
+* claim a batch only when no other worker of this engine is idle — with a short queue every
+  task gets a worker of its own, with a backlog one commit serves many steps — and no bigger
+  than it will run within its time budget (engine/pacing.py: the sizes and budgets);
+* a batch stops taking on its claimed tasks after its time budget (the rest are released by
+  its commit), short while another worker is idle, and a batch that stopped early (slow steps,
+  steps that gave way to the batch's locks) halves the next claim, one that ran to the end
+  doubles it;
 * a task whose checkpoint shares its instance's lock with parallel branches commits at once.
 """
 
@@ -26,6 +28,7 @@ from engine import schema
 from engine.claim import Task, claim
 from engine.db import connect
 from engine.identity import SESSION_RESET, reset_session
+from engine.pacing import BatchPacer
 from engine.sql_steps import SqlSteps
 from engine.transaction import Outcome, StepTransaction
 
@@ -34,9 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dftui.engine")
 
-# A batch stops taking on more of its claimed tasks after this long (the rest are released by its
-# commit), so one slow step holds at most the tasks claimed behind it, and only while it runs.
-BATCH_TIME_BUDGET = 0.05
 # A worker whose claim found due tasks it could not take waits this long before it looks again
 # (doubling up to the maximum while that goes on), unless a df_work notification comes first.
 BLOCKED_BACKOFF_MIN = 0.02
@@ -57,7 +57,7 @@ class Worker:
         self.sql = SqlSteps(engine.config, engine.id, engine.trampolines, engine.types)
         self.steps = StepTransaction(engine.config, engine.id, number, self.sql)
         self.more_work = True
-        self.batch = engine.config.batch_size
+        self.pacer = BatchPacer(engine.config.batch_size)
         # While backing off after a claim that could take none of the due tasks: the roles of
         # those tasks (their slots or rows are held elsewhere). Another role's work it could run.
         self.blocked_on: frozenset[int] | None = None
@@ -183,7 +183,7 @@ class Worker:
         # Batch only when no other worker is idle: with a short queue every task gets a worker
         # of its own; with a backlog (everyone busy) one commit serves many steps.
         # (and, see _free_worker_for, when another worker would take this role's work)
-        limit = 1 if engine.idle_workers or self.claim_alone else self.batch
+        limit = 1 if self.claim_alone else self.pacer.claim_size(engine.idle_workers > 0)
         self.claim_alone = False
         claim_started = time.perf_counter()
         claimed = claim(conn, engine.schema_level, engine.id, limit,
@@ -208,16 +208,22 @@ class Worker:
                 conn.execute("ROLLBACK")
                 raise psycopg.OperationalError(f"cannot record the tasks in flight: {exc}") from exc
         self.busy = True
-        budget_end = time.monotonic() + BATCH_TIME_BUDGET
+        batch_started = time.monotonic()
+        handled = 0  # tasks taken on (run or not), for the time per task
+        last_started = batch_started
         ran = 0
         stopped_early = False
         tally = engine.metrics.tally()  # outcomes, published once the transaction ended
         seen: set[str] = set()  # instances with a task earlier in this batch
         try:
             for index, task in enumerate(tasks):
-                if index and time.monotonic() > budget_end:
+                if index and self.pacer.over_budget(
+                        time.monotonic() - batch_started,
+                        engine.idle_workers > 0 or self._free_worker_for(task.role_oid)):
                     stopped_early = True
                     break
+                handled += 1
+                last_started = time.monotonic()
                 self.current = task.key
                 self.task = task
                 kind = tally.started(task.node_type, task.kind)
@@ -228,7 +234,7 @@ class Worker:
                 tally.finished(kind, self.steps.outcome, outcome in (Outcome.RAN, Outcome.RAN_LAST))
                 if outcome is Outcome.ABORTED:
                     tally.roll_back()
-                    self.batch = 1
+                    self.pacer.aborted()
                     return True  # the whole transaction was rolled back; its tasks stay queued
                 if outcome in (Outcome.RAN, Outcome.RAN_LAST):
                     ran += 1
@@ -259,7 +265,7 @@ class Worker:
         self.task = None
         tally.publish()
         engine.count_steps(ran)
-        self._adapt_batch(shrink=stopped_early)
+        self.pacer.finished(handled, last_started - batch_started, stopped_early)
         if stopped_early:
             self.more_work = True
         return True
@@ -280,11 +286,3 @@ class Worker:
         for role_oid in setup:
             trampolines.ensure(conn, role_oid)  # a dropped role is remembered: a clear failure
         return True
-
-    def _adapt_batch(self, shrink: bool) -> None:
-        """Grow the claim while batches run to the end within the time budget; shrink it when
-        one did not (slow steps, or steps conflicting with the batch's locks), so such steps
-        are claimed, and hold others back, one or two at a time."""
-        limit = self.engine.config.batch_size
-        self.batch = max(1, self.batch // 2) if shrink else min(limit, self.batch * 2)
-
