@@ -1,6 +1,6 @@
 """The SQL this build ships: the frozen baseline, the migrations, the routines, the releases.
 
-Layout under ``sql/`` (see docs/architecture.md, "Schema versions"):
+Layout under ``sql/`` (see docs/engine.md, "Schema versions in detail"):
 
 * ``0.1.0/NNN_*.sql`` — the first release, applied as one unit on a fresh install. Frozen: it is
   never edited again (``sql/RELEASED`` holds the checksum of every released file, checked by the

@@ -22,7 +22,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN p_node_type OPERATOR(pg_catalog.=) ANY (ARRAY['THEN', 'IF', 'JOIN', 'RACE', 'LOOP']::pg_catalog.text[]);
 
 -- Node types whose df.nodes.query is a JSON config rather than SQL text or a plain value
--- (docs/architecture.md, "Node rows").
+-- (docs/engine.md, "Node rows").
 CREATE OR REPLACE FUNCTION df_internal.has_config(p_node_type text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN p_node_type OPERATOR(pg_catalog.=) ANY (

@@ -8,7 +8,7 @@
 
 -- The node rows each node of an instance references, with the slot they fill. The one place
 -- that knows how node_type, left_node, right_node and the query config encode children (see the
--- node-row table in docs/architecture.md). Configs must be valid JSON (check_graph checks first).
+-- node-row table in docs/engine.md). Configs must be valid JSON (check_graph checks first).
 CREATE OR REPLACE FUNCTION df_internal.child_refs(p_instance varchar)
 RETURNS TABLE (parent varchar, child varchar, slot text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$

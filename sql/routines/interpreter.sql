@@ -1,5 +1,5 @@
 -- The interpreter (df_internal.drive), LOOP iterations and signal delivery: the parts of
--- docs/architecture.md's state machine that read the node configs stored in df.nodes.query.
+-- docs/engine.md's state machine that read the node configs stored in df.nodes.query.
 -- (The graph check the engine runs before an instance starts is validation.sql; the tree walks
 -- are graph.sql.)
 --

@@ -1,6 +1,6 @@
 -- The request triggers of df.instances: df.start's INSERT hands the instance to the engine,
 -- and the RLS-checked UPDATE of df.cancel / df.signal / df.retry carries the privileged part
--- (docs/architecture.md, "Requests that need privileged work"). The trigger functions
+-- (docs/engine.md, "Requests that need privileged work"). The trigger functions
 -- (on_instance_insert, guard_instance_update, on_instance_update) are in identity.sql,
 -- beside the identity checks they run; the size-limit triggers are in limits.sql.
 --
