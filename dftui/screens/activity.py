@@ -41,6 +41,7 @@ class ActivityScreen(BaseScreen):
 
     HELP_TITLE = "Running step activity"
     LIVE_INTERVAL = 1.0  # seconds between refreshes of a running step's activity
+    WRITE_ACTIONS = {"cancel_backend": None, "terminate_backend": None}
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("x", "cancel_backend", "Cancel statement"),
@@ -222,11 +223,9 @@ class ActivityScreen(BaseScreen):
     # -- actions -------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("cancel_backend", "terminate_backend"):
-            if self.current is None:
-                return False
-            return self.dapp.write_state()
-        return True
+        if action in self.WRITE_ACTIONS and self.current is None:
+            return False  # (no step session to act on)
+        return super().check_action(action, parameters)
 
     def action_next_step(self) -> None:
         if self.steps:

@@ -179,10 +179,19 @@ class BaseScreen(Screen[None]):
     # A screen whose content changes by the second (a running step's waits) refreshes at this
     # fixed interval instead of the app's refresh interval (and also where the app has none).
     LIVE_INTERVAL: ClassVar[float | None] = None
+    # The screen's write actions, each with the backend capability it needs (None: any backend).
+    # They are shown disabled in read-only mode, while disconnected, or without the capability.
+    WRITE_ACTIONS: ClassVar[dict[str, str | None]] = {}
 
     def __init__(self) -> None:
         super().__init__()
         self.refresh_cost = 0.0  # seconds the last live refresh took (slows the schedule down)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Write actions (WRITE_ACTIONS) are enabled only when a write can be made now."""
+        if action in self.WRITE_ACTIONS:
+            return self.dapp.write_state(self.WRITE_ACTIONS[action])
+        return True
 
     @property
     def dapp(self) -> AppServices:

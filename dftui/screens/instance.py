@@ -46,6 +46,7 @@ class InstanceScreen(BaseScreen):
     CSS_PATH = "instance.tcss"
     # Follow mode: the header shows FOLLOW and the cursor tracks the running step (watch_follow).
     follow: reactive[bool] = reactive(False, init=False)
+    WRITE_ACTIONS = {"cancel": None, "signal": None, "again": None, "retry": "retry"}
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("n", "next_failed", "Next failed"),
@@ -310,13 +311,6 @@ class InstanceScreen(BaseScreen):
                 return
 
     # -- actions -------------------------------------------------------------------------------
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("cancel", "signal", "again"):
-            return self.dapp.write_state()
-        if action == "retry":
-            return self.dapp.write_state("retry")
-        return True
 
     def action_cursor_down(self) -> None:
         self.query_one(Tree).action_cursor_down()

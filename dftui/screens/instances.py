@@ -69,6 +69,7 @@ class InstancesScreen(TableScreen):
 
     HOME = True
     CSS_PATH = "instances.tcss"
+    WRITE_ACTIONS = {"cancel": None, "signal": None, "new_run": None, "retry": "retry"}
     BINDINGS = [
         Binding("slash", "filter", "Filter"),
         Binding("space", "toggle_select", "Select"),
@@ -394,13 +395,6 @@ class InstancesScreen(TableScreen):
         self.reload()
 
     # -- actions -------------------------------------------------------------------------------
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("cancel", "signal", "new_run"):
-            return self.dapp.write_state()
-        if action == "retry":
-            return self.dapp.write_state("retry")
-        return True
 
     def action_open(self) -> None:
         instance_id = self.current_id

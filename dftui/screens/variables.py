@@ -67,6 +67,7 @@ class VariablesScreen(TableScreen):
 
     HELP_TITLE = "Variables"
     CSS_PATH = "variables.tcss"
+    WRITE_ACTIONS = {"add": None, "edit": None, "delete": None}
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("a", "add", "Add"),
@@ -130,11 +131,6 @@ class VariablesScreen(TableScreen):
         if not self.vars or not 0 <= table.cursor_row < len(self.vars):
             return None
         return self.vars[table.cursor_row]
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("add", "edit", "delete"):
-            return self.dapp.write_state()
-        return True
 
     def action_reveal(self) -> None:
         var = self.current
