@@ -22,7 +22,13 @@ from psycopg import sql
 
 from dftui.embedded import Cluster, embedded_bindir
 from engine import schema
-from tests.support.attack import ENGINE_ROLE, engine_in_mode, prepare_attacker, reset_attacker
+from tests.support.attack import (
+    ENGINE_ROLE,
+    bypassrls_login,
+    engine_in_mode,
+    prepare_attacker,
+    reset_attacker,
+)
 from tests.support.cluster import (
     DAVE,
     GRANTED_ROLES,
@@ -30,9 +36,11 @@ from tests.support.cluster import (
     Server,
     TestDB,
     ensure_roles,
+    prepare_app,
     scratch_database,
     servers,
 )
+from tests.support.engine import running_engine
 
 
 @pytest.fixture(scope="session", params=servers())
@@ -82,6 +90,18 @@ def empty_db(pg_server: Server) -> Iterator[TestDB]:
         yield fresh
 
 
+@pytest.fixture
+def baseline_db(empty_db: TestDB) -> Iterator[TestDB]:
+    """empty_db with release 0.1.0 installed from its frozen files, the roles granted and
+    alice's app tables (prepare_app)."""
+    with psycopg.connect(empty_db.dsn(), autocommit=True) as conn:
+        change = schema.install(conn, target=schema.BASELINE)
+        assert change.after == schema.BASELINE
+    prepare_app(empty_db)
+    assert empty_db.scalar("SELECT to_regclass('df_internal.schema_migrations')") is None
+    yield empty_db
+
+
 # -- shared by the attack suites (tests/test_security*.py) -----------------------------------------
 
 @pytest.fixture
@@ -115,6 +135,13 @@ def attacker(db: TestDB) -> Iterator[TestDB]:
 
 
 @pytest.fixture
+def live_engine(db: TestDB) -> Iterator[object]:
+    """An in-process engine (superuser, 4 workers) serving `db` for the test's length."""
+    with running_engine(db.dsn()) as engine:
+        yield engine
+
+
+@pytest.fixture
 def eng(db: TestDB, attacker: TestDB, mode: str) -> Iterator[object]:
     """An engine in `mode` over an attacker-prepared database (the attack suites' default)."""
     with engine_in_mode(db, mode) as engine:
@@ -129,27 +156,20 @@ def eng1(db: TestDB, attacker: TestDB, mode: str) -> Iterator[object]:
 
 
 @pytest.fixture
-def mallory(db, attacker) -> Iterator[str]:
-    """A granted BYPASSRLS role with table-wide UPDATE on df.instances / df.nodes (the broad
-    grants a managed-service admin role typically has)."""
-    name = f"dftui_mal_{uuid.uuid4().hex[:6]}"
-    ident = sql.Identifier(name)
-    with db.connect() as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN BYPASSRLS").format(ident))
-        conn.execute("SET client_min_messages = warning")
-        conn.execute("SELECT df.grant_usage(%s)", (name,))
-        conn.execute(sql.SQL("GRANT INSERT, UPDATE ON df.instances, df.nodes TO {}").format(ident))
-        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA evil TO {}").format(ident))
-    try:
+def bypassrls_role(db: TestDB) -> Iterator[str]:
+    """A granted BYPASSRLS role: pg_durable's grants give it full DML on df.vars, every row."""
+    with bypassrls_login(db) as name:
         yield name
-    finally:
+
+
+@pytest.fixture
+def mallory(db: TestDB, attacker: TestDB) -> Iterator[str]:
+    """A granted BYPASSRLS role with table-wide UPDATE on df.instances / df.nodes (the broad
+    grants a managed-service admin role typically has), allowed to call the attacker's schema."""
+    with bypassrls_login(db, table_dml=True) as name:
         with db.connect() as conn:
-            conn.execute("DELETE FROM df.instances WHERE submitted_by::oid NOT IN "
-                         "(SELECT oid FROM pg_catalog.pg_roles)")
-            conn.execute(sql.SQL("DELETE FROM df.instances WHERE submitted_by = {}::regrole").format(
-                sql.Literal(name)))
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
-            conn.execute(sql.SQL("DROP ROLE {}").format(ident))
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA evil TO {}").format(sql.Identifier(name)))
+        yield name
 
 
 @pytest.fixture

@@ -82,7 +82,7 @@ def test_session_state_does_not_leak_between_batched_steps(counters):
     db = counters
     # Leaky steps leave a setting, a temporary table, a prepared statement and a session lock
     # behind; probe steps batched right after them must see none of it. (A batch holds one
-    # role's tasks only, docs/architecture.md: both kinds are alice's here, and a backlog of
+    # role's tasks only, docs/engine.md: both kinds are alice's here, and a backlog of
     # two roles never shares a batch; between roles, test_security.py's
     # test_session_state_does_not_leak_to_the_next_role covers one session.)
     leaky = ("DO $$ BEGIN SET work_mem = '7777kB'; CREATE TEMP TABLE IF NOT EXISTS leak (x int); "

@@ -7,12 +7,11 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
 from dftui.cli import main
-from tests.support import ALICE, BOB, running_engine, wait_terminal
+from tests.support import ALICE, BOB, wait_terminal
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -27,12 +26,6 @@ def assert_one_line_error(err: str, *fragments: str) -> None:
     assert "Traceback" not in err
     for fragment in fragments:
         assert fragment in err, err
-
-
-@pytest.fixture
-def eng(db) -> Iterator[object]:
-    with running_engine(db.dsn(), concurrency=2) as engine:
-        yield engine
 
 
 def cli_start(capsys, db, expression: str, role: str = ALICE, *extra: str) -> str:
@@ -300,7 +293,7 @@ def test_signal_validates_payload(capsys, db):
     assert [(r["id"], r["ok"]) for r in json.loads(out)] == [(instance_id, True)]
 
 
-def test_start_wait_signal_and_retry_with_engine(capsys, db, eng):
+def test_start_wait_signal_and_retry_with_engine(capsys, db, live_engine):
     code, out, err = run(capsys, "start", "'SELECT 40 + 2 AS answer'", "--wait",
                          "--dsn", db.dsn(ALICE))
     assert (code, err) == (0, ""), err
@@ -403,7 +396,7 @@ def test_json_on_explain_and_install(capsys, db):
     assert data["applied"] == [] and "already installed" in data["message"]
 
 
-def test_show_json_output_is_data_and_columns_keep_their_order(capsys, db, eng):
+def test_show_json_output_is_data_and_columns_keep_their_order(capsys, db, live_engine):
     code, out, err = run(capsys, "start", "'SELECT 2 AS zeta, 1 AS alpha, 3 AS mid'", "--wait",
                          "--dsn", db.dsn(ALICE))
     assert code == 0, err

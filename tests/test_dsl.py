@@ -11,18 +11,14 @@ import json
 import psycopg
 import pytest
 
+from tests.support import error_of
+
 SQL1 = '{"node_type":"SQL","query":"SELECT 1"}'
 SQL2 = '{"node_type":"SQL","query":"SELECT 2"}'
 
 
 def one(db, query: str, params: tuple | None = None, role: str | None = None):
     return db.scalar(query, params, role)
-
-
-def error_of(db, query: str, params: tuple | None = None, role: str | None = None) -> str:
-    with db.connect(role) as conn, pytest.raises(psycopg.Error) as info:
-        conn.execute(query, params)
-    return str(info.value)
 
 
 def keys_in_order(envelope: str) -> list[str]:

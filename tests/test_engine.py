@@ -27,16 +27,16 @@ SLEEPING = ("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE '
 
 
 @pytest.fixture
-def eng(db):
+def counter_engine(db, live_engine):
+    """The shared engine, with public.counter (ten rows at 0) for steps to bump."""
     with db.connect() as conn:
         conn.execute("CREATE TABLE public.counter (id int PRIMARY KEY, n int NOT NULL DEFAULT 0)")
         conn.execute("INSERT INTO public.counter SELECT g, 0 FROM generate_series(1, 10) g")
         conn.execute("GRANT ALL ON public.counter TO PUBLIC")
-    with running_engine(db.dsn()) as engine:
-        yield engine
+    yield live_engine
 
 
-def test_sequence_runs_as_submitter_with_substitution(db, eng):
+def test_sequence_runs_as_submitter_with_substitution(db, counter_engine):
     iid = start(db, ALICE, """'SELECT 41 AS answer, current_user::text AS who' |=> 'first'
         ~> 'SELECT $first + 1 AS next, $first.who AS who, length(''{sys_instance_id}'') = 8 AS ok'""")
     assert wait_terminal(db, iid) == "completed"
@@ -46,7 +46,7 @@ def test_sequence_runs_as_submitter_with_substitution(db, eng):
     assert len(nodes) == 3 and all(n["status"] == "completed" for n in nodes)
 
 
-def test_result_typing(db, eng):
+def test_result_typing(db, counter_engine):
     iid = start(db, ALICE, """'SELECT true AS b, 2::int2 AS s, 3::int8 AS l, 1.50::numeric AS num,
         ''NaN''::float8 AS nan, 0.5::float4 AS f, ''x''::text AS t,
         ''00000000-0000-0000-0000-000000000001''::uuid AS u,
@@ -63,13 +63,13 @@ def test_result_typing(db, eng):
     assert row["arr"] == [1, 2] and row["iv"] == "1 day" and row["ip"] == "10.0.0.1"
 
 
-def test_bytea_is_unsupported(db, eng):
+def test_bytea_is_unsupported(db, counter_engine):
     iid = start(db, ALICE, "'SELECT ''\\x00''::bytea AS b'")
     assert wait_terminal(db, iid) == "failed"
     assert "Unsupported column type" in node_rows(db, iid)[0]["error"]
 
 
-def test_failure_records_error_and_skips_the_rest(db, eng):
+def test_failure_records_error_and_skips_the_rest(db, counter_engine):
     iid = start(db, ALICE, "'SELECT 1/0' ~> 'UPDATE public.counter SET n = n + 1 WHERE id = 1'")
     assert wait_terminal(db, iid) == "failed"
     nodes = {n["node_type"] + (n["query"] or "")[:6]: n for n in node_rows(db, iid)}
@@ -80,7 +80,7 @@ def test_failure_records_error_and_skips_the_rest(db, eng):
     assert db.scalar("SELECT n FROM public.counter WHERE id = 1") == 0
 
 
-def test_if_and_truthiness(db, eng):
+def test_if_and_truthiness(db, counter_engine):
     cases = {
         "'SELECT 0'": "else", "'SELECT 2'": "then", "'SELECT ''no'''": "else",
         "'SELECT ''yes'''": "then", "'SELECT 1 WHERE false'": "else", "'SELECT NULL'": "else",
@@ -93,14 +93,14 @@ def test_if_and_truthiness(db, eng):
         assert root_result(db, ids[cond])["rows"][0]["arm"] == expected, cond
 
 
-def test_if_rows(db, eng):
+def test_if_rows(db, counter_engine):
     iid = start(db, ALICE, """'SELECT 1 WHERE false' |=> 'r' ~>
         df.if_rows('r', 'SELECT ''rows'' AS x', 'SELECT ''none'' AS x')""")
     assert wait_terminal(db, iid) == "completed"
     assert root_result(db, iid)["rows"][0]["x"] == "none"
 
 
-def test_join_returns_array_and_exposes_named_results(db, eng):
+def test_join_returns_array_and_exposes_named_results(db, counter_engine):
     iid = start(db, ALICE, """(('SELECT 1 AS a' |=> 'x') & ('SELECT 2 AS b' |=> 'y') & 'SELECT 3 AS c')
         ~> 'SELECT $x + $y AS total, (SELECT count(*) FROM $y.*) AS ok'""")
     assert wait_terminal(db, iid) == "completed", node_rows(db, iid)
@@ -110,14 +110,14 @@ def test_join_returns_array_and_exposes_named_results(db, eng):
     assert inner["result"][1]["rows"] == [{"b": 2}]
 
 
-def test_row_set_substitution(db, eng):
+def test_row_set_substitution(db, counter_engine):
     iid = start(db, ALICE, """'SELECT g AS n, ''v'' || g AS s FROM generate_series(1,3) g' |=> 'rows'
         ~> 'SELECT sum(rows.n) AS total, string_agg(rows.s, '','') AS ss FROM $rows.*'""")
     assert wait_terminal(db, iid) == "completed"
     assert root_result(db, iid)["rows"][0] == {"total": 6, "ss": "v1,v2,v3"}
 
 
-def test_strict_and_optional_references(db, eng):
+def test_strict_and_optional_references(db, counter_engine):
     strict = start(db, ALICE, "'SELECT 1 WHERE false' |=> 'e' ~> 'SELECT $e AS v'")
     optional = start(db, ALICE, "'SELECT 1 WHERE false' |=> 'e' ~> 'SELECT $e? IS NULL AS v'")
     assert wait_terminal(db, strict) == "failed"
@@ -125,7 +125,7 @@ def test_strict_and_optional_references(db, eng):
     assert root_result(db, optional)["rows"][0]["v"] is True
 
 
-def test_vars_snapshot_at_start(db, eng):
+def test_vars_snapshot_at_start(db, counter_engine):
     with db.connect(ALICE) as conn:
         conn.execute("SELECT df.setvar('table_id', '7')")
         iid = conn.execute("SELECT df.start('SELECT {table_id} AS v, ''{unknown}'' AS u, ''{sys_label}'' AS l', 'lbl')").fetchone()[0]
@@ -134,14 +134,14 @@ def test_vars_snapshot_at_start(db, eng):
     assert root_result(db, iid)["rows"][0] == {"v": 7, "u": "{unknown}", "l": "lbl"}
 
 
-def test_race_first_finisher_wins_and_loser_is_cancelled(db, eng):
+def test_race_first_finisher_wins_and_loser_is_cancelled(db, counter_engine):
     iid = start(db, ALICE, "'SELECT pg_sleep(30), ''slow'' AS w' | 'SELECT ''fast'' AS w'")
     assert wait_terminal(db, iid) == "completed"
     assert root_result(db, iid)["rows"][0]["w"] == "fast"
     wait_for(lambda: not db.scalar(SLEEPING), 20, what="loser statement cancelled")
 
 
-def test_loop_with_break(db, eng):
+def test_loop_with_break(db, counter_engine):
     iid = start(db, ALICE, """@> ('UPDATE public.counter SET n = n + 1 WHERE id = 2 RETURNING n' |=> 'c'
         ~> ('SELECT $c >= 3' ?> df.break('"done"') !> 'SELECT 1'))""")
     assert wait_terminal(db, iid, 60) == "completed"
@@ -150,25 +150,25 @@ def test_loop_with_break(db, eng):
     assert db.scalar("SELECT count(*) FROM df_internal.loop_iterations WHERE instance_id = %s", (iid,)) == 2
 
 
-def test_loop_with_condition(db, eng):
+def test_loop_with_condition(db, counter_engine):
     iid = start(db, ALICE, """df.loop('UPDATE public.counter SET n = n + 1 WHERE id = 3 RETURNING n',
                                      'SELECT n < 2 FROM public.counter WHERE id = 3')""")
     assert wait_terminal(db, iid, 60) == "completed"
     assert db.scalar("SELECT n FROM public.counter WHERE id = 3") == 2
 
 
-def test_break_outside_loop_fails(db, eng):
+def test_break_outside_loop_fails(db, counter_engine):
     iid = start(db, ALICE, "'SELECT 1' ~> df.break()")
     assert wait_terminal(db, iid) == "failed"
     assert any("outside" in (n["error"] or "") for n in node_rows(db, iid))
 
 
-def test_sleep(db, eng):
+def test_sleep(db, counter_engine):
     iid = start(db, ALICE, "df.sleep(1) ~> 'SELECT 1 AS done'")
     assert wait_terminal(db, iid) == "completed"
 
 
-def test_signal_queued_before_wait(db, eng):
+def test_signal_queued_before_wait(db, counter_engine):
     iid = start(db, ALICE, "df.sleep(1) ~> df.wait_for_signal('go')")
     with db.connect(ALICE) as conn:
         conn.execute("SELECT df.signal(%s, 'go', '{\"ok\": true}')", (iid,))
@@ -176,7 +176,7 @@ def test_signal_queued_before_wait(db, eng):
     assert root_result(db, iid) == {"signal_name": "go", "timed_out": False, "data": {"ok": True}}
 
 
-def test_signal_after_wait_and_timeout(db, eng):
+def test_signal_after_wait_and_timeout(db, counter_engine):
     waiting = start(db, ALICE, "df.wait_for_signal('later')")
     timing_out = start(db, ALICE, "df.wait_for_signal('never', 1)")
     wait_for(lambda: db.scalar("SELECT phase FROM df_internal.tasks WHERE instance_id = %s",
@@ -189,7 +189,7 @@ def test_signal_after_wait_and_timeout(db, eng):
     assert root_result(db, timing_out) == {"signal_name": "never", "timed_out": True, "data": None}
 
 
-def test_wait_schedule_is_a_durable_timer(db, eng):
+def test_wait_schedule_is_a_durable_timer(db, counter_engine):
     iid = start(db, ALICE, "df.wait_for_schedule('*/5 * * * *') ~> 'SELECT 1 AS fired'")
     due = wait_for(lambda: db.scalar(
         "SELECT run_at FROM df_internal.tasks WHERE instance_id = %s AND phase = 'waiting'", (iid,)),
@@ -201,7 +201,7 @@ def test_wait_schedule_is_a_durable_timer(db, eng):
     assert wait_terminal(db, iid) == "completed"
 
 
-def test_cancel_stops_running_statement(db, eng):
+def test_cancel_stops_running_statement(db, counter_engine):
     iid = start(db, ALICE, "'SELECT pg_sleep(60)' ~> 'UPDATE public.counter SET n = 99 WHERE id = 4'")
     wait_for(lambda: db.scalar(SLEEPING), what="step running")
     with db.connect(ALICE) as conn:
@@ -213,7 +213,7 @@ def test_cancel_stops_running_statement(db, eng):
     assert db.scalar("SELECT n FROM public.counter WHERE id = 4") == 0
 
 
-def test_escalation_attempts_fail(db, eng):
+def test_escalation_attempts_fail(db, counter_engine):
     for attack in ("RESET ROLE", "SET ROLE postgres", "SET SESSION AUTHORIZATION postgres",
                    "SELECT set_config(''role'', ''postgres'', false)"):
         iid = start(db, ALICE, f"'{attack}' ~> 'SELECT current_user::text AS who'")
@@ -272,7 +272,7 @@ def test_http_loopback_refused_by_default_policy(db, http_server):
         assert "loopback" in node_rows(db, iid)[0]["error"]
 
 
-def test_retry_policy_flaky_step(db, eng):
+def test_retry_policy_flaky_step(db, counter_engine):
     with db.connect() as conn:
         conn.execute("CREATE SEQUENCE public.flaky3; CREATE SEQUENCE public.flaky2")
         conn.execute("GRANT ALL ON SEQUENCE public.flaky3, public.flaky2 TO PUBLIC")
@@ -287,7 +287,7 @@ def test_retry_policy_flaky_step(db, eng):
     assert attempts == ["retrying", "retrying", "completed"]
 
 
-def test_retry_reruns_only_failed_steps(db, eng):
+def test_retry_reruns_only_failed_steps(db, counter_engine):
     with db.connect() as conn:
         conn.execute("CREATE TABLE public.fixme (ok boolean); INSERT INTO public.fixme VALUES (false)")
         conn.execute("GRANT ALL ON public.fixme TO PUBLIC")
@@ -308,7 +308,7 @@ def test_retry_reruns_only_failed_steps(db, eng):
         conn.execute("SELECT df.retry(%s)", (iid,))
 
 
-def test_step_runs_in_the_instances_database(db, eng):
+def test_step_runs_in_the_instances_database(db, counter_engine):
     other = db.name + "_x"
     with db.server.admin() as conn:
         conn.execute(f'CREATE DATABASE "{other}"')
@@ -328,8 +328,8 @@ def test_step_runs_in_the_instances_database(db, eng):
             conn.execute(f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
 
 
-def test_non_transactional_statement(db, eng):
-    """Refused (docs/architecture.md: they cannot run inside the submitter's trampoline, and a
+def test_non_transactional_statement(db, counter_engine):
+    """Refused (docs/engine.md: they cannot run inside the submitter's trampoline, and a
     SET ROLE outside it would be undone by user code they trigger): a clear failure, nothing run."""
     with db.connect() as conn:
         conn.execute("CREATE TABLE public.alice_t (a int)")
@@ -368,7 +368,7 @@ def test_one_workflow_with_every_node_type(db, http_server):
     assert root_result(db, iid)["rows"] == [{"status": "done"}]
 
 
-def test_domain_typed_result_columns(db, eng):
+def test_domain_typed_result_columns(db, counter_engine):
     with db.connect() as conn:
         conn.execute("CREATE DOMAIN public.posint AS int CHECK (VALUE > 0)")
     iid = start(db, ALICE, "'SELECT 5::public.posint AS p, ''x'' AS t'")

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import psycopg
-import pytest
-
-from tests.support import nested_loops
+from tests.support import ALICE, error_of, nested_loops
 
 
 def explain(db, text: str, role: str | None = "dftui_alice") -> str:
@@ -13,12 +10,6 @@ def explain(db, text: str, role: str | None = "dftui_alice") -> str:
     test_tree_lines_are_padded_as_pg_durable_pads_them)."""
     out = db.scalar("SELECT df.explain(%s)", (text,), role)
     return "\n".join(line.rstrip(" ") for line in out.split("\n"))
-
-
-def error_of(db, text: str, role: str | None = "dftui_alice") -> str:
-    with db.connect(role) as conn, pytest.raises(psycopg.Error) as info:
-        conn.execute("SELECT df.explain(%s)", (text,))
-    return str(info.value)
 
 
 def test_then_chain_is_flattened(db):
@@ -112,13 +103,15 @@ def test_invalid_graphs_are_returned_not_raised(db):
 
 
 def test_dsl_evaluation_errors_raise(db):
-    assert "left side of !> must be a ?> expression" in error_of(db, "'a' !> 'b'")
-    assert "could not evaluate the DSL expression" in error_of(db, "'a' ~> no_such_column")
+    assert "left side of !> must be a ?> expression" in error_of(
+        db, "SELECT df.explain(%s)", ("'a' !> 'b'",), role=ALICE)
+    assert "could not evaluate the DSL expression" in error_of(
+        db, "SELECT df.explain(%s)", ("'a' ~> no_such_column",), role=ALICE)
 
 
 def test_dsl_text_cannot_smuggle_extra_statements(db):
     attack = "'a' ~> 'b'); CREATE TABLE public.pwned (x int); SELECT ('x'"
-    assert "multi-query" in error_of(db, attack, role=None)
+    assert "multi-query" in error_of(db, "SELECT df.explain(%s)", (attack,), role=None)
     assert db.scalar("SELECT to_regclass('public.pwned')") is None
 
 
@@ -139,7 +132,7 @@ def test_explaining_a_graph_writes_nothing(db):
 def start_if_graph(db) -> str:
     return db.scalar(
         "SELECT df.start(df.if('SELECT true', 'SELECT 1', 'SELECT 2') ~> 'SELECT 3', 'nightly')",
-        role="dftui_alice",
+        role=ALICE,
     )
 
 

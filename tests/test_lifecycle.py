@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from engine import schema
-from tests.support import wait_for
+from tests.support import ALICE, error_of, wait_for
 
 NOT_FOUND = "Instance not found or access denied"
 
@@ -45,19 +45,12 @@ def signals(db, iid: str) -> list[tuple[str, object]]:
         ).fetchall()
 
 
-def error_of(db, role: str | None, query: str, params: tuple = ()) -> str:
-    """Run `query` as `role`, expecting an error; return its primary message."""
-    with db.connect(role) as conn, pytest.raises(psycopg.Error) as exc:
-        conn.execute(query, params)
-    return exc.value.diag.message_primary or str(exc.value)
-
-
 # --- cancel ---------------------------------------------------------------------------------
 
 
 def test_cancel_own_instance_with_reason(db) -> None:
     iid = make_instance(db, "dftui_alice")
-    assert db.scalar("SELECT df.cancel(%s, 'operator said so')", (iid,), role="dftui_alice") == (
+    assert db.scalar("SELECT df.cancel(%s, 'operator said so')", (iid,), role=ALICE) == (
         f"Instance {iid} cancelled: operator said so")  # pg_durable's answer
     assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (iid,)) == "cancelled"
     assert db.scalar(
@@ -78,15 +71,15 @@ def test_cancel_default_reason_and_quoted_role(db) -> None:
 
 def test_cancel_terminal_instance_changes_nothing(db) -> None:
     iid = make_instance(db, "dftui_alice", status="completed")
-    assert db.scalar("SELECT df.cancel(%s)", (iid,), role="dftui_alice") == "already completed"
+    assert db.scalar("SELECT df.cancel(%s)", (iid,), role=ALICE) == "already completed"
     assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (iid,)) == "completed"
 
 
 def test_cancel_other_roles_instance_looks_missing(db) -> None:
     bobs = make_instance(db, "dftui_bob")
     missing = "0badf00d"
-    err_other = error_of(db, "dftui_alice", "SELECT df.cancel(%s)", (bobs,))
-    err_missing = error_of(db, "dftui_alice", "SELECT df.cancel(%s)", (missing,))
+    err_other = error_of(db, "SELECT df.cancel(%s)", (bobs,), role=ALICE, primary=True)
+    err_missing = error_of(db, "SELECT df.cancel(%s)", (missing,), role=ALICE, primary=True)
     assert err_other == f"{NOT_FOUND}: {bobs}"
     assert err_missing == f"{NOT_FOUND}: {missing}"
     assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (bobs,)) == "running"
@@ -116,17 +109,23 @@ def test_signal_queues_json_and_text_payloads(db) -> None:
 
 def test_signal_other_roles_instance_looks_missing(db) -> None:
     bobs = make_instance(db, "dftui_bob")
-    assert error_of(db, "dftui_alice", "SELECT df.signal(%s, 'go')", (bobs,)) == f"{NOT_FOUND}: {bobs}"
-    assert error_of(db, "dftui_alice", "SELECT df.signal('ffffffff', 'go')") == f"{NOT_FOUND}: ffffffff"
+    assert error_of(
+        db, "SELECT df.signal(%s, 'go')", (bobs,),
+        role=ALICE, primary=True) == f"{NOT_FOUND}: {bobs}"
+    assert error_of(
+        db, "SELECT df.signal('ffffffff', 'go')",
+        role=ALICE, primary=True) == f"{NOT_FOUND}: ffffffff"
     assert signals(db, bobs) == []
 
 
 def test_signal_bad_name_raises(db) -> None:
     iid = make_instance(db, "dftui_alice")
-    assert error_of(db, "dftui_alice", "SELECT df.signal(%s, '')", (iid,)) == "Signal name cannot be empty"
+    assert error_of(
+        db, "SELECT df.signal(%s, '')", (iid,),
+        role=ALICE, primary=True) == "Signal name cannot be empty"
     # df.signal is STRICT, as pg_durable's: a NULL argument does nothing and returns NULL.
-    assert db.scalar("SELECT df.signal(%s, NULL)", (iid,), role="dftui_alice") is None
-    assert db.scalar("SELECT df.signal(%s, 'go', NULL)", (iid,), role="dftui_alice") is None
+    assert db.scalar("SELECT df.signal(%s, NULL)", (iid,), role=ALICE) is None
+    assert db.scalar("SELECT df.signal(%s, 'go', NULL)", (iid,), role=ALICE) is None
     assert signals(db, iid) == []
 
 
@@ -234,7 +233,7 @@ def test_a_signal_racing_the_engines_first_checkpoint_still_commits_at_once(db) 
     be consumed (pg_durable's e2e test 07, test 3) would wait for ever."""
     if not _loopback_available(db):
         pytest.skip("dblink is not available on this server")
-    iid = db.scalar("SELECT df.start(df.wait_for_signal('go') ~> 'SELECT 1')", role="dftui_alice")
+    iid = db.scalar("SELECT df.start(df.wait_for_signal('go') ~> 'SELECT 1')", role=ALICE)
     outcome: dict[str, object] = {}
 
     def send() -> None:
@@ -276,39 +275,40 @@ def test_signal_inside_workflow_uses_callers_transaction(db) -> None:
 
 def test_status_and_result(db) -> None:
     iid = make_instance(db, "dftui_alice")
-    assert db.scalar("SELECT df.status(%s)", (iid,), role="dftui_alice") == "running"
+    assert db.scalar("SELECT df.status(%s)", (iid,), role=ALICE) == "running"
     assert db.scalar("SELECT df.status(%s)", (iid,), role="dftui_bob") is None
-    assert db.scalar("SELECT df.status('00000000')", role="dftui_alice") is None
-    assert db.scalar("SELECT df.result(%s)", (iid,), role="dftui_alice") is None
+    assert db.scalar("SELECT df.status('00000000')", role=ALICE) is None
+    assert db.scalar("SELECT df.result(%s)", (iid,), role=ALICE) is None
     with db.connect() as conn:
         conn.execute(
             "UPDATE df.nodes n SET status = 'completed', result = '{\"rows\":[{\"x\":1}],\"row_count\":1}'"
             " FROM df.instances i WHERE i.id = %s AND n.instance_id = i.id AND n.id = i.root_node",
             (iid,),
         )
-    result = db.scalar("SELECT df.result(%s)", (iid,), role="dftui_alice")
+    result = db.scalar("SELECT df.result(%s)", (iid,), role=ALICE)
     assert result is not None and '"row_count": 1' in result
     assert db.scalar("SELECT df.result(%s)", (iid,), role="dftui_bob") is None
 
 
 def test_await_returns_terminal_status(db) -> None:
     done = make_instance(db, "dftui_alice", status="failed")
-    assert db.scalar("SELECT df.await_instance(%s)", (done,), role="dftui_alice") == "failed"
-    assert db.scalar("SELECT df.wait_for_completion(%s, 1)", (done,), role="dftui_alice") == "failed"
+    assert db.scalar("SELECT df.await_instance(%s)", (done,), role=ALICE) == "failed"
+    assert db.scalar("SELECT df.wait_for_completion(%s, 1)", (done,), role=ALICE) == "failed"
 
 
 def test_await_errors(db) -> None:
     running = make_instance(db, "dftui_alice")
     bobs = make_instance(db, "dftui_bob", status="completed")
-    assert error_of(db, "dftui_alice", "SELECT df.await_instance('12345678', 1)") == (
+    assert error_of(db, "SELECT df.await_instance('12345678', 1)", role=ALICE, primary=True) == (
         "Instance not found: 12345678"
     )
-    assert error_of(db, "dftui_alice", "SELECT df.await_instance(%s, 1)", (bobs,)) == (
+    assert error_of(db, "SELECT df.await_instance(%s, 1)", (bobs,), role=ALICE, primary=True) == (
         f"Instance not found: {bobs}"
     )
-    msg = error_of(db, "dftui_alice", "SELECT df.await_instance(%s, 0)", (running,))
+    msg = error_of(db, "SELECT df.await_instance(%s, 0)", (running,), role=ALICE, primary=True)
     assert msg.startswith("Timeout after 0 seconds") and running in msg and "running" in msg
-    assert "timeout_seconds" in error_of(db, "dftui_alice", "SELECT df.await_instance(%s, -1)", (running,))
+    assert "timeout_seconds" in error_of(
+        db, "SELECT df.await_instance(%s, -1)", (running,), role=ALICE)
     with db.connect("dftui_alice", autocommit=False) as conn:
         conn.execute("SELECT set_config('df.in_workflow', 'true', true)")
         with pytest.raises(psycopg.Error, match="cannot be called inside a workflow"):
@@ -326,7 +326,7 @@ def test_await_sees_completion_from_another_session(db) -> None:
     worker = threading.Thread(target=finish)
     worker.start()
     try:
-        assert db.scalar("SELECT df.await_instance(%s, 30)", (iid,), role="dftui_alice") == "failed"
+        assert db.scalar("SELECT df.await_instance(%s, 30)", (iid,), role=ALICE) == "failed"
     finally:
         worker.join()
 
@@ -342,13 +342,13 @@ def test_vars_are_scoped_to_current_user(db) -> None:
     with db.connect("dftui_bob") as conn:
         conn.execute("SELECT df.setvar('api', 'b1')")
         assert conn.execute("SELECT df.getvar('api')").fetchone()[0] == "b1"
-    assert db.scalar("SELECT df.getvar('api')", role="dftui_alice") == "a2"
+    assert db.scalar("SELECT df.getvar('api')", role=ALICE) == "a2"
     # The superuser bypasses RLS but still only sees its own variables.
     assert db.scalar("SELECT df.getvar('api')") is None
-    assert db.scalar("SELECT df.unsetvar('api')", role="dftui_alice") == "OK"
-    assert db.scalar("SELECT df.getvar('api')", role="dftui_alice") is None
-    assert db.scalar("SELECT df.getvar('other')", role="dftui_alice") == "x"
-    assert db.scalar("SELECT df.clearvars()", role="dftui_alice") == "OK"
+    assert db.scalar("SELECT df.unsetvar('api')", role=ALICE) == "OK"
+    assert db.scalar("SELECT df.getvar('api')", role=ALICE) is None
+    assert db.scalar("SELECT df.getvar('other')", role=ALICE) == "x"
+    assert db.scalar("SELECT df.clearvars()", role=ALICE) == "OK"
     assert db.scalar("SELECT count(*) FROM df.vars WHERE owner = 'dftui_alice'::regrole") == 0
     assert db.scalar("SELECT df.getvar('api')", role="dftui_bob") == "b1"
 
@@ -376,29 +376,21 @@ def test_var_writers_refused_inside_workflow(db) -> None:
 
 
 def test_setvar_rejects_empty_name(db) -> None:
-    assert "must not be empty" in error_of(db, "dftui_alice", "SELECT df.setvar('', 'v')")
+    assert "must not be empty" in error_of(db, "SELECT df.setvar('', 'v')", role=ALICE)
     # STRICT, as pg_durable's: NULL in, NULL out, nothing stored.
-    assert db.scalar("SELECT df.setvar(NULL, 'v')", role="dftui_alice") is None
-    assert db.scalar("SELECT df.setvar('k', NULL)", role="dftui_alice") is None
+    assert db.scalar("SELECT df.setvar(NULL, 'v')", role=ALICE) is None
+    assert db.scalar("SELECT df.setvar('k', NULL)", role=ALICE) is None
     assert db.scalar("SELECT count(*) FROM df.vars") == 0
 
 
 def test_version(db) -> None:
-    assert db.scalar("SELECT df.version()", role="dftui_alice") == schema.latest_version()
+    assert db.scalar("SELECT df.version()", role=ALICE) == schema.latest_version()
 
 
 # --- with a real engine -----------------------------------------------------------------------
 
 
-@pytest.fixture
-def eng(db):
-    from tests.support import running_engine
-
-    with running_engine(db.dsn()) as engine:
-        yield engine
-
-
-def test_engine_do_block_signals_then_awaits(db, eng) -> None:
+def test_engine_do_block_signals_then_awaits(db, live_engine) -> None:
     """The pg_durable idiom: one DO block signals a waiting instance and awaits its completion."""
     if not _loopback_available(db):
         pytest.skip("dblink is not available on this server")
@@ -416,21 +408,23 @@ def test_engine_do_block_signals_then_awaits(db, eng) -> None:
             "rows": [{"answer": 42}], "row_count": 1}
 
 
-def test_engine_other_role_cannot_cancel_or_signal(db, eng) -> None:
+def test_engine_other_role_cannot_cancel_or_signal(db, live_engine) -> None:
     from tests.support import start, wait_terminal
 
     iid = start(db, "dftui_alice", "df.wait_for_signal('go') ~> 'SELECT 1 AS one'")
     for query in ["SELECT df.cancel(%s)", "SELECT df.signal(%s, 'go')"]:
-        assert error_of(db, "dftui_bob", query, (iid,)) == f"{NOT_FOUND}: {iid}"
-    assert error_of(db, "dftui_bob", "SELECT df.await_instance(%s, 1)", (iid,)) == f"Instance not found: {iid}"
+        assert error_of(db, query, (iid,), role="dftui_bob", primary=True) == f"{NOT_FOUND}: {iid}"
+    assert error_of(
+        db, "SELECT df.await_instance(%s, 1)", (iid,),
+        role="dftui_bob", primary=True) == f"Instance not found: {iid}"
     with db.connect("dftui_alice") as conn:
         assert conn.execute("SELECT df.status(%s)", (iid,)).fetchone()[0] in ("pending", "running")
         conn.execute("SELECT df.signal(%s, 'go')", (iid,))
     assert wait_terminal(db, iid) == "completed"
-    assert db.scalar("SELECT df.await_instance(%s, 5)", (iid,), role="dftui_alice") == "completed"
+    assert db.scalar("SELECT df.await_instance(%s, 5)", (iid,), role=ALICE) == "completed"
 
 
-def test_engine_cancel_is_final(db, eng) -> None:
+def test_engine_cancel_is_final(db, live_engine) -> None:
     from tests.support import start
 
     iid = start(db, "dftui_alice", "df.wait_for_signal('never') ~> 'SELECT 1'")
@@ -468,7 +462,7 @@ def test_signal_sent_during_the_waits_first_pass_is_not_missed(db) -> None:
     with db.connect(autocommit=False) as pass_:
         pass_.execute(f"SELECT 1 FROM df_internal.tasks WHERE {key} FOR UPDATE", (iid, iid))
         sender = threading.Thread(target=lambda: db.scalar(
-            "SELECT df.signal(%s, 'go')", (iid,), role="dftui_alice"))
+            "SELECT df.signal(%s, 'go')", (iid,), role=ALICE))
         sender.start()
         wait_for(lambda: db.scalar(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "

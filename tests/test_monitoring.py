@@ -15,6 +15,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.support import ALICE, error_of
+
 NOT_FOUND = "Instance not found or access denied"
 
 
@@ -60,12 +62,6 @@ def simple(db, owner: str, status: str = "running", label: str | None = None) ->
     result = {"rows": [{"x": 1}], "row_count": 1} if status == "completed" else (
         "boom: division by zero" if status == "failed" else None)
     return make_graph(db, owner, [N("aaaa0001", status=node_status, result=result)], status, label)
-
-
-def error_of(db, role: str | None, query: str, params: tuple = ()) -> str:
-    with db.connect(role) as conn, pytest.raises(psycopg.Error) as exc:
-        conn.execute(query, params)
-    return exc.value.diag.message_primary or str(exc.value)
 
 
 def bulk_instances(db, count: int, owner: str = "dftui_alice", *, with_nodes: bool = True,
@@ -150,7 +146,7 @@ def test_list_instances_short_form_and_columns(db) -> None:
     done = simple(db, "dftui_alice", "completed", label="nightly")
     failed = simple(db, "dftui_alice", "failed")
     cancelled = simple(db, "dftui_alice", "running")
-    db.scalar("SELECT df.cancel(%s, 'stop it')", (cancelled,), role="dftui_alice")
+    db.scalar("SELECT df.cancel(%s, 'stop it')", (cancelled,), role=ALICE)
     simple(db, "dftui_bob", "running")
     with db.connect("dftui_alice") as conn:
         rows = {r[0]: r for r in conn.execute("SELECT * FROM df.list_instances()")}
@@ -165,7 +161,7 @@ def test_list_instances_short_form_and_columns(db) -> None:
 
 
 def test_list_instances_limit_cap(db) -> None:
-    msg = error_of(db, "dftui_alice", "SELECT * FROM df.list_instances(NULL, 1001)")
+    msg = error_of(db, "SELECT * FROM df.list_instances(NULL, 1001)", role=ALICE, primary=True)
     assert msg.startswith(
         "df.list_instances: limit_count (1001) exceeds pg_durable.list_instances_max_limit (1000); ")
     with db.connect("dftui_alice") as conn:
@@ -188,7 +184,7 @@ def test_list_instances_limit_cap(db) -> None:
         conn.execute("SELECT * FROM df.list_instances()")
     with db.connect() as conn:
         conn.execute(sql.SQL("ALTER DATABASE {} RESET pg_durable.list_instances_max_limit").format(database))
-    assert "at least 1" in error_of(db, "dftui_alice", "SELECT * FROM df.list_instances(NULL, 0)")
+    assert "at least 1" in error_of(db, "SELECT * FROM df.list_instances(NULL, 0)", role=ALICE)
 
 
 @pytest.mark.parametrize(
@@ -206,7 +202,9 @@ def test_list_instances_limit_cap(db) -> None:
     ],
 )
 def test_malformed_cursor_raises(db, cursor: str) -> None:
-    msg = error_of(db, "dftui_alice", "SELECT * FROM df.list_instances(NULL, 10, NULL, %s)", (cursor,))
+    msg = error_of(
+        db, "SELECT * FROM df.list_instances(NULL, 10, NULL, %s)", (cursor,),
+        role=ALICE, primary=True)
     assert msg.splitlines()[0] == "df.list_instances: invalid after_cursor"  # pg_durable's text
 
 
@@ -326,7 +324,8 @@ def test_instance_executions_and_retry(db) -> None:
         assert history == [("retry", "dftui_alice")]
         assert conn.execute("SELECT execution, previous_status FROM df.retry_history").fetchall() == [
             (2, "failed")]
-    assert "at least 1" in error_of(db, "dftui_alice", "SELECT * FROM df.instance_executions(%s, 0)", (failed,))
+    assert "at least 1" in error_of(
+        db, "SELECT * FROM df.instance_executions(%s, 0)", (failed,), role=ALICE)
     with db.connect("dftui_bob") as conn:  # invisible: no rows, as pg_durable
         assert conn.execute("SELECT * FROM df.instance_executions(%s)", (failed,)).fetchall() == []
 
@@ -433,7 +432,7 @@ def test_inferred_cancelled_instance(db) -> None:
         N("step0001", status="running"),
         N("step0002"),
     ])
-    db.scalar("SELECT df.cancel(%s)", (iid,), role="dftui_alice")
+    db.scalar("SELECT df.cancel(%s)", (iid,), role=ALICE)
     got = _inferred(db, iid)
     assert got == {
         "then0001": ("cancelled", None),
@@ -546,22 +545,14 @@ def test_metrics_privileges_and_values(db) -> None:
 
 
 def test_duroxide_schema(db) -> None:
-    assert db.scalar("SELECT df.duroxide_schema()", role="dftui_alice") == "df_internal"
+    assert db.scalar("SELECT df.duroxide_schema()", role=ALICE) == "df_internal"
     assert db.scalar("SELECT to_regclass(df.duroxide_schema() || '._worker_ready') IS NOT NULL")
 
 
 # --- with a real engine -----------------------------------------------------------------------
 
 
-@pytest.fixture
-def eng(db):
-    from tests.support import running_engine
-
-    with running_engine(db.dsn()) as engine:
-        yield engine
-
-
-def test_engine_run_is_reported_consistently(db, eng) -> None:
+def test_engine_run_is_reported_consistently(db, live_engine) -> None:
     from tests.support import start, wait_terminal
 
     iid = start(db, "dftui_alice",
@@ -596,7 +587,7 @@ def test_engine_run_is_reported_consistently(db, eng) -> None:
         assert runtime == (True, True, 1)
 
 
-def test_engine_retry_adds_an_execution(db, eng) -> None:
+def test_engine_retry_adds_an_execution(db, live_engine) -> None:
     from tests.support import start, wait_terminal
 
     with db.connect() as conn:
@@ -607,7 +598,7 @@ def test_engine_retry_adds_an_execution(db, eng) -> None:
     assert wait_terminal(db, iid) == "failed"
     with db.connect() as conn:
         conn.execute("UPDATE public.flag SET ok = true")
-    db.scalar("SELECT df.retry(%s)", (iid,), role="dftui_alice")
+    db.scalar("SELECT df.retry(%s)", (iid,), role=ALICE)
     assert wait_terminal(db, iid) == "completed"
     with db.connect("dftui_alice") as conn:
         rows = conn.execute("SELECT execution_id, status, event_count, output FROM df.instance_executions(%s)",

@@ -9,13 +9,12 @@ All as an ordinary role, on every test server (PostgreSQL 18 and 15).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import psycopg
 import pytest
 
 from engine import schema
-from tests.support import ALICE, GRANTED_ROLES, running_engine, start, wait_for, wait_terminal
+from tests.support import ALICE, running_engine, start, wait_for, wait_terminal
 
 
 def _query(db, expr: str) -> str:
@@ -82,17 +81,12 @@ def test_pg_durable_envelopes_start_unchanged(db) -> None:
 
 # -- what the engine writes and how it reads them -------------------------------------------------
 
-@pytest.fixture
-def eng(db) -> Iterator:
-    with running_engine(db.dsn()) as engine:
-        yield engine
-
 
 def _root_result(db, iid: str):
     return db.scalar("SELECT df.result(%s)", (iid,), role=ALICE)
 
 
-def test_sleep_and_schedule_results_are_pg_durable_s(db, eng) -> None:
+def test_sleep_and_schedule_results_are_pg_durable_s(db, live_engine) -> None:
     slept = start(db, ALICE, "df.sleep(0)")
     assert wait_terminal(db, slept) == "completed"
     assert json.loads(_root_result(db, slept)) == {"slept": True, "seconds": 0}
@@ -106,7 +100,7 @@ def test_sleep_and_schedule_results_are_pg_durable_s(db, eng) -> None:
     assert json.loads(_root_result(db, scheduled)) == {"scheduled": True}
 
 
-def test_signal_wait_reads_signal_name(db, eng) -> None:
+def test_signal_wait_reads_signal_name(db, live_engine) -> None:
     iid = start(db, ALICE, "df.wait_for_signal('approve')")
     wait_for(lambda: db.scalar("SELECT count(*) FROM df_internal.tasks WHERE instance_id = %s"
                                " AND phase = 'waiting'", (iid,)), what="the signal wait")
@@ -119,7 +113,7 @@ def test_signal_wait_reads_signal_name(db, eng) -> None:
                                                  "data": {"ok": True}}
 
 
-def test_the_user_guides_waiting_queries_work(db, eng) -> None:
+def test_the_user_guides_waiting_queries_work(db, live_engine) -> None:
     """pg_durable's USER_GUIDE, "Detecting What an Instance is Waiting On": its three queries,
     verbatim but for the id, find what a running instance waits on."""
     signal = start(db, ALICE, "'SELECT 1' ~> df.wait_for_signal('approve')")
@@ -146,7 +140,7 @@ def test_the_user_guides_waiting_queries_work(db, eng) -> None:
 
 
 @pytest.mark.parametrize("prefix", ["", "'SELECT ''prefix''' ~> "], ids=["root", "non-root"])
-def test_break_in_a_loop_condition_completes_the_loop(db, eng, prefix) -> None:
+def test_break_in_a_loop_condition_completes_the_loop(db, live_engine, prefix) -> None:
     """pg_durable's tests/e2e/sql/58: the loop (root or not) completes with the break value."""
     iid = start(db, ALICE, f"{prefix}df.loop('SELECT ''body''', 'SELECT 1' ~> df.break('condition-done'))")
     assert wait_terminal(db, iid) == "completed"
@@ -163,14 +157,14 @@ def test_break_in_a_loop_condition_completes_the_loop(db, eng, prefix) -> None:
     ("'yes'", "then"), ("' TRUE '", "then"), ("'0.1'", "then"), ("'abc'", "then"),
     ("2.5::numeric", "then"), ("'t'", "then"),
 ])
-def test_truthiness_is_pg_durable_s(db, eng, value, arm) -> None:
+def test_truthiness_is_pg_durable_s(db, live_engine, value, arm) -> None:
     quoted = value.replace("'", "''")
     iid = start(db, ALICE, f"'SELECT {quoted} AS v' ?> 'SELECT ''then'' AS arm' !> 'SELECT ''else'' AS arm'")
     assert wait_terminal(db, iid) == "completed"
     assert json.loads(_root_result(db, iid))["rows"] == [{"arm": arm}]
 
 
-def test_row_set_expansion_is_capped_at_10000_rows(db, eng) -> None:
+def test_row_set_expansion_is_capped_at_10000_rows(db, live_engine) -> None:
     iid = start(db, ALICE, "'SELECT g FROM generate_series(1, 10001) g' |=> 'big'"
                            " ~> 'SELECT count(*) FROM $big.*'")
     assert wait_terminal(db, iid) == "failed"
@@ -180,16 +174,6 @@ def test_row_set_expansion_is_capped_at_10000_rows(db, eng) -> None:
 
 
 # -- instances stored by the 0.1.0 baseline ------------------------------------------------------
-
-@pytest.fixture
-def baseline_db(empty_db) -> Iterator:
-    with empty_db.connect() as conn:
-        schema.install(conn, target=schema.BASELINE)
-        conn.execute("SET client_min_messages = warning")
-        for role in GRANTED_ROLES:
-            conn.execute("SELECT df.grant_usage(%s, %s)", (role, role == "dftui_dave"))
-    yield empty_db
-
 
 def test_upgrade_rewrites_0_1_0_configs_and_they_still_run(baseline_db) -> None:
     db = baseline_db

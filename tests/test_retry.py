@@ -8,7 +8,6 @@ from tests.support import (
     ALICE,
     node_rows,
     root_result,
-    running_engine,
     start,
     wait_for,
     wait_terminal,
@@ -16,14 +15,14 @@ from tests.support import (
 
 
 @pytest.fixture
-def eng(db):
+def gated_engine(db, live_engine):
+    """The shared engine, with public.gate (closed) and public.runs for steps to record runs."""
     with db.connect() as conn:
         conn.execute("CREATE TABLE public.gate (ok boolean NOT NULL DEFAULT false)")
         conn.execute("INSERT INTO public.gate VALUES (false)")
         conn.execute("CREATE TABLE public.runs (step text, n int NOT NULL DEFAULT 0, PRIMARY KEY (step))")
         conn.execute("GRANT ALL ON public.gate, public.runs TO PUBLIC")
-    with running_engine(db.dsn()) as engine:
-        yield engine
+    yield live_engine
 
 
 def bump(step: str) -> str:
@@ -49,7 +48,7 @@ def open_gate_and_retry(db, iid: str, role: str = ALICE, from_node: str | None =
             conn.execute("SELECT df.retry(%s)", (iid,))
 
 
-def test_retry_failed_join_branch_keeps_the_completed_one(db, eng):
+def test_retry_failed_join_branch_keeps_the_completed_one(db, gated_engine):
     iid = start(db, ALICE, f"({bump('a')} & ({bump('b')} ~> {GATE})) ~> {bump('after')}")
     assert wait_terminal(db, iid) == "failed"
     assert runs(db) == {"a": 1, "b": 1}
@@ -58,7 +57,7 @@ def test_retry_failed_join_branch_keeps_the_completed_one(db, eng):
     assert runs(db) == {"a": 1, "b": 1, "after": 1}
 
 
-def test_retry_inside_loop_resumes_the_iteration(db, eng):
+def test_retry_inside_loop_resumes_the_iteration(db, gated_engine):
     iid = start(db, ALICE, f"""@> ({bump('body')} |=> 'c' ~> {GATE} ~>
         ('SELECT $c >= 2' ?> df.break('"out"') !> 'SELECT 1'))""")
     assert wait_terminal(db, iid) == "failed"
@@ -69,7 +68,7 @@ def test_retry_inside_loop_resumes_the_iteration(db, eng):
     assert runs(db) == {"body": 2}
 
 
-def test_retry_failed_race(db, eng):
+def test_retry_failed_race(db, gated_engine):
     iid = start(db, ALICE, f"{GATE} | 'SELECT pg_sleep(30)'")
     assert wait_terminal(db, iid) == "failed"
     open_gate_and_retry(db, iid)
@@ -77,7 +76,7 @@ def test_retry_failed_race(db, eng):
     assert root_result(db, iid)["rows"] == [{"g": 1}]
 
 
-def test_retry_cancelled_instance(db, eng):
+def test_retry_cancelled_instance(db, gated_engine):
     iid = start(db, ALICE, f"{bump('first')} ~> df.sleep(3600) ~> {bump('last')}")
     wait_for(lambda: runs(db).get("first") == 1, what="first step")
     with db.connect(ALICE) as conn:
@@ -90,7 +89,7 @@ def test_retry_cancelled_instance(db, eng):
     assert runs(db) == {"first": 1}
 
 
-def test_retry_from_node_reruns_it(db, eng):
+def test_retry_from_node_reruns_it(db, gated_engine):
     iid = start(db, ALICE, f"{bump('one')} ~> {bump('two')} ~> {GATE}")
     assert wait_terminal(db, iid) == "failed"
     two = next(n["id"] for n in node_rows(db, iid) if (n["query"] or "").find("'two'") > 0)
@@ -99,7 +98,7 @@ def test_retry_from_node_reruns_it(db, eng):
     assert runs(db) == {"one": 1, "two": 2}
 
 
-def test_completed_instances_cannot_be_retried_and_others_are_invisible(db, eng):
+def test_completed_instances_cannot_be_retried_and_others_are_invisible(db, gated_engine):
     iid = start(db, ALICE, "'SELECT 1'")
     assert wait_terminal(db, iid) == "completed"
     with db.connect(ALICE) as conn, pytest.raises(Exception, match="completed"):
@@ -111,7 +110,7 @@ def test_completed_instances_cannot_be_retried_and_others_are_invisible(db, eng)
     assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (failed,)) == "failed"
 
 
-def test_instance_level_retry_policy(db, eng):
+def test_instance_level_retry_policy(db, gated_engine):
     with db.connect() as conn:
         conn.execute("CREATE SEQUENCE public.s")
         conn.execute("GRANT ALL ON SEQUENCE public.s TO PUBLIC")

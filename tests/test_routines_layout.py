@@ -1,5 +1,5 @@
 """sql/routines is where every live definition is: each function, view, trigger and policy of the
-df schemas has exactly one definition there, in one file (docs/architecture.md, "Schema
+df schemas has exactly one definition there, in one file (docs/engine.md, "Schema
 versions").
 
 What a routines file defines is read from PostgreSQL itself, not parsed from the text: an event

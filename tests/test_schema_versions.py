@@ -28,7 +28,14 @@ from dftui.cli import main
 from engine import schema
 from engine.config import EngineConfig
 from engine.runner import Engine
-from tests.support import ALICE, GRANTED_ROLES, running_engine, start, wait_for, wait_terminal
+from tests.support import (
+    ALICE,
+    prepare_app,
+    running_engine,
+    start,
+    wait_for,
+    wait_terminal,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
@@ -84,31 +91,6 @@ def release_env(code: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DFTUI_ENGINE")}
     env["PYTHONPATH"] = str(code)
     return env
-
-
-def prepare_app(db) -> None:
-    """Grant the test roles df usage (with the release's own function) and give alice tables."""
-    with db.connect() as conn:
-        conn.execute("SET client_min_messages = warning")
-        for role in GRANTED_ROLES:
-            conn.execute("SELECT df.grant_usage(%s, %s)", (role, role == "dftui_dave"))
-        conn.execute("CREATE SCHEMA app")
-        conn.execute("CREATE TABLE app.ticks (id serial PRIMARY KEY, at timestamptz DEFAULT now())")
-        conn.execute("CREATE TABLE app.target (v int)")
-        conn.execute("GRANT USAGE, CREATE ON SCHEMA app TO dftui_alice")
-        conn.execute("GRANT ALL ON ALL TABLES IN SCHEMA app TO dftui_alice")
-        conn.execute("GRANT ALL ON ALL SEQUENCES IN SCHEMA app TO dftui_alice")
-
-
-@pytest.fixture
-def baseline_db(empty_db) -> Iterator:
-    """empty_db with release 0.1.0 installed from its frozen files and the roles granted."""
-    with empty_db.connect() as conn:
-        change = schema.install(conn, target=schema.BASELINE)
-        assert change.after == schema.BASELINE
-    prepare_app(empty_db)
-    assert empty_db.scalar("SELECT to_regclass('df_internal.schema_migrations')") is None
-    yield empty_db
 
 
 @pytest.fixture(params=[schema.BASELINE, *EARLIER_RELEASES])

@@ -213,7 +213,6 @@ def test_dblink_connections_a_step_opens_do_not_outlive_it(db, mode):
                 f"alice's step used bob's {what} dblink connection: {root_result(db, probes[what])}")
 
 
-
 def test_dblink_connections_of_a_batch_are_closed_before_its_next_batch(db, mode):
     """Between the steps of one batch (one role's tasks only) the engine leaves the dblink
     connections open and closes them before the batch commits (the close costs a caught error
@@ -355,23 +354,6 @@ def test_a_role_named_like_sql_runs_its_steps_as_itself(db, mode):
 
 
 # -- class 4: vars forged by a role that skips RLS ----------------------------------------------
-
-@pytest.fixture
-def bypassrls_role(db):
-    """A granted BYPASSRLS role: pg_durable's grants give it full DML on df.vars, every row."""
-    name = f"dftui_byp_{db.name[-6:]}"
-    ident = sql.Identifier(name)
-    with db.connect() as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN BYPASSRLS").format(ident))
-        conn.execute("SET client_min_messages = warning")
-        conn.execute("SELECT df.grant_usage(%s)", (name,))
-    try:
-        yield name
-    finally:
-        with db.connect() as conn:
-            conn.execute("DELETE FROM df.vars WHERE owner = %s::regrole", (name,))
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
-            conn.execute(sql.SQL("DROP ROLE {}").format(ident))
 
 
 def test_another_roles_vars_cannot_be_written_by_a_role_that_skips_rls(db, mode, bypassrls_role):

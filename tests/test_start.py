@@ -14,16 +14,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.support import ALICE, DAVE, nested_loops, start
+from tests.support import ALICE, DAVE, error_of, nested_loops, start
 
 ID_RE = re.compile(r"^[0-9a-f]{8}$")
 SEQ2 = "'SELECT 1' ~> 'SELECT 2'"
-
-
-def error_of(db, query: str, params: tuple | None = None, role: str | None = "dftui_alice") -> str:
-    with db.connect(role) as conn, pytest.raises(psycopg.Error) as info:
-        conn.execute(query, params)
-    return str(info.value)
 
 
 def totals(db) -> tuple[int, int]:
@@ -54,7 +48,7 @@ def root_of(db, instance_id: str) -> str:
 
 
 def test_start_writes_one_instance_and_three_nodes_visible_only_to_owner(db):
-    iid = db.scalar(f"SELECT df.start(({SEQ2}), 'my label')", role="dftui_alice")
+    iid = db.scalar(f"SELECT df.start(({SEQ2}), 'my label')", role=ALICE)
     assert ID_RE.match(iid)
     with db.connect("dftui_alice") as conn:
         inst = conn.execute(
@@ -102,7 +96,7 @@ def test_set_role_and_security_definer_record_current_user(db):
         )
         conn.execute("ALTER FUNCTION public.start_as_owner() OWNER TO dftui_bob")
         conn.execute("GRANT EXECUTE ON FUNCTION public.start_as_owner() TO dftui_alice")
-    iid = db.scalar("SELECT public.start_as_owner()", role="dftui_alice")
+    iid = db.scalar("SELECT public.start_as_owner()", role=ALICE)
     assert db.scalar("SELECT submitted_by::text FROM df.instances WHERE id = %s", (iid,)) == (
         "dftui_bob"
     )
@@ -171,7 +165,8 @@ def test_http_nodes_need_the_http_grant(db):
     iid = start(db, DAVE, "%s", env)
     (node,) = nodes_of(db, iid).values()
     assert json.loads(node["query"])["url"] == "https://example.com/hook"
-    assert "does not have EXECUTE privilege" in error_of(db, "SELECT df.start(%s)", (env,))
+    assert "does not have EXECUTE privilege" in error_of(
+        db, "SELECT df.start(%s)", (env,), role=ALICE)
     with db.connect("dftui_dave") as conn:
         conn.execute("SET pg_durable.http_security = 'disabled'")
         with pytest.raises(psycopg.Error, match=r"df\.http\(\) is disabled"):
@@ -183,7 +178,7 @@ def test_retry_policies_are_handed_to_the_engine(db):
     iid = db.scalar(
         "SELECT df.start_with_retry(df.retry_policy('SELECT 1', 3, 2, 30, ARRAY['40001']) ~> 'SELECT 2',"
         ' retry_policy => \'{"max_attempts": 5, "backoff_seconds": 0.5}\')',
-        role="dftui_alice",
+        role=ALICE,
     )
     nodes = nodes_of(db, iid)
     first = next(n for n in nodes.values() if n["query"] == "SELECT 1")
@@ -238,7 +233,8 @@ def test_new_transaction_mode_survives_rollback(db):
 
 
 def test_new_transaction_mode_validates_first(db):
-    msg = error_of(db, "SELECT df.start('{\"node_type\": \"NOPE\"}', transaction_mode => 'NEW')")
+    msg = error_of(
+        db, "SELECT df.start('{\"node_type\": \"NOPE\"}', transaction_mode => 'NEW')", role=ALICE)
     assert "Unknown node_type 'NOPE'" in msg
     assert totals(db) == (0, 0)
 
@@ -276,12 +272,10 @@ def test_nologin_role_is_refused_with_login_message(db, nologin_role):
 def test_checks_run_in_the_documented_order(db, nologin_role):
     # mode before graph
     assert "invalid transaction_mode" in error_of(
-        db, "SELECT df.start('{\"node_type\":\"X\"}', transaction_mode => 'later')"
-    )
+        db, "SELECT df.start('{\"node_type\":\"X\"}', transaction_mode => 'later')", role=ALICE)
     # graph before database
     assert "Unknown node_type 'X'" in error_of(
-        db, "SELECT df.start('{\"node_type\":\"X\"}', database => 'nope')"
-    )
+        db, "SELECT df.start('{\"node_type\":\"X\"}', database => 'nope')", role=ALICE)
     # database before LOGIN
     assert 'database "nope" does not exist' in as_role_error(
         db, nologin_role, "SELECT df.start('SELECT 1', database => 'nope')"
@@ -310,8 +304,7 @@ def test_superuser_is_refused_unless_enabled(db):
 
 def test_unknown_database(db):
     assert 'database "no_such_db" does not exist' in error_of(
-        db, "SELECT df.start('SELECT 1', database => 'no_such_db')"
-    )
+        db, "SELECT df.start('SELECT 1', database => 'no_such_db')", role=ALICE)
     assert totals(db) == (0, 0)
 
 
@@ -384,19 +377,21 @@ VALIDATION_CASES = [
 
 @pytest.mark.parametrize(("args", "fragment"), VALIDATION_CASES)
 def test_validation_errors_write_nothing(db, args, fragment):
-    msg = error_of(db, f"SELECT df.start({args})")
+    msg = error_of(db, f"SELECT df.start({args})", role=ALICE)
     assert fragment in msg
     assert totals(db) == (0, 0)
 
 
 def test_a_malformed_instance_retry_policy_writes_nothing(db):
-    msg = error_of(db, "SELECT df.start_with_retry('SELECT 1', retry_policy => '{\"max_attempts\": \"x\"}')")
+    msg = error_of(
+        db, "SELECT df.start_with_retry('SELECT 1', retry_policy => '{\"max_attempts\": \"x\"}')",
+        role=ALICE)
     assert "invalid retry_policy" in msg
     assert totals(db) == (0, 0)
 
 
 def test_invalid_graph_message_names_the_node(db):
-    msg = error_of(db, 'SELECT df.start(\'{"node_type": "FOO"}\')')
+    msg = error_of(db, 'SELECT df.start(\'{"node_type": "FOO"}\')', role=ALICE)
     assert "Invalid durable function graph: root: Unknown node_type 'FOO'" in msg
 
 
@@ -416,13 +411,13 @@ def balanced_join(leaves: int) -> str:
 def test_depth_limit_is_256(db):
     iid = start(db, ALICE, "%s", nested_loops(256))
     assert len(nodes_of(db, iid)) == 257
-    msg = error_of(db, "SELECT df.start(%s)", (nested_loops(257),))
+    msg = error_of(db, "SELECT df.start(%s)", (nested_loops(257),), role=ALICE)
     assert "maximum nesting depth of 256" in msg
     assert totals(db) == (1, 257)
 
 
 def test_absurd_nesting_is_a_depth_error_not_a_crash(db):
-    msg = error_of(db, "SELECT df.start(%s)", (nested_loops(20000),))
+    msg = error_of(db, "SELECT df.start(%s)", (nested_loops(20000),), role=ALICE)
     assert "maximum nesting depth of 256" in msg
 
 
@@ -430,7 +425,7 @@ def test_node_limit_is_10000(db):
     ten_thousand = '{"node_type":"LOOP","left_node":' + balanced_join(5000) + "}"  # 1 + 9999
     iid = start(db, ALICE, "%s", ten_thousand)
     assert db.scalar("SELECT count(*) FROM df.nodes WHERE instance_id = %s", (iid,)) == 10000
-    msg = error_of(db, "SELECT df.start(%s)", (balanced_join(5001),))  # 10001 nodes
+    msg = error_of(db, "SELECT df.start(%s)", (balanced_join(5001),), role=ALICE)  # 10001 nodes
     assert "maximum node count of 10000" in msg
     assert totals(db) == (1, 10000)
 
@@ -464,5 +459,6 @@ def test_longest_left_nested_chain_fits_the_depth_limit(db):
     # a ~> b ~> c ... nests to the left, so 257 steps put the first leaf at depth 256.
     iid = start(db, ALICE, " ~> ".join(f"'SELECT {i}'" for i in range(257)))
     assert db.scalar("SELECT count(*) FROM df.nodes WHERE instance_id = %s", (iid,)) == 257 + 256
-    msg = error_of(db, "SELECT df.start(" + " ~> ".join(f"'SELECT {i}'" for i in range(258)) + ")")
+    msg = error_of(
+        db, "SELECT df.start(" + " ~> ".join(f"'SELECT {i}'" for i in range(258)) + ")", role=ALICE)
     assert "maximum nesting depth of 256" in msg

@@ -33,7 +33,9 @@ from tests.support.cluster import (
     QUOTED,
     Server,
     TestDB,
+    error_of,
     password_role,
+    prepare_app,
 )
 from tests.support.engine import (
     errors,
@@ -49,7 +51,7 @@ from tests.support.wait import wait_for, wait_for_app
 __all__ = [
     "ALICE", "ALL_ROLES", "BOB", "CAROL", "DAVE", "ENGINE_ROLE", "GRANTED_ROLES", "QUOTED",
     "SUBMITTERS", "Server", "TestDB", "assert_no_escalation", "counters", "engine_in_mode",
-    "engine_user", "errors", "nested_loops", "node_rows", "password_role", "prepare_attacker",
+    "engine_user", "error_of", "errors", "nested_loops", "node_rows", "password_role", "prepare_app", "prepare_attacker",
     "reset_attacker",
     "root_result", "running_engine", "setup_engine_owner", "start", "wait_for", "wait_for_app",
     "wait_terminal",

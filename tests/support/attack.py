@@ -10,6 +10,7 @@ as alice it bumps `evil.as_alice` (positive evidence that the code path was real
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -121,3 +122,30 @@ def engine_user(mode: str, db: Any) -> str:
     if mode == "owner":
         return ENGINE_ROLE
     return db.scalar("SELECT current_user")
+
+
+@contextmanager
+def bypassrls_login(db: Any, *, table_dml: bool = False) -> Iterator[str]:
+    """A fresh LOGIN role granted df usage that skips RLS (BYPASSRLS), the managed-service admin
+    shape of the attack class 4 tests; with `table_dml`, also table-wide INSERT/UPDATE on
+    df.instances and df.nodes (the broad grants such a role typically has). Dropped afterwards
+    with every instance and var in its name."""
+    name = f"dftui_byp_{uuid.uuid4().hex[:6]}"
+    ident = sql.Identifier(name)
+    with db.connect() as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN BYPASSRLS").format(ident))
+        conn.execute("SET client_min_messages = warning")
+        conn.execute("SELECT df.grant_usage(%s)", (name,))
+        if table_dml:
+            conn.execute(sql.SQL("GRANT INSERT, UPDATE ON df.instances, df.nodes TO {}").format(
+                ident))
+    try:
+        yield name
+    finally:
+        with db.connect() as conn:
+            conn.execute("DELETE FROM df.instances WHERE submitted_by::oid NOT IN "
+                         "(SELECT oid FROM pg_catalog.pg_roles)")
+            conn.execute("DELETE FROM df.instances WHERE submitted_by = %s::regrole", (name,))
+            conn.execute("DELETE FROM df.vars WHERE owner = %s::regrole", (name,))
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+            conn.execute(sql.SQL("DROP ROLE {}").format(ident))

@@ -99,6 +99,33 @@ class TestDB:
             return row[0] if row else None
 
 
+def error_of(db: TestDB, query: str, params: tuple | None = None, *, role: str | None = None,
+             primary: bool = False) -> str:
+    """Run `query` as `role` (the superuser by default), which must fail; its error as psycopg
+    words it (the message, then any DETAIL/HINT/LINE), or with `primary` the primary message
+    alone (for exact comparisons). A query that succeeds fails the test."""
+    with db.connect(role) as conn:
+        try:
+            conn.execute(query, params)
+        except psycopg.Error as exc:
+            return (exc.diag.message_primary or str(exc)) if primary else str(exc)
+    raise AssertionError(f"expected an error from {query!r}")
+
+
+def prepare_app(db: TestDB) -> None:
+    """Grant the test roles df usage (with the release's own function) and give alice tables."""
+    with db.connect() as conn:
+        conn.execute("SET client_min_messages = warning")
+        for role in GRANTED_ROLES:
+            conn.execute("SELECT df.grant_usage(%s, %s)", (role, role == DAVE))
+        conn.execute("CREATE SCHEMA app")
+        conn.execute("CREATE TABLE app.ticks (id serial PRIMARY KEY, at timestamptz DEFAULT now())")
+        conn.execute("CREATE TABLE app.target (v int)")
+        conn.execute("GRANT USAGE, CREATE ON SCHEMA app TO dftui_alice")
+        conn.execute("GRANT ALL ON ALL TABLES IN SCHEMA app TO dftui_alice")
+        conn.execute("GRANT ALL ON ALL SEQUENCES IN SCHEMA app TO dftui_alice")
+
+
 @contextmanager
 def scratch_database(server: Server, name: str, template: str | None = None) -> Iterator[TestDB]:
     """Create database `name` (a file copy of `template` when given), drop it afterwards —

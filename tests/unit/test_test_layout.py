@@ -9,7 +9,8 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent.parent
 SUPPORT = TESTS / "support"
 # Helpers every suite needs; a second definition outside tests/support is a twin to merge.
-SHARED = {"wait_for", "wait_for_app", "errors", "instance_error", "running_engine", "start",
+SHARED = {"wait_for", "wait_for_app", "errors", "error_of", "instance_error", "running_engine",
+          "start", "bypassrls_login", "password_role",
           "wait_terminal", "node_rows", "root_result", "engine_in_mode", "make_app"}
 
 
@@ -65,3 +66,23 @@ def test_shared_helpers_are_defined_once_in_the_support_package() -> None:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in SHARED:
                 twins.append(f"{path.relative_to(TESTS)}: {node.name}")
     assert twins == []
+
+
+def _is_fixture(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    for decorator in node.decorator_list:
+        target = decorator.func if isinstance(decorator, ast.Call) else decorator
+        if isinstance(target, ast.Attribute) and target.attr == "fixture":
+            return True
+    return False
+
+
+def test_each_fixture_is_defined_once() -> None:
+    """A fixture of one name in two files is either a twin (write it once, in a conftest) or
+    one that silently shadows another (`eng` was an attack-mode engine in tests/conftest.py and
+    a plain one in four modules): give it a name of its own."""
+    where: dict[str, list[str]] = {}
+    for path in _modules():
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and _is_fixture(node):
+                where.setdefault(node.name, []).append(str(path.relative_to(TESTS)))
+    assert {name: files for name, files in where.items() if len(files) > 1} == {}
