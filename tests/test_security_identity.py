@@ -9,9 +9,6 @@ trampoline may ever be made for a superuser.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
 import psycopg
 import pytest
 from psycopg import sql
@@ -45,28 +42,11 @@ def exec_acl(db) -> str | None:
     return db.scalar("SELECT nspacl::text FROM pg_catalog.pg_namespace WHERE nspname = 'df_exec'")
 
 
-@pytest.fixture
-def fresh_role(db) -> Iterator[str]:
-    """A login role that exists only for this test (roles are cluster-wide)."""
-    name = f"dftui_new_{uuid.uuid4().hex[:6]}"
-    with db.connect() as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
-        conn.execute("SET client_min_messages = warning")
-        conn.execute("SELECT df.grant_usage(%s)", (name,))
-    try:
-        yield name
-    finally:
-        with db.connect() as conn:
-            conn.execute(sql.SQL("DELETE FROM df.instances WHERE submitted_by = {}::regrole").format(
-                sql.Literal(name)))
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
-
-
-def test_superuser_instance_makes_no_trampoline_and_leaves_df_exec_intact(db, attacker, mode, fresh_role):
+def test_superuser_instance_makes_no_trampoline_and_leaves_df_exec_intact(db, attacker, mode, granted_roles):
     """A superuser's instance (superuser instances enabled in its own session only) is refused
     before any SECURITY DEFINER function is created for the superuser, df_exec's ACL is left as
     it was, and a least-privilege install afterwards still serves a role it has never seen."""
+    (fresh_role,) = granted_roles(1)  # a role that exists only for this test
     with engine_in_mode(db, mode, concurrency=1):
         acl_before = exec_acl(db)
         with db.connect() as conn:
@@ -87,9 +67,10 @@ def test_superuser_instance_makes_no_trampoline_and_leaves_df_exec_intact(db, at
     assert superuser_trampolines(db) == 0
 
 
-def test_setup_repairs_an_exec_schema_whose_owner_lost_create(db, fresh_role):
+def test_setup_repairs_an_exec_schema_whose_owner_lost_create(db, granted_roles):
     """An older engine revoked CREATE on df_exec from its own owner (after a superuser's
     trampolines); the least-privilege setup gives the new owner its privileges back."""
+    (fresh_role,) = granted_roles(1)  # a role that exists only for this test
     with db.connect() as conn:
         conn.execute("GRANT CREATE ON SCHEMA df_exec TO CURRENT_USER")
         conn.execute("REVOKE CREATE ON SCHEMA df_exec FROM CURRENT_USER")

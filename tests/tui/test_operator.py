@@ -246,19 +246,14 @@ async def test_wide_labels_and_keys_and_banner_at_80x24_and_200(db):
         bar = str(screen.query_one("KeyBar").render())
         for key in ("?", "q", "R", "c", "/"):
             assert f" {key} " in bar, (key, bar)
-        # the signal dialog fits 80x24 with its buttons
-        await pilot.press("s")
-        await wait_for_app(pilot, lambda: isinstance(app.screen, SignalDialog), what="dialog")
-        await pilot.pause()
-        button = app.screen.query_one("#confirm")
-        assert button.region.height > 0 and button.region.bottom <= 24
-        await pilot.press("escape")
-        await pilot.press("n")
-        await wait_for_app(pilot, lambda: isinstance(app.screen, StartDialog), what="start dialog")
-        await pilot.pause()
-        button = app.screen.query_one("#confirm")
-        assert button.region.height > 0 and button.region.bottom <= 24
-        await pilot.press("escape")
+        # the signal and new-run dialogs fit 80x24 with their buttons
+        for key, dialog in (("s", SignalDialog), ("n", StartDialog)):
+            await pilot.press(key)
+            await wait_for_app(pilot, lambda d=dialog: isinstance(app.screen, d), what=str(dialog))
+            await pilot.pause()
+            button = app.screen.query_one("#confirm")
+            assert button.region.height > 0 and button.region.bottom <= 24, dialog
+            await pilot.press("escape")
         # every screen carries the banner
         await pilot.press("enter")
         await wait_for_app(pilot, lambda: isinstance(app.screen, InstanceScreen), what="detail")
