@@ -6,8 +6,8 @@
 -- Claim up to p_limit due tasks, row-locked until the caller's transaction ends. The engine runs
 -- them one after another in that transaction, each behind its own savepoint, and commits them
 -- together: one queue scan and one commit for many steps, each still exactly-once. The due tasks
--- of one instance (parallel branches of a JOIN or RACE) are claimed together and returned next
--- to each other: their checkpoints share the batch's transaction, so they take the instance's
+-- of one instance (parallel branches of a JOIN; never under a RACE, see race_above) are claimed
+-- together and returned next to each other: their checkpoints share the batch's transaction, so they take the instance's
 -- lock (df_internal.lock_instance) once and commit once, instead of each branch queueing for
 -- that lock behind a sibling's commit in another worker. (Batches only form when every worker of
 -- the engine is busy, and stop taking on tasks after 50 ms, so an idle engine still runs each
