@@ -29,3 +29,31 @@ def test_waiting_stuck_and_rates(db):
         with db.connect(ALICE) as conn:
             conn.execute("SELECT df.cancel(%s)", (slow,))
         assert wait_terminal(db, slow) == "cancelled"
+
+
+def test_a_step_executing_now_is_not_counted_as_ready(db):
+    """A due task stays in the queue while a worker runs it (until its batch commits): the queue
+    depth counts it as running, not ready, so a long step does not read as ready work waiting
+    longer and longer for a worker (the home screen's "1 ready (oldest 9m)")."""
+    from dftui.client import Client
+
+    with running_engine(db.dsn()):
+        busy = start(db, ALICE, "'SELECT pg_sleep(600)'")  # (cancelled below)
+
+        def executing() -> bool:
+            with db.connect(ALICE) as conn:
+                return conn.execute("SELECT running FROM df.queue_depth").fetchone()[0] == 1
+
+        wait_for(executing, what="the step seen executing")
+        with db.connect(ALICE) as conn:
+            runnable, oldest = conn.execute(
+                "SELECT runnable, oldest_due FROM df.queue_depth").fetchone()
+        assert (runnable, oldest) == (0, None)
+        with Client(db.dsn(ALICE)) as client:
+            line = client.health_line()
+        assert (line["runnable"], line["oldest_s"]) == (0, None)
+        with db.connect("dftui_bob") as conn:  # another role's running step is not shown
+            assert conn.execute("SELECT running FROM df.queue_depth").fetchone()[0] == 0
+        with db.connect(ALICE) as conn:
+            conn.execute("SELECT df.cancel(%s)", (busy,))
+        assert wait_terminal(db, busy) == "cancelled"

@@ -76,11 +76,26 @@ SELECT to_timestamp(floor(extract(epoch FROM a.finished_at) / 10) * 10) AS bucke
    AND df_internal.visible(i.submitted_by)
  GROUP BY 1;
 
--- Queue depth: runnable now vs waiting, visible to the caller.
+-- Queue depth: runnable now vs waiting, visible to the caller. A due task a worker is executing
+-- right now stays in the queue until its batch commits; it is not ready work waiting for a
+-- worker, so it is counted as `running` (its batch's keys are in df_internal.inflight, as for
+-- df.instance_runtime.step_running), not in `runnable`/`oldest_due` — a long step read as a
+-- growing "oldest ready" age on the console's health line. (`running` appended last: views may
+-- only gain columns at the end.)
 CREATE OR REPLACE VIEW df.queue_depth WITH (security_barrier = true) AS
-SELECT count(*) FILTER (WHERE t.run_at <= now() AND t.phase <> 'waiting') AS runnable,
+WITH executing AS (
+    SELECT DISTINCT k.i, k.n, k.g
+      FROM df_internal.inflight f
+     CROSS JOIN LATERAL unnest(f.instance_ids, f.node_ids, f.gens) AS k(i, n, g)
+)
+SELECT count(*) FILTER (WHERE t.run_at <= now() AND t.phase <> 'waiting' AND x.i IS NULL)
+           AS runnable,
        count(*) FILTER (WHERE t.run_at > now() OR t.phase = 'waiting') AS waiting,
-       min(t.run_at) FILTER (WHERE t.run_at <= now() AND t.phase <> 'waiting') AS oldest_due
+       min(t.run_at) FILTER (WHERE t.run_at <= now() AND t.phase <> 'waiting' AND x.i IS NULL)
+           AS oldest_due,
+       count(*) FILTER (WHERE t.run_at <= now() AND t.phase <> 'waiting' AND x.i IS NOT NULL)
+           AS running
   FROM df_internal.tasks t
   JOIN df.instances i ON i.id = t.instance_id
+  LEFT JOIN executing x ON x.i = t.instance_id AND x.n = t.node_id AND x.g = t.gen
  WHERE df_internal.visible(i.submitted_by);
