@@ -117,6 +117,9 @@ def _stable_port() -> int:
     except (OSError, ValueError):
         return free_port()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As PostgreSQL binds its own: connections of the last run lingering in TIME_WAIT on
+        # the port (closed by the server) do not make it taken — only a listener does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
