@@ -318,3 +318,43 @@ def test_the_inserting_role_cannot_be_rewritten_before_the_insert_trigger_reads_
     assert_no_escalation(db)
     assert frozen == ALICE, f"alice's instance was frozen as {frozen}"
     assert db.scalar("SELECT array_agg(who) FROM evil.log") == [ALICE]  # it ran, as alice
+
+
+@pytest.mark.parametrize("change", ["query", "node_type", "submitted_by", "status", "result",
+                                    "delete node", "delete instance"])
+def test_a_role_that_skips_rls_cannot_rewrite_or_delete_another_roles_nodes(db, mallory, mode, change):
+    """The engine reads a step's SQL from df.nodes when it claims the step. A BYPASSRLS role
+    with UPDATE on the table (as managed-service admin roles have) rewrote bob's pending node:
+    its SQL then ran as bob; with DELETE it removed bob's nodes or instance. Every UPDATE or
+    DELETE of another role's row is refused, nothing changed, and bob's instance completes with
+    his own step."""
+    with db.connect() as conn:
+        conn.execute(sql.SQL("GRANT DELETE ON df.instances, df.nodes TO {}").format(sql.Identifier(mallory)))
+    with engine_in_mode(db, mode, concurrency=1):
+        iid = start(db, "dftui_bob", "df.wait_for_signal('go') ~> 'SELECT 42 AS answer'")
+        wait_terminal_or_parked(db, iid)
+        node = db.scalar("SELECT id FROM df.nodes WHERE instance_id = %s AND node_type = 'SQL'", (iid,))
+        snapshot = ("SELECT jsonb_agg(to_jsonb(n) ORDER BY n.id) FROM df.nodes n WHERE instance_id = %s")
+        before = db.scalar(snapshot, (iid,))
+        if change == "delete node":
+            stmt = sql.SQL("DELETE FROM df.nodes WHERE instance_id = %s AND id = %s")
+            args: tuple = (iid, node)
+        elif change == "delete instance":
+            stmt = sql.SQL("DELETE FROM df.instances WHERE id = %s")
+            args = (iid,)
+        else:
+            value = {"query": "SELECT evil.witness('rewritten node') AS w", "node_type": "SLEEP",
+                     "submitted_by": mallory, "status": "completed", "result": '{"answer": 0}'}[change]
+            stmt = sql.SQL("UPDATE df.nodes SET {} = %s WHERE instance_id = %s AND id = %s").format(
+                sql.Identifier(change))
+            args = (value, iid, node)
+        with db.connect(mallory) as conn, pytest.raises(
+                psycopg.errors.InsufficientPrivilege, match="not found or access denied"):
+            conn.execute(stmt, args)
+        assert db.scalar(snapshot, (iid,)) == before
+        with db.connect("dftui_bob") as conn:
+            conn.execute("SELECT df.signal(%s, 'go')", (iid,))
+        assert wait_terminal(db, iid) == "completed", errors(db, iid)
+    assert db.scalar("SELECT result -> 'rows' FROM df.nodes WHERE instance_id = %s AND id = %s",
+                     (iid, node)) == [{"answer": 42}]
+    assert_no_escalation(db)

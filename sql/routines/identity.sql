@@ -43,6 +43,42 @@ CREATE OR REPLACE TRIGGER instances_before_insert_submitter BEFORE INSERT ON df.
 CREATE OR REPLACE TRIGGER nodes_before_insert_submitter BEFORE INSERT ON df.nodes
     FOR EACH ROW EXECUTE FUNCTION df_internal.check_submitter();
 
+-- BEFORE UPDATE OR DELETE on df.nodes, BEFORE DELETE on df.instances: RLS's ownership rule for
+-- everyone who is not privileged (superusers and members of the df owner: the engine, its
+-- SECURITY DEFINER functions, and the cascades of a privileged DELETE, which run as the tables'
+-- owner). SECURITY INVOKER on purpose, as check_submitter. The engine reads a step's SQL from
+-- df.nodes when it claims the step, so a BYPASSRLS role with table UPDATE (managed services'
+-- admin roles) rewrote another role's pending node and its SQL ran as that role; a table DELETE
+-- removed another role's work. (UPDATE of df.instances has its own guard with the same rule,
+-- guard_instance_update, below.)
+CREATE OR REPLACE FUNCTION df_internal.guard_foreign_row() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    instance text;
+BEGIN
+    IF OLD.submitted_by IS DISTINCT FROM pg_catalog.quote_ident(current_user)::pg_catalog.regrole
+       AND NOT pg_catalog.pg_has_role(current_user,
+               (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'df'), 'MEMBER') THEN
+        IF TG_TABLE_NAME = 'nodes' THEN  -- (a record's field is resolved when the line runs)
+            instance := OLD.instance_id;
+        ELSE
+            instance := OLD.id;
+        END IF;
+        RAISE EXCEPTION 'Instance not found or access denied: %', instance
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'Only the role that started an instance may change or delete its rows.';
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        RETURN OLD;
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE TRIGGER nodes_before_write_owner BEFORE UPDATE OR DELETE ON df.nodes
+    FOR EACH ROW EXECUTE FUNCTION df_internal.guard_foreign_row();
+CREATE OR REPLACE TRIGGER instances_before_delete_owner BEFORE DELETE ON df.instances
+    FOR EACH ROW EXECUTE FUNCTION df_internal.guard_foreign_row();
+
 -- AFTER INSERT, SECURITY INVOKER, fired right before instances_after_insert for the same row
 -- (AFTER triggers of one row fire in name order, one after the other, with no user code between
 -- them): hands the inserting role to on_instance_insert, which as SECURITY DEFINER cannot see it.
