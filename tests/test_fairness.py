@@ -189,3 +189,35 @@ def test_cli_limits_shows_sets_and_resets(db, capsys):
     assert db.scalar("SELECT count(*) FROM df_internal.role_limits") == 0
     code, _, err = run("limits", "--dsn", dsn, "--max-running", "2")
     assert code == 2 and "name the ROLE" in err
+
+
+def _join_tree(depth: int, leaf: str) -> str:
+    sub = leaf if depth == 0 else _join_tree(depth - 1, leaf)
+    return sub if depth == 0 else f"df.join({sub}, {sub})"
+
+
+def test_a_backlog_of_one_roles_timers_does_not_delay_another_role(db, mode):
+    """Timers (and signals, loop iterations) were not counted against a role's cap: alice's
+    2,048 due df.sleep(0) leaves, queued before bob's step, took both workers in queue order
+    and bob waited behind the whole backlog (measured: 56 s, none of hers left). Every task now
+    takes one of its role's slots, so bob's step runs while most of alice's backlog is still
+    queued; and, nobody else waiting, her timers still use every worker (they all complete)."""
+    hog = start(db, ALICE, _join_tree(11, "df.sleep(0)"))
+    backlog = db.scalar("SELECT count(*) FROM df_internal.tasks WHERE instance_id = %s", (hog,))
+    assert backlog == 2048
+    victim = start(db, BOB, "'SELECT 42 AS answer'")
+    with engine_in_mode(db, mode, concurrency=2):
+        assert wait_terminal(db, victim, 120) == "completed"
+        left = db.scalar("SELECT count(*) FROM df_internal.tasks WHERE instance_id = %s", (hog,))
+        assert left > backlog // 2, f"bob's step waited for {backlog - left} of alice's timers"
+        assert wait_terminal(db, hog, 600) == "completed"
+
+
+def test_a_role_at_its_cap_still_has_its_timers_fire(db, mode):
+    """Timers take a slot now, but a role at its cap (here 1 of 2 workers, held by its own long
+    step) must still see them fire when no other role needs the free worker: the timeout branch
+    of a RACE against that very step wins, and the step is cancelled."""
+    with engine_in_mode(db, mode, concurrency=2):
+        iid = start(db, ALICE, f"df.race('{LONG}', df.sleep(1))")
+        assert wait_terminal(db, iid, 120) == "completed", "the timer never fired"
+        wait_for(lambda: running_sleeps(db) == 0, 60, what="the losing step to be cancelled")

@@ -84,9 +84,11 @@ BEGIN
     -- claims, so there are never more such roles than workers in all engines. Rows of capped
     -- roles are walked by the index scan, not one by one in PL/pgSQL (issue 17). Nothing taken
     -- yet in pass 1 when that happens: straight to pass 2, which looks at the head of the whole
-    -- queue for other roles' tasks.
+    -- queue for other roles' tasks. Pass 3, only when pass 2 found nothing and some role was
+    -- capped out: that role's light tasks (timers, signals, loop iterations), without a slot —
+    -- the worker is not needed by anyone else, and a role at its cap still has its timers fire.
     pass := CASE WHEN slices > 1 THEN 1 ELSE 2 END;
-    WHILE pass <= 2 LOOP
+    WHILE pass <= 3 LOOP
         rescan := false;
         FOR c IN
             SELECT q.* FROM (
@@ -94,11 +96,15 @@ BEGIN
                    y.node_type IN ('HTTP', 'HTTP_MULTIPART')
                    -- a suspect of an engine death is claimed alone too (see reap_inflight)
                    OR x.suspect AS http,
-                   -- work that occupies a worker counts against its role's running-step cap:
-                   -- steps, and the start of a hand-made instance (its graph is validated and
-                   -- activated inside the claim: up to 10,000 nodes)
+                   -- work that can occupy a worker for long: steps, and the start of a
+                   -- hand-made instance (its graph is validated and activated inside the claim:
+                   -- up to 10,000 nodes). Every task counts against its role's running-step cap
+                   -- (a timer firing, a signal taken, a loop's next iteration too: a role's
+                   -- thousands of due df.sleep(0) leaves, uncapped, took every worker in queue
+                   -- order and other roles waited behind the whole backlog); only light tasks
+                   -- of a capped-out role may still run, on a worker no other role needs (pass 3)
                    (x.kind = 'run' AND y.node_type IN ('SQL', 'HTTP', 'HTTP_MULTIPART'))
-                   OR x.kind = 'start' AS capped,
+                   OR x.kind = 'start' AS heavy,
                    -- (node type and role are on the row when the interpreter queued it, see
                    -- migration 0470; looked up only when not, COALESCE evaluating lazily)
                    COALESCE(x.role_oid, (SELECT s.submitted_by::oid FROM df_internal.instance_state s
@@ -110,12 +116,13 @@ BEGIN
                                                     WHERE n.instance_id = x.instance_id
                                                       AND n.id = x.node_id), '') AS node_type) y
              WHERE x.run_at <= now() AND x.run_at >= resume_at
-               AND (pass = 2 OR (hashtext(x.instance_id) & 2147483647) % slices = p_slice)
+               AND (pass >= 2 OR (hashtext(x.instance_id) & 2147483647) % slices = p_slice)
                -- a capped-out role's tasks are left out *before* the window is cut: filtered
                -- after it, a role with more due tasks than the window (1,000) filled it and
                -- hid every other role's task behind its backlog (issue 13, availability)
                AND (cardinality(capped_out) = 0
-                    OR NOT (((x.kind = 'run' AND y.node_type IN ('SQL', 'HTTP', 'HTTP_MULTIPART'))
+                    OR NOT ((pass < 3
+                             OR (x.kind = 'run' AND y.node_type IN ('SQL', 'HTTP', 'HTTP_MULTIPART'))
                              OR x.kind = 'start')
                             AND COALESCE(x.role_oid, (SELECT s.submitted_by::oid
                                                         FROM df_internal.instance_state s
@@ -156,7 +163,11 @@ BEGIN
             -- lock held until this transaction ends, i.e. while the step runs), at most
             -- role_cap of them at once across every engine; a role without slot rows (none
             -- made yet) is not held back. Taken before the task so a capped task stays free.
-            IF c.capped AND c.role_oid IS NOT NULL AND NOT (c.role_oid = ANY (slotted)) THEN
+            -- (Pass 3: nothing of any other role was due; a light task of a capped-out role
+            -- runs without a slot, so a role at its cap still has its timers fire, e.g. the
+            -- timeout branch of a RACE against its own long step.)
+            IF c.role_oid IS NOT NULL AND NOT (c.role_oid = ANY (slotted))
+               AND NOT (pass = 3 AND NOT c.heavy AND c.role_oid = ANY (capped_out)) THEN
                 CONTINUE WHEN c.role_oid = ANY (capped_out);
                 PERFORM 1 FROM df_internal.role_slots rs
                   WHERE rs.role_oid = c.role_oid
@@ -196,6 +207,9 @@ BEGIN
         IF NOT rescan THEN
             pass := pass + 1;
             resume_at := '-infinity';
+            -- pass 3 only when pass 2 found nothing to do and some role was capped out
+            EXIT WHEN pass = 3 AND (cardinality(insts) + cardinality(started) > 0
+                                    OR cardinality(capped_out) = 0);
         END IF;
     END LOOP;
 
