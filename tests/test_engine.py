@@ -213,6 +213,49 @@ def test_cancel_stops_running_statement(db, counter_engine):
     assert db.scalar("SELECT n FROM public.counter WHERE id = 4") == 0
 
 
+class _Worker:
+    """What cancel_dead_steps reads of a worker: the task it runs, and a cancel to count."""
+
+    def __init__(self, current: tuple[str, str, int]) -> None:
+        self.current = current
+        self.cancels = 0
+
+    def cancel_statement(self) -> None:
+        self.cancels += 1
+
+
+def _sql_task(db, iid: str) -> tuple[str, str, int]:
+    with db.connect() as conn:
+        row = conn.execute("SELECT m.node_id, m.gen FROM df_internal.node_meta m JOIN df.nodes n "
+                           "ON n.instance_id = m.instance_id AND n.id = m.node_id "
+                           "WHERE m.instance_id = %s AND n.node_type = 'SQL'", (iid,)).fetchone()
+    assert row is not None
+    return (iid, row[0], row[1])
+
+
+def test_a_step_whose_own_checkpoint_ended_its_instance_is_not_cancelled(db, live_engine):
+    """The worker clears its current task only after its commit returned: the dead-step check
+    must not take that task for a step of an ended instance (the cancel would hit the worker's
+    next statement), while a step of a cancelled instance is still cancelled."""
+    from types import SimpleNamespace
+
+    from engine.listener import cancel_dead_steps
+
+    done = start(db, ALICE, "'SELECT 1 AS one'")
+    assert wait_terminal(db, done) == "completed"
+    finished = _Worker(_sql_task(db, done))
+    # (a step that has not ended: its node is neither completed nor failed)
+    waiting = start(db, ALICE, "df.wait_for_signal('never') ~> 'SELECT 2 AS two'")
+    wait_for(lambda: db.scalar("SELECT status FROM df.instances WHERE id = %s", (waiting,))
+             == "running", what="the instance to wait for its signal")
+    running = _Worker(_sql_task(db, waiting))
+    with db.connect(ALICE) as conn:
+        conn.execute("SELECT df.cancel(%s)", (waiting,))
+    with db.connect() as conn:
+        assert cancel_dead_steps(SimpleNamespace(workers=[finished, running]), conn) == 1
+    assert (finished.cancels, running.cancels) == (0, 1)
+
+
 def test_escalation_attempts_fail(db, counter_engine):
     for attack in ("RESET ROLE", "SET ROLE postgres", "SET SESSION AUTHORIZATION postgres",
                    "SELECT set_config(''role'', ''postgres'', false)"):
