@@ -79,6 +79,10 @@ class StepTransaction:
         # step's dblink connections, which only SESSION_RESET closes, see STEP_RESET): the
         # worker resets it before its batch commits, or before the next claim at the latest.
         self.needs_discard = False
+        # Is the engine shutting down? Then a step cancelled by the shutdown (its grace over) is
+        # not a failure of the step: it stays queued and runs again on the next engine (set by
+        # the worker).
+        self.stopping: Callable[[], bool] = lambda: False
 
     # -- 1–5: one task ---------------------------------------------------------------------------
     def run(self, conn: psycopg.Connection, task: Task, *, first: bool, commit: bool,
@@ -124,6 +128,10 @@ class StepTransaction:
         except StepFailure as failure:
             if not self._rollback_step(conn, in_savepoint):
                 return Outcome.ABORTED
+            if self.stopping() and is_error(failure.sqlstate, psycopg.errors.QueryCanceled):
+                log.info("step %s/%s interrupted by the shutdown; it runs again",
+                         task.instance_id, task.node_id)
+                return Outcome.CONFLICT  # (rolled back to its savepoint: it stays queued)
             if not first and is_error(failure.sqlstate, CONFLICTS):
                 log.debug("step %s/%s gave way to the batch's locks (%s); runs again alone",
                           task.instance_id, task.node_id, failure.sqlstate)

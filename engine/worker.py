@@ -56,6 +56,7 @@ class Worker:
         self.thread_done = threading.Event()
         self.sql = SqlSteps(engine.config, engine.id, engine.trampolines, engine.types)
         self.steps = StepTransaction(engine.config, engine.id, number, self.sql)
+        self.steps.stopping = lambda: engine.stopping
         self.more_work = True
         self.pacer = BatchPacer(engine.config.batch_size)
         # While backing off after a claim that could take none of the due tasks: the roles of

@@ -417,3 +417,32 @@ def test_domain_typed_result_columns(db, counter_engine):
     iid = start(db, ALICE, "'SELECT 5::public.posint AS p, ''x'' AS t'")
     assert wait_terminal(db, iid) == "completed", node_rows(db, iid)
     assert root_result(db, iid)["rows"] == [{"p": 5, "t": "x"}]
+
+
+def test_a_step_cancelled_by_the_engines_shutdown_runs_again(db):
+    """A graceful stop (SIGTERM, quitting the demo) cancels the steps still running after its
+    grace: such a step has not failed — it stays queued and the next engine runs it again, as
+    docs/operations.md promises (it was recorded failed: "canceling statement due to user
+    request")."""
+    from engine.config import EngineConfig
+    from engine.runner import Engine
+
+    engine = Engine(EngineConfig(dsn=db.dsn(), concurrency=1, poll_interval=1.0,
+                                 shutdown_grace=0.2))
+    engine.start()
+    try:
+        iid = start(db, ALICE, "'SELECT pg_sleep(600) AS slept'")
+        wait_for(lambda: db.scalar(SLEEPING) == 1, what="the step running")
+    finally:
+        engine.stop()
+    assert db.scalar("SELECT status FROM df.nodes WHERE instance_id = %s", (iid,)) != "failed"
+    assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (iid,)) in ("pending",
+                                                                                  "running")
+    assert db.scalar("SELECT count(*) FROM df_internal.tasks WHERE instance_id = %s", (iid,)) == 1
+    with running_engine(db.dsn()):  # the next engine runs it again, charging it no fault
+        wait_for(lambda: db.scalar(SLEEPING) == 1, what="the step running again")
+        assert db.scalar("SELECT faults FROM df_internal.tasks WHERE instance_id = %s",
+                         (iid,)) == 0
+        with db.connect(ALICE) as conn:
+            conn.execute("SELECT df.cancel(%s)", (iid,))
+        assert wait_terminal(db, iid) == "cancelled"
