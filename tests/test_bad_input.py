@@ -112,10 +112,10 @@ CASES = [
      r"not found or access denied"),
     ("cancel unknown id", ALICE, "SELECT df.cancel('deadbeef')", (), r"not found or access denied"),
     ("retry unknown id", ALICE, "SELECT df.retry('deadbeef')", (), r"not found or access denied"),
-    ("await unknown id", ALICE, "SELECT df.await_instance('deadbeef', 0)", (), r"not found"),
-    # (df.instance_info / df.instance_nodes of an unknown id return no rows, as pg_durable's:
-    # tests/test_monitoring.py)
-    ("explain unknown id", ALICE, "SELECT * FROM df.explain('deadbeef')", (), r"not found or access denied"),
+    ("await unknown id", ALICE, "SELECT df.await_instance('deadbeef', 1)", (), r"not found"),
+    # (df.instance_info / df.instance_nodes of an unknown id return no rows and df.explain
+    # returns the text "Instance '<id>' not found", as pg_durable's do:
+    # tests/test_pg_durable_missing_ids.py)
     # malformed cursors and listing options
     ("garbage cursor", ALICE, "SELECT * FROM df.list_instances(NULL, 10, NULL, 'garbage')", (),
      r"df.list_instances: invalid after_cursor"),

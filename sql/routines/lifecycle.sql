@@ -248,13 +248,15 @@ DECLARE
     v_deadline timestamptz;
     v_pause    double precision := 0.01;
 BEGIN
+    -- (pg_durable's texts, word for word; STRICT, see zz_pg_durable_surface.sql: NULL in, NULL out)
     IF pg_catalog.current_setting('df.in_workflow', true) = 'true' THEN
-        RAISE EXCEPTION 'df.await_instance() cannot be called inside a workflow'
+        RAISE EXCEPTION 'df.await_instance() cannot be called inside a workflow - it would block a worker thread (and self-deadlock if waiting on the current instance). Use df.signal() and df.wait_for_signal() for cross-workflow coordination.'
             USING ERRCODE = 'feature_not_supported';
     END IF;
-    IF timeout_seconds IS NULL OR timeout_seconds < 0 THEN
-        RAISE EXCEPTION 'df.await_instance: timeout_seconds must be a number >= 0, got %',
-            coalesce(timeout_seconds::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
+    IF timeout_seconds IS NULL OR timeout_seconds <= 0 THEN
+        RAISE EXCEPTION 'Timeout must be positive' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = format('df.await_instance(): timeout_seconds was %s; it is a whole number of seconds >= 1.',
+                            coalesce(timeout_seconds::text, 'NULL'));
     END IF;
     v_deadline := pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => timeout_seconds);
     LOOP
@@ -266,7 +268,7 @@ BEGIN
             RETURN v_status;
         END IF;
         IF pg_catalog.clock_timestamp() >= v_deadline THEN
-            RAISE EXCEPTION 'Timeout after % seconds waiting for instance % (status: %)',
+            RAISE EXCEPTION 'Timeout after %s waiting for instance % (status: %). Check if background worker is running.',
                 timeout_seconds, instance_id, v_status USING ERRCODE = 'query_canceled';
         END IF;
         PERFORM pg_catalog.pg_sleep(LEAST(v_pause,
