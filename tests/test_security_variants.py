@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from engine.pacing import BUSY_BUDGET
 from tests.support import (
     ALICE,
     BOB,
@@ -218,14 +219,15 @@ def test_dblink_connections_of_a_batch_are_closed_before_its_next_batch(db, mode
     connections open and closes them before the batch commits (the close costs a caught error
     per call: issue 17). A batch that stops early — its first step outlasts the batch's time
     budget, so the tasks claimed behind it go back to the queue — must close them too: bob's
-    tasks claimed with the step that opened them run in a later batch of the same session and
-    find nothing."""
+    task claimed with the step that opened them runs in a later batch of the same session and
+    finds nothing, as does one claimed later. (A first claim takes two tasks, engine/pacing.py;
+    the opener sleeps past the budget of a batch with no other worker idle.)"""
     schema, target = _bob_may_open_dblink(db)
     with db.connect(BOB) as conn:  # queued before the engine starts: one claim takes them all
         opener = conn.execute("SELECT df.start(%s)", (
             f"SELECT {schema}.dblink_connect_u('leak', '{target}') AS named, "
             f"{schema}.dblink_connect_u('{target}') AS unnamed, pg_backend_pid() AS pid, "
-            "pg_sleep(0.3) AS outlasts_the_budget",)).fetchone()[0]
+            f"pg_sleep({2 * BUSY_BUDGET}) AS outlasts_the_budget",)).fetchone()[0]
         lister = conn.execute("SELECT df.start(%s)", (
             f"SELECT coalesce({schema}.dblink_get_connections(), '{{}}')::text AS conns, "
             "pg_backend_pid() AS pid",)).fetchone()[0]
@@ -237,8 +239,8 @@ def test_dblink_connections_of_a_batch_are_closed_before_its_next_batch(db, mode
     assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (opener,)) == "completed", \
         errors(db, opener)
     picked = db.scalar("SELECT count(DISTINCT picked_up_at) FROM df_internal.instance_pickups "
-                       "WHERE instance_id IN (%s, %s, %s)", (opener, lister, unnamed))
-    assert picked == 1, "the three were not claimed by one batch: the test proves nothing"
+                       "WHERE instance_id IN (%s, %s)", (opener, lister))
+    assert picked == 1, "the lister was not claimed with the opener: the test proves nothing"
     opened_in = root_result(db, opener)["rows"][0]["pid"]
     listed = root_result(db, lister)["rows"][0]
     assert listed["pid"] == opened_in, "not the same engine session: the test proves nothing"
