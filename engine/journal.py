@@ -67,13 +67,30 @@ class Journal:
                     "backend_start = EXCLUDED.backend_start, instance_ids = EXCLUDED.instance_ids, "
                     "node_ids = EXCLUDED.node_ids, gens = EXCLUDED.gens, "
                     "worker_pid = EXCLUDED.worker_pid, worker_backend_start = EXCLUDED.worker_backend_start, "
-                    "recorded_at = pg_catalog.now()",
+                    "side_pid = NULL, side_backend_start = NULL, recorded_at = pg_catalog.now()",
                     (self._engine_id, worker, pid, started, [k[0] for k in keys],
                      [k[1] for k in keys], [k[2] for k in keys], worker_pid, worker_pid))
             except psycopg.Error:
                 self._close()
                 raise
             self._recorded.add(worker)
+
+    def side_session(self, worker: int, pid: int) -> None:
+        """`worker`'s current step runs on server session `pid` in another database (see
+        SqlSteps.run_elsewhere): where the console finds it. Best effort: a step is not held
+        back because the console could not be told where it runs."""
+        with self._lock:
+            if worker not in self._recorded:
+                return
+            try:
+                conn, _ = self._connection()
+                conn.execute(
+                    "UPDATE df_internal.inflight SET side_pid = %s, side_backend_start = (SELECT "
+                    "a.backend_start FROM pg_catalog.pg_stat_get_activity(%s) a) "
+                    "WHERE engine_id = %s AND worker = %s", (pid, pid, self._engine_id, worker))
+            except psycopg.Error as exc:
+                log.warning("journal: %s", exc)
+                self._close()
 
     def clear(self, worker: int) -> None:
         """`worker` runs nothing now (it went idle): forget its last batch."""

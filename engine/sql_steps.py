@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -109,6 +110,9 @@ class SqlSteps:
         self._side: dict[str, psycopg.Connection] = {}
         self._types_by_db: dict[str, TypeCache] = {}
         self.side_active: psycopg.Connection | None = None  # cancelled along with the worker
+        # Told the server session a step in another database runs on (the worker journals it:
+        # the console finds the step's session there, engine/activity.py).
+        self.on_side_session: Callable[[int], None] | None = None
 
     def plan(self, conn: psycopg.Connection, task: Task,
              started: datetime) -> FusedStep | Elsewhere:
@@ -298,12 +302,16 @@ class SqlSteps:
             raise StepFailure(f"the submitting role (oid {task.role_oid}) does not exist in "
                               f"database \"{database}\"", kind="identity")
         self.side_active = conn
+        if self.on_side_session is not None:
+            self.on_side_session(conn.info.backend_pid)
         try:
             conn.execute("BEGIN")
             conn.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true)", (timeout_ms,))
             columns = self._describe(conn, task, text)
             result_sql = self._result_expression(conn, task, text, columns, self.types_for(database))
-            result = scalar(conn, f"SELECT {result_sql}")  # no params: nothing is %-formatted
+            # (the marker first, as on the worker's session: the console finds the step by it)
+            marker = step_marker(task.instance_id, task.node_id, task.gen)
+            result = scalar(conn, f"{marker} SELECT {result_sql}")  # no params: nothing is %-formatted
             conn.execute("COMMIT")
         except StepFailure:
             with contextlib.suppress(psycopg.Error):

@@ -55,6 +55,7 @@ class Worker:
         self.busy = False
         self.thread_done = threading.Event()
         self.sql = SqlSteps(engine.config, engine.id, engine.trampolines, engine.types)
+        self.sql.on_side_session = lambda pid: engine.journal.side_session(number, pid)
         self.steps = StepTransaction(engine.config, engine.id, number, self.sql)
         self.steps.stopping = lambda: engine.stopping
         self.more_work = True

@@ -101,6 +101,45 @@ def test_terminate_rolls_the_step_back_and_it_runs_again(db, mode) -> None:
     assert "backend terminated" in events and events[-1] == "completed"
 
 
+def test_a_step_in_another_database_is_found_on_its_own_session_and_cancelled(db, mode) -> None:
+    """A step naming another database runs on a session the worker opened there, not on the
+    worker's own: the console finds it there (side_pid, migration 0500), reports its locks as
+    that database's, cancels it, and refuses to terminate it (that would fail the step, not
+    run it again as terminate promises)."""
+    other = db.name + "_side"
+    with db.server.admin() as conn:
+        conn.execute(f'CREATE DATABASE "{other}"')
+        conn.execute(f'GRANT CREATE ON DATABASE "{other}" TO PUBLIC')  # (df_exec, least-privilege)
+    try:
+        with psycopg.connect(db.server.conninfo(other), autocommit=True) as conn:
+            conn.execute("CREATE TABLE public.held_there (x int)")
+            conn.execute(f"ALTER TABLE public.held_there OWNER TO {ALICE}")
+        with psycopg.connect(db.server.conninfo(other)) as holder, engine_in_mode(db, mode):
+            holder.execute("LOCK TABLE public.held_there IN ACCESS EXCLUSIVE MODE")
+            iid = start(db, ALICE, "'SELECT count(*) AS n FROM public.held_there', NULL, %s", other)
+            rows = wait_for(lambda: [r for r in _activity(db, ALICE, iid) if r["wait_event_type"] == "Lock"],
+                            what="the step to wait for the lock in the other database")
+            row = rows[0]
+            assert db.scalar("SELECT datname FROM pg_stat_activity WHERE pid = %s", (row["backend_pid"],)) == other
+            assert any(w["relation"].startswith("relation ") and w["relation"].endswith(f"in database {other}")
+                       for w in row["waiting_for"]), row["waiting_for"]
+            assert holder.info.backend_pid in {b["pid"] for b in row["blocked_by"]}
+            assert _error(db, BOB, "SELECT * FROM df.step_activity(%s)", (iid,)) == NOT_FOUND
+            assert "runs in another database" in _error(
+                db, ALICE, "SELECT df.terminate_step_backend(%s)", (iid,))
+            with db.connect(ALICE) as conn:
+                message = conn.execute("SELECT df.cancel_step_backend(%s)", (iid,)).fetchone()[0]
+            assert message == (f"cancelled the statement of node {row['node_id']} on engine session "
+                               f"{row['backend_pid']}; the step fails unless its retry policy retries it")
+            assert wait_terminal(db, iid) == "failed"
+            holder.rollback()
+        error = db.scalar("SELECT error FROM df_internal.instance_state WHERE instance_id = %s", (iid,))
+        assert "canceling statement due to user request" in error
+    finally:
+        with db.server.admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
+
+
 def test_a_step_cannot_watch_or_cancel_steps(db, mode) -> None:
     """Inside a step the session is the engine's (a superuser, or the df owner): the console
     functions must refuse there, or any step could see and cancel every role's steps."""

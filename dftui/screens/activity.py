@@ -10,8 +10,8 @@ the server says it did.
 
 Every other running step of the instance is listed with what it is doing instead: sleeping
 until a time, waiting for a signal or a cron schedule, queued for an engine worker, waiting
-out a retry backoff, an HTTP call in flight, or a SQL step that runs in another database —
-whose engine session is not shown, and the view says why.
+out a retry backoff, an HTTP call in flight. A SQL step that runs in another database is shown
+like any other while it executes there (on the session the engine opened in that database).
 """
 
 from __future__ import annotations
@@ -154,9 +154,9 @@ class ActivityScreen(BaseScreen):
     def _doing(self, w: StepWait) -> str:
         """What a running step that no engine session executes here is doing, in words."""
         if w.database:
-            return (f"runs in database {w.database!r} on the engine's connection there: its "
-                    "session is not shown (this view reads the engine's sessions in this "
-                    "database only)")
+            return (f"runs in database {w.database!r} on the engine's connection there; no "
+                    "statement of it is executing at this moment (it is being set up there, "
+                    "or its result is being checkpointed here)")
         if w.waiting_for == "timer":
             return f"sleeping until {self._when(w.due_at)}"
         if w.waiting_for == "signal":

@@ -82,30 +82,37 @@ RETURNS text LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 REVOKE ALL ON FUNCTION df_internal.step_marker(text, text, integer) FROM PUBLIC;
 
--- The steps of an instance that an engine session is executing right now, with that session.
--- `visible` is false when the df owner cannot read the engine session's activity (the schema
--- owner is not the role the engine connects as, and lacks pg_read_all_stats).
+-- The steps of an instance that an engine session is executing right now, with that session:
+-- the worker's own, or, for a step naming another database, the session the worker opened in
+-- that database (side_pid, migration 0500: `elsewhere`). `visible` is false when the df owner
+-- cannot read the engine session's activity (the schema owner is not the role the engine
+-- connects as, and lacks pg_read_all_stats); such a session is reported only as the worker's.
+DROP FUNCTION IF EXISTS df_internal.running_step_backends(text);  -- (its columns changed)
 CREATE OR REPLACE FUNCTION df_internal.running_step_backends(p_instance text)
-RETURNS TABLE (node_id text, gen integer, pid integer, visible boolean, batch_roles pg_catalog.oid[])
+RETURNS TABLE (node_id text, gen integer, pid integer, visible boolean, batch_roles pg_catalog.oid[],
+               elsewhere boolean)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY
-    SELECT k.n::text, k.g, f.worker_pid,
+    SELECT k.n::text, k.g, a.pid,
            a.query IS NOT NULL AND a.query OPERATOR(pg_catalog.<>) '<insufficient privilege>',
            (SELECT pg_catalog.array_agg(DISTINCT s.submitted_by::pg_catalog.oid)
               FROM df_internal.instance_state s
-             WHERE s.instance_id OPERATOR(pg_catalog.=) ANY (f.instance_ids))
+             WHERE s.instance_id OPERATOR(pg_catalog.=) ANY (f.instance_ids)),
+           w.elsewhere
       FROM df_internal.inflight f
      CROSS JOIN LATERAL unnest(f.instance_ids, f.node_ids, f.gens) AS k(i, n, g)  -- (multi-array form: unqualified)
       JOIN df_internal.node_meta m
         ON m.instance_id OPERATOR(pg_catalog.=) k.i AND m.node_id OPERATOR(pg_catalog.=) k.n
        AND m.gen OPERATOR(pg_catalog.=) k.g
-     CROSS JOIN LATERAL pg_catalog.pg_stat_get_activity(f.worker_pid) AS a
+     CROSS JOIN LATERAL (VALUES (f.worker_pid, f.worker_backend_start, false),
+                                (f.side_pid, f.side_backend_start, true)) AS w(pid, started, elsewhere)
+     CROSS JOIN LATERAL pg_catalog.pg_stat_get_activity(w.pid) AS a
      WHERE k.i OPERATOR(pg_catalog.=) p_instance
-       AND f.worker_pid IS NOT NULL
-       AND a.pid OPERATOR(pg_catalog.=) f.worker_pid
-       AND a.backend_start OPERATOR(pg_catalog.=) f.worker_backend_start
-       AND (a.query IS NULL OR a.query OPERATOR(pg_catalog.=) '<insufficient privilege>'
+       AND w.pid IS NOT NULL
+       AND a.pid OPERATOR(pg_catalog.=) w.pid
+       AND a.backend_start OPERATOR(pg_catalog.=) w.started
+       AND ((NOT w.elsewhere AND (a.query IS NULL OR a.query OPERATOR(pg_catalog.=) '<insufficient privilege>'))
             OR (a.state OPERATOR(pg_catalog.=) 'active'
                 AND pg_catalog.starts_with(a.query, df_internal.step_marker(k.i, k.n, k.g))));
 END $$;
@@ -141,8 +148,14 @@ BEGIN
            a.xact_start,
            COALESCE((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
                         'locktype', l.locktype, 'mode', l.mode,
-                        'relation', CASE WHEN l.relation IS NOT NULL
-                                         THEN l.relation::pg_catalog.regclass::text END,
+                        -- (a step in another database: its relations are not this one's)
+                        'relation', CASE WHEN l.relation IS NULL THEN NULL
+                                         WHEN l.database IN (0, (SELECT d.oid FROM pg_catalog.pg_database d
+                                                                  WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()))
+                                         THEN l.relation::pg_catalog.regclass::text
+                                         ELSE pg_catalog.format('relation %s in database %s', l.relation,
+                                                  (SELECT d.datname FROM pg_catalog.pg_database d
+                                                    WHERE d.oid OPERATOR(pg_catalog.=) l.database)) END,
                         'transactionid', l.transactionid::text,
                         'virtualxid', l.virtualxid,
                         'tuple', CASE WHEN l.tuple IS NOT NULL
@@ -212,6 +225,10 @@ BEGIN
         IF NOT b.visible THEN
             RAISE EXCEPTION 'the df schema owner cannot see the engine''s sessions (grant it pg_read_all_stats and pg_signal_backend, or run the engine as the owner)'
                 USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        IF p_terminate AND b.elsewhere THEN
+            RAISE EXCEPTION 'node % runs in another database, on a session of its own: terminating it would fail the step, not run it again: cancel the step instead', b.node_id
+                USING ERRCODE = 'feature_not_supported';
         END IF;
         IF p_terminate AND b.batch_roles IS DISTINCT FROM ARRAY[owner] THEN
             RAISE EXCEPTION 'the engine session running node % also runs other roles'' steps in the same transaction; terminating it would roll them back: cancel the step instead', b.node_id

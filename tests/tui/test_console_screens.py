@@ -118,7 +118,7 @@ async def test_activity_says_what_every_other_running_step_is_doing(db):
     assert "WAIT_SCHEDULE waiting for the schedule '0 0 1 1 *', next at " in waits
     assert "SQL ready since " in texts[queued] and "waiting for a free engine worker" in texts[queued]
     assert "runs in database 'postgres'" in texts[elsewhere]
-    assert "its session is not shown" in texts[elsewhere]
+    assert "no statement of it is executing at this moment" in texts[elsewhere]
 
 
 async def test_history_screen_keeps_the_failed_execution_after_a_retry(db):
