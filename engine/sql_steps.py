@@ -268,6 +268,19 @@ class SqlSteps:
             self._side[database] = conn
         return conn
 
+    def _wipe_or_drop(self, database: str, conn: psycopg.Connection) -> None:
+        """Wipe a side session after a failed step (its transaction rolled back; dblink
+        connections survive that); a session that cannot be wiped is never used again."""
+        try:
+            if conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.execute("ROLLBACK")
+            reset_foreign_session(conn)
+        except psycopg.Error:
+            if self._side.get(database) is conn:
+                del self._side[database]
+            with contextlib.suppress(Exception):
+                conn.close()
+
     def close_side_connections(self) -> None:
         for conn in self._side.values():
             with contextlib.suppress(Exception):
@@ -304,6 +317,7 @@ class SqlSteps:
         self.side_active = conn
         if self.on_side_session is not None:
             self.on_side_session(conn.info.backend_pid)
+        wiped = False
         try:
             conn.execute("BEGIN")
             conn.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true)", (timeout_ms,))
@@ -312,7 +326,15 @@ class SqlSteps:
             # (the marker first, as on the worker's session: the console finds the step by it)
             marker = step_marker(task.instance_id, task.node_id, task.gen)
             result = scalar(conn, f"{marker} SELECT {result_sql}")  # no params: nothing is %-formatted
+            # Wipe the session inside the step's transaction, as the home database does: wiped
+            # after the COMMIT, the step's committed state (temporary objects, session-level
+            # settings) met a wipe that could fail on its own (DISCARD TEMP waiting for a lock
+            # the database's owner holds, under her lock_timeout), and a failed wipe is rolled
+            # back whole, RESET ALL included: the step's search_path stayed for the engine's
+            # next statement there. Now the wipe fails the step, and the rollback undoes both.
+            reset_foreign_session(conn)
             conn.execute("COMMIT")
+            wiped = True
         except StepFailure:
             with contextlib.suppress(psycopg.Error):
                 conn.execute("ROLLBACK")
@@ -324,8 +346,8 @@ class SqlSteps:
                               sqlstate=exc.sqlstate, ran_sql=text) from exc
         finally:
             self.side_active = None
-            with contextlib.suppress(psycopg.Error):
-                reset_foreign_session(conn)
+            if not wiped:
+                self._wipe_or_drop(database, conn)
         details = ({"columns": [c.name for c in columns], "database": database}
                    if columns else {"database": database})
         return Complete(result, details, text)

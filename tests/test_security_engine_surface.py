@@ -8,6 +8,8 @@ Each test fails if its route works, in both engine modes (`mode`). `evil.witness
 
 from __future__ import annotations
 
+import threading
+
 import psycopg
 import pytest
 from psycopg import sql
@@ -194,6 +196,61 @@ def test_a_df_exec_schema_the_engine_does_not_own_is_refused(db, mode, alice_dat
         ok = start(db, BOB, "'SELECT 1 AS ok'")
         assert wait_terminal(db, ok) == "completed"
     assert counters(alice_database)[0] == 0
+    assert_no_escalation(alice_database)
+
+
+# A step in alice's database leaves a temporary sequence that a default on her own table depends
+# on, and a session-level search_path that puts her schema before pg_catalog; `evil.oid` is a
+# domain whose CHECK is the witness, so any engine statement naming the type `oid` on that
+# session runs it as the engine.
+_POISON_STEP = """DO $p$ BEGIN
+    CREATE TEMP SEQUENCE leftover;
+    ALTER TABLE evil.held ALTER COLUMN c SET DEFAULT pg_catalog.nextval('pg_temp.leftover');
+    PERFORM pg_catalog.set_config('search_path', 'evil, pg_catalog', false);
+    PERFORM pg_catalog.pg_sleep(1.5);
+END $p$"""
+
+
+def test_a_step_in_another_database_cannot_leave_state_for_the_engines_next_statement(
+        db, mode, alice_database):
+    """The engine's session in another database is wiped after each step. The wipe was a
+    separate statement after the step's COMMIT: alice (owning the database, so its
+    lock_timeout) holds a lock DISCARD TEMP needs (dropping her committed temporary sequence
+    drops her table's default), the wipe fails as a whole, RESET ALL with it, and the step's
+    search_path stays on the engine's session for its next statement there."""
+    with alice_database.connect(ALICE) as conn:
+        conn.execute("CREATE TABLE evil.held (c bigint)")
+        conn.execute("CREATE DOMAIN evil.oid AS pg_catalog.oid CHECK (evil.witness('oid'))")
+        conn.execute(sql.SQL("ALTER DATABASE {} SET lock_timeout = '200ms'").format(
+            sql.Identifier(alice_database.name)))
+    holder = psycopg.connect(alice_database.server.conninfo(alice_database.name, ALICE))
+    try:
+        holder.execute("SET lock_timeout = 0")
+
+        def hold_the_table() -> None:  # queued behind the step's lock, granted at its commit
+            holder.execute("LOCK TABLE evil.held IN ACCESS SHARE MODE")
+
+        with engine_in_mode(db, mode, concurrency=1):
+            with db.connect(ALICE) as conn:
+                first = conn.execute("SELECT df.start(%s, database => %s)",
+                                     (_POISON_STEP, alice_database.name)).fetchone()[0]
+            wait_for(lambda: alice_database.scalar(
+                "SELECT count(*) FROM pg_locks WHERE relation = 'evil.held'::regclass "
+                "AND mode = 'AccessExclusiveLock' AND granted"), 30, what="the step's lock")
+            locker = threading.Thread(target=hold_the_table)
+            locker.start()
+            assert wait_terminal(db, first) == "completed", errors(db, first)
+            locker.join(30)
+            holder.rollback()
+            # the engine's next statements in that database (same worker, same session)
+            with db.connect(ALICE) as conn:
+                second = conn.execute("SELECT df.start('SELECT 1 AS x', database => %s)",
+                                      (alice_database.name,)).fetchone()[0]
+            assert wait_terminal(db, second) == "completed", errors(db, second)
+    finally:
+        holder.close()
+    ran = alice_database.scalar("SELECT string_agg(tag || ' as ' || who, ', ') FROM evil.log")
+    assert counters(alice_database)[0] == 0, ran
     assert_no_escalation(alice_database)
 
 
