@@ -460,3 +460,40 @@ def test_identity_failures_are_reported_in_a_readable_way(db, eng):
     message = errors(db, iid)
     assert "\n" not in message and "Traceback" not in message
     assert message.startswith("VACUUM cannot run as a workflow step")
+
+
+# -- code queued for the engine's COMMIT by code the step's own flush runs ------------------------
+
+REARM_SETUP = """
+CREATE TABLE evil.late_t (x int);
+CREATE FUNCTION evil.late_fire() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM evil.witness('re-deferred trigger');
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER late_t_fire AFTER INSERT ON evil.late_t
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION evil.late_fire();
+CREATE TABLE evil.relay (x int);
+CREATE FUNCTION evil.rearm() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    SET CONSTRAINTS ALL DEFERRED;
+    INSERT INTO evil.late_t VALUES (NEW.x);
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER relay_rearm AFTER INSERT ON evil.relay
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION evil.rearm();
+"""
+
+
+def test_a_trigger_fired_by_the_steps_flush_cannot_defer_code_to_the_engines_commit(db, eng):
+    """The trampoline fires the step's deferred triggers as the submitter (SET CONSTRAINTS ALL
+    IMMEDIATE) before returning; a trigger fired there defers the constraints again and queues
+    another deferred event, which would fire at the engine's COMMIT, as the engine."""
+    alice_sql(db, REARM_SETUP)
+    iid = start(db, ALICE, "'INSERT INTO evil.relay VALUES (1)' ~> 'SELECT current_user::text AS who'")
+    status = wait_terminal(db, iid)
+    ran = db.scalar("SELECT string_agg(tag || ' as ' || who, ', ') FROM evil.log")
+    assert counters(db)[0] == 0, ran
+    assert_no_escalation(db)
+    assert status in ("completed", "failed"), errors(db, iid)
+    assert ran == "re-deferred trigger as dftui_alice", (ran, status, errors(db, iid))
