@@ -154,11 +154,43 @@ _OWNER_GUARD = """    IF pg_catalog.quote_ident(current_user)::pg_catalog.regrol
 _MARK = _OWNER_GUARD + _LOCK_MARKER
 
 
+# Fire the step's deferred triggers and checks here, as the submitter: what is still pending at
+# COMMIT fires as the engine. A trigger fired by the flush can defer the constraints again and
+# queue new events (PostgreSQL 15 leaves them pending: they fired at the engine's COMMIT, as the
+# engine); so flush again until a flush changed no row. A new event needs a row change (row
+# triggers, deferred unique/exclusion/foreign-key checks) on a relation with a deferrable trigger
+# (such constraints have one in pg_trigger too), and the transaction's row changes are counted per
+# relation (pg_stat_get_xact_tuples_*; a relation given a deferrable trigger during the flush is
+# counted afterwards, so the counts differ). With no deferrable trigger at all nothing can be
+# pending (a trigger with pending events cannot be dropped): one flush, one catalog scan. An
+# endless chain ends with the step's timeout. Everything is qualified: the search_path is the
+# submitter's.
+_CHANGED_ROWS = """(SELECT pg_catalog.sum(
+                pg_catalog.pg_stat_get_xact_tuples_inserted(t.tgrelid)
+                OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_updated(t.tgrelid)
+                OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted(t.tgrelid))
+              FROM pg_catalog.pg_trigger t WHERE t.tgdeferrable)"""
+_FLUSH = """    DECLARE
+        changed_before pg_catalog.numeric;
+        changed_after pg_catalog.numeric := """ + _CHANGED_ROWS + """;
+    BEGIN
+        IF changed_after IS NULL THEN  -- no deferrable trigger anywhere: nothing is deferred
+            SET CONSTRAINTS ALL IMMEDIATE;
+        END IF;
+        WHILE changed_after IS NOT NULL LOOP  -- (NULL: every deferrable trigger dropped)
+            changed_before := changed_after;
+            SET CONSTRAINTS ALL IMMEDIATE;
+            changed_after := """ + _CHANGED_ROWS + """;
+            -- (no IS DISTINCT FROM: it looks `=` up on the submitter's search_path)
+            EXIT WHEN changed_after IS NULL OR changed_after OPERATOR(pg_catalog.=) changed_before;
+        END LOOP;
+    END;
+"""
+
 _STEP_BODY = """
 BEGIN
 """ + _MARK + _IN_WORKFLOW + """    RETURN QUERY EXECUTE q;
-    SET CONSTRAINTS ALL IMMEDIATE;
-    EXECUTE 'CLOSE ALL';
+""" + _FLUSH + """    EXECUTE 'CLOSE ALL';
 END
 """
 
@@ -171,8 +203,7 @@ BEGIN
 """ + _MARK + _IN_WORKFLOW + """    FOR r IN EXECUTE q LOOP
         RETURN NEXT pg_catalog.to_jsonb(r);
     END LOOP;
-    SET CONSTRAINTS ALL IMMEDIATE;
-    EXECUTE 'CLOSE ALL';
+""" + _FLUSH + """    EXECUTE 'CLOSE ALL';
 END
 """
 
@@ -182,8 +213,7 @@ DECLARE
 BEGIN
 """ + _MARK + _IN_WORKFLOW + """    EXECUTE q;
     GET DIAGNOSTICS n = ROW_COUNT;
-    SET CONSTRAINTS ALL IMMEDIATE;
-    EXECUTE 'CLOSE ALL';
+""" + _FLUSH + """    EXECUTE 'CLOSE ALL';
     RETURN n;
 END
 """
