@@ -87,9 +87,10 @@ async def test_engines_screen_shows_engine_and_waits(db):
         waiting = start(db, "dftui_alice", "df.wait_for_signal('go', 3600), 'waiter'")
         wait_for(lambda: db.scalar("SELECT status FROM df.instances WHERE id = %s", (done,))
                  == "completed", what="quick instance done")
-        wait_for(lambda: db.scalar("SELECT status FROM df.nodes WHERE instance_id = %s "
-                                   "AND node_type = 'SIGNAL'", (waiting,)) == "running",
-                 what="signal wait running")
+        # (the node reads running once activated; the wait is listed once the engine parked it)
+        wait_for(lambda: db.scalar("SELECT count(*) FROM df.waiting_instances WHERE instance_id = %s",
+                                   (waiting,), role="dftui_alice") == 1,
+                 what="signal wait parked and listed")
         app = make_app(db, "dftui_alice", clock=None)
         async with app.run_test(size=(160, 48)) as pilot:
             health = await engines_health(pilot, app)
