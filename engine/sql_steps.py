@@ -335,13 +335,7 @@ class SqlSteps:
             reset_foreign_session(conn)
             conn.execute("COMMIT")
             wiped = True
-        except StepFailure:
-            with contextlib.suppress(psycopg.Error):
-                conn.execute("ROLLBACK")
-            raise
-        except psycopg.Error as exc:
-            with contextlib.suppress(psycopg.Error):
-                conn.execute("ROLLBACK")
+        except psycopg.Error as exc:  # (rolled back below, by _wipe_or_drop)
             raise StepFailure(step_message(exc, text), kind=failure_kind(exc.sqlstate),
                               sqlstate=exc.sqlstate, ran_sql=text) from exc
         finally:
