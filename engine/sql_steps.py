@@ -37,6 +37,7 @@ from engine.db import connect, scalar
 from engine.errors import (
     EngineStatementError,
     StepFailure,
+    is_error,
     pq_message,
     pq_state,
     raised_in_step,
@@ -94,6 +95,31 @@ class Elsewhere:
     text: str  # substituted
 
 
+# A step sharing its transaction with other claimed tasks runs at most this long (its own
+# timeout when that is shorter): until the batch commits, the checkpoints of the steps before it
+# and the row locks of the tasks after it wait on it, and a long step would hold every one of
+# them hostage (a quick step queued behind pg_sleep(600) in one claim waited ten minutes). Past
+# it the step gives way: rolled back to its savepoint, uncharged, it runs again alone.
+BATCHED_STEP_CAP_MS = 1000
+
+# Sets the step's statement_timeout (parameters: instance id, engine default ms, the batch cap
+# in ms, 0 for none): df_internal.step_timeout_for (engine default, role ceiling, workflow
+# value; 0 means none), lowered to the cap. One definition for every place a step can run.
+STEP_TIMEOUT_SQL = (
+    "SELECT pg_catalog.set_config('statement_timeout', (CASE WHEN t.cap OPERATOR(pg_catalog.>) 0 "
+    "AND (t.own OPERATOR(pg_catalog.=) 0 OR t.own OPERATOR(pg_catalog.>) t.cap) THEN t.cap "
+    "ELSE t.own END)::pg_catalog.text, true) FROM (SELECT "
+    "df_internal.step_timeout_for(%s, %s)::pg_catalog.int8 AS own, %s::pg_catalog.int8 AS cap) t")
+
+
+def capped_timeout_ms(own_ms: int, cap_ms: int) -> int:
+    """STEP_TIMEOUT_SQL's rule in Python (a step in another database): the step's own timeout
+    (0: none), lowered to the batch cap when there is one."""
+    if cap_ms > 0 and (own_ms == 0 or own_ms > cap_ms):
+        return cap_ms
+    return own_ms
+
+
 class SqlSteps:
     """Plans and runs SQL steps for one worker (its describe cache, its side connections)."""
 
@@ -110,6 +136,8 @@ class SqlSteps:
         self._side: dict[str, psycopg.Connection] = {}
         self._types_by_db: dict[str, TypeCache] = {}
         self.side_active: psycopg.Connection | None = None  # cancelled along with the worker
+        # BATCHED_STEP_CAP_MS while the worker's transaction holds other tasks too, else 0
+        self.batch_cap_ms = 0
         # Told the server session a step in another database runs on (the worker journals it:
         # the console finds the step's session there, engine/activity.py).
         self.on_side_session: Callable[[int], None] | None = None
@@ -226,9 +254,8 @@ class SqlSteps:
             with conn.pipeline():
                 conn.execute("SAVEPOINT describe")
                 if local_timeout:
-                    conn.execute("SELECT pg_catalog.set_config('statement_timeout', "
-                                 "df_internal.step_timeout_for(%s, %s), true)",
-                                 (task.instance_id, int(self.config.step_timeout * 1000)))
+                    conn.execute(STEP_TIMEOUT_SQL, (task.instance_id, self.default_timeout_ms,
+                                                    self.batch_cap_ms))
                 # (the marker first: the console finds the running step by it, activity.py)
                 marker = step_marker(task.instance_id, task.node_id, task.gen)
                 conn.execute(f"{marker} SELECT {describe_function(task.role_oid)}(%s::pg_catalog.text)",
@@ -294,8 +321,7 @@ class SqlSteps:
         database, role, text = step.database, step.role, step.text
         # The same per-step timeout as a local step (engine default, role ceiling, workflow),
         # decided in the home database, where the limits live; for the whole transaction there.
-        timeout_ms = str(scalar(home, "SELECT df_internal.step_timeout_for(%s, %s)",
-                                (task.instance_id, int(self.config.step_timeout * 1000))) or "0")
+        timeout_ms = str(capped_timeout_ms(self.own_timeout_ms(home, task), self.batch_cap_ms))
         conn = self.side_connection(database)
         allowed = conn.execute(
             "SELECT pg_catalog.has_database_privilege(%s::oid, pg_catalog.current_database(), 'CONNECT')",
@@ -345,6 +371,26 @@ class SqlSteps:
         details = ({"columns": [c.name for c in columns], "database": database}
                    if columns else {"database": database})
         return Complete(result, details, text)
+
+    @property
+    def default_timeout_ms(self) -> int:
+        """The engine's default step timeout (--step-timeout), in milliseconds."""
+        return int(self.config.step_timeout * 1000)
+
+    def own_timeout_ms(self, home: psycopg.Connection, task: Task) -> int:
+        """The step's own timeout in milliseconds, 0 for none (df_internal.step_timeout_for:
+        engine default, role ceiling, workflow value), read in the home database."""
+        value = scalar(home, "SELECT df_internal.step_timeout_for(%s, %s)",
+                       (task.instance_id, self.default_timeout_ms))
+        return int(value or 0)
+
+    def gave_way_to_batch(self, home: psycopg.Connection, task: Task, sqlstate: str | None) -> bool:
+        """Whether a step that failed with `sqlstate` was stopped by the batch cap (not by its
+        own timeout, which it would meet alone as well): then it runs again alone, uncharged."""
+        if self.batch_cap_ms <= 0 or not is_error(sqlstate, pg_errors.QueryCanceled):
+            return False
+        own = self.own_timeout_ms(home, task)
+        return capped_timeout_ms(own, self.batch_cap_ms) != own
 
     def types_for(self, database: str) -> TypeCache:
         cache = self._types_by_db.get(database)

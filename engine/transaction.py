@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from engine import jsonexact
 from engine.activity import step_marker
@@ -48,7 +47,7 @@ from engine.identity import SESSION_RESET, STEP_RESET
 from engine.keys import BATCH_LOCK_TIMEOUT
 from engine.leaves import Checkpoint, Complete, Leaves, Park
 from engine.retry import retry_delay
-from engine.sql_steps import CHECKPOINT_COLUMN, FusedStep, SqlSteps
+from engine.sql_steps import CHECKPOINT_COLUMN, STEP_TIMEOUT_SQL, FusedStep, SqlSteps
 
 log = logging.getLogger("dftui.engine")
 
@@ -83,6 +82,9 @@ class StepTransaction:
         # not a failure of the step: it stays queued and runs again on the next engine (set by
         # the worker).
         self.stopping: Callable[[], bool] = lambda: False
+        # The last task ran past the batch cap (SqlSteps.batch_cap_ms) and gave way: the
+        # worker's next claim takes one task, so the step can run alone.
+        self.gave_way = False
 
     # -- 1–5: one task ---------------------------------------------------------------------------
     def run(self, conn: psycopg.Connection, task: Task, *, first: bool, commit: bool,
@@ -97,6 +99,7 @@ class StepTransaction:
         (CONFLICT) and runs again, unbatched, in a later transaction.
         """
         self.outcome = None
+        self.gave_way = False
         started = datetime.now(UTC)
         in_savepoint = False
         sql_step = task.node_type == "SQL"
@@ -132,6 +135,12 @@ class StepTransaction:
                 log.info("step %s/%s interrupted by the shutdown; it runs again",
                          task.instance_id, task.node_id)
                 return Outcome.CONFLICT  # (rolled back to its savepoint: it stays queued)
+            if self.sql.gave_way_to_batch(conn, task, failure.sqlstate):
+                log.info("step %s/%s ran past the batch's %d ms while other tasks waited on its "
+                         "transaction; it runs again alone", task.instance_id, task.node_id,
+                         self.sql.batch_cap_ms)
+                self.gave_way = True
+                return Outcome.CONFLICT
             if not first and is_error(failure.sqlstate, CONFLICTS):
                 log.debug("step %s/%s gave way to the batch's locks (%s); runs again alone",
                           task.instance_id, task.node_id, failure.sqlstate)
@@ -173,7 +182,8 @@ class StepTransaction:
         marker = step_marker(task.instance_id, task.node_id, task.gen)
         try:
             with _script(conn, f"{marker} SAVEPOINT step", None if first else _BATCH_LOCK_TIMEOUT,
-                         _step_timeout(conn, task.instance_id, self.step_timeout_ms),
+                         _step_timeout(conn, task.instance_id, self.step_timeout_ms,
+                                       self.sql.batch_cap_ms),
                          self.sql.live_only(conn, fused, task) if sibling else fused.query,
                          "RELEASE SAVEPOINT step", SESSION_RESET if commit else STEP_RESET,
                          "COMMIT" if commit else None) as cur:
@@ -347,13 +357,11 @@ class StepTransaction:
         self.needs_discard = True
 
 
-def _step_timeout(conn: psycopg.Connection, instance_id: str, default_ms: int) -> str:
-    """The statement setting the step's statement_timeout (engine default, role ceiling, workflow
-    value: see df_internal.step_timeout_for) for the fused statement that follows it, as complete
-    SQL (values as literals); SESSION_RESET's RESET ALL takes it away before the next step."""
-    return sql.SQL("SELECT pg_catalog.set_config('statement_timeout', "
-                   "df_internal.step_timeout_for({}, {}), true)").format(
-        sql.Literal(instance_id), sql.Literal(int(default_ms))).as_string(conn)
+def _step_timeout(conn: psycopg.Connection, instance_id: str, default_ms: int, cap_ms: int) -> str:
+    """STEP_TIMEOUT_SQL for the fused statement that follows it, as complete SQL (the values
+    bound client-side as literals); SESSION_RESET's RESET ALL takes it away before the next
+    step."""
+    return psycopg.ClientCursor(conn).mogrify(STEP_TIMEOUT_SQL, (instance_id, default_ms, cap_ms))
 
 
 def _script(conn: psycopg.Connection, *statements: str | None,

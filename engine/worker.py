@@ -11,7 +11,10 @@ the next claim's size. Batch policy:
   its commit), short while another worker is idle, and a batch that stopped early (slow steps,
   steps that gave way to the batch's locks) halves the next claim, one that ran to the end
   doubles it;
-* a task whose checkpoint shares its instance's lock with parallel branches commits at once.
+* a task whose checkpoint shares its instance's lock with parallel branches commits at once;
+* a step of a batch runs at most BATCHED_STEP_CAP_MS (engine/sql_steps.py): a longer one gives
+  way, the batch commits what ran before it, and the next claim takes one task, so the slow step
+  runs alone and holds no other task's checkpoint or row lock.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from engine.claim import Task, claim
 from engine.db import connect
 from engine.identity import SESSION_RESET, reset_session
 from engine.pacing import BatchPacer
-from engine.sql_steps import SqlSteps
+from engine.sql_steps import BATCHED_STEP_CAP_MS, SqlSteps
 from engine.transaction import Outcome, StepTransaction
 
 if TYPE_CHECKING:
@@ -228,6 +231,9 @@ class Worker:
                 last_started = time.monotonic()
                 self.current = task.key
                 self.task = task
+                # (a step that shares the transaction with other tasks must not hold them
+                # hostage: it runs under the batch cap, past which it gives way)
+                self.sql.batch_cap_ms = BATCHED_STEP_CAP_MS if len(tasks) > 1 else 0
                 kind = tally.started(task.node_type, task.kind)
                 outcome = self.steps.run(conn, task, first=index == 0,
                                          commit=index == len(tasks) - 1,
@@ -248,6 +254,7 @@ class Worker:
                     break
                 if outcome is Outcome.CONFLICT:
                     stopped_early = True
+                    self.claim_alone = self.claim_alone or self.steps.gave_way
                     break
             if conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 # (a last fused step commits in its own round trip; a batch that stopped before

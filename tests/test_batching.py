@@ -297,3 +297,27 @@ def test_a_slow_race_branch_does_not_beat_a_fast_one_on_a_busy_engine(db):
     assert db.scalar("SELECT n.result -> 'rows' FROM df.instances i JOIN df.nodes n "
                      "ON n.instance_id = i.id AND n.id = i.root_node WHERE i.id = %s",
                      (race,)) == [{"fast": 1}]
+
+
+def test_a_slow_step_does_not_hold_its_batch_hostage(db):
+    # CI, pg15 (test_health): one claim took a pg_sleep(600) step and a 'SELECT 1' of another
+    # instance; the quick step's checkpoint waited for the batch's commit, ten minutes later.
+    # The engine starts with the backlog queued, so its first claims batch (no worker is idle
+    # yet); three workers, so one role may run two steps at once (role_cap).
+    with db.connect(ALICE) as conn:
+        slow = conn.execute("SELECT df.start('SELECT pg_sleep(600)')").fetchone()[0]
+        quick = [conn.execute("SELECT df.start('SELECT 1')").fetchone()[0] for _ in range(3)]
+    status = "SELECT status FROM df.instances WHERE id = %s"
+    with running_engine(db.dsn(), concurrency=3, batch_size=16):
+        for instance in quick:
+            wait_for(lambda i=instance: db.scalar(status, (i,)) == "completed", 60,
+                     what=f"quick instance {instance} to complete beside the slow step")
+        # the slow step gave way uncharged and runs alone now
+        wait_for(lambda: db.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE %s AND state = 'active'",
+            (f"%{slow}%pg_sleep%",)) == 1, 60, what="the slow step to run alone")
+        assert db.scalar("SELECT count(*) FROM df_internal.node_attempts WHERE instance_id = %s",
+                         (slow,)) == 0
+        with db.connect(ALICE) as conn:
+            conn.execute("SELECT df.cancel(%s)", (slow,))
+        wait_for(lambda: db.scalar(status, (slow,)) == "cancelled", 60, what="the slow step cancelled")
