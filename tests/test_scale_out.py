@@ -45,11 +45,14 @@ def test_engines_reaching_one_database_by_different_addresses_coordinate(db, mod
                  or any(e.poll() is not None for e in engines), what="three engines")
         assert all(e.poll() is None for e in engines), [e.communicate()[1] for e in engines]
         # ... and really connected three ways: over TCP and over the socket
-        with db.connect() as conn:
-            addresses = {row[0] for row in conn.execute(
-                "SELECT DISTINCT host(client_addr) FROM pg_stat_activity "
-                "WHERE application_name LIKE 'dftui engine%%' AND datname = current_database()")}
-        assert addresses == {"127.0.0.1", None}, addresses
+        # (an engine registers before all its sessions are up: wait for them)
+        def addresses() -> set[str | None]:
+            with db.connect() as conn:
+                return {row[0] for row in conn.execute(
+                    "SELECT DISTINCT host(client_addr) FROM pg_stat_activity "
+                    "WHERE application_name LIKE 'dftui engine%%' AND datname = current_database()")}
+        wait_for(lambda: addresses() == {"127.0.0.1", None}, 30,
+                 what="engine sessions over TCP and over the socket")
 
         step = ("'UPDATE public.hits SET n = n + 1 WHERE id = ''{sys_instance_id}'' "
                 "RETURNING n, pg_sleep(0.005)'")
