@@ -69,7 +69,6 @@ class StepTransaction:
         self.config = config
         self.engine_id = engine_id
         self.worker = worker
-        self.step_timeout_ms = int(config.step_timeout * 1000)
         self.sql = sql_steps
         self.leaves = Leaves(config)
         # what became of the last task, when not obvious from the Outcome (metrics label)
@@ -182,7 +181,7 @@ class StepTransaction:
         marker = step_marker(task.instance_id, task.node_id, task.gen)
         try:
             with _script(conn, f"{marker} SAVEPOINT step", None if first else _BATCH_LOCK_TIMEOUT,
-                         _step_timeout(conn, task.instance_id, self.step_timeout_ms,
+                         _step_timeout(conn, task.instance_id, self.sql.default_timeout_ms,
                                        self.sql.batch_cap_ms),
                          self.sql.live_only(conn, fused, task) if sibling else fused.query,
                          "RELEASE SAVEPOINT step", SESSION_RESET if commit else STEP_RESET,

@@ -220,6 +220,9 @@ class Worker:
         stopped_early = False
         tally = engine.metrics.tally()  # outcomes, published once the transaction ended
         seen: set[str] = set()  # instances with a task earlier in this batch
+        # (a step that shares the transaction with other tasks must not hold them hostage: it
+        # runs under the batch cap, past which it gives way)
+        self.sql.batch_cap_ms = BATCHED_STEP_CAP_MS if len(tasks) > 1 else 0
         try:
             for index, task in enumerate(tasks):
                 if index and self.pacer.over_budget(
@@ -231,9 +234,6 @@ class Worker:
                 last_started = time.monotonic()
                 self.current = task.key
                 self.task = task
-                # (a step that shares the transaction with other tasks must not hold them
-                # hostage: it runs under the batch cap, past which it gives way)
-                self.sql.batch_cap_ms = BATCHED_STEP_CAP_MS if len(tasks) > 1 else 0
                 kind = tally.started(task.node_type, task.kind)
                 outcome = self.steps.run(conn, task, first=index == 0,
                                          commit=index == len(tasks) - 1,
