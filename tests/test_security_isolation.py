@@ -142,16 +142,21 @@ def test_bob_sees_and_touches_nothing_of_alice(db, alice_world):
 def test_bob_sees_nothing_of_alice_from_inside_his_steps(db, alice_world):
     ids = alice_world
     before = _snapshot(db, ids)
-    # Match alice's ids and secrets in reversed row text: bob's own probe rows (node queries,
-    # ran_sql) contain the pattern itself, but never its reversal.
+    # Match alice's ids and secrets in reversed row text. Bob's own probe rows (node queries,
+    # ran_sql) must never match, so no probe spells an id or a secret forwards: the pattern holds
+    # them reversed, and the per-instance probes below reverse the id back in SQL (a probe that
+    # spelled an id forwards would match itself once reversed, whenever it had been started
+    # before the df.nodes probe ran).
     pattern = "|".join(t[::-1] for t in [*ids.values(), *SECRETS])
     probes = [f"SELECT count(*) AS c FROM {rel} x WHERE reverse(to_jsonb(x)::text) ~ '{pattern}'"
               for rel in ["df.instances", "df.nodes", "df.vars", *_views(db)]]
     probes.append(f"SELECT count(*) AS c FROM df.list_instances(NULL, 1000) x "
                   f"WHERE reverse(to_jsonb(x)::text) ~ '{pattern}'")
     for iid in ids.values():
-        probes += [f"SELECT df.status('{iid}') IS NULL AS hidden",
-                   f"SELECT df.signal('{iid}', 'go')", f"SELECT df.cancel('{iid}')"]
+        spelled = f"reverse('{iid[::-1]}')"
+        probes += [f"SELECT df.status({spelled}) IS NULL AS hidden",
+                   f"SELECT df.signal({spelled}, 'go')", f"SELECT df.cancel({spelled})"]
+    assert not any(secret in probe for probe in probes for secret in [*ids.values(), *SECRETS])
     with running_engine(db.dsn()):
         runs = [(p, start(db, BOB, "%s", p)) for p in probes]
         for probe, iid in runs:
