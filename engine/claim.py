@@ -118,7 +118,8 @@ class Task:
             return (f"the submitting role (oid {self.role_oid}) no longer exists; "
                     "the step was not run")
         if not self.role_can_login:
-            return f"role \"{self.role_name}\" can no longer LOGIN; the step was not run"
+            return (f"role \"{self.role_name}\" can no longer log in (NOLOGIN, a VALID UNTIL "
+                    "that has passed, or CONNECTION LIMIT 0); the step was not run")
         if self.role_is_super and not self.superuser_allowed:
             return (f"role \"{self.role_name}\" is a superuser; superuser instances are disabled "
                     "(pg_durable.enable_superuser_instances)")

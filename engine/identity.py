@@ -263,7 +263,8 @@ def _superuser_body(body: str) -> str:
 
 
 class Trampolines:
-    """Creates (once per role and engine process) and names the per-role trampolines."""
+    """Creates (once per role and database, until the engine opens a new session to a database
+    other than its home: see forget) and names the per-role trampolines."""
 
     def __init__(self) -> None:
         # keyed by (database, role oid): trampolines live in each database that runs steps
@@ -271,6 +272,22 @@ class Trampolines:
         self._gone: set[tuple[str, int]] = set()
         self._problems: dict[tuple[str, int], str] = {}
         self._lock = threading.Lock()
+
+    def forget(self, database: str) -> None:
+        """Forget all that is known of `database`'s trampolines, to check them again.
+
+        Called whenever the engine opens a new session to a database other than its home: the
+        name may now be another database (dropped and re-created, or renamed, while the engine
+        had no session there — PostgreSQL refuses both while anyone is connected), in which a
+        role with CREATEDB may have made her own `df_exec`. Trust is decided per session, never
+        per name: the next ensure() checks df_exec's owner and recreates the trampolines.
+        """
+        with self._lock:
+            for key in [k for k in self._ready if k[0] == database]:
+                del self._ready[key]
+            for key in [k for k in self._problems if k[0] == database]:
+                del self._problems[key]
+            self._gone = {k for k in self._gone if k[0] != database}
 
     def problem(self, database: str, role_oid: int) -> str | None:
         """Why the role's trampolines could not be created, if they could not."""

@@ -292,6 +292,10 @@ class SqlSteps:
                 kind = "identity" if "does not exist" in first else "connection"
                 raise StepFailure(f"cannot run the step in database \"{database}\": {first}",
                                   kind=kind) from exc
+            # A new session may be to another database of the same name: nothing learnt
+            # about the old one (its df_exec, trampolines, types) is trusted here.
+            self.trampolines.forget(database)
+            self._types_by_db.pop(database, None)
             self._side[database] = conn
         return conn
 

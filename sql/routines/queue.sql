@@ -228,7 +228,13 @@ BEGIN
                        FROM df_internal.named_results nr
                       WHERE nr.instance_id = t2.instance_id), '{}'),
            i.label, COALESCE(m.attempts, 0), COALESCE(m.retry_policy, s.retry_policy),
-           r.rolname, r.rolcanlogin, r.rolsuper,
+           -- "may log in" as PostgreSQL decides at login: LOGIN, a VALID UNTIL not passed, a
+           -- CONNECTION LIMIT other than 0 (which a superuser ignores) — an administrator's
+           -- lock-out stops the role's next step, as it stops pg_durable's next login as it
+           r.rolname,
+           r.rolcanlogin AND (r.rolvaliduntil IS NULL OR r.rolvaliduntil > pg_catalog.now())
+               AND (r.rolconnlimit <> 0 OR r.rolsuper),
+           r.rolsuper,
            COALESCE(current_setting('pg_durable.enable_superuser_instances', true), '')
                IN ('on', 'true', '1', 'yes'),
            -- "more may be due" (the batch is full, an HTTP step was taken alone, or other roles'
