@@ -307,10 +307,14 @@ class SqlSteps:
                 conn.execute("ROLLBACK")
             reset_foreign_session(conn)
         except psycopg.Error:
-            if self._side.get(database) is conn:
-                del self._side[database]
-            with contextlib.suppress(Exception):
-                conn.close()
+            self._discard_side(database, conn)
+
+    def _discard_side(self, database: str, conn: psycopg.Connection) -> None:
+        """Never use this side session again."""
+        if self._side.get(database) is conn:
+            del self._side[database]
+        with contextlib.suppress(Exception):
+            conn.close()
 
     def close_side_connections(self) -> None:
         for conn in self._side.values():
@@ -327,9 +331,17 @@ class SqlSteps:
         # decided in the home database, where the limits live; for the whole transaction there.
         timeout_ms = str(capped_timeout_ms(self.own_timeout_ms(home, task), self.batch_cap_ms))
         conn = self.side_connection(database)
-        allowed = conn.execute(
-            "SELECT pg_catalog.has_database_privilege(%s::oid, pg_catalog.current_database(), 'CONNECT')",
-            (task.role_oid,)).fetchone()
+        connect_check = ("SELECT pg_catalog.has_database_privilege(%s::oid, "
+                         "pg_catalog.current_database(), 'CONNECT')")
+        try:
+            allowed = conn.execute(connect_check, (task.role_oid,)).fetchone()
+        except psycopg.OperationalError:
+            # A cached session the server ended while it sat idle (the database's
+            # idle_session_timeout, a terminated backend, a restart): nothing of the step ran on
+            # it, so open a new one once rather than charge the step for it.
+            self._discard_side(database, conn)
+            conn = self.side_connection(database)
+            allowed = conn.execute(connect_check, (task.role_oid,)).fetchone()
         if not allowed or not allowed[0]:
             raise StepFailure(f"role \"{role}\" does not have CONNECT privilege on database "
                               f"\"{database}\"", kind="identity")

@@ -4,7 +4,9 @@ asserts the safe outcome, in both engine modes:
 * a role locked out by an administrator (VALID UNTIL in the past, CONNECTION LIMIT 0) runs no
   further steps of an instance already running (the claim's "may log in" is PostgreSQL's);
 * a database dropped and re-created under the same name (a role with CREATEDB) is not trusted
-  from what the engine learnt of the old one: its df_exec is checked again (escalation before).
+  from what the engine learnt of the old one: its df_exec is checked again (escalation before);
+* a database owner's idle_session_timeout, ending the engine's cached session there, costs the
+  next step nothing (it was charged as an engine fault).
 
 The routes it found that are still open (row locks by a BYPASSRLS role, LOCK TABLE by a
 pg_maintain member) are in docs/security.md's catalogue."""
@@ -16,6 +18,7 @@ from psycopg import sql
 
 from tests.support import (
     ALICE,
+    BOB,
     ENGINE_ROLE,
     assert_no_escalation,
     engine_in_mode,
@@ -150,4 +153,33 @@ def test_a_recreated_database_of_the_same_name_is_not_trusted_from_the_cache(db,
     finally:
         with db.connect() as conn:
             conn.execute("ALTER ROLE dftui_alice NOCREATEDB NOSUPERUSER")
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+
+
+def test_a_side_session_the_server_ended_while_idle_costs_no_step(db, attacker, mode, caplog):
+    """The owner of a database sets `idle_session_timeout` there: the engine's cached session
+    ends between two of bob's steps in it. The next step opens a new session (nothing ran on the
+    dead one) instead of being charged an engine fault for it."""
+    name = f"{db.name}_idle"
+    ident = sql.Identifier(name)
+    with db.connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(ident))
+        conn.execute(sql.SQL("ALTER DATABASE {} SET idle_session_timeout = '300ms'").format(ident))
+    try:
+        with engine_in_mode(db, mode, concurrency=1):
+            if mode == "owner":  # (the engine role exists from here on)
+                with db.connect() as conn:
+                    conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+                        ident, sql.Identifier(ENGINE_ROLE)))
+            first = start(db, BOB, "'SELECT 1 AS a', database => %s", name)
+            assert wait_terminal(db, first) == "completed", errors(db, first)
+            wait_for(lambda: db.scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                                       (name,)) == 0, 20, what="the engine's side session to end")
+            caplog.clear()
+            second = start(db, BOB, "'SELECT 2 AS b', database => %s", name)
+            assert wait_terminal(db, second) == "completed", errors(db, second)
+        charged = [r.getMessage() for r in caplog.records if "cannot process step" in r.getMessage()]
+        assert not charged, f"the dead side session was charged to bob's step: {charged}"
+    finally:
+        with db.connect() as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
