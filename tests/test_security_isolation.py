@@ -144,27 +144,30 @@ def test_bob_sees_nothing_of_alice_from_inside_his_steps(db, alice_world):
     before = _snapshot(db, ids)
     # Match alice's ids and secrets in reversed row text. Bob's own probe rows (node queries,
     # ran_sql) must never match, so no probe spells an id or a secret forwards: the pattern holds
-    # them reversed, and the per-instance probes below reverse the id back in SQL (a probe that
-    # spelled an id forwards would match itself once reversed, whenever it had been started
-    # before the df.nodes probe ran).
+    # them reversed, and the per-instance probes reverse the id back in SQL. Those probes fail
+    # with an error naming the id forwards (in bob's own node and instance rows), so every scan
+    # has finished before the first of them starts.
     pattern = "|".join(t[::-1] for t in [*ids.values(), *SECRETS])
-    probes = [f"SELECT count(*) AS c FROM {rel} x WHERE reverse(to_jsonb(x)::text) ~ '{pattern}'"
-              for rel in ["df.instances", "df.nodes", "df.vars", *_views(db)]]
-    probes.append(f"SELECT count(*) AS c FROM df.list_instances(NULL, 1000) x "
-                  f"WHERE reverse(to_jsonb(x)::text) ~ '{pattern}'")
+    scans = [f"SELECT count(*) AS c FROM {rel} x WHERE reverse(to_jsonb(x)::text) ~ '{pattern}'"
+             for rel in ["df.instances", "df.nodes", "df.vars", *_views(db)]]
+    scans.append(f"SELECT count(*) AS c FROM df.list_instances(NULL, 1000) x "
+                 f"WHERE reverse(to_jsonb(x)::text) ~ '{pattern}'")
+    per_id: list[str] = []
     for iid in ids.values():
         spelled = f"reverse('{iid[::-1]}')"
-        probes += [f"SELECT df.status({spelled}) IS NULL AS hidden",
+        per_id += [f"SELECT df.status({spelled}) IS NULL AS hidden",
                    f"SELECT df.signal({spelled}, 'go')", f"SELECT df.cancel({spelled})"]
-    assert not any(secret in probe for probe in probes for secret in [*ids.values(), *SECRETS])
+    assert not any(secret in probe for probe in [*scans, *per_id]
+                   for secret in [*ids.values(), *SECRETS])
     with running_engine(db.dsn()):
-        runs = [(p, start(db, BOB, "%s", p)) for p in probes]
-        for probe, iid in runs:
-            status = wait_terminal(db, iid)
-            if status == "completed":
-                row = root_result(db, iid)["rows"][0]
-                assert all(v in (0, True) for v in row.values()), (probe, row)
-            else:
-                error = " ".join(n["error"] or "" for n in node_rows(db, iid))
-                assert "not found or access denied" in error, (probe, error)
+        for probes in (scans, per_id):
+            runs = [(p, start(db, BOB, "%s", p)) for p in probes]
+            for probe, iid in runs:
+                status = wait_terminal(db, iid)
+                if status == "completed":
+                    row = root_result(db, iid)["rows"][0]
+                    assert all(v in (0, True) for v in row.values()), (probe, row)
+                else:
+                    error = " ".join(n["error"] or "" for n in node_rows(db, iid))
+                    assert "not found or access denied" in error, (probe, error)
     assert _snapshot(db, ids) == before
