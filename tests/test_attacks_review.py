@@ -430,7 +430,8 @@ def test_a_batch_does_not_hold_another_roles_task_behind_a_long_step(db, mode):
     alice's step runs."""
     with engine_in_mode(db, mode, concurrency=2):
         # keep both workers busy (two other roles, within their caps), the second one longer
-        start(db, DAVE, "'SELECT pg_sleep(3) AS busy1'")
+        # (long enough for both to be seen running together on a loaded machine)
+        start(db, DAVE, "'SELECT pg_sleep(6) AS busy1'")
         start(db, QUOTED, "'SELECT pg_sleep(15) AS busy2'")
         wait_for(lambda: engine_sessions_running(db, "AS busy") >= 2, 30, what="both workers to be busy")
         hog = start(db, ALICE, "'SELECT pg_sleep(300) AS hog'")

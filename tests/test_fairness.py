@@ -38,7 +38,11 @@ def test_a_role_flooding_long_steps_cannot_starve_another(db, mode, flood):
             wait_for(lambda: running_sleeps(db) >= 1, 30, what="alice's sleeps to start")
             victim = start(db, BOB, "'SELECT 42 AS answer'")
             assert wait_terminal(db, victim, 60) == "completed"
-            assert running_sleeps(db) == 1, "alice holds more than her share of the workers"
+            # (a sleep claimed in a batch gives way after a second and is claimed again alone,
+            # BATCHED_STEP_CAP_MS: a momentary 0; escaping the cap keeps two running)
+            wait_for(lambda: running_sleeps(db) == 1, 30, what="one of alice's sleeps running")
+            for _ in range(5):
+                assert running_sleeps(db) <= 1, "alice holds more than her share of the workers"
         finally:
             cancel_all(db, ALICE, hogs)
 
