@@ -54,11 +54,13 @@ CASES = [
      r"take no child nodes"),
     # invalid identifiers
     ("result name with a space", ALICE, "SELECT df.start(df.as('SELECT 1', 'bad name'))", (),
-     r'"bad name" is not a valid identifier'),
+     r"^df.as: result name 'bad name' is not a valid identifier — must match \[a-zA-Z_\]\[a-zA-Z0-9_\]\*"),
     ("result name starting with a digit", ALICE, "SELECT df.start(df.as('SELECT 1', '1abc'))", (),
-     r'"1abc" is not a valid identifier'),
+     r"^df.as: result name '1abc' is not a valid identifier"),
+    ("empty result name", ALICE, "SELECT df.start(df.as('SELECT 1', ''))", (),
+     r"^df.as: result name cannot be empty\b"),
     ("if_rows name", ALICE, "SELECT df.start(df.if_rows('a-b', 'SELECT 1', 'SELECT 2'))", (),
-     r'"a-b" is not a valid identifier'),
+     r"^df.if_rows: result name 'a-b' is not a valid identifier"),
     # invalid cron
     ("cron with 3 fields", ALICE, "SELECT df.start(df.wait_for_schedule('not a cron'))", (),
      r"Invalid cron expression .*expected 5 fields"),

@@ -161,10 +161,11 @@ def test_function_classes(db, make_role) -> None:
         user = not internal and name not in ADMIN_FUNCS | HTTP_FUNCS
         if name == "probe_user":
             user = False  # the probe revoked PUBLIC itself and nobody granted it back
-        if name in ("_setting", "_role_name"):
+        if name in ("_setting", "_role_name", "_non_future_helper"):
             # The callable "_" functions (sql/routines/zz_settings.sql): the SECURITY INVOKER
-            # df functions read pg_durable.* settings through one, and a delegated admin's
-            # df.grant_usage / df.revoke_usage look the role up through the other.
+            # df functions read pg_durable.* settings through one, a delegated admin's
+            # df.grant_usage / df.revoke_usage look the role up through another, and the
+            # builders tell a helper's return value from a step through the third.
             user = True
         assert _callable(db, plain, signature) is user, signature
         assert _callable(db, http, signature) is (user or name in HTTP_FUNCS), signature
@@ -191,6 +192,7 @@ def test_public_gets_what_pg_durable_gives_it(db) -> None:
             # df._setting and df._role_name: see test_function_classes
             " AND p.oid <> 'df._setting(text)'::regprocedure"
             " AND p.oid <> 'df._role_name(text)'::regprocedure"
+            " AND p.oid <> 'df._non_future_helper()'::regprocedure"
         ).fetchall()
         public_rels = {r[0]: r[1] for r in conn.execute(
             "SELECT c.relname, c.relkind FROM pg_class c, aclexplode(coalesce(c.relacl,"
@@ -329,3 +331,31 @@ def test_views_are_selectable_by_grantees(db, make_role) -> None:
     # carol has no USAGE on df, so the views are out of her reach (checked in
     # test_public_gets_what_pg_durable_gives_it).
     assert db.scalar("SELECT has_schema_privilege('dftui_carol', 'df', 'USAGE')") is False
+
+
+def test_grant_usage_to_public_and_back(db, make_role) -> None:
+    """pg_durable's USER_GUIDE: df.grant_usage('public') is allowed and gives every role df
+    (a deliberate act, like any GRANT ... TO PUBLIC); df.revoke_usage('public') takes back what
+    it gave and leaves what a fresh install gives PUBLIC (EXECUTE on the ordinary functions,
+    SELECT on the self-filtering views), so roles granted by name keep working."""
+    nobody = make_role("nobody")
+    public_acl = ("SELECT count(*) FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', "
+                  "p.proowner))) a WHERE p.pronamespace = 'df'::regnamespace AND a.grantee = 0")
+    view_acl = ("SELECT count(*) FROM pg_class c, aclexplode(coalesce(c.relacl, acldefault('r', "
+                "c.relowner))) a WHERE c.relnamespace = 'df'::regnamespace AND a.grantee = 0 "
+                "AND c.relkind = 'v'")
+    before = (db.scalar(public_acl), db.scalar(view_acl))
+    assert not db.scalar("SELECT has_schema_privilege(%s, 'df', 'USAGE')", (nobody,))
+    try:
+        assert _grant(db, "public") == ['pg_durable: granted df usage privileges to "public"']
+        assert db.scalar("SELECT has_schema_privilege(%s, 'df', 'USAGE')", (nobody,))
+        with db.connect(nobody) as conn:
+            assert conn.execute("SELECT df.start('SELECT 1')").fetchone()[0]
+            conn.execute("SELECT df.setvar('v', '1')")
+    finally:
+        with db.connect() as conn:
+            conn.execute("SELECT df.revoke_usage('public')")
+    assert not db.scalar("SELECT has_schema_privilege(%s, 'df', 'USAGE')", (nobody,))
+    assert (db.scalar(public_acl), db.scalar(view_acl)) == before
+    with db.connect("dftui_alice") as conn:  # granted by name: unaffected
+        assert conn.execute("SELECT df.start('SELECT 1')").fetchone()[0]

@@ -366,11 +366,18 @@ def test_vars_with_quoted_role(db) -> None:
 def test_var_writers_refused_inside_workflow(db) -> None:
     with db.connect("dftui_alice") as conn:
         conn.execute("SELECT df.setvar('keep', '1')")
-    for call in ["df.setvar('k', 'v')", "df.unsetvar('keep')", "df.clearvars()"]:
+    for call, text in [
+            ("df.setvar('k', 'v')", "df.setvar() cannot be called inside a workflow - set variables "
+                                    "before starting the workflow"),
+            ("df.unsetvar('keep')", "df.unsetvar() cannot be called inside a workflow - manage "
+                                    "variables before starting the workflow"),
+            ("df.clearvars()", "df.clearvars() cannot be called inside a workflow - manage variables "
+                               "before starting the workflow")]:  # (pg_durable's texts, src/dsl.rs)
         with db.connect("dftui_alice", autocommit=False) as conn:
             conn.execute("SELECT set_config('df.in_workflow', 'true', true)")
-            with pytest.raises(psycopg.Error, match="cannot be called inside a workflow"):
+            with pytest.raises(psycopg.Error) as info:
                 conn.execute(f"SELECT {call}")
+            assert info.value.diag.message_primary == text
             conn.rollback()
     with db.connect("dftui_alice", autocommit=False) as conn:
         conn.execute("SELECT set_config('df.in_workflow', 'true', true)")

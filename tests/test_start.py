@@ -391,8 +391,14 @@ def test_a_malformed_instance_retry_policy_writes_nothing(db):
 
 
 def test_invalid_graph_message_names_the_node(db):
-    msg = error_of(db, 'SELECT df.start(\'{"node_type": "FOO"}\')', role=ALICE)
-    assert "Invalid durable function graph: root: Unknown node_type 'FOO'" in msg
+    # (an unknown root type is pg_durable's strict parse of the root: no path; below the root
+    # its graph walk names the node)
+    msg = error_of(db, 'SELECT df.start(\'{"node_type": "FOO"}\')', role=ALICE, primary=True)
+    assert msg == ("Invalid durable function: Unknown node_type 'FOO'. Valid types: SQL, THEN, IF, "
+                   "JOIN, LOOP, BREAK, RACE, SLEEP, WAIT_SCHEDULE, HTTP, HTTP_MULTIPART, SIGNAL")
+    msg = error_of(db, 'SELECT df.start(\'{"node_type": "THEN", "left_node": {"node_type": "SQL", '
+                   '"query": "SELECT 1"}, "right_node": {"node_type": "FOO"}}\')', role=ALICE)
+    assert msg.startswith("Invalid durable function graph: root.right: Unknown node_type 'FOO'")
 
 
 # --- limits ---------------------------------------------------------------------------------------

@@ -132,8 +132,9 @@ LANGUAGE plpgsql IMMUTABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
+    -- (pg_durable takes any name here; one that no result can have is refused at once)
     IF result_name !~ '^[A-Za-z_][A-Za-z0-9_]*$' THEN
-        RAISE EXCEPTION '"%" is not a valid identifier: result names must match ^[A-Za-z_][A-Za-z0-9_]*$',
+        RAISE EXCEPTION 'df.if_rows: result name ''%'' is not a valid identifier — must match [a-zA-Z_][a-zA-Z0-9_]*',
             result_name USING ERRCODE = 'invalid_name';
     END IF;
     RETURN '{"node_type":"IF","query":'
@@ -366,6 +367,22 @@ COMMENT ON FUNCTION df.http_multipart(text, text, jsonb, jsonb, integer) IS
 -- * anything else (plain SQL, other JSON, unknown node types) becomes a SQL node. df.start is
 --   the strict entry point that rejects unknown node types.
 -- Optional overrides replace result_name / retry_policy (used by df.as and df.retry_policy).
+-- The helper (df.setvar, df.unsetvar, df.clearvars, df.await_instance) that ran earlier in the
+-- current statement, if any: each leaves 'name<newline>statement_timestamp()' in the
+-- transaction-local setting df.non_future_helper (pg_durable's marker, of the same name).
+-- Callable by every role: the builders run as their caller.
+CREATE OR REPLACE FUNCTION df._non_future_helper()
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT pg_catalog.split_part(m, E'\n', 1)
+      FROM pg_catalog.current_setting('df.non_future_helper', true) AS m
+     WHERE pg_catalog.split_part(m, E'\n', 2) = pg_catalog.statement_timestamp()::text
+$fn$;
+COMMENT ON FUNCTION df._non_future_helper() IS
+    'Internal: the df helper that ran earlier in this statement (its text return value is no workflow step)';
+
 CREATE OR REPLACE FUNCTION df.ensure_durofut(val text, result_name text DEFAULT NULL,
                                   retry_policy text DEFAULT NULL)
 RETURNS text
@@ -396,7 +413,16 @@ BEGIN
 
     -- One pass over the top-level members (children stay unparsed raw text), so wrapping a
     -- large graph again costs one JSON scan, not one per field.
-    IF ltrim(val, E' \t\r\n') LIKE '{%' THEN
+    IF ltrim(val, E' \t\r\n') NOT LIKE '{%' THEN
+        -- Plain text: the return value of df.setvar/unsetvar/clearvars ('OK') or of
+        -- df.await_instance (a status) fed to a builder in the statement that called it is
+        -- refused, as pg_durable does (#153: they mark the statement, see vars.sql)
+        v_name := df._non_future_helper();
+        IF v_name IS NOT NULL THEN
+            RAISE EXCEPTION '% cannot be used as a workflow step. Call % before df.start().',
+                v_name, v_name USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    ELSE
         BEGIN
             SELECT array_agg(e.key), array_agg(e.value) INTO v_keys, v_vals
               FROM json_each(val::json) e;
@@ -566,9 +592,12 @@ LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
-    IF name IS NULL OR name !~ '^[A-Za-z_][A-Za-z0-9_]*$' THEN
-        RAISE EXCEPTION '"%" is not a valid identifier: result names must match ^[A-Za-z_][A-Za-z0-9_]*$',
-            coalesce(name, 'NULL') USING ERRCODE = 'invalid_name';
+    IF name IS NULL OR name = '' THEN
+        RAISE EXCEPTION 'df.as: result name cannot be empty' USING ERRCODE = 'invalid_name';
+    END IF;
+    IF name !~ '^[A-Za-z_][A-Za-z0-9_]*$' THEN
+        RAISE EXCEPTION 'df.as: result name ''%'' is not a valid identifier — must match [a-zA-Z_][a-zA-Z0-9_]*',
+            name USING ERRCODE = 'invalid_name';
     END IF;
     RETURN df.ensure_durofut(fut, name);
 END;

@@ -101,9 +101,12 @@ BEGIN
     ELSE
         ------------------------------------------------------------------ a graph
         IF v_in LIKE '{%'
-           OR v_in ~* '^(SELECT|INSERT|UPDATE|DELETE|WITH|CREATE|ALTER|DROP|CALL|DO|TRUNCATE|GRANT|REVOKE|EXPLAIN|VALUES|TABLE|COPY|MERGE|VACUUM|ANALYZE|REFRESH|LOCK|NOTIFY|LISTEN|SET|RESET|SHOW|COMMENT|CLUSTER|REINDEX|BEGIN|COMMIT|ROLLBACK|PREPARE|EXECUTE|DECLARE|FETCH|IMPORT|SECURITY|DISCARD|CHECKPOINT|LOAD)\M'
-           OR NOT (v_in ~ '(~>|\|=>|\?>|!>|@>|&|\||df\.)' OR v_in ~ '^(''|[Ee]''|\$|\()') THEN
+           OR v_in ~* '^(SELECT|INSERT|UPDATE|DELETE|WITH|CREATE|ALTER|DROP|CALL|DO|TRUNCATE|GRANT|REVOKE|EXPLAIN|VALUES|TABLE|COPY|MERGE|VACUUM|ANALYZE|REFRESH|LOCK|NOTIFY|LISTEN|SET|RESET|SHOW|COMMENT|CLUSTER|REINDEX|BEGIN|COMMIT|ROLLBACK|PREPARE|EXECUTE|DECLARE|FETCH|IMPORT|SECURITY|DISCARD|CHECKPOINT|LOAD)\M' THEN
             v_graph := v_in;  -- an envelope, or plain SQL (df.graph_nodes wraps it)
+        ELSIF NOT (v_in ~ '(~>|\|=>|\?>|!>|@>|&|\||df\.)' OR v_in ~ '^(''|[Ee]''|\$|\()') THEN
+            -- neither a statement nor an expression (pg_durable's text, word for word)
+            RETURN E'Cannot explain input: not a valid Durofut JSON, instance ID, SQL statement, or DSL expression.\n'
+                   'Hint: DSL expressions use df.*() functions and operators like ~>, |=>, &, |.';
         ELSE
             BEGIN
                 -- One expression only: a cursor cannot be opened over several statements.
@@ -116,8 +119,7 @@ BEGIN
                     MESSAGE = 'df.explain(): could not evaluate the DSL expression: ' || v_msg;
             END;
             IF v_graph IS NULL THEN
-                RAISE EXCEPTION 'df.explain(): the DSL expression evaluated to NULL'
-                    USING ERRCODE = 'null_value_not_allowed';
+                RETURN 'Expression returned NULL';  -- (pg_durable's text)
             END IF;
         END IF;
         BEGIN

@@ -48,7 +48,8 @@ DECLARE
     v_opt  text := CASE WHEN coalesce(with_grant, false) THEN ' WITH GRANT OPTION' ELSE '' END;
     r      record;
 BEGIN
-    v_role := df._role_name(p_role);
+    -- 'public' is PUBLIC, every role (pg_durable's USER_GUIDE allows it: a deliberate act)
+    v_role := CASE WHEN p_role IN ('public', '"public"') THEN 'public' ELSE df._role_name(p_role) END;
     EXECUTE format('GRANT USAGE ON SCHEMA df TO %I', v_role) || v_opt;
 
     EXECUTE format('GRANT SELECT ON df.instances TO %I', v_role) || v_opt;
@@ -94,24 +95,28 @@ DECLARE
     v_role text;
     r      record;
 BEGIN
-    v_role := df._role_name(p_role);
+    v_role := CASE WHEN p_role IN ('public', '"public"') THEN 'public' ELSE df._role_name(p_role) END;
     -- Refuse to cut off the caller's own access through a role it is a member of; superusers
     -- are exempt because they keep access regardless. Revoking from itself is left to
     -- PostgreSQL, as in pg_durable: REVOKE removes only what the caller granted, so a delegated
     -- admin's self-revoke keeps the access it was given.
     IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
-       AND v_role <> current_user
+       AND v_role <> current_user AND v_role <> 'public'
        AND pg_catalog.pg_has_role(current_user, v_role, 'MEMBER') THEN
         RAISE EXCEPTION 'cannot revoke df privileges from "%" because the current role ("%") is a member of it; use a different administrator',
             v_role, current_user USING ERRCODE = 'insufficient_privilege';
     END IF;
 
     -- Per-function so a delegated admin lacking some privilege (e.g. df.http) still revokes the
-    -- rest. CASCADE also removes what the role re-granted WITH GRANT OPTION.
+    -- rest. CASCADE also removes what the role re-granted WITH GRANT OPTION. From PUBLIC only
+    -- what df.grant_usage granted it: PUBLIC keeps EXECUTE on the ordinary functions and SELECT
+    -- on the self-filtering views, as a fresh install gives it (schema USAGE is the gate).
     FOR r IN
         SELECT p.oid::pg_catalog.regprocedure AS signature
           FROM pg_catalog.pg_proc p
          WHERE p.pronamespace = 'df'::pg_catalog.regnamespace
+           AND (v_role <> 'public'
+                OR p.proname IN ('grant_usage', 'revoke_usage', 'metrics', 'http', 'http_multipart'))
          ORDER BY p.oid
     LOOP
         BEGIN
@@ -124,7 +129,7 @@ BEGIN
         SELECT c.oid::pg_catalog.regclass AS rel
           FROM pg_catalog.pg_class c
          WHERE c.relnamespace = 'df'::pg_catalog.regnamespace
-           AND c.relkind IN ('v', 'm')
+           AND c.relkind IN ('v', 'm') AND v_role <> 'public'
          ORDER BY c.oid
     LOOP
         EXECUTE format('REVOKE SELECT ON %s FROM %I CASCADE', r.rel, v_role);

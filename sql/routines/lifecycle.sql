@@ -265,6 +265,9 @@ BEGIN
             RAISE EXCEPTION 'Instance not found: %', instance_id USING ERRCODE = 'no_data_found';
         END IF;
         IF v_status IN ('completed', 'failed', 'cancelled') THEN
+            -- (the status fed to a DSL builder in this statement is refused: df.ensure_durofut)
+            PERFORM pg_catalog.set_config('df.non_future_helper',
+                'df.await_instance' || E'\n' || pg_catalog.statement_timestamp()::text, true);
             RETURN v_status;
         END IF;
         IF pg_catalog.clock_timestamp() >= v_deadline THEN
@@ -282,11 +285,14 @@ COMMENT ON FUNCTION df.await_instance(text, integer) IS
 
 CREATE OR REPLACE FUNCTION df.wait_for_completion(instance_id text, timeout_seconds integer DEFAULT 30)
 RETURNS text
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-    SELECT df.await_instance($1, $2)
+BEGIN
+    RAISE WARNING 'df.wait_for_completion() is deprecated; use df.await_instance() instead';
+    RETURN df.await_instance(instance_id, timeout_seconds);
+END;
 $fn$;
 COMMENT ON FUNCTION df.wait_for_completion(text, integer) IS 'Deprecated alias of df.await_instance';
 

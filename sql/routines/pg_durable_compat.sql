@@ -66,7 +66,7 @@ COMMENT ON FUNCTION df.version() IS 'Installed dftui schema version';
 
 CREATE OR REPLACE FUNCTION df.duroxide_schema()
 RETURNS text
-LANGUAGE sql IMMUTABLE
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $fn$

@@ -139,7 +139,7 @@ BEGIN
             q := cur->>'query';
             rn := cur->>'result_name';
             IF rn IS NOT NULL AND rn !~ '^[A-Za-z_][A-Za-z0-9_]*$' THEN
-                RAISE EXCEPTION '"%" is not a valid identifier: result names must match ^[A-Za-z_][A-Za-z0-9_]*$', rn
+                RAISE EXCEPTION 'result name ''%'' is not a valid identifier — must match [a-zA-Z_][a-zA-Z0-9_]*', rn
                     USING ERRCODE = 'invalid_name';
             END IF;
             FOREACH k IN ARRAY ARRAY['left_node', 'right_node'] LOOP
@@ -587,13 +587,32 @@ BEGIN
             coalesce(transaction_mode, 'NULL') USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    -- 2. strict graph parse and validation, then the other arguments
-    SELECT array_agg(g.node_id), array_agg(g.node_type), array_agg(g.query),
-           array_agg(g.result_name), array_agg(g.left_node), array_agg(g.right_node),
-           (array_agg(g.node_id) FILTER (WHERE g.slot = 'root'))[1],
-           jsonb_object_agg(g.node_id, g.retry_policy) FILTER (WHERE g.retry_policy IS NOT NULL)
-      INTO v_ids, v_types, v_queries, v_names, v_lefts, v_rights, v_root, v_policies
-      FROM df.graph_nodes(fut) g;
+    -- 2. strict graph parse and validation, then the other arguments. pg_durable's strict parse
+    -- of the root speaks first: a helper's text return value (df.setvar's 'OK', see dsl.sql) is
+    -- no workflow, and an unknown root node type is 'Invalid durable function: …' (deeper
+    -- problems are 'Invalid durable function graph: <path>: …', as df.graph_nodes says them).
+    IF ltrim(fut, E' \t\r\n') NOT LIKE '{%' THEN
+        v_msg := df._non_future_helper();
+        IF v_msg IS NOT NULL THEN
+            RAISE EXCEPTION 'Invalid durable function: % cannot be used as a workflow step. Call % before df.start().',
+                v_msg, v_msg USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+    BEGIN
+        SELECT array_agg(g.node_id), array_agg(g.node_type), array_agg(g.query),
+               array_agg(g.result_name), array_agg(g.left_node), array_agg(g.right_node),
+               (array_agg(g.node_id) FILTER (WHERE g.slot = 'root'))[1],
+               jsonb_object_agg(g.node_id, g.retry_policy) FILTER (WHERE g.retry_policy IS NOT NULL)
+          INTO v_ids, v_types, v_queries, v_names, v_lefts, v_rights, v_root, v_policies
+          FROM df.graph_nodes(fut) g;
+    EXCEPTION WHEN invalid_parameter_value THEN
+        GET STACKED DIAGNOSTICS v_msg = MESSAGE_TEXT;
+        IF v_msg LIKE 'Invalid durable function graph: root: Unknown node_type %' THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value', MESSAGE =
+                'Invalid durable function: ' || substr(v_msg, length('Invalid durable function graph: root: ') + 1);
+        END IF;
+        RAISE;
+    END;
 
     IF start_with_retry.label IS NOT NULL AND start_with_retry.label ~ '[[:cntrl:]]' THEN
         RAISE EXCEPTION 'invalid label: labels must not contain control characters (newlines, tabs, ...)'
@@ -621,9 +640,9 @@ BEGIN
     -- 4. the engine runs every step as this role, so it must be able to log in
     SELECT * INTO v_role FROM pg_catalog.pg_roles WHERE rolname = current_user;
     IF NOT v_role.rolcanlogin THEN
-        RAISE EXCEPTION 'current_user "%" does not have LOGIN privilege: every step runs as the submitting role, so it must be able to log in',
+        RAISE EXCEPTION 'current_user "%" does not have LOGIN privilege. The background worker must connect as this role to execute SQL. Grant LOGIN to this role or call df.start() as a role with LOGIN.',
             current_user USING ERRCODE = 'insufficient_privilege',
-            HINT = 'Grant LOGIN to the role, or call df.start as a role with LOGIN (e.g. after SET ROLE).';
+            DETAIL = 'dftui''s engine runs every step as the submitting role.';
     END IF;
 
     -- 5. superusers only when explicitly enabled
@@ -632,9 +651,9 @@ BEGIN
     -- through a superuser's SECURITY DEFINER function; read only for superusers, off the hot path)
     IF v_role.rolsuper AND lower(coalesce(df._setting('pg_durable.enable_superuser_instances'), ''))
                            NOT IN ('on', 'true', 'yes', '1') THEN
-        RAISE EXCEPTION 'pg_durable: superuser instances are disabled: current_user "%" is a superuser and pg_durable.enable_superuser_instances is off',
+        RAISE EXCEPTION 'pg_durable: superuser instances are disabled. current_user "%" is a superuser, but pg_durable.enable_superuser_instances is off. Set pg_durable.enable_superuser_instances = on to allow this.',
             current_user USING ERRCODE = 'insufficient_privilege',
-            HINT = 'Start workflows as an ordinary role, or SET pg_durable.enable_superuser_instances = on.';
+            HINT = 'Or start workflows as an ordinary role.';
     END IF;
 
     IF v_mode = 'new' THEN

@@ -100,7 +100,7 @@ AS $fn$
 #variable_conflict use_variable
 BEGIN
     IF pg_catalog.current_setting('df.in_workflow', true) = 'true' THEN
-        RAISE EXCEPTION 'df.setvar() cannot be called inside a workflow'
+        RAISE EXCEPTION 'df.setvar() cannot be called inside a workflow - set variables before starting the workflow'
             USING ERRCODE = 'feature_not_supported';
     END IF;
     IF name IS NULL OR name = '' THEN
@@ -110,6 +110,9 @@ BEGIN
     INSERT INTO df.vars AS v (name, value, owner)
     VALUES (name, value, pg_catalog.quote_ident(current_user)::regrole)
     ON CONFLICT ON CONSTRAINT vars_pkey DO UPDATE SET value = EXCLUDED.value;
+    -- (its 'OK' fed to a DSL builder in this statement is refused: df.ensure_durofut)
+    PERFORM pg_catalog.set_config('df.non_future_helper',
+                                  'df.setvar' || E'\n' || pg_catalog.statement_timestamp()::text, true);
     RETURN 'OK';
 END;
 $fn$;
@@ -124,11 +127,13 @@ AS $fn$
 #variable_conflict use_variable
 BEGIN
     IF pg_catalog.current_setting('df.in_workflow', true) = 'true' THEN
-        RAISE EXCEPTION 'df.unsetvar() cannot be called inside a workflow'
+        RAISE EXCEPTION 'df.unsetvar() cannot be called inside a workflow - manage variables before starting the workflow'
             USING ERRCODE = 'feature_not_supported';
     END IF;
     DELETE FROM df.vars v
      WHERE v.owner = pg_catalog.quote_ident(current_user)::regrole AND v.name = name;
+    PERFORM pg_catalog.set_config('df.non_future_helper',
+                                  'df.unsetvar' || E'\n' || pg_catalog.statement_timestamp()::text, true);
     RETURN 'OK';
 END;
 $fn$;
@@ -142,10 +147,12 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
     IF pg_catalog.current_setting('df.in_workflow', true) = 'true' THEN
-        RAISE EXCEPTION 'df.clearvars() cannot be called inside a workflow'
+        RAISE EXCEPTION 'df.clearvars() cannot be called inside a workflow - manage variables before starting the workflow'
             USING ERRCODE = 'feature_not_supported';
     END IF;
     DELETE FROM df.vars v WHERE v.owner = pg_catalog.quote_ident(current_user)::regrole;
+    PERFORM pg_catalog.set_config('df.non_future_helper',
+                                  'df.clearvars' || E'\n' || pg_catalog.statement_timestamp()::text, true);
     RETURN 'OK';
 END;
 $fn$;

@@ -8,3 +8,8 @@ GRANT EXECUTE ON FUNCTION df._setting(text) TO PUBLIC;
 -- (SECURITY INVOKER), which a delegated admin calls: it must be able to execute it. It reads
 -- only pg_roles, which every role may read.
 GRANT EXECUTE ON FUNCTION df._role_name(text) TO PUBLIC;
+
+-- df._non_future_helper is how the builders (df.ensure_durofut) and df.start, which run as their
+-- caller, tell a helper's text return value from a workflow step (dsl.sql). It reads only the
+-- caller's own transaction-local setting.
+GRANT EXECUTE ON FUNCTION df._non_future_helper() TO PUBLIC;
