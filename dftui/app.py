@@ -22,6 +22,7 @@ from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.dom import DOMNode
+from textual.notifications import SeverityLevel
 from textual.reactive import var
 from textual.screen import ModalScreen, Screen
 from textual.worker import Worker, get_current_worker
@@ -283,6 +284,14 @@ class DftuiApp(App[int]):
     def _from_thread(self, callback: Callable[..., Any], *args: Any) -> None:
         with suppress(RuntimeError):  # the app is shutting down; nobody to tell
             self.call_from_thread(callback, *args)
+
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        """Every notification is plain text: it names labels and carries the server's messages
+        (a role's SQL, its errors), so markup in them must not be read (a label '[/]x' raised
+        MarkupError). Widgets' notify() passes markup=True explicitly; it is ignored."""
+        del markup
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
     def notify_error(self, exc: ClientError | str) -> None:
         """The server's message as a notification; the same message is not repeated while it is

@@ -20,7 +20,6 @@ import time
 from datetime import datetime
 
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -32,6 +31,7 @@ from dftui.screens.base import AppHeader, BaseScreen
 from dftui.screens.dialogs import ConfirmDialog
 from dftui.widgets.format import STATUS_STYLES, format_duration, format_time, shorten
 from dftui.widgets.keybar import KeyBar
+from dftui.widgets.plain import PlainTable
 
 BUSY_LIMIT = 10.0  # seconds after which a refresh that never answered is forgotten
 
@@ -193,7 +193,7 @@ class ActivityScreen(BaseScreen):
         if s.query:
             out.append(Text(f"  {shorten(' '.join(s.query.split()), width * 2)}", style="dim"))
         if s.waiting_for:
-            locks = Table(title="waits for", title_justify="left", show_edge=False, expand=False)
+            locks = PlainTable(title="waits for", title_justify="left", show_edge=False, expand=False)
             for col in ("lock", "mode", "on"):
                 locks.add_column(col)
             for lock in s.waiting_for:
@@ -205,7 +205,7 @@ class ActivityScreen(BaseScreen):
                               str(target))
             out.append(locks)
         if s.blocked_by:
-            blockers = Table(title="blocked by", title_justify="left", show_edge=False,
+            blockers = PlainTable(title="blocked by", title_justify="left", show_edge=False,
                              expand=False)
             for col in ("pid", "role", "application", "state", "query"):
                 blockers.add_column(col)

@@ -86,7 +86,7 @@ class ConfirmDialog(Dialog[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.question, classes="dialog-title")
+            yield Label(Text(self.question), classes="dialog-title")  # (may name labels)
             with Horizontal(classes="dialog-buttons"):
                 yield Button(self.confirm, variant="error", id="confirm")
                 yield Button("Back", id="back")
@@ -194,7 +194,7 @@ class SignalDialog(Dialog[list[ActionResult] | None]):
         title = (f"Signal {self.planned.apply[0].name}" if len(ids) == 1
                  else f"Signal {_count(ids)}")
         with Vertical(classes="dialog"):
-            yield Label(title, classes="dialog-title")
+            yield Label(Text(title), classes="dialog-title")  # (a label is text, not markup)
             if len(ids) > 1 or self.planned.skip:
                 yield Static(_targets_text(self.planned), classes="dialog-ids")
             yield Input(self.suggested_name, placeholder="signal name, e.g. approve", id="name")

@@ -10,7 +10,6 @@ from typing import Any
 
 from croniter import croniter
 from rich.console import Group
-from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -22,6 +21,7 @@ from dftui.screens.base import AppHeader, BaseScreen
 from dftui.vocabulary import cron_text
 from dftui.widgets.format import STATUS_STYLES, age, format_time, shorten
 from dftui.widgets.keybar import KeyBar
+from dftui.widgets.plain import PlainTable
 
 SAMPLES = 60  # throughput samples kept (one per refresh)
 
@@ -98,7 +98,7 @@ class EnginesScreen(BaseScreen):
         self.query_one("#throughput", Sparkline).data = list(self.rates) or [0.0]
 
         reasons = self.dapp.client.capabilities.reasons
-        table = Table(title="Engines", title_justify="left", title_style="bold", expand=True,
+        table = PlainTable(title="Engines", title_justify="left", title_style="bold", expand=True,
                       show_edge=False)
         for col in ("id", "host:pid", "state", "heartbeat", "started", "concurrency",
                     "per role", "step timeout", "steps"):
@@ -125,7 +125,7 @@ class EnginesScreen(BaseScreen):
             parts = [Text(reasons.get("engines", "No engine has registered yet — start one with "
                                                  "`dftui engine`."), style="yellow")]
         if health.limits:
-            limits = Table(title="Per-role limits", title_justify="left", title_style="bold",
+            limits = PlainTable(title="Per-role limits", title_justify="left", title_style="bold",
                            expand=True, show_edge=False)
             for col in ("role", "max running", "max pending", "step timeout"):
                 limits.add_column(col)
@@ -140,7 +140,7 @@ class EnginesScreen(BaseScreen):
         self.query_one("#engines", Static).update(Group(*parts))
 
         counts = health.counts
-        queues = Table(show_edge=False, expand=True, title="Queues & waits", title_justify="left",
+        queues = PlainTable(show_edge=False, expand=True, title="Queues & waits", title_justify="left",
                        title_style="bold")
         queues.add_column("what")
         queues.add_column("instance")

@@ -14,6 +14,7 @@ from dftui.client import Client, HistoryEvent
 from dftui.screens.base import CURSOR_BINDINGS, AppHeader, TableScreen
 from dftui.widgets.format import STATUS_STYLES, format_time, shorten
 from dftui.widgets.keybar import KeyBar
+from dftui.widgets.plain import PlainDataTable
 
 _EVENT_STYLES = {"completed": "completed", "failed": "failed", "cancelled": "cancelled",
                  "attempt completed": "completed", "attempt failed": "failed",
@@ -39,7 +40,7 @@ class HistoryScreen(TableScreen):
     def compose(self) -> ComposeResult:
         yield AppHeader()
         yield Static(id="history-title")
-        yield DataTable(id="history", cursor_type="row", zebra_stripes=True)
+        yield PlainDataTable(id="history", cursor_type="row", zebra_stripes=True)
         yield KeyBar()
 
     def on_mount(self) -> None:

@@ -14,6 +14,7 @@ from datetime import timedelta
 from dftui.vocabulary import STATUSES
 
 _SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SINCE_MAX_SECONDS = 100 * 366 * 86400  # (much more overflows the date arithmetic of "now - since")
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,11 @@ def parse_filter(text: str, current: Filters) -> Filters:
             number = value[:-1] if value[-1:] in _SINCE_UNITS else value
             if not number.isdigit():
                 raise ValueError(f"since:{value} — use a number with s, m, h, d or w (e.g. since:2h)")
-            since = timedelta(seconds=int(number) * _SINCE_UNITS[unit])
+            seconds = int(number) * _SINCE_UNITS[unit]
+            if not 0 < seconds <= _SINCE_MAX_SECONDS:
+                raise ValueError(f"since:{value} — use a duration above 0 and up to 100 years "
+                                 "(e.g. since:2h)")
+            since = timedelta(seconds=seconds)
         else:
             words.append(token)
     return Filters(status=status if status else current.status if not tokens else None,

@@ -16,6 +16,7 @@ from dftui.screens.base import CURSOR_BINDINGS, AppHeader, Dialog, TableScreen
 from dftui.screens.dialogs import ConfirmDialog
 from dftui.widgets.format import STATUS_STYLES, shorten
 from dftui.widgets.keybar import KeyBar
+from dftui.widgets.plain import PlainDataTable
 
 
 class VarDialog(Dialog[tuple[str, str] | None]):
@@ -56,7 +57,7 @@ class VarDialog(Dialog[tuple[str, str] | None]):
         self.dismiss((name, self.query_one("#value", Input).value))
 
 
-class VarTable(DataTable):
+class VarTable(PlainDataTable):
     """`enter` edits the variable under the cursor (via RowSelected)."""
 
     BINDINGS = [Binding("enter", "select_cursor", "Edit", show=False)]

@@ -14,7 +14,6 @@ from datetime import datetime, tzinfo
 
 from rich.text import Text
 from textual.binding import Binding
-from textual.widgets import DataTable
 
 from dftui.client import InstanceSummary
 from dftui.screens.instance_order import SERVER_ORDER
@@ -25,6 +24,7 @@ from dftui.widgets.format import (
     shorten,
     status_text,
 )
+from dftui.widgets.plain import PlainDataTable
 
 WIDE = 120  # from this many columns on, times are shown in full
 
@@ -96,7 +96,7 @@ def selected_mark(selected: bool) -> Text | str:
     return Text("●", style="bold cyan") if selected else " "
 
 
-class InstanceTable(DataTable):
+class InstanceTable(PlainDataTable):
     """The instances table: `enter` is described as Open (it emits RowSelected)."""
 
     BINDINGS = [Binding("enter", "select_cursor", "Open")]

@@ -13,13 +13,13 @@ from typing import Any
 from rich.console import Group, RenderableType
 from rich.highlighter import JSONHighlighter
 from rich.syntax import Syntax
-from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
 from dftui.client import NodeInfo, json_dumps, parse_ts
 from dftui.graph import display_status, node_summary
 from dftui.vocabulary import if_rows_result
+from dftui.widgets.plain import PlainTable
 
 from .format import (
     STATUS_STYLES,
@@ -58,7 +58,7 @@ def result_renderable(result: Any) -> RenderableType:
             for key in row if isinstance(row, dict) else []:
                 if key not in columns:
                     columns.append(key)
-        table = Table(show_edge=False, pad_edge=False, header_style="bold")
+        table = PlainTable(show_edge=False, pad_edge=False, header_style="bold")
         for col in columns:
             table.add_column(col, overflow="fold")
         for row in rows[:MAX_RESULT_ROWS]:
@@ -191,7 +191,7 @@ def node_details(
     if node.status_details:
         parts += [_heading("Status details"), json_renderable(node.status_details)]
     if node.loop_iterations:
-        table = Table(show_edge=False, pad_edge=False, header_style="bold")
+        table = PlainTable(show_edge=False, pad_edge=False, header_style="bold")
         for col in ("iteration", "finished", "steps"):
             table.add_column(col, overflow="fold")
         for it in node.loop_iterations[-20:]:
@@ -215,14 +215,14 @@ def node_details(
     return Group(*parts)
 
 
-def attempts_table(node: NodeInfo, now: datetime, tz: tzinfo | None) -> Table:
+def attempts_table(node: NodeInfo, now: datetime, tz: tzinfo | None) -> PlainTable:
     """Every attempt, in time order and numbered distinctly (`#` counts all of them; the loop
     iteration and the execution — 1 + retries before it — say where each one belongs), with
     each df.retry between them and who asked."""
     history = node.attempt_history
     iterations = any(a.loop_iteration for a in history)
     executions = any(a.kind == "retry" for a in history)
-    table = Table(show_edge=False, pad_edge=False, header_style="bold")
+    table = PlainTable(show_edge=False, pad_edge=False, header_style="bold")
     columns = ["#"] + (["iter"] if iterations else []) + (["exec"] if executions else [])
     for col in (*columns, "", "started", "took", "error"):
         table.add_column(col, overflow="fold", no_wrap=col in ("started", "took"))

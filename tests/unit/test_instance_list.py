@@ -40,6 +40,11 @@ def test_filter_syntax():
         parse_filter("status:broken", Filters())
     with pytest.raises(ValueError, match="since:"):
         parse_filter("since:soon", Filters())
+    # (0 would silently filter nothing; a huge one overflowed the date arithmetic: a traceback)
+    for bad in ("since:0s", "since:0", "since:99999999999d", "since:800000d"):
+        with pytest.raises(ValueError, match="above 0 and up to 100 years"):
+            parse_filter(bad, Filters())
+    assert parse_filter("since:36500d", Filters()).since == timedelta(days=36500)
     with pytest.raises(ValueError, match="filter:"):
         parse_filter('label:"unterminated', Filters())
 
