@@ -407,6 +407,25 @@ def test_show_json_output_is_data_and_columns_keep_their_order(capsys, db, live_
     assert not isinstance(data["instance"]["output"], str)
     (node,) = [n for n in data["nodes"] if n["node_type"] == "SQL"]
     assert list(node["result"]["rows"][0]) == ["zeta", "alpha", "mid"]
+    assert list(data["instance"]["output"]["rows"][0]) == ["zeta", "alpha", "mid"]
+
+
+def test_a_copied_result_keeps_its_columns_order_in_parents_and_the_output(capsys, db, live_engine):
+    """A THEN (and the instance's output) holds a jsonb copy of its last step's result: it
+    showed the columns sorted (a, m, z) though the node itself read z, a, m."""
+    code, out, err = run(capsys, "start", "'SELECT 1 AS a' ~> 'SELECT 2 AS z, 1 AS a, 3 AS m'",
+                         "--wait", "--dsn", db.dsn(ALICE))
+    assert code == 0, err
+    instance_id = out.split()[0]
+    assert '{"z": 2, "a": 1, "m": 3}' in out  # start --wait prints the output
+    code, out, err = run(capsys, "show", instance_id, "--json", "--dsn", db.dsn(ALICE))
+    assert code == 0, err
+    data = json.loads(out)
+    assert list(data["instance"]["output"]["rows"][0]) == ["z", "a", "m"]
+    (then,) = [n for n in data["nodes"] if n["node_type"] == "THEN"]
+    assert list(then["result"]["rows"][0]) == ["z", "a", "m"]
+    first = [n for n in data["nodes"] if n["node_type"] == "SQL" and n["query"] == "SELECT 1 AS a"]
+    assert list(first[0]["result"]["rows"][0]) == ["a"]
 
 
 # --- vars -----------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ from dftui.client.models import (
     InstanceSummary,
     NodeInfo,
     StatusCounts,
+    borrow_column_orders,
+    json_value,
+    ordered_result,
     parse_ts,
 )
 from dftui.client.session import Session
@@ -301,7 +304,8 @@ class Instances(Session):
         if not found:
             raise ClientError("Instance not found or access denied")
         backend = self._adapter()
-        row = replace(found[0], output=backend.output(self, instance_id, found[0].root_node))
+        row = replace(found[0], output=self._ordered_output(
+            instance_id, backend.output(self, instance_id, found[0].root_node)))
         runtime = backend.runtime(self, instance_id)
         if runtime:
             row = replace(
@@ -325,12 +329,32 @@ class Instances(Session):
         backend = self._adapter()
         by_id = backend.nodes(self, instance_id)
         backend.add_run_data(self, instance_id, by_id)
-        found = list(by_id.values())
+        found = borrow_column_orders(list(by_id.values()))
         if self.capabilities.has_node_runs and found:
             parents = {n.id: (n.parent_id, n.slot) for n in found}
             timings.number_attempts(found, parents)
             timings.fix_timings(detail or self.instance(instance_id), found, parents)
         return found
+
+    def _ordered_output(self, instance_id: str, output: str | None) -> str | None:
+        """The output with its rows' keys in the statement's column order: it is a jsonb copy
+        of a node's result (keys sorted), and the node that produced it has the column list
+        (borrow_column_orders). Unchanged when no node records one (pg_durable's backend)."""
+        if not output or '"rows"' not in output:
+            return output
+        try:
+            found = self._one(
+                "SELECT n.status_details::text AS details FROM df.nodes n "
+                "WHERE n.instance_id = %s AND n.result = %s::jsonb "
+                "AND jsonb_typeof(n.status_details -> 'columns') = 'array' "
+                "ORDER BY n.updated_at DESC LIMIT 1", (instance_id, output))
+        except ClientError:
+            return output
+        if not found:
+            return output
+        value = json_value(output)
+        ordered = ordered_result(value, json_value(found["details"]))
+        return output if ordered is value else jsonexact.dumps(ordered, ensure_ascii=False)
 
     def explain(self, source: str) -> str:
         """df.explain of an instance id, a node envelope, DSL source text or plain SQL."""

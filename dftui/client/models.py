@@ -8,7 +8,7 @@ the TUI and the CLI share (a name for an instance, a count label, a masked secre
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -327,6 +327,34 @@ def json_value(value: Any) -> Any:
         except ValueError:
             return value
     return value
+
+
+def result_columns(details: Any) -> list[str] | None:
+    """The statement's column order the engine recorded with a result, if any."""
+    columns = details.get("columns") if isinstance(details, dict) else None
+    return columns if isinstance(columns, list) else None
+
+
+def borrow_column_orders(nodes: list[NodeInfo]) -> list[NodeInfo]:
+    """Composite nodes (THEN, IF, LOOP, JOIN's parts) hold a copy of a child's row-set result
+    but no column list of their own, so jsonb's sorted keys showed through ('SELECT z, a'
+    read a, z at the THEN above it and in the instance's output): each takes the order of the
+    node whose result it copied (an equal result that has a column list)."""
+    known = [(n.result, cols) for n in nodes
+             if isinstance(n.result, dict) and (cols := result_columns(n.status_details))]
+    if not known:
+        return nodes
+
+    def order(result: Any) -> Any:
+        if isinstance(result, list):
+            return [order(r) for r in result]
+        for candidate, cols in known:
+            if isinstance(result, dict) and candidate == result:
+                return ordered_result(result, {"columns": cols})
+        return result
+
+    return [n if result_columns(n.status_details) else replace(n, result=order(n.result))
+            for n in nodes]
 
 
 def ordered_result(result: Any, details: Any) -> Any:
