@@ -34,12 +34,19 @@ class _NeedsSlowPath(Exception):
     """A Decimal met by the C encoder: it can only write it as a string."""
 
 
+def _no_constant(name: str) -> Any:
+    """NaN, Infinity and -Infinity are not JSON (RFC 8259; PostgreSQL's json refuses them)."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def loads(text: str | bytes | bytearray) -> Any:
-    """Decode JSON exactly (non-integers as Decimal) at any nesting depth."""
+    """Decode JSON exactly (non-integers as Decimal) at any nesting depth. Strict: NaN and
+    Infinity, which Python's json accepts, are refused as PostgreSQL refuses them."""
     if isinstance(text, bytes | bytearray):
         text = text.decode()
     try:
-        return json.loads(text, parse_float=Decimal, parse_int=_parse_int)
+        return json.loads(text, parse_float=Decimal, parse_int=_parse_int,
+                          parse_constant=_no_constant)
     except RecursionError:
         return _loads_iterative(text)
 

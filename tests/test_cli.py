@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from dftui.cli import main
-from tests.support import ALICE, BOB, wait_terminal
+from tests.support import ALICE, BOB, CAROL, wait_terminal
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -278,11 +278,19 @@ def test_cancel_json(capsys, db):
     assert [(r["id"], r["ok"]) for r in results] == [(instance_id, True)]
 
 
+def test_timeout_without_wait_is_a_usage_error(capsys, db):
+    code, out, err = run(capsys, "start", "'SELECT 1'", "--timeout", "5", "--dsn", db.dsn(ALICE))
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, "--timeout applies to --wait")
+    assert db.scalar("SELECT count(*) FROM df.instances") == 0  # nothing was started
+
+
 def test_signal_validates_payload(capsys, db):
     instance_id = cli_start(capsys, db, "df.wait_for_signal('go')")
-    code, out, err = run(capsys, "signal", instance_id, "go", "{not json", "--dsn", db.dsn(ALICE))
-    assert code == 2 and out == ""  # a usage error: nothing was sent
-    assert_one_line_error(err, "JSON")
+    for bad in ("{not json", "NaN", '{"x": Infinity}'):  # (NaN was sent, stored as "NaN")
+        code, out, err = run(capsys, "signal", instance_id, "go", bad, "--dsn", db.dsn(ALICE))
+        assert code == 2 and out == ""  # a usage error: nothing was sent
+        assert_one_line_error(err, "JSON")
     assert db.scalar("SELECT count(*) FROM df_internal.signals WHERE instance_id = %s",
                      (instance_id,)) == 0
     code, out, err = run(capsys, "signal", instance_id, "go", '{"ok": true}', "--dsn", db.dsn(ALICE))
@@ -433,6 +441,9 @@ def test_a_copied_result_keeps_its_columns_order_in_parents_and_the_output(capsy
 
 def test_vars_set_list_mask_unset(capsys, db, monkeypatch):
     dsn = db.dsn(ALICE)
+    code, out, err = run(capsys, "vars", "unset", "nosuchvar", "--dsn", dsn)  # (said "unset")
+    assert (code, out) == (1, "")
+    assert_one_line_error(err, "no variable 'nosuchvar': nothing unset")
     assert run(capsys, "vars", "set", "region", "eu-west", "--dsn", dsn)[0] == 0
     monkeypatch.setattr(sys, "stdin", io.StringIO("s3cr3t-value\n"))
     assert run(capsys, "vars", "set", "api_token", "--dsn", dsn)[0] == 0
@@ -486,3 +497,15 @@ def test_engine_settings_are_validated(capsys, db):
     code, out, err = run(capsys, "engine", "--http-policy", "allowlist", "--dsn", db.dsn())
     assert code == 2
     assert_one_line_error(err, "--http-allow")
+
+
+def test_data_commands_say_when_the_schema_is_missing_or_not_granted(capsys, db, other_database):
+    """One clear line, as the TUI says it (was: relation "df.instances" does not exist)."""
+    for args in (["ls"], ["show", "deadbeef"], ["vars"]):
+        code, out, err = run(capsys, *args, "--dsn", other_database.dsn())
+        assert (code, out) == (1, ""), args
+        assert_one_line_error(err, "the df schema is not installed in this database",
+                              "dftui install")
+    code, out, err = run(capsys, "ls", "--dsn", db.dsn(CAROL))  # (carol has no df usage)
+    assert (code, out) == (1, "")
+    assert_one_line_error(err, f"role {CAROL} may not use the df schema", f"dftui grant {CAROL}")

@@ -152,10 +152,23 @@ def _json_default(value: Any) -> Any:
 
 
 def _client(conninfo: str) -> Client:
-    """A connected `dftui.client.Client`, prompting (hidden) for a password when needed."""
+    """A connected `dftui.client.Client`, prompting (hidden) for a password when needed; a
+    database without the df schema, or a role without df usage, is one clear line (as the
+    TUI says it), not the first query's 'relation "df.instances" does not exist'."""
     prompt = ((lambda target: getpass.getpass(f"Password for {target}: "))
               if sys.stdin.isatty() else None)
-    return connect_client(conninfo, password_prompt=prompt)
+    client = connect_client(conninfo, password_prompt=prompt)
+    info = client.info
+    problem = None
+    if info is not None and info.backend == "none":
+        problem = "the df schema is not installed in this database (run `dftui install`)"
+    elif info is not None and not info.has_usage:
+        problem = (f"role {info.role} may not use the df schema (an admin can run "
+                   f"`dftui grant {info.role}`)")
+    if problem:
+        client.close()
+        fail(problem)
+    return client
 
 
 def _jsonable(value: Any) -> Any:

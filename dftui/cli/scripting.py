@@ -55,6 +55,8 @@ def start(
     as_json: JsonOption = False,
 ) -> int:
     """Start a workflow (df.start) and print its instance id."""
+    if timeout is not None and not wait:  # (it was ignored: a script thought it waited)
+        fail("--timeout applies to --wait: add --wait, or drop --timeout", 2)
     with _client(_resolve_dsn(ctx, dsn)) as client:
         instance_id = client.start(expression, label)
         if not wait:

@@ -93,5 +93,6 @@ def vars_unset(
 ) -> None:
     """Remove a variable (df.unsetvar)."""
     with _client(_vars_dsn(ctx, dsn)) as client:
-        client.unset_var(name)
+        if not client.unset_var(name):
+            fail(f"no variable {name!r}: nothing unset")
     typer.echo(f"unset {name}")

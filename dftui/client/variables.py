@@ -37,5 +37,18 @@ class Vars(Session):
             raise InputError(problem)
         self._rows("SELECT df.setvar(%s, %s)", (name, value))
 
-    def unset_var(self, name: str) -> None:
+    def has_var(self, name: str) -> bool:
+        """Whether the current role has a variable of that name (df.vars shows a superuser
+        every role's: only its own counts)."""
+        row = self._one("SELECT EXISTS (SELECT 1 FROM df.vars v WHERE v.name = %s "
+                        "AND v.owner = pg_catalog.quote_ident(current_user)::regrole) AS found",
+                        (name,))
+        return bool(row and row["found"])
+
+    def unset_var(self, name: str) -> bool:
+        """Remove a variable; False (and nothing done) when the role has none of that name
+        (df.unsetvar says OK either way)."""
+        if not self.has_var(name):
+            return False
         self._rows("SELECT df.unsetvar(%s)", (name,))
+        return True

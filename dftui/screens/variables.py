@@ -22,9 +22,10 @@ from dftui.widgets.plain import PlainDataTable
 class VarDialog(Dialog[tuple[str, str] | None]):
     """Add or edit one variable; returns (name, value) or None."""
 
-    def __init__(self, var: Var | None = None) -> None:
+    def __init__(self, var: Var | None = None, existing: frozenset[str] = frozenset()) -> None:
         super().__init__()
         self.var = var
+        self.existing = existing  # (adding: names taken, which Save would silently overwrite)
 
     def compose(self) -> ComposeResult:
         editing = self.var is not None
@@ -50,6 +51,8 @@ class VarDialog(Dialog[tuple[str, str] | None]):
     def _save(self) -> None:
         name = self.query_one("#name", Input).value.strip()
         problem = var_name_problem(name)
+        if not problem and self.var is None and name in self.existing:
+            problem = f"{name} exists already: edit it (enter on its row) to change its value"
         if problem:  # stay open with the input kept, so it can be corrected
             self.query_one("#error", Static).update(Text(problem, style=STATUS_STYLES["failed"]))
             self.query_one("#name", Input).focus()
@@ -164,7 +167,7 @@ class VariablesScreen(TableScreen):
         self.dapp.run_db(self, call, done, group="write", exclusive=False)
 
     def action_add(self) -> None:
-        self.app.push_screen(VarDialog(), self._save)
+        self.app.push_screen(VarDialog(existing=frozenset(v.name for v in self.vars)), self._save)
 
     def action_edit(self) -> None:
         var = self.current
@@ -185,8 +188,11 @@ class VariablesScreen(TableScreen):
             if not ok:
                 return
 
-            def done(_: None) -> None:
-                self.notify(f"Deleted {var.name}")
+            def done(deleted: bool) -> None:
+                if deleted:
+                    self.notify(f"Deleted {var.name}")
+                else:
+                    self.notify(f"Nothing deleted: {var.name} no longer exists", severity="warning")
                 self.revealed.discard(var.name)
                 self.reload()
 

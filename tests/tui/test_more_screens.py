@@ -57,6 +57,18 @@ async def test_variables_add_edit_delete_and_masking(db):
         await wait_for_app(pilot, lambda: app.screen is screen, what="dialog closed")
         assert "bad-name" not in _vars(db, "dftui_alice")
 
+        # adding a name that exists is refused in the dialog (Save overwrote its value silently)
+        await pilot.press("a")
+        await wait_for_app(pilot, lambda: isinstance(app.screen, VarDialog), what="add dialog")
+        dialog = app.screen
+        await pilot.press(*"region", "tab", "enter")
+        await pilot.pause()
+        assert app.screen is dialog
+        assert "region exists already" in str(dialog.query_one("#error").render())
+        await pilot.press("escape")
+        await wait_for_app(pilot, lambda: app.screen is screen, what="dialog closed")
+        assert _vars(db, "dftui_alice")["region"] == "eu-west-1"
+
         # g / G move to the first / last variable
         await pilot.press("G")
         assert screen.current.name == "region"

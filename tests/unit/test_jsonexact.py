@@ -62,3 +62,11 @@ def test_invalid_json_is_refused_at_any_depth(bad):
         jsonexact._loads_iterative(bad)
     with pytest.raises(json.JSONDecodeError):
         jsonexact.loads(bad)
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity", '{"x": NaN}', "[1, Infinity]"])
+def test_non_json_constants_are_refused(text):
+    # (Python's json takes them; PostgreSQL's json does not, and a signal payload 'NaN' was
+    # accepted by the CLI and the TUI, then stored as the string "NaN")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        jsonexact.loads(text)
