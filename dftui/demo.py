@@ -207,10 +207,38 @@ def _stop(engine: Any, server: DemoServer | None, say: Callable[[str], None]) ->
         server.cluster.stop()
 
 
+def _statuses(server: DemoServer, ids: list[str]) -> dict[str, str]:
+    """The current status of the demo's instances (a reused demo may have moved on)."""
+    try:
+        with psycopg.connect(server.dsn(), autocommit=True) as conn:
+            rows = conn.execute("SELECT id, status FROM df.instances WHERE id = ANY(%s)",
+                                (ids,)).fetchall()
+    except psycopg.Error:
+        return {}
+    return {instance_id: status for instance_id, status in rows}
+
+
 def _banner(server: DemoServer) -> str:
+    """The connection strings and the commands to try — only those that would do something
+    now (a reused demo's approval may be signalled already, its import retried)."""
     alice, bob = (server.dsn(role) for role in demo_workflows.ROLES)
     approval = server.seeded.get("expense-approval-1042", "<id>")
     failing = server.seeded.get("import-payments", "<id>")
+    status = _statuses(server, [approval, failing])
+    tries = [f'  dftui "{alice}"                      # the TUI as alice',
+             f'  dftui ls --dsn "{alice}"']
+    if status.get(approval, "pending") in ("pending", "running"):
+        tries.append(f"  dftui signal {approval} approval '{{\"approved\": true}}' --dsn \"{alice}\"")
+    else:
+        tries.append(f"  # expense-approval-1042 is {status[approval]} already "
+                     "(dftui demo --fresh starts the demo over)")
+    if status.get(failing, "failed") == "failed":
+        tries += [f'  dftui start "\'{demo_workflows.FIX_PAYMENTS.replace(chr(39), chr(39) * 2)}\'"'
+                  f' --label fix-payments --wait --dsn "{alice}"',
+                  f'  dftui retry {failing} --dsn "{alice}"']
+    else:
+        tries.append(f"  # import-payments is {status[failing]} already "
+                     "(dftui demo --fresh starts the demo over)")
     return "\n".join(
         [
             f"dftui demo is running: PostgreSQL on 127.0.0.1:{server.port}, engine in this process",
@@ -219,12 +247,7 @@ def _banner(server: DemoServer) -> str:
             f"DSN superuser: {server.dsn()}",
             "",
             "Try, in another terminal:",
-            f'  dftui "{alice}"                      # the TUI as alice',
-            f'  dftui ls --dsn "{alice}"',
-            f"  dftui signal {approval} approval '{{\"approved\": true}}' --dsn \"{alice}\"",
-            f'  dftui start "\'{demo_workflows.FIX_PAYMENTS.replace(chr(39), chr(39) * 2)}\'"'
-            f' --label fix-payments --wait --dsn "{alice}"',
-            f'  dftui retry {failing} --dsn "{alice}"',
+            *tries,
             "",
             "Press Ctrl+C to stop.",
         ]

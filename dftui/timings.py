@@ -58,6 +58,9 @@ def fix_timings(detail: InstanceDetail, nodes: list[NodeInfo],
         for candidate in candidates:
             if candidate is not None and start <= candidate < node.started_at:
                 node.started_at = candidate
+    for node in nodes:
+        if node.node_type in WAITS:
+            _fix_wait_attempts(node, _enclosing_loop(node.id, by_id, parents))
     # A composite spans its children (after a df.retry its own start is the retry's).
     for node in nodes:
         parent_id = parents.get(node.id, (None, None))[0]
@@ -81,6 +84,34 @@ def fix_timings(detail: InstanceDetail, nodes: list[NodeInfo],
             node.stopped_with_instance = True
         if end is not None and node.finished_at is not None and node.finished_at > end:
             node.finished_at = end
+
+
+def _fix_wait_attempts(node: NodeInfo, loop: NodeInfo | None) -> None:
+    """A wait's attempt is recorded as starting when its timer fired or its signal came (a
+    SLEEP(4)'s attempt read 'started 01:19:40, took 1ms'): it began when the wait was reached.
+    That is the latest known moment before the recorded start among: the node's (last)
+    activation, the end of the attempt before it, the start of the loop iteration it belongs
+    to. A start only ever moves back."""
+    previous_end: datetime | None = None
+    for attempt in node.attempt_history:
+        if attempt.kind == "retry" or attempt.started_at is None:
+            continue
+        recorded = attempt.started_at
+        known = [t for t in (node.started_at, previous_end,
+                             _iteration_start(loop, attempt.loop_iteration))
+                 if t is not None and t < recorded]
+        if known:
+            attempt.started_at = max(known)
+        previous_end = attempt.finished_at or previous_end
+
+
+def _iteration_start(loop: NodeInfo | None, iteration: int | None) -> datetime | None:
+    if loop is None or not iteration:
+        return None
+    for it in loop.loop_iterations:
+        if int(it.get("iteration") or 0) == iteration:
+            return _ts(it.get("started_at"))
+    return None
 
 
 def _activation(node: NodeInfo, by_id: dict[str, NodeInfo],

@@ -67,9 +67,13 @@ class Leaves:
 
     @staticmethod
     def run_sleep(_conn: psycopg.Connection, task: Task) -> Checkpoint:
-        # The timer was the wait (its task came due); this is pg_durable's SLEEP result.
+        # A workflow's first sleep comes at once to be parked until its end (the deadline the
+        # interpreter gave it: the instance is taken up, so it reads running); any other
+        # sleep's task comes due when the timer ends: the wait is over.
+        if task.phase == "start" and task.deadline is not None and datetime.now(UTC) < task.deadline:
+            return Park(task.deadline, None)
         seconds = int((task.query or "0").strip() or 0)
-        return Complete({"slept": True, "seconds": seconds})
+        return Complete({"slept": True, "seconds": seconds})  # pg_durable's SLEEP result
 
     @staticmethod
     def run_schedule(_conn: psycopg.Connection, task: Task) -> Checkpoint:

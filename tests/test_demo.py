@@ -115,6 +115,7 @@ def test_demo_runs_seeds_stops_and_reuses(tmp_path, capsys):
     try:
         dsns = demo.wait_for_dsns()
         alice, superuser = dsns["demo_alice"], dsns["superuser"]
+        assert "approval '{\"approved\": true}'" in "".join(demo.stdout)  # the commands to try
         labels = {wf.label for wf in WORKFLOWS}
         assert set(statuses(superuser)) == labels
 
@@ -169,6 +170,11 @@ def test_demo_runs_seeds_stops_and_reuses(tmp_path, capsys):
     try:
         dsns = again.wait_for_dsns()
         assert "reusing the demo data" in "".join(again.stderr)
+        # only the commands that would still do something (the signal would exit 1 now)
+        banner = "".join(again.stdout)
+        assert "dftui signal" not in banner and "dftui retry" not in banner, banner
+        assert "expense-approval-1042 is completed already" in banner, banner
+        assert "import-payments is completed already" in banner, banner
         with psycopg.connect(dsns["superuser"], autocommit=True) as conn:
             assert conn.execute("SELECT count(*) FROM df.instances").fetchone()[0] == len(
                 WORKFLOWS

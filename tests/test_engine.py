@@ -168,6 +168,24 @@ def test_sleep(db, counter_engine):
     assert wait_terminal(db, iid) == "completed"
 
 
+def test_a_workflow_that_starts_asleep_reads_running_while_it_sleeps(db, counter_engine):
+    """Its first leaf is a timer, so nothing checkpointed for the whole sleep and it read
+    'pending' (counted under Pending, 'took' empty) — pg_durable's reads running once its worker
+    loaded it. The engine takes it up at once and parks the timer; it ends when it is due."""
+    iid = start(db, ALICE, "df.sleep(30) ~> 'SELECT 1 AS done'")
+    wait_for(lambda: db.scalar("SELECT status FROM df.instances WHERE id = %s", (iid,)) == "running",
+             what="the sleeping instance taken up")
+    due = db.scalar("SELECT t.run_at - i.created_at FROM df_internal.tasks t "
+                    "JOIN df.instances i ON i.id = t.instance_id WHERE t.instance_id = %s", (iid,))
+    assert due.total_seconds() >= 30  # parked until its end, not ended early
+    assert db.scalar("SELECT phase FROM df_internal.tasks WHERE instance_id = %s", (iid,)) == "waiting"
+    with db.connect(ALICE) as conn:
+        conn.execute("SELECT df.cancel(%s)", (iid,))
+    short = start(db, ALICE, "df.sleep(1) ~> 'SELECT 1 AS done'")
+    assert wait_terminal(db, short) == "completed"
+    assert root_result(db, short)["rows"] == [{"done": 1}]
+
+
 def test_signal_queued_before_wait(db, counter_engine):
     iid = start(db, ALICE, "df.sleep(1) ~> df.wait_for_signal('go')")
     with db.connect(ALICE) as conn:

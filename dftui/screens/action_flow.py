@@ -51,7 +51,7 @@ class ActionFlow:
 
         def confirmed(reason: str | None) -> None:
             if reason is not None:
-                self._send("cancel", lambda c: c.cancel(planned.ids, reason))
+                self._send("cancel", lambda c: c.cancel(planned.ids, reason), planned)
 
         self.screen.app.push_screen(CancelDialog(planned), confirmed)
 
@@ -62,7 +62,7 @@ class ActionFlow:
 
         def confirmed(ok: bool | None) -> None:
             if ok:
-                self._send("retry", lambda c: c.retry(planned.ids))
+                self._send("retry", lambda c: c.retry(planned.ids), planned)
 
         self.screen.app.push_screen(RetryDialog(planned), confirmed)
 
@@ -75,15 +75,16 @@ class ActionFlow:
 
         def sent(results: list[ActionResult] | None) -> None:
             if results is not None:
-                report(self.screen.app, "signal", results)
+                report(self.screen.app, "signal", results, planned)
                 self.after()
             self.screen.reload()
 
         self.screen.app.push_screen(SignalDialog(planned, waited(planned)), sent)
 
-    def _send(self, action: str, call: Callable[[Client], list[ActionResult]]) -> None:
+    def _send(self, action: str, call: Callable[[Client], list[ActionResult]],
+              planned: Plan) -> None:
         def done(results: list[ActionResult]) -> None:
-            report(self.screen.app, action, results)
+            report(self.screen.app, action, results, planned)
             self.after()
             self.screen.reload()
 

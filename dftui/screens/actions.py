@@ -69,18 +69,21 @@ def names_text(names: list[str], limit: int = MAX_NAMED) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def report(app: App, action: str, results: list[ActionResult]) -> None:
-    """Notify what really happened: the instances acted on by name, every skip and failure with
-    its reason, and a warning when nothing was done at all."""
+def report(app: App, action: str, results: list[ActionResult],
+           planned: Plan | None = None) -> None:
+    """Notify what really happened: the instances acted on by name, every skip (those the plan
+    left out before anything was sent, and those the database refused) and failure with its
+    reason, and a warning when nothing was done at all."""
     verb = VERBS.get(action, action.capitalize())
     done = [r for r in results if r.ok]
-    skipped = [r for r in results if r.skipped]
+    skipped = [(t.name, why) for t, why in (planned.skip if planned else [])]
+    skipped += [(r.name, r.message) for r in results if r.skipped]
     failed = [r for r in results if not r.ok and not r.skipped]
     if done:
         app.notify(f"{verb} {len(done)}: {names_text([r.name for r in done])}",
                    title=action.capitalize())
     if skipped:
-        lines = [f"{r.name}: {r.message}" for r in skipped[:MAX_NAMED]]
+        lines = [f"{name}: {why}" for name, why in skipped[:MAX_NAMED]]
         if len(skipped) > MAX_NAMED:
             lines.append(f"… and {len(skipped) - MAX_NAMED} more")
         app.notify("\n".join(lines), title=f"Skipped {len(skipped)}", severity="warning",

@@ -171,13 +171,24 @@ BEGIN
             WHEN 'BREAK' THEN
                 work := work || jsonb_build_array(jsonb_build_object('op', 'break', 'node', nid));
             WHEN 'SLEEP' THEN
-                INSERT INTO df_internal.tasks AS t (instance_id, node_id, gen, kind, run_at, phase, node_type)
-                -- (due its seconds after it was reached, not after its transaction began: a
-                -- sleep after a long step would otherwise end early, or at once)
-                VALUES (p_instance, nid, m.gen, 'run', clock_timestamp() + make_interval(secs => n.query::bigint), 'waiting',
-                        n.node_type)
+                -- Due its seconds after it was reached, not after its transaction began (a
+                -- sleep after a long step would otherwise end early, or at once). A sleep
+                -- reached by df.start itself (the workflow's first leaf) is due at once instead,
+                -- its end as the deadline: an engine takes the instance up (it reads 'running',
+                -- as pg_durable's once its worker loaded it; it read 'pending' for the whole
+                -- sleep) and parks the timer until then (engine/leaves.py run_sleep).
+                INSERT INTO df_internal.tasks AS t (instance_id, node_id, gen, kind, run_at, phase,
+                                                    deadline, node_type)
+                SELECT p_instance, nid, m.gen, 'run',
+                       CASE WHEN fresh THEN now() ELSE due END,
+                       CASE WHEN fresh THEN 'start' ELSE 'waiting' END,
+                       CASE WHEN fresh THEN due END, n.node_type
+                  FROM (SELECT clock_timestamp() + make_interval(secs => n.query::bigint) AS due,
+                               EXISTS (SELECT 1 FROM df.instances i WHERE i.id = p_instance
+                                          AND i.status = 'pending') AS fresh) x
                 ON CONFLICT (instance_id, node_id) DO UPDATE
-                   SET gen = EXCLUDED.gen, kind = 'run', run_at = EXCLUDED.run_at, phase = 'waiting', deadline = NULL,
+                   SET gen = EXCLUDED.gen, kind = 'run', run_at = EXCLUDED.run_at,
+                       phase = EXCLUDED.phase, deadline = EXCLUDED.deadline,
                        node_type = EXCLUDED.node_type;
             ELSE   -- SQL, HTTP, HTTP_MULTIPART, SIGNAL, WAIT_SCHEDULE: the engine runs them
                 -- (node type and frozen submitter on the row: the claim routes and caps it
