@@ -51,3 +51,13 @@ def test_owner_mode_refusals_in_either_wording_are_owner(excerpt):
 ])
 def test_other_failures_of_an_owner_engine_stay_failures(excerpt):
     assert outcome(excerpt).label == "FAIL"
+
+
+def test_a_refused_node_rewrite_in_17_is_the_known_difference_and_nothing_else_is():
+    """17's test 3: a BYPASSRLS role rewrites another role's node rows, which dftui refuses."""
+    refused = ("NOTICE:  TEST 2 PASSED\n"
+               "ERROR:  Instance not found or access denied: 0a92c881")
+    assert outcome(refused, "superuser", "17_superuser_guc").label == "known"
+    assert "refuses any change to another role's node rows" in outcome(
+        refused, "superuser", "17_superuser_guc").reason
+    assert outcome("ERROR:  something else", "superuser", "17_superuser_guc").label == "FAIL"
