@@ -181,7 +181,7 @@ OWNER_MODE["password is required"] = OWNER_MODE["password or GSSAPI delegated cr
 # ... and file-specific ones (the exact failure, why).
 OWNER_MODE_FILES = {
     "07_signals": (
-        "Timeout after 10 seconds waiting for instance",
+        "Timeout after 10s waiting for instance",  # (df.await_instance: pg_durable's text)
         "its DO block signals and waits for the signal's effect in one transaction; without a "
         "superuser owner the dblink loopback is unavailable, so a signal takes effect only when "
         "the caller's transaction commits"),

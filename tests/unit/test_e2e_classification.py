@@ -61,3 +61,12 @@ def test_a_refused_node_rewrite_in_17_is_the_known_difference_and_nothing_else_i
     assert "refuses any change to another role's node rows" in outcome(
         refused, "superuser", "17_superuser_guc").reason
     assert outcome("ERROR:  something else", "superuser", "17_superuser_guc").label == "FAIL"
+
+
+def test_07s_wait_in_one_transaction_is_owner_in_df_await_instance_s_own_words():
+    """The file-specific owner verdict matches the text df.await_instance gives now (pg_durable's
+    'Timeout after 10s …'; the pattern still said '10 seconds' and 07 read FAIL)."""
+    excerpt = ("ERROR:  Timeout after 10s waiting for instance aeb8ad35 (status: pending). "
+               "Check if background worker is running.")
+    assert outcome(excerpt, "owner", "07_signals").label == "owner"
+    assert outcome(excerpt, "superuser", "07_signals").label == "FAIL"
