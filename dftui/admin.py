@@ -58,7 +58,7 @@ def connect(
         if not needs_password(exc):
             raise
         if prompt is None:
-            if not sys.stdin.isatty():
+            if sys.stdin is None or not sys.stdin.isatty():
                 raise
             prompt = getpass.getpass
         password = prompt("Password: ")

@@ -458,7 +458,7 @@ def _action_runner(app: App, node: DOMNode, action: str) -> Callable[[], Any]:
 
 
 def _prompt_password(target: str) -> str:
-    if not sys.stdin.isatty():
+    if sys.stdin is None or not sys.stdin.isatty():
         raise ClientError("the server requires a password (set PGPASSWORD or use ~/.pgpass)")
     return getpass.getpass(f"Password for {target}: ")
 
@@ -492,6 +492,10 @@ def run_app(conninfo: str, read_only: bool = False, quit_warning: str | None = N
                 file=sys.stderr,
             )
             return 1
+        if sys.stdin is None or not sys.stdin.isatty():  # (no keyboard: it ran until killed)
+            print("dftui: the TUI needs a terminal to read keys from; in scripts use the data "
+                  "commands (dftui ls, show, start, ... see dftui --help)", file=sys.stderr)
+            return 2
         app = DftuiApp(client, read_only=read_only, quit_warning=quit_warning)
         result = app.run()
         return int(result or app.return_code or 0)

@@ -509,3 +509,49 @@ def test_data_commands_say_when_the_schema_is_missing_or_not_granted(capsys, db,
     code, out, err = run(capsys, "ls", "--dsn", db.dsn(CAROL))  # (carol has no df usage)
     assert (code, out) == (1, "")
     assert_one_line_error(err, f"role {CAROL} may not use the df schema", f"dftui grant {CAROL}")
+
+
+def test_percent_signs_in_a_workflow_are_its_own_text(capsys, db, live_engine):
+    """The expression is evaluated with a bound parameter, so psycopg read its % signs as
+    placeholders: a workflow containing '50%' or a modulo could not be started at all."""
+    code, out, err = run(capsys, "start", "'SELECT ''50%'' AS p, 10 % 3 AS m, ''%s'' AS s'",
+                         "--wait", "--json", "--dsn", db.dsn(ALICE))
+    assert (code, err) == (0, ""), err
+    assert json.loads(out)["output"]["rows"] == [{"p": "50%", "m": 1, "s": "%s"}]
+
+
+def test_a_slow_expression_is_bounded(capsys, db, monkeypatch):
+    """The TUI's preview evaluates on the app's one connection: a slow subquery in the
+    expression held it (and the app's exit) for as long as it ran."""
+    import dftui.client.actions as actions
+
+    monkeypatch.setattr(actions, "EVALUATE_TIMEOUT_S", 1)
+    code, out, err = run(capsys, "start", "df.sleep((SELECT 5 FROM pg_sleep(30))::int)",
+                         "--dsn", db.dsn(ALICE))
+    assert (code, out) == (1, "")
+    assert_one_line_error(err, "took more than 1 s to evaluate")
+    assert db.scalar("SELECT count(*) FROM df.instances") == 0
+
+
+def test_commands_work_with_stdin_closed(capsys, db, monkeypatch):
+    """`dftui ls 0<&-` raised AttributeError on sys.stdin.isatty(); a value read from an empty
+    or closed stdin was stored as '' and reported set."""
+    monkeypatch.setattr(sys, "stdin", None)
+    assert run(capsys, "ls", "--dsn", db.dsn(ALICE))[0] == 0
+    code, out, err = run(capsys, "vars", "set", "region", "--dsn", db.dsn(ALICE))
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, "no value for region")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    code, out, err = run(capsys, "vars", "set", "region", "--dsn", db.dsn(ALICE))
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, "no value for region on stdin")
+    assert db.scalar("SELECT count(*) FROM df.vars WHERE name = 'region'") == 0
+
+
+def test_the_tui_refuses_to_run_without_a_terminal(capsys, db, monkeypatch):
+    """`dftui DSN </dev/null` started the TUI with no keyboard and ran until killed."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    code = main([db.dsn(ALICE)])
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert "the TUI needs a terminal" in err

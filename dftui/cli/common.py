@@ -156,7 +156,7 @@ def _client(conninfo: str) -> Client:
     database without the df schema, or a role without df usage, is one clear line (as the
     TUI says it), not the first query's 'relation "df.instances" does not exist'."""
     prompt = ((lambda target: getpass.getpass(f"Password for {target}: "))
-              if sys.stdin.isatty() else None)
+              if sys.stdin is not None and sys.stdin.isatty() else None)
     client = connect_client(conninfo, password_prompt=prompt)
     info = client.info
     problem = None

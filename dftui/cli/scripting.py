@@ -65,9 +65,15 @@ def start(
             else:
                 typer.echo(instance_id)
             return 0
-        detail = _wait_for(client, instance_id, timeout)
+        try:
+            detail = _wait_for(client, instance_id, timeout)
+        except KeyboardInterrupt:  # (its id was never printed: the instance runs on, unnamed)
+            _report(f"interrupted; instance {instance_id} keeps running (dftui show {instance_id})")
+            raise
     if as_json:
-        _print_json(_jsonable(detail))
+        instance = _jsonable(detail)
+        instance["output"] = _json_or_text(detail.output)  # data, as in `show --json`
+        _print_json(instance)
     else:
         typer.echo(f"{instance_id} {status_symbol(detail.status)} {detail.status}")
         text = detail.error if detail.status == "failed" and detail.error else detail.output

@@ -76,10 +76,14 @@ def vars_set(
 ) -> None:
     """Set a variable (df.setvar)."""
     if value is None:
+        if sys.stdin is None:
+            fail(f"no value for {name}: give it as an argument or on stdin", 2)
         if sys.stdin.isatty():
             value = getpass.getpass(f"{name}: ")
         else:
             value = sys.stdin.read().rstrip("\n")
+            if not value:  # (an empty or closed stdin stored "" and said "set")
+                fail(f"no value for {name} on stdin (to store an empty value, pass '' as VALUE)", 2)
     with _client(_vars_dsn(ctx, dsn)) as client:
         client.set_var(name, value)
     typer.echo(f"set {name}")

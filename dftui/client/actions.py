@@ -22,6 +22,7 @@ from dftui.client.session import Session
 from dftui.vocabulary import TERMINAL_STATUSES
 from engine import jsonexact
 
+EVALUATE_TIMEOUT_S = 10  # seconds; building a workflow's envelope takes milliseconds
 _NOT_SINGLE = "the workflow expression must be a single expression, not statements"
 
 
@@ -62,13 +63,22 @@ class Actions(Session):
             text = text.rstrip(";").rstrip()
         with self._rolled_back() as cur:
             cur.execute("SET TRANSACTION READ ONLY")
+            # (bounded: the TUI's preview shares its one connection with every screen, and a
+            # slow subquery in the expression held it, and the app's exit, for as long)
+            cur.execute(f"SET LOCAL statement_timeout = '{EVALUATE_TIMEOUT_S}s'")
             try:
-                cur.execute(f"SELECT (\n{text}\n)::text, %s::int", (1,))
+                # (the expression's own % signs are text, not placeholders: doubled for psycopg,
+                # which sends %% as %; a workflow with a '50%' in it could not be started)
+                cur.execute(f"SELECT (\n{text.replace('%', '%%')}\n)::text, %s::int", (1,))
             except pg_errors.SyntaxError as exc:
                 msg = user_message(exc)
                 if "multiple commands" in msg:
                     raise ClientError(_NOT_SINGLE) from None
                 raise ClientError(f"invalid workflow expression: {msg}") from None
+            except pg_errors.QueryCanceled:
+                raise ClientError(f"the workflow expression took more than {EVALUATE_TIMEOUT_S} s "
+                                  "to evaluate (building a workflow is instant: is a subquery in "
+                                  "it slow?)") from None
             if cur.description is None or len(cur.description) != 2:
                 raise ClientError(_NOT_SINGLE)
             rows = cur.fetchall()

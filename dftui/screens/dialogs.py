@@ -221,6 +221,8 @@ class SignalDialog(Dialog[list[ActionResult] | None]):
             json_loads(payload)
         except json.JSONDecodeError as exc:
             return f"payload is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        except ValueError as exc:  # NaN, Infinity: not JSON (jsonexact is strict)
+            return f"payload is not valid JSON: {exc}"
         return None
 
     def validate(self) -> tuple[str, str] | None:
@@ -364,7 +366,7 @@ class LabelPicker(Dialog[str | None]):
 
     def _show(self, labels: list[str]) -> None:
         options = self.query_one(OptionList)
-        options.add_options([Option(label, id=label) for label in labels])
+        options.add_options([Option(Text(label), id=label) for label in labels])  # (not markup)
         if self.current in labels:
             options.highlighted = labels.index(self.current) + 1
         more = " (first 200)" if len(labels) >= 200 else ""

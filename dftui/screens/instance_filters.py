@@ -74,7 +74,9 @@ def parse_filter(text: str, current: Filters) -> Filters:
         elif sep and key == "since":
             unit = value[-1:] if value[-1:] in _SINCE_UNITS else "s"
             number = value[:-1] if value[-1:] in _SINCE_UNITS else value
-            if not number.isdigit():
+            # (ASCII digits only, and few of them: '²' passed isdigit and int() raised; 5,000
+            # digits hit Python's int-conversion limit, shown as its raw error)
+            if not (number.isascii() and number.isdigit() and len(number) <= 15):
                 raise ValueError(f"since:{value} — use a number with s, m, h, d or w (e.g. since:2h)")
             seconds = int(number) * _SINCE_UNITS[unit]
             if not 0 < seconds <= _SINCE_MAX_SECONDS:

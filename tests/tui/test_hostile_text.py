@@ -5,9 +5,9 @@ Every screen a role's text reaches is opened on it."""
 
 from __future__ import annotations
 
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Input, OptionList, TextArea
 
-from dftui.screens.dialogs import CancelDialog, SignalDialog
+from dftui.screens.dialogs import CancelDialog, LabelPicker, SignalDialog
 from dftui.screens.history import HistoryScreen
 from dftui.screens.instance import InstanceScreen
 from dftui.screens.variables import VariablesScreen
@@ -61,6 +61,13 @@ async def test_markup_in_a_roles_text_is_shown_as_written(db):
         assert str(app.screen.query_one(DataTable).get_cell("note", "value")).startswith("[/]closing")
         await pilot.press("q")
         await wait_for_app(pilot, lambda: app.screen is screen, what="back on the list")
+        await pilot.press("l")  # the label picker lists the label as written (MarkupError)
+        await wait_for_app(pilot, lambda: isinstance(app.screen, LabelPicker), what="label picker")
+        await wait_for_app(pilot, lambda: app.screen.query_one(OptionList).option_count > 1,
+                           what="labels loaded")
+        await pilot.pause()
+        await pilot.press("escape")
+        await wait_for_app(pilot, lambda: app.screen is screen, what="back on the list")
         await cursor_to(pilot, screen, "0badc0de")
         await pilot.press("c")  # a failed instance: refused, naming it by its label
         await pilot.pause()
@@ -68,7 +75,15 @@ async def test_markup_in_a_roles_text_is_shown_as_written(db):
         await cursor_to(pilot, screen, pending)
         await pilot.press("s")  # the dialogs name it by its label too
         await wait_for_app(pilot, lambda: isinstance(app.screen, SignalDialog), what="signal dialog")
-        assert HOSTILE in str(app.screen.query_one(".dialog-title").render())
+        dialog = app.screen
+        assert HOSTILE in str(dialog.query_one(".dialog-title").render())
+        # NaN is not JSON: said in the dialog (its ValueError escaped as a traceback)
+        dialog.query_one("#name", Input).value = "go"
+        dialog.query_one("#payload", TextArea).text = "NaN"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert app.screen is dialog
+        assert "payload is not valid JSON" in str(dialog.query_one("#error").render())
         await pilot.press("escape")
         await wait_for_app(pilot, lambda: app.screen is screen, what="back on the list")
         await pilot.press("c")

@@ -45,6 +45,9 @@ def test_filter_syntax():
         with pytest.raises(ValueError, match="above 0 and up to 100 years"):
             parse_filter(bad, Filters())
     assert parse_filter("since:36500d", Filters()).since == timedelta(days=36500)
+    for bad in ("since:²h", "since:" + "9" * 5000):  # (raw int() errors before)
+        with pytest.raises(ValueError, match="use a number with s, m, h, d or w"):
+            parse_filter(bad, Filters())
     with pytest.raises(ValueError, match="filter:"):
         parse_filter('label:"unterminated', Filters())
 
