@@ -178,7 +178,7 @@ def test_rewritten_submitted_by_before_pickup_fails_the_instance_and_runs_nothin
     """pg_durable lets a BYPASSRLS role's UPDATE of submitted_by through; made before its worker
     loaded the instance, the instance then fails (no node marked failed; its e2e test 17, test 3).
     dftui does the same when the rewrite precedes the instance's first claim — here in the very
-    transaction of df.start, also when the first step is a timer (taken up at commit) — and
+    transaction of df.start, also when the first step is a timer (taken up by its first claim) — and
     nothing ever runs as the new name (nor as the old one)."""
     step = "SELECT evil.witness('tampered') AS w"
     with engine_in_mode(db, mode, concurrency=1):
@@ -198,10 +198,10 @@ def test_rewritten_submitted_by_before_pickup_fails_the_instance_and_runs_nothin
 @pytest.mark.parametrize("target", ["dftui_alice", "postgres"])
 @pytest.mark.parametrize("first", ["df.wait_for_signal('go')", "df.sleep(2)"])
 def test_rewritten_submitted_by_after_pickup_changes_nothing(db, mallory, mode, target, first):
-    """Made after the engine took the instance up (a parked signal wait; a leading timer, taken
-    up when df.start committed), the rewrite changes nothing: as pg_durable, which runs on the
-    graph it loaded (e2e test 17, tests 4 and 5), the instance completes, and every step runs as
-    the identity frozen at its start — never as the rewritten name."""
+    """Made after the engine took the instance up (a parked signal wait; a leading timer, which
+    the engine parks at once since 86cc200), the rewrite changes nothing: as pg_durable, which
+    runs on the graph it loaded (e2e test 17, tests 4 and 5), the instance completes, and every
+    step runs as the identity frozen at its start — never as the rewritten name."""
     step = "SELECT evil.witness('after pickup') AS w"
     with engine_in_mode(db, mode, concurrency=1):
         if mode == "owner":  # a least-privilege engine runs steps only for roles granted to it
@@ -211,8 +211,7 @@ def test_rewritten_submitted_by_after_pickup_changes_nothing(db, mallory, mode, 
         with db.connect(mallory, autocommit=False) as conn:
             iid = conn.execute(f"SELECT df.start({first} ~> %s)", (step,)).fetchone()[0]
             conn.commit()
-            if "signal" in first:
-                wait_terminal_or_parked(db, iid)
+            wait_terminal_or_parked(db, iid)  # (taken up: the wait or the timer parked)
             _rewrite_identity(conn, iid, target)
             conn.commit()
         if "signal" in first:
@@ -226,8 +225,9 @@ def test_rewritten_submitted_by_after_pickup_changes_nothing(db, mallory, mode, 
 
 
 def wait_terminal_or_parked(db, iid: str) -> None:
-    wait_for(lambda: db.scalar("SELECT phase FROM df_internal.tasks WHERE instance_id = %s", (iid,))
-             == "waiting", what="the signal wait to park")
+    # (running once the engine parked the wait or the timer; a timer may even be over by now)
+    wait_for(lambda: db.scalar("SELECT status FROM df.instances WHERE id = %s", (iid,))
+             != "pending", what="the engine to take the instance up")
 
 
 def test_the_frozen_identity_cannot_be_written_by_anyone_but_the_engine(db, mallory):
