@@ -191,6 +191,11 @@ def test_cli_limits_shows_sets_and_resets(db, capsys):
     assert "only a superuser or the owner" in err
     code, out, err = run("limits", ALICE, "--dsn", dsn, "--step-timeout", "later")
     assert code != 0 and "step_timeout must be a duration" in err
+    # beyond an integer: a usage error (was "function df.set_role_limits(…, bigint, …) does not
+    # exist"), nothing changed
+    for option in ("--max-running", "--max-pending"):
+        code, out, err = run("limits", ALICE, "--dsn", dsn, option, "9999999999")
+        assert code == 2 and out == "" and "Traceback" not in err and "bigint" not in err
     code, out, _ = run("limits", ALICE, "--dsn", dsn, "--reset")
     assert code == 0 and "no per-role overrides" in out
     assert db.scalar("SELECT count(*) FROM df_internal.role_limits") == 0

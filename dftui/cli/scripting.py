@@ -401,6 +401,11 @@ def _ms(value: Any) -> str:
     return f"{seconds:g}s"
 
 
+# (the limits are integer columns: a larger value reached the server as bigint and came back
+# as 'function df.set_role_limits(unknown, bigint, ...) does not exist')
+INT4_MAX = 2_147_483_647
+
+
 @app.command()
 def limits(
     ctx: typer.Context,
@@ -409,10 +414,12 @@ def limits(
     ] = None,
     dsn: DsnOption = None,
     max_running: Annotated[
-        int | None, typer.Option("--max-running", min=1, help="Set: most steps of ROLE running at once.")
+        int | None, typer.Option("--max-running", min=1, max=INT4_MAX,
+                                 help="Set: most steps of ROLE running at once.")
     ] = None,
     max_pending: Annotated[
-        int | None, typer.Option("--max-pending", min=0, help="Set: most pending + running instances of ROLE.")
+        int | None, typer.Option("--max-pending", min=0, max=INT4_MAX,
+                                 help="Set: most pending + running instances of ROLE.")
     ] = None,
     step_timeout: Annotated[
         str | None, typer.Option("--step-timeout", metavar="DURATION",
