@@ -161,11 +161,11 @@ def test_function_classes(db, make_role) -> None:
         user = not internal and name not in ADMIN_FUNCS | HTTP_FUNCS
         if name == "probe_user":
             user = False  # the probe revoked PUBLIC itself and nobody granted it back
-        if name in ("_setting", "_role_name", "_non_future_helper"):
+        if name in ("_setting", "_role_name", "_mark_non_future_helper", "_refuse_non_future_helper"):
             # The callable "_" functions (sql/routines/zz_settings.sql): the SECURITY INVOKER
             # df functions read pg_durable.* settings through one, a delegated admin's
             # df.grant_usage / df.revoke_usage look the role up through another, and the
-            # builders tell a helper's return value from a step through the third.
+            # builders tell a helper's return value from a step through the last two.
             user = True
         assert _callable(db, plain, signature) is user, signature
         assert _callable(db, http, signature) is (user or name in HTTP_FUNCS), signature
@@ -192,7 +192,8 @@ def test_public_gets_what_pg_durable_gives_it(db) -> None:
             # df._setting and df._role_name: see test_function_classes
             " AND p.oid <> 'df._setting(text)'::regprocedure"
             " AND p.oid <> 'df._role_name(text)'::regprocedure"
-            " AND p.oid <> 'df._non_future_helper()'::regprocedure"
+            " AND p.oid <> 'df._mark_non_future_helper(text)'::regprocedure"
+            " AND p.oid <> 'df._refuse_non_future_helper(text)'::regprocedure"
         ).fetchall()
         public_rels = {r[0]: r[1] for r in conn.execute(
             "SELECT c.relname, c.relkind FROM pg_class c, aclexplode(coalesce(c.relacl,"

@@ -35,7 +35,8 @@ DEFINER_DIFFERENCES = {
 # dftui's additions in schema df (docs/pg_durable.md, "What dftui adds", names each one).
 ADDED_FUNCTIONS = {
     "retry", "retry_policy", "start_with_retry", "graph_nodes", "set_role_limits",
-    "_setting", "_role_name", "_non_future_helper", "ensure_durofut", "signal_loopback", "start_in_new_transaction",
+    "_setting", "_role_name", "_mark_non_future_helper",
+    "_refuse_non_future_helper", "ensure_durofut", "signal_loopback", "start_in_new_transaction",
     "step_activity", "cancel_step_backend", "terminate_step_backend", "instance_history",
 }
 ADDED_RELATIONS = {

@@ -367,21 +367,39 @@ COMMENT ON FUNCTION df.http_multipart(text, text, jsonb, jsonb, integer) IS
 -- * anything else (plain SQL, other JSON, unknown node types) becomes a SQL node. df.start is
 --   the strict entry point that rejects unknown node types.
 -- Optional overrides replace result_name / retry_policy (used by df.as and df.retry_policy).
--- The helper (df.setvar, df.unsetvar, df.clearvars, df.await_instance) that ran earlier in the
--- current statement, if any: each leaves 'name<newline>statement_timestamp()' in the
--- transaction-local setting df.non_future_helper (pg_durable's marker, of the same name).
--- Callable by every role: the builders run as their caller.
-CREATE OR REPLACE FUNCTION df._non_future_helper()
-RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE
+-- pg_durable's #153: a helper whose text return value ('OK', a status) is no workflow step marks
+-- the statement it ran in (df.setvar, df.unsetvar, df.clearvars, a finished df.await_instance),
+-- in the transaction-local setting df.non_future_helper ('name<newline>statement_timestamp()',
+-- pg_durable's marker, of the same name); the builders (df.ensure_durofut) and df.start refuse
+-- plain text given in a marked statement. Callable by every role: all of them run as their caller.
+CREATE OR REPLACE FUNCTION df._mark_non_future_helper(p_helper text)
+RETURNS void
+LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-    SELECT pg_catalog.split_part(m, E'\n', 1)
-      FROM pg_catalog.current_setting('df.non_future_helper', true) AS m
-     WHERE pg_catalog.split_part(m, E'\n', 2) = pg_catalog.statement_timestamp()::text
+    SELECT FROM pg_catalog.set_config('df.non_future_helper',
+                                      p_helper || E'\n' || pg_catalog.statement_timestamp()::text, true)
 $fn$;
-COMMENT ON FUNCTION df._non_future_helper() IS
-    'Internal: the df helper that ran earlier in this statement (its text return value is no workflow step)';
+COMMENT ON FUNCTION df._mark_non_future_helper(text) IS
+    'Internal: mark this statement as one a helper ran in (its text return value is no workflow step)';
+
+CREATE OR REPLACE FUNCTION df._refuse_non_future_helper(p_context text DEFAULT '')
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_marker text := pg_catalog.current_setting('df.non_future_helper', true);
+    v_helper text := pg_catalog.split_part(v_marker, E'\n', 1);
+BEGIN
+    IF pg_catalog.split_part(v_marker, E'\n', 2) = pg_catalog.statement_timestamp()::text THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value', MESSAGE = p_context || v_helper
+            || ' cannot be used as a workflow step. Call ' || v_helper || ' before df.start().';
+    END IF;
+END;
+$fn$;
+COMMENT ON FUNCTION df._refuse_non_future_helper(text) IS
+    'Internal: refuse plain text given to a builder or df.start in a statement a helper ran in';
 
 CREATE OR REPLACE FUNCTION df.ensure_durofut(val text, result_name text DEFAULT NULL,
                                   retry_policy text DEFAULT NULL)
@@ -414,14 +432,9 @@ BEGIN
     -- One pass over the top-level members (children stay unparsed raw text), so wrapping a
     -- large graph again costs one JSON scan, not one per field.
     IF ltrim(val, E' \t\r\n') NOT LIKE '{%' THEN
-        -- Plain text: the return value of df.setvar/unsetvar/clearvars ('OK') or of
-        -- df.await_instance (a status) fed to a builder in the statement that called it is
-        -- refused, as pg_durable does (#153: they mark the statement, see vars.sql)
-        v_name := df._non_future_helper();
-        IF v_name IS NOT NULL THEN
-            RAISE EXCEPTION '% cannot be used as a workflow step. Call % before df.start().',
-                v_name, v_name USING ERRCODE = 'invalid_parameter_value';
-        END IF;
+        -- Plain text: a helper's return value ('OK', a status) fed to a builder in the
+        -- statement that called it is refused, as pg_durable does (#153, above)
+        PERFORM df._refuse_non_future_helper();
     ELSE
         BEGIN
             SELECT array_agg(e.key), array_agg(e.value) INTO v_keys, v_vals

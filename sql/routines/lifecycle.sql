@@ -265,9 +265,7 @@ BEGIN
             RAISE EXCEPTION 'Instance not found: %', instance_id USING ERRCODE = 'no_data_found';
         END IF;
         IF v_status IN ('completed', 'failed', 'cancelled') THEN
-            -- (the status fed to a DSL builder in this statement is refused: df.ensure_durofut)
-            PERFORM pg_catalog.set_config('df.non_future_helper',
-                'df.await_instance' || E'\n' || pg_catalog.statement_timestamp()::text, true);
+            PERFORM df._mark_non_future_helper('df.await_instance');  -- (no workflow step, dsl.sql)
             RETURN v_status;
         END IF;
         IF pg_catalog.clock_timestamp() >= v_deadline THEN

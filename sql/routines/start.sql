@@ -592,11 +592,7 @@ BEGIN
     -- no workflow, and an unknown root node type is 'Invalid durable function: …' (deeper
     -- problems are 'Invalid durable function graph: <path>: …', as df.graph_nodes says them).
     IF ltrim(fut, E' \t\r\n') NOT LIKE '{%' THEN
-        v_msg := df._non_future_helper();
-        IF v_msg IS NOT NULL THEN
-            RAISE EXCEPTION 'Invalid durable function: % cannot be used as a workflow step. Call % before df.start().',
-                v_msg, v_msg USING ERRCODE = 'invalid_parameter_value';
-        END IF;
+        PERFORM df._refuse_non_future_helper('Invalid durable function: ');
     END IF;
     BEGIN
         SELECT array_agg(g.node_id), array_agg(g.node_type), array_agg(g.query),

@@ -110,9 +110,7 @@ BEGIN
     INSERT INTO df.vars AS v (name, value, owner)
     VALUES (name, value, pg_catalog.quote_ident(current_user)::regrole)
     ON CONFLICT ON CONSTRAINT vars_pkey DO UPDATE SET value = EXCLUDED.value;
-    -- (its 'OK' fed to a DSL builder in this statement is refused: df.ensure_durofut)
-    PERFORM pg_catalog.set_config('df.non_future_helper',
-                                  'df.setvar' || E'\n' || pg_catalog.statement_timestamp()::text, true);
+    PERFORM df._mark_non_future_helper('df.setvar');  -- (its 'OK' is no workflow step, dsl.sql)
     RETURN 'OK';
 END;
 $fn$;
@@ -132,8 +130,7 @@ BEGIN
     END IF;
     DELETE FROM df.vars v
      WHERE v.owner = pg_catalog.quote_ident(current_user)::regrole AND v.name = name;
-    PERFORM pg_catalog.set_config('df.non_future_helper',
-                                  'df.unsetvar' || E'\n' || pg_catalog.statement_timestamp()::text, true);
+    PERFORM df._mark_non_future_helper('df.unsetvar');
     RETURN 'OK';
 END;
 $fn$;
@@ -151,8 +148,7 @@ BEGIN
             USING ERRCODE = 'feature_not_supported';
     END IF;
     DELETE FROM df.vars v WHERE v.owner = pg_catalog.quote_ident(current_user)::regrole;
-    PERFORM pg_catalog.set_config('df.non_future_helper',
-                                  'df.clearvars' || E'\n' || pg_catalog.statement_timestamp()::text, true);
+    PERFORM df._mark_non_future_helper('df.clearvars');
     RETURN 'OK';
 END;
 $fn$;

@@ -9,7 +9,9 @@ GRANT EXECUTE ON FUNCTION df._setting(text) TO PUBLIC;
 -- only pg_roles, which every role may read.
 GRANT EXECUTE ON FUNCTION df._role_name(text) TO PUBLIC;
 
--- df._non_future_helper is how the builders (df.ensure_durofut) and df.start, which run as their
--- caller, tell a helper's text return value from a workflow step (dsl.sql). It reads only the
--- caller's own transaction-local setting.
-GRANT EXECUTE ON FUNCTION df._non_future_helper() TO PUBLIC;
+-- df._mark_non_future_helper and df._refuse_non_future_helper are how the helpers, the builders
+-- (df.ensure_durofut) and df.start, which run as their caller, tell a helper's text return
+-- value from a workflow step (dsl.sql). They touch only the caller's own transaction-local
+-- setting.
+GRANT EXECUTE ON FUNCTION df._mark_non_future_helper(text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION df._refuse_non_future_helper(text) TO PUBLIC;
