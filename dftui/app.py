@@ -479,18 +479,9 @@ def run_app(conninfo: str, read_only: bool = False, quit_warning: str | None = N
         print("dftui: cancelled", file=sys.stderr)
         return 1
     try:
-        if client.info is not None and client.info.backend == "none":
-            print(
-                "dftui: the df schema is not installed in this database (run `dftui install`)",
-                file=sys.stderr,
-            )
-            return 1
-        if client.info is not None and not client.info.has_usage:
-            print(
-                f"dftui: role {client.info.role} may not use the df schema "
-                f"(an admin can run `dftui grant {client.info.role}`)",
-                file=sys.stderr,
-            )
+        problem = client.info.unusable if client.info is not None else None
+        if problem:
+            print(f"dftui: {problem}", file=sys.stderr)
             return 1
         if sys.stdin is None or not sys.stdin.isatty():  # (no keyboard: it ran until killed)
             print("dftui: the TUI needs a terminal to read keys from; in scripts use the data "

@@ -158,13 +158,7 @@ def _client(conninfo: str) -> Client:
     prompt = ((lambda target: getpass.getpass(f"Password for {target}: "))
               if sys.stdin is not None and sys.stdin.isatty() else None)
     client = connect_client(conninfo, password_prompt=prompt)
-    info = client.info
-    problem = None
-    if info is not None and info.backend == "none":
-        problem = "the df schema is not installed in this database (run `dftui install`)"
-    elif info is not None and not info.has_usage:
-        problem = (f"role {info.role} may not use the df schema (an admin can run "
-                   f"`dftui grant {info.role}`)")
+    problem = client.info.unusable if client.info is not None else None
     if problem:
         client.close()
         fail(problem)

@@ -68,6 +68,17 @@ class ConnectionInfo:
     def title(self) -> str:
         return f"{self.role}@{self.database}"
 
+    @property
+    def unusable(self) -> str | None:
+        """Why this session cannot use df at all (no schema, no usage), in one line; None when
+        it can. Said the same by the TUI and the CLI before they show or do anything."""
+        if self.backend == "none":
+            return "the df schema is not installed in this database (run `dftui install`)"
+        if not self.has_usage:
+            return (f"role {self.role} may not use the df schema "
+                    f"(an admin can run `dftui grant {self.role}`)")
+        return None
+
 
 @dataclass(frozen=True)
 class InstanceSummary:
