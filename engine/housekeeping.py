@@ -69,6 +69,9 @@ def housekeeping(engine: Engine) -> None:
             # The database is the truth, notifications only hints: a cancel whose
             # notification was missed (listener reconnecting) is still acted on.
             cancel_dead_steps(engine, conn)
+            # A status the engine could not write into a held instance row goes in once the
+            # row is free (sql/routines/02_published_status.sql); never waits for it.
+            conn.execute("SELECT df_internal.publish_unpublished()")
             conn.execute("UPDATE df_internal.engines SET heartbeat_at = now(), steps_done = %s "
                          "WHERE id = %s", (engine.steps_done, engine.id))
             conn.execute("UPDATE df._worker_epoch SET last_seen_at = now() WHERE epoch_id = %s",

@@ -86,12 +86,14 @@ def cancel_dead_steps(engine: Engine, conn: psycopg.Connection) -> int:
         SELECT k.i, k.n, k.g
           FROM unnest(%s::text[], %s::text[], %s::int[]) AS k(i, n, g)  -- (multi-array form: unqualified)
           LEFT JOIN df.instances x ON x.id OPERATOR(pg_catalog.=) k.i
+          LEFT JOIN df_internal.instance_state s ON s.instance_id OPERATOR(pg_catalog.=) k.i
           LEFT JOIN df_internal.node_meta m
                  ON m.instance_id OPERATOR(pg_catalog.=) k.i AND m.node_id OPERATOR(pg_catalog.=) k.n
           LEFT JOIN df.nodes n
                  ON n.instance_id OPERATOR(pg_catalog.=) k.i AND n.id OPERATOR(pg_catalog.=) k.n
          WHERE m.gen IS DISTINCT FROM k.g
-            OR ((x.id IS NULL OR x.status <> ALL ('{pending,running}'::text[]))
+            OR ((x.id IS NULL OR df_internal.effective_status(x.status, s.unpublished_status)
+                                   <> ALL ('{pending,running}'::text[]))
                 AND (n.status IS NULL OR n.status <> ALL ('{completed,failed}'::text[])))
         """, ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])).fetchall()
     dead = {(r[0], r[1], r[2]) for r in rows}

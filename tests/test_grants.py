@@ -161,11 +161,14 @@ def test_function_classes(db, make_role) -> None:
         user = not internal and name not in ADMIN_FUNCS | HTTP_FUNCS
         if name == "probe_user":
             user = False  # the probe revoked PUBLIC itself and nobody granted it back
-        if name in ("_setting", "_role_name", "_mark_non_future_helper", "_refuse_non_future_helper"):
+        if name in ("_setting", "_role_name", "_mark_non_future_helper", "_refuse_non_future_helper",
+                    "_instance_status", "_file_instance_request"):
             # The callable "_" functions (sql/routines/zz_settings.sql): the SECURITY INVOKER
             # df functions read pg_durable.* settings through one, a delegated admin's
-            # df.grant_usage / df.revoke_usage look the role up through another, and the
-            # builders tell a helper's return value from a step through the last two.
+            # df.grant_usage / df.revoke_usage look the role up through another, the
+            # builders tell a helper's return value from a step through the next two, and
+            # df.status / df.cancel / df.signal read an instance's status and file a request
+            # past a held row through the last two (sql/routines/02_published_status.sql).
             user = True
         assert _callable(db, plain, signature) is user, signature
         assert _callable(db, http, signature) is (user or name in HTTP_FUNCS), signature
@@ -194,6 +197,8 @@ def test_public_gets_what_pg_durable_gives_it(db) -> None:
             " AND p.oid <> 'df._role_name(text)'::regprocedure"
             " AND p.oid <> 'df._mark_non_future_helper(text)'::regprocedure"
             " AND p.oid <> 'df._refuse_non_future_helper(text)'::regprocedure"
+            " AND p.oid <> 'df._instance_status(text)'::regprocedure"
+            " AND p.oid <> 'df._file_instance_request(text, text, text, text, jsonb)'::regprocedure"
         ).fetchall()
         public_rels = {r[0]: r[1] for r in conn.execute(
             "SELECT c.relname, c.relkind FROM pg_class c, aclexplode(coalesce(c.relacl,"
@@ -204,7 +209,14 @@ def test_public_gets_what_pg_durable_gives_it(db) -> None:
             " AND c.oid <> 'df._step_marker'::regclass"
             # the calling role's own vars (sql/routines/vars.sql), read by df.getvar only: a
             # view filtering on current_user, unreachable by name without USAGE on df_internal
-            " AND c.oid <> 'df_internal.my_var_values'::regclass")}
+            " AND c.oid <> 'df_internal.my_var_values'::regclass"
+            # the calling role's own unpublished statuses (sql/routines/02_published_status.sql),
+            # the same shape: read by df._instance_status only
+            " AND c.oid <> 'df_internal.my_unpublished_statuses'::regclass"
+            # requests past a held instance row: INSERT of the request columns only (requested_by
+            # is the inserter by default); its trigger refuses anyone else's instance
+            " AND c.oid <> 'df_internal.instance_requests'::regclass"
+            " AND c.oid <> 'df_internal.instance_requests_id_seq'::regclass")}
         df_views = {r[0] for r in conn.execute(
             "SELECT relname FROM pg_class WHERE relnamespace = 'df'::regnamespace AND relkind = 'v'")}
         public_schema = conn.execute(

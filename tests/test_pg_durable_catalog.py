@@ -38,6 +38,7 @@ ADDED_FUNCTIONS = {
     "_setting", "_role_name", "_mark_non_future_helper",
     "_refuse_non_future_helper", "ensure_durofut", "signal_loopback", "start_in_new_transaction",
     "step_activity", "cancel_step_backend", "terminate_step_backend", "instance_history",
+    "_instance_status", "_file_instance_request",
 }
 ADDED_RELATIONS = {
     "engines", "instance_runtime", "loop_history", "node_attempt_history", "node_runs",

@@ -308,16 +308,20 @@ def test_superuser_instance_is_rechecked_at_execution(db, eng1):
 
 
 def test_a_held_instance_row_lock_does_not_stall_the_engine(db, attacker):
+    """Alice holds her own sleeping instance's row FOR UPDATE on a one-worker engine: the worker
+    never waits for it, her instance completes (df.status
+    says so before the row does) and bob's runs meanwhile."""
     with engine_in_mode(db, "superuser", concurrency=1):
         iid = start(db, ALICE, "df.sleep(1) ~> 'SELECT 1 AS x'")
         holder = db.connect(ALICE, autocommit=False)
         try:
             holder.execute("SELECT 1 FROM df.instances WHERE id = %s FOR UPDATE", (iid,))
-            wait_for(lambda: db.scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND application_name LIKE 'dftui engine%%'"), 30, what="the worker to block")
             other = start(db, BOB, "'SELECT 2 AS y'")
             assert wait_terminal(db, other, 15) == "completed"
+            wait_for(lambda: db.scalar("SELECT df.status(%s)", (iid,)) == "completed", 30,
+                     what="alice's held instance to complete")
         finally:
             holder.rollback()
             holder.close()
+        wait_for(lambda: db.scalar("SELECT status FROM df.instances WHERE id = %s", (iid,)) == "completed",
+                 30, what="the row to be published")

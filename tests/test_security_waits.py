@@ -176,10 +176,11 @@ def test_a_capped_role_cannot_occupy_workers_by_starting_hand_made_instances(db,
 
 def test_the_reaper_never_waits_for_a_roles_row_lock(db, mode):
     """A dead engine's journal lists a task of alice's and one of bob's, each running alone at
-    its last allowed fault. Charging alice's fails her instance (writes its row), which she
-    holds FOR UPDATE: reap_inflight waited, timed out and rolled back everything, on every
-    heartbeat — bob's task was never charged (a task that kills every engine would run for
-    ever) and the housekeeping after it never ran. Now her task is left for later."""
+    its last allowed fault. Charging alice's fails her instance, whose row she holds FOR UPDATE:
+    reap_inflight once waited, timed out and rolled back everything, on every heartbeat — bob's
+    task was never charged (a task that kills every engine would run for ever) and the
+    housekeeping after it never ran. Now both are charged at once: her instance's failure is
+    kept unpublished (df.status tells her 'failed') and goes into her row once she lets go."""
     _engine_dsn(db, mode)
     mine = start(db, ALICE, "'SELECT 1 AS a'")
     theirs = start(db, BOB, "'SELECT 2 AS b'")
@@ -196,17 +197,18 @@ def test_the_reaper_never_waits_for_a_roles_row_lock(db, mode):
     with db.connect(ALICE, autocommit=False) as hog:
         assert hog.execute("SELECT id FROM df.instances WHERE id = %s FOR UPDATE", (mine,)).fetchone()
         with _engine_conn(db, mode) as eng:
-            assert eng.execute("SELECT df_internal.reap_inflight(1)").fetchone()[0] == 1
+            eng.execute("SET lock_timeout = '10s'")  # a wait for her lock fails the test
+            assert eng.execute("SELECT df_internal.reap_inflight(1)").fetchone()[0] == 2
         assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (theirs,)) == "failed"
         assert "engine process running this step stopped" in errors(db, theirs)
-        assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (mine,)) == "pending"
-        assert db.scalar("SELECT count(*) FROM df_internal.inflight WHERE %s = ANY(instance_ids)",
-                         (mine,)) == 1
+        assert db.scalar("SELECT df.status(%s)", (mine,)) == "failed"
+        assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (mine,)) == "pending"  # still held
+        assert db.scalar("SELECT count(*) FROM df_internal.inflight") == 0
         hog.rollback()
     with _engine_conn(db, mode) as eng:
-        assert eng.execute("SELECT df_internal.reap_inflight(1)").fetchone()[0] == 1
+        assert eng.execute("SELECT df_internal.publish_unpublished()").fetchone()[0] == 1
     assert db.scalar("SELECT status FROM df.instances WHERE id = %s", (mine,)) == "failed"
-    assert db.scalar("SELECT count(*) FROM df_internal.inflight") == 0
+    assert "engine process running this step stopped" in errors(db, mine)
 
 
 def test_an_upgrade_held_up_by_an_open_transaction_names_it_and_changes_nothing(db):

@@ -8,19 +8,24 @@
 -- idempotent (CREATE OR REPLACE) and schema-qualified.
 
 -- A started instance reads 'pending' until its first checkpoint (so df.start stays cheap and
--- df.cancel never waits behind a first step); then 'running'.
+-- df.cancel never waits behind a first step); then 'running'. Never waits for the instance row
+-- (02_published_status.sql).
 CREATE OR REPLACE FUNCTION df_internal.mark_running(p_instance varchar) RETURNS void
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    UPDATE df.instances i SET status = 'running' WHERE i.id = p_instance AND i.status = 'pending'
-$$;
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF df_internal.status_of(p_instance) = 'pending' THEN
+        PERFORM df_internal.set_instance_status(p_instance, 'running');
+    END IF;
+END $$;
 
 -- Is this (instance, node, generation) still the live one? Used to fence every write.
 CREATE OR REPLACE FUNCTION df_internal.task_is_live(p_instance varchar, p_node varchar, p_gen integer)
 RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT EXISTS (
         SELECT 1 FROM df_internal.node_meta m JOIN df.instances i ON i.id = m.instance_id
+          JOIN df_internal.instance_state s ON s.instance_id = m.instance_id
          WHERE m.instance_id = p_instance AND m.node_id = p_node AND m.gen = p_gen
-           AND df_internal.is_live(i.status))
+           AND df_internal.is_live(df_internal.effective_status(i.status, s.unpublished_status)))
 $$;
 
 -- Checkpoint a finished leaf: record the attempt, write the result, run the interpreter.
@@ -42,7 +47,7 @@ DECLARE
 BEGIN
     PERFORM df_internal.lock_instance(p_instance);
     DELETE FROM df_internal.tasks t WHERE t.instance_id = p_instance AND t.node_id = p_node;
-    SELECT i.status INTO inst_status FROM df.instances i WHERE i.id = p_instance;
+    inst_status := df_internal.status_of(p_instance);
     IF inst_status IS NULL OR NOT df_internal.is_live(inst_status) THEN
         RETURN 'stale';
     END IF;

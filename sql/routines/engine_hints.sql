@@ -47,10 +47,11 @@ CREATE OR REPLACE FUNCTION df_internal.finish_instance(p_instance varchar, p_sta
                                             p_error text)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    UPDATE df.instances i
-       SET status = p_status,
-           completed_at = CASE WHEN p_status = 'completed' THEN clock_timestamp() END
-     WHERE i.id = p_instance AND df_internal.is_live(i.status);
+    -- (never waits for the instance row: 02_published_status.sql)
+    IF df_internal.is_live(df_internal.status_of(p_instance)) THEN
+        PERFORM df_internal.set_instance_status(p_instance, p_status,
+            CASE WHEN p_status = 'completed' THEN clock_timestamp() END);
+    END IF;
     UPDATE df_internal.instance_state s
        SET finished_at = clock_timestamp(), output = p_result, error = p_error
      WHERE s.instance_id = p_instance;
@@ -124,7 +125,7 @@ BEGIN
     VALUES (p_instance, p_requested_by::regrole, p_from_node, i.status);
     UPDATE df_internal.instance_state s
        SET execution = s.execution + 1, finished_at = NULL, output = NULL, error = NULL,
-           cancel_reason = NULL
+           cancel_reason = NULL, unpublished_status = NULL, unpublished_completed_at = NULL
      WHERE s.instance_id = p_instance;
     IF NOT EXISTS (SELECT 1 FROM df_internal.node_meta m WHERE m.instance_id = p_instance) THEN
         PERFORM df_internal.build_node_meta(p_instance);

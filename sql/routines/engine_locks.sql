@@ -41,18 +41,16 @@ BEGIN
         PERFORM 1 FROM df_internal.instance_locks l
          WHERE l.instance_id OPERATOR(pg_catalog.=) p_instance FOR UPDATE;
     END IF;
-    RETURN (SELECT i.status FROM df.instances i WHERE i.id OPERATOR(pg_catalog.=) p_instance);
+    RETURN df_internal.status_of(p_instance);
 END $$;
 
 -- The non-waiting form of lock_instance, for work done inside a claim (start_instance, the
--- refusal in triage) and by the reaper: nothing there may wait for a lock a role holds.
--- Takes the orchestration lock and the instance row itself (FOR NO KEY UPDATE, what an UPDATE
--- of its status takes; the foreign keys of the engine's own inserts then need nothing more),
--- both SKIP LOCKED. The submitter can lock its own instance row in every mode that blocks the
--- engine (FOR UPDATE / FOR SHARE: UPDATE(status) is granted), and holding it in an idle open
--- transaction must delay nobody's work but its own: the caller postpones the task instead of
--- waiting (issue 13, availability). Returns false when either is held by someone else (or the
--- instance is gone); the locks are this transaction's until it ends.
+-- refusal in triage) and by the reaper: nothing there may wait for another engine transaction.
+-- The instance row itself is not needed: any role with df usage can lock it (FOR UPDATE: pg_durable
+-- grants UPDATE (status)), so the engine never writes it in a way that waits
+-- (02_published_status.sql), and its own tables reference instance_state, not the row
+-- (migration 0510). Returns false when the orchestration lock is held by another engine
+-- transaction (or the instance is gone); the lock is this transaction's until it ends.
 CREATE OR REPLACE FUNCTION df_internal.try_lock_instance(p_instance varchar) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -73,25 +71,20 @@ BEGIN
             RETURN false;
         END IF;
     END IF;
-    PERFORM 1 FROM df.instances i WHERE i.id OPERATOR(pg_catalog.=) p_instance
-        FOR NO KEY UPDATE SKIP LOCKED;
-    RETURN FOUND;
+    RETURN true;
 END $$;
 REVOKE ALL ON FUNCTION df_internal.try_lock_instance(varchar) FROM PUBLIC;
 
 -- Begin an instance (see 0.1.0). Runs inside a claim: every wait is bounded, and a start blocked
--- by a lock somebody else holds is retried later instead of failing (or stalling) the claim.
+-- by another engine transaction is retried later instead of failing (or stalling) the claim.
 CREATE OR REPLACE FUNCTION df_internal.start_instance(p_instance varchar) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-    SET lock_timeout = '2s'  -- the submitter may hold its own instance row (FOR UPDATE)
+    SET lock_timeout = '2s'  -- bounded, whatever waits (nothing a role can lock is needed)
 AS $$
 DECLARE
     root varchar;
     msg text;
 BEGIN
-    -- Never wait for the submitter's lock on its instance row (it may hold it for as long as it
-    -- likes, on as many instances as it likes: each claim would wait lock_timeout for each):
-    -- the start is postponed instead.
     IF NOT df_internal.try_lock_instance(p_instance) THEN
         IF EXISTS (SELECT 1 FROM df.instances i WHERE i.id = p_instance) THEN
             UPDATE df_internal.tasks t SET run_at = now() + interval '5 seconds'
@@ -99,7 +92,7 @@ BEGIN
             RETURN;
         END IF;
     END IF;
-    IF (SELECT i.status FROM df.instances i WHERE i.id = p_instance) IS DISTINCT FROM 'pending' THEN
+    IF df_internal.status_of(p_instance) IS DISTINCT FROM 'pending' THEN
         DELETE FROM df_internal.tasks t WHERE t.instance_id = p_instance AND t.kind = 'start';
         RETURN;
     END IF;
@@ -108,14 +101,14 @@ BEGIN
         DELETE FROM df_internal.tasks t WHERE t.instance_id = p_instance AND t.kind = 'start';
         PERFORM df_internal.check_graph(p_instance);
         PERFORM df_internal.build_node_meta(p_instance);
-        UPDATE df.instances i SET status = 'running' WHERE i.id = p_instance;
+        PERFORM df_internal.set_instance_status(p_instance, 'running');
         UPDATE df_internal.instance_state s SET started_at = COALESCE(s.started_at, clock_timestamp())
          WHERE s.instance_id = p_instance;
         PERFORM df_internal.drive(p_instance, jsonb_build_array(jsonb_build_object('op', 'activate', 'node', root)));
     EXCEPTION
         WHEN lock_not_available THEN
-            -- Somebody (normally the submitter) holds the instance row: try again in a few
-            -- seconds rather than fail the claim, which would wedge every worker on this task.
+            -- Something waited longer than lock_timeout: try again in a few seconds rather
+            -- than fail the claim, which would wedge every worker on this task.
             -- (The start task is still there, row-locked by the claim: no foreign-key check.)
             UPDATE df_internal.tasks t SET run_at = now() + interval '5 seconds'
              WHERE t.instance_id = p_instance AND t.kind = 'start';

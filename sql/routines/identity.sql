@@ -79,6 +79,37 @@ CREATE OR REPLACE TRIGGER nodes_before_write_owner BEFORE UPDATE OR DELETE ON df
 CREATE OR REPLACE TRIGGER instances_before_delete_owner BEFORE DELETE ON df.instances
     FOR EACH ROW EXECUTE FUNCTION df_internal.guard_foreign_row();
 
+-- The deferred constraint trigger nodes_instance_id_submitted_by_fkey (migration 0510): a node's
+-- (instance_id, submitted_by) must be an instance's (id, submitted_by), as the foreign key of that
+-- name required, but read without a lock (FOR KEY SHARE on the instance row would wait for any
+-- role's FOR UPDATE). Deleting an instance deletes its nodes through instance_state.
+CREATE OR REPLACE FUNCTION df_internal.check_node_identity() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM df.nodes n
+                    WHERE n.instance_id = NEW.instance_id AND n.id = NEW.id
+                      AND n.submitted_by = NEW.submitted_by) THEN
+        RETURN NULL;  -- gone, or its identity written again since (that write is checked)
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM df.instances i
+                    WHERE i.id = NEW.instance_id AND i.submitted_by = NEW.submitted_by) THEN
+        RAISE EXCEPTION 'insert or update on table "nodes" violates foreign key constraint "nodes_instance_id_submitted_by_fkey"'
+            USING ERRCODE = 'foreign_key_violation',
+                  DETAIL = pg_catalog.format('Key (instance_id, submitted_by)=(%s, %s) is not present in table "instances".',
+                                             NEW.instance_id, NEW.submitted_by);
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- The trigger itself: deferred like the foreign key it replaces (a hand-made graph may insert a
+-- node before its instance; df.start checks its own rows early, SET CONSTRAINTS by this name).
+-- PostgreSQL has no CREATE OR REPLACE for constraint triggers, so it is dropped and re-created.
+DROP TRIGGER IF EXISTS nodes_instance_id_submitted_by_fkey ON df.nodes;
+CREATE CONSTRAINT TRIGGER nodes_instance_id_submitted_by_fkey
+    AFTER INSERT OR UPDATE OF instance_id, submitted_by ON df.nodes
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION df_internal.check_node_identity();
+
 -- AFTER INSERT, SECURITY INVOKER, fired right before instances_after_insert for the same row
 -- (AFTER triggers of one row fire in name order, one after the other, with no user code between
 -- them): hands the inserting role to on_instance_insert, which as SECURITY DEFINER cannot see it.
@@ -253,16 +284,8 @@ BEGIN
     IF NEW.status = 'cancelled' AND OLD.status <> 'cancelled' THEN
         reason := NULLIF(current_setting('df.cancel_reason', true), '');
         PERFORM set_config('df.cancel_reason', '', true);
-        UPDATE df_internal.instance_state
-           SET cancel_reason = COALESCE(reason, 'Cancelled by user'), finished_at = clock_timestamp(),
-               error = COALESCE(reason, 'Cancelled by user'), cancelled_by = requester
-         WHERE instance_id = NEW.id;
-        -- Queued work goes now; tasks locked by a running step are dropped by its worker, which
-        -- the df_cancel notification tells to cancel the statement on the server.
-        DELETE FROM df_internal.tasks t
-         WHERE t.ctid IN (SELECT t2.ctid FROM df_internal.tasks t2
-                           WHERE t2.instance_id = NEW.id FOR UPDATE SKIP LOCKED);
-        PERFORM pg_notify('df_cancel', '');  -- engines check the database (listener.cancel_dead_steps)
+        -- (a no-op when this publishes a cancel filed while the row was held: 02_published_status.sql)
+        PERFORM df_internal.apply_cancel(NEW.id, reason, requester);
     END IF;
 
     req := NULLIF(current_setting('df.request', true), '')::jsonb;

@@ -184,8 +184,8 @@ BEGIN
                        CASE WHEN fresh THEN 'start' ELSE 'waiting' END,
                        CASE WHEN fresh THEN due END, n.node_type
                   FROM (SELECT clock_timestamp() + make_interval(secs => n.query::bigint) AS due,
-                               EXISTS (SELECT 1 FROM df.instances i WHERE i.id = p_instance
-                                          AND i.status = 'pending') AS fresh) x
+                               df_internal.status_of(p_instance) IS NOT DISTINCT FROM 'pending'
+                                   AS fresh) x
                 ON CONFLICT (instance_id, node_id) DO UPDATE
                    SET gen = EXCLUDED.gen, kind = 'run', run_at = EXCLUDED.run_at,
                        phase = EXCLUDED.phase, deadline = EXCLUDED.deadline,

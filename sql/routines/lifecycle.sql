@@ -12,27 +12,37 @@ AS $fn$
 #variable_conflict use_variable
 DECLARE
     v_status text;
+    v_reason text := coalesce(nullif(reason, ''), 'Cancelled by user');
 BEGIN
-    -- The reason is read by the AFTER UPDATE trigger, which also clears it.
-    PERFORM pg_catalog.set_config('df.cancel_reason',
-                                  coalesce(nullif(reason, ''), 'Cancelled by user'), true);
-    UPDATE df.instances i SET status = 'cancelled', updated_at = pg_catalog.now()
-     WHERE i.id = instance_id AND i.status IN ('pending', 'running');
-    IF FOUND THEN
-        PERFORM pg_catalog.set_config('df.cancel_reason', '', true);
-        -- pg_durable's answer.
-        RETURN pg_catalog.format('Instance %s cancelled: %s', instance_id,
-                                 coalesce(nullif(reason, ''), 'Cancelled by user'));
-    END IF;
-    PERFORM pg_catalog.set_config('df.cancel_reason', '', true);
-    -- Nothing updated: either invisible/unknown, or already terminal (terminal states are never
-    -- overwritten). The same RLS policy governs this SELECT as the UPDATE above.
-    SELECT i.status INTO v_status FROM df.instances i WHERE i.id = instance_id;
+    -- Invisible/unknown, or already terminal (terminal states are never overwritten). RLS
+    -- governs this read as it does the UPDATE below.
+    v_status := df._instance_status(instance_id);
     IF v_status IS NULL THEN
         RAISE EXCEPTION 'Instance not found or access denied: %', instance_id
             USING ERRCODE = 'no_data_found';
     END IF;
-    RETURN 'already ' || v_status;
+    IF v_status NOT IN ('pending', 'running') THEN
+        RETURN 'already ' || v_status;
+    END IF;
+    -- Never wait for a row lock somebody else holds (a role that skips RLS can take it on any
+    -- row): then the request goes in without the row (02_published_status.sql), its trigger
+    -- checks ownership as the UPDATE's guard would.
+    PERFORM 1 FROM df.instances i WHERE i.id = instance_id FOR NO KEY UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        PERFORM df._file_instance_request(instance_id, 'cancel', v_reason, NULL, NULL);
+        RETURN pg_catalog.format('Instance %s cancelled: %s', instance_id, v_reason);
+    END IF;
+    -- The reason is read by the AFTER UPDATE trigger, which also clears it.
+    PERFORM pg_catalog.set_config('df.cancel_reason', v_reason, true);
+    UPDATE df.instances i SET status = 'cancelled', updated_at = pg_catalog.now()
+     WHERE i.id = instance_id AND i.status IN ('pending', 'running')
+    RETURNING i.status INTO v_status;
+    PERFORM pg_catalog.set_config('df.cancel_reason', '', true);
+    IF v_status = 'cancelled' THEN
+        RETURN pg_catalog.format('Instance %s cancelled: %s', instance_id, v_reason);  -- pg_durable's answer
+    END IF;
+    -- It ended meanwhile (or its unpublished end went in with this update).
+    RETURN 'already ' || df._instance_status(instance_id);
 END;
 $fn$;
 COMMENT ON FUNCTION df.cancel(text, text) IS
@@ -88,6 +98,13 @@ BEGIN
     -- In the caller's transaction: the AFTER UPDATE trigger queues the signal. A deadlock with
     -- the engine's checkpoint (see df.signal_loopback) aborts only this attempt's savepoint:
     -- try again rather than fail the caller's statement (pg_durable's df.signal never does).
+    -- Never wait for a row lock somebody else holds: see df.cancel.
+    IF EXISTS (SELECT 1 FROM df.instances i WHERE i.id = instance_id)
+       AND NOT EXISTS (SELECT 1 FROM df.instances i WHERE i.id = instance_id
+                          FOR NO KEY UPDATE SKIP LOCKED) THEN
+        PERFORM df._file_instance_request(instance_id, 'signal', NULL, signal_name, v_data);
+        RETURN 'OK';
+    END IF;
     FOR v_attempt IN 1..5 LOOP
         BEGIN
             PERFORM pg_catalog.set_config('df.request', pg_catalog.json_build_object(
@@ -216,7 +233,7 @@ LANGUAGE sql STABLE
 SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-    SELECT i.status FROM df.instances i WHERE i.id = $1
+    SELECT df._instance_status($1)
 $fn$;
 COMMENT ON FUNCTION df.status(text) IS 'Status of an instance you can see, else NULL';
 
@@ -260,7 +277,7 @@ BEGIN
     END IF;
     v_deadline := pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => timeout_seconds);
     LOOP
-        SELECT i.status INTO v_status FROM df.instances i WHERE i.id = instance_id;
+        v_status := df._instance_status(instance_id);
         IF v_status IS NULL THEN
             RAISE EXCEPTION 'Instance not found: %', instance_id USING ERRCODE = 'no_data_found';
         END IF;
@@ -304,7 +321,7 @@ BEGIN
     IF current_setting('df.in_workflow', true) = 'true' THEN
         RAISE EXCEPTION 'df.retry() cannot be called inside a workflow';
     END IF;
-    SELECT i.status INTO st FROM df.instances i WHERE i.id = instance_id;
+    st := df._instance_status(instance_id);
     IF st IS NULL THEN
         RAISE EXCEPTION 'Instance not found or access denied: %', instance_id
             USING ERRCODE = 'no_data_found';
@@ -315,6 +332,14 @@ BEGIN
     END IF;
     IF st IN ('pending', 'running') THEN
         RETURN st;    -- idempotent: nothing to do
+    END IF;
+    -- A retry needs the row (it starts a new execution on it): when somebody else holds it, say
+    -- so rather than wait for them.
+    PERFORM 1 FROM df.instances i WHERE i.id = instance_id FOR NO KEY UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'Instance % is locked by another session; nothing was retried', instance_id
+            USING ERRCODE = 'lock_not_available',
+                  HINT = 'Try again when that session''s transaction has ended.';
     END IF;
     PERFORM set_config('df.request', json_build_object('op', 'retry', 'instance_id', instance_id,
         'from_node', from_node, 'requested_by', quote_ident(current_user))::text, true);

@@ -161,8 +161,8 @@ SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
     SELECT i.id::text, i.label, 'durable_function'::text, df.version(),
-           coalesce(rt.execution, 1)::bigint, i.status,
-           CASE i.status WHEN 'completed' THEN coalesce(rt.output, rn.result)::text
+           coalesce(rt.execution, 1)::bigint, coalesce(rt.status, i.status),
+           CASE coalesce(rt.status, i.status) WHEN 'completed' THEN coalesce(rt.output, rn.result)::text
                    WHEN 'failed' THEN coalesce(rt.error, rn.error, rn.result #>> '{}')
                    WHEN 'cancelled' THEN coalesce(rt.cancel_reason, 'Cancelled by user') END
       FROM df.instances i
@@ -402,7 +402,7 @@ SELECT e.id,
 CREATE OR REPLACE VIEW df.instance_runtime WITH (security_barrier = true) AS
 SELECT s.instance_id::text                    AS instance_id,
        i.submitted_by,
-       i.status,
+       df_internal.effective_status(i.status, s.unpublished_status) AS status,
        s.started_at,
        s.finished_at,
        s.execution,

@@ -288,7 +288,8 @@ DECLARE
     loaded boolean;
 BEGIN
     -- (one lookup: the suspicion is cheap, the verdict only computed when there is one)
-    SELECT i.status, i.submitted_by IS DISTINCT FROM s.submitted_by OR COALESCE(r.rolsuper, false),
+    SELECT df_internal.effective_status(i.status, s.unpublished_status),
+           i.submitted_by IS DISTINCT FROM s.submitted_by OR COALESCE(r.rolsuper, false),
            EXISTS (SELECT 1 FROM df_internal.instance_pickups p WHERE p.instance_id = i.id)
       INTO inst_status, suspect, loaded
       FROM df.instances i

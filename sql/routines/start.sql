@@ -683,8 +683,8 @@ BEGIN
         END;
     END LOOP;
     PERFORM set_config('df.start_meta', '', true);
-    -- Check this start's rows against their deferred foreign keys (nodes -> instance, instance ->
-    -- root node) now, inside df.start, rather than at COMMIT: each session plans those checks
+    -- Check this start's rows against their deferred foreign keys (nodes -> instance and its
+    -- state, instance -> root node) now, inside df.start, rather than at COMMIT: each session plans those checks
     -- once and keeps the plan, and planned at COMMIT on tables VACUUMed empty (a fresh database)
     -- it is a sequential scan that grows with the tables until autovacuum's next ANALYZE
     -- (measured: the first 4,000 starts scanned df.nodes 8,000 times, 15.5 M rows). Here the
@@ -695,8 +695,10 @@ BEGIN
     -- inserting in this transaction would fail the early check: then nothing changes and COMMIT
     -- checks everything, as before.
     BEGIN
-        SET CONSTRAINTS df.nodes_instance_id_submitted_by_fkey, df.instances_root_node_same_instance_fkey IMMEDIATE;
-        SET CONSTRAINTS df.nodes_instance_id_submitted_by_fkey, df.instances_root_node_same_instance_fkey DEFERRED;
+        SET CONSTRAINTS df.nodes_instance_id_submitted_by_fkey, df.nodes_instance_state_fkey,
+                        df.instances_root_node_same_instance_fkey IMMEDIATE;
+        SET CONSTRAINTS df.nodes_instance_id_submitted_by_fkey, df.nodes_instance_state_fkey,
+                        df.instances_root_node_same_instance_fkey DEFERRED;
     EXCEPTION WHEN foreign_key_violation THEN
         NULL;
     END;

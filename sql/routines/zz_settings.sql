@@ -15,3 +15,11 @@ GRANT EXECUTE ON FUNCTION df._role_name(text) TO PUBLIC;
 -- setting.
 GRANT EXECUTE ON FUNCTION df._mark_non_future_helper(text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION df._refuse_non_future_helper(text) TO PUBLIC;
+
+-- df._instance_status and df._file_instance_request are how df.status, df.await_instance,
+-- df.cancel, df.signal and df.retry (SECURITY INVOKER) read an instance's status and reach an
+-- instance whose row another session holds (02_published_status.sql). The first shows only
+-- what the caller may see; the second files a request as the caller, refused unless the
+-- instance is the caller's.
+GRANT EXECUTE ON FUNCTION df._instance_status(text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION df._file_instance_request(text, text, text, text, jsonb) TO PUBLIC;
