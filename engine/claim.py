@@ -36,7 +36,12 @@ SELECT c.*,
                 (SELECT d.oid FROM pg_catalog.pg_database d
                   WHERE d.datname OPERATOR(pg_catalog.=)
                         COALESCE(c.database, pg_catalog.current_database())), 'CONNECT') END
-            AS role_can_connect
+            AS role_can_connect,
+       -- the step's own timeout in ms (0: none), read with the claim rather than by a statement
+       -- of its own in every step's round trip (issue 17)
+       CASE WHEN c.kind OPERATOR(pg_catalog.=) 'run' AND c.node_type OPERATOR(pg_catalog.=) 'SQL'
+            THEN df_internal.step_timeout_for(c.instance_id, %s)::pg_catalog.int8 END
+            AS step_timeout_ms
   FROM df_internal.claim_tasks(%s, %s, %s, %s, %s) c
 """
 
@@ -70,6 +75,7 @@ class ClaimRow:
     more: bool | None  # more is due than this claim took
     role_has_usage: bool | None
     role_can_connect: bool | None
+    step_timeout_ms: int | None = None  # SQL steps only (df_internal.step_timeout_for)
 
 
 @dataclass
@@ -100,6 +106,9 @@ class Task:
     role_has_usage: bool = False  # USAGE on schema df, now (df.revoke_usage stops the instance)
     # CONNECT on the database the step runs in, now (None: no such database)
     role_can_connect: bool | None = False
+    # The step's own statement_timeout in ms, 0 for none (engine default, role ceiling, workflow
+    # value: df_internal.step_timeout_for), as of the claim, in the step's own transaction.
+    step_timeout_ms: int = 0
     load_error: str | None = None  # the claim row's user data could not be decoded
 
     @property
@@ -171,6 +180,7 @@ def load_task(row: ClaimRow) -> Task:
         role_is_super=bool(row.role_is_super), superuser_allowed=bool(row.superuser_allowed),
         role_has_usage=bool(row.role_has_usage),
         role_can_connect=None if row.role_can_connect is None else bool(row.role_can_connect),
+        step_timeout_ms=int(row.step_timeout_ms or 0),
     )
 
 
@@ -185,17 +195,18 @@ class Claim:
 
 
 def claim(conn: psycopg.Connection, level: str, engine_id: str, limit: int, slice_: int,
-          slices: int) -> Claim:
+          slices: int, default_timeout_ms: int) -> Claim:
     """Open the batch's transaction and claim up to `limit` due tasks in it (one round trip).
 
-    `slice_`/`slices`: where in the queue this claimer looks first (see claim_tasks). When
+    `slice_`/`slices`: where in the queue this claimer looks first (see claim_tasks).
+    `default_timeout_ms`: the engine's --step-timeout, for each SQL step's own timeout. When
     nothing was due the transaction is rolled back; otherwise it stays open, the tasks locked.
     """
     cur = conn.cursor(row_factory=class_row(ClaimRow))
     cur.adapters.register_loader("jsonb", TextLoader)  # user data: decoded per task
     with conn.pipeline():
         conn.execute("BEGIN")
-        cur.execute(CLAIM, (level, engine_id, limit, slice_, slices))
+        cur.execute(CLAIM, (default_timeout_ms, level, engine_id, limit, slice_, slices))
     rows = cur.fetchall()
     if not rows:
         conn.execute("ROLLBACK")

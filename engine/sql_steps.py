@@ -102,22 +102,19 @@ class Elsewhere:
 # it the step gives way: rolled back to its savepoint, uncharged, it runs again alone.
 BATCHED_STEP_CAP_MS = 1000
 
-# Sets the step's statement_timeout (parameters: instance id, engine default ms, the batch cap
-# in ms, 0 for none): df_internal.step_timeout_for (engine default, role ceiling, workflow
-# value; 0 means none), lowered to the cap. One definition for every place a step can run.
-STEP_TIMEOUT_SQL = (
-    "SELECT pg_catalog.set_config('statement_timeout', (CASE WHEN t.cap OPERATOR(pg_catalog.>) 0 "
-    "AND (t.own OPERATOR(pg_catalog.=) 0 OR t.own OPERATOR(pg_catalog.>) t.cap) THEN t.cap "
-    "ELSE t.own END)::pg_catalog.text, true) FROM (SELECT "
-    "df_internal.step_timeout_for(%s, %s)::pg_catalog.int8 AS own, %s::pg_catalog.int8 AS cap) t")
-
-
 def capped_timeout_ms(own_ms: int, cap_ms: int) -> int:
-    """STEP_TIMEOUT_SQL's rule in Python (a step in another database): the step's own timeout
-    (0: none), lowered to the batch cap when there is one."""
+    """The statement_timeout a step runs under: its own timeout (0: none; the claim read it with
+    df_internal.step_timeout_for: engine default, role ceiling, workflow value), lowered to the
+    batch cap when there is one. One rule for every place a step can run."""
     if cap_ms > 0 and (own_ms == 0 or own_ms > cap_ms):
         return cap_ms
     return own_ms
+
+
+def step_timeout_sql(task: Task, cap_ms: int) -> str:
+    """SET LOCAL statement_timeout for the step about to run in this transaction (an integer
+    literal: nothing of it comes from a role; the next RESET ALL takes it away)."""
+    return f"SET LOCAL statement_timeout = {int(capped_timeout_ms(task.step_timeout_ms, cap_ms))}"
 
 
 class SqlSteps:
@@ -254,8 +251,7 @@ class SqlSteps:
             with conn.pipeline():
                 conn.execute("SAVEPOINT describe")
                 if local_timeout:
-                    conn.execute(STEP_TIMEOUT_SQL, (task.instance_id, self.default_timeout_ms,
-                                                    self.batch_cap_ms))
+                    conn.execute(step_timeout_sql(task, self.batch_cap_ms))
                 # (the marker first: the console finds the running step by it, activity.py)
                 marker = step_marker(task.instance_id, task.node_id, task.gen)
                 conn.execute(f"{marker} SELECT {describe_function(task.role_oid)}(%s::pg_catalog.text)",
@@ -329,7 +325,7 @@ class SqlSteps:
         database, role, text = step.database, step.role, step.text
         # The same per-step timeout as a local step (engine default, role ceiling, workflow),
         # decided in the home database, where the limits live; for the whole transaction there.
-        timeout_ms = str(capped_timeout_ms(self.own_timeout_ms(home, task), self.batch_cap_ms))
+        timeout_ms = str(capped_timeout_ms(task.step_timeout_ms, self.batch_cap_ms))
         conn = self.side_connection(database)
         connect_check = ("SELECT pg_catalog.has_database_privilege(%s::oid, "
                          "pg_catalog.current_database(), 'CONNECT')")
@@ -393,19 +389,12 @@ class SqlSteps:
         """The engine's default step timeout (--step-timeout), in milliseconds."""
         return int(self.config.step_timeout * 1000)
 
-    def own_timeout_ms(self, home: psycopg.Connection, task: Task) -> int:
-        """The step's own timeout in milliseconds, 0 for none (df_internal.step_timeout_for:
-        engine default, role ceiling, workflow value), read in the home database."""
-        value = scalar(home, "SELECT df_internal.step_timeout_for(%s, %s)",
-                       (task.instance_id, self.default_timeout_ms))
-        return int(value or 0)
-
-    def gave_way_to_batch(self, home: psycopg.Connection, task: Task, sqlstate: str | None) -> bool:
+    def gave_way_to_batch(self, task: Task, sqlstate: str | None) -> bool:
         """Whether a step that failed with `sqlstate` was stopped by the batch cap (not by its
         own timeout, which it would meet alone as well): then it runs again alone, uncharged."""
         if self.batch_cap_ms <= 0 or not is_error(sqlstate, pg_errors.QueryCanceled):
             return False
-        own = self.own_timeout_ms(home, task)
+        own = task.step_timeout_ms
         return capped_timeout_ms(own, self.batch_cap_ms) != own
 
     def types_for(self, database: str) -> TypeCache:

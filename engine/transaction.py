@@ -47,7 +47,7 @@ from engine.identity import SESSION_RESET, STEP_RESET
 from engine.keys import BATCH_LOCK_TIMEOUT
 from engine.leaves import Checkpoint, Complete, Leaves, Park
 from engine.retry import retry_delay
-from engine.sql_steps import CHECKPOINT_COLUMN, STEP_TIMEOUT_SQL, FusedStep, SqlSteps
+from engine.sql_steps import CHECKPOINT_COLUMN, FusedStep, SqlSteps, step_timeout_sql
 
 log = logging.getLogger("dftui.engine")
 
@@ -134,7 +134,7 @@ class StepTransaction:
                 log.info("step %s/%s interrupted by the shutdown; it runs again",
                          task.instance_id, task.node_id)
                 return Outcome.CONFLICT  # (rolled back to its savepoint: it stays queued)
-            if self.sql.gave_way_to_batch(conn, task, failure.sqlstate):
+            if self.sql.gave_way_to_batch(task, failure.sqlstate):
                 log.info("step %s/%s ran past the batch's %d ms while other tasks waited on its "
                          "transaction; it runs again alone", task.instance_id, task.node_id,
                          self.sql.batch_cap_ms)
@@ -181,8 +181,7 @@ class StepTransaction:
         marker = step_marker(task.instance_id, task.node_id, task.gen)
         try:
             with _script(conn, f"{marker} SAVEPOINT step", None if first else _BATCH_LOCK_TIMEOUT,
-                         _step_timeout(conn, task.instance_id, self.sql.default_timeout_ms,
-                                       self.sql.batch_cap_ms),
+                         step_timeout_sql(task, self.sql.batch_cap_ms),
                          self.sql.live_only(conn, fused, task) if sibling else fused.query,
                          "RELEASE SAVEPOINT step", SESSION_RESET if commit else STEP_RESET,
                          "COMMIT" if commit else None) as cur:
@@ -354,13 +353,6 @@ class StepTransaction:
         with contextlib.suppress(psycopg.Error):
             conn.execute("ROLLBACK")
         self.needs_discard = True
-
-
-def _step_timeout(conn: psycopg.Connection, instance_id: str, default_ms: int, cap_ms: int) -> str:
-    """STEP_TIMEOUT_SQL for the fused statement that follows it, as complete SQL (the values
-    bound client-side as literals); SESSION_RESET's RESET ALL takes it away before the next
-    step."""
-    return psycopg.ClientCursor(conn).mogrify(STEP_TIMEOUT_SQL, (instance_id, default_ms, cap_ms))
 
 
 def _script(conn: psycopg.Connection, *statements: str | None,

@@ -192,7 +192,8 @@ class Worker:
         self.claim_alone = False
         claim_started = time.perf_counter()
         claimed = claim(conn, engine.schema_level, engine.id, limit,
-                        engine.slice_base + self.number, engine.slices)
+                        engine.slice_base + self.number, engine.slices,
+                        self.sql.default_timeout_ms)
         engine.metrics.claimed(time.perf_counter() - claim_started, claimed.rows)
         if not claimed.rows:
             engine.journal.clear(self.number)

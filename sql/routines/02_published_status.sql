@@ -47,10 +47,13 @@ CREATE OR REPLACE FUNCTION df_internal.set_instance_status(p_instance varchar, p
                                                            p_completed_at timestamptz DEFAULT NULL)
 RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM 1 FROM df.instances i WHERE i.id = p_instance FOR NO KEY UPDATE SKIP LOCKED;
+    -- (one statement: the row is taken only if nobody holds it, then written; the hot path of
+    -- every instance's end)
+    UPDATE df.instances i SET status = p_status, completed_at = p_completed_at
+     WHERE i.id = p_instance
+       AND i.id IN (SELECT x.id FROM df.instances x WHERE x.id = p_instance
+                     FOR NO KEY UPDATE SKIP LOCKED);
     IF FOUND THEN
-        UPDATE df.instances i SET status = p_status, completed_at = p_completed_at
-         WHERE i.id = p_instance;
         RETURN true;
     END IF;
     UPDATE df_internal.instance_state s

@@ -45,9 +45,8 @@ DECLARE
     inst_status text;
     shared boolean;
 BEGIN
-    PERFORM df_internal.lock_instance(p_instance);
+    inst_status := df_internal.lock_instance(p_instance);  -- (the status under the lock)
     DELETE FROM df_internal.tasks t WHERE t.instance_id = p_instance AND t.node_id = p_node;
-    inst_status := df_internal.status_of(p_instance);
     IF inst_status IS NULL OR NOT df_internal.is_live(inst_status) THEN
         RETURN 'stale';
     END IF;

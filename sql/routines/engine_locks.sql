@@ -34,12 +34,17 @@ BEGIN
     PERFORM 1 FROM df_internal.instance_locks l
      WHERE l.instance_id OPERATOR(pg_catalog.=) p_instance FOR UPDATE;
     IF NOT FOUND THEN
+        -- The first lock of an instance makes its row: a row this transaction inserted is as
+        -- good as locked (a concurrent inserter waits for this transaction on the key). Only
+        -- when another transaction made it first is it locked the usual way.
         INSERT INTO df_internal.instance_locks (instance_id)
         SELECT s.instance_id FROM df_internal.instance_state s
          WHERE s.instance_id OPERATOR(pg_catalog.=) p_instance
         ON CONFLICT DO NOTHING;
-        PERFORM 1 FROM df_internal.instance_locks l
-         WHERE l.instance_id OPERATOR(pg_catalog.=) p_instance FOR UPDATE;
+        IF NOT FOUND THEN
+            PERFORM 1 FROM df_internal.instance_locks l
+             WHERE l.instance_id OPERATOR(pg_catalog.=) p_instance FOR UPDATE;
+        END IF;
     END IF;
     RETURN df_internal.status_of(p_instance);
 END $$;
