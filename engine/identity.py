@@ -163,13 +163,16 @@ _MARK = _OWNER_GUARD + _LOCK_MARKER
 # relation (pg_stat_get_xact_tuples_*; a relation given a deferrable trigger during the flush is
 # counted afterwards, so the counts differ). With no deferrable trigger at all nothing can be
 # pending (a trigger with pending events cannot be dropped): one flush, one catalog scan. An
-# endless chain ends with the step's timeout. Everything is qualified: the search_path is the
+# endless chain ends with the step's timeout. Each relation is counted once, however many
+# deferrable triggers it has (df's own tables carry dozens: counting per trigger row cost every
+# step a few hundred lookups, issue 17). Everything is qualified: the search_path is the
 # submitter's.
 _CHANGED_ROWS = """(SELECT pg_catalog.sum(
                 pg_catalog.pg_stat_get_xact_tuples_inserted(t.tgrelid)
                 OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_updated(t.tgrelid)
                 OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted(t.tgrelid))
-              FROM pg_catalog.pg_trigger t WHERE t.tgdeferrable)"""
+              FROM (SELECT DISTINCT d.tgrelid FROM pg_catalog.pg_trigger d
+                     WHERE d.tgdeferrable) t)"""
 _FLUSH = """    DECLARE
         changed_before pg_catalog.numeric;
         changed_after pg_catalog.numeric := """ + _CHANGED_ROWS + """;

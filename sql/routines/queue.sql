@@ -287,14 +287,17 @@ DECLARE
     reason text;
     loaded boolean;
 BEGIN
-    -- (one lookup: the suspicion is cheap, the verdict only computed when there is one)
+    -- (one lookup: the suspicion is cheap, the verdict only computed when there is one; the
+    -- node's live generation comes with it)
     SELECT df_internal.effective_status(i.status, s.unpublished_status),
            i.submitted_by IS DISTINCT FROM s.submitted_by OR COALESCE(r.rolsuper, false),
-           EXISTS (SELECT 1 FROM df_internal.instance_pickups p WHERE p.instance_id = i.id)
-      INTO inst_status, suspect, loaded
+           EXISTS (SELECT 1 FROM df_internal.instance_pickups p WHERE p.instance_id = i.id),
+           m.gen
+      INTO inst_status, suspect, loaded, cur_gen
       FROM df.instances i
       LEFT JOIN df_internal.instance_state s ON s.instance_id = i.id
       LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.submitted_by::oid
+      LEFT JOIN df_internal.node_meta m ON m.instance_id = i.id AND m.node_id = t.node_id
      WHERE i.id = t.instance_id;
     IF suspect AND inst_status IN ('pending', 'running') THEN
         reason := df_internal.identity_verdict(t.instance_id);
@@ -323,8 +326,6 @@ BEGIN
             RETURN 'started';
         END IF;
     ELSE
-        SELECT m.gen INTO cur_gen FROM df_internal.node_meta m
-         WHERE m.instance_id = t.instance_id AND m.node_id = t.node_id;
         IF inst_status IN ('pending', 'running') AND cur_gen = t.gen THEN
             RETURN 'ok';
         END IF;
